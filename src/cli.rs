@@ -1,0 +1,349 @@
+//! The command line: clap definitions and the thin glue from each subcommand to the library.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tracing::warn;
+
+use crate::config::{LogFormat, Settings};
+use crate::domain::{self, Backoff, GrantType, Secret, Trigger};
+use crate::provider::Providers;
+use crate::refresh::Refresher;
+use crate::store::{NewCredential, OpenMode, Store};
+use crate::sweep::{Handled, NamedRefresh, Policy, Sweeper};
+use crate::{daemon, telemetry};
+
+pub mod exit;
+mod render;
+
+use exit::CommandError;
+
+/// Keeps OAuth 2.0 credentials alive: refreshes access tokens before they expire.
+#[derive(Debug, Parser)]
+#[command(name = "tokenwarden", version, about, after_help = exit::HELP)]
+pub struct Cli {
+    /// Configuration file (TOML). Without one, the embedded defaults apply.
+    #[arg(long, global = true, env = crate::config::CONFIG_PATH_VAR, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log format; overrides the configuration's log.format.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sweep now and then on the schedule until SIGTERM or SIGINT.
+    Run {
+        /// Sweep once and exit: 0 when every due credential was refreshed, 1 when any failed.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Import a credential. Its refresh token is read from standard input or --refresh-token-file.
+    Add {
+        name: String,
+        #[arg(long)]
+        provider: String,
+        #[arg(long, value_enum, default_value = "refresh-token")]
+        grant: GrantArg,
+        /// Who the credential belongs to.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Space-separated scopes; default: the provider's.
+        #[arg(long)]
+        scopes: Option<String>,
+        /// Read the refresh token from this file instead of standard input.
+        #[arg(long, value_name = "PATH")]
+        refresh_token_file: Option<PathBuf>,
+        /// Replace the tokens of an existing credential of that name.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Show every credential: status, expiry, last refresh, failures, last error.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the current access token of NAME; exit 4 when there is no valid one.
+    Token { name: String },
+    /// Refresh NAME now, due or not.
+    Refresh { name: String },
+    /// Show the rotation history, of NAME or of all credentials.
+    Log {
+        name: Option<String>,
+        /// How many of the newest entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration and the secrets it references.
+    CheckConfig,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum GrantArg {
+    RefreshToken,
+    ClientCredentials,
+}
+
+/// Runs the command; the result is the exit code, or an error that `exit::code_for` maps to one.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let settings = Settings::load(cli.config.as_deref(), &env)?;
+    telemetry::init(
+        cli.log_format.unwrap_or(settings.log.format),
+        &settings.log.level,
+    );
+    for warning in settings.warnings() {
+        warn!("{warning}");
+    }
+    let ctx = Ctx {
+        db_path: settings.database_path(&env),
+        settings,
+        env,
+    };
+    match cli.command {
+        Command::Run { once } => run_sweeps(&ctx, once).await,
+        Command::Add {
+            name,
+            provider,
+            grant,
+            owner,
+            scopes,
+            refresh_token_file,
+            replace,
+        } => {
+            let grant_type = match grant {
+                GrantArg::RefreshToken => GrantType::RefreshToken,
+                GrantArg::ClientCredentials => GrantType::ClientCredentials,
+            };
+            let new = NewCredential {
+                name: &name,
+                provider: &provider,
+                grant_type,
+                scopes: scopes.as_deref(),
+                owner: owner.as_deref(),
+                refresh_token: None,
+            };
+            add(&ctx, new, refresh_token_file.as_deref(), replace).await
+        }
+        Command::Status { json } => {
+            let rows = ctx.open(OpenMode::MustExist).await?.summaries().await?;
+            let now = domain::now();
+            print!(
+                "{}",
+                if json {
+                    render::status_json(&rows, now)
+                } else {
+                    render::status_table(&rows, now)
+                }
+            );
+            Ok(exit::OK)
+        }
+        Command::Token { name } => token(&ctx, name).await,
+        Command::Refresh { name } => refresh(&ctx, name).await,
+        Command::Log { name, limit, json } => {
+            let store = ctx.open(OpenMode::MustExist).await?;
+            if let Some(name) = &name
+                && !store.exists(name).await?
+            {
+                return Err(CommandError::UnknownCredential(name.clone()).into());
+            }
+            let rows = store.rotations(name.as_deref(), limit).await?;
+            print!(
+                "{}",
+                if json {
+                    render::log_json(&rows)
+                } else {
+                    render::log_table(&rows)
+                }
+            );
+            Ok(exit::OK)
+        }
+        Command::CheckConfig => check_config(&ctx),
+    }
+}
+
+/// What every command works from.
+struct Ctx {
+    settings: Settings,
+    env: BTreeMap<String, String>,
+    db_path: PathBuf,
+}
+
+impl Ctx {
+    async fn open(&self, mode: OpenMode) -> anyhow::Result<Store> {
+        let connections = u32::try_from(self.settings.concurrency)
+            .unwrap_or(8)
+            .saturating_add(1);
+        Ok(Store::open(&self.db_path, mode, self.settings.busy_timeout, connections).await?)
+    }
+
+    async fn sweeper(&self) -> anyhow::Result<Sweeper> {
+        let settings = &self.settings;
+        let providers = Providers::resolve(&settings.providers, &self.env)?;
+        let refresher = Refresher::new(
+            settings.http.connect_timeout,
+            settings.http.request_timeout,
+            settings.http.max_response_bytes,
+        )
+        .context("cannot build the HTTP client")?;
+        let store = self.open(OpenMode::CreateIfMissing).await?;
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        let policy = Policy {
+            margin: secs(settings.refresh_margin),
+            max_idle: secs(settings.max_idle),
+            backoff: Backoff {
+                base: secs(settings.retry.base),
+                cap: secs(settings.retry.max),
+            },
+            concurrency: settings.concurrency,
+            lease: secs(settings.lease()),
+        };
+        Ok(Sweeper::new(store, providers, refresher, policy))
+    }
+}
+
+async fn run_sweeps(ctx: &Ctx, once: bool) -> anyhow::Result<u8> {
+    let sweeper = ctx.sweeper().await?;
+    let shutdown = daemon::shutdown_on_signals()?;
+    let code = if once {
+        let summary = sweeper.sweep_once(Trigger::Once, &shutdown).await?;
+        if summary.all_refreshed() {
+            exit::OK
+        } else {
+            exit::REFRESH_FAILED
+        }
+    } else {
+        daemon::run(sweeper.clone(), &ctx.settings.schedule()?, shutdown).await?;
+        exit::OK
+    };
+    sweeper.store().close().await;
+    Ok(code)
+}
+
+async fn add(
+    ctx: &Ctx,
+    mut new: NewCredential<'_>,
+    token_file: Option<&Path>,
+    replace: bool,
+) -> anyhow::Result<u8> {
+    if !ctx.settings.providers.contains_key(new.provider) {
+        let known = ctx.settings.providers.keys().cloned().collect();
+        return Err(CommandError::UnknownProvider {
+            name: new.provider.to_owned(),
+            known,
+        }
+        .into());
+    }
+    let refresh_token = match new.grant_type {
+        GrantType::RefreshToken => Some(read_refresh_token(token_file)?),
+        GrantType::ClientCredentials => None,
+    };
+    new.refresh_token = refresh_token.as_ref();
+    let store = ctx.open(OpenMode::CreateIfMissing).await?;
+    store.add(&new, replace, domain::now()).await?;
+    store.close().await;
+    println!(
+        "credential {} added; it is refreshed on the next sweep",
+        new.name
+    );
+    Ok(exit::OK)
+}
+
+async fn token(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
+    let store = ctx.open(OpenMode::MustExist).await?;
+    let row = store
+        .token(&name)
+        .await?
+        .ok_or_else(|| CommandError::UnknownCredential(name.clone()))?;
+    let now = domain::now();
+    let valid = row.status == "active" && row.access_token_expires_at.is_some_and(|t| t > now);
+    match (row.access_token, valid) {
+        (Some(token), true) => {
+            println!("{}", token.expose());
+            Ok(exit::OK)
+        }
+        _ => Err(CommandError::NoValidToken {
+            name,
+            status: row.status,
+            expires_at: row.access_token_expires_at,
+        }
+        .into()),
+    }
+}
+
+async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
+    let sweeper = ctx.sweeper().await?;
+    let result = sweeper.refresh_named(&name).await?;
+    sweeper.store().close().await;
+    match result {
+        NamedRefresh::Done(Handled::Refreshed) => {
+            println!("credential {name} refreshed");
+            Ok(exit::OK)
+        }
+        NamedRefresh::Done(other) => {
+            eprintln!(
+                "tokenwarden: credential {name} was not refreshed ({other:?}); see `tokenwarden status`"
+            );
+            Ok(exit::REFRESH_FAILED)
+        }
+        NamedRefresh::NotFound => Err(CommandError::UnknownCredential(name).into()),
+        NamedRefresh::NotActive(status) => Err(CommandError::NotActive {
+            name,
+            status: status.as_str(),
+        }
+        .into()),
+        NamedRefresh::Busy => {
+            eprintln!(
+                "tokenwarden: credential {name} is being refreshed by another process right now"
+            );
+            Ok(exit::REFRESH_FAILED)
+        }
+    }
+}
+
+fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
+    let providers = Providers::resolve(&ctx.settings.providers, &ctx.env)?;
+    let names: Vec<&str> = providers.names().collect();
+    let gap = ctx.settings.schedule()?.longest_gap(chrono::Utc::now());
+    println!(
+        "configuration is valid: {} provider(s) [{}]; database {}; sweeps every {} at most; refresh margin {}",
+        names.len(),
+        names.join(", "),
+        ctx.db_path.display(),
+        humantime::format_duration(gap),
+        humantime::format_duration(ctx.settings.refresh_margin),
+    );
+    Ok(exit::OK)
+}
+
+/// Reads a refresh token from `file` or standard input, never from the command line.
+fn read_refresh_token(file: Option<&Path>) -> anyhow::Result<Secret> {
+    use std::io::Read;
+    let mut text = String::new();
+    match file {
+        Some(path) => {
+            text = std::fs::read_to_string(path)
+                .map_err(|e| CommandError::Input(format!("cannot read {}: {e}", path.display())))?;
+        }
+        None => {
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| CommandError::Input(format!("cannot read standard input: {e}")))?;
+        }
+    }
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(CommandError::Input(
+            "expected one refresh token (on standard input or in --refresh-token-file)".to_owned(),
+        )
+        .into());
+    }
+    Ok(Secret::new(token))
+}

@@ -1,0 +1,112 @@
+//! Exit codes, and the errors a command reports about what the user asked for.
+
+use crate::config::ConfigError;
+use crate::daemon::DaemonError;
+use crate::domain::iso8601;
+use crate::provider::ProviderError;
+use crate::store::StoreError;
+
+/// Success.
+pub const OK: u8 = 0;
+/// A refresh failed: `run --once` or `refresh` could not refresh every credential it tried.
+pub const REFRESH_FAILED: u8 = 1;
+/// Bad usage or configuration: a flag, the TOML, a missing secret or key file, an unknown provider.
+pub const CONFIG: u8 = 2;
+/// The database cannot be opened, read or written (missing, corrupt, read-only, locked).
+pub const DATABASE: u8 = 3;
+/// No such credential, or it has no valid access token (`token`), or it is not active.
+pub const NOT_FOUND: u8 = 4;
+/// Anything else (the runtime or the scheduler failed).
+pub const INTERNAL: u8 = 70;
+
+/// The table shown at the end of `--help`.
+pub const HELP: &str = "Exit codes: 0 ok; 1 a refresh failed; 2 usage or configuration error; \
+3 database error; 4 unknown credential or no valid token; 70 internal error.";
+
+/// What the user asked for cannot be done.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("no credential named {0:?}")]
+    UnknownCredential(String),
+    #[error("unknown provider {name:?} (configured: {})", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
+    UnknownProvider { name: String, known: Vec<String> },
+    #[error("credential {name:?} has no valid access token (status {status}{})", expires_at.map(|t| format!(", expired at {}", iso8601(t))).unwrap_or_default())]
+    NoValidToken {
+        name: String,
+        status: String,
+        expires_at: Option<i64>,
+    },
+    #[error("credential {name:?} is {status}; it is not refreshed until it is authorized again")]
+    NotActive { name: String, status: &'static str },
+    #[error("{0}")]
+    Input(String),
+}
+
+/// The error as one line: each cause in the chain once (many messages already embed their
+/// source's), code snippets that parsers draw under a message left out.
+#[must_use]
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        let text: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.contains(" | ") && !l.starts_with('|'))
+            .collect();
+        let text = text.join(": ");
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+/// The exit code for an error, from the first typed error in its chain.
+#[must_use]
+pub fn code_for(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if cause.is::<ConfigError>() || cause.is::<ProviderError>() {
+            return CONFIG;
+        }
+        if let Some(e) = cause.downcast_ref::<StoreError>() {
+            return if matches!(e, StoreError::Exists(_)) {
+                CONFIG
+            } else {
+                DATABASE
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<CommandError>() {
+            return match e {
+                CommandError::UnknownProvider { .. } | CommandError::Input(_) => CONFIG,
+                _ => NOT_FOUND,
+            };
+        }
+        if cause.is::<DaemonError>() {
+            return INTERNAL;
+        }
+    }
+    INTERNAL
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_drops_repeats_and_snippets() {
+        let inner = std::io::Error::other(
+            "TOML parse error at line 1, column 12\n  |\n1 | schedule = \n  |            ^\nstring values must be quoted\n",
+        );
+        let e = anyhow::Error::new(inner).context("configuration file a.toml");
+        assert_eq!(
+            one_line(&e),
+            "configuration file a.toml: TOML parse error at line 1, column 12: string values must be quoted"
+        );
+        let e = anyhow::anyhow!("no such file").context("cannot read x: no such file");
+        assert_eq!(one_line(&e), "cannot read x: no such file");
+    }
+}

@@ -1,0 +1,183 @@
+//! Text and JSON renderings of `status` and `log`. Rows carry no token: there is none to print.
+
+use std::fmt::Write;
+
+use crate::domain::{UnixTime, iso8601};
+use crate::store::{CredentialSummary, RotationRecord};
+
+/// `status` as an aligned table.
+pub fn status_table(rows: &[CredentialSummary], now: UnixTime) -> String {
+    let mut table = vec![
+        [
+            "NAME",
+            "PROVIDER",
+            "OWNER",
+            "STATUS",
+            "EXPIRES IN",
+            "LAST REFRESH",
+            "FAILURES",
+            "LAST ERROR",
+        ]
+        .map(str::to_owned),
+    ];
+    for r in rows {
+        table.push([
+            r.name.clone(),
+            r.provider.clone(),
+            r.owner.clone().unwrap_or_else(|| "-".to_owned()),
+            r.status.clone(),
+            r.access_token_expires_at
+                .map_or_else(|| "-".to_owned(), |t| relative(t - now)),
+            r.last_refreshed_at.map_or_else(
+                || "never".to_owned(),
+                |t| format!("{} ago", relative(now - t)),
+            ),
+            r.consecutive_failures.to_string(),
+            r.last_error
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), |e| e.chars().take(80).collect()),
+        ]);
+    }
+    align(&table)
+}
+
+/// `status --json`: one object per credential, times in ISO-8601 UTC.
+pub fn status_json(rows: &[CredentialSummary], now: UnixTime) -> String {
+    let items: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name,
+                "provider": r.provider,
+                "owner": r.owner,
+                "grant_type": r.grant_type,
+                "status": r.status,
+                "access_token_expires_at": r.access_token_expires_at.map(iso8601),
+                "seconds_left": r.access_token_expires_at.map(|t| t - now),
+                "refresh_token_expires_at": r.refresh_token_expires_at.map(iso8601),
+                "refresh_due_at": iso8601(r.refresh_due_at),
+                "last_refreshed_at": r.last_refreshed_at.map(iso8601),
+                "consecutive_failures": r.consecutive_failures,
+                "next_attempt_at": (r.next_attempt_at > 0).then(|| iso8601(r.next_attempt_at)),
+                "last_error": r.last_error,
+            })
+        })
+        .collect();
+    format!("{}\n", serde_json::Value::Array(items))
+}
+
+/// `log` as an aligned table, oldest first.
+pub fn log_table(rows: &[RotationRecord]) -> String {
+    let mut table = vec![
+        [
+            "STARTED",
+            "CREDENTIAL",
+            "PROVIDER",
+            "TRIGGER",
+            "OUTCOME",
+            "HTTP",
+            "MS",
+            "ROTATED",
+            "NEW EXPIRY",
+            "ERROR",
+        ]
+        .map(str::to_owned),
+    ];
+    for r in rows {
+        table.push([
+            iso8601(r.started_at),
+            r.credential_name.clone(),
+            r.provider.clone(),
+            r.trigger.clone(),
+            r.outcome.clone(),
+            r.http_status
+                .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            r.duration_ms
+                .map_or_else(|| "-".to_owned(), |d| d.to_string()),
+            match r.refresh_token_rotated {
+                Some(true) => "yes".to_owned(),
+                Some(false) => "no".to_owned(),
+                None => "-".to_owned(),
+            },
+            r.new_expires_at.map_or_else(|| "-".to_owned(), iso8601),
+            r.error_description
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), |e| e.chars().take(80).collect()),
+        ]);
+    }
+    align(&table)
+}
+
+/// `log --json`: one JSON object per line.
+pub fn log_json(rows: &[RotationRecord]) -> String {
+    rows.iter().fold(String::new(), |mut out, r| {
+        let mut value = serde_json::to_value(r).unwrap_or_default();
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("started_at".to_owned(), iso8601(r.started_at).into());
+            obj.insert(
+                "new_expires_at".to_owned(),
+                r.new_expires_at.map(iso8601).into(),
+            );
+            obj.insert(
+                "old_expires_at".to_owned(),
+                r.old_expires_at.map(iso8601).into(),
+            );
+        }
+        let _ = writeln!(out, "{value}");
+        out
+    })
+}
+
+/// A duration in seconds as `3d4h`, `52m`, `40s`, negative as `-5m`.
+fn relative(secs: i64) -> String {
+    let sign = if secs < 0 { "-" } else { "" };
+    let s = secs.unsigned_abs();
+    let text = match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    };
+    format!("{sign}{text}")
+}
+
+fn align<const N: usize>(table: &[[String; N]]) -> String {
+    let mut widths = [0; N];
+    for row in table {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in table {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_durations() {
+        assert_eq!(relative(42), "42s");
+        assert_eq!(relative(3120), "52m");
+        assert_eq!(relative(-300), "-5m");
+        assert_eq!(relative(90_000), "1d1h");
+    }
+
+    #[test]
+    fn table_columns_align() {
+        let t = align(&[
+            ["a".to_owned(), "bb".to_owned()],
+            ["ccc".to_owned(), "d".to_owned()],
+        ]);
+        assert_eq!(t, "a    bb\nccc  d\n");
+    }
+}

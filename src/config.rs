@@ -1,0 +1,576 @@
+//! Settings: embedded defaults, then the TOML file, then `TOKENWARDEN_*` environment variables,
+//! deserialized strictly (unknown keys are errors) and validated. Reads nothing but that file: the
+//! secrets a provider references are resolved later, by `provider`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
+use crate::schedule::Schedule;
+
+/// The defaults every key falls back to; `config/tokenwarden.example.toml` documents them.
+const DEFAULTS: &str = r#"
+schedule = "*/3 * * * *"
+refresh_margin = "10m"
+max_idle = "24h"
+concurrency = 8
+busy_timeout = "5s"
+
+[http]
+connect_timeout = "10s"
+request_timeout = "30s"
+max_response_bytes = 1048576
+
+[retry]
+base = "30s"
+max = "1h"
+
+[log]
+format = "text"
+level = "info"
+"#;
+
+/// The environment variable that names the configuration file; never read as a setting.
+pub const CONFIG_PATH_VAR: &str = "TOKENWARDEN_CONFIG";
+const ENV_PREFIX: &str = "TOKENWARDEN";
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: config::ConfigError,
+    },
+    #[error("configuration: {0}")]
+    Parse(config::ConfigError),
+    #[error("configuration key {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Everything tokenwarden can be told.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The SQLite database; see [`Settings::database_path`] for the default.
+    pub database: Option<PathBuf>,
+    /// Cron expression for sweeps (5 or 6 fields, UTC).
+    pub schedule: String,
+    /// Refresh an access token this long before it expires.
+    #[serde(deserialize_with = "duration")]
+    pub refresh_margin: Duration,
+    /// Refresh at least this often even when the access token lives longer.
+    #[serde(deserialize_with = "duration")]
+    pub max_idle: Duration,
+    /// Refreshes in flight at once.
+    pub concurrency: usize,
+    /// How long to wait for another process's lock on the database.
+    #[serde(deserialize_with = "duration")]
+    pub busy_timeout: Duration,
+    pub http: HttpSettings,
+    pub retry: RetrySettings,
+    pub log: LogSettings,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSettings>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Bound on one whole token request, connect to last byte.
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// Token responses larger than this are refused.
+    pub max_response_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Backoff ceiling after the first transient failure (doubles per failure, full jitter).
+    #[serde(deserialize_with = "duration")]
+    pub base: Duration,
+    /// Largest backoff.
+    #[serde(deserialize_with = "duration")]
+    pub max: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing level (`error` … `trace`) for tokenwarden's own events.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+}
+
+/// One OAuth client registration (`[providers.NAME]`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    pub token_url: String,
+    pub authorization_url: Option<String>,
+    pub revocation_url: Option<String>,
+    pub client_id: String,
+    /// Name of an environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// File holding the client secret (trailing newline ignored).
+    pub client_secret_file: Option<PathBuf>,
+    /// The secret inline: accepted with a warning.
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub client_auth: ClientAuthMethod,
+    /// PEM private key for `private_key_jwt`.
+    pub private_key_file: Option<PathBuf>,
+    /// Signing algorithm for `private_key_jwt` (RS256, ES256, PS256, …).
+    #[serde(default = "default_alg")]
+    pub alg: String,
+    pub kid: Option<String>,
+    #[serde(default, deserialize_with = "scopes")]
+    pub scopes: Vec<String>,
+    /// Send `scope` with refresh requests too (Microsoft Entra wants it).
+    #[serde(default)]
+    pub scope_on_refresh: bool,
+    /// Lifetime assumed when a token response has no `expires_in`.
+    #[serde(default = "default_expires_in", deserialize_with = "duration")]
+    pub default_expires_in: Duration,
+    /// Extra form parameters for every token request.
+    #[serde(default)]
+    pub extra_params: BTreeMap<String, String>,
+    /// Allow an `http://` token endpoint on a host that is not loopback.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+impl fmt::Debug for ProviderSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderSettings")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("client_auth", &self.client_auth)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_alg() -> String {
+    "RS256".to_owned()
+}
+
+fn default_expires_in() -> Duration {
+    Duration::from_hours(1)
+}
+
+impl Settings {
+    /// Loads the embedded defaults, then `file` if given, then the `TOKENWARDEN_*` variables of
+    /// `env`, and validates the result. `env` is passed in so that loading stays pure.
+    pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            // Read it ourselves so a missing or unreadable file is named plainly.
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.to_owned(),
+                source: config::ConfigError::Foreign(Box::new(e)),
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        let vars: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")) && *k != CONFIG_PATH_VAR)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .ignore_empty(true)
+                .source(Some(vars)),
+        );
+        let settings: Self = builder
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| match file {
+                Some(path) => ConfigError::File {
+                    path: path.to_owned(),
+                    source: e,
+                },
+                None => ConfigError::Parse(e),
+            })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The database file: the configured one, else `$STATE_DIRECTORY/tokenwarden.db` when systemd
+    /// sets `STATE_DIRECTORY`, else `./tokenwarden.db`.
+    #[must_use]
+    pub fn database_path(&self, env: &BTreeMap<String, String>) -> PathBuf {
+        if let Some(path) = &self.database {
+            return path.clone();
+        }
+        match env
+            .get("STATE_DIRECTORY")
+            .and_then(|dirs| dirs.split(':').next())
+        {
+            Some(dir) if !dir.is_empty() => Path::new(dir).join("tokenwarden.db"),
+            _ => PathBuf::from("tokenwarden.db"),
+        }
+    }
+
+    /// The parsed sweep schedule (validated by `load`).
+    pub fn schedule(&self) -> Result<Schedule, ConfigError> {
+        self.schedule.parse().map_err(|e| invalid("schedule", e))
+    }
+
+    /// How long a claim on a credential lasts: longer than any request can take, so that no two
+    /// processes ever hold the same refresh token at once.
+    #[must_use]
+    pub fn lease(&self) -> Duration {
+        self.http.connect_timeout + self.http.request_timeout * 2 + Duration::from_secs(30)
+    }
+
+    /// Warnings about settings that work but should change.
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        self.providers
+            .iter()
+            .filter(|(_, p)| p.client_secret.is_some())
+            .map(|(name, _)| {
+                format!(
+                    "provider {name}: client_secret is inline in the configuration; prefer client_secret_env or client_secret_file"
+                )
+            })
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let schedule = self.schedule()?;
+        let gap = schedule.longest_gap(chrono::Utc::now());
+        if self.refresh_margin <= gap + self.http.request_timeout {
+            return Err(invalid(
+                "refresh_margin",
+                format!(
+                    "{} must be larger than the longest gap between sweeps ({}) plus http.request_timeout ({}), or tokens lapse between sweeps",
+                    humantime::format_duration(self.refresh_margin),
+                    humantime::format_duration(gap),
+                    humantime::format_duration(self.http.request_timeout),
+                ),
+            ));
+        }
+        if !(1..=256).contains(&self.concurrency) {
+            return Err(invalid("concurrency", "must be between 1 and 256"));
+        }
+        if self.max_idle < Duration::from_mins(1) {
+            return Err(invalid("max_idle", "must be at least 1m"));
+        }
+        if self.http.max_response_bytes < 1024 {
+            return Err(invalid("http.max_response_bytes", "must be at least 1024"));
+        }
+        if self.http.request_timeout.is_zero() || self.http.connect_timeout.is_zero() {
+            return Err(invalid("http", "timeouts must be larger than zero"));
+        }
+        if self.retry.base.is_zero() || self.retry.max < self.retry.base {
+            return Err(invalid(
+                "retry",
+                "base must be positive and max at least base",
+            ));
+        }
+        if self.log.level.parse::<tracing::Level>().is_err() {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "{:?} is not one of error, warn, info, debug, trace",
+                    self.log.level
+                ),
+            ));
+        }
+        for (name, provider) in &self.providers {
+            provider.validate(&format!("providers.{name}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl ProviderSettings {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        check_endpoint(
+            &format!("{key}.token_url"),
+            &self.token_url,
+            self.allow_insecure_http,
+        )?;
+        for (field, url) in [
+            ("authorization_url", &self.authorization_url),
+            ("revocation_url", &self.revocation_url),
+        ] {
+            if let Some(url) = url {
+                check_endpoint(&format!("{key}.{field}"), url, self.allow_insecure_http)?;
+            }
+        }
+        if self.client_id.is_empty() {
+            return Err(invalid(format!("{key}.client_id"), "must not be empty"));
+        }
+        let secret_sources = [
+            self.client_secret_env.is_some(),
+            self.client_secret_file.is_some(),
+            self.client_secret.is_some(),
+        ]
+        .into_iter()
+        .filter(|set| *set)
+        .count();
+        match self.client_auth {
+            ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost => {
+                if secret_sources != 1 {
+                    return Err(invalid(
+                        format!("{key}.client_secret_env"),
+                        "set exactly one of client_secret_env, client_secret_file or client_secret",
+                    ));
+                }
+            }
+            ClientAuthMethod::PrivateKeyJwt => {
+                if self.private_key_file.is_none() {
+                    return Err(invalid(
+                        format!("{key}.private_key_file"),
+                        "private_key_jwt needs a private_key_file",
+                    ));
+                }
+                if self.alg.parse::<jsonwebtoken::Algorithm>().is_err() {
+                    return Err(invalid(
+                        format!("{key}.alg"),
+                        format!("{:?} is not a JWS algorithm", self.alg),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An endpoint must be an absolute https URL; plain http only to loopback or when allowed.
+fn check_endpoint(key: &str, value: &str, allow_insecure_http: bool) -> Result<(), ConfigError> {
+    let url =
+        url::Url::parse(value).map_err(|e| invalid(key, format!("{value:?} is not a URL: {e}")))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http || is_loopback(&url) => Ok(()),
+        "http" => Err(invalid(
+            key,
+            format!(
+                "{value:?} is plain http to a host that is not loopback; use https or set allow_insecure_http = true"
+            ),
+        )),
+        other => Err(invalid(
+            key,
+            format!("{value:?} has scheme {other:?}; expected https"),
+        )),
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// A duration as whole seconds (`600`) or a humantime string (`"10m"`, `"1h 30m"`).
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct Visitor;
+    impl de::Visitor<'_> for Visitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as \"10m\" or a number of seconds")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom("a duration cannot be negative"))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            let v = v.trim();
+            if let Ok(secs) = v.parse::<u64>() {
+                return Ok(Duration::from_secs(secs));
+            }
+            humantime::parse_duration(v)
+                .map_err(|e| E::custom(format!("{v:?} is not a duration: {e}")))
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
+/// Scopes as a TOML list or one space-separated string (handy in environment variables).
+fn scopes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scopes {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Scopes::deserialize(d)? {
+        Scopes::One(s) => s.split_whitespace().map(str::to_owned).collect(),
+        Scopes::Many(v) => v,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_str(toml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(toml.as_bytes()).unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::load(Some(file.path()), &env)
+    }
+
+    const PROVIDER: &str = r#"
+[providers.entra]
+token_url = "https://login.example.com/token"
+client_id = "000123"
+client_secret_env = "ENTRA_SECRET"
+scopes = "offline_access https://graph.microsoft.com/.default"
+"#;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let s = Settings::load(None, &BTreeMap::new()).unwrap();
+        assert_eq!(s.refresh_margin, Duration::from_secs(600));
+        assert_eq!(s.schedule().unwrap().six_fields(), "0 */3 * * * *");
+        assert_eq!(
+            s.database_path(&BTreeMap::new()),
+            PathBuf::from("tokenwarden.db")
+        );
+        let env = BTreeMap::from([(
+            "STATE_DIRECTORY".to_owned(),
+            "/var/lib/tw:/other".to_owned(),
+        )]);
+        assert_eq!(
+            s.database_path(&env),
+            PathBuf::from("/var/lib/tw/tokenwarden.db")
+        );
+    }
+
+    #[test]
+    fn file_then_env_and_client_id_keeps_leading_zeros() {
+        let s = load_str(
+            PROVIDER,
+            &[
+                ("TOKENWARDEN_CONCURRENCY", "3"),
+                ("TOKENWARDEN_PROVIDERS__ENTRA__SCOPE_ON_REFRESH", "true"),
+                ("TOKENWARDEN_CONFIG", "/ignored.toml"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.concurrency, 3);
+        let p = &s.providers["entra"];
+        assert_eq!(p.client_id, "000123");
+        assert!(p.scope_on_refresh);
+        assert_eq!(
+            p.scopes,
+            ["offline_access", "https://graph.microsoft.com/.default"]
+        );
+        assert_eq!(p.default_expires_in, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = load_str("refresh_margn = \"5m\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("refresh_margn"), "{e}");
+        let e = load_str(&format!("{PROVIDER}tokn_url = \"x\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tokn_url"), "{e}");
+    }
+
+    #[test]
+    fn margin_must_cover_a_sweep_gap() {
+        let e = load_str("schedule = \"*/10 * * * *\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("refresh_margin"), "{e}");
+        load_str(
+            "schedule = \"*/10 * * * *\"\nrefresh_margin = \"15m\"\n",
+            &[],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        let remote = PROVIDER.replace("https://login.example.com", "http://login.example.com");
+        let e = load_str(&remote, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("providers.entra.token_url") && e.contains("plain http"),
+            "{e}"
+        );
+        load_str(
+            &PROVIDER.replace("https://login.example.com", "http://127.0.0.1:8080"),
+            &[],
+        )
+        .unwrap();
+        load_str(&format!("{remote}allow_insecure_http = true\n"), &[]).unwrap();
+    }
+
+    #[test]
+    fn a_secret_source_is_required_and_inline_warns() {
+        let none = PROVIDER.replace("client_secret_env = \"ENTRA_SECRET\"\n", "");
+        let e = load_str(&none, &[]).unwrap_err().to_string();
+        assert!(e.contains("exactly one of client_secret_env"), "{e}");
+        let inline = PROVIDER.replace(
+            "client_secret_env = \"ENTRA_SECRET\"",
+            "client_secret = \"s3cr3t-canary\"",
+        );
+        let s = load_str(&inline, &[]).unwrap();
+        let warnings = s.warnings().join("\n");
+        assert!(warnings.contains("inline") && !warnings.contains("s3cr3t-canary"));
+        assert!(!format!("{s:?}").contains("s3cr3t-canary"));
+    }
+
+    #[test]
+    fn malformed_toml_names_the_file() {
+        let e = load_str("schedule = \n", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("configuration file "), "{e}");
+    }
+}

@@ -1,0 +1,82 @@
+//! The long-running service: a sweep at start, then one per tick of the cron schedule, never two
+//! at once, until shutdown is requested; SIGTERM and SIGINT request it. Imports `schedule`,
+//! `domain` and `sweep`.
+
+use tokio::sync::mpsc;
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::domain::Trigger;
+use crate::schedule::Schedule;
+use crate::sweep::Sweeper;
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] JobSchedulerError),
+    #[error("cannot listen for signals: {0}")]
+    Signals(#[from] std::io::Error),
+}
+
+/// Sweeps at start and on every tick of `schedule` until `shutdown` fires, then returns once the
+/// sweep in flight (if any) has stored what it refreshed.
+pub async fn run(
+    sweeper: Sweeper,
+    schedule: &Schedule,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    // Ticks land in a channel of one: the single sweep loop below never overlaps itself, and
+    // ticks that arrive while it runs collapse into one follow-up sweep.
+    let (ticks, mut tick_rx) = mpsc::channel::<()>(1);
+    let mut scheduler = JobScheduler::new().await?;
+    let job = Job::new_async(schedule.six_fields(), move |_, _| {
+        let ticks = ticks.clone();
+        Box::pin(async move {
+            let _ = ticks.try_send(());
+        })
+    })?;
+    scheduler.add(job).await?;
+    scheduler.start().await?;
+    info!(schedule = schedule.six_fields(), "tokenwarden started");
+
+    sweep(&sweeper, &shutdown).await;
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            tick = tick_rx.recv() => match tick {
+                Some(()) => sweep(&sweeper, &shutdown).await,
+                None => break,
+            },
+        }
+    }
+    scheduler.shutdown().await?;
+    info!("tokenwarden stopped");
+    Ok(())
+}
+
+async fn sweep(sweeper: &Sweeper, shutdown: &CancellationToken) {
+    if let Err(e) = sweeper.sweep_once(Trigger::Schedule, shutdown).await {
+        error!(error = %e, "sweep failed; the next tick tries again");
+    }
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> Result<CancellationToken, DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal = name, "shutting down after the refreshes in flight");
+        cancel.cancel();
+    });
+    Ok(token)
+}

@@ -1,0 +1,293 @@
+//! The vocabulary of tokenwarden and its arithmetic: credentials, token sets, statuses, due times,
+//! backoff and fingerprints. Pure functions that take `now`; imports nothing from the crate.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256};
+
+/// Seconds since the Unix epoch, UTC. Every time in the database and in this module is one.
+pub type UnixTime = i64;
+
+/// The current time as [`UnixTime`].
+#[must_use]
+pub fn now() -> UnixTime {
+    chrono::Utc::now().timestamp()
+}
+
+/// Renders a [`UnixTime`] as ISO-8601 UTC (`2026-11-23T13:19:41Z`).
+#[must_use]
+pub fn iso8601(t: UnixTime) -> String {
+    chrono::DateTime::from_timestamp(t, 0).map_or_else(
+        || t.to_string(),
+        |d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )
+}
+
+/// A token or other secret value. `Debug` prints `[redacted]` and there is no `Display`: the only
+/// way to the value is [`Secret::expose`], so a secret never reaches a log line by accident.
+#[derive(Clone, PartialEq, Eq, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    #[must_use]
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret value itself, for the one place that must send or print it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A short SHA-256 fingerprint (16 hex digits) that identifies the value without revealing it.
+    #[must_use]
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.0.as_bytes());
+        hex::encode(&digest[..8])
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// How a credential obtains new access tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantType {
+    RefreshToken,
+    ClientCredentials,
+}
+
+impl GrantType {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RefreshToken => "refresh_token",
+            Self::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+impl FromStr for GrantType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "refresh_token" => Ok(Self::RefreshToken),
+            "client_credentials" => Ok(Self::ClientCredentials),
+            other => Err(format!(
+                "unknown grant type {other:?} (expected refresh_token or client_credentials)"
+            )),
+        }
+    }
+}
+
+/// Where a credential stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Kept fresh by the sweep.
+    Active,
+    /// The provider rejected the grant for good; an admin must authorize again.
+    NeedsReauthorization,
+    /// Left alone by the sweep on purpose.
+    Disabled,
+}
+
+impl Status {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::NeedsReauthorization => "needs_reauthorization",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(Self::Active),
+            "needs_reauthorization" => Ok(Self::NeedsReauthorization),
+            "disabled" => Ok(Self::Disabled),
+            other => Err(format!("unknown status {other:?}")),
+        }
+    }
+}
+
+/// What started a refresh attempt; recorded in the rotation journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// A tick of the daemon's schedule (and its sweep at start).
+    Schedule,
+    /// `tokenwarden run --once`.
+    Once,
+    /// `tokenwarden refresh NAME`.
+    Manual,
+}
+
+impl Trigger {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Schedule => "schedule",
+            Self::Once => "once",
+            Self::Manual => "manual",
+        }
+    }
+}
+
+/// A credential claimed for refreshing: what the refresh needs, nothing more.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub name: String,
+    pub provider: String,
+    pub grant_type: GrantType,
+    /// Space-separated scopes stored with the credential, if any.
+    pub scopes: Option<String>,
+    pub refresh_token: Option<Secret>,
+    pub access_token_expires_at: Option<UnixTime>,
+    pub consecutive_failures: u32,
+    /// The journal row written for this attempt before the request.
+    pub attempt_id: i64,
+}
+
+/// New tokens from a successful token response, with expiry resolved against `now`.
+#[derive(Debug, Clone)]
+pub struct TokenSet {
+    pub access_token: Secret,
+    pub token_type: String,
+    pub expires_at: UnixTime,
+    /// `None` when the response carried no refresh token: the stored one is kept.
+    pub refresh_token: Option<Secret>,
+    pub refresh_token_expires_at: Option<UnixTime>,
+    pub scope: Option<String>,
+}
+
+/// Shortest access-token lifetime believed; shorter (zero, negative) values are raised to this.
+pub const MIN_LIFETIME_SECS: i64 = 60;
+/// Longest access-token lifetime believed; larger values are clamped to this.
+pub const MAX_LIFETIME_SECS: i64 = 366 * 24 * 3600;
+
+/// Clamps a provider's `expires_in` into `[MIN_LIFETIME_SECS, MAX_LIFETIME_SECS]`.
+#[must_use]
+pub fn clamp_lifetime(expires_in: i64) -> i64 {
+    expires_in.clamp(MIN_LIFETIME_SECS, MAX_LIFETIME_SECS)
+}
+
+/// When a credential should next be refreshed: `margin` before its access token expires, and no
+/// later than `max_idle` from now so an idle refresh token is exercised before it can lapse.
+#[must_use]
+pub fn refresh_due_at(now: UnixTime, expires_at: UnixTime, margin: i64, max_idle: i64) -> UnixTime {
+    (expires_at - margin).min(now + max_idle)
+}
+
+/// Tunables for retrying after transient failures.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// Delay ceiling after the first failure, seconds.
+    pub base: i64,
+    /// Largest delay ceiling, seconds.
+    pub cap: i64,
+}
+
+impl Backoff {
+    /// Seconds to wait after the `failures`-th consecutive failure: exponential with full jitter
+    /// (`jitter` in `[0, 1)` scales the ceiling), at least one second, and never sooner than the
+    /// provider's `Retry-After`.
+    #[must_use]
+    pub fn delay(self, failures: u32, jitter: f64, retry_after: Option<i64>) -> i64 {
+        let exponent = failures.saturating_sub(1).min(30);
+        let ceiling = self.base.saturating_mul(1_i64 << exponent).min(self.cap);
+        #[allow(clippy::cast_precision_loss)] // ceilings are far below 2^52 seconds
+        let jittered = (ceiling as f64 * jitter.clamp(0.0, 1.0)) as i64;
+        jittered.max(1).max(retry_after.unwrap_or(0).min(self.cap))
+    }
+}
+
+/// Shortens free text from a provider for storage and logs, and blanks out any of `secrets` in it.
+#[must_use]
+pub fn sanitize(text: &str, secrets: &[&Secret]) -> String {
+    const MAX_CHARS: usize = 300;
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_CHARS)
+        .collect();
+    for secret in secrets {
+        if !secret.expose().is_empty() {
+            out = out.replace(secret.expose(), "[redacted]");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_hides_value() {
+        let s = Secret::new("canary-value");
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert_eq!(format!("{:?}", Some(s.clone())), "Some([redacted])");
+        assert_eq!(s.expose(), "canary-value");
+    }
+
+    #[test]
+    fn fingerprint_is_short_stable_and_not_the_value() {
+        let a = Secret::new("abc").fingerprint();
+        assert_eq!(a, "ba7816bf8f01cfea");
+        assert_eq!(a, Secret::new("abc").fingerprint());
+        assert_ne!(a, Secret::new("abd").fingerprint());
+    }
+
+    #[test]
+    fn due_is_margin_before_expiry_or_max_idle() {
+        assert_eq!(refresh_due_at(1000, 4600, 600, 86_400), 4000);
+        // A long-lived access token is still refreshed within max_idle.
+        assert_eq!(refresh_due_at(1000, 1_000_000, 600, 86_400), 87_400);
+        // A token shorter than the margin is due at once.
+        assert!(refresh_due_at(1000, 1300, 600, 86_400) <= 1000);
+    }
+
+    #[test]
+    fn lifetime_is_clamped() {
+        assert_eq!(clamp_lifetime(-5), MIN_LIFETIME_SECS);
+        assert_eq!(clamp_lifetime(0), MIN_LIFETIME_SECS);
+        assert_eq!(clamp_lifetime(3599), 3599);
+        assert_eq!(clamp_lifetime(i64::MAX), MAX_LIFETIME_SECS);
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        let b = Backoff {
+            base: 30,
+            cap: 3600,
+        };
+        assert_eq!(b.delay(1, 0.999_999, None), 29);
+        assert_eq!(b.delay(3, 0.999_999, None), 119);
+        assert_eq!(b.delay(40, 0.999_999, None), 3599);
+        assert_eq!(b.delay(1, 0.0, None), 1);
+        assert_eq!(b.delay(1, 0.0, Some(120)), 120);
+        assert_eq!(b.delay(1, 0.0, Some(1_000_000)), 3600);
+    }
+
+    #[test]
+    fn sanitize_redacts_and_truncates() {
+        let s = Secret::new("tok123");
+        assert_eq!(sanitize("bad tok123\nhere", &[&s]), "bad [redacted] here");
+        assert_eq!(sanitize(&"x".repeat(1000), &[]).len(), 300);
+    }
+
+    #[test]
+    fn iso8601_renders_utc() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
+    }
+}

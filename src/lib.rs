@@ -1,0 +1,32 @@
+//! tokenwarden keeps stored OAuth 2.0 credentials alive: a scheduled sweep refreshes every access
+//! token shortly before it expires, stores the new tokens and journals each rotation.
+//!
+//! Data flows one way; a module imports only those before it:
+//!
+//! ```text
+//! config ─► store ─► sweep ─► refresh ─► (outcome) ─► sweep ─► store
+//!   │                  ▲
+//!   └─► provider ──────┘            daemon: schedule + signals around sweep
+//! ```
+//!
+//! - [`domain`] — credentials, tokens, statuses, due-time and backoff arithmetic (pure)
+//! - [`schedule`] — cron expressions and the gap between sweeps
+//! - [`config`] — settings from defaults, file and environment, validated
+//! - [`provider`] — configured OAuth clients with their secrets resolved
+//! - [`store`] — the SQLite database, the only module that speaks SQL
+//! - [`refresh`] — one token request and its outcome
+//! - [`sweep`] — claim, refresh, store, log
+//! - [`daemon`] — the schedule and shutdown around sweeps
+//! - [`telemetry`] — logging
+//! - [`cli`] — the command line
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod domain;
+pub mod provider;
+pub mod refresh;
+pub mod schedule;
+pub mod store;
+pub mod sweep;
+pub mod telemetry;

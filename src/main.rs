@@ -1,0 +1,30 @@
+//! The tokenwarden binary: parse the command line, run the command, turn an error into one line
+//! on standard error and a documented exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = tokenwarden::cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokenwarden: error: cannot start the async runtime: {e}");
+            return ExitCode::from(tokenwarden::cli::exit::INTERNAL);
+        }
+    };
+    match runtime.block_on(tokenwarden::cli::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!(
+                "tokenwarden: error: {}",
+                tokenwarden::cli::exit::one_line(&e)
+            );
+            ExitCode::from(tokenwarden::cli::exit::code_for(&e))
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Providers ready to use: each configured OAuth client with its endpoints, its client
+//! authentication and the secrets it references (environment variables, files, private keys)
+//! resolved. Imports `config` and `domain`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+use crate::config::{ClientAuthMethod, ProviderSettings};
+use crate::domain::{Secret, UnixTime};
+
+/// How long a `private_key_jwt` client assertion stays valid.
+const ASSERTION_LIFETIME_SECS: i64 = 120;
+
+/// Why a provider could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("provider {provider}: environment variable {var} (client_secret_env) is not set")]
+    SecretEnvUnset { provider: String, var: String },
+    #[error("provider {provider}: cannot read {what} {path}: {source}")]
+    Unreadable {
+        provider: String,
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("provider {provider}: {what} {path} is empty")]
+    Empty {
+        provider: String,
+        what: &'static str,
+        path: PathBuf,
+    },
+    #[error("provider {provider}: private key {path} is not a usable {alg:?} PEM key: {reason}")]
+    Key {
+        provider: String,
+        path: PathBuf,
+        alg: Algorithm,
+        reason: String,
+    },
+    #[error("provider {provider}: cannot sign a client assertion: {reason}")]
+    Sign { provider: String, reason: String },
+}
+
+/// How the client proves who it is at the token endpoint.
+pub enum ClientAuth {
+    /// `client_secret_basic`: HTTP Basic with client id and secret.
+    SecretBasic(Secret),
+    /// `client_secret_post`: client id and secret in the form body.
+    SecretPost(Secret),
+    /// `private_key_jwt`: a freshly signed JWT per request (RFC 7523).
+    PrivateKeyJwt {
+        key: EncodingKey,
+        alg: Algorithm,
+        kid: Option<String>,
+    },
+}
+
+impl fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::SecretBasic(_) => "SecretBasic([redacted])",
+            Self::SecretPost(_) => "SecretPost([redacted])",
+            Self::PrivateKeyJwt { .. } => "PrivateKeyJwt([redacted])",
+        })
+    }
+}
+
+/// One OAuth client registration, ready to use.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub token_url: String,
+    pub client_id: String,
+    pub auth: ClientAuth,
+    pub scopes: Vec<String>,
+    pub scope_on_refresh: bool,
+    /// Seconds assumed when a token response carries no `expires_in`.
+    pub default_expires_in: i64,
+    pub extra_params: Vec<(String, String)>,
+}
+
+impl Provider {
+    /// Resolves one `[providers.NAME]` block; `env` supplies `client_secret_env`.
+    pub fn resolve(
+        name: &str,
+        settings: &ProviderSettings,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ProviderError> {
+        let auth = match settings.client_auth {
+            ClientAuthMethod::ClientSecretBasic => {
+                ClientAuth::SecretBasic(client_secret(name, settings, env)?)
+            }
+            ClientAuthMethod::ClientSecretPost => {
+                ClientAuth::SecretPost(client_secret(name, settings, env)?)
+            }
+            ClientAuthMethod::PrivateKeyJwt => {
+                // `validate` guarantees both are present and well-formed.
+                let path = settings.private_key_file.clone().unwrap_or_default();
+                let alg: Algorithm = settings.alg.parse().unwrap_or(Algorithm::RS256);
+                let pem = read_nonempty(name, "private key file", &path)?;
+                ClientAuth::PrivateKeyJwt {
+                    key: encoding_key(name, &path, alg, pem.as_bytes())?,
+                    alg,
+                    kid: settings.kid.clone(),
+                }
+            }
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            token_url: settings.token_url.clone(),
+            client_id: settings.client_id.clone(),
+            auth,
+            scopes: settings.scopes.clone(),
+            scope_on_refresh: settings.scope_on_refresh,
+            default_expires_in: i64::try_from(settings.default_expires_in.as_secs())
+                .unwrap_or(i64::MAX),
+            extra_params: settings
+                .extra_params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+    }
+
+    /// A signed client assertion for `private_key_jwt`, or `None` for the secret-based methods.
+    pub fn client_assertion(&self, now: UnixTime) -> Result<Option<Secret>, ProviderError> {
+        let ClientAuth::PrivateKeyJwt { key, alg, kid } = &self.auth else {
+            return Ok(None);
+        };
+        let claims = serde_json::json!({
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": self.token_url,
+            "jti": hex::encode(rand::random::<[u8; 16]>()),
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME_SECS,
+        });
+        let mut header = Header::new(*alg);
+        header.kid.clone_from(kid);
+        jsonwebtoken::encode(&header, &claims, key)
+            .map(|jwt| Some(Secret::new(jwt)))
+            .map_err(|e| ProviderError::Sign {
+                provider: self.name.clone(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+/// Every configured provider by name.
+#[derive(Debug, Default, Clone)]
+pub struct Providers(BTreeMap<String, Arc<Provider>>);
+
+impl Providers {
+    /// Resolves every provider, failing on the first whose secrets cannot be had.
+    pub fn resolve(
+        settings: &BTreeMap<String, ProviderSettings>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ProviderError> {
+        settings
+            .iter()
+            .map(|(name, p)| Ok((name.clone(), Arc::new(Provider::resolve(name, p, env)?))))
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.0.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+}
+
+fn client_secret(
+    name: &str,
+    settings: &ProviderSettings,
+    env: &BTreeMap<String, String>,
+) -> Result<Secret, ProviderError> {
+    if let Some(var) = &settings.client_secret_env {
+        return env
+            .get(var)
+            .filter(|v| !v.is_empty())
+            .map(Secret::new)
+            .ok_or_else(|| ProviderError::SecretEnvUnset {
+                provider: name.to_owned(),
+                var: var.clone(),
+            });
+    }
+    if let Some(path) = &settings.client_secret_file {
+        return read_nonempty(name, "client_secret_file", path).map(Secret::new);
+    }
+    Ok(Secret::new(
+        settings.client_secret.clone().unwrap_or_default(),
+    ))
+}
+
+fn read_nonempty(provider: &str, what: &'static str, path: &Path) -> Result<String, ProviderError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ProviderError::Unreadable {
+        provider: provider.to_owned(),
+        what,
+        path: path.to_owned(),
+        source,
+    })?;
+    let trimmed = text.trim_end_matches(['\r', '\n']);
+    if trimmed.is_empty() {
+        return Err(ProviderError::Empty {
+            provider: provider.to_owned(),
+            what,
+            path: path.to_owned(),
+        });
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn encoding_key(
+    provider: &str,
+    path: &Path,
+    alg: Algorithm,
+    pem: &[u8],
+) -> Result<EncodingKey, ProviderError> {
+    use Algorithm::{ES256, ES384, EdDSA, PS256, PS384, PS512, RS256, RS384, RS512};
+    let key = match alg {
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => EncodingKey::from_rsa_pem(pem),
+        ES256 | ES384 => EncodingKey::from_ec_pem(pem),
+        EdDSA => EncodingKey::from_ed_pem(pem),
+        _ => {
+            return Err(ProviderError::Key {
+                provider: provider.to_owned(),
+                path: path.to_owned(),
+                alg,
+                reason: "private_key_jwt needs an asymmetric algorithm".to_owned(),
+            });
+        }
+    };
+    key.map_err(|e| ProviderError::Key {
+        provider: provider.to_owned(),
+        path: path.to_owned(),
+        alg,
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,355 @@
+//! The sweep's transactions: claim due credentials under a lease and journal each attempt before
+//! its request; store the outcome and complete the journal in one transaction; release unused claims.
+
+use sqlx::FromRow;
+
+use super::{Store, StoreError};
+use crate::domain::{Claimed, GrantType, Secret, Status, TokenSet, Trigger, UnixTime};
+
+/// Columns a claim returns.
+const CLAIM_COLUMNS: &str = "id, name, provider, grant_type, scopes, refresh_token, access_token_expires_at, consecutive_failures";
+
+#[derive(FromRow)]
+struct ClaimRow {
+    id: i64,
+    name: String,
+    provider: String,
+    grant_type: String,
+    scopes: Option<String>,
+    refresh_token: Option<Secret>,
+    access_token_expires_at: Option<i64>,
+    consecutive_failures: i64,
+}
+
+/// What `claim_by_name` found.
+#[derive(Debug)]
+pub enum ClaimByName {
+    Claimed(Claimed),
+    NotFound,
+    NotActive(Status),
+    /// Another process holds the lease right now.
+    Busy,
+}
+
+/// A successful refresh, ready to store.
+#[derive(Debug)]
+pub struct Refreshed<'a> {
+    pub tokens: &'a TokenSet,
+    pub refresh_due_at: UnixTime,
+    pub http_status: Option<u16>,
+    pub duration_ms: i64,
+}
+
+/// A failed attempt, ready to store.
+#[derive(Debug)]
+pub enum Failure<'a> {
+    /// Retry at `next_attempt_at`.
+    Retry {
+        next_attempt_at: UnixTime,
+        detail: FailureDetail<'a>,
+    },
+    /// The grant is dead: status needs_reauthorization, unless the refresh token changed meanwhile.
+    Reauthorize { detail: FailureDetail<'a> },
+}
+
+/// What the journal and `last_error` record about a failure.
+#[derive(Debug, Clone, Copy)]
+pub struct FailureDetail<'a> {
+    pub outcome: &'a str,
+    pub last_error: &'a str,
+    pub http_status: Option<u16>,
+    pub error_code: Option<&'a str>,
+    pub duration_ms: i64,
+}
+
+/// Whether a result was written to the credential row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Yes,
+    /// The row's refresh token changed while the request was out (re-authorized, or refreshed by
+    /// someone else): the row is left as it is, and this outcome only journaled.
+    Superseded,
+}
+
+impl ClaimRow {
+    fn into_claimed(self, attempt_id: i64) -> Claimed {
+        Claimed {
+            id: self.id,
+            grant_type: self.grant_type.parse().unwrap_or(GrantType::RefreshToken),
+            name: self.name,
+            provider: self.provider,
+            scopes: self.scopes,
+            refresh_token: self.refresh_token,
+            access_token_expires_at: self.access_token_expires_at,
+            consecutive_failures: u32::try_from(self.consecutive_failures).unwrap_or(u32::MAX),
+            attempt_id,
+        }
+    }
+}
+
+impl Store {
+    /// Claims up to `limit` due credentials for `owner` until `lease_until` and journals an attempt
+    /// for each, in one transaction. Credentials refreshed since `sweep_start` are not claimed again,
+    /// so one sweep refreshes each at most once even when its tokens live shorter than the margin.
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        now: UnixTime,
+        lease_until: UnixTime,
+        limit: usize,
+        sweep_start: UnixTime,
+        trigger: Trigger,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        const SQL: &str = "UPDATE oauth_credential SET lease_owner = ?1, lease_expires_at = ?2 \
+            WHERE id IN (SELECT id FROM oauth_credential \
+                WHERE status = 'active' AND refresh_due_at <= ?3 AND next_attempt_at <= ?3 \
+                  AND (lease_expires_at IS NULL OR lease_expires_at <= ?3) \
+                  AND (last_refreshed_at IS NULL OR last_refreshed_at < ?5) \
+                ORDER BY refresh_due_at LIMIT ?4) \
+            RETURNING id, name, provider, grant_type, scopes, refresh_token, access_token_expires_at, consecutive_failures";
+        debug_assert!(SQL.ends_with(CLAIM_COLUMNS));
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows: Vec<ClaimRow> = sqlx::query_as(SQL)
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(sweep_start)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let attempt = journal_start(&mut tx, &row, owner, now, trigger).await?;
+            claimed.push(row.into_claimed(attempt));
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Claims one credential by name, due or not (a manual refresh).
+    pub async fn claim_by_name(
+        &self,
+        name: &str,
+        owner: &str,
+        now: UnixTime,
+        lease_until: UnixTime,
+    ) -> Result<ClaimByName, StoreError> {
+        const SQL: &str = "UPDATE oauth_credential SET lease_owner = ?1, lease_expires_at = ?2 \
+            WHERE name = ?3 AND status = 'active' AND (lease_expires_at IS NULL OR lease_expires_at <= ?4) \
+            RETURNING id, name, provider, grant_type, scopes, refresh_token, access_token_expires_at, consecutive_failures";
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row: Option<ClaimRow> = sqlx::query_as(SQL)
+            .bind(owner)
+            .bind(lease_until)
+            .bind(name)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            let status: Option<(String,)> =
+                sqlx::query_as("SELECT status FROM oauth_credential WHERE name = ?1")
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Ok(match status {
+                None => ClaimByName::NotFound,
+                Some((s,)) => match s.parse::<Status>() {
+                    Ok(Status::Active) => ClaimByName::Busy,
+                    Ok(other) => ClaimByName::NotActive(other),
+                    Err(_) => ClaimByName::NotActive(Status::Disabled),
+                },
+            });
+        };
+        let attempt = journal_start(&mut tx, &row, owner, now, Trigger::Manual).await?;
+        tx.commit().await?;
+        Ok(ClaimByName::Claimed(row.into_claimed(attempt)))
+    }
+
+    /// Stores new tokens and completes the journal entry, in one transaction. The row is updated
+    /// only if it still holds the refresh token that was sent (compare-and-swap).
+    pub async fn store_refreshed(
+        &self,
+        claimed: &Claimed,
+        owner: &str,
+        now: UnixTime,
+        r: &Refreshed<'_>,
+    ) -> Result<Stored, StoreError> {
+        let t = r.tokens;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let updated = sqlx::query(
+            "UPDATE oauth_credential SET access_token = ?1, token_type = ?2, access_token_expires_at = ?3, \
+                refresh_token = COALESCE(?4, refresh_token), \
+                refresh_token_expires_at = COALESCE(?5, refresh_token_expires_at), \
+                refresh_due_at = ?6, consecutive_failures = 0, next_attempt_at = 0, last_error = NULL, \
+                last_refreshed_at = ?7, updated_at = ?7, \
+                lease_owner = CASE WHEN lease_owner = ?10 THEN NULL ELSE lease_owner END, \
+                lease_expires_at = CASE WHEN lease_owner = ?10 THEN NULL ELSE lease_expires_at END \
+             WHERE id = ?8 AND refresh_token IS ?9",
+        )
+        .bind(&t.access_token)
+        .bind(&t.token_type)
+        .bind(t.expires_at)
+        .bind(&t.refresh_token)
+        .bind(t.refresh_token_expires_at)
+        .bind(r.refresh_due_at)
+        .bind(now)
+        .bind(claimed.id)
+        .bind(&claimed.refresh_token)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let stored = if updated == 1 {
+            Stored::Yes
+        } else {
+            Stored::Superseded
+        };
+        let rotated = t
+            .refresh_token
+            .as_ref()
+            .is_some_and(|new| Some(new) != claimed.refresh_token.as_ref());
+        sqlx::query(
+            "UPDATE token_rotation SET finished_at = ?1, duration_ms = ?2, outcome = ?3, http_status = ?4, \
+                new_expires_at = ?5, refresh_token_rotated = ?6, new_refresh_fingerprint = ?7, new_access_fingerprint = ?8 \
+             WHERE id = ?9",
+        )
+        .bind(now)
+        .bind(r.duration_ms)
+        .bind(if stored == Stored::Yes { "refreshed" } else { "superseded" })
+        .bind(r.http_status)
+        .bind(t.expires_at)
+        .bind(rotated)
+        .bind(t.refresh_token.as_ref().map(Secret::fingerprint))
+        .bind(t.access_token.fingerprint())
+        .bind(claimed.attempt_id)
+        .execute(&mut *tx)
+        .await?;
+        if stored == Stored::Superseded {
+            release_lease(&mut tx, claimed.id, owner).await?;
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    /// Stores a failed attempt and completes its journal entry, in one transaction.
+    pub async fn store_failure(
+        &self,
+        claimed: &Claimed,
+        owner: &str,
+        now: UnixTime,
+        failure: &Failure<'_>,
+    ) -> Result<Stored, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (detail, updated) = match failure {
+            Failure::Retry {
+                next_attempt_at,
+                detail,
+            } => {
+                let n = sqlx::query(
+                    "UPDATE oauth_credential SET consecutive_failures = consecutive_failures + 1, \
+                        next_attempt_at = ?1, last_error = ?2, updated_at = ?3, lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = ?4 AND lease_owner = ?5",
+                )
+                .bind(next_attempt_at)
+                .bind(detail.last_error)
+                .bind(now)
+                .bind(claimed.id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                (detail, n)
+            }
+            Failure::Reauthorize { detail } => {
+                // Race-aware: a refresh token that changed while the request was out is not dead.
+                let n = sqlx::query(
+                    "UPDATE oauth_credential SET status = 'needs_reauthorization', \
+                        consecutive_failures = consecutive_failures + 1, last_error = ?1, updated_at = ?2, \
+                        lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = ?3 AND refresh_token IS ?4",
+                )
+                .bind(detail.last_error)
+                .bind(now)
+                .bind(claimed.id)
+                .bind(&claimed.refresh_token)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                (detail, n)
+            }
+        };
+        let stored = if updated == 1 {
+            Stored::Yes
+        } else {
+            Stored::Superseded
+        };
+        if stored == Stored::Superseded {
+            release_lease(&mut tx, claimed.id, owner).await?;
+        }
+        sqlx::query(
+            "UPDATE token_rotation SET finished_at = ?1, duration_ms = ?2, outcome = ?3, http_status = ?4, \
+                error_code = ?5, error_description = ?6 WHERE id = ?7",
+        )
+        .bind(now)
+        .bind(detail.duration_ms)
+        .bind(if stored == Stored::Yes { detail.outcome } else { "superseded" })
+        .bind(detail.http_status)
+        .bind(detail.error_code)
+        .bind(detail.last_error)
+        .bind(claimed.attempt_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    /// Gives back a claim that was never attempted (shutdown), dropping its journal entry.
+    pub async fn release(&self, claimed: &Claimed, owner: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        release_lease(&mut tx, claimed.id, owner).await?;
+        sqlx::query("DELETE FROM token_rotation WHERE id = ?1 AND outcome = 'pending'")
+            .bind(claimed.attempt_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn release_lease(
+    tx: &mut sqlx::SqliteConnection,
+    id: i64,
+    owner: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE oauth_credential SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ?1 AND lease_owner = ?2")
+        .bind(id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Journals an attempt before its request: what was sent, never the token itself.
+async fn journal_start(
+    tx: &mut sqlx::SqliteConnection,
+    row: &ClaimRow,
+    owner: &str,
+    now: UnixTime,
+    trigger: Trigger,
+) -> Result<i64, StoreError> {
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, started_at, \
+            old_expires_at, old_refresh_fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+    )
+    .bind(row.id)
+    .bind(&row.name)
+    .bind(&row.provider)
+    .bind(trigger.as_str())
+    .bind(owner)
+    .bind(now)
+    .bind(row.access_token_expires_at)
+    .bind(row.refresh_token.as_ref().map(Secret::fingerprint))
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(id)
+}

@@ -1,0 +1,119 @@
+//! The only module that speaks SQL. Opening the store creates the file 0600, sets WAL, FULL sync
+//! and a busy timeout, and migrates it; `claim` holds the sweep's transactions and `records` the
+//! reads and writes behind the CLI. Imports `domain` only.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+mod claim;
+mod records;
+
+pub use claim::{ClaimByName, Failure, FailureDetail, Refreshed, Stored};
+pub use records::{CredentialSummary, NewCredential, RotationRecord, TokenRow};
+
+/// How often opening is tried again when another process is migrating the same new file.
+const MIGRATE_ATTEMPTS: u32 = 3;
+
+/// Why the database could not be used. Messages never carry a token: every value is bound.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("database {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("credential {0:?} already exists (use --replace to overwrite its tokens)")]
+    Exists(String),
+}
+
+/// Whether a missing database file may be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    CreateIfMissing,
+    MustExist,
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (and if allowed, creates) the database at `path`, then brings its schema up to date.
+    pub async fn open(
+        path: &Path,
+        mode: OpenMode,
+        busy_timeout: Duration,
+        connections: u32,
+    ) -> Result<Self, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.to_owned(),
+            reason,
+        };
+        if !path.exists() {
+            if mode == OpenMode::MustExist {
+                return Err(StoreError::Missing {
+                    path: path.to_owned(),
+                });
+            }
+            create_private(path).map_err(|e| open_err(format!("cannot create: {e}")))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(busy_timeout)
+            .foreign_keys(true)
+            .create_if_missing(false);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(connections.max(1))
+            .acquire_timeout(busy_timeout + Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(|e| open_err(sql_reason(&e)))?;
+        let mut attempt = 1;
+        loop {
+            match sqlx::migrate!("./migrations").run(&pool).await {
+                Ok(()) => break,
+                // Two processes creating one new file race on the first migration; the loser
+                // finds it applied when it looks again.
+                Err(_) if attempt < MIGRATE_ATTEMPTS => attempt += 1,
+                Err(e) => return Err(open_err(format!("cannot migrate the schema: {e}"))),
+            }
+        }
+        Ok(Self { pool })
+    }
+
+    /// Closes every connection, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Creates an empty file readable by its owner only, so the -wal and -shm files SQLite makes beside
+/// it (which copy its mode) are private too, whatever the umask.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn sql_reason(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,523 @@
+//! One sweep: claim the due credentials in small batches under a lease, refresh them with bounded
+//! concurrency, store each outcome and log each rotation. Imports `domain`, `provider`, `refresh`
+//! and `store`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::domain::{self, Backoff, Claimed, GrantType, Trigger, UnixTime, iso8601};
+use crate::provider::{Provider, Providers};
+use crate::refresh::{Attempt, Grant, RefreshOutcome, Refresher};
+use crate::store::{ClaimByName, Failure, FailureDetail, Refreshed, Store, StoreError, Stored};
+
+/// How often storing an outcome is tried before giving up (the database may be busy).
+const STORE_ATTEMPTS: u32 = 5;
+
+/// Evaluates a store operation, again while the database is busy, so that new tokens are not
+/// dropped because another process held the lock a little too long. `?`s the last error.
+macro_rules! retrying {
+    ($op:expr) => {{
+        let mut attempt = 1;
+        loop {
+            match $op.await {
+                Ok(v) => break v,
+                Err(e) if attempt < STORE_ATTEMPTS => {
+                    error!(error = %e, attempt, "storing the outcome failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }};
+}
+
+/// The sweep's tunables, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Seconds before expiry to refresh.
+    pub margin: i64,
+    /// Refresh at least this often (seconds).
+    pub max_idle: i64,
+    pub backoff: Backoff,
+    pub concurrency: usize,
+    /// Seconds a claim lasts.
+    pub lease: i64,
+}
+
+/// What happened to one credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    Refreshed,
+    /// A transient failure; retried after backoff.
+    Retrying,
+    /// The grant is dead; marked needs_reauthorization.
+    NeedsReauthorization,
+    /// The provider rejected the client (its configuration is wrong); retried slowly.
+    ClientRejected,
+    /// Its refresh token changed while the request was out; nothing stored.
+    Superseded,
+}
+
+/// Counts of one sweep, logged as its summary line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepSummary {
+    /// Credentials claimed as due.
+    pub due: usize,
+    pub refreshed: usize,
+    /// Transient failures and client rejections.
+    pub failed: usize,
+    pub needs_reauthorization: usize,
+    pub superseded: usize,
+    /// Claimed but given back unattempted (shutdown).
+    pub released: usize,
+}
+
+impl SweepSummary {
+    fn record(&mut self, handled: Handled) {
+        match handled {
+            Handled::Refreshed => self.refreshed += 1,
+            Handled::Retrying | Handled::ClientRejected => self.failed += 1,
+            Handled::NeedsReauthorization => self.needs_reauthorization += 1,
+            Handled::Superseded => self.superseded += 1,
+        }
+    }
+
+    /// Whether every due credential was refreshed.
+    #[must_use]
+    pub fn all_refreshed(&self) -> bool {
+        self.failed == 0 && self.needs_reauthorization == 0 && self.released == 0
+    }
+}
+
+/// What `refresh_named` came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamedRefresh {
+    Done(Handled),
+    NotFound,
+    NotActive(domain::Status),
+    Busy,
+}
+
+/// Runs sweeps; cheap to clone.
+#[derive(Clone)]
+pub struct Sweeper {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    providers: Providers,
+    refresher: Refresher,
+    policy: Policy,
+    /// Identifies this process's leases.
+    owner: String,
+    /// Providers that rejected our client, and until when to leave them alone.
+    rejected: Mutex<HashMap<String, UnixTime>>,
+}
+
+impl Sweeper {
+    #[must_use]
+    pub fn new(store: Store, providers: Providers, refresher: Refresher, policy: Policy) -> Self {
+        let owner = format!(
+            "{}-{}",
+            std::process::id(),
+            hex::encode(rand::random::<[u8; 4]>())
+        );
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                providers,
+                refresher,
+                policy,
+                owner,
+                rejected: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Refreshes every credential due now, at most once each. Stops claiming when `cancel` fires,
+    /// lets the refreshes in flight finish and store, and gives the rest back.
+    pub async fn sweep_once(
+        &self,
+        trigger: Trigger,
+        cancel: &CancellationToken,
+    ) -> Result<SweepSummary, StoreError> {
+        let started = Instant::now();
+        let sweep_start = domain::now();
+        let inner = &self.inner;
+        let batch = inner.policy.concurrency;
+        let mut summary = SweepSummary::default();
+        let mut queue: VecDeque<Claimed> = VecDeque::new();
+        let mut in_flight = JoinSet::new();
+        let mut exhausted = false;
+        let mut first_error = None;
+        loop {
+            while in_flight.len() < batch && !cancel.is_cancelled() && first_error.is_none() {
+                if queue.is_empty() && !exhausted {
+                    let now = domain::now();
+                    let claimed = inner
+                        .store
+                        .claim_due(
+                            &inner.owner,
+                            now,
+                            now + inner.policy.lease,
+                            batch,
+                            sweep_start,
+                            trigger,
+                        )
+                        .await;
+                    match claimed {
+                        Ok(claimed) => {
+                            exhausted = claimed.len() < batch;
+                            summary.due += claimed.len();
+                            queue.extend(claimed);
+                        }
+                        Err(e) => first_error = Some(e),
+                    }
+                }
+                let Some(claimed) = queue.pop_front() else {
+                    break;
+                };
+                let me = self.clone();
+                in_flight.spawn(async move { me.handle(claimed).await });
+            }
+            let Some(joined) = in_flight.join_next().await else {
+                break;
+            };
+            match joined {
+                Ok(Ok(handled)) => summary.record(handled),
+                Ok(Err(e)) => {
+                    summary.failed += 1;
+                    first_error.get_or_insert(e);
+                }
+                Err(join_error) => {
+                    summary.failed += 1;
+                    error!(error = %join_error, "a refresh task failed");
+                }
+            }
+        }
+        for claimed in queue {
+            inner.store.release(&claimed, &inner.owner).await?;
+            summary.released += 1;
+        }
+        let duration_ms = started.elapsed().as_millis();
+        info!(
+            trigger = trigger.as_str(),
+            due = summary.due,
+            refreshed = summary.refreshed,
+            failed = summary.failed,
+            needs_reauthorization = summary.needs_reauthorization,
+            superseded = summary.superseded,
+            released = summary.released,
+            duration_ms,
+            "sweep finished"
+        );
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
+    }
+
+    /// Refreshes one credential now, due or not, under the same lease as the sweep.
+    pub async fn refresh_named(&self, name: &str) -> Result<NamedRefresh, StoreError> {
+        let now = domain::now();
+        let inner = &self.inner;
+        Ok(
+            match inner
+                .store
+                .claim_by_name(name, &inner.owner, now, now + inner.policy.lease)
+                .await?
+            {
+                ClaimByName::Claimed(claimed) => NamedRefresh::Done(self.handle(claimed).await?),
+                ClaimByName::NotFound => NamedRefresh::NotFound,
+                ClaimByName::NotActive(status) => NamedRefresh::NotActive(status),
+                ClaimByName::Busy => NamedRefresh::Busy,
+            },
+        )
+    }
+
+    /// Refreshes one claimed credential and stores the outcome.
+    #[tracing::instrument(skip_all, fields(credential = %claimed.name, provider = %claimed.provider))]
+    async fn handle(&self, claimed: Claimed) -> Result<Handled, StoreError> {
+        let started = Instant::now();
+        let now = domain::now();
+        let inner = &self.inner;
+        let Some(provider) = inner.providers.get(&claimed.provider) else {
+            let reason = format!("provider {:?} is not configured", claimed.provider);
+            warn!(reason, "credential skipped");
+            return self
+                .retry(
+                    &claimed,
+                    now,
+                    "provider_missing",
+                    &reason,
+                    None,
+                    None,
+                    started,
+                    None,
+                )
+                .await;
+        };
+        if let Some(until) = self.rejected_until(&provider.name, now) {
+            let reason = format!(
+                "provider {} rejected the client configuration; not retried before {}",
+                provider.name,
+                iso8601(until)
+            );
+            return self
+                .retry(
+                    &claimed,
+                    now,
+                    "client_rejected",
+                    &reason,
+                    None,
+                    None,
+                    started,
+                    Some(until),
+                )
+                .await;
+        }
+        let scopes = scopes_to_send(provider, &claimed);
+        let grant = match (claimed.grant_type, &claimed.refresh_token) {
+            (GrantType::ClientCredentials, _) => Grant::ClientCredentials {
+                scopes: scopes.as_deref(),
+            },
+            (GrantType::RefreshToken, Some(token)) => Grant::RefreshToken {
+                token,
+                scopes: scopes.as_deref(),
+            },
+            (GrantType::RefreshToken, None) => {
+                let reason = "no refresh token is stored";
+                error!(reason, "credential needs re-authorization");
+                let detail = detail("needs_reauthorization", reason, None, None, started);
+                return self
+                    .store_failure(
+                        &claimed,
+                        now,
+                        &Failure::Reauthorize { detail },
+                        Handled::NeedsReauthorization,
+                    )
+                    .await;
+            }
+        };
+        let Attempt {
+            outcome,
+            http_status,
+        } = inner.refresher.request(provider, grant, now).await;
+        let finished = domain::now();
+        match outcome {
+            RefreshOutcome::Refreshed(tokens) => {
+                let refresh_due_at = domain::refresh_due_at(
+                    finished,
+                    tokens.expires_at,
+                    inner.policy.margin,
+                    inner.policy.max_idle,
+                );
+                let duration_ms = elapsed_ms(started);
+                let record = Refreshed {
+                    tokens: &tokens,
+                    refresh_due_at,
+                    http_status,
+                    duration_ms,
+                };
+                let stored = retrying!(inner.store.store_refreshed(
+                    &claimed,
+                    &inner.owner,
+                    finished,
+                    &record
+                ));
+                let rotated =
+                    tokens.refresh_token.is_some() && tokens.refresh_token != claimed.refresh_token;
+                if stored == Stored::Superseded {
+                    warn!(
+                        "credential changed while its refresh was out; the new tokens were not stored"
+                    );
+                    return Ok(Handled::Superseded);
+                }
+                info!(expires_at = %iso8601(tokens.expires_at), refresh_token_rotated = rotated, duration_ms, "access token refreshed");
+                Ok(Handled::Refreshed)
+            }
+            RefreshOutcome::Transient {
+                retry_after,
+                code,
+                reason,
+            } => {
+                warn!(
+                    error_code = code.as_deref(),
+                    http_status, reason, "refresh failed; will retry"
+                );
+                self.retry(
+                    &claimed,
+                    finished,
+                    "transient",
+                    &reason,
+                    code.as_deref(),
+                    http_status,
+                    started,
+                    retry_after.map(|s| finished + s),
+                )
+                .await
+            }
+            RefreshOutcome::GrantRejected { code, reason } => {
+                error!(error_code = %code, http_status, reason, "refresh rejected; credential needs re-authorization");
+                let detail = detail(
+                    "needs_reauthorization",
+                    &reason,
+                    Some(&code),
+                    http_status,
+                    started,
+                );
+                self.store_failure(
+                    &claimed,
+                    finished,
+                    &Failure::Reauthorize { detail },
+                    Handled::NeedsReauthorization,
+                )
+                .await
+            }
+            RefreshOutcome::ClientRejected { code, reason } => {
+                let until = finished + inner.policy.backoff.cap;
+                self.inner
+                    .rejected
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(provider.name.clone(), until);
+                let reason = format!(
+                    "provider {} rejected the client ({reason}): check its client_id, secret and client_auth",
+                    provider.name
+                );
+                error!(error_code = %code, http_status, reason, "provider configuration rejected");
+                let detail = detail(
+                    "client_rejected",
+                    &reason,
+                    Some(&code),
+                    http_status,
+                    started,
+                );
+                self.store_failure(
+                    &claimed,
+                    finished,
+                    &Failure::Retry {
+                        next_attempt_at: until,
+                        detail,
+                    },
+                    Handled::ClientRejected,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Records a transient failure with backoff (or at `not_before` when that is later).
+    #[allow(clippy::too_many_arguments)] // a record of one failure; a struct would only rename them
+    async fn retry(
+        &self,
+        claimed: &Claimed,
+        now: UnixTime,
+        outcome: &str,
+        reason: &str,
+        code: Option<&str>,
+        http_status: Option<u16>,
+        started: Instant,
+        not_before: Option<UnixTime>,
+    ) -> Result<Handled, StoreError> {
+        let failures = claimed.consecutive_failures.saturating_add(1);
+        let delay = self
+            .inner
+            .policy
+            .backoff
+            .delay(failures, rand::random::<f64>(), None);
+        let next_attempt_at = (now + delay).max(not_before.unwrap_or(0));
+        let detail = detail(outcome, reason, code, http_status, started);
+        let handled = if outcome == "client_rejected" {
+            Handled::ClientRejected
+        } else {
+            Handled::Retrying
+        };
+        self.store_failure(
+            claimed,
+            now,
+            &Failure::Retry {
+                next_attempt_at,
+                detail,
+            },
+            handled,
+        )
+        .await
+    }
+
+    async fn store_failure(
+        &self,
+        claimed: &Claimed,
+        now: UnixTime,
+        failure: &Failure<'_>,
+        handled: Handled,
+    ) -> Result<Handled, StoreError> {
+        let inner = &self.inner;
+        match retrying!(
+            inner
+                .store
+                .store_failure(claimed, &inner.owner, now, failure)
+        ) {
+            Stored::Yes => Ok(handled),
+            Stored::Superseded => {
+                info!(
+                    "credential changed while its refresh was out; the failure does not apply to it"
+                );
+                Ok(Handled::Superseded)
+            }
+        }
+    }
+
+    fn rejected_until(&self, provider: &str, now: UnixTime) -> Option<UnixTime> {
+        let rejected = self
+            .inner
+            .rejected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        rejected.get(provider).copied().filter(|until| *until > now)
+    }
+}
+
+/// The scopes to put in the request: always for client_credentials, on refresh only when the
+/// provider wants them. The credential's own scopes win over the provider's.
+fn scopes_to_send(provider: &Provider, claimed: &Claimed) -> Option<String> {
+    if claimed.grant_type == GrantType::RefreshToken && !provider.scope_on_refresh {
+        return None;
+    }
+    claimed
+        .scopes
+        .clone()
+        .or_else(|| (!provider.scopes.is_empty()).then(|| provider.scopes.join(" ")))
+}
+
+fn detail<'a>(
+    outcome: &'a str,
+    last_error: &'a str,
+    error_code: Option<&'a str>,
+    http_status: Option<u16>,
+    started: Instant,
+) -> FailureDetail<'a> {
+    FailureDetail {
+        outcome,
+        last_error,
+        http_status,
+        error_code,
+        duration_ms: elapsed_ms(started),
+    }
+}
+
+fn elapsed_ms(started: Instant) -> i64 {
+    i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
