@@ -474,7 +474,7 @@ scopes = "offline_access https://graph.microsoft.com/.default"
     #[test]
     fn defaults_need_no_file() {
         let s = Settings::load(None, &BTreeMap::new()).unwrap();
-        assert_eq!(s.refresh_margin, Duration::from_secs(600));
+        assert_eq!(s.refresh_margin, Duration::from_mins(10));
         assert_eq!(s.schedule().unwrap().six_fields(), "0 */3 * * * *");
         assert_eq!(
             s.database_path(&BTreeMap::new()),
@@ -509,7 +509,7 @@ scopes = "offline_access https://graph.microsoft.com/.default"
             p.scopes,
             ["offline_access", "https://graph.microsoft.com/.default"]
         );
-        assert_eq!(p.default_expires_in, Duration::from_secs(3600));
+        assert_eq!(p.default_expires_in, Duration::from_hours(1));
     }
 
     #[test]

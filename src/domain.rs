@@ -182,10 +182,12 @@ pub fn clamp_lifetime(expires_in: i64) -> i64 {
 }
 
 /// When a credential should next be refreshed: `margin` before its access token expires, and no
-/// later than `max_idle` from now so an idle refresh token is exercised before it can lapse.
+/// later than `max_idle` from now so an idle refresh token is exercised before it can lapse. Never
+/// earlier than `now`: a token that lives shorter than the margin is refreshed on the next sweep,
+/// not again by the sweep that just refreshed it.
 #[must_use]
 pub fn refresh_due_at(now: UnixTime, expires_at: UnixTime, margin: i64, max_idle: i64) -> UnixTime {
-    (expires_at - margin).min(now + max_idle)
+    (expires_at - margin).min(now + max_idle).max(now)
 }
 
 /// Tunables for retrying after transient failures.
@@ -253,8 +255,8 @@ mod tests {
         assert_eq!(refresh_due_at(1000, 4600, 600, 86_400), 4000);
         // A long-lived access token is still refreshed within max_idle.
         assert_eq!(refresh_due_at(1000, 1_000_000, 600, 86_400), 87_400);
-        // A token shorter than the margin is due at once.
-        assert!(refresh_due_at(1000, 1300, 600, 86_400) <= 1000);
+        // A token shorter than the margin is due at once, but not before now.
+        assert_eq!(refresh_due_at(1000, 1300, 600, 86_400), 1000);
     }
 
     #[test]

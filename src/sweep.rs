@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::domain::{self, Backoff, Claimed, GrantType, Trigger, UnixTime, iso8601};
+use crate::domain::{self, Backoff, Claimed, GrantType, TokenSet, Trigger, UnixTime, iso8601};
 use crate::provider::{Provider, Providers};
 use crate::refresh::{Attempt, Grant, RefreshOutcome, Refresher};
 use crate::store::{ClaimByName, Failure, FailureDetail, Refreshed, Store, StoreError, Stored};
@@ -92,6 +92,40 @@ impl SweepSummary {
     #[must_use]
     pub fn all_refreshed(&self) -> bool {
         self.failed == 0 && self.needs_reauthorization == 0 && self.released == 0
+    }
+}
+
+/// What to do about an attempt that produced no tokens.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    /// Retry after backoff, and not before `not_before` (a provider's Retry-After).
+    Retry { not_before: Option<UnixTime> },
+    /// The grant is dead.
+    Reauthorize,
+    /// The provider rejected our client: leave the credential until `until`.
+    ClientRejected { until: UnixTime },
+}
+
+/// A failed or skipped attempt, as it is logged and journaled.
+#[derive(Debug)]
+struct Setback {
+    action: Action,
+    /// The journal's outcome word.
+    outcome: &'static str,
+    reason: String,
+    code: Option<String>,
+    http_status: Option<u16>,
+}
+
+impl Setback {
+    fn new(action: Action, outcome: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            action,
+            outcome,
+            reason: reason.into(),
+            code: None,
+            http_status: None,
+        }
     }
 }
 
@@ -252,42 +286,10 @@ impl Sweeper {
     async fn handle(&self, claimed: Claimed) -> Result<Handled, StoreError> {
         let started = Instant::now();
         let now = domain::now();
-        let inner = &self.inner;
-        let Some(provider) = inner.providers.get(&claimed.provider) else {
-            let reason = format!("provider {:?} is not configured", claimed.provider);
-            warn!(reason, "credential skipped");
-            return self
-                .retry(
-                    &claimed,
-                    now,
-                    "provider_missing",
-                    &reason,
-                    None,
-                    None,
-                    started,
-                    None,
-                )
-                .await;
+        let provider = match self.provider_for(&claimed, now) {
+            Ok(provider) => provider,
+            Err(setback) => return self.store_setback(&claimed, setback, started).await,
         };
-        if let Some(until) = self.rejected_until(&provider.name, now) {
-            let reason = format!(
-                "provider {} rejected the client configuration; not retried before {}",
-                provider.name,
-                iso8601(until)
-            );
-            return self
-                .retry(
-                    &claimed,
-                    now,
-                    "client_rejected",
-                    &reason,
-                    None,
-                    None,
-                    started,
-                    Some(until),
-                )
-                .await;
-        }
         let scopes = scopes_to_send(provider, &claimed);
         let grant = match (claimed.grant_type, &claimed.refresh_token) {
             (GrantType::ClientCredentials, _) => Grant::ClientCredentials {
@@ -298,96 +300,44 @@ impl Sweeper {
                 scopes: scopes.as_deref(),
             },
             (GrantType::RefreshToken, None) => {
-                let reason = "no refresh token is stored";
-                error!(reason, "credential needs re-authorization");
-                let detail = detail("needs_reauthorization", reason, None, None, started);
-                return self
-                    .store_failure(
-                        &claimed,
-                        now,
-                        &Failure::Reauthorize { detail },
-                        Handled::NeedsReauthorization,
-                    )
-                    .await;
+                let setback = Setback::new(
+                    Action::Reauthorize,
+                    "needs_reauthorization",
+                    "no refresh token is stored",
+                );
+                return self.store_setback(&claimed, setback, started).await;
             }
         };
         let Attempt {
             outcome,
             http_status,
-        } = inner.refresher.request(provider, grant, now).await;
-        let finished = domain::now();
-        match outcome {
+        } = self.inner.refresher.request(provider, grant, now).await;
+        let setback = match outcome {
             RefreshOutcome::Refreshed(tokens) => {
-                let refresh_due_at = domain::refresh_due_at(
-                    finished,
-                    tokens.expires_at,
-                    inner.policy.margin,
-                    inner.policy.max_idle,
-                );
-                let duration_ms = elapsed_ms(started);
-                let record = Refreshed {
-                    tokens: &tokens,
-                    refresh_due_at,
-                    http_status,
-                    duration_ms,
-                };
-                let stored = retrying!(inner.store.store_refreshed(
-                    &claimed,
-                    &inner.owner,
-                    finished,
-                    &record
-                ));
-                let rotated =
-                    tokens.refresh_token.is_some() && tokens.refresh_token != claimed.refresh_token;
-                if stored == Stored::Superseded {
-                    warn!(
-                        "credential changed while its refresh was out; the new tokens were not stored"
-                    );
-                    return Ok(Handled::Superseded);
-                }
-                info!(expires_at = %iso8601(tokens.expires_at), refresh_token_rotated = rotated, duration_ms, "access token refreshed");
-                Ok(Handled::Refreshed)
+                return self
+                    .store_tokens(&claimed, &tokens, http_status, started)
+                    .await;
             }
             RefreshOutcome::Transient {
                 retry_after,
                 code,
                 reason,
-            } => {
-                warn!(
-                    error_code = code.as_deref(),
-                    http_status, reason, "refresh failed; will retry"
-                );
-                self.retry(
-                    &claimed,
-                    finished,
+            } => Setback {
+                code,
+                ..Setback::new(
+                    Action::Retry {
+                        not_before: retry_after.map(|s| domain::now() + s),
+                    },
                     "transient",
-                    &reason,
-                    code.as_deref(),
-                    http_status,
-                    started,
-                    retry_after.map(|s| finished + s),
+                    reason,
                 )
-                .await
-            }
-            RefreshOutcome::GrantRejected { code, reason } => {
-                error!(error_code = %code, http_status, reason, "refresh rejected; credential needs re-authorization");
-                let detail = detail(
-                    "needs_reauthorization",
-                    &reason,
-                    Some(&code),
-                    http_status,
-                    started,
-                );
-                self.store_failure(
-                    &claimed,
-                    finished,
-                    &Failure::Reauthorize { detail },
-                    Handled::NeedsReauthorization,
-                )
-                .await
-            }
+            },
+            RefreshOutcome::GrantRejected { code, reason } => Setback {
+                code: Some(code),
+                ..Setback::new(Action::Reauthorize, "needs_reauthorization", reason)
+            },
             RefreshOutcome::ClientRejected { code, reason } => {
-                let until = finished + inner.policy.backoff.cap;
+                let until = domain::now() + self.inner.policy.backoff.cap;
                 self.inner
                     .rejected
                     .lock()
@@ -397,78 +347,155 @@ impl Sweeper {
                     "provider {} rejected the client ({reason}): check its client_id, secret and client_auth",
                     provider.name
                 );
-                error!(error_code = %code, http_status, reason, "provider configuration rejected");
-                let detail = detail(
-                    "client_rejected",
-                    &reason,
-                    Some(&code),
-                    http_status,
-                    started,
+                Setback {
+                    code: Some(code),
+                    ..Setback::new(Action::ClientRejected { until }, "client_rejected", reason)
+                }
+            }
+        };
+        self.store_setback(
+            &claimed,
+            Setback {
+                http_status,
+                ..setback
+            },
+            started,
+        )
+        .await
+    }
+
+    /// The credential's provider, unless it is not configured or is rejecting our client.
+    fn provider_for(&self, claimed: &Claimed, now: UnixTime) -> Result<&Arc<Provider>, Setback> {
+        let Some(provider) = self.inner.providers.get(&claimed.provider) else {
+            let reason = format!("provider {:?} is not configured", claimed.provider);
+            return Err(Setback::new(
+                Action::Retry { not_before: None },
+                "provider_missing",
+                reason,
+            ));
+        };
+        if let Some(until) = self.rejected_until(&provider.name, now) {
+            let reason = format!(
+                "provider {} rejected the client configuration; not tried again before {}",
+                provider.name,
+                iso8601(until)
+            );
+            return Err(Setback::new(
+                Action::ClientRejected { until },
+                "client_rejected",
+                reason,
+            ));
+        }
+        Ok(provider)
+    }
+
+    /// Stores new tokens and logs the rotation.
+    async fn store_tokens(
+        &self,
+        claimed: &Claimed,
+        tokens: &TokenSet,
+        http_status: Option<u16>,
+        started: Instant,
+    ) -> Result<Handled, StoreError> {
+        let inner = &self.inner;
+        let finished = domain::now();
+        let refresh_due_at = domain::refresh_due_at(
+            finished,
+            tokens.expires_at,
+            inner.policy.margin,
+            inner.policy.max_idle,
+        );
+        let duration_ms = elapsed_ms(started);
+        let record = Refreshed {
+            tokens,
+            refresh_due_at,
+            http_status,
+            duration_ms,
+        };
+        let stored = retrying!(inner.store.store_refreshed(
+            claimed,
+            &inner.owner,
+            finished,
+            &record
+        ));
+        if stored == Stored::Superseded {
+            warn!("credential changed while its refresh was out; the new tokens were not stored");
+            return Ok(Handled::Superseded);
+        }
+        let rotated =
+            tokens.refresh_token.is_some() && tokens.refresh_token != claimed.refresh_token;
+        info!(expires_at = %iso8601(tokens.expires_at), refresh_token_rotated = rotated, duration_ms, "access token refreshed");
+        Ok(Handled::Refreshed)
+    }
+
+    /// Logs and stores a failed or skipped attempt.
+    async fn store_setback(
+        &self,
+        claimed: &Claimed,
+        setback: Setback,
+        started: Instant,
+    ) -> Result<Handled, StoreError> {
+        let inner = &self.inner;
+        let now = domain::now();
+        let Setback {
+            action,
+            outcome,
+            reason,
+            code,
+            http_status,
+        } = setback;
+        let detail = FailureDetail {
+            outcome,
+            last_error: &reason,
+            http_status,
+            error_code: code.as_deref(),
+            duration_ms: elapsed_ms(started),
+        };
+        let (failure, handled) = match action {
+            Action::Retry { not_before } => {
+                let failures = claimed.consecutive_failures.saturating_add(1);
+                let delay = inner
+                    .policy
+                    .backoff
+                    .delay(failures, rand::random::<f64>(), None);
+                let next_attempt_at = (now + delay).max(not_before.unwrap_or(0));
+                warn!(error_code = code.as_deref(), http_status, reason, next_attempt_at = %iso8601(next_attempt_at), "refresh failed; will retry");
+                (
+                    Failure::Retry {
+                        next_attempt_at,
+                        detail,
+                    },
+                    Handled::Retrying,
+                )
+            }
+            Action::Reauthorize => {
+                error!(
+                    error_code = code.as_deref(),
+                    http_status, reason, "refresh rejected; credential needs re-authorization"
                 );
-                self.store_failure(
-                    &claimed,
-                    finished,
-                    &Failure::Retry {
+                (
+                    Failure::Reauthorize { detail },
+                    Handled::NeedsReauthorization,
+                )
+            }
+            Action::ClientRejected { until } => {
+                error!(
+                    error_code = code.as_deref(),
+                    http_status, reason, "provider rejected the client configuration"
+                );
+                (
+                    Failure::Retry {
                         next_attempt_at: until,
                         detail,
                     },
                     Handled::ClientRejected,
                 )
-                .await
             }
-        }
-    }
-
-    /// Records a transient failure with backoff (or at `not_before` when that is later).
-    #[allow(clippy::too_many_arguments)] // a record of one failure; a struct would only rename them
-    async fn retry(
-        &self,
-        claimed: &Claimed,
-        now: UnixTime,
-        outcome: &str,
-        reason: &str,
-        code: Option<&str>,
-        http_status: Option<u16>,
-        started: Instant,
-        not_before: Option<UnixTime>,
-    ) -> Result<Handled, StoreError> {
-        let failures = claimed.consecutive_failures.saturating_add(1);
-        let delay = self
-            .inner
-            .policy
-            .backoff
-            .delay(failures, rand::random::<f64>(), None);
-        let next_attempt_at = (now + delay).max(not_before.unwrap_or(0));
-        let detail = detail(outcome, reason, code, http_status, started);
-        let handled = if outcome == "client_rejected" {
-            Handled::ClientRejected
-        } else {
-            Handled::Retrying
         };
-        self.store_failure(
-            claimed,
-            now,
-            &Failure::Retry {
-                next_attempt_at,
-                detail,
-            },
-            handled,
-        )
-        .await
-    }
-
-    async fn store_failure(
-        &self,
-        claimed: &Claimed,
-        now: UnixTime,
-        failure: &Failure<'_>,
-        handled: Handled,
-    ) -> Result<Handled, StoreError> {
-        let inner = &self.inner;
         match retrying!(
             inner
                 .store
-                .store_failure(claimed, &inner.owner, now, failure)
+                .store_failure(claimed, &inner.owner, now, &failure)
         ) {
             Stored::Yes => Ok(handled),
             Stored::Superseded => {
@@ -500,22 +527,6 @@ fn scopes_to_send(provider: &Provider, claimed: &Claimed) -> Option<String> {
         .scopes
         .clone()
         .or_else(|| (!provider.scopes.is_empty()).then(|| provider.scopes.join(" ")))
-}
-
-fn detail<'a>(
-    outcome: &'a str,
-    last_error: &'a str,
-    error_code: Option<&'a str>,
-    http_status: Option<u16>,
-    started: Instant,
-) -> FailureDetail<'a> {
-    FailureDetail {
-        outcome,
-        last_error,
-        http_status,
-        error_code,
-        duration_ms: elapsed_ms(started),
-    }
 }
 
 fn elapsed_ms(started: Instant) -> i64 {

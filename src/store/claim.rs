@@ -89,8 +89,8 @@ impl ClaimRow {
 
 impl Store {
     /// Claims up to `limit` due credentials for `owner` until `lease_until` and journals an attempt
-    /// for each, in one transaction. Credentials refreshed since `sweep_start` are not claimed again,
-    /// so one sweep refreshes each at most once even when its tokens live shorter than the margin.
+    /// for each, in one transaction. Only credentials due before `sweep_start` are claimed; since a
+    /// refresh never sets a due time earlier than itself, one sweep refreshes each at most once.
     pub async fn claim_due(
         &self,
         owner: &str,
@@ -102,9 +102,8 @@ impl Store {
     ) -> Result<Vec<Claimed>, StoreError> {
         const SQL: &str = "UPDATE oauth_credential SET lease_owner = ?1, lease_expires_at = ?2 \
             WHERE id IN (SELECT id FROM oauth_credential \
-                WHERE status = 'active' AND refresh_due_at <= ?3 AND next_attempt_at <= ?3 \
+                WHERE status = 'active' AND refresh_due_at < ?5 AND next_attempt_at <= ?3 \
                   AND (lease_expires_at IS NULL OR lease_expires_at <= ?3) \
-                  AND (last_refreshed_at IS NULL OR last_refreshed_at < ?5) \
                 ORDER BY refresh_due_at LIMIT ?4) \
             RETURNING id, name, provider, grant_type, scopes, refresh_token, access_token_expires_at, consecutive_failures";
         debug_assert!(SQL.ends_with(CLAIM_COLUMNS));
