@@ -1,0 +1,176 @@
+//! Bad input at the command line: one clear line naming what is wrong, a documented exit code,
+//! no panic, nothing half-written.
+
+use crate::harness::{CLIENT_SECRETS, Home, Run};
+
+/// Nothing listens here: these tests never reach a token endpoint.
+const NOWHERE: &str = "http://127.0.0.1:9/token";
+
+fn assert_one_line_error(run: &Run, code: i32, needle: &str) {
+    assert_eq!(run.code, Some(code), "{run:?}");
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.contains(" WARN ") && !l.contains(" INFO "))
+        .collect();
+    assert_eq!(lines.len(), 1, "exactly one error line: {run:?}");
+    assert!(
+        lines[0].starts_with("tokenwarden: error: ") && lines[0].contains(needle),
+        "{run:?}"
+    );
+    assert!(
+        !run.stderr.contains("panicked") && !run.stderr.contains("RUST_BACKTRACE"),
+        "{run:?}"
+    );
+    for secret in CLIENT_SECRETS {
+        assert!(!run.all().contains(secret), "{run:?}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_names_and_providers_are_named() {
+    let home = Home::with_token_url(NOWHERE, "");
+    home.add("known", "basic", "rt-known-0123456789").await;
+    assert_one_line_error(
+        &home
+            .run(&["add", "x", "--provider", "nope"], "rt-x-0123456789")
+            .await,
+        2,
+        "unknown provider \"nope\"",
+    );
+    assert_one_line_error(
+        &home.run(&["token", "missing"], "").await,
+        4,
+        "no credential named \"missing\"",
+    );
+    assert_one_line_error(
+        &home.run(&["refresh", "missing"], "").await,
+        4,
+        "no credential named \"missing\"",
+    );
+    assert_one_line_error(
+        &home.run(&["log", "missing"], "").await,
+        4,
+        "no credential named \"missing\"",
+    );
+    assert_one_line_error(
+        &home.run(&["token", "known"], "").await,
+        4,
+        "has no valid access token",
+    );
+    assert_one_line_error(
+        &home
+            .run(
+                &["add", "known", "--provider", "basic"],
+                "rt-again-0123456789",
+            )
+            .await,
+        2,
+        "already exists",
+    );
+    assert_one_line_error(
+        &home
+            .run(&["add", "empty", "--provider", "basic"], "  \n")
+            .await,
+        2,
+        "expected one refresh token",
+    );
+}
+
+#[tokio::test]
+async fn refresh_tokens_come_from_stdin_or_a_file_never_argv() {
+    let home = Home::with_token_url(NOWHERE, "");
+    let file = home.path().join("rt.txt");
+    std::fs::write(&file, "rt-from-file-0123456789\n").unwrap();
+    let from_file = home
+        .run(
+            &[
+                "add",
+                "f",
+                "--provider",
+                "post",
+                "--refresh-token-file",
+                file.to_str().unwrap(),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(from_file.code, Some(0), "{from_file:?}");
+    let argv = home
+        .run(
+            &[
+                "add",
+                "g",
+                "--provider",
+                "post",
+                "--refresh-token",
+                "rt-on-argv",
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(argv.code, Some(2), "no such flag: {argv:?}");
+    let db = home.db().await;
+    let (rt,): (String,) =
+        sqlx::query_as("SELECT refresh_token FROM oauth_credential WHERE name = 'f'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(rt, "rt-from-file-0123456789");
+}
+
+#[tokio::test]
+async fn configuration_errors_name_the_key_or_file() {
+    let home = Home::with_token_url(NOWHERE, "");
+    let cfg = |text: &str| {
+        let path = home.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let run = |path: std::path::PathBuf| {
+        let mut cmd = home.command(&["check-config"]);
+        cmd.env("TOKENWARDEN_CONFIG", path);
+        crate::harness::finish(cmd, "")
+    };
+    assert_one_line_error(&run(cfg("schedule = \n")).await, 2, "TOML parse error");
+    assert_one_line_error(
+        &run(cfg("refresh_margn = \"5m\"\n")).await,
+        2,
+        "refresh_margn",
+    );
+    assert_one_line_error(
+        &run(home.path().join("absent.toml")).await,
+        2,
+        "absent.toml",
+    );
+    let remote = "[providers.x]\ntoken_url = \"http://login.example.com/token\"\nclient_id = \"a\"\nclient_secret_env = \"S\"\n";
+    assert_one_line_error(&run(cfg(remote)).await, 2, "providers.x.token_url");
+    let unset = "[providers.x]\ntoken_url = \"https://login.example.com/token\"\nclient_id = \"a\"\nclient_secret_env = \"TW_NOT_SET\"\n";
+    assert_one_line_error(&run(cfg(unset)).await, 2, "TW_NOT_SET");
+    let key = "[providers.x]\ntoken_url = \"https://login.example.com/token\"\nclient_id = \"a\"\nclient_auth = \"private_key_jwt\"\nprivate_key_file = \"/nonexistent/key.pem\"\n";
+    assert_one_line_error(&run(cfg(key)).await, 2, "/nonexistent/key.pem");
+    let good = home.run(&["check-config"], "").await;
+    assert_eq!(good.code, Some(0), "{good:?}");
+    assert!(
+        good.stdout.contains("4 provider(s) [basic, cc, jwt, post]"),
+        "{good:?}"
+    );
+}
+
+#[tokio::test]
+async fn database_problems_exit_3_and_lose_nothing() {
+    let home = Home::with_token_url(NOWHERE, "");
+    assert_one_line_error(&home.run(&["status"], "").await, 3, "does not exist");
+    std::fs::write(
+        &home.db,
+        b"this is not a sqlite database, just some bytes that fill a page",
+    )
+    .unwrap();
+    assert_one_line_error(&home.run(&["status"], "").await, 3, "database");
+    assert_one_line_error(&home.run(&["run", "--once"], "").await, 3, "database");
+    let after = std::fs::read(&home.db).unwrap();
+    assert!(
+        after.starts_with(b"this is not a sqlite database"),
+        "the file was left as it was"
+    );
+}

@@ -1,0 +1,323 @@
+//! The core, end to end: the real binary against the real oidc-provider server with refresh-token
+//! rotation on, on real SQLite files.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{Home, assert_no_secrets, fingerprint, finish, journal_text, stored_secrets};
+use crate::oauth_server::{OauthServer, clients};
+
+const SCOPE: &str = "openid offline_access api:read";
+
+/// Polls `check` until it returns true or `deadline` passes.
+async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn count(db: &sqlx::SqlitePool, sql: &'static str) -> i64 {
+    sqlx::query_as::<_, (i64,)>(sql)
+        .fetch_one(db)
+        .await
+        .unwrap()
+        .0
+}
+
+#[tokio::test]
+async fn run_once_rotates_every_client_auth_method_and_the_rotated_tokens_work() {
+    let server = OauthServer::start().await;
+    let home = Home::new(&server, "");
+    let mut minted = Vec::new();
+    for (name, provider, client) in [
+        ("sp-basic", "basic", clients::BASIC_ID),
+        ("sp-post", "post", clients::POST_ID),
+        ("sp-jwt", "jwt", clients::JWT_ID),
+    ] {
+        let rt = server.mint_refresh_token(client, SCOPE).await;
+        home.add(name, provider, &rt).await;
+        minted.push((name, rt));
+    }
+    let add_cc = home
+        .run(
+            &[
+                "add",
+                "svc",
+                "--provider",
+                "cc",
+                "--grant",
+                "client-credentials",
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(add_cc.code, Some(0), "{add_cc:?}");
+
+    let first = home.run(&["run", "--once"], "").await;
+    assert_eq!(first.code, Some(0), "{first:?}");
+    assert_eq!(
+        first.stderr.matches("access token refreshed").count(),
+        4,
+        "{}",
+        first.stderr
+    );
+
+    let db = home.db().await;
+    for (name, old) in &minted {
+        let (rt, at, status): (String, String, String) = sqlx::query_as(
+            "SELECT refresh_token, access_token, status FROM oauth_credential WHERE name = ?1",
+        )
+        .bind(name)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!(status, "active");
+        assert_ne!(&rt, old, "{name}: the rotated refresh token was stored");
+        let (outcome, rotated, old_fp, new_fp): (String, bool, String, String) = sqlx::query_as(
+            "SELECT outcome, refresh_token_rotated, old_refresh_fingerprint, new_refresh_fingerprint \
+             FROM token_rotation WHERE credential_name = ?1",
+        )
+        .bind(name)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!((outcome.as_str(), rotated), ("refreshed", true));
+        assert_eq!(old_fp, fingerprint(old));
+        assert_eq!(new_fp, fingerprint(&rt));
+        // `token NAME` prints the stored access token, and the provider says it is active.
+        let token = home.run(&["token", name], "").await;
+        assert_eq!(token.code, Some(0), "{token:?}");
+        assert_eq!(token.stdout.trim(), at);
+        assert!(
+            server.introspect_active(token.stdout.trim()).await,
+            "{name}: token is active at the provider"
+        );
+    }
+    let cc = home.run(&["token", "svc"], "").await;
+    assert_eq!(cc.code, Some(0), "{cc:?}");
+    assert!(server.introspect_active(cc.stdout.trim()).await);
+
+    // Make everything due again: the second refresh must use the rotated refresh tokens.
+    sqlx::query("UPDATE oauth_credential SET refresh_due_at = 0")
+        .execute(&db)
+        .await
+        .unwrap();
+    let second = home.run(&["run", "--once"], "").await;
+    assert_eq!(second.code, Some(0), "{second:?}");
+    let stats = server.stats().await;
+    assert_eq!(
+        stats.refresh_reuse, 0,
+        "no refresh token was ever used twice"
+    );
+    assert_eq!(stats.refresh_ok, 6, "{stats:?}");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'"
+        )
+        .await,
+        8
+    );
+
+    let status = home.run(&["status"], "").await;
+    let log = home.run(&["log"], "").await;
+    assert_eq!((status.code, log.code), (Some(0), Some(0)));
+    assert!(
+        status.stdout.contains("sp-jwt") && log.stdout.contains("refreshed"),
+        "{status:?}\n{log:?}"
+    );
+    let mut secrets = stored_secrets(&db).await;
+    secrets.extend(minted.iter().map(|(_, rt)| rt.clone()));
+    for (what, run) in [
+        ("first run", &first),
+        ("second run", &second),
+        ("status", &status),
+        ("log", &log),
+    ] {
+        assert_no_secrets(what, &run.all(), &secrets);
+    }
+    assert_no_secrets("rotation journal", &journal_text(&db).await, &secrets);
+}
+
+#[tokio::test]
+async fn two_run_once_processes_on_one_database_never_reuse_a_refresh_token() {
+    const CREDENTIALS: usize = 40;
+    let server = OauthServer::start().await;
+    let home = Home::new(&server, "concurrency = 4");
+    for i in 0..CREDENTIALS {
+        let (provider, client) = if i % 2 == 0 {
+            ("basic", clients::BASIC_ID)
+        } else {
+            ("post", clients::POST_ID)
+        };
+        let rt = server.mint_refresh_token(client, SCOPE).await;
+        home.add(&format!("user-{i:03}"), provider, &rt).await;
+    }
+    let (a, b) = tokio::join!(
+        finish(home.command(&["run", "--once"]), ""),
+        finish(home.command(&["run", "--once"]), "")
+    );
+    assert_eq!((a.code, b.code), (Some(0), Some(0)), "{a:?}\n{b:?}");
+    let stats = server.stats().await;
+    assert_eq!(stats.refresh_reuse, 0, "{stats:?}");
+    assert_eq!(
+        stats.refresh_ok, CREDENTIALS as u64,
+        "each credential refreshed exactly once: {stats:?}"
+    );
+    let db = home.db().await;
+    let per_credential: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT credential_name, count(*) FROM token_rotation WHERE outcome = 'refreshed' GROUP BY credential_name",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(per_credential.len(), CREDENTIALS);
+    assert!(
+        per_credential.iter().all(|(_, n)| *n == 1),
+        "{per_credential:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_daemon_sweeps_on_its_schedule_and_stops_cleanly_on_sigterm() {
+    let server = OauthServer::start().await;
+    // Every second: tokens living 120 s are always inside the 10-minute margin, so every
+    // sweep refreshes every credential once.
+    let home = Home::new(&server, "schedule = \"* * * * * *\"");
+    for (name, provider, client) in [
+        ("a", "basic", clients::BASIC_ID),
+        ("b", "jwt", clients::JWT_ID),
+    ] {
+        home.add(
+            name,
+            provider,
+            &server.mint_refresh_token(client, SCOPE).await,
+        )
+        .await;
+    }
+    let daemon = home.command(&["run"]).spawn().expect("start daemon");
+    let db = home.db().await;
+    eventually(
+        Duration::from_secs(30),
+        "three sweeps' rotations",
+        || async {
+            count(
+                &db,
+                "SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'",
+            )
+            .await
+                >= 6
+        },
+    )
+    .await;
+    // While it runs, the database and its -wal and -shm files are private to the owner.
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let path = format!("{}{suffix}", home.db.display());
+        let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
+        assert_eq!(mode.ok(), Some(0o600), "{path}");
+    }
+    let pid = daemon.id().expect("daemon pid").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let output = tokio::time::timeout(Duration::from_secs(20), daemon.wait_with_output())
+        .await
+        .expect("daemon exits after SIGTERM")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("SIGTERM") && stderr.contains("tokenwarden stopped"),
+        "{stderr}"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM token_rotation WHERE outcome = 'pending'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM oauth_credential WHERE lease_owner IS NOT NULL"
+        )
+        .await,
+        0
+    );
+    assert_eq!(server.stats().await.refresh_reuse, 0);
+    assert_no_secrets("daemon output", &stderr, &stored_secrets(&db).await);
+}
+
+#[tokio::test]
+async fn a_dead_grant_is_flagged_for_reauthorization_and_not_retried() {
+    let server = OauthServer::start().await;
+    let home = Home::new(&server, "");
+    home.add("dead", "basic", "not-a-refresh-token-the-server-knows")
+        .await;
+    let run = home.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains("invalid_grant"), "{}", run.stderr);
+
+    let status = home.run(&["status", "--json"], "").await;
+    let rows: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(rows[0]["status"], "needs_reauthorization");
+    assert!(
+        rows[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_grant"),
+        "{rows}"
+    );
+
+    let token = home.run(&["token", "dead"], "").await;
+    assert_eq!(token.code, Some(4), "{token:?}");
+    assert_eq!(token.stderr.lines().count(), 1, "{token:?}");
+    assert!(token.stdout.is_empty());
+
+    let requests = server.stats().await.token_requests;
+    let again = home.run(&["run", "--once"], "").await;
+    assert_eq!(again.code, Some(0), "nothing is due: {again:?}");
+    assert_eq!(
+        server.stats().await.token_requests,
+        requests,
+        "a dead grant is not retried"
+    );
+    assert_no_secrets(
+        "output",
+        &format!("{}{}", run.all(), status.all()),
+        &["not-a-refresh-token-the-server-knows".to_owned()],
+    );
+}
+
+#[tokio::test]
+async fn a_row_written_by_another_tool_with_only_a_refresh_token_is_refreshed_at_once() {
+    let server = OauthServer::start().await;
+    let home = Home::new(&server, "");
+    // Create the schema, then insert the way another program would.
+    assert_eq!(home.run(&["run", "--once"], "").await.code, Some(0));
+    let db = home.db().await;
+    let rt = server.mint_refresh_token(clients::POST_ID, SCOPE).await;
+    sqlx::query("INSERT INTO oauth_credential (name, provider, refresh_token) VALUES ('imported', 'post', ?1)")
+        .bind(&rt)
+        .execute(&db)
+        .await
+        .unwrap();
+    let run = home.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let (seconds_left,): (i64,) =
+        sqlx::query_as("SELECT seconds_left FROM current_token WHERE name = 'imported'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(seconds_left > 60, "{seconds_left}");
+}

@@ -1,0 +1,212 @@
+//! Runs the real tokenwarden binary in a private temporary directory, with a configuration whose
+//! providers point at the test OAuth server, and reads the database it writes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sqlx::SqlitePool;
+use tokio::io::AsyncWriteExt;
+
+use crate::oauth_server::{OauthServer, clients};
+
+/// Longest a single command of the binary may take in a test.
+const COMMAND_DEADLINE: Duration = Duration::from_mins(1);
+
+/// The secrets every configuration here holds; none may ever be printed.
+pub const CLIENT_SECRETS: [&str; 3] = [
+    clients::BASIC_SECRET,
+    clients::POST_SECRET,
+    clients::CC_SECRET,
+];
+
+/// What one run of the binary did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Both streams, for searching.
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// A temporary home for one test: configuration, secret files, database.
+pub struct Home {
+    dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub db: PathBuf,
+}
+
+impl Home {
+    /// A home whose providers `basic`, `post`, `jwt` (the three client authentication methods)
+    /// and `cc` (client credentials) point at `server`. `extra` is appended to the top level of
+    /// the configuration (before the provider tables).
+    pub fn new(server: &OauthServer, extra: &str) -> Self {
+        Self::with_token_url(server.token_url(), extra)
+    }
+
+    /// A home whose providers all use `token_url` (a fault-injecting fake, or nothing at all).
+    pub fn with_token_url(token_url: &str, extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("tokenwarden.db");
+        let post_secret = dir.path().join("post-secret");
+        std::fs::write(&post_secret, format!("{}\n", clients::POST_SECRET)).unwrap();
+        let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt-client.key.pem");
+        let config = dir.path().join("tokenwarden.toml");
+        let text = format!(
+            r#"database = "{db}"
+{extra}
+
+[log]
+level = "trace"
+
+[providers.basic]
+token_url = "{token_url}"
+client_id = "{basic}"
+client_secret_env = "TW_TEST_BASIC_SECRET"
+client_auth = "client_secret_basic"
+
+[providers.post]
+token_url = "{token_url}"
+client_id = "{post}"
+client_secret_file = "{post_secret}"
+client_auth = "client_secret_post"
+
+[providers.jwt]
+token_url = "{token_url}"
+client_id = "{jwt}"
+client_auth = "private_key_jwt"
+private_key_file = "{key}"
+kid = "{kid}"
+
+[providers.cc]
+token_url = "{token_url}"
+client_id = "{cc}"
+client_secret_env = "TW_TEST_CC_SECRET"
+scopes = "api:read"
+"#,
+            db = db.display(),
+            basic = clients::BASIC_ID,
+            post = clients::POST_ID,
+            post_secret = post_secret.display(),
+            jwt = clients::JWT_ID,
+            key = key.display(),
+            kid = clients::JWT_KID,
+            cc = clients::CC_ID,
+        );
+        std::fs::write(&config, text).unwrap();
+        Self { dir, config, db }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The binary with this home's configuration and secrets in its environment.
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokenwarden"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TOKENWARDEN_CONFIG", &self.config)
+            .env("TW_TEST_BASIC_SECRET", clients::BASIC_SECRET)
+            .env("TW_TEST_CC_SECRET", clients::CC_SECRET)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs the binary to completion (bounded by a deadline), feeding `stdin`.
+    pub async fn run(&self, args: &[&str], stdin: &str) -> Run {
+        finish(self.command(args), stdin).await
+    }
+
+    /// `add NAME --provider P` with the refresh token on standard input.
+    pub async fn add(&self, name: &str, provider: &str, refresh_token: &str) {
+        let run = self
+            .run(&["add", name, "--provider", provider], refresh_token)
+            .await;
+        assert_eq!(run.code, Some(0), "add {name}: {run:?}");
+    }
+
+    /// A connection pool on this home's database.
+    pub async fn db(&self) -> SqlitePool {
+        SqlitePool::connect(&format!("sqlite://{}", self.db.display()))
+            .await
+            .expect("open test database")
+    }
+}
+
+/// Runs a prepared command to completion, bounded by [`COMMAND_DEADLINE`].
+pub async fn finish(mut cmd: tokio::process::Command, stdin: &str) -> Run {
+    let mut child = cmd.spawn().expect("spawn tokenwarden");
+    let mut pipe = child.stdin.take().expect("stdin piped");
+    pipe.write_all(stdin.as_bytes()).await.expect("write stdin");
+    drop(pipe);
+    let output = tokio::time::timeout(COMMAND_DEADLINE, child.wait_with_output())
+        .await
+        .expect("tokenwarden finished within the deadline")
+        .expect("wait for tokenwarden");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The journal's fingerprint of a token: the first 16 hex digits of its SHA-256.
+pub fn fingerprint(token: &str) -> String {
+    hex::encode(&Sha256::digest(token.as_bytes())[..8])
+}
+
+/// Fails if any of `secrets` occurs in `text`; `what` names the text in the failure.
+pub fn assert_no_secrets(what: &str, text: &str, secrets: &[String]) {
+    for secret in secrets {
+        assert!(
+            secret.len() >= 8,
+            "secret canary too short to search for: {secret:?}"
+        );
+        assert!(
+            !text.contains(secret.as_str()),
+            "{what} contains a secret value"
+        );
+    }
+}
+
+/// Every token value stored in the database now, plus the client secrets.
+pub async fn stored_secrets(db: &SqlitePool) -> Vec<String> {
+    let rows: Vec<(Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT access_token, refresh_token FROM oauth_credential")
+            .fetch_all(db)
+            .await
+            .unwrap();
+    rows.into_iter()
+        .flat_map(|(a, r)| [a, r])
+        .flatten()
+        .chain(CLIENT_SECRETS.iter().map(|s| (*s).to_owned()))
+        .collect()
+}
+
+/// Every text value of the rotation journal, one row per line.
+pub async fn journal_text(db: &SqlitePool) -> String {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT concat_ws('|', credential_name, provider, trigger, lease_owner, outcome, error_code, error_description, \
+            old_refresh_fingerprint, new_refresh_fingerprint, new_access_fingerprint) FROM token_rotation",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(r,)| r)
+        .collect::<Vec<_>>()
+        .join("\n")
+}

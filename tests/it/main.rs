@@ -1,0 +1,9 @@
+//! Integration tests: one binary, one module per area.
+
+// End-to-end scenarios read best top to bottom, and name the outputs they compare alike.
+#![allow(clippy::too_many_lines, clippy::similar_names)]
+
+mod cli;
+mod core;
+mod harness;
+mod oauth_server;
