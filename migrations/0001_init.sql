@@ -57,17 +57,19 @@ CREATE TABLE token_rotation (
 CREATE INDEX token_rotation_credential ON token_rotation (credential_id, id);
 CREATE INDEX token_rotation_pending ON token_rotation (outcome) WHERE outcome = 'pending';
 
--- What other programs read: the current access token of every active credential.
+-- What other programs read: the current access token of every credential that is not disabled.
+-- A credential that needs re-authorization keeps serving its access token until it expires.
 CREATE VIEW current_token AS
 SELECT name,
        provider,
        owner,
+       status,
        access_token,
        token_type,
        strftime('%Y-%m-%dT%H:%M:%SZ', access_token_expires_at, 'unixepoch') AS expires_at,
        access_token_expires_at - CAST(strftime('%s', 'now') AS INTEGER)      AS seconds_left
 FROM oauth_credential
-WHERE status = 'active' AND access_token IS NOT NULL;
+WHERE status <> 'disabled' AND access_token IS NOT NULL;
 
 -- The rotation journal with readable times.
 CREATE VIEW rotation_log AS

@@ -134,15 +134,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Status { json } => {
             let rows = ctx.open(OpenMode::MustExist).await?.summaries().await?;
-            let now = domain::now();
-            print!(
-                "{}",
-                if json {
-                    render::status_json(&rows, now)
-                } else {
-                    render::status_table(&rows, now)
-                }
-            );
+            let (now, failing) = (domain::now(), ctx.settings.failing());
+            let text = if json {
+                render::status_json(&rows, now, failing)
+            } else {
+                render::status_table(&rows, now, failing)
+            };
+            print!("{text}");
             Ok(exit::OK)
         }
         Command::Token { name } => token(&ctx, name).await,
@@ -202,6 +200,7 @@ impl Ctx {
                 base: secs(settings.retry.base),
                 cap: secs(settings.retry.max),
             },
+            failing: settings.failing(),
             concurrency: settings.concurrency,
             lease: secs(settings.lease()),
         };
@@ -263,9 +262,16 @@ async fn token(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
         .await?
         .ok_or_else(|| CommandError::UnknownCredential(name.clone()))?;
     let now = domain::now();
-    let valid = row.status == "active" && row.access_token_expires_at.is_some_and(|t| t > now);
-    match (row.access_token, valid) {
-        (Some(token), true) => {
+    let unexpired = row.access_token_expires_at.is_some_and(|t| t > now);
+    match (row.access_token, unexpired, row.status.as_str()) {
+        (Some(token), true, status) if status != "disabled" => {
+            if status != "active" {
+                // Still valid, but the credential will not be refreshed: say so where scripts don't read.
+                eprintln!(
+                    "tokenwarden: warning: credential {name} is {status}; this access token is not renewed after {}",
+                    domain::iso8601(row.access_token_expires_at.unwrap_or(now))
+                );
+            }
             println!("{}", token.expose());
             Ok(exit::OK)
         }

@@ -28,6 +28,8 @@ max_response_bytes = 1048576
 [retry]
 base = "30s"
 max = "1h"
+failing_after_failures = 5
+failing_after = "6h"
 
 [log]
 format = "text"
@@ -106,6 +108,11 @@ pub struct RetrySettings {
     /// Largest backoff.
     #[serde(deserialize_with = "duration")]
     pub max: Duration,
+    /// A credential is reported failing after this many consecutive failures…
+    pub failing_after_failures: u32,
+    /// …or this long without a successful refresh while it fails.
+    #[serde(deserialize_with = "duration")]
+    pub failing_after: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,11 +261,23 @@ impl Settings {
         self.schedule.parse().map_err(|e| invalid("schedule", e))
     }
 
-    /// How long a claim on a credential lasts: longer than any request can take, so that no two
-    /// processes ever hold the same refresh token at once.
+    /// How long a claim on a credential lasts: longer than waiting for a slot, the whole request
+    /// and every attempt to store its outcome, so that no two processes ever hold the same refresh
+    /// token at once. A crashed process's claims are taken over when it runs out.
     #[must_use]
     pub fn lease(&self) -> Duration {
-        self.http.connect_timeout + self.http.request_timeout * 2 + Duration::from_secs(30)
+        self.http.request_timeout * 2
+            + self.busy_timeout * crate::domain::STORE_ATTEMPTS
+            + Duration::from_secs(10)
+    }
+
+    /// When a failing credential is reported as failing.
+    #[must_use]
+    pub fn failing(&self) -> crate::domain::Failing {
+        crate::domain::Failing {
+            after_failures: self.retry.failing_after_failures.max(1),
+            after_secs: i64::try_from(self.retry.failing_after.as_secs()).unwrap_or(i64::MAX),
+        }
     }
 
     /// Warnings about settings that work but should change.

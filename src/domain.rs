@@ -156,6 +156,11 @@ pub struct Claimed {
     pub consecutive_failures: u32,
     /// The journal row written for this attempt before the request.
     pub attempt_id: i64,
+    /// An earlier attempt on this credential was journaled but never completed: its process died
+    /// between claiming and storing, so whether the provider rotated the refresh token is unknown.
+    pub after_interruption: bool,
+    /// The last successful refresh, or when the credential was added.
+    pub last_success_at: UnixTime,
 }
 
 /// New tokens from a successful token response, with expiry resolved against `now`.
@@ -188,6 +193,28 @@ pub fn clamp_lifetime(expires_in: i64) -> i64 {
 #[must_use]
 pub fn refresh_due_at(now: UnixTime, expires_at: UnixTime, margin: i64, max_idle: i64) -> UnixTime {
     (expires_at - margin).min(now + max_idle).max(now)
+}
+
+/// How often storing an outcome is tried before giving up (the database may be busy).
+pub const STORE_ATTEMPTS: u32 = 5;
+
+/// When a credential that keeps failing is reported as failing (it is still retried, slowly).
+#[derive(Debug, Clone, Copy)]
+pub struct Failing {
+    /// Consecutive failures.
+    pub after_failures: u32,
+    /// Seconds without a successful refresh (while failing).
+    pub after_secs: i64,
+}
+
+impl Failing {
+    /// Whether a credential with `failures` consecutive failures, last refreshed (or added) at
+    /// `last_success_at`, counts as failing at `now`.
+    #[must_use]
+    pub fn is_failing(self, failures: u32, last_success_at: UnixTime, now: UnixTime) -> bool {
+        failures >= self.after_failures
+            || (failures > 0 && now - last_success_at >= self.after_secs)
+    }
 }
 
 /// Tunables for retrying after transient failures.
@@ -279,6 +306,18 @@ mod tests {
         assert_eq!(b.delay(1, 0.0, None), 1);
         assert_eq!(b.delay(1, 0.0, Some(120)), 120);
         assert_eq!(b.delay(1, 0.0, Some(1_000_000)), 3600);
+    }
+
+    #[test]
+    fn failing_after_count_or_time_without_success() {
+        let f = Failing {
+            after_failures: 5,
+            after_secs: 3600,
+        };
+        assert!(!f.is_failing(4, 1000, 2000));
+        assert!(f.is_failing(5, 1000, 2000));
+        assert!(f.is_failing(1, 1000, 4600));
+        assert!(!f.is_failing(0, 1000, 1_000_000), "no failure, not failing");
     }
 
     #[test]

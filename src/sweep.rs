@@ -10,13 +10,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::domain::{self, Backoff, Claimed, GrantType, TokenSet, Trigger, UnixTime, iso8601};
+use crate::domain::{
+    self, Backoff, Claimed, Failing, GrantType, STORE_ATTEMPTS, TokenSet, Trigger, UnixTime,
+    iso8601,
+};
 use crate::provider::{Provider, Providers};
 use crate::refresh::{Attempt, Grant, RefreshOutcome, Refresher};
 use crate::store::{ClaimByName, Failure, FailureDetail, Refreshed, Store, StoreError, Stored};
-
-/// How often storing an outcome is tried before giving up (the database may be busy).
-const STORE_ATTEMPTS: u32 = 5;
 
 /// Evaluates a store operation, again while the database is busy, so that new tokens are not
 /// dropped because another process held the lock a little too long. `?`s the last error.
@@ -28,7 +28,7 @@ macro_rules! retrying {
                 Ok(v) => break v,
                 Err(e) if attempt < STORE_ATTEMPTS => {
                     error!(error = %e, attempt, "storing the outcome failed; trying again");
-                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -45,6 +45,7 @@ pub struct Policy {
     /// Refresh at least this often (seconds).
     pub max_idle: i64,
     pub backoff: Backoff,
+    pub failing: Failing,
     pub concurrency: usize,
     /// Seconds a claim lasts.
     pub lease: i64,
@@ -237,7 +238,8 @@ impl Sweeper {
                 }
                 Err(join_error) => {
                     summary.failed += 1;
-                    error!(error = %join_error, "a refresh task failed");
+                    // The panic hook already printed where; its message stays unprinted.
+                    error!(panicked = join_error.is_panic(), "a refresh task failed");
                 }
             }
         }
@@ -290,6 +292,11 @@ impl Sweeper {
             Ok(provider) => provider,
             Err(setback) => return self.store_setback(&claimed, setback, started).await,
         };
+        if claimed.after_interruption {
+            warn!(
+                "an earlier refresh of this credential was interrupted; trying once more with the stored refresh token"
+            );
+        }
         let scopes = scopes_to_send(provider, &claimed);
         let grant = match (claimed.grant_type, &claimed.refresh_token) {
             (GrantType::ClientCredentials, _) => Grant::ClientCredentials {
@@ -332,10 +339,17 @@ impl Sweeper {
                     reason,
                 )
             },
-            RefreshOutcome::GrantRejected { code, reason } => Setback {
-                code: Some(code),
-                ..Setback::new(Action::Reauthorize, "needs_reauthorization", reason)
-            },
+            RefreshOutcome::GrantRejected { code, reason } => {
+                let reason = if claimed.after_interruption {
+                    format!("refresh outcome unknown after interruption: {reason}")
+                } else {
+                    reason
+                };
+                Setback {
+                    code: Some(code),
+                    ..Setback::new(Action::Reauthorize, "needs_reauthorization", reason)
+                }
+            }
             RefreshOutcome::ClientRejected { code, reason } => {
                 let until = domain::now() + self.inner.policy.backoff.cap;
                 self.inner
@@ -454,12 +468,25 @@ impl Sweeper {
         let (failure, handled) = match action {
             Action::Retry { not_before } => {
                 let failures = claimed.consecutive_failures.saturating_add(1);
-                let delay = inner
-                    .policy
-                    .backoff
-                    .delay(failures, rand::random::<f64>(), None);
+                let failing =
+                    inner
+                        .policy
+                        .failing
+                        .is_failing(failures, claimed.last_success_at, now);
+                // A failing credential is still retried, slowly: in the upper half of the cap.
+                let (exponent, jitter) = if failing {
+                    (u32::MAX, 0.5 + rand::random::<f64>() / 2.0)
+                } else {
+                    (failures, rand::random::<f64>())
+                };
+                let delay = inner.policy.backoff.delay(exponent, jitter, None);
                 let next_attempt_at = (now + delay).max(not_before.unwrap_or(0));
-                warn!(error_code = code.as_deref(), http_status, reason, next_attempt_at = %iso8601(next_attempt_at), "refresh failed; will retry");
+                let next = iso8601(next_attempt_at);
+                if failing {
+                    error!(error_code = code.as_deref(), http_status, reason, consecutive_failures = failures, next_attempt_at = %next, "credential is failing; retrying slowly");
+                } else {
+                    warn!(error_code = code.as_deref(), http_status, reason, next_attempt_at = %next, "refresh failed; will retry");
+                }
                 (
                     Failure::Retry {
                         next_attempt_at,

@@ -2,11 +2,11 @@
 
 use std::fmt::Write;
 
-use crate::domain::{UnixTime, iso8601};
+use crate::domain::{Failing, UnixTime, iso8601};
 use crate::store::{CredentialSummary, RotationRecord};
 
 /// `status` as an aligned table.
-pub fn status_table(rows: &[CredentialSummary], now: UnixTime) -> String {
+pub fn status_table(rows: &[CredentialSummary], now: UnixTime, failing: Failing) -> String {
     let mut table = vec![
         [
             "NAME",
@@ -25,7 +25,11 @@ pub fn status_table(rows: &[CredentialSummary], now: UnixTime) -> String {
             r.name.clone(),
             r.provider.clone(),
             r.owner.clone().unwrap_or_else(|| "-".to_owned()),
-            r.status.clone(),
+            if is_failing(r, now, failing) {
+                format!("{} (failing)", r.status)
+            } else {
+                r.status.clone()
+            },
             r.access_token_expires_at
                 .map_or_else(|| "-".to_owned(), |t| relative(t - now)),
             r.last_refreshed_at.map_or_else(
@@ -42,7 +46,7 @@ pub fn status_table(rows: &[CredentialSummary], now: UnixTime) -> String {
 }
 
 /// `status --json`: one object per credential, times in ISO-8601 UTC.
-pub fn status_json(rows: &[CredentialSummary], now: UnixTime) -> String {
+pub fn status_json(rows: &[CredentialSummary], now: UnixTime, failing: Failing) -> String {
     let items: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -52,6 +56,7 @@ pub fn status_json(rows: &[CredentialSummary], now: UnixTime) -> String {
                 "owner": r.owner,
                 "grant_type": r.grant_type,
                 "status": r.status,
+                "failing": is_failing(r, now, failing),
                 "access_token_expires_at": r.access_token_expires_at.map(iso8601),
                 "seconds_left": r.access_token_expires_at.map(|t| t - now),
                 "refresh_token_expires_at": r.refresh_token_expires_at.map(iso8601),
@@ -64,6 +69,11 @@ pub fn status_json(rows: &[CredentialSummary], now: UnixTime) -> String {
         })
         .collect();
     format!("{}\n", serde_json::Value::Array(items))
+}
+
+fn is_failing(r: &CredentialSummary, now: UnixTime, failing: Failing) -> bool {
+    let failures = u32::try_from(r.consecutive_failures).unwrap_or(u32::MAX);
+    r.status == "active" && failing.is_failing(failures, r.last_success_at, now)
 }
 
 /// `log` as an aligned table, oldest first.

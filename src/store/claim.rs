@@ -6,8 +6,13 @@ use sqlx::FromRow;
 use super::{Store, StoreError};
 use crate::domain::{Claimed, GrantType, Secret, Status, TokenSet, Trigger, UnixTime};
 
-/// Columns a claim returns.
-const CLAIM_COLUMNS: &str = "id, name, provider, grant_type, scopes, refresh_token, access_token_expires_at, consecutive_failures";
+/// The columns a claim returns, as `ClaimRow` reads them.
+macro_rules! claim_returning {
+    () => {
+        " RETURNING id, name, provider, grant_type, scopes, refresh_token, access_token_expires_at, \
+          consecutive_failures, COALESCE(last_refreshed_at, created_at) AS last_success_at"
+    };
+}
 
 #[derive(FromRow)]
 struct ClaimRow {
@@ -19,6 +24,7 @@ struct ClaimRow {
     refresh_token: Option<Secret>,
     access_token_expires_at: Option<i64>,
     consecutive_failures: i64,
+    last_success_at: i64,
 }
 
 /// What `claim_by_name` found.
@@ -72,7 +78,7 @@ pub enum Stored {
 }
 
 impl ClaimRow {
-    fn into_claimed(self, attempt_id: i64) -> Claimed {
+    fn into_claimed(self, (attempt_id, after_interruption): (i64, bool)) -> Claimed {
         Claimed {
             id: self.id,
             grant_type: self.grant_type.parse().unwrap_or(GrantType::RefreshToken),
@@ -83,6 +89,8 @@ impl ClaimRow {
             access_token_expires_at: self.access_token_expires_at,
             consecutive_failures: u32::try_from(self.consecutive_failures).unwrap_or(u32::MAX),
             attempt_id,
+            after_interruption,
+            last_success_at: self.last_success_at,
         }
     }
 }
@@ -100,13 +108,14 @@ impl Store {
         sweep_start: UnixTime,
         trigger: Trigger,
     ) -> Result<Vec<Claimed>, StoreError> {
-        const SQL: &str = "UPDATE oauth_credential SET lease_owner = ?1, lease_expires_at = ?2 \
+        const SQL: &str = concat!(
+            "UPDATE oauth_credential SET lease_owner = ?1, lease_expires_at = ?2 \
             WHERE id IN (SELECT id FROM oauth_credential \
                 WHERE status = 'active' AND refresh_due_at < ?5 AND next_attempt_at <= ?3 \
                   AND (lease_expires_at IS NULL OR lease_expires_at <= ?3) \
-                ORDER BY refresh_due_at LIMIT ?4) \
-            RETURNING id, name, provider, grant_type, scopes, refresh_token, access_token_expires_at, consecutive_failures";
-        debug_assert!(SQL.ends_with(CLAIM_COLUMNS));
+                ORDER BY refresh_due_at LIMIT ?4)",
+            claim_returning!()
+        );
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let rows: Vec<ClaimRow> = sqlx::query_as(SQL)
             .bind(owner)
@@ -133,9 +142,11 @@ impl Store {
         now: UnixTime,
         lease_until: UnixTime,
     ) -> Result<ClaimByName, StoreError> {
-        const SQL: &str = "UPDATE oauth_credential SET lease_owner = ?1, lease_expires_at = ?2 \
-            WHERE name = ?3 AND status = 'active' AND (lease_expires_at IS NULL OR lease_expires_at <= ?4) \
-            RETURNING id, name, provider, grant_type, scopes, refresh_token, access_token_expires_at, consecutive_failures";
+        const SQL: &str = concat!(
+            "UPDATE oauth_credential SET lease_owner = ?1, lease_expires_at = ?2 \
+            WHERE name = ?3 AND status = 'active' AND (lease_expires_at IS NULL OR lease_expires_at <= ?4)",
+            claim_returning!()
+        );
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row: Option<ClaimRow> = sqlx::query_as(SQL)
             .bind(owner)
@@ -328,14 +339,16 @@ async fn release_lease(
     Ok(())
 }
 
-/// Journals an attempt before its request: what was sent, never the token itself.
+/// Journals an attempt before its request: what was sent, never the token itself. An earlier
+/// attempt still pending belonged to a process that died (its lease ran out, or this claim could
+/// not have happened): it is marked interrupted, and the new attempt knows it follows one.
 async fn journal_start(
     tx: &mut sqlx::SqliteConnection,
     row: &ClaimRow,
     owner: &str,
     now: UnixTime,
     trigger: Trigger,
-) -> Result<i64, StoreError> {
+) -> Result<(i64, bool), StoreError> {
     let (id,): (i64,) = sqlx::query_as(
         "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, started_at, \
             old_expires_at, old_refresh_fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
@@ -350,5 +363,15 @@ async fn journal_start(
     .bind(row.refresh_token.as_ref().map(Secret::fingerprint))
     .fetch_one(&mut *tx)
     .await?;
-    Ok(id)
+    let interrupted = sqlx::query(
+        "UPDATE token_rotation SET outcome = 'interrupted', finished_at = ?1 \
+         WHERE credential_id = ?2 AND outcome = 'pending' AND id <> ?3",
+    )
+    .bind(now)
+    .bind(row.id)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok((id, interrupted > 0))
 }

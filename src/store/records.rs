@@ -32,6 +32,8 @@ pub struct CredentialSummary {
     pub consecutive_failures: i64,
     pub next_attempt_at: i64,
     pub last_error: Option<String>,
+    /// The last successful refresh, or when the credential was added.
+    pub last_success_at: i64,
 }
 
 /// The current access token of one credential.
@@ -121,7 +123,8 @@ impl Store {
     pub async fn summaries(&self) -> Result<Vec<CredentialSummary>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT name, provider, owner, grant_type, status, access_token_expires_at, refresh_token_expires_at, \
-                refresh_due_at, last_refreshed_at, consecutive_failures, next_attempt_at, last_error \
+                refresh_due_at, last_refreshed_at, consecutive_failures, next_attempt_at, last_error, \
+                COALESCE(last_refreshed_at, created_at) AS last_success_at \
              FROM oauth_credential ORDER BY name",
         )
         .fetch_all(&self.pool)

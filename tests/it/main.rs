@@ -5,5 +5,7 @@
 
 mod cli;
 mod core;
+mod fake_endpoint;
+mod faults;
 mod harness;
 mod oauth_server;

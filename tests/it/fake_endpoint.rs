@@ -1,0 +1,189 @@
+//! A fault-injecting token endpoint on 127.0.0.1: answers every request with one scripted reply
+//! (odd bodies, errors, redirects, hangs, drips, resets). Stops when dropped.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Longest a hanging or dripping connection is kept open, so nothing outlives a test.
+const MAX_CONNECTION: Duration = Duration::from_secs(30);
+
+/// What the endpoint answers.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// A complete response.
+    Http {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// Reads the request and never answers.
+    Hang,
+    /// Sends headers promising a body, then one byte every `every`.
+    Drip { every: Duration },
+    /// Reads the request, then resets the connection.
+    Reset,
+}
+
+impl Reply {
+    /// A JSON (or any text) body with a status.
+    pub fn json(status: u16, body: &str) -> Self {
+        Self::Http {
+            status,
+            headers: vec![("Content-Type".to_owned(), "application/json".to_owned())],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    /// A body with an explicit content type.
+    pub fn typed(status: u16, content_type: &str, body: &[u8]) -> Self {
+        Self::Http {
+            status,
+            headers: vec![("Content-Type".to_owned(), content_type.to_owned())],
+            body: body.to_vec(),
+        }
+    }
+
+    /// Adds a header to an `Http` reply.
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        if let Self::Http { headers, .. } = &mut self {
+            headers.push((name.to_owned(), value.to_owned()));
+        }
+        self
+    }
+}
+
+/// A running fake endpoint.
+pub struct FakeEndpoint {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl FakeEndpoint {
+    pub async fn start(reply: Reply) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1");
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&requests);
+        let task = tokio::spawn(async move {
+            // Connections live in this set: aborting the server aborts them all.
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let reply = reply.clone();
+                let counter = Arc::clone(&counter);
+                connections.spawn(async move {
+                    let _ =
+                        tokio::time::timeout(MAX_CONNECTION, serve(stream, &reply, &counter)).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeEndpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(mut stream: TcpStream, reply: &Reply, counter: &AtomicUsize) -> std::io::Result<()> {
+    loop {
+        if !read_request(&mut stream).await? {
+            return Ok(());
+        }
+        counter.fetch_add(1, Ordering::SeqCst);
+        match reply {
+            Reply::Http {
+                status,
+                headers,
+                body,
+            } => {
+                let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+                for (name, value) in headers {
+                    let _ = write!(head, "{name}: {value}\r\n");
+                }
+                head.push_str("\r\n");
+                stream.write_all(head.as_bytes()).await?;
+                for chunk in body.chunks(64 * 1024) {
+                    stream.write_all(chunk).await?;
+                }
+            }
+            Reply::Hang => {
+                tokio::time::sleep(MAX_CONNECTION).await;
+                return Ok(());
+            }
+            Reply::Drip { every } => {
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+                    .await?;
+                loop {
+                    stream.write_all(b" ").await?;
+                    tokio::time::sleep(*every).await;
+                }
+            }
+            Reply::Reset => {
+                stream.set_zero_linger()?;
+                drop(stream);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Reads one request (head and Content-Length body); false when the peer closed first.
+async fn read_request(stream: &mut TcpStream) -> std::io::Result<bool> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut byte).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        buf.extend_from_slice(&byte[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut have = buf.len() - head_end;
+    while have < length {
+        let n = stream.read(&mut byte).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        have += n;
+    }
+    Ok(true)
+}

@@ -1,0 +1,338 @@
+//! Bad and odd token responses, from a fault-injecting endpoint: odd-but-valid shapes are
+//! accepted, everything else is a transient or permanent failure, and in every case the old tokens
+//! stay in the database and no token reaches the output.
+
+use std::time::Duration;
+
+use crate::fake_endpoint::{FakeEndpoint, Reply};
+use crate::harness::{CLIENT_SECRETS, Home, Run};
+
+const OLD_RT: &str = "rt-canary-5f1c2b9e0d";
+const OLD_AT: &str = "at-canary-77aa01d3c4";
+const NEW_RT: &str = "rt-new-canary-0a9b8c7d";
+const NEW_AT: &str = "at-new-canary-1e2f3a4b";
+/// Short timeouts so hanging endpoints cost seconds.
+const FAST_HTTP: &str = "[http]\nrequest_timeout = \"2s\"\nconnect_timeout = \"1s\"";
+
+struct Case {
+    home: Home,
+    run: Run,
+    started: i64,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A credential holding the old tokens (access token valid 15 more minutes, but due), swept once
+/// against `token_url`.
+async fn sweep_against(token_url: &str) -> Case {
+    let home = Home::with_token_url(token_url, FAST_HTTP);
+    home.add("victim", "basic", OLD_RT).await;
+    let db = home.db().await;
+    sqlx::query(
+        "UPDATE oauth_credential SET access_token = ?1, token_type = 'Bearer', \
+         access_token_expires_at = CAST(strftime('%s','now') AS INTEGER) + 900, refresh_due_at = 0",
+    )
+    .bind(OLD_AT)
+    .execute(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    let started = now();
+    let run = home.run(&["run", "--once"], "").await;
+    Case { home, run, started }
+}
+
+#[derive(sqlx::FromRow, Debug)]
+struct Row {
+    status: String,
+    access_token: String,
+    refresh_token: String,
+    access_token_expires_at: i64,
+    token_type: String,
+    next_attempt_at: i64,
+    last_error: Option<String>,
+}
+
+async fn row(home: &Home) -> Row {
+    let db = home.db().await;
+    sqlx::query_as(
+        "SELECT status, access_token, refresh_token, access_token_expires_at, token_type, next_attempt_at, last_error \
+         FROM oauth_credential WHERE name = 'victim'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap()
+}
+
+fn assert_quiet(case: &Case) {
+    let all = case.run.all();
+    for secret in [OLD_RT, OLD_AT, NEW_RT, NEW_AT]
+        .into_iter()
+        .chain(CLIENT_SECRETS)
+    {
+        assert!(
+            !all.contains(secret),
+            "output contains a secret: {:?}",
+            case.run
+        );
+    }
+    assert!(!all.contains("panicked"), "{:?}", case.run);
+}
+
+/// The sweep failed transiently: exit 1, the old tokens kept and still served, a retry scheduled.
+async fn assert_transient(case: &Case, error_contains: &str) -> Row {
+    assert_eq!(case.run.code, Some(1), "{:?}", case.run);
+    assert_quiet(case);
+    let r = row(&case.home).await;
+    assert_eq!(
+        (
+            r.status.as_str(),
+            r.access_token.as_str(),
+            r.refresh_token.as_str()
+        ),
+        ("active", OLD_AT, OLD_RT)
+    );
+    let error = r.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains(error_contains),
+        "last_error {error:?} lacks {error_contains:?}"
+    );
+    assert!(
+        r.next_attempt_at > case.started,
+        "a retry is scheduled: {r:?}"
+    );
+    let token = case.home.run(&["token", "victim"], "").await;
+    assert_eq!(
+        token.stdout.trim(),
+        OLD_AT,
+        "the old access token is still served"
+    );
+    r
+}
+
+fn token_response(extra: &str) -> String {
+    format!(r#"{{"access_token":"{NEW_AT}","refresh_token":"{NEW_RT}"{extra}}}"#)
+}
+
+#[tokio::test]
+async fn unreadable_bodies_are_transient_and_keep_the_old_tokens() {
+    let big = format!(
+        r#"{{"access_token":"x","pad":"{}"}}"#,
+        "a".repeat(2 * 1024 * 1024)
+    );
+    let cases = [
+        (
+            Reply::typed(502, "text/html", b"<html><body>Bad Gateway</body></html>"),
+            "502 with 37 bytes that are not JSON",
+        ),
+        (
+            Reply::json(200, r#"{"access_token":"abc","token_ty"#),
+            "200 with 31 bytes that are not JSON",
+        ),
+        (Reply::json(200, ""), "200 with an empty body"),
+        (
+            Reply::typed(200, "text/plain", b"ok"),
+            "200 with 2 bytes that are not JSON",
+        ),
+        (
+            Reply::json(200, r#"{"status":"ok"}"#),
+            "JSON that is not a token response",
+        ),
+        (
+            Reply::json(500, r#"{"error":"server_error"}"#),
+            "answered 500: server_error",
+        ),
+        (
+            Reply::typed(429, "text/plain", b""),
+            "429 with an empty body",
+        ),
+        (Reply::json(200, &big), "larger than 1048576 bytes"),
+    ];
+    for (reply, error) in cases {
+        let fake = FakeEndpoint::start(reply).await;
+        let case = sweep_against(&fake.token_url()).await;
+        assert_transient(&case, error).await;
+        assert_eq!(fake.requests(), 1, "{error}");
+    }
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let fake = FakeEndpoint::start(
+        Reply::json(503, r#"{"error":"temporarily_unavailable"}"#)
+            .with_header("Retry-After", "600"),
+    )
+    .await;
+    let case = sweep_against(&fake.token_url()).await;
+    let r = assert_transient(&case, "temporarily_unavailable").await;
+    assert!(r.next_attempt_at >= case.started + 600, "{r:?}");
+    // A second run before then leaves it alone (the backoff is in the database).
+    let again = case.home.run(&["run", "--once"], "").await;
+    assert_eq!(again.code, Some(0), "{again:?}");
+    assert_eq!(fake.requests(), 1);
+}
+
+#[tokio::test]
+async fn hanging_dripping_and_resetting_endpoints_are_bounded() {
+    for (reply, error) in [
+        (Reply::Hang, "timed out"),
+        (
+            Reply::Drip {
+                every: Duration::from_millis(200),
+            },
+            "timed out",
+        ),
+        (Reply::Reset, "connection"),
+    ] {
+        let fake = FakeEndpoint::start(reply).await;
+        let started = std::time::Instant::now();
+        let case = sweep_against(&fake.token_url()).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "bounded by the request timeout"
+        );
+        assert_transient(&case, error).await;
+    }
+    // Nothing listening at all.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/token", closed.local_addr().unwrap());
+    drop(closed);
+    assert_transient(&sweep_against(&url).await, "could not connect").await;
+}
+
+#[tokio::test]
+async fn redirects_are_never_followed() {
+    for status in [302, 307] {
+        let elsewhere = FakeEndpoint::start(Reply::json(200, &token_response(""))).await;
+        let fake = FakeEndpoint::start(
+            Reply::typed(status, "text/html", b"moved")
+                .with_header("Location", &elsewhere.token_url()),
+        )
+        .await;
+        let case = sweep_against(&fake.token_url()).await;
+        assert_transient(&case, &format!("redirect ({status})")).await;
+        assert_eq!(
+            elsewhere.requests(),
+            0,
+            "the redirect target received nothing"
+        );
+    }
+}
+
+#[tokio::test]
+async fn grant_errors_flag_the_credential_and_keep_its_tokens() {
+    let body = r#"{"error":"invalid_grant","error_description":"AADSTS700082: The refresh token has expired due to inactivity."}"#;
+    for reply in [Reply::json(400, body), Reply::json(200, body)] {
+        let fake = FakeEndpoint::start(reply).await;
+        let case = sweep_against(&fake.token_url()).await;
+        assert_eq!(case.run.code, Some(1), "{:?}", case.run);
+        assert_quiet(&case);
+        let r = row(&case.home).await;
+        assert_eq!(
+            (
+                r.status.as_str(),
+                r.access_token.as_str(),
+                r.refresh_token.as_str()
+            ),
+            ("needs_reauthorization", OLD_AT, OLD_RT)
+        );
+        assert!(r.last_error.unwrap().contains("AADSTS700082"));
+        assert!(
+            case.run.stderr.contains("AADSTS700082"),
+            "the log names the provider's reason"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_rejected_client_is_blamed_on_the_provider_configuration() {
+    let fake = FakeEndpoint::start(Reply::json(
+        401,
+        r#"{"error":"invalid_client","error_description":"bad secret"}"#,
+    ))
+    .await;
+    let case = sweep_against(&fake.token_url()).await;
+    let r = assert_transient(&case, "provider basic rejected the client").await;
+    assert!(
+        r.next_attempt_at >= case.started + 3600,
+        "left alone for retry.max: {r:?}"
+    );
+    assert!(
+        case.run
+            .stderr
+            .contains("provider rejected the client configuration"),
+        "{}",
+        case.run.stderr
+    );
+}
+
+#[tokio::test]
+async fn odd_but_valid_token_responses_are_accepted() {
+    let hour = 3600;
+    let cases: [(&str, i64, &str); 8] = [
+        (
+            r#","expires_in":"3599","token_type":"Bearer""#,
+            3599,
+            "Bearer",
+        ),
+        (
+            r#","expires_in":3599.0,"token_type":"bearer""#,
+            3599,
+            "Bearer",
+        ),
+        (r#","expires_in":-5"#, 60, "Bearer"),
+        (r#","expires_in":0"#, 60, "Bearer"),
+        (r#","expires_in":99999999999"#, 366 * 24 * hour, "Bearer"),
+        ("", hour, "Bearer"),
+        (
+            r#","expires_in":"abc","token_type":"BEARER""#,
+            hour,
+            "Bearer",
+        ),
+        (r#","expires_in":120,"token_type":"DPoP""#, 120, "DPoP"),
+    ];
+    for (extra, lifetime, token_type) in cases {
+        let fake = FakeEndpoint::start(Reply::typed(
+            200,
+            "text/plain; charset=utf-8",
+            token_response(extra).as_bytes(),
+        ))
+        .await;
+        let case = sweep_against(&fake.token_url()).await;
+        assert_eq!(case.run.code, Some(0), "{extra}: {:?}", case.run);
+        assert_quiet(&case);
+        let r = row(&case.home).await;
+        assert_eq!(
+            (r.access_token.as_str(), r.refresh_token.as_str()),
+            (NEW_AT, NEW_RT),
+            "{extra}"
+        );
+        assert_eq!(r.token_type, token_type, "{extra}");
+        let expected = case.started + lifetime;
+        assert!(
+            (expected..=expected + 3).contains(&r.access_token_expires_at),
+            "{extra}: {r:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_response_without_a_refresh_token_keeps_the_old_one() {
+    let fake = FakeEndpoint::start(Reply::json(
+        200,
+        &format!(r#"{{"access_token":"{NEW_AT}","expires_in":3600}}"#),
+    ))
+    .await;
+    let case = sweep_against(&fake.token_url()).await;
+    assert_eq!(case.run.code, Some(0), "{:?}", case.run);
+    let r = row(&case.home).await;
+    assert_eq!(
+        (r.access_token.as_str(), r.refresh_token.as_str()),
+        (NEW_AT, OLD_RT)
+    );
+}
