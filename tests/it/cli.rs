@@ -174,3 +174,85 @@ async fn database_problems_exit_3_and_lose_nothing() {
         "the file was left as it was"
     );
 }
+
+#[tokio::test]
+async fn a_database_locked_beyond_the_busy_timeout_exits_3_and_keeps_everything() {
+    use sqlx::Connection;
+    let home = Home::with_token_url(NOWHERE, "busy_timeout = \"1s\"");
+    home.add("kept", "basic", "rt-kept-0123456789").await;
+    let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", home.db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert_one_line_error(
+        &home.run(&["run", "--once"], "").await,
+        3,
+        "database is locked",
+    );
+    assert_one_line_error(
+        &home
+            .run(&["add", "new", "--provider", "basic"], "rt-new-0123456789")
+            .await,
+        3,
+        "database is locked",
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "bounded by busy_timeout"
+    );
+    // Readers are not blocked by a writer (WAL).
+    assert_eq!(home.run(&["status"], "").await.code, Some(0));
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    let db = home.db().await;
+    let names: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, refresh_token FROM oauth_credential")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        names,
+        [("kept".to_owned(), "rt-kept-0123456789".to_owned())]
+    );
+    assert_eq!(
+        crate::harness::count(&db, "SELECT count(*) FROM token_rotation").await,
+        0,
+        "nothing half-written"
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_database_exits_3_with_one_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::with_token_url(NOWHERE, "");
+    home.add("kept", "basic", "rt-kept-0123456789").await;
+    // Root writes through file modes: run as nobody, who may read the file but not write it.
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&home.db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let before = std::fs::read(&home.db).unwrap();
+    // A WAL database needs write access even to be read (its -shm index): both fail the same way.
+    for args in [&["status"][..], &["add", "x", "--provider", "basic"]] {
+        let mut cmd = tokio::process::Command::new("setpriv");
+        let inner = home.command(args);
+        let std_cmd = inner.as_std();
+        cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .arg(std_cmd.get_program())
+            .args(std_cmd.get_args())
+            .current_dir(home.path())
+            .env_clear()
+            .envs(std_cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let run = crate::harness::finish(cmd, "rt-x-0123456789").await;
+        assert_one_line_error(&run, 3, "attempt to write a readonly database");
+    }
+    assert_eq!(
+        std::fs::read(&home.db).unwrap(),
+        before,
+        "the file is untouched"
+    );
+}

@@ -1,33 +1,15 @@
 //! The core, end to end: the real binary against the real oidc-provider server with refresh-token
 //! rotation on, on real SQLite files.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{Home, assert_no_secrets, fingerprint, finish, journal_text, stored_secrets};
+use crate::harness::{
+    Home, assert_no_secrets, count, eventually, fingerprint, finish, journal_text, signal,
+    stored_secrets,
+};
 use crate::oauth_server::{OauthServer, clients};
 
 const SCOPE: &str = "openid offline_access api:read";
-
-/// Polls `check` until it returns true or `deadline` passes.
-async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn count(db: &sqlx::SqlitePool, sql: &'static str) -> i64 {
-    sqlx::query_as::<_, (i64,)>(sql)
-        .fetch_one(db)
-        .await
-        .unwrap()
-        .0
-}
 
 #[tokio::test]
 async fn run_once_rotates_every_client_auth_method_and_the_rotated_tokens_work() {
@@ -222,12 +204,7 @@ async fn the_daemon_sweeps_on_its_schedule_and_stops_cleanly_on_sigterm() {
         let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
         assert_eq!(mode.ok(), Some(0o600), "{path}");
     }
-    let pid = daemon.id().expect("daemon pid").to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    signal(&daemon, "-TERM");
     let output = tokio::time::timeout(Duration::from_secs(20), daemon.wait_with_output())
         .await
         .expect("daemon exits after SIGTERM")

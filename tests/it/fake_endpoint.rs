@@ -29,6 +29,12 @@ pub enum Reply {
     Drip { every: Duration },
     /// Reads the request, then resets the connection.
     Reset,
+    /// Waits for a permit from `gate`, then forwards the request to `upstream` (the real server)
+    /// and relays its answer: a test can act while a request is held, and after it was answered.
+    Forward {
+        upstream: String,
+        gate: Arc<tokio::sync::Semaphore>,
+    },
 }
 
 impl Reply {
@@ -64,6 +70,7 @@ impl Reply {
 pub struct FakeEndpoint {
     addr: SocketAddr,
     requests: Arc<AtomicUsize>,
+    answered: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -74,7 +81,8 @@ impl FakeEndpoint {
             .expect("bind 127.0.0.1");
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&requests);
+        let answered = Arc::new(AtomicUsize::new(0));
+        let counters = (Arc::clone(&requests), Arc::clone(&answered));
         let task = tokio::spawn(async move {
             // Connections live in this set: aborting the server aborts them all.
             let mut connections = JoinSet::new();
@@ -83,16 +91,17 @@ impl FakeEndpoint {
                     break;
                 };
                 let reply = reply.clone();
-                let counter = Arc::clone(&counter);
+                let (requests, answered) = (Arc::clone(&counters.0), Arc::clone(&counters.1));
                 connections.spawn(async move {
-                    let _ =
-                        tokio::time::timeout(MAX_CONNECTION, serve(stream, &reply, &counter)).await;
+                    let serving = serve(stream, &reply, &requests, &answered);
+                    let _ = tokio::time::timeout(MAX_CONNECTION, serving).await;
                 });
             }
         });
         Self {
             addr,
             requests,
+            answered,
             task,
         }
     }
@@ -105,6 +114,11 @@ impl FakeEndpoint {
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+
+    /// Complete responses written so far.
+    pub fn answered(&self) -> usize {
+        self.answered.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for FakeEndpoint {
@@ -113,12 +127,26 @@ impl Drop for FakeEndpoint {
     }
 }
 
-async fn serve(mut stream: TcpStream, reply: &Reply, counter: &AtomicUsize) -> std::io::Result<()> {
+async fn serve(
+    mut stream: TcpStream,
+    reply: &Reply,
+    requests: &AtomicUsize,
+    answered: &AtomicUsize,
+) -> std::io::Result<()> {
     loop {
-        if !read_request(&mut stream).await? {
+        let Some(request) = read_request(&mut stream).await? else {
             return Ok(());
-        }
-        counter.fetch_add(1, Ordering::SeqCst);
+        };
+        requests.fetch_add(1, Ordering::SeqCst);
+        let forwarded;
+        let reply = match reply {
+            Reply::Forward { upstream, gate } => {
+                let _permit = gate.acquire().await.map_err(std::io::Error::other)?;
+                forwarded = forward(&request, upstream).await?;
+                &forwarded
+            }
+            other => other,
+        };
         match reply {
             Reply::Http {
                 status,
@@ -134,7 +162,10 @@ async fn serve(mut stream: TcpStream, reply: &Reply, counter: &AtomicUsize) -> s
                 for chunk in body.chunks(64 * 1024) {
                     stream.write_all(chunk).await?;
                 }
+                stream.flush().await?;
+                answered.fetch_add(1, Ordering::SeqCst);
             }
+            Reply::Forward { .. } => unreachable!("replaced by the upstream's answer"),
             Reply::Hang => {
                 tokio::time::sleep(MAX_CONNECTION).await;
                 return Ok(());
@@ -157,8 +188,39 @@ async fn serve(mut stream: TcpStream, reply: &Reply, counter: &AtomicUsize) -> s
     }
 }
 
-/// Reads one request (head and Content-Length body); false when the peer closed first.
-async fn read_request(stream: &mut TcpStream) -> std::io::Result<bool> {
+/// A request as read: the head and the body.
+struct Request {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// Sends `request` on to `upstream` and turns its answer into a reply.
+async fn forward(request: &Request, upstream: &str) -> std::io::Result<Reply> {
+    let mut post = reqwest::Client::new()
+        .post(upstream)
+        .body(request.body.clone());
+    for line in request.head.lines().skip(1) {
+        if let Some((name, value)) = line.split_once(':')
+            && ["authorization", "content-type", "accept"]
+                .contains(&name.to_ascii_lowercase().as_str())
+        {
+            post = post.header(name, value.trim());
+        }
+    }
+    let response = post.send().await.map_err(std::io::Error::other)?;
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    let body = response.bytes().await.map_err(std::io::Error::other)?;
+    Ok(Reply::typed(status, &content_type, &body))
+}
+
+/// Reads one request (head and Content-Length body); `None` when the peer closed first.
+async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<Request>> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1024];
     let head_end = loop {
@@ -167,23 +229,27 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<bool> {
         }
         let n = stream.read(&mut byte).await?;
         if n == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         buf.extend_from_slice(&byte[..n]);
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let length: usize = head
         .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(str::to_owned)
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    let mut have = buf.len() - head_end;
-    while have < length {
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < length {
         let n = stream.read(&mut byte).await?;
         if n == 0 {
-            return Ok(false);
+            return Ok(None);
         }
-        have += n;
+        body.extend_from_slice(&byte[..n]);
     }
-    Ok(true)
+    Ok(Some(Request { head, body }))
 }

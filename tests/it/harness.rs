@@ -108,6 +108,22 @@ scopes = "api:read"
         self.dir.path()
     }
 
+    /// Points every provider at `token_url` from now on.
+    pub fn retarget(&self, token_url: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("token_url = ") {
+                    format!("token_url = \"{token_url}\"")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(&self.config, text.join("\n") + "\n").unwrap();
+    }
+
     /// The binary with this home's configuration and secrets in its environment.
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokenwarden"));
@@ -144,6 +160,41 @@ scopes = "api:read"
             .await
             .expect("open test database")
     }
+}
+
+/// Polls `check` every 50 ms until it holds, failing the test after `deadline`.
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `SELECT count(*) …` on the test database.
+pub async fn count(db: &SqlitePool, sql: &'static str) -> i64 {
+    sqlx::query_as::<_, (i64,)>(sql)
+        .fetch_one(db)
+        .await
+        .unwrap()
+        .0
+}
+
+/// Sends `signal` (`-TERM`, `-KILL`) to a running child.
+pub fn signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("child still running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
 }
 
 /// Runs a prepared command to completion, bounded by [`COMMAND_DEADLINE`].

@@ -5,6 +5,7 @@
 
 mod cli;
 mod core;
+mod crash;
 mod fake_endpoint;
 mod faults;
 mod harness;

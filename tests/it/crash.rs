@@ -1,0 +1,357 @@
+//! Crashes, shutdown and concurrency against the rotating oidc-provider server: kill -9 at each
+//! point of a refresh, SIGTERM with a refresh in flight, five processes on one database.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::Connection;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::Semaphore;
+
+use crate::fake_endpoint::{FakeEndpoint, Reply};
+use crate::harness::{Home, count, eventually, signal};
+use crate::oauth_server::{OauthServer, clients};
+
+const SCOPE: &str = "openid offline_access api:read";
+/// Short timeouts, so a dead process's lease runs out in about 20 s.
+const SHORT: &str =
+    "busy_timeout = \"1s\"\n[http]\nrequest_timeout = \"2s\"\nconnect_timeout = \"1s\"";
+const LEASE_DEADLINE: Duration = Duration::from_secs(45);
+
+async fn refresh_token(home: &Home) -> String {
+    let db = home.db().await;
+    sqlx::query_as::<_, (String,)>("SELECT refresh_token FROM oauth_credential WHERE name = 'c'")
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .0
+}
+
+/// Kills the child with SIGKILL and reaps it.
+async fn kill9(mut child: tokio::process::Child) {
+    signal(&child, "-KILL");
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.code(), None, "killed by a signal");
+}
+
+/// Waits until no process holds a lease on credential `c`.
+async fn until_lease_expires(home: &Home) {
+    let db = home.db().await;
+    eventually(
+        LEASE_DEADLINE,
+        "the dead process's lease to run out",
+        || async {
+            count(
+                &db,
+                "SELECT count(*) FROM oauth_credential WHERE name = 'c' \
+             AND lease_expires_at > CAST(strftime('%s','now') AS INTEGER)",
+            )
+            .await
+                == 0
+        },
+    )
+    .await;
+}
+
+async fn journal(home: &Home) -> Vec<String> {
+    let db = home.db().await;
+    sqlx::query_as::<_, (String,)>("SELECT outcome FROM token_rotation ORDER BY id")
+        .fetch_all(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(o,)| o)
+        .collect()
+}
+
+#[tokio::test]
+async fn killed_before_the_provider_answered_the_stored_token_still_works() {
+    let server = OauthServer::start().await;
+    let hang = FakeEndpoint::start(Reply::Hang).await;
+    let home = Home::with_token_url(&hang.token_url(), SHORT);
+    let minted = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
+    home.add("c", "basic", &minted).await;
+
+    let child = home.command(&["run", "--once"]).spawn().unwrap();
+    eventually(Duration::from_secs(10), "the request to go out", || async {
+        hang.requests() == 1
+    })
+    .await;
+    kill9(child).await;
+    assert_eq!(
+        journal(&home).await,
+        ["pending"],
+        "the attempt was journaled before the request"
+    );
+    assert_eq!(refresh_token(&home).await, minted);
+
+    home.retarget(server.token_url());
+    until_lease_expires(&home).await;
+    let run = home.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stderr.contains("was interrupted"), "{}", run.stderr);
+    assert_eq!(journal(&home).await, ["interrupted", "refreshed"]);
+    assert_ne!(refresh_token(&home).await, minted);
+    assert_eq!(server.stats().await.refresh_reuse, 0);
+}
+
+#[tokio::test]
+async fn killed_after_the_response_but_before_the_commit_is_flagged_not_looped() {
+    let server = OauthServer::start().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let proxy = FakeEndpoint::start(Reply::Forward {
+        upstream: server.token_url().to_owned(),
+        gate: Arc::clone(&gate),
+    })
+    .await;
+    let home = Home::with_token_url(&proxy.token_url(), SHORT);
+    let minted = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
+    home.add("c", "basic", &minted).await;
+
+    let child = home.command(&["run", "--once"]).spawn().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the request to reach the proxy",
+        || async { proxy.requests() == 1 },
+    )
+    .await;
+    // Hold the database's write lock, then let the provider answer: it rotates the refresh token,
+    // and tokenwarden cannot commit the new one.
+    let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", home.db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    gate.add_permits(1);
+    eventually(
+        Duration::from_secs(10),
+        "the provider's answer to be relayed",
+        || async { proxy.answered() == 1 },
+    )
+    .await;
+    assert_eq!(
+        server.stats().await.refresh_ok,
+        1,
+        "the provider rotated the refresh token"
+    );
+    kill9(child).await;
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+    assert_eq!(refresh_token(&home).await, minted, "nothing was committed");
+
+    home.retarget(server.token_url());
+    until_lease_expires(&home).await;
+    let run = home.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let db = home.db().await;
+    let (status, error): (String, String) =
+        sqlx::query_as("SELECT status, last_error FROM oauth_credential WHERE name = 'c'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(status, "needs_reauthorization");
+    assert!(
+        error.starts_with("refresh outcome unknown after interruption"),
+        "{error}"
+    );
+    assert_eq!(
+        journal(&home).await,
+        ["interrupted", "needs_reauthorization"]
+    );
+
+    // Flagged once, then left alone: no silent loop.
+    let requests = server.stats().await.token_requests;
+    assert_eq!(home.run(&["run", "--once"], "").await.code, Some(0));
+    assert_eq!(server.stats().await.token_requests, requests);
+}
+
+#[tokio::test]
+async fn killed_right_after_the_commit_loses_nothing() {
+    let server = OauthServer::start().await;
+    let home = Home::new(&server, SHORT);
+    let minted = server.mint_refresh_token(clients::POST_ID, SCOPE).await;
+    home.add("c", "post", &minted).await;
+    let daemon = home.command(&["run"]).spawn().unwrap();
+    let db = home.db().await;
+    eventually(
+        Duration::from_secs(20),
+        "the first rotation to commit",
+        || async {
+            count(
+                &db,
+                "SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    kill9(daemon).await;
+    let rotated = refresh_token(&home).await;
+    assert_ne!(rotated, minted);
+    let manual = home.run(&["refresh", "c"], "").await;
+    assert_eq!(
+        manual.code,
+        Some(0),
+        "the stored rotated token works: {manual:?}"
+    );
+    assert_ne!(refresh_token(&home).await, rotated);
+    assert_eq!(server.stats().await.refresh_reuse, 0);
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_refresh_in_flight_finish_and_commit() {
+    let server = OauthServer::start().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let proxy = FakeEndpoint::start(Reply::Forward {
+        upstream: server.token_url().to_owned(),
+        gate: Arc::clone(&gate),
+    })
+    .await;
+    let home = Home::with_token_url(&proxy.token_url(), "");
+    let minted = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
+    home.add("c", "basic", &minted).await;
+
+    let mut daemon = home.command(&["run"]).spawn().unwrap();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut lines = tokio::io::BufReader::new(daemon.stderr.take().unwrap()).lines();
+    let collected = Arc::clone(&stderr);
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            collected.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the request to reach the proxy",
+        || async { proxy.requests() == 1 },
+    )
+    .await;
+    signal(&daemon, "-TERM");
+    eventually(
+        Duration::from_secs(10),
+        "the daemon to acknowledge SIGTERM",
+        || async { stderr.lock().unwrap().contains("shutting down") },
+    )
+    .await;
+    gate.add_permits(1);
+    let status = tokio::time::timeout(Duration::from_secs(20), daemon.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    reader.await.unwrap();
+    let log = stderr.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("access token refreshed") && log.contains("tokenwarden stopped"),
+        "{log}"
+    );
+    assert_eq!(journal(&home).await, ["refreshed"]);
+    assert_ne!(
+        refresh_token(&home).await,
+        minted,
+        "the rotated token was stored before exit"
+    );
+    assert_eq!(server.stats().await.refresh_reuse, 0);
+}
+
+#[tokio::test]
+async fn five_processes_on_one_database_refresh_each_credential_once() {
+    const CREDENTIALS: usize = 200;
+    // Hour-long tokens: once refreshed, a credential is not due again for any process.
+    let server = OauthServer::start_with_ttl(3600).await;
+    let home = Home::new(&server, "concurrency = 8");
+    // An empty sweep creates the schema; then the credentials arrive the way another tool would.
+    assert_eq!(home.run(&["run", "--once"], "").await.code, Some(0));
+    let minted: Vec<String> = mint_many(&server, CREDENTIALS).await;
+    {
+        let db = home.db().await;
+        for (i, rt) in minted.iter().enumerate() {
+            let provider = ["basic", "post", "jwt"][i % 3];
+            sqlx::query(
+                "INSERT INTO oauth_credential (name, provider, refresh_token) VALUES (?1, ?2, ?3)",
+            )
+            .bind(format!("user-{i:03}"))
+            .bind(provider)
+            .bind(rt)
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+    }
+    let daemon = home.command(&["run"]).spawn().unwrap();
+    let others: Vec<_> = [
+        &["run", "--once"][..],
+        &["run", "--once"],
+        &["run", "--once"],
+        &["refresh", "user-000"],
+    ]
+    .into_iter()
+    .map(|args| home.command(args).spawn().unwrap())
+    .collect();
+    for child in others {
+        let out = tokio::time::timeout(Duration::from_mins(1), child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let db = home.db().await;
+    eventually(
+        Duration::from_mins(1),
+        "every credential to be refreshed",
+        || async {
+            count(
+                &db,
+                "SELECT count(*) FROM oauth_credential WHERE last_refreshed_at IS NULL",
+            )
+            .await
+                == 0
+        },
+    )
+    .await;
+    signal(&daemon, "-TERM");
+    let out = tokio::time::timeout(Duration::from_secs(20), daemon.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+
+    let stats = server.stats().await;
+    assert_eq!(stats.refresh_reuse, 0, "{stats:?}");
+    let per: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT credential_name, count(*) FROM token_rotation WHERE outcome = 'refreshed' GROUP BY credential_name",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(per.len(), CREDENTIALS);
+    for (name, n) in &per {
+        // `refresh NAME` is a manual refresh: it may come after the sweep's, never at once with it.
+        let most = if name == "user-000" { 2 } else { 1 };
+        assert!((1..=most).contains(n), "{name} refreshed {n} times");
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM token_rotation WHERE outcome NOT IN ('refreshed')"
+        )
+        .await,
+        0
+    );
+}
+
+async fn mint_many(server: &OauthServer, n: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let client = [clients::BASIC_ID, clients::POST_ID, clients::JWT_ID][i % 3];
+        out.push(server.mint_refresh_token(client, SCOPE).await);
+    }
+    out
+}
