@@ -355,3 +355,53 @@ async fn mint_many(server: &OauthServer, n: usize) -> Vec<String> {
     }
     out
 }
+
+#[tokio::test]
+async fn invalid_grant_for_a_token_replaced_meanwhile_does_not_kill_the_credential() {
+    let dead = FakeEndpoint::start(Reply::json(400, r#"{"error":"invalid_grant"}"#)).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let proxy = FakeEndpoint::start(Reply::Forward {
+        upstream: dead.token_url(),
+        gate: Arc::clone(&gate),
+    })
+    .await;
+    let home = Home::with_token_url(&proxy.token_url(), "");
+    home.add("c", "basic", "rt-old-0123456789").await;
+    let child = home.command(&["run", "--once"]).spawn().unwrap();
+    eventually(Duration::from_secs(10), "the request to go out", || async {
+        proxy.requests() == 1
+    })
+    .await;
+    // The operator re-authorizes while the old token's refresh is out…
+    let replace = home
+        .run(
+            &["add", "c", "--provider", "basic", "--replace"],
+            "rt-new-0123456789",
+        )
+        .await;
+    assert_eq!(replace.code, Some(0), "{replace:?}");
+    // …and the provider then rejects the old token.
+    gate.add_permits(1);
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = home.db().await;
+    let (status, rt): (String, String) =
+        sqlx::query_as("SELECT status, refresh_token FROM oauth_credential WHERE name = 'c'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), rt.as_str()),
+        ("active", "rt-new-0123456789"),
+        "the new grant is not marked dead"
+    );
+    assert_eq!(journal(&home).await, ["superseded"]);
+}
