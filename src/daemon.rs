@@ -1,11 +1,12 @@
 //! The long-running service: a sweep at start, then one per tick of the cron schedule, never two
-//! at once, until shutdown is requested; SIGTERM and SIGINT request it. Imports `schedule`,
+//! at once, until shutdown is requested; SIGTERM and SIGINT request it. Tells systemd (when it
+//! set NOTIFY_SOCKET) that it is ready, alive (watchdog) and stopping. Imports `schedule`,
 //! `domain` and `sweep`.
 
 use tokio::sync::mpsc;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::domain::Trigger;
 use crate::schedule::Schedule;
@@ -40,6 +41,9 @@ pub async fn run(
     scheduler.add(job).await?;
     scheduler.start().await?;
     info!(schedule = schedule.six_fields(), "tokenwarden started");
+    notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog =
+        sd_notify::watchdog_enabled().map(|interval| tokio::spawn(watchdog_pings(interval / 2)));
 
     sweep(&sweeper, &shutdown).await;
     loop {
@@ -52,14 +56,45 @@ pub async fn run(
             },
         }
     }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     scheduler.shutdown().await?;
     info!("tokenwarden stopped");
     Ok(())
 }
 
 async fn sweep(sweeper: &Sweeper, shutdown: &CancellationToken) {
-    if let Err(e) = sweeper.sweep_once(Trigger::Schedule, shutdown).await {
-        error!(error = %e, "sweep failed; the next tick tries again");
+    match sweeper.sweep_once(Trigger::Schedule, shutdown).await {
+        Ok(s) => {
+            let status = format!(
+                "last sweep at {}: {} due, {} refreshed, {} failed, {} need re-authorization",
+                crate::domain::iso8601(crate::domain::now()),
+                s.due,
+                s.refreshed,
+                s.failed,
+                s.needs_reauthorization
+            );
+            notify(&[sd_notify::NotifyState::Status(&status)]);
+        }
+        Err(e) => error!(error = %e, "sweep failed; the next tick tries again"),
+    }
+}
+
+/// Tells systemd how things stand; a no-op unless it set NOTIFY_SOCKET.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// Pings the systemd watchdog every `every` for as long as the process runs.
+async fn watchdog_pings(every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        notify(&[sd_notify::NotifyState::Watchdog]);
     }
 }
 

@@ -247,7 +247,7 @@ impl Sweeper {
             inner.store.release(&claimed, &inner.owner).await?;
             summary.released += 1;
         }
-        let duration_ms = started.elapsed().as_millis();
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         info!(
             trigger = trigger.as_str(),
             due = summary.due,

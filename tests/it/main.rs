@@ -10,3 +10,4 @@ mod fake_endpoint;
 mod faults;
 mod harness;
 mod oauth_server;
+mod service;

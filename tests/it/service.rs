@@ -1,0 +1,85 @@
+//! Running as a service: the systemd notify protocol (READY, watchdog pings, STOPPING) spoken to a
+//! NOTIFY_SOCKET the test opens, and JSON logs for containers.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Home, signal};
+
+/// Nothing listens here; no credential exists anyway.
+const NOWHERE: &str = "http://127.0.0.1:9/token";
+
+/// Collects datagrams until `done` says so or `deadline` passes.
+fn receive_until(
+    socket: &UnixDatagram,
+    deadline: Duration,
+    mut done: impl FnMut(&[String]) -> bool,
+) -> Vec<String> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&got) {
+        assert!(start.elapsed() < deadline, "timed out; received {got:?}");
+        if let Ok(n) = socket.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn the_daemon_speaks_the_systemd_notify_protocol() {
+    let home = Home::with_token_url(NOWHERE, "");
+    let path = home.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut cmd = home.command(&["run"]);
+    cmd.env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "200000");
+    let daemon = cmd.spawn().unwrap();
+
+    let got = receive_until(&socket, Duration::from_secs(20), |got| {
+        got.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3
+    });
+    assert!(got[0].contains("READY=1"), "READY comes first: {got:?}");
+    assert!(
+        got.iter().any(|m| m.starts_with("STATUS=last sweep at ")),
+        "{got:?}"
+    );
+
+    signal(&daemon, "-TERM");
+    let got = receive_until(&socket, Duration::from_secs(20), |got| {
+        got.iter().any(|m| m.contains("STOPPING=1"))
+    });
+    assert!(got.last().unwrap().contains("STOPPING=1"), "{got:?}");
+    let out = tokio::time::timeout(Duration::from_secs(20), daemon.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_a_sweep_summary() {
+    let home = Home::with_token_url(NOWHERE, "");
+    let run = home
+        .run(&["--log-format", "json", "run", "--once"], "")
+        .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let lines: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let summary = lines
+        .iter()
+        .find(|l| l["message"] == "sweep finished")
+        .expect("a summary line");
+    assert_eq!(summary["due"], 0);
+    assert!(
+        summary["duration_ms"].is_number() && summary["timestamp"].is_string(),
+        "{summary}"
+    );
+}
