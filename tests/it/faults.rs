@@ -336,3 +336,70 @@ async fn a_response_without_a_refresh_token_keeps_the_old_one() {
         (NEW_AT, OLD_RT)
     );
 }
+
+#[tokio::test]
+async fn a_credential_that_keeps_failing_is_reported_and_kept() {
+    let fake =
+        FakeEndpoint::start(Reply::json(503, r#"{"error":"temporarily_unavailable"}"#)).await;
+    let home = Home::with_token_url(
+        &fake.token_url(),
+        "[retry]\nfailing_after_failures = 2\nbase = \"1s\"",
+    );
+    home.add("victim", "basic", OLD_RT).await;
+    let first = home.run(&["run", "--once"], "").await;
+    assert!(
+        first.stderr.contains("refresh failed; will retry"),
+        "{first:?}"
+    );
+    let db = home.db().await;
+    sqlx::query("UPDATE oauth_credential SET next_attempt_at = 0")
+        .execute(&db)
+        .await
+        .unwrap();
+    let second = home.run(&["run", "--once"], "").await;
+    assert_eq!(second.code, Some(1));
+    assert!(
+        second
+            .stderr
+            .contains("credential is failing; retrying slowly"),
+        "{second:?}"
+    );
+    let status = home.run(&["status", "--json"], "").await;
+    let rows: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(
+        (rows[0]["status"].as_str(), rows[0]["failing"].as_bool()),
+        (Some("active"), Some(true)),
+        "{rows}"
+    );
+    let table = home.run(&["status"], "").await;
+    assert!(table.stdout.contains("active (failing)"), "{table:?}");
+    // Retried slowly: at least half of retry.max (1 h) away.
+    let (next,): (i64,) = sqlx::query_as("SELECT next_attempt_at FROM oauth_credential")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(next >= now() + 1799, "{next}");
+}
+
+#[tokio::test]
+async fn a_credential_of_an_unconfigured_provider_is_kept_and_retried() {
+    let home = Home::with_token_url("http://127.0.0.1:9/token", "");
+    home.add("orphan", "basic", OLD_RT).await;
+    let db = home.db().await;
+    sqlx::query("UPDATE oauth_credential SET provider = 'gone'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let run = home.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let (status, error, rt): (String, String, String) =
+        sqlx::query_as("SELECT status, last_error, refresh_token FROM oauth_credential")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), rt.as_str()), ("active", OLD_RT));
+    assert!(
+        error.contains("provider \"gone\" is not configured"),
+        "{error}"
+    );
+}

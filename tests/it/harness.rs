@@ -124,20 +124,26 @@ scopes = "api:read"
         std::fs::write(&self.config, text.join("\n") + "\n").unwrap();
     }
 
-    /// The binary with this home's configuration and secrets in its environment.
+    /// The binary with this home's configuration and secrets in its environment, under umask 022
+    /// (so the database's 0600 mode is tokenwarden's doing, not the test's).
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokenwarden"));
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("TOKENWARDEN_CONFIG", &self.config)
-            .env("TW_TEST_BASIC_SECRET", clients::BASIC_SECRET)
-            .env("TW_TEST_CC_SECRET", clients::CC_SECRET)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args([
+            "-c",
+            "umask 022 && exec \"$0\" \"$@\"",
+            env!("CARGO_BIN_EXE_tokenwarden"),
+        ])
+        .args(args)
+        .current_dir(self.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TOKENWARDEN_CONFIG", &self.config)
+        .env("TW_TEST_BASIC_SECRET", clients::BASIC_SECRET)
+        .env("TW_TEST_CC_SECRET", clients::CC_SECRET)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
         cmd
     }
 
