@@ -10,6 +10,7 @@ use tracing::warn;
 
 use crate::config::{LogFormat, Settings};
 use crate::domain::{self, Backoff, GrantType, Secret, Trigger};
+use crate::metrics::{self, Metrics};
 use crate::provider::Providers;
 use crate::refresh::Refresher;
 use crate::store::{NewCredential, OpenMode, Store};
@@ -219,7 +220,28 @@ async fn run_sweeps(ctx: &Ctx, once: bool) -> anyhow::Result<u8> {
             exit::REFRESH_FAILED
         }
     } else {
-        daemon::run(sweeper.clone(), &ctx.settings.schedule()?, shutdown).await?;
+        let settings = &ctx.settings;
+        let schedule = settings.schedule()?;
+        let metrics = if settings.metrics.enabled {
+            let listener = tokio::net::TcpListener::bind(&settings.metrics.listen)
+                .await
+                .map_err(|e| {
+                    CommandError::Input(format!("metrics.listen {}: {e}", settings.metrics.listen))
+                })?;
+            // Unhealthy once a sweep is twice the longest gap between ticks overdue.
+            let gap = i64::try_from(schedule.longest_gap(chrono::Utc::now()).as_secs())
+                .unwrap_or(i64::MAX);
+            let metrics = Metrics::new(
+                sweeper.store().clone(),
+                gap.saturating_mul(2),
+                settings.failing(),
+            );
+            tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
+            Some(metrics)
+        } else {
+            None
+        };
+        daemon::run(sweeper.clone(), &schedule, shutdown, metrics).await?;
         exit::OK
     };
     sweeper.store().close().await;

@@ -34,6 +34,10 @@ failing_after = "6h"
 [log]
 format = "text"
 level = "info"
+
+[metrics]
+enabled = false
+listen = "127.0.0.1:9464"
 "#;
 
 /// The environment variable that names the configuration file; never read as a setting.
@@ -83,6 +87,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub retry: RetrySettings,
     pub log: LogSettings,
+    pub metrics: MetricsSettings,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
 }
@@ -121,6 +126,15 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// A tracing level (`error` … `trace`) for tokenwarden's own events.
     pub level: String,
+}
+
+/// The optional `/metrics` and `/healthz` listener of `tokenwarden run`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub enabled: bool,
+    /// Address to listen on; loopback unless you mean it.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -332,6 +346,15 @@ impl Settings {
                 format!(
                     "{:?} is not one of error, warn, info, debug, trace",
                     self.log.level
+                ),
+            ));
+        }
+        if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "metrics.listen",
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:9464",
+                    self.metrics.listen
                 ),
             ));
         }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::domain::Trigger;
+use crate::metrics::Metrics;
 use crate::schedule::Schedule;
 use crate::sweep::Sweeper;
 
@@ -22,11 +23,12 @@ pub enum DaemonError {
 }
 
 /// Sweeps at start and on every tick of `schedule` until `shutdown` fires, then returns once the
-/// sweep in flight (if any) has stored what it refreshed.
+/// sweep in flight (if any) has stored what it refreshed. Each sweep is counted in `metrics`.
 pub async fn run(
     sweeper: Sweeper,
     schedule: &Schedule,
     shutdown: CancellationToken,
+    metrics: Option<Metrics>,
 ) -> Result<(), DaemonError> {
     // Ticks land in a channel of one: the single sweep loop below never overlaps itself, and
     // ticks that arrive while it runs collapse into one follow-up sweep.
@@ -45,13 +47,13 @@ pub async fn run(
     let watchdog =
         sd_notify::watchdog_enabled().map(|interval| tokio::spawn(watchdog_pings(interval / 2)));
 
-    sweep(&sweeper, &shutdown).await;
+    sweep(&sweeper, &shutdown, metrics.as_ref()).await;
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             tick = tick_rx.recv() => match tick {
-                Some(()) => sweep(&sweeper, &shutdown).await,
+                Some(()) => sweep(&sweeper, &shutdown, metrics.as_ref()).await,
                 None => break,
             },
         }
@@ -65,9 +67,13 @@ pub async fn run(
     Ok(())
 }
 
-async fn sweep(sweeper: &Sweeper, shutdown: &CancellationToken) {
+async fn sweep(sweeper: &Sweeper, shutdown: &CancellationToken, metrics: Option<&Metrics>) {
+    let started = std::time::Instant::now();
     match sweeper.sweep_once(Trigger::Schedule, shutdown).await {
         Ok(s) => {
+            if let Some(metrics) = metrics {
+                metrics.record_sweep(&s, started.elapsed().as_secs_f64());
+            }
             let status = format!(
                 "last sweep at {}: {} due, {} refreshed, {} failed, {} need re-authorization",
                 crate::domain::iso8601(crate::domain::now()),

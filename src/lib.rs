@@ -17,6 +17,7 @@
 //! - [`refresh`] — one token request and its outcome
 //! - [`sweep`] — claim, refresh, store, log
 //! - [`daemon`] — the schedule and shutdown around sweeps
+//! - [`metrics`] — the optional /metrics and /healthz listener
 //! - [`telemetry`] — logging
 //! - [`cli`] — the command line
 
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod domain;
+pub mod metrics;
 pub mod provider;
 pub mod refresh;
 pub mod schedule;

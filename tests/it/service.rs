@@ -83,3 +83,92 @@ async fn json_logs_are_one_object_per_line_with_a_sweep_summary() {
         "{summary}"
     );
 }
+
+#[tokio::test]
+async fn metrics_and_healthz_report_credentials_and_sweeps() {
+    use crate::oauth_server::{OauthServer, clients};
+    let server = OauthServer::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let home = Home::new(
+        &server,
+        &format!("[metrics]\nenabled = true\nlisten = \"127.0.0.1:{port}\""),
+    );
+    let rt = server
+        .mint_refresh_token(clients::BASIC_ID, "openid offline_access api:read")
+        .await;
+    home.add("sharepoint", "basic", &rt).await;
+    let daemon = home.command(&["run"]).spawn().unwrap();
+
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let scraped = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    crate::harness::eventually(
+        Duration::from_secs(20),
+        "a scrape after the first sweep",
+        || {
+            let (http, url, scraped) = (http.clone(), format!("{base}/metrics"), scraped.clone());
+            async move {
+                let Ok(response) = http.get(url).send().await else {
+                    return false;
+                };
+                let text = response.text().await.unwrap_or_default();
+                let done = text.contains("tokenwarden_sweeps_total 1");
+                *scraped.lock().unwrap() = text;
+                done
+            }
+        },
+    )
+    .await;
+    let metrics = scraped.lock().unwrap().clone();
+    assert!(
+        metrics.contains(r#"tokenwarden_refreshes_total{outcome="refreshed"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"tokenwarden_credential_status{credential="sharepoint",provider="basic",status="active"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"tokenwarden_consecutive_failures{credential="sharepoint",provider="basic"} 0"#
+        ),
+        "{metrics}"
+    );
+    let expires = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"tokenwarden_access_token_expires_in_seconds{credential="sharepoint",provider="basic"} "#))
+        .expect("an expiry gauge");
+    assert!(
+        (60..=120).contains(&expires.parse::<i64>().unwrap()),
+        "{expires}"
+    );
+    assert!(
+        metrics.contains("tokenwarden_last_sweep_duration_seconds"),
+        "{metrics}"
+    );
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        http.get(format!("{base}/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let db = home.db().await;
+    let tokens = crate::harness::stored_secrets(&db).await;
+    crate::harness::assert_no_secrets("metrics", &metrics, &tokens);
+
+    signal(&daemon, "-TERM");
+    let out = tokio::time::timeout(Duration::from_secs(20), daemon.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}

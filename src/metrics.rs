@@ -1,0 +1,318 @@
+//! The optional operator listener: `/metrics` in the Prometheus text format (encoded by
+//! prometheus-client) and `/healthz`. Per-credential figures are read from the store at scrape
+//! time; counters and the last sweep come from each sweep's summary. Imports `domain`, `store`
+//! and `sweep`.
+
+use std::convert::Infallible;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::domain::{self, Failing, UnixTime};
+use crate::store::{Store, StoreError};
+use crate::sweep::SweepSummary;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabels {
+    credential: String,
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    credential: String,
+    provider: String,
+    status: String,
+}
+
+/// The last finished sweep.
+#[derive(Debug, Clone, Copy)]
+struct LastSweep {
+    at: UnixTime,
+    seconds: f64,
+}
+
+/// Shared state behind the listener; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    refreshes: Family<OutcomeLabels, Counter>,
+    sweeps: Counter,
+    last_sweep: Mutex<Option<LastSweep>>,
+    started_at: UnixTime,
+    /// `/healthz` fails when the last sweep is older than this (seconds).
+    stale_after: i64,
+    failing: Failing,
+}
+
+impl Metrics {
+    #[must_use]
+    pub fn new(store: Store, stale_after: i64, failing: Failing) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                refreshes: Family::default(),
+                sweeps: Counter::default(),
+                last_sweep: Mutex::new(None),
+                started_at: domain::now(),
+                stale_after,
+                failing,
+            }),
+        }
+    }
+
+    /// Counts a finished sweep.
+    pub fn record_sweep(&self, summary: &SweepSummary, seconds: f64) {
+        let inner = &self.inner;
+        inner.sweeps.inc();
+        for (outcome, n) in [
+            ("refreshed", summary.refreshed),
+            ("failed", summary.failed),
+            ("needs_reauthorization", summary.needs_reauthorization),
+            ("superseded", summary.superseded),
+        ] {
+            inner
+                .refreshes
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(n as u64);
+        }
+        *inner
+            .last_sweep
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(LastSweep {
+            at: domain::now(),
+            seconds,
+        });
+    }
+
+    fn last_sweep(&self) -> Option<LastSweep> {
+        *self
+            .inner
+            .last_sweep
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The exposition text.
+    async fn render(&self) -> Result<String, StoreError> {
+        let inner = &self.inner;
+        let now = domain::now();
+        let mut registry = Registry::with_prefix("tokenwarden");
+        registry.register(
+            "refreshes",
+            "Refresh attempts by outcome",
+            inner.refreshes.clone(),
+        );
+        registry.register("sweeps", "Sweeps finished", inner.sweeps.clone());
+        if let Some(last) = self.last_sweep() {
+            let at = Gauge::<i64>::default();
+            at.set(last.at);
+            registry.register(
+                "last_sweep_timestamp_seconds",
+                "When the last sweep finished",
+                at,
+            );
+            let took = Gauge::<f64, AtomicU64>::default();
+            took.set(last.seconds);
+            registry.register(
+                "last_sweep_duration_seconds",
+                "How long the last sweep took",
+                took,
+            );
+        }
+        let expires = Family::<CredentialLabels, Gauge>::default();
+        let failures = Family::<CredentialLabels, Gauge>::default();
+        let status = Family::<StatusLabels, Gauge>::default();
+        for c in inner.store.summaries().await? {
+            let labels = CredentialLabels {
+                credential: c.name.clone(),
+                provider: c.provider.clone(),
+            };
+            if let Some(at) = c.access_token_expires_at {
+                expires.get_or_create(&labels).set(at - now);
+            }
+            failures.get_or_create(&labels).set(c.consecutive_failures);
+            let failures = u32::try_from(c.consecutive_failures).unwrap_or(u32::MAX);
+            let shown = if c.status == "active"
+                && inner.failing.is_failing(failures, c.last_success_at, now)
+            {
+                "failing".to_owned()
+            } else {
+                c.status
+            };
+            status
+                .get_or_create(&StatusLabels {
+                    credential: c.name,
+                    provider: c.provider,
+                    status: shown,
+                })
+                .set(1);
+        }
+        registry.register(
+            "access_token_expires_in_seconds",
+            "Seconds until the stored access token expires (negative: expired)",
+            expires,
+        );
+        registry.register(
+            "consecutive_failures",
+            "Failed refreshes since the last success",
+            failures,
+        );
+        registry.register("credential_status", "1 for the credential's status", status);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).map_err(|e| {
+            StoreError::Open {
+                path: "metrics".into(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(text)
+    }
+
+    /// `Ok` when the last sweep is recent and the database answers.
+    async fn health(&self) -> Result<(), String> {
+        let inner = &self.inner;
+        verdict(
+            domain::now(),
+            inner.started_at,
+            self.last_sweep().map(|l| l.at),
+            inner.stale_after,
+        )?;
+        inner.store.ping().await.map_err(|e| e.to_string())
+    }
+
+    async fn respond(&self, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let reply = |status: StatusCode, content_type: &str, body: String| {
+            Response::builder()
+                .status(status)
+                .header("Content-Type", content_type)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap_or_default()
+        };
+        match (request.method(), request.uri().path()) {
+            (&hyper::Method::GET, "/metrics") => match self.render().await {
+                Ok(text) => reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(e) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("{e}\n"),
+                ),
+            },
+            (&hyper::Method::GET, "/healthz") => match self.health().await {
+                Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n".to_owned()),
+                Err(why) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("{why}\n"),
+                ),
+            },
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: try /metrics or /healthz\n".to_owned(),
+            ),
+        }
+    }
+}
+
+/// Whether the sweeps are keeping up: the last one is no older than `stale_after`, or, before the
+/// first one finished, the process is younger than that.
+fn verdict(
+    now: UnixTime,
+    started_at: UnixTime,
+    last_sweep_at: Option<UnixTime>,
+    stale_after: i64,
+) -> Result<(), String> {
+    let since = last_sweep_at.unwrap_or(started_at);
+    if now - since > stale_after {
+        return Err(match last_sweep_at {
+            Some(at) => format!(
+                "last sweep finished {}s ago (at {})",
+                now - at,
+                domain::iso8601(at)
+            ),
+            None => format!(
+                "no sweep has finished in the {}s since start",
+                now - started_at
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` fires.
+pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "metrics listener could not accept a connection");
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(metrics.respond(&request).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verdict;
+
+    #[test]
+    fn healthy_while_sweeps_are_recent() {
+        assert!(verdict(1000, 0, Some(900), 360).is_ok());
+        assert!(
+            verdict(100, 0, None, 360).is_ok(),
+            "young process, no sweep yet"
+        );
+    }
+
+    #[test]
+    fn unhealthy_when_sweeps_stall() {
+        let e = verdict(2000, 0, Some(1000), 360).unwrap_err();
+        assert!(e.contains("last sweep finished 1000s ago"), "{e}");
+        assert!(
+            verdict(1000, 0, None, 360)
+                .unwrap_err()
+                .contains("no sweep has finished")
+        );
+    }
+}
