@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing::warn;
 
+use crate::alerts::Alerter;
 use crate::config::{LogFormat, Settings};
 use crate::domain::{self, Backoff, GrantType, Secret, Trigger};
 use crate::metrics::{self, Metrics};
@@ -205,7 +206,8 @@ impl Ctx {
             concurrency: settings.concurrency,
             lease: secs(settings.lease()),
         };
-        Ok(Sweeper::new(store, providers, refresher, policy))
+        let alerter = Alerter::new(&settings.alerts.on_event, settings.alerts.timeout);
+        Ok(Sweeper::new(store, providers, refresher, policy, alerter))
     }
 }
 

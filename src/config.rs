@@ -38,6 +38,10 @@ level = "info"
 [metrics]
 enabled = false
 listen = "127.0.0.1:9464"
+
+[alerts]
+on_event = []
+timeout = "10s"
 "#;
 
 /// The environment variable that names the configuration file; never read as a setting.
@@ -88,6 +92,7 @@ pub struct Settings {
     pub retry: RetrySettings,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    pub alerts: AlertSettings,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
 }
@@ -126,6 +131,18 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// A tracing level (`error` … `trace`) for tokenwarden's own events.
     pub level: String,
+}
+
+/// The command run on credential events.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    /// Program and arguments (no shell); empty: no alerts.
+    #[serde(deserialize_with = "words")]
+    pub on_event: Vec<String>,
+    /// Longest an alert command may run.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
 }
 
 /// The optional `/metrics` and `/healthz` listener of `tokenwarden run`.
@@ -176,7 +193,7 @@ pub struct ProviderSettings {
     #[serde(default = "default_alg")]
     pub alg: String,
     pub kid: Option<String>,
-    #[serde(default, deserialize_with = "scopes")]
+    #[serde(default, deserialize_with = "words")]
     pub scopes: Vec<String>,
     /// Send `scope` with refresh requests too (Microsoft Entra wants it).
     #[serde(default)]
@@ -476,8 +493,8 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     d.deserialize_any(Visitor)
 }
 
-/// Scopes as a TOML list or one space-separated string (handy in environment variables).
-fn scopes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+/// A TOML list of strings, or one space-separated string (handy in environment variables).
+fn words<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Scopes {

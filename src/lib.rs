@@ -15,12 +15,14 @@
 //! - [`provider`] — configured OAuth clients with their secrets resolved
 //! - [`store`] — the SQLite database, the only module that speaks SQL
 //! - [`refresh`] — one token request and its outcome
-//! - [`sweep`] — claim, refresh, store, log
+//! - [`alerts`] — the operator's command on credential events
+//! - [`sweep`] — claim, refresh, store, log, alert
 //! - [`daemon`] — the schedule and shutdown around sweeps
 //! - [`metrics`] — the optional /metrics and /healthz listener
 //! - [`telemetry`] — logging
 //! - [`cli`] — the command line
 
+pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::alerts::{Alerter, Event};
 use crate::domain::{
     self, Backoff, Claimed, Failing, GrantType, STORE_ATTEMPTS, TokenSet, Trigger, UnixTime,
     iso8601,
@@ -154,16 +155,24 @@ struct Inner {
     owner: String,
     /// Providers that rejected our client, and until when to leave them alone.
     rejected: Mutex<HashMap<String, UnixTime>>,
+    alerter: Alerter,
 }
 
 impl Sweeper {
     #[must_use]
-    pub fn new(store: Store, providers: Providers, refresher: Refresher, policy: Policy) -> Self {
+    pub fn new(
+        store: Store,
+        providers: Providers,
+        refresher: Refresher,
+        policy: Policy,
+        alerter: Alerter,
+    ) -> Self {
         let owner = format!(
             "{}-{}",
             std::process::id(),
             hex::encode(rand::random::<[u8; 4]>())
         );
+        let rejected = Mutex::new(HashMap::new());
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -171,7 +180,8 @@ impl Sweeper {
                 refresher,
                 policy,
                 owner,
-                rejected: Mutex::new(HashMap::new()),
+                rejected,
+                alerter,
             }),
         }
     }
@@ -247,6 +257,7 @@ impl Sweeper {
             inner.store.release(&claimed, &inner.owner).await?;
             summary.released += 1;
         }
+        inner.alerter.drain().await;
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         info!(
             trigger = trigger.as_str(),
@@ -436,6 +447,19 @@ impl Sweeper {
             warn!("credential changed while its refresh was out; the new tokens were not stored");
             return Ok(Handled::Superseded);
         }
+        let was_failing = inner.policy.failing.is_failing(
+            claimed.consecutive_failures,
+            claimed.last_success_at,
+            finished,
+        );
+        if was_failing {
+            inner.alerter.fire(
+                Event::Recovered,
+                &claimed.name,
+                &claimed.provider,
+                "refreshed after failing",
+            );
+        }
         let rotated =
             tokens.refresh_token.is_some() && tokens.refresh_token != claimed.refresh_token;
         info!(expires_at = %iso8601(tokens.expires_at), refresh_token_rotated = rotated, duration_ms, "access token refreshed");
@@ -465,7 +489,7 @@ impl Sweeper {
             error_code: code.as_deref(),
             duration_ms: elapsed_ms(started),
         };
-        let (failure, handled) = match action {
+        let (failure, handled, event) = match action {
             Action::Retry { not_before } => {
                 let failures = claimed.consecutive_failures.saturating_add(1);
                 let failing =
@@ -487,12 +511,14 @@ impl Sweeper {
                 } else {
                     warn!(error_code = code.as_deref(), http_status, reason, next_attempt_at = %next, "refresh failed; will retry");
                 }
+                let event = failing.then_some(Event::Failing);
                 (
                     Failure::Retry {
                         next_attempt_at,
                         detail,
                     },
                     Handled::Retrying,
+                    event,
                 )
             }
             Action::Reauthorize => {
@@ -500,9 +526,11 @@ impl Sweeper {
                     error_code = code.as_deref(),
                     http_status, reason, "refresh rejected; credential needs re-authorization"
                 );
+                let event = Some(Event::NeedsReauthorization);
                 (
                     Failure::Reauthorize { detail },
                     Handled::NeedsReauthorization,
+                    event,
                 )
             }
             Action::ClientRejected { until } => {
@@ -510,13 +538,11 @@ impl Sweeper {
                     error_code = code.as_deref(),
                     http_status, reason, "provider rejected the client configuration"
                 );
-                (
-                    Failure::Retry {
-                        next_attempt_at: until,
-                        detail,
-                    },
-                    Handled::ClientRejected,
-                )
+                let retry = Failure::Retry {
+                    next_attempt_at: until,
+                    detail,
+                };
+                (retry, Handled::ClientRejected, None)
             }
         };
         match retrying!(
@@ -524,7 +550,14 @@ impl Sweeper {
                 .store
                 .store_failure(claimed, &inner.owner, now, &failure)
         ) {
-            Stored::Yes => Ok(handled),
+            Stored::Yes => {
+                if let Some(event) = event {
+                    inner
+                        .alerter
+                        .fire(event, &claimed.name, &claimed.provider, &reason);
+                }
+                Ok(handled)
+            }
             Stored::Superseded => {
                 info!(
                     "credential changed while its refresh was out; the failure does not apply to it"

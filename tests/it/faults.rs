@@ -403,3 +403,72 @@ async fn a_credential_of_an_unconfigured_provider_is_kept_and_retried() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn alerts_run_on_failing_recovery_and_reauthorization_without_secrets() {
+    let unavailable =
+        FakeEndpoint::start(Reply::json(503, r#"{"error":"temporarily_unavailable"}"#)).await;
+    let healthy =
+        FakeEndpoint::start(Reply::json(200, &token_response(r#","expires_in":3600"#))).await;
+    let dead = FakeEndpoint::start(Reply::json(
+        400,
+        r#"{"error":"invalid_grant","error_description":"revoked"}"#,
+    ))
+    .await;
+    let probe = tempfile::tempdir().unwrap();
+    let prefix = probe.path().join("alert");
+    let home = Home::with_token_url(
+        &unavailable.token_url(),
+        &format!(
+            "[retry]\nfailing_after_failures = 1\n[alerts]\non_event = [\"sh\", \"-c\", \"env > \\\"$0.$TOKENWARDEN_EVENT\\\"\", \"{}\"]",
+            prefix.display()
+        ),
+    );
+    home.add("victim", "basic", OLD_RT).await;
+    let db = home.db().await;
+    let read = |event: &str| {
+        std::fs::read_to_string(format!("{}.{event}", prefix.display())).unwrap_or_default()
+    };
+
+    assert_eq!(home.run(&["run", "--once"], "").await.code, Some(1));
+    let failing = read("failing");
+    assert!(
+        failing.contains("TOKENWARDEN_CREDENTIAL=victim")
+            && failing.contains("TOKENWARDEN_PROVIDER=basic"),
+        "{failing}"
+    );
+    assert!(
+        failing.contains("TOKENWARDEN_REASON=token endpoint answered 503"),
+        "{failing}"
+    );
+
+    home.retarget(&healthy.token_url());
+    sqlx::query("UPDATE oauth_credential SET next_attempt_at = 0")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(home.run(&["run", "--once"], "").await.code, Some(0));
+    assert!(read("recovered").contains("TOKENWARDEN_EVENT=recovered"));
+
+    home.retarget(&dead.token_url());
+    sqlx::query("UPDATE oauth_credential SET refresh_due_at = 0")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(home.run(&["run", "--once"], "").await.code, Some(1));
+    assert!(read("needs_reauthorization").contains("TOKENWARDEN_REASON=invalid_grant: revoked"));
+
+    for event in ["failing", "recovered", "needs_reauthorization"] {
+        let env = read(event);
+        for secret in [OLD_RT, OLD_AT, NEW_RT, NEW_AT]
+            .into_iter()
+            .chain(CLIENT_SECRETS)
+        {
+            assert!(!env.contains(secret), "the {event} alert saw a secret");
+        }
+        assert!(
+            !env.contains("TW_TEST_BASIC_SECRET"),
+            "the daemon's environment is not passed on"
+        );
+    }
+}
