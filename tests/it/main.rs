@@ -6,6 +6,7 @@
 mod cli;
 mod core;
 mod crash;
+mod deploy;
 mod fake_endpoint;
 mod faults;
 mod harness;

@@ -1,0 +1,82 @@
+# tokenwarden container image.
+#
+#   docker build -t tokenwarden .
+#   docker volume create tokenwarden-data
+#   docker run -d --name tokenwarden --restart unless-stopped --stop-timeout 90 \
+#     -v tokenwarden-data:/var/lib/tokenwarden \
+#     -v /etc/tokenwarden/tokenwarden.toml:/etc/tokenwarden/tokenwarden.toml:ro \
+#     -e TOKENWARDEN_CONFIG=/etc/tokenwarden/tokenwarden.toml -e ENTRA_CLIENT_SECRET \
+#     tokenwarden
+#   docker exec tokenwarden tokenwarden token sharepoint
+#
+# README.md, "Deployment", has the whole procedure.
+
+# ---- build -----------------------------------------------------------------------------------
+# The Rust image's version must be at least Cargo.toml's rust-version.
+FROM rust:1.95-slim-bookworm AS builder
+WORKDIR /build
+
+# Dependencies first, against placeholder sources: this layer is rebuilt only when Cargo.toml or
+# Cargo.lock change, not on every source edit.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src
+
+# The crate itself. The migrations are compiled into the binary (sqlx::migrate!). COPY keeps the
+# files' modification times, which can be older than the placeholder build: touch them so cargo
+# does rebuild the crate.
+COPY src ./src
+COPY migrations ./migrations
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked
+
+# ---- runtime ---------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+
+# ca-certificates is not pinned (DL3008): the bookworm-slim tag already fixes the release, and
+# Debian replaces a package version in place when it ships a fix, so a pinned version stops
+# resolving and the build breaks exactly when an update matters. tokenwarden verifies TLS against
+# the system's CA store (this bundle; add a private CA to it in a derived image) as well as the
+# Mozilla roots compiled into it.
+# The fixed UID/GID 10001 lets a bind-mounted state directory be prepared on the host
+# (chown 10001:10001) and lets runAsNonRoot-style policies check the user.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid 10001 tokenwarden \
+    && useradd --uid 10001 --gid 10001 --no-log-init --no-create-home \
+        --home-dir /var/lib/tokenwarden --shell /usr/sbin/nologin tokenwarden \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/tokenwarden
+
+COPY --from=builder /build/target/release/tokenwarden /usr/local/bin/tokenwarden
+
+# The database lives in the volume (the configuration key `database`, set through the
+# environment). Logs are JSON lines on standard error, for `docker logs` and log shippers; set
+# TOKENWARDEN_LOG__FORMAT=text to read them yourself. Both apply to `docker exec` commands too.
+# DL3064 flags the "TOKEN" in the names; they hold a path and a log format, no secret.
+# hadolint ignore=DL3064
+ENV TOKENWARDEN_DATABASE=/var/lib/tokenwarden/tokenwarden.db \
+    TOKENWARDEN_LOG__FORMAT=json
+
+USER 10001:10001
+WORKDIR /var/lib/tokenwarden
+VOLUME /var/lib/tokenwarden
+
+# Healthy while the configuration is valid and the database opens and reads: `status` exits 0,
+# 2 for a configuration error, 3 when the database is missing, corrupt, unreadable or locked past
+# busy_timeout. Docker reserves exit 2 of a health check, so any failure becomes 1. The daemon
+# creates the database before its first sweep, within the start period. A provider that refuses
+# refreshes does not make the container unhealthy: a restart would not fix it (see
+# `tokenwarden status` and the logs).
+HEALTHCHECK --interval=60s --timeout=15s --start-period=30s --retries=3 \
+    CMD ["/bin/sh", "-c", "tokenwarden status --json > /dev/null || exit 1"]
+
+# SIGTERM (docker stop) ends the daemon after the refreshes in flight are stored; give it up to
+# http.request_timeout plus storing time with `docker run --stop-timeout 90` (the default is 10 s).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["tokenwarden"]
+CMD ["run"]
