@@ -1,5 +1,5 @@
 //! Alerts: the operator's `on_event` command, run when a credential needs re-authorization, is
-//! failing, or recovers. It gets the event in `TOKENWARDEN_*` variables and nothing else of this
+//! failing, recovers, or its refresh token nears its absolute expiry. It gets the event in `TOKENWARDEN_*` variables and nothing else of this
 //! process's environment (which holds client secrets); never a token. Imports `domain` only.
 
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,8 @@ pub enum Event {
     Failing,
     /// A refresh succeeded after the credential was failing.
     Recovered,
+    /// The refresh token's known absolute expiry came within `refresh_token_warning`.
+    RefreshTokenExpiring,
 }
 
 impl Event {
@@ -26,6 +28,7 @@ impl Event {
             Self::NeedsReauthorization => "needs_reauthorization",
             Self::Failing => "failing",
             Self::Recovered => "recovered",
+            Self::RefreshTokenExpiring => "refresh_token_expiring",
         }
     }
 }

@@ -136,11 +136,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Status { json } => {
             let rows = ctx.open(OpenMode::MustExist).await?.summaries().await?;
-            let (now, failing) = (domain::now(), ctx.settings.failing());
+            let view = render::View {
+                now: domain::now(),
+                failing: ctx.settings.failing(),
+                refresh_token_warning: i64::try_from(ctx.settings.refresh_token_warning.as_secs())
+                    .unwrap_or(i64::MAX),
+            };
             let text = if json {
-                render::status_json(&rows, now, failing)
+                render::status_json(&rows, view)
             } else {
-                render::status_table(&rows, now, failing)
+                render::status_table(&rows, view)
             };
             print!("{text}");
             Ok(exit::OK)
@@ -165,7 +170,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(exit::OK)
         }
-        Command::CheckConfig => check_config(&ctx),
+        Command::CheckConfig => check_config(&ctx).await,
     }
 }
 
@@ -177,6 +182,21 @@ struct Ctx {
 }
 
 impl Ctx {
+    fn refresher(&self) -> anyhow::Result<Refresher> {
+        let http = &self.settings.http;
+        Refresher::new(
+            http.connect_timeout,
+            http.request_timeout,
+            http.max_response_bytes,
+        )
+        .context("cannot build the HTTP client")
+    }
+
+    /// Every provider, endpoints discovered and secrets read.
+    async fn providers(&self, refresher: &Refresher) -> anyhow::Result<Providers> {
+        let settings = &self.settings.providers;
+        Ok(Providers::resolve(settings, &self.env, refresher.http(), refresher.max_body()).await?)
+    }
     async fn open(&self, mode: OpenMode) -> anyhow::Result<Store> {
         let connections = u32::try_from(self.settings.concurrency)
             .unwrap_or(8)
@@ -186,13 +206,8 @@ impl Ctx {
 
     async fn sweeper(&self) -> anyhow::Result<Sweeper> {
         let settings = &self.settings;
-        let providers = Providers::resolve(&settings.providers, &self.env)?;
-        let refresher = Refresher::new(
-            settings.http.connect_timeout,
-            settings.http.request_timeout,
-            settings.http.max_response_bytes,
-        )
-        .context("cannot build the HTTP client")?;
+        let refresher = self.refresher()?;
+        let providers = self.providers(&refresher).await?;
         let store = self.open(OpenMode::CreateIfMissing).await?;
         let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         let policy = Policy {
@@ -203,6 +218,7 @@ impl Ctx {
                 cap: secs(settings.retry.max),
             },
             failing: settings.failing(),
+            refresh_token_warning: secs(settings.refresh_token_warning),
             concurrency: settings.concurrency,
             lease: secs(settings.lease()),
         };
@@ -338,8 +354,8 @@ async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
     }
 }
 
-fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
-    let providers = Providers::resolve(&ctx.settings.providers, &ctx.env)?;
+async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
+    let providers = ctx.providers(&ctx.refresher()?).await?;
     let names: Vec<&str> = providers.names().collect();
     let gap = ctx.settings.schedule()?.longest_gap(chrono::Utc::now());
     println!(

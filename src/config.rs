@@ -17,6 +17,7 @@ const DEFAULTS: &str = r#"
 schedule = "*/3 * * * *"
 refresh_margin = "10m"
 max_idle = "24h"
+refresh_token_warning = "14d"
 concurrency = 8
 busy_timeout = "5s"
 
@@ -83,6 +84,9 @@ pub struct Settings {
     /// Refresh at least this often even when the access token lives longer.
     #[serde(deserialize_with = "duration")]
     pub max_idle: Duration,
+    /// Warn this long before a refresh token's known absolute expiry.
+    #[serde(deserialize_with = "duration")]
+    pub refresh_token_warning: Duration,
     /// Refreshes in flight at once.
     pub concurrency: usize,
     /// How long to wait for another process's lock on the database.
@@ -175,7 +179,19 @@ pub enum ClientAuthMethod {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSettings {
-    pub token_url: String,
+    /// A known provider's endpoints and defaults: microsoft, google, salesforce, servicenow,
+    /// okta, auth0 (see `preset`).
+    pub preset: Option<Preset>,
+    /// Microsoft Entra tenant (id or domain; default `common`).
+    pub tenant: Option<String>,
+    /// ServiceNow instance name (`dev12345` for dev12345.service-now.com).
+    pub instance: Option<String>,
+    /// Salesforce login host (default `login.salesforce.com`; `test.salesforce.com`, a My Domain).
+    pub domain: Option<String>,
+    /// An issuer whose RFC 8414 / OpenID Connect metadata gives the endpoints.
+    pub issuer: Option<String>,
+    /// The token endpoint; required unless a preset or `issuer` gives it.
+    pub token_url: Option<String>,
     pub authorization_url: Option<String>,
     pub revocation_url: Option<String>,
     pub client_id: String,
@@ -195,12 +211,17 @@ pub struct ProviderSettings {
     pub kid: Option<String>,
     #[serde(default, deserialize_with = "words")]
     pub scopes: Vec<String>,
-    /// Send `scope` with refresh requests too (Microsoft Entra wants it).
+    /// Send `scope` with refresh requests too (Microsoft Entra wants it; the preset says so).
+    pub scope_on_refresh: Option<bool>,
+    /// Lifetime assumed when a token response has no `expires_in` (default 1h, or the preset's).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub default_expires_in: Option<Duration>,
+    /// A refresh token's absolute lifetime when the provider does not report one.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub refresh_token_lifetime: Option<Duration>,
+    /// Extra query parameters on the authorization URL (`access_type = "offline"` for Google).
     #[serde(default)]
-    pub scope_on_refresh: bool,
-    /// Lifetime assumed when a token response has no `expires_in`.
-    #[serde(default = "default_expires_in", deserialize_with = "duration")]
-    pub default_expires_in: Duration,
+    pub authorization_params: BTreeMap<String, String>,
     /// Extra form parameters for every token request.
     #[serde(default)]
     pub extra_params: BTreeMap<String, String>,
@@ -212,6 +233,7 @@ pub struct ProviderSettings {
 impl fmt::Debug for ProviderSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProviderSettings")
+            .field("preset", &self.preset)
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
             .field("client_auth", &self.client_auth)
@@ -227,8 +249,16 @@ fn default_alg() -> String {
     "RS256".to_owned()
 }
 
-fn default_expires_in() -> Duration {
-    Duration::from_hours(1)
+/// A known provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Microsoft,
+    Google,
+    Salesforce,
+    Servicenow,
+    Okta,
+    Auth0,
 }
 
 impl Settings {
@@ -384,11 +414,13 @@ impl Settings {
 
 impl ProviderSettings {
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        check_endpoint(
-            &format!("{key}.token_url"),
-            &self.token_url,
-            self.allow_insecure_http,
-        )?;
+        let shape = crate::preset::shape(self)
+            .map_err(|(field, reason)| invalid(format!("{key}.{field}"), reason))?;
+        for (field, url) in [("token_url", &shape.token_url), ("issuer", &shape.issuer)] {
+            if let Some(url) = url {
+                check_endpoint(&format!("{key}.{field}"), url, self.allow_insecure_http)?;
+            }
+        }
         for (field, url) in [
             ("authorization_url", &self.authorization_url),
             ("revocation_url", &self.revocation_url),
@@ -437,7 +469,11 @@ impl ProviderSettings {
 }
 
 /// An endpoint must be an absolute https URL; plain http only to loopback or when allowed.
-fn check_endpoint(key: &str, value: &str, allow_insecure_http: bool) -> Result<(), ConfigError> {
+pub(crate) fn check_endpoint(
+    key: &str,
+    value: &str,
+    allow_insecure_http: bool,
+) -> Result<(), ConfigError> {
     let url =
         url::Url::parse(value).map_err(|e| invalid(key, format!("{value:?} is not a URL: {e}")))?;
     match url.scheme() {
@@ -491,6 +527,11 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         }
     }
     d.deserialize_any(Visitor)
+}
+
+/// An optional [`duration`].
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 /// A TOML list of strings, or one space-separated string (handy in environment variables).
@@ -563,12 +604,12 @@ scopes = "offline_access https://graph.microsoft.com/.default"
         assert_eq!(s.concurrency, 3);
         let p = &s.providers["entra"];
         assert_eq!(p.client_id, "000123");
-        assert!(p.scope_on_refresh);
+        assert_eq!(p.scope_on_refresh, Some(true));
         assert_eq!(
             p.scopes,
             ["offline_access", "https://graph.microsoft.com/.default"]
         );
-        assert_eq!(p.default_expires_in, Duration::from_hours(1));
+        assert_eq!(p.default_expires_in, None, "the preset or 1h applies");
     }
 
     #[test]

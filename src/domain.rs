@@ -161,6 +161,8 @@ pub struct Claimed {
     pub after_interruption: bool,
     /// The last successful refresh, or when the credential was added.
     pub last_success_at: UnixTime,
+    /// When the stored refresh token expires for good, when known.
+    pub refresh_token_expires_at: Option<UnixTime>,
 }
 
 /// New tokens from a successful token response, with expiry resolved against `now`.
@@ -193,6 +195,12 @@ pub fn clamp_lifetime(expires_in: i64) -> i64 {
 #[must_use]
 pub fn refresh_due_at(now: UnixTime, expires_at: UnixTime, margin: i64, max_idle: i64) -> UnixTime {
     (expires_at - margin).min(now + max_idle).max(now)
+}
+
+/// Whether a refresh token expiring at `expires_at` is within `warning` seconds of `now`.
+#[must_use]
+pub fn expires_within(expires_at: Option<UnixTime>, now: UnixTime, warning: i64) -> bool {
+    expires_at.is_some_and(|at| at - now < warning)
 }
 
 /// How often storing an outcome is tried before giving up (the database may be busy).

@@ -12,7 +12,9 @@
 //! - [`domain`] — credentials, tokens, statuses, due-time and backoff arithmetic (pure)
 //! - [`schedule`] — cron expressions and the gap between sweeps
 //! - [`config`] — settings from defaults, file and environment, validated
-//! - [`provider`] — configured OAuth clients with their secrets resolved
+//! - [`preset`] — known providers' endpoints and defaults (pure)
+//! - [`discovery`] — endpoints from an issuer's metadata
+//! - [`provider`] — configured OAuth clients with their endpoints and secrets resolved
 //! - [`store`] — the SQLite database, the only module that speaks SQL
 //! - [`refresh`] — one token request and its outcome
 //! - [`alerts`] — the operator's command on credential events
@@ -26,8 +28,10 @@ pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod discovery;
 pub mod domain;
 pub mod metrics;
+pub mod preset;
 pub mod provider;
 pub mod refresh;
 pub mod schedule;

@@ -1,6 +1,7 @@
-//! Providers ready to use: each configured OAuth client with its endpoints, its client
-//! authentication and the secrets it references (environment variables, files, private keys)
-//! resolved. Imports `config` and `domain`.
+//! Providers ready to use: each configured OAuth client with its endpoints (from the block, its
+//! preset, or its issuer's metadata), its client authentication and the secrets it references
+//! (environment variables, files, private keys) resolved. Imports `config`, `preset`,
+//! `discovery` and `domain`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use crate::config::{ClientAuthMethod, ProviderSettings};
+use crate::discovery::DiscoveryError;
 use crate::domain::{Secret, UnixTime};
 
 /// How long a `private_key_jwt` client assertion stays valid.
@@ -42,6 +44,13 @@ pub enum ProviderError {
     },
     #[error("provider {provider}: cannot sign a client assertion: {reason}")]
     Sign { provider: String, reason: String },
+    #[error("provider {provider}: {source}")]
+    Discovery {
+        provider: String,
+        source: DiscoveryError,
+    },
+    #[error("provider {provider}: {reason}")]
+    Invalid { provider: String, reason: String },
 }
 
 /// How the client proves who it is at the token endpoint.
@@ -73,22 +82,68 @@ impl fmt::Debug for ClientAuth {
 pub struct Provider {
     pub name: String,
     pub token_url: String,
+    pub authorization_url: Option<String>,
+    pub revocation_url: Option<String>,
     pub client_id: String,
     pub auth: ClientAuth,
     pub scopes: Vec<String>,
     pub scope_on_refresh: bool,
     /// Seconds assumed when a token response carries no `expires_in`.
     pub default_expires_in: i64,
+    /// Seconds a new refresh token lives when the provider does not say (a preset may know).
+    pub refresh_token_lifetime: Option<i64>,
     pub extra_params: Vec<(String, String)>,
+    /// Extra query parameters for the authorization URL.
+    pub authorization_params: Vec<(String, String)>,
 }
 
 impl Provider {
-    /// Resolves one `[providers.NAME]` block; `env` supplies `client_secret_env`.
-    pub fn resolve(
+    /// Resolves one `[providers.NAME]` block: `env` supplies `client_secret_env`, `http` fetches
+    /// the issuer's metadata when the block names an issuer instead of a token endpoint.
+    pub async fn resolve(
         name: &str,
         settings: &ProviderSettings,
         env: &BTreeMap<String, String>,
+        http: &reqwest::Client,
+        max_body: usize,
     ) -> Result<Self, ProviderError> {
+        let invalid = |reason: String| ProviderError::Invalid {
+            provider: name.to_owned(),
+            reason,
+        };
+        let shape = crate::preset::shape(settings)
+            .map_err(|(field, reason)| invalid(format!("{field}: {reason}")))?;
+        let (token_url, authorization_url, revocation_url) = match (&shape.token_url, &shape.issuer)
+        {
+            (Some(token_url), _) => (
+                token_url.clone(),
+                shape.authorization_url.clone(),
+                shape.revocation_url.clone(),
+            ),
+            (None, Some(issuer)) => {
+                let found = crate::discovery::discover(http, issuer, max_body)
+                    .await
+                    .map_err(|source| ProviderError::Discovery {
+                        provider: name.to_owned(),
+                        source,
+                    })?;
+                crate::config::check_endpoint(
+                    "token_endpoint",
+                    &found.token_endpoint,
+                    settings.allow_insecure_http,
+                )
+                .map_err(|e| invalid(format!("issuer metadata: {e}")))?;
+                (
+                    found.token_endpoint,
+                    shape
+                        .authorization_url
+                        .clone()
+                        .or(found.authorization_endpoint),
+                    shape.revocation_url.clone().or(found.revocation_endpoint),
+                )
+            }
+            (None, None) => return Err(invalid("no token endpoint".to_owned())),
+        };
         let auth = match settings.client_auth {
             ClientAuthMethod::ClientSecretBasic => {
                 ClientAuth::SecretBasic(client_secret(name, settings, env)?)
@@ -108,20 +163,24 @@ impl Provider {
                 }
             }
         };
+        let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         Ok(Self {
             name: name.to_owned(),
-            token_url: settings.token_url.clone(),
+            token_url,
+            authorization_url,
+            revocation_url,
             client_id: settings.client_id.clone(),
             auth,
-            scopes: settings.scopes.clone(),
-            scope_on_refresh: settings.scope_on_refresh,
-            default_expires_in: i64::try_from(settings.default_expires_in.as_secs())
-                .unwrap_or(i64::MAX),
+            scopes: shape.scopes,
+            scope_on_refresh: shape.scope_on_refresh,
+            default_expires_in: secs(shape.default_expires_in),
+            refresh_token_lifetime: shape.refresh_token_lifetime.map(secs),
             extra_params: settings
                 .extra_params
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            authorization_params: shape.authorization_params.into_iter().collect(),
         })
     }
 
@@ -154,16 +213,21 @@ impl Provider {
 pub struct Providers(BTreeMap<String, Arc<Provider>>);
 
 impl Providers {
-    /// Resolves every provider, failing on the first whose secrets cannot be had.
-    pub fn resolve(
+    /// Resolves every provider, failing on the first whose secrets or endpoints cannot be had.
+    pub async fn resolve(
         settings: &BTreeMap<String, ProviderSettings>,
         env: &BTreeMap<String, String>,
+        http: &reqwest::Client,
+        max_body: usize,
     ) -> Result<Self, ProviderError> {
-        settings
-            .iter()
-            .map(|(name, p)| Ok((name.clone(), Arc::new(Provider::resolve(name, p, env)?))))
-            .collect::<Result<_, _>>()
-            .map(Self)
+        let mut providers = BTreeMap::new();
+        for (name, p) in settings {
+            providers.insert(
+                name.clone(),
+                Arc::new(Provider::resolve(name, p, env, http, max_body).await?),
+            );
+        }
+        Ok(Self(providers))
     }
 
     #[must_use]

@@ -142,6 +142,18 @@ impl Refresher {
         Ok(Self { http, max_body })
     }
 
+    /// The HTTP client itself (no redirects, timeouts), for other requests to providers.
+    #[must_use]
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The response body cap.
+    #[must_use]
+    pub fn max_body(&self) -> usize {
+        self.max_body
+    }
+
     /// Performs one grant against `provider`'s token endpoint. Expiry is resolved against `now`.
     pub async fn request(&self, provider: &Provider, grant: Grant<'_>, now: UnixTime) -> Attempt {
         let exchange = Mutex::new(Exchange::default());
@@ -217,9 +229,11 @@ impl Refresher {
             }
         };
         match response {
-            Ok(token) => Ok(RefreshOutcome::Refreshed(
-                token.into_token_set(now, provider.default_expires_in),
-            )),
+            Ok(token) => Ok(RefreshOutcome::Refreshed(token.into_token_set(
+                now,
+                provider.default_expires_in,
+                provider.refresh_token_lifetime,
+            ))),
             Err(RequestTokenError::Request(e)) => Err(Failure::Http(e)),
             // The status and body were recorded by `send`; oauth2's view of them adds nothing.
             Err(

@@ -47,6 +47,8 @@ pub struct Policy {
     pub max_idle: i64,
     pub backoff: Backoff,
     pub failing: Failing,
+    /// Seconds before a refresh token's absolute expiry to warn.
+    pub refresh_token_warning: i64,
     pub concurrency: usize,
     /// Seconds a claim lasts.
     pub lease: i64,
@@ -462,7 +464,29 @@ impl Sweeper {
         }
         let rotated =
             tokens.refresh_token.is_some() && tokens.refresh_token != claimed.refresh_token;
+        let rt_expires_at = if rotated {
+            tokens.refresh_token_expires_at
+        } else {
+            tokens
+                .refresh_token_expires_at
+                .or(claimed.refresh_token_expires_at)
+        };
         info!(expires_at = %iso8601(tokens.expires_at), refresh_token_rotated = rotated, duration_ms, "access token refreshed");
+        let warning = inner.policy.refresh_token_warning;
+        if domain::expires_within(rt_expires_at, finished, warning) {
+            let at = iso8601(rt_expires_at.unwrap_or(finished));
+            warn!(refresh_token_expires_at = %at, "refresh token expires soon: authorize again before then");
+            // Alert once, when the warning window is entered.
+            if !domain::expires_within(rt_expires_at, claimed.last_success_at, warning) {
+                let reason = format!("refresh token expires at {at}");
+                inner.alerter.fire(
+                    Event::RefreshTokenExpiring,
+                    &claimed.name,
+                    &claimed.provider,
+                    &reason,
+                );
+            }
+        }
         Ok(Handled::Refreshed)
     }
 

@@ -2,13 +2,15 @@
 
 use crate::config::ConfigError;
 use crate::daemon::DaemonError;
+use crate::discovery::DiscoveryError;
 use crate::domain::iso8601;
 use crate::provider::ProviderError;
 use crate::store::StoreError;
 
 /// Success.
 pub const OK: u8 = 0;
-/// A refresh failed: `run --once` or `refresh` could not refresh every credential it tried.
+/// A refresh failed: `run --once` or `refresh` could not refresh every credential it tried; or
+/// a provider's issuer metadata could not be fetched.
 pub const REFRESH_FAILED: u8 = 1;
 /// Bad usage or configuration: a flag, the TOML, a missing secret or key file, an unknown provider.
 pub const CONFIG: u8 = 2;
@@ -69,6 +71,14 @@ pub fn one_line(error: &anyhow::Error) -> String {
 #[must_use]
 pub fn code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
+        if let Some(ProviderError::Discovery {
+            source: DiscoveryError::Unavailable { .. },
+            ..
+        }) = cause.downcast_ref::<ProviderError>()
+        {
+            // The issuer may be back in a moment: not a configuration error, so systemd retries.
+            return REFRESH_FAILED;
+        }
         if cause.is::<ConfigError>() || cause.is::<ProviderError>() {
             return CONFIG;
         }

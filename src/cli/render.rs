@@ -2,11 +2,21 @@
 
 use std::fmt::Write;
 
-use crate::domain::{Failing, UnixTime, iso8601};
+use crate::domain::{Failing, UnixTime, expires_within, iso8601};
 use crate::store::{CredentialSummary, RotationRecord};
 
+/// What `status` judges rows by.
+#[derive(Debug, Clone, Copy)]
+pub struct View {
+    pub now: UnixTime,
+    pub failing: Failing,
+    /// Seconds before a refresh token's expiry to flag it.
+    pub refresh_token_warning: i64,
+}
+
 /// `status` as an aligned table.
-pub fn status_table(rows: &[CredentialSummary], now: UnixTime, failing: Failing) -> String {
+pub fn status_table(rows: &[CredentialSummary], view: View) -> String {
+    let now = view.now;
     let mut table = vec![
         [
             "NAME",
@@ -25,11 +35,7 @@ pub fn status_table(rows: &[CredentialSummary], now: UnixTime, failing: Failing)
             r.name.clone(),
             r.provider.clone(),
             r.owner.clone().unwrap_or_else(|| "-".to_owned()),
-            if is_failing(r, now, failing) {
-                format!("{} (failing)", r.status)
-            } else {
-                r.status.clone()
-            },
+            status_word(r, view),
             r.access_token_expires_at
                 .map_or_else(|| "-".to_owned(), |t| relative(t - now)),
             r.last_refreshed_at.map_or_else(
@@ -46,7 +52,8 @@ pub fn status_table(rows: &[CredentialSummary], now: UnixTime, failing: Failing)
 }
 
 /// `status --json`: one object per credential, times in ISO-8601 UTC.
-pub fn status_json(rows: &[CredentialSummary], now: UnixTime, failing: Failing) -> String {
+pub fn status_json(rows: &[CredentialSummary], view: View) -> String {
+    let now = view.now;
     let items: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -56,7 +63,8 @@ pub fn status_json(rows: &[CredentialSummary], now: UnixTime, failing: Failing) 
                 "owner": r.owner,
                 "grant_type": r.grant_type,
                 "status": r.status,
-                "failing": is_failing(r, now, failing),
+                "failing": is_failing(r, view),
+                "refresh_token_expiring": expires_within(r.refresh_token_expires_at, now, view.refresh_token_warning),
                 "access_token_expires_at": r.access_token_expires_at.map(iso8601),
                 "seconds_left": r.access_token_expires_at.map(|t| t - now),
                 "refresh_token_expires_at": r.refresh_token_expires_at.map(iso8601),
@@ -71,9 +79,35 @@ pub fn status_json(rows: &[CredentialSummary], now: UnixTime, failing: Failing) 
     format!("{}\n", serde_json::Value::Array(items))
 }
 
-fn is_failing(r: &CredentialSummary, now: UnixTime, failing: Failing) -> bool {
+fn is_failing(r: &CredentialSummary, view: View) -> bool {
     let failures = u32::try_from(r.consecutive_failures).unwrap_or(u32::MAX);
-    r.status == "active" && failing.is_failing(failures, r.last_success_at, now)
+    r.status == "active"
+        && view
+            .failing
+            .is_failing(failures, r.last_success_at, view.now)
+}
+
+/// The status with what needs attention: `active (failing)`, `active (re-authorize by …)`.
+fn status_word(r: &CredentialSummary, view: View) -> String {
+    let mut notes = Vec::new();
+    if is_failing(r, view) {
+        notes.push("failing".to_owned());
+    }
+    if r.status == "active"
+        && expires_within(
+            r.refresh_token_expires_at,
+            view.now,
+            view.refresh_token_warning,
+        )
+    {
+        let by = r.refresh_token_expires_at.map(iso8601).unwrap_or_default();
+        notes.push(format!("re-authorize by {by}"));
+    }
+    if notes.is_empty() {
+        r.status.clone()
+    } else {
+        format!("{} ({})", r.status, notes.join(", "))
+    }
 }
 
 /// `log` as an aligned table, oldest first.

@@ -46,26 +46,35 @@ impl TokenResponse for LenientTokenResponse {
 
 impl LenientTokenResponse {
     /// The tokens with absolute expiry times. A missing `expires_in` falls back to the provider's
-    /// `default_expires_in`; every lifetime is clamped to a sane range.
+    /// `default_expires_in`, a new refresh token without `refresh_token_expires_in` to
+    /// `refresh_token_lifetime` when known; every access-token lifetime is clamped to a sane range.
     #[must_use]
-    pub fn into_token_set(self, now: UnixTime, default_expires_in: i64) -> TokenSet {
+    pub fn into_token_set(
+        self,
+        now: UnixTime,
+        default_expires_in: i64,
+        refresh_token_lifetime: Option<i64>,
+    ) -> TokenSet {
         let token_type = match self.token_type {
             BasicTokenType::Bearer => "Bearer".to_owned(),
             BasicTokenType::Mac => "MAC".to_owned(),
             BasicTokenType::Extension(other) => other,
         };
+        let refresh_token = self
+            .refresh_token
+            .map(|t| Secret::new(t.into_secret()))
+            .filter(|t| !t.expose().is_empty());
+        let refresh_token_expires_at = self
+            .refresh_token_expires_in
+            .filter(|s| *s > 0)
+            .or(refresh_token.as_ref().and(refresh_token_lifetime))
+            .map(|s| now + s);
         TokenSet {
             access_token: Secret::new(self.access_token.into_secret()),
             token_type,
             expires_at: now + clamp_lifetime(self.expires_in.unwrap_or(default_expires_in)),
-            refresh_token: self
-                .refresh_token
-                .map(|t| Secret::new(t.into_secret()))
-                .filter(|t| !t.expose().is_empty()),
-            refresh_token_expires_at: self
-                .refresh_token_expires_in
-                .filter(|s| *s > 0)
-                .map(|s| now + s),
+            refresh_token,
+            refresh_token_expires_at,
             scope: self
                 .scope
                 .map(|v| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")),
@@ -111,7 +120,7 @@ mod tests {
     fn parse(json: &str) -> TokenSet {
         serde_json::from_str::<LenientTokenResponse>(json)
             .unwrap()
-            .into_token_set(1000, 3600)
+            .into_token_set(1000, 3600, None)
     }
 
     #[test]
@@ -173,6 +182,30 @@ mod tests {
                 .is_none()
         );
         assert!(parse(r#"{"access_token":"a"}"#).refresh_token.is_none());
+    }
+
+    #[test]
+    fn a_known_refresh_token_lifetime_applies_to_new_refresh_tokens_only() {
+        let known = |json: &str| {
+            serde_json::from_str::<LenientTokenResponse>(json)
+                .unwrap()
+                .into_token_set(1000, 3600, Some(8_640_000))
+        };
+        assert_eq!(
+            known(r#"{"access_token":"a","refresh_token":"r"}"#).refresh_token_expires_at,
+            Some(8_641_000)
+        );
+        assert_eq!(
+            known(r#"{"access_token":"a"}"#).refresh_token_expires_at,
+            None
+        );
+        let reported =
+            known(r#"{"access_token":"a","refresh_token":"r","refresh_token_expires_in":60}"#);
+        assert_eq!(
+            reported.refresh_token_expires_at,
+            Some(1060),
+            "the provider's word wins"
+        );
     }
 
     #[test]

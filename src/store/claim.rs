@@ -10,7 +10,8 @@ use crate::domain::{Claimed, GrantType, Secret, Status, TokenSet, Trigger, UnixT
 macro_rules! claim_returning {
     () => {
         " RETURNING id, name, provider, grant_type, scopes, refresh_token, access_token_expires_at, \
-          consecutive_failures, COALESCE(last_refreshed_at, created_at) AS last_success_at"
+          consecutive_failures, COALESCE(last_refreshed_at, created_at) AS last_success_at, \
+          refresh_token_expires_at"
     };
 }
 
@@ -25,6 +26,7 @@ struct ClaimRow {
     access_token_expires_at: Option<i64>,
     consecutive_failures: i64,
     last_success_at: i64,
+    refresh_token_expires_at: Option<i64>,
 }
 
 /// What `claim_by_name` found.
@@ -91,6 +93,7 @@ impl ClaimRow {
             attempt_id,
             after_interruption,
             last_success_at: self.last_success_at,
+            refresh_token_expires_at: self.refresh_token_expires_at,
         }
     }
 }
@@ -189,7 +192,7 @@ impl Store {
         let updated = sqlx::query(
             "UPDATE oauth_credential SET access_token = ?1, token_type = ?2, access_token_expires_at = ?3, \
                 refresh_token = COALESCE(?4, refresh_token), \
-                refresh_token_expires_at = COALESCE(?5, refresh_token_expires_at), \
+                refresh_token_expires_at = CASE WHEN ?4 IS NULL OR ?4 = refresh_token THEN COALESCE(?5, refresh_token_expires_at) ELSE ?5 END, \
                 refresh_due_at = ?6, consecutive_failures = 0, next_attempt_at = 0, last_error = NULL, \
                 last_refreshed_at = ?7, updated_at = ?7, \
                 lease_owner = CASE WHEN lease_owner = ?10 THEN NULL ELSE lease_owner END, \

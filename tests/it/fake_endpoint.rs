@@ -71,6 +71,7 @@ pub struct FakeEndpoint {
     addr: SocketAddr,
     requests: Arc<AtomicUsize>,
     answered: Arc<AtomicUsize>,
+    bodies: Arc<std::sync::Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -83,6 +84,8 @@ impl FakeEndpoint {
         let requests = Arc::new(AtomicUsize::new(0));
         let answered = Arc::new(AtomicUsize::new(0));
         let counters = (Arc::clone(&requests), Arc::clone(&answered));
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&bodies);
         let task = tokio::spawn(async move {
             // Connections live in this set: aborting the server aborts them all.
             let mut connections = JoinSet::new();
@@ -92,8 +95,9 @@ impl FakeEndpoint {
                 };
                 let reply = reply.clone();
                 let (requests, answered) = (Arc::clone(&counters.0), Arc::clone(&counters.1));
+                let seen = Arc::clone(&seen);
                 connections.spawn(async move {
-                    let serving = serve(stream, &reply, &requests, &answered);
+                    let serving = serve(stream, &reply, &requests, &answered, &seen);
                     let _ = tokio::time::timeout(MAX_CONNECTION, serving).await;
                 });
             }
@@ -102,6 +106,7 @@ impl FakeEndpoint {
             addr,
             requests,
             answered,
+            bodies,
             task,
         }
     }
@@ -113,6 +118,11 @@ impl FakeEndpoint {
     /// Requests received so far.
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The bodies of the requests received so far.
+    pub fn bodies(&self) -> Vec<String> {
+        self.bodies.lock().unwrap().clone()
     }
 
     /// Complete responses written so far.
@@ -132,11 +142,16 @@ async fn serve(
     reply: &Reply,
     requests: &AtomicUsize,
     answered: &AtomicUsize,
+    bodies: &std::sync::Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     loop {
         let Some(request) = read_request(&mut stream).await? else {
             return Ok(());
         };
+        bodies
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&request.body).into_owned());
         requests.fetch_add(1, Ordering::SeqCst);
         let forwarded;
         let reply = match reply {

@@ -108,6 +108,14 @@ scopes = "api:read"
         self.dir.path()
     }
 
+    /// Appends `text` (more provider tables, say) to the configuration.
+    pub fn append_config(&self, text: &str) {
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        config.push('\n');
+        config.push_str(text);
+        std::fs::write(&self.config, config).unwrap();
+    }
+
     /// Points every provider at `token_url` from now on.
     pub fn retarget(&self, token_url: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();

@@ -11,4 +11,5 @@ mod fake_endpoint;
 mod faults;
 mod harness;
 mod oauth_server;
+mod providers;
 mod service;

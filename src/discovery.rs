@@ -1,0 +1,108 @@
+//! Endpoints from an issuer: OpenID Connect discovery, then RFC 8414 authorization server
+//! metadata. Metadata that names another issuer is refused. Imports nothing from the crate.
+
+use serde::Deserialize;
+
+/// Why an issuer's endpoints could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("issuer {issuer}: no usable metadata ({reason})")]
+    Unavailable { issuer: String, reason: String },
+    #[error("issuer {issuer}: its metadata names issuer {found:?}; refusing it")]
+    IssuerMismatch { issuer: String, found: String },
+}
+
+/// The endpoints tokenwarden uses.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Endpoints {
+    pub issuer: String,
+    pub token_endpoint: String,
+    pub authorization_endpoint: Option<String>,
+    pub revocation_endpoint: Option<String>,
+}
+
+/// The two places metadata may live for `issuer`, in the order they are tried.
+fn metadata_urls(issuer: &str) -> Result<[String; 2], String> {
+    let url = url::Url::parse(issuer).map_err(|e| format!("not a URL: {e}"))?;
+    let path = url.path().trim_end_matches('/');
+    let origin = url.origin().ascii_serialization();
+    Ok([
+        format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        ),
+        format!("{origin}/.well-known/oauth-authorization-server{path}"),
+    ])
+}
+
+/// Fetches and checks `issuer`'s metadata with `http` (bounded: no redirects, timeouts), reading
+/// at most `max_body` bytes.
+pub async fn discover(
+    http: &reqwest::Client,
+    issuer: &str,
+    max_body: usize,
+) -> Result<Endpoints, DiscoveryError> {
+    let unavailable = |reason: String| DiscoveryError::Unavailable {
+        issuer: issuer.to_owned(),
+        reason,
+    };
+    let mut reasons = Vec::new();
+    for url in metadata_urls(issuer).map_err(unavailable)? {
+        match fetch(http, &url, max_body).await {
+            Ok(endpoints) => {
+                if endpoints.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
+                    return Err(DiscoveryError::IssuerMismatch {
+                        issuer: issuer.to_owned(),
+                        found: endpoints.issuer,
+                    });
+                }
+                return Ok(endpoints);
+            }
+            Err(reason) => reasons.push(format!("{url}: {reason}")),
+        }
+    }
+    Err(unavailable(reasons.join("; ")))
+}
+
+async fn fetch(http: &reqwest::Client, url: &str, max_body: usize) -> Result<Endpoints, String> {
+    let mut response = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("answered {}", response.status().as_u16()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| e.without_url().to_string())?
+    {
+        if body.len() + chunk.len() > max_body {
+            return Err(format!("larger than {max_body} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("not authorization server metadata: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metadata_urls;
+
+    #[test]
+    fn oidc_first_then_rfc_8414_with_the_path_after_the_well_known_part() {
+        assert_eq!(
+            metadata_urls("https://dev-1.okta.com/oauth2/default").unwrap(),
+            [
+                "https://dev-1.okta.com/oauth2/default/.well-known/openid-configuration",
+                "https://dev-1.okta.com/.well-known/oauth-authorization-server/oauth2/default",
+            ]
+        );
+        assert_eq!(
+            metadata_urls("https://acme.eu.auth0.com/").unwrap()[1],
+            "https://acme.eu.auth0.com/.well-known/oauth-authorization-server"
+        );
+    }
+}

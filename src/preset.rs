@@ -1,0 +1,268 @@
+//! Known providers, so a provider block is a few lines: each preset fills in endpoints and
+//! defaults that the block leaves out (the block's own values always win). Pure; imports `config`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::config::{Preset, ProviderSettings};
+
+/// Lifetime assumed when neither the response nor the configuration gives one.
+const DEFAULT_EXPIRES_IN: Duration = Duration::from_hours(1);
+
+/// A provider's effective endpoints and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    /// `None` only when `issuer` is set: discovery finds it.
+    pub token_url: Option<String>,
+    pub authorization_url: Option<String>,
+    pub revocation_url: Option<String>,
+    /// Metadata to discover endpoints from (RFC 8414 / OpenID Connect).
+    pub issuer: Option<String>,
+    pub scopes: Vec<String>,
+    pub scope_on_refresh: bool,
+    pub default_expires_in: Duration,
+    pub refresh_token_lifetime: Option<Duration>,
+    pub authorization_params: BTreeMap<String, String>,
+}
+
+/// What a preset contributes.
+struct Defaults {
+    token_url: Option<String>,
+    authorization_url: Option<String>,
+    revocation_url: Option<String>,
+    /// Scopes added when missing.
+    required_scopes: &'static [&'static str],
+    scope_on_refresh: bool,
+    default_expires_in: Duration,
+    refresh_token_lifetime: Option<Duration>,
+    authorization_params: &'static [(&'static str, &'static str)],
+    needs_issuer: bool,
+}
+
+impl Defaults {
+    fn none() -> Self {
+        Self {
+            token_url: None,
+            authorization_url: None,
+            revocation_url: None,
+            required_scopes: &[],
+            scope_on_refresh: false,
+            default_expires_in: DEFAULT_EXPIRES_IN,
+            refresh_token_lifetime: None,
+            authorization_params: &[],
+            needs_issuer: false,
+        }
+    }
+}
+
+/// The effective shape of a provider block, or the field that is missing or wrong and why.
+pub fn shape(p: &ProviderSettings) -> Result<Shape, (&'static str, String)> {
+    let d = match p.preset {
+        None => Defaults::none(),
+        Some(Preset::Microsoft) => {
+            let tenant = p.tenant.as_deref().unwrap_or("common");
+            if tenant.is_empty()
+                || !tenant
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+            {
+                return Err(("tenant", format!("{tenant:?} is not a tenant id or domain")));
+            }
+            let base = format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0");
+            Defaults {
+                token_url: Some(format!("{base}/token")),
+                authorization_url: Some(format!("{base}/authorize")),
+                // Entra issues a refresh token only with offline_access, and refuses a refresh
+                // without scope (AADSTS900144).
+                required_scopes: &["offline_access"],
+                scope_on_refresh: true,
+                ..Defaults::none()
+            }
+        }
+        Some(Preset::Google) => Defaults {
+            token_url: Some("https://oauth2.googleapis.com/token".to_owned()),
+            authorization_url: Some("https://accounts.google.com/o/oauth2/v2/auth".to_owned()),
+            revocation_url: Some("https://oauth2.googleapis.com/revoke".to_owned()),
+            // A refresh token only with access_type=offline, and again only with prompt=consent.
+            authorization_params: &[("access_type", "offline"), ("prompt", "consent")],
+            ..Defaults::none()
+        },
+        Some(Preset::Salesforce) => {
+            let host = p.domain.as_deref().unwrap_or("login.salesforce.com");
+            host_only("domain", host)?;
+            Defaults {
+                token_url: Some(format!("https://{host}/services/oauth2/token")),
+                authorization_url: Some(format!("https://{host}/services/oauth2/authorize")),
+                revocation_url: Some(format!("https://{host}/services/oauth2/revoke")),
+                required_scopes: &["refresh_token"],
+                // Salesforce sends no expires_in; its sessions last the org's session timeout
+                // (2 hours by default). Assume less, so a shorter org setting is still covered.
+                default_expires_in: Duration::from_hours(1),
+                ..Defaults::none()
+            }
+        }
+        Some(Preset::Servicenow) => {
+            let Some(instance) = p.instance.as_deref() else {
+                return Err((
+                    "instance",
+                    "the servicenow preset needs the instance name, e.g. \"dev12345\"".to_owned(),
+                ));
+            };
+            host_only("instance", instance)?;
+            let base = format!("https://{instance}.service-now.com");
+            Defaults {
+                token_url: Some(format!("{base}/oauth_token.do")),
+                authorization_url: Some(format!("{base}/oauth_auth.do")),
+                revocation_url: Some(format!("{base}/oauth_revoke_token.do")),
+                // ServiceNow's defaults for a new application registry entry.
+                default_expires_in: Duration::from_mins(30),
+                refresh_token_lifetime: Some(Duration::from_hours(100 * 24)),
+                ..Defaults::none()
+            }
+        }
+        Some(Preset::Okta | Preset::Auth0) => Defaults {
+            required_scopes: &["offline_access"],
+            needs_issuer: true,
+            ..Defaults::none()
+        },
+    };
+    if d.needs_issuer && p.issuer.is_none() {
+        return Err(("issuer", "this preset finds its endpoints from the issuer, e.g. \"https://dev-123.okta.com/oauth2/default\"".to_owned()));
+    }
+    let token_url = p.token_url.clone().or(d.token_url);
+    if token_url.is_none() && p.issuer.is_none() {
+        return Err((
+            "token_url",
+            "set token_url, an issuer, or a preset".to_owned(),
+        ));
+    }
+    let mut scopes = p.scopes.clone();
+    for required in d.required_scopes {
+        if !scopes.iter().any(|s| s == required) {
+            scopes.push((*required).to_owned());
+        }
+    }
+    let mut authorization_params: BTreeMap<String, String> = d
+        .authorization_params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    authorization_params.extend(p.authorization_params.clone());
+    Ok(Shape {
+        token_url,
+        authorization_url: p.authorization_url.clone().or(d.authorization_url),
+        revocation_url: p.revocation_url.clone().or(d.revocation_url),
+        issuer: p.issuer.clone(),
+        scopes,
+        scope_on_refresh: p.scope_on_refresh.unwrap_or(d.scope_on_refresh),
+        default_expires_in: p.default_expires_in.unwrap_or(d.default_expires_in),
+        refresh_token_lifetime: p.refresh_token_lifetime.or(d.refresh_token_lifetime),
+        authorization_params,
+    })
+}
+
+/// A host name or label: letters, digits, dots and dashes only (it goes into a URL).
+fn host_only(field: &'static str, value: &str) -> Result<(), (&'static str, String)> {
+    if value.is_empty()
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
+    {
+        return Err((field, format!("{value:?} is not a host name")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(toml: &str) -> ProviderSettings {
+        let text = format!("client_id = \"x\"\nclient_secret = \"s\"\n{toml}");
+        config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
+    }
+
+    #[test]
+    fn microsoft_adds_offline_access_and_scope_on_refresh() {
+        let s = shape(&block("preset = \"microsoft\"\ntenant = \"contoso.onmicrosoft.com\"\nscopes = \"https://contoso.sharepoint.com/.default\"")).unwrap();
+        assert_eq!(
+            s.token_url.as_deref(),
+            Some("https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token")
+        );
+        assert_eq!(
+            s.scopes,
+            ["https://contoso.sharepoint.com/.default", "offline_access"]
+        );
+        assert!(s.scope_on_refresh);
+        let own = shape(&block("preset = \"microsoft\"\nscope_on_refresh = false")).unwrap();
+        assert!(!own.scope_on_refresh, "the block's own value wins");
+        assert!(own.token_url.unwrap().contains("/common/"));
+    }
+
+    #[test]
+    fn google_asks_for_offline_access_when_authorizing() {
+        let s = shape(&block("preset = \"google\"")).unwrap();
+        assert_eq!(s.authorization_params["access_type"], "offline");
+        assert_eq!(s.authorization_params["prompt"], "consent");
+        assert_eq!(
+            s.revocation_url.as_deref(),
+            Some("https://oauth2.googleapis.com/revoke")
+        );
+    }
+
+    #[test]
+    fn servicenow_needs_an_instance_and_knows_its_lifetimes() {
+        assert_eq!(
+            shape(&block("preset = \"servicenow\"")).unwrap_err().0,
+            "instance"
+        );
+        assert_eq!(
+            shape(&block("preset = \"servicenow\"\ninstance = \"dev/../x\""))
+                .unwrap_err()
+                .0,
+            "instance"
+        );
+        let s = shape(&block("preset = \"servicenow\"\ninstance = \"dev12345\"")).unwrap();
+        assert_eq!(
+            s.token_url.as_deref(),
+            Some("https://dev12345.service-now.com/oauth_token.do")
+        );
+        assert_eq!(s.default_expires_in, Duration::from_mins(30));
+        assert_eq!(s.refresh_token_lifetime, Some(Duration::from_hours(2400)));
+    }
+
+    #[test]
+    fn salesforce_assumes_a_lifetime_and_honours_my_domain() {
+        let s = shape(&block("preset = \"salesforce\"\ndomain = \"acme.my.salesforce.com\"\ndefault_expires_in = \"2h\"")).unwrap();
+        assert_eq!(
+            s.token_url.as_deref(),
+            Some("https://acme.my.salesforce.com/services/oauth2/token")
+        );
+        assert_eq!(s.default_expires_in, Duration::from_hours(2));
+    }
+
+    #[test]
+    fn okta_and_auth0_need_an_issuer() {
+        assert_eq!(shape(&block("preset = \"okta\"")).unwrap_err().0, "issuer");
+        let s = shape(&block(
+            "preset = \"auth0\"\nissuer = \"https://acme.eu.auth0.com/\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            (s.token_url, s.issuer.as_deref()),
+            (None, Some("https://acme.eu.auth0.com/"))
+        );
+    }
+
+    #[test]
+    fn without_a_preset_a_token_url_or_issuer_is_required() {
+        assert_eq!(shape(&block("")).unwrap_err().0, "token_url");
+        let s = shape(&block("token_url = \"https://x/token\"")).unwrap();
+        assert_eq!(s.default_expires_in, DEFAULT_EXPIRES_IN);
+    }
+}
