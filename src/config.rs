@@ -613,6 +613,13 @@ scopes = "offline_access https://graph.microsoft.com/.default"
     }
 
     #[test]
+    fn the_example_configuration_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokenwarden.example.toml");
+        let s = Settings::load(Some(&path), &BTreeMap::new()).unwrap();
+        assert!(s.providers.is_empty(), "every provider in the example is commented out");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let e = load_str("refresh_margn = \"5m\"\n", &[])
             .unwrap_err()
