@@ -177,16 +177,9 @@ async fn database_problems_exit_3_and_lose_nothing() {
 
 #[tokio::test]
 async fn a_database_locked_beyond_the_busy_timeout_exits_3_and_keeps_everything() {
-    use sqlx::Connection;
     let home = Home::with_token_url(NOWHERE, "busy_timeout = \"1s\"");
     home.add("kept", "basic", "rt-kept-0123456789").await;
-    let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", home.db.display()))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut lock)
-        .await
-        .unwrap();
+    let mut lock = home.write_lock().await;
     let started = std::time::Instant::now();
     assert_one_line_error(
         &home.run(&["run", "--once"], "").await,

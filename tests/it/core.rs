@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::harness::{
-    Home, assert_no_secrets, count, eventually, fingerprint, finish, journal_text, signal,
+    Home, assert_no_secrets, count, eventually, fingerprint, finish, journal_text, stop,
     stored_secrets,
 };
 use crate::oauth_server::{OauthServer, clients};
@@ -204,11 +204,7 @@ async fn the_daemon_sweeps_on_its_schedule_and_stops_cleanly_on_sigterm() {
         let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
         assert_eq!(mode.ok(), Some(0o600), "{path}");
     }
-    signal(&daemon, "-TERM");
-    let output = tokio::time::timeout(Duration::from_secs(20), daemon.wait_with_output())
-        .await
-        .expect("daemon exits after SIGTERM")
-        .unwrap();
+    let output = stop(daemon).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(

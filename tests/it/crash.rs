@@ -4,12 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::Connection;
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::Semaphore;
 
 use crate::fake_endpoint::{FakeEndpoint, Reply};
-use crate::harness::{Home, count, eventually, signal};
+use crate::harness::{Home, count, eventually, signal, stop};
 use crate::oauth_server::{OauthServer, clients};
 
 const SCOPE: &str = "openid offline_access api:read";
@@ -98,12 +96,7 @@ async fn killed_before_the_provider_answered_the_stored_token_still_works() {
 #[tokio::test]
 async fn killed_after_the_response_but_before_the_commit_is_flagged_not_looped() {
     let server = OauthServer::start().await;
-    let gate = Arc::new(Semaphore::new(0));
-    let proxy = FakeEndpoint::start(Reply::Forward {
-        upstream: server.token_url().to_owned(),
-        gate: Arc::clone(&gate),
-    })
-    .await;
+    let (proxy, gate) = FakeEndpoint::gated(server.token_url()).await;
     let home = Home::with_token_url(&proxy.token_url(), SHORT);
     let minted = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
     home.add("c", "basic", &minted).await;
@@ -117,13 +110,7 @@ async fn killed_after_the_response_but_before_the_commit_is_flagged_not_looped()
     .await;
     // Hold the database's write lock, then let the provider answer: it rotates the refresh token,
     // and tokenwarden cannot commit the new one.
-    let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", home.db.display()))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut lock)
-        .await
-        .unwrap();
+    let mut lock = home.write_lock().await;
     gate.add_permits(1);
     eventually(
         Duration::from_secs(10),
@@ -204,12 +191,7 @@ async fn killed_right_after_the_commit_loses_nothing() {
 #[tokio::test]
 async fn sigterm_lets_the_refresh_in_flight_finish_and_commit() {
     let server = OauthServer::start().await;
-    let gate = Arc::new(Semaphore::new(0));
-    let proxy = FakeEndpoint::start(Reply::Forward {
-        upstream: server.token_url().to_owned(),
-        gate: Arc::clone(&gate),
-    })
-    .await;
+    let (proxy, gate) = FakeEndpoint::gated(server.token_url()).await;
     let home = Home::with_token_url(&proxy.token_url(), "");
     let minted = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
     home.add("c", "basic", &minted).await;
@@ -316,11 +298,7 @@ async fn five_processes_on_one_database_refresh_each_credential_once() {
         },
     )
     .await;
-    signal(&daemon, "-TERM");
-    let out = tokio::time::timeout(Duration::from_secs(20), daemon.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = stop(daemon).await;
     assert_eq!(out.status.code(), Some(0));
 
     let stats = server.stats().await;
@@ -359,12 +337,7 @@ async fn mint_many(server: &OauthServer, n: usize) -> Vec<String> {
 #[tokio::test]
 async fn invalid_grant_for_a_token_replaced_meanwhile_does_not_kill_the_credential() {
     let dead = FakeEndpoint::start(Reply::json(400, r#"{"error":"invalid_grant"}"#)).await;
-    let gate = Arc::new(Semaphore::new(0));
-    let proxy = FakeEndpoint::start(Reply::Forward {
-        upstream: dead.token_url(),
-        gate: Arc::clone(&gate),
-    })
-    .await;
+    let (proxy, gate) = FakeEndpoint::gated(&dead.token_url()).await;
     let home = Home::with_token_url(&proxy.token_url(), "");
     home.add("c", "basic", "rt-old-0123456789").await;
     let child = home.command(&["run", "--once"]).spawn().unwrap();

@@ -111,6 +111,17 @@ impl FakeEndpoint {
         }
     }
 
+    /// A proxy to `upstream` that holds each request until the returned gate gets a permit.
+    pub async fn gated(upstream: &str) -> (Self, Arc<tokio::sync::Semaphore>) {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let proxy = Self::start(Reply::Forward {
+            upstream: upstream.to_owned(),
+            gate: Arc::clone(&gate),
+        })
+        .await;
+        (proxy, gate)
+    }
+
     pub fn token_url(&self) -> String {
         format!("http://{}/token", self.addr)
     }

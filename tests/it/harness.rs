@@ -168,6 +168,20 @@ scopes = "api:read"
         assert_eq!(run.code, Some(0), "add {name}: {run:?}");
     }
 
+    /// A connection holding this home's database write lock (`BEGIN IMMEDIATE`) until dropped or
+    /// rolled back.
+    pub async fn write_lock(&self) -> sqlx::SqliteConnection {
+        use sqlx::Connection;
+        let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", self.db.display()))
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut lock)
+            .await
+            .unwrap();
+        lock
+    }
+
     /// A connection pool on this home's database.
     pub async fn db(&self) -> SqlitePool {
         SqlitePool::connect(&format!("sqlite://{}", self.db.display()))
@@ -209,6 +223,15 @@ pub fn signal(child: &tokio::process::Child, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// Sends SIGTERM to a running daemon and waits (bounded) for it to exit.
+pub async fn stop(daemon: tokio::process::Child) -> std::process::Output {
+    signal(&daemon, "-TERM");
+    tokio::time::timeout(Duration::from_secs(20), daemon.wait_with_output())
+        .await
+        .expect("the daemon exits within 20 s of SIGTERM")
+        .expect("wait for the daemon")
 }
 
 /// Runs a prepared command to completion, bounded by [`COMMAND_DEADLINE`].

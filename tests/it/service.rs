@@ -4,7 +4,7 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Home, signal};
+use crate::harness::{Home, signal, stop};
 
 /// Nothing listens here; no credential exists anyway.
 const NOWHERE: &str = "http://127.0.0.1:9/token";
@@ -165,10 +165,6 @@ async fn metrics_and_healthz_report_credentials_and_sweeps() {
     let tokens = crate::harness::stored_secrets(&db).await;
     crate::harness::assert_no_secrets("metrics", &metrics, &tokens);
 
-    signal(&daemon, "-TERM");
-    let out = tokio::time::timeout(Duration::from_secs(20), daemon.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = stop(daemon).await;
     assert_eq!(out.status.code(), Some(0));
 }
