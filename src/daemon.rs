@@ -104,17 +104,22 @@ async fn watchdog_pings(every: std::time::Duration) {
     }
 }
 
-/// A token cancelled by the first SIGTERM or SIGINT.
+/// A token cancelled by the first SIGTERM or SIGINT. SIGHUP, whose default would kill the process
+/// mid-sweep, is answered with a warning instead: the configuration is read at start only.
 pub fn shutdown_on_signals() -> Result<CancellationToken, DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let cancel = token.clone();
     tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        let name = loop {
+            tokio::select! {
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                _ = hup.recv() => warn!("SIGHUP does not reload the configuration; restart tokenwarden to apply changes"),
+            }
         };
         info!(signal = name, "shutting down after the refreshes in flight");
         cancel.cancel();

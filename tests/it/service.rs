@@ -49,6 +49,12 @@ async fn the_daemon_speaks_the_systemd_notify_protocol() {
         "{got:?}"
     );
 
+    // SIGHUP is not a reload, and must not kill the daemon either.
+    signal(&daemon, "-HUP");
+    let got = receive_until(&socket, Duration::from_secs(20), |got| {
+        got.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2
+    });
+    assert!(!got.iter().any(|m| m.contains("STOPPING=1")), "{got:?}");
     signal(&daemon, "-TERM");
     let got = receive_until(&socket, Duration::from_secs(20), |got| {
         got.iter().any(|m| m.contains("STOPPING=1"))
@@ -59,6 +65,11 @@ async fn the_daemon_speaks_the_systemd_notify_protocol() {
         .unwrap()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SIGHUP does not reload the configuration"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
