@@ -10,9 +10,11 @@ use tracing::warn;
 
 use crate::alerts::Alerter;
 use crate::config::{LogFormat, Settings};
+use crate::doctor;
 use crate::domain::{self, Backoff, GrantType, Secret, Trigger};
+use crate::lifecycle::{self, Revoked, Revoker, Sender, authorize::Prompt};
 use crate::metrics::{self, Metrics};
-use crate::provider::Providers;
+use crate::provider::{Provider, Providers};
 use crate::refresh::Refresher;
 use crate::store::{NewCredential, OpenMode, Store};
 use crate::sweep::{Handled, NamedRefresh, Policy, Sweeper};
@@ -85,6 +87,35 @@ enum Command {
     },
     /// Validate the configuration and the secrets it references.
     CheckConfig,
+    /// Preflight: probe each provider (never with a real token) and review each credential.
+    Doctor {
+        /// Only this credential and its provider.
+        name: Option<String>,
+    },
+    /// Authorize NAME in a browser (authorization code with PKCE) and store its tokens. The URL to
+    /// open is printed alone on standard output, instructions on standard error; the redirect
+    /// comes back to a listener on 127.0.0.1. Authorizing an existing NAME replaces its tokens.
+    Authorize {
+        name: String,
+        #[arg(long)]
+        provider: String,
+        /// Who the credential belongs to (kept from before when authorizing again without it).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Space-separated scopes; default: the provider's.
+        #[arg(long)]
+        scopes: Option<String>,
+        /// Also read the redirect URL (or just the code) pasted on standard input: for machines
+        /// without a browser.
+        #[arg(long)]
+        manual: bool,
+        /// How long to wait for the redirect.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Revoke NAME's tokens at the provider (RFC 7009) and delete NAME. When the provider cannot
+    /// be reached, NAME stays disabled and the revocation is sent again later.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -171,6 +202,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::CheckConfig => check_config(&ctx).await,
+        Command::Doctor { name } => doctor(&ctx, name.as_deref()).await,
+        Command::Authorize {
+            name,
+            provider,
+            owner,
+            scopes,
+            manual,
+            timeout,
+        } => {
+            let args = AuthorizeArgs {
+                name: &name,
+                provider: &provider,
+                owner: owner.as_deref(),
+                scopes: scopes.as_deref(),
+                manual,
+                timeout,
+            };
+            authorize(&ctx, args).await
+        }
+        Command::Revoke { name } => revoke(&ctx, &name).await,
     }
 }
 
@@ -367,6 +418,180 @@ async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
         humantime::format_duration(ctx.settings.refresh_margin),
     );
     Ok(exit::OK)
+}
+
+/// `authorize`'s arguments.
+struct AuthorizeArgs<'a> {
+    name: &'a str,
+    provider: &'a str,
+    owner: Option<&'a str>,
+    scopes: Option<&'a str>,
+    manual: bool,
+    timeout: Duration,
+}
+
+async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
+    let Some(provider_settings) = ctx.settings.providers.get(args.provider) else {
+        let known = ctx.settings.providers.keys().cloned().collect();
+        return Err(CommandError::UnknownProvider {
+            name: args.provider.to_owned(),
+            known,
+        }
+        .into());
+    };
+    let refresher = ctx.refresher()?;
+    let (http, max_body) = (refresher.http(), refresher.max_body());
+    let provider =
+        Provider::resolve(args.provider, provider_settings, &ctx.env, http, max_body).await?;
+    let store = ctx.open(OpenMode::CreateIfMissing).await?;
+    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let request = lifecycle::authorize::Request {
+        name: args.name,
+        provider: &provider,
+        redirect_uri: None,
+        scopes: args.scopes,
+        owner: args.owner,
+        manual: args.manual,
+        timeout: args.timeout,
+        margin: secs(ctx.settings.refresh_margin),
+        max_idle: secs(ctx.settings.max_idle),
+    };
+    let show = |prompt: &Prompt| {
+        let how = match (prompt.listening, prompt.reading_stdin) {
+            (true, false) => format!("waiting for the redirect to {}", prompt.redirect_uri),
+            (true, true) => format!(
+                "waiting for the redirect to {}, or paste the URL the browser ends on (or just its code) here",
+                prompt.redirect_uri
+            ),
+            (false, _) => "paste the URL the browser ends on (or just its code) here".to_owned(),
+        };
+        eprintln!(
+            "tokenwarden: open this URL in a browser and sign in; {how} (timeout {}):",
+            humantime::format_duration(args.timeout)
+        );
+        println!("{}", prompt.url);
+    };
+    let sender = Sender::new(http.clone(), max_body);
+    let result = lifecycle::authorize(&store, &sender, &request, show).await;
+    store.close().await;
+    let done = result?;
+    if !done.has_refresh_token {
+        eprintln!(
+            "tokenwarden: warning: no refresh token returned: add offline_access to the scopes (or the provider's equivalent) and authorize {} again; until then it cannot be refreshed",
+            args.name
+        );
+    }
+    let again = match &done.how {
+        lifecycle::authorize::AuthorizedAs::Created => String::new(),
+        lifecycle::authorize::AuthorizedAs::Replaced { status, .. } => {
+            format!(" again (was {status})")
+        }
+    };
+    println!(
+        "credential {} authorized{again}; access token valid until {}",
+        args.name,
+        domain::iso8601(done.expires_at)
+    );
+    Ok(exit::OK)
+}
+
+async fn revoke(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
+    let settings = &ctx.settings;
+    let refresher = ctx.refresher()?;
+    let providers = ctx.providers(&refresher).await?;
+    let store = ctx.open(OpenMode::MustExist).await?;
+    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let backoff = Backoff {
+        base: secs(settings.retry.base),
+        cap: secs(settings.retry.max),
+    };
+    let sender = Sender::new(refresher.http().clone(), refresher.max_body());
+    let revoker = Revoker::new(providers, sender, backoff, secs(settings.lease()));
+    let result = revoker.revoke_named(&store, name).await;
+    store.close().await;
+    match result? {
+        Revoked::Done => {
+            println!("credential {name} revoked at the provider and deleted");
+            Ok(exit::OK)
+        }
+        Revoked::Pending { reason } => {
+            eprintln!(
+                "tokenwarden: credential {name} is not revoked yet ({reason}); it is disabled, and the revocation is sent again by the sweep or by running `tokenwarden revoke {name}` again"
+            );
+            Ok(exit::REFRESH_FAILED)
+        }
+    }
+}
+
+/// Probes every provider (or NAME's) and reviews every credential (or NAME); exit 1 on a failure.
+async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> {
+    let refresher = ctx.refresher()?;
+    let providers = ctx.providers(&refresher).await?;
+    let rows = match ctx.open(OpenMode::MustExist).await {
+        Ok(store) => {
+            let mut rows = Vec::new();
+            for row in store
+                .summaries()
+                .await?
+                .into_iter()
+                .filter(|r| only.is_none_or(|n| n == r.name))
+            {
+                let last = store.rotations(Some(&row.name), 1).await?.pop();
+                rows.push((row, last));
+            }
+            rows
+        }
+        // No database yet: only the providers can be checked.
+        Err(_) if only.is_none() => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    if let Some(name) = only
+        && rows.is_empty()
+    {
+        return Err(CommandError::UnknownCredential(name.to_owned()).into());
+    }
+    let mut out = String::new();
+    let mut worst = doctor::Verdict::Ok;
+    for (name, provider) in providers.iter() {
+        let theirs: Vec<_> = rows.iter().filter(|(r, _)| r.provider == name).collect();
+        if only.is_some() && theirs.is_empty() {
+            continue;
+        }
+        let cc_only = !theirs.is_empty()
+            && theirs
+                .iter()
+                .all(|(r, _)| r.grant_type == "client_credentials");
+        let checks = doctor::provider_checks(&refresher, provider, cc_only).await;
+        worst = checks.iter().map(|c| c.verdict).fold(worst, Ord::max);
+        doctor::render(&mut out, &format!("provider {name}"), &checks);
+    }
+    let warning = i64::try_from(ctx.settings.refresh_token_warning.as_secs()).unwrap_or(i64::MAX);
+    for (row, last) in &rows {
+        let mut checks = doctor::credential_checks(row, last.as_ref(), warning, domain::now());
+        if providers.get(&row.provider).is_none() {
+            let detail = format!("{:?} is not configured", row.provider);
+            checks.insert(
+                0,
+                doctor::Check {
+                    verdict: doctor::Verdict::Fail,
+                    what: "provider",
+                    detail,
+                },
+            );
+        }
+        worst = checks.iter().map(|c| c.verdict).fold(worst, Ord::max);
+        doctor::render(
+            &mut out,
+            &format!("credential {} ({})", row.name, row.provider),
+            &checks,
+        );
+    }
+    print!("{out}");
+    Ok(if worst == doctor::Verdict::Fail {
+        exit::REFRESH_FAILED
+    } else {
+        exit::OK
+    })
 }
 
 /// Reads a refresh token from `file` or standard input, never from the command line.

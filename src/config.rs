@@ -616,7 +616,10 @@ scopes = "offline_access https://graph.microsoft.com/.default"
     fn the_example_configuration_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokenwarden.example.toml");
         let s = Settings::load(Some(&path), &BTreeMap::new()).unwrap();
-        assert!(s.providers.is_empty(), "every provider in the example is commented out");
+        assert!(
+            s.providers.is_empty(),
+            "every provider in the example is commented out"
+        );
     }
 
     #[test]

@@ -19,9 +19,11 @@
 //! - [`refresh`] — one token request and its outcome
 //! - [`alerts`] — the operator's command on credential events
 //! - [`sweep`] — claim, refresh, store, log, alert
+//! - [`lifecycle`] — `authorize` (authorization-code grant with PKCE) and `revoke` (RFC 7009)
 //! - [`daemon`] — the schedule and shutdown around sweeps
 //! - [`metrics`] — the optional /metrics and /healthz listener
 //! - [`telemetry`] — logging
+//! - [`doctor`] — the preflight checks behind `tokenwarden doctor`
 //! - [`cli`] — the command line
 
 pub mod alerts;
@@ -29,7 +31,9 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
+pub mod doctor;
 pub mod domain;
+pub mod lifecycle;
 pub mod metrics;
 pub mod preset;
 pub mod provider;

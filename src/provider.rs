@@ -235,6 +235,11 @@ impl Providers {
         self.0.get(name)
     }
 
+    /// Every provider with its name, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Provider>)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
     }

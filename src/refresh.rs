@@ -251,40 +251,26 @@ impl Refresher {
         exchange: &Mutex<Exchange>,
     ) -> Result<oauth2::HttpResponse, HttpError> {
         let (parts, body) = request.into_parts();
-        let mut response = self
+        let response = self
             .http
             .request(parts.method, parts.uri.to_string())
             .headers(parts.headers)
             .body(body)
             .send()
             .await?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<i64>().ok());
+        let (status, retry_after) = head_of(&response);
         {
             let mut ex = exchange
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            ex.status = Some(status.as_u16());
+            ex.status = Some(status);
             ex.retry_after = retry_after;
         }
-        if status.is_redirection() {
-            return Err(HttpError::Redirect(status.as_u16()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            if body.len() + chunk.len() > self.max_body {
-                return Err(HttpError::TooLarge(self.max_body));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let (headers, body) = capped_body(response, self.max_body).await?;
         let mut builder = http::Response::builder().status(status);
         // Some providers send JSON labelled text/plain or text/javascript: oauth2 would refuse it.
         let looks_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        for (name, value) in response.headers() {
+        for (name, value) in &headers {
             if name == http::header::CONTENT_TYPE && looks_json {
                 continue;
             }
@@ -302,6 +288,35 @@ impl Refresher {
             .body(body)
             .map_err(|e| HttpError::Transport(e.to_string()))
     }
+}
+
+/// The status and Retry-After (seconds) of a provider's response.
+pub(crate) fn head_of(response: &reqwest::Response) -> (u16, Option<i64>) {
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    (response.status().as_u16(), retry_after)
+}
+
+/// The headers and body of a provider's response: a redirect is refused (never followed), and a
+/// body larger than `max_body` is refused as it streams in.
+pub(crate) async fn capped_body(
+    mut response: reqwest::Response,
+    max_body: usize,
+) -> Result<(http::HeaderMap, Vec<u8>), HttpError> {
+    if response.status().is_redirection() {
+        return Err(HttpError::Redirect(response.status().as_u16()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > max_body {
+            return Err(HttpError::TooLarge(max_body));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((response.headers().clone(), body))
 }
 
 /// The HTTP client handed to oauth2. A named type with a boxed `Send` future rather than a closure:

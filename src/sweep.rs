@@ -1,6 +1,6 @@
-//! One sweep: claim the due credentials in small batches under a lease, refresh them with bounded
-//! concurrency, store each outcome and log each rotation. Imports `domain`, `provider`, `refresh`
-//! and `store`.
+//! One sweep: retry pending revocations, then claim the due credentials in small batches under a
+//! lease, refresh them with bounded concurrency, store each outcome, log each rotation and alert.
+//! Imports `domain`, `provider`, `refresh`, `store`, `alerts` and `lifecycle`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,7 @@ use crate::domain::{
     self, Backoff, Claimed, Failing, GrantType, STORE_ATTEMPTS, TokenSet, Trigger, UnixTime,
     iso8601,
 };
+use crate::lifecycle::{self, Revoker, Sender};
 use crate::provider::{Provider, Providers};
 use crate::refresh::{Attempt, Grant, RefreshOutcome, Refresher};
 use crate::store::{ClaimByName, Failure, FailureDetail, Refreshed, Store, StoreError, Stored};
@@ -158,6 +159,8 @@ struct Inner {
     /// Providers that rejected our client, and until when to leave them alone.
     rejected: Mutex<HashMap<String, UnixTime>>,
     alerter: Alerter,
+    /// Retries revocations that a provider could not take at the time.
+    revoker: Revoker,
 }
 
 impl Sweeper {
@@ -175,6 +178,8 @@ impl Sweeper {
             hex::encode(rand::random::<[u8; 4]>())
         );
         let rejected = Mutex::new(HashMap::new());
+        let sender = Sender::new(refresher.http().clone(), refresher.max_body());
+        let revoker = Revoker::new(providers.clone(), sender, policy.backoff, policy.lease);
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -184,6 +189,7 @@ impl Sweeper {
                 owner,
                 rejected,
                 alerter,
+                revoker,
             }),
         }
     }
@@ -209,6 +215,7 @@ impl Sweeper {
         let mut in_flight = JoinSet::new();
         let mut exhausted = false;
         let mut first_error = None;
+        lifecycle::retry_pending_revocations(&inner.revoker, &inner.store).await?;
         loop {
             while in_flight.len() < batch && !cancel.is_cancelled() && first_error.is_none() {
                 if queue.is_empty() && !exhausted {

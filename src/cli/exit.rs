@@ -4,6 +4,7 @@ use crate::config::ConfigError;
 use crate::daemon::DaemonError;
 use crate::discovery::DiscoveryError;
 use crate::domain::iso8601;
+use crate::lifecycle::{AuthorizeError, RevokeError};
 use crate::provider::ProviderError;
 use crate::store::StoreError;
 
@@ -94,6 +95,22 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
                 CommandError::UnknownProvider { .. } | CommandError::Input(_) => CONFIG,
                 _ => NOT_FOUND,
             };
+        }
+        if let Some(e) = cause.downcast_ref::<AuthorizeError>() {
+            match e {
+                // The StoreError is next in the chain.
+                AuthorizeError::Store(_) => continue,
+                e if e.is_configuration() => return CONFIG,
+                _ => return REFRESH_FAILED,
+            }
+        }
+        if let Some(e) = cause.downcast_ref::<RevokeError>() {
+            match e {
+                RevokeError::Store(_) => continue,
+                RevokeError::NotFound(_) => return NOT_FOUND,
+                e if e.is_configuration() => return CONFIG,
+                _ => return REFRESH_FAILED,
+            }
         }
         if cause.is::<DaemonError>() {
             return INTERNAL;

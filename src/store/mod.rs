@@ -12,7 +12,10 @@ mod claim;
 mod records;
 
 pub use claim::{ClaimByName, Failure, FailureDetail, Refreshed, Stored};
-pub use records::{CredentialSummary, NewCredential, RotationRecord, TokenRow};
+pub use records::{
+    Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim, RevocationClaimed,
+    RevocationResult, RotationRecord, TokenRow,
+};
 
 /// How often opening is tried again when another process is migrating the same new file.
 const MIGRATE_ATTEMPTS: u32 = 3;

@@ -1,10 +1,10 @@
 //! Reads and writes behind the CLI: import a credential, list them for `status`, read a current
-//! token, read the rotation journal.
+//! token, read the rotation journal; store an authorization, claim and settle a revocation.
 
 use sqlx::FromRow;
 
 use super::{Store, StoreError};
-use crate::domain::{GrantType, Secret, UnixTime};
+use crate::domain::{GrantType, Secret, TokenSet, UnixTime};
 
 /// A credential to import.
 #[derive(Debug)]
@@ -65,7 +65,354 @@ pub struct RotationRecord {
     pub new_refresh_fingerprint: Option<String>,
 }
 
+/// Tokens obtained by authorizing a credential (the authorization-code grant), ready to store.
+#[derive(Debug)]
+pub struct Authorized<'a> {
+    pub name: &'a str,
+    pub provider: &'a str,
+    /// The scopes asked for; `None`: the provider's configured scopes.
+    pub scopes: Option<&'a str>,
+    /// `None` keeps the owner of a credential authorized again.
+    pub owner: Option<&'a str>,
+    pub tokens: &'a TokenSet,
+    pub refresh_due_at: UnixTime,
+    pub http_status: Option<u16>,
+    pub duration_ms: i64,
+    /// Names this process in the journal's `lease_owner` column.
+    pub actor: &'a str,
+}
+
+/// What an authorization did to the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorizedAs {
+    Created,
+    /// An existing credential got the new tokens; `status` is what it was before.
+    Replaced {
+        status: String,
+        revoke_pending: bool,
+    },
+}
+
+/// A credential claimed for revocation: its tokens, under this process's lease.
+#[derive(Debug, FromRow)]
+pub struct RevocationClaim {
+    pub id: i64,
+    pub name: String,
+    pub provider: String,
+    pub status: String,
+    pub access_token: Option<Secret>,
+    pub refresh_token: Option<Secret>,
+    pub access_token_expires_at: Option<i64>,
+    pub consecutive_failures: i64,
+}
+
+/// What `claim_for_revocation` found.
+#[derive(Debug)]
+pub enum RevocationClaimed {
+    Claimed(RevocationClaim),
+    NotFound,
+    /// Another process holds the lease (a refresh is in flight).
+    Busy,
+}
+
+/// How a revocation attempt ended, ready to store.
+#[derive(Debug, Clone, Copy)]
+pub enum RevocationResult<'a> {
+    /// The provider revoked the tokens: the row is deleted, its journal kept.
+    Revoked { http_status: Option<u16> },
+    /// The provider could not take it now: the row becomes disabled and revoke-pending, tried
+    /// again from `next_attempt_at`.
+    Pending {
+        next_attempt_at: UnixTime,
+        last_error: &'a str,
+        error_code: Option<&'a str>,
+        http_status: Option<u16>,
+    },
+    /// The provider refused (a client or configuration problem): the row is left as it was.
+    Refused {
+        last_error: &'a str,
+        error_code: Option<&'a str>,
+        http_status: Option<u16>,
+    },
+}
+
+/// The columns a revocation claim returns, as `RevocationClaim` reads them.
+macro_rules! revocation_returning {
+    () => {
+        " RETURNING id, name, provider, status, access_token, refresh_token, access_token_expires_at, \
+          consecutive_failures"
+    };
+}
+
 impl Store {
+    /// Stores an authorization: a new credential, or new tokens for an existing one, which becomes
+    /// active again (failures, backoff, last error and any pending revocation cleared). Journaled
+    /// as outcome `authorized`, trigger `manual`, in the same transaction.
+    pub async fn store_authorized(
+        &self,
+        a: &Authorized<'_>,
+        now: UnixTime,
+    ) -> Result<AuthorizedAs, StoreError> {
+        let t = a.tokens;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let existing: Option<(i64, String, bool, Option<Secret>)> = sqlx::query_as(
+            "SELECT id, status, revoke_pending, refresh_token FROM oauth_credential WHERE name = ?1",
+        )
+        .bind(a.name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (id, how, old_refresh) = if let Some((id, status, revoke_pending, old)) = existing {
+            sqlx::query(
+                "UPDATE oauth_credential SET provider = ?1, grant_type = 'refresh_token', scopes = ?2, \
+                    owner = COALESCE(?3, owner), access_token = ?4, token_type = ?5, access_token_expires_at = ?6, \
+                    refresh_token = ?7, refresh_token_expires_at = ?8, status = 'active', refresh_due_at = ?9, \
+                    consecutive_failures = 0, next_attempt_at = 0, last_error = NULL, revoke_pending = 0, \
+                    last_refreshed_at = ?10, updated_at = ?10 WHERE id = ?11",
+            )
+            .bind(a.provider)
+            .bind(a.scopes)
+            .bind(a.owner)
+            .bind(&t.access_token)
+            .bind(&t.token_type)
+            .bind(t.expires_at)
+            .bind(&t.refresh_token)
+            .bind(t.refresh_token_expires_at)
+            .bind(a.refresh_due_at)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            let how = AuthorizedAs::Replaced {
+                status,
+                revoke_pending,
+            };
+            (id, how, old)
+        } else {
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO oauth_credential (name, provider, grant_type, scopes, owner, access_token, token_type, \
+                    access_token_expires_at, refresh_token, refresh_token_expires_at, refresh_due_at, \
+                    last_refreshed_at, created_at, updated_at) \
+                 VALUES (?1, ?2, 'refresh_token', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?11) RETURNING id",
+            )
+            .bind(a.name)
+            .bind(a.provider)
+            .bind(a.scopes)
+            .bind(a.owner)
+            .bind(&t.access_token)
+            .bind(&t.token_type)
+            .bind(t.expires_at)
+            .bind(&t.refresh_token)
+            .bind(t.refresh_token_expires_at)
+            .bind(a.refresh_due_at)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            (id, AuthorizedAs::Created, None)
+        };
+        sqlx::query(
+            "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, started_at, \
+                finished_at, duration_ms, outcome, http_status, new_expires_at, refresh_token_rotated, \
+                old_refresh_fingerprint, new_refresh_fingerprint, new_access_fingerprint) \
+             VALUES (?1, ?2, ?3, 'manual', ?4, ?5, ?6, ?7, 'authorized', ?8, ?9, ?10, ?11, ?12, ?13)",
+        )
+        .bind(id)
+        .bind(a.name)
+        .bind(a.provider)
+        .bind(a.actor)
+        .bind(now - a.duration_ms / 1000)
+        .bind(now)
+        .bind(a.duration_ms)
+        .bind(a.http_status)
+        .bind(t.expires_at)
+        .bind(old_refresh.is_some())
+        .bind(old_refresh.as_ref().map(Secret::fingerprint))
+        .bind(t.refresh_token.as_ref().map(Secret::fingerprint))
+        .bind(t.access_token.fingerprint())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(how)
+    }
+
+    /// Claims credential `name`, whatever its status, for revocation: no refresh of it can be in
+    /// flight while the lease lasts.
+    pub async fn claim_for_revocation(
+        &self,
+        name: &str,
+        owner: &str,
+        now: UnixTime,
+        lease_until: UnixTime,
+    ) -> Result<RevocationClaimed, StoreError> {
+        const SQL: &str = concat!(
+            "UPDATE oauth_credential SET lease_owner = ?1, lease_expires_at = ?2 \
+             WHERE name = ?3 AND (lease_expires_at IS NULL OR lease_expires_at <= ?4)",
+            revocation_returning!()
+        );
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let claim: Option<RevocationClaim> = sqlx::query_as(SQL)
+            .bind(owner)
+            .bind(lease_until)
+            .bind(name)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let found = if let Some(claim) = claim {
+            RevocationClaimed::Claimed(claim)
+        } else {
+            let row: Option<(i64,)> =
+                sqlx::query_as("SELECT id FROM oauth_credential WHERE name = ?1")
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if row.is_some() {
+                RevocationClaimed::Busy
+            } else {
+                RevocationClaimed::NotFound
+            }
+        };
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    /// Claims up to `limit` credentials whose revocation is pending and due again.
+    pub async fn claim_pending_revocations(
+        &self,
+        owner: &str,
+        now: UnixTime,
+        lease_until: UnixTime,
+        limit: usize,
+    ) -> Result<Vec<RevocationClaim>, StoreError> {
+        const SQL: &str = concat!(
+            "UPDATE oauth_credential SET lease_owner = ?1, lease_expires_at = ?2 \
+             WHERE id IN (SELECT id FROM oauth_credential \
+                WHERE revoke_pending = 1 AND status = 'disabled' AND next_attempt_at <= ?3 \
+                  AND (lease_expires_at IS NULL OR lease_expires_at <= ?3) \
+                ORDER BY next_attempt_at LIMIT ?4)",
+            revocation_returning!()
+        );
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let claims = sqlx::query_as(SQL)
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(claims)
+    }
+
+    /// Gives back a revocation claim that sent nothing (the provider cannot revoke).
+    pub async fn release_revocation(
+        &self,
+        claim: &RevocationClaim,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE oauth_credential SET lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = ?1 AND lease_owner = ?2",
+        )
+        .bind(claim.id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores how a revocation ended and journals it (trigger `trigger`), in one transaction.
+    pub async fn settle_revocation(
+        &self,
+        claim: &RevocationClaim,
+        owner: &str,
+        trigger: &str,
+        now: UnixTime,
+        duration_ms: i64,
+        result: RevocationResult<'_>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (outcome, http_status, error_code, error_description) = match result {
+            RevocationResult::Revoked { http_status } => {
+                sqlx::query("DELETE FROM oauth_credential WHERE id = ?1")
+                    .bind(claim.id)
+                    .execute(&mut *tx)
+                    .await?;
+                ("revoked", http_status, None, None)
+            }
+            RevocationResult::Pending {
+                next_attempt_at,
+                last_error,
+                error_code,
+                http_status,
+            } => {
+                sqlx::query(
+                    "UPDATE oauth_credential SET status = 'disabled', revoke_pending = 1, \
+                        consecutive_failures = consecutive_failures + 1, next_attempt_at = ?1, last_error = ?2, \
+                        updated_at = ?3, \
+                        lease_owner = CASE WHEN lease_owner = ?4 THEN NULL ELSE lease_owner END, \
+                        lease_expires_at = CASE WHEN lease_owner = ?4 THEN NULL ELSE lease_expires_at END \
+                     WHERE id = ?5",
+                )
+                .bind(next_attempt_at)
+                .bind(format!("revocation pending: {last_error}"))
+                .bind(now)
+                .bind(owner)
+                .bind(claim.id)
+                .execute(&mut *tx)
+                .await?;
+                (
+                    "revocation_pending",
+                    http_status,
+                    error_code,
+                    Some(last_error),
+                )
+            }
+            RevocationResult::Refused {
+                last_error,
+                error_code,
+                http_status,
+            } => {
+                sqlx::query(
+                    "UPDATE oauth_credential SET lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = ?1 AND lease_owner = ?2",
+                )
+                .bind(claim.id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+                (
+                    "revocation_refused",
+                    http_status,
+                    error_code,
+                    Some(last_error),
+                )
+            }
+        };
+        sqlx::query(
+            "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, started_at, \
+                finished_at, duration_ms, outcome, http_status, error_code, error_description, old_expires_at, \
+                old_refresh_fingerprint) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )
+        .bind(claim.id)
+        .bind(&claim.name)
+        .bind(&claim.provider)
+        .bind(trigger)
+        .bind(owner)
+        .bind(now - duration_ms / 1000)
+        .bind(now)
+        .bind(duration_ms)
+        .bind(outcome)
+        .bind(http_status)
+        .bind(error_code)
+        .bind(error_description)
+        .bind(claim.access_token_expires_at)
+        .bind(claim.refresh_token.as_ref().map(Secret::fingerprint))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Imports a credential, due at once. With `replace`, an existing credential of that name gets
     /// the new refresh token and becomes active again; without, it is an error.
     pub async fn add(
@@ -87,7 +434,7 @@ impl Store {
                     "UPDATE oauth_credential SET provider = ?1, grant_type = ?2, scopes = ?3, owner = ?4, \
                         refresh_token = ?5, access_token = NULL, token_type = NULL, access_token_expires_at = NULL, \
                         refresh_token_expires_at = NULL, status = 'active', refresh_due_at = 0, consecutive_failures = 0, \
-                        next_attempt_at = 0, last_error = NULL, updated_at = ?6 WHERE id = ?7",
+                        next_attempt_at = 0, last_error = NULL, revoke_pending = 0, updated_at = ?6 WHERE id = ?7",
                 )
                 .bind(c.provider)
                 .bind(c.grant_type.as_str())

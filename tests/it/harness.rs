@@ -132,6 +132,18 @@ scopes = "api:read"
         std::fs::write(&self.config, text.join("\n") + "\n").unwrap();
     }
 
+    /// Adds `text` (TOML lines) to the `[providers.PROVIDER]` table, right after its header.
+    pub fn append_to_provider(&self, provider: &str, text: &str) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        let header = format!("[providers.{provider}]\n");
+        assert!(
+            config.contains(&header),
+            "no {header:?} in the configuration"
+        );
+        let updated = config.replacen(&header, &format!("{header}{}\n", text.trim_end()), 1);
+        std::fs::write(&self.config, updated).unwrap();
+    }
+
     /// The binary with this home's configuration and secrets in its environment, under umask 022
     /// (so the database's 0600 mode is tokenwarden's doing, not the test's).
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {

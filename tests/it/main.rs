@@ -10,6 +10,7 @@ mod deploy;
 mod fake_endpoint;
 mod faults;
 mod harness;
+mod lifecycle;
 mod oauth_server;
 mod providers;
 mod service;

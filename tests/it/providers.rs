@@ -231,3 +231,79 @@ async fn metadata_naming_another_issuer_is_refused_and_a_dead_issuer_is_retryabl
     );
     assert!(run.stderr.contains("no usable metadata"), "{run:?}");
 }
+
+#[tokio::test]
+async fn doctor_checks_providers_and_credentials_without_touching_real_tokens() {
+    let server = OauthServer::start().await;
+    let home = Home::new(&server, "");
+    let rt = server
+        .mint_refresh_token(clients::BASIC_ID, "openid offline_access api:read")
+        .await;
+    home.add("c", "basic", &rt).await;
+    assert_eq!(
+        home.run(
+            &[
+                "add",
+                "svc",
+                "--provider",
+                "cc",
+                "--grant",
+                "client-credentials"
+            ],
+            ""
+        )
+        .await
+        .code,
+        Some(0)
+    );
+    assert_eq!(home.run(&["run", "--once"], "").await.code, Some(0));
+    let before = row(&home).await.refresh_token;
+    let refreshes = server.stats().await.refresh_ok;
+
+    let run = home.run(&["doctor", "c"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    for line in [
+        "provider basic",
+        "ok    reachable",
+        "ok    client auth",
+        "credential c (basic)",
+        "ok    status",
+        "ok    last refresh",
+    ] {
+        assert!(
+            run.stdout.contains(line),
+            "{line:?} missing:\n{}",
+            run.stdout
+        );
+    }
+    assert!(
+        !run.stdout.contains("provider post"),
+        "only c's provider: {}",
+        run.stdout
+    );
+    assert_eq!(
+        row(&home).await.refresh_token,
+        before,
+        "doctor never uses a real refresh token"
+    );
+    assert_eq!(server.stats().await.refresh_ok, refreshes);
+    assert_eq!(server.stats().await.refresh_reuse, 0);
+
+    let svc = home.run(&["doctor", "svc"], "").await;
+    assert_eq!(
+        svc.code,
+        Some(0),
+        "a client_credentials provider is probed with that grant: {svc:?}"
+    );
+
+    let mut wrong = home.command(&["doctor", "c"]);
+    wrong.env("TW_TEST_BASIC_SECRET", "not-the-secret");
+    let run = crate::harness::finish(wrong, "").await;
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stdout.contains("FAIL  client auth") && run.stdout.contains("rejected: invalid_client"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.all().contains("not-the-secret") && !run.all().contains(&before));
+}

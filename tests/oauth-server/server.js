@@ -288,7 +288,10 @@ const jwtClientJwks = JSON.parse(
   readFileSync(new URL('../fixtures/jwt-client.jwks.json', import.meta.url), 'utf8'),
 );
 
+// Native clients (RFC 8252 §7.3): a loopback redirect URI matches on any port, so
+// `tokenwarden authorize` can listen on an ephemeral one.
 const userClient = (extra) => ({
+  application_type: 'native',
   grant_types: ['authorization_code', 'refresh_token'],
   redirect_uris: REDIRECT_URIS,
   response_types: ['code'],

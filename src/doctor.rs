@@ -1,0 +1,261 @@
+//! `tokenwarden doctor`: a preflight with a plain verdict per check, for each provider (endpoint
+//! reachable, client authentication accepted, scopes that yield a refresh token) and credential
+//! (status, what its last refresh showed, refresh-token expiry). It never uses a real refresh token:
+//! the provider is probed with a made-up one, which a healthy provider refuses with invalid_grant.
+//! Imports `domain`, `provider`, `refresh` and `store`.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use crate::domain::{self, Secret, iso8601};
+use crate::provider::Provider;
+use crate::refresh::{Grant, RefreshOutcome, Refresher};
+use crate::store::{CredentialSummary, RotationRecord};
+
+/// The refresh token sent by the probe; no provider has issued it.
+const PROBE_TOKEN: &str = "tokenwarden-doctor-probe-not-a-real-token";
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    Ok,
+    Info,
+    Warn,
+    Fail,
+}
+
+impl Verdict {
+    fn word(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Fail => "FAIL",
+        }
+    }
+}
+
+/// One check's result.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub verdict: Verdict,
+    pub what: &'static str,
+    pub detail: String,
+}
+
+fn check(verdict: Verdict, what: &'static str, detail: impl Into<String>) -> Check {
+    Check {
+        verdict,
+        what,
+        detail: detail.into(),
+    }
+}
+
+/// Probes one provider: reachability and client authentication, then its scope settings. A
+/// provider used only for client_credentials is probed with that grant (its token is dropped);
+/// any other with a made-up refresh token.
+pub async fn provider_checks(
+    refresher: &Refresher,
+    provider: &Provider,
+    client_credentials_only: bool,
+) -> Vec<Check> {
+    let mut checks = vec![check(
+        Verdict::Info,
+        "token endpoint",
+        provider.token_url.clone(),
+    )];
+    let probe = Secret::new(PROBE_TOKEN);
+    let grant = if client_credentials_only {
+        Grant::ClientCredentials { scopes: None }
+    } else {
+        Grant::RefreshToken {
+            token: &probe,
+            scopes: None,
+        }
+    };
+    let started = Instant::now();
+    let attempt = refresher.request(provider, grant, domain::now()).await;
+    let ms = started.elapsed().as_millis();
+    match (&attempt.outcome, attempt.http_status) {
+        (RefreshOutcome::Transient { reason, .. }, None) => {
+            checks.push(check(
+                Verdict::Fail,
+                "reachable",
+                format!("no answer: {reason}"),
+            ));
+        }
+        (_, Some(status)) => {
+            checks.push(check(
+                Verdict::Ok,
+                "reachable",
+                format!("answered {status} in {ms} ms"),
+            ));
+            checks.push(match &attempt.outcome {
+                RefreshOutcome::GrantRejected { code, .. } => check(
+                    Verdict::Ok,
+                    "client auth",
+                    format!("accepted (the made-up refresh token was refused with {code}, as it should be)"),
+                ),
+                RefreshOutcome::ClientRejected { reason, .. } => {
+                    check(Verdict::Fail, "client auth", format!("rejected: {reason}"))
+                }
+                RefreshOutcome::Transient { reason, .. } => {
+                    check(Verdict::Warn, "client auth", format!("not confirmed: {reason}"))
+                }
+                RefreshOutcome::Refreshed(_) if client_credentials_only => {
+                    check(Verdict::Ok, "client auth", "accepted (a client_credentials token was issued and dropped)")
+                }
+                RefreshOutcome::Refreshed(_) => {
+                    check(Verdict::Fail, "client auth", "the provider accepted a made-up refresh token")
+                }
+            });
+        }
+        (_, None) => checks.push(check(Verdict::Fail, "reachable", "no HTTP answer")),
+    }
+    let offline = provider.scopes.iter().any(|s| s == "offline_access");
+    checks.push(check(
+        Verdict::Info,
+        "scopes",
+        if provider.scopes.is_empty() {
+            "none configured (the grant's own scopes apply)".to_owned()
+        } else {
+            format!("{}{}", provider.scopes.join(" "), if offline { "" } else { " (no offline_access: Microsoft, Okta and Auth0 issue no refresh token without it)" })
+        },
+    ));
+    checks.push(check(
+        Verdict::Info,
+        "scope on refresh",
+        if provider.scope_on_refresh {
+            "sent (Microsoft requires it)"
+        } else {
+            "not sent"
+        },
+    ));
+    checks
+}
+
+/// What the store says about one credential.
+#[must_use]
+pub fn credential_checks(
+    c: &CredentialSummary,
+    last: Option<&RotationRecord>,
+    warning: i64,
+    now: domain::UnixTime,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let left = c.access_token_expires_at.map(|t| t - now);
+    checks.push(match (c.status.as_str(), left) {
+        ("active", Some(s)) if s > 0 => check(
+            Verdict::Ok,
+            "status",
+            format!("active; access token valid {s} s more"),
+        ),
+        ("active", Some(_)) => check(
+            Verdict::Warn,
+            "status",
+            "active, but the stored access token has expired",
+        ),
+        ("active", None) => check(
+            Verdict::Info,
+            "status",
+            "active; not refreshed yet (due at once)",
+        ),
+        (other, _) => check(
+            Verdict::Fail,
+            "status",
+            format!(
+                "{other}: {}",
+                c.last_error.as_deref().unwrap_or("no error recorded")
+            ),
+        ),
+    });
+    if c.consecutive_failures > 0 && c.status == "active" {
+        checks.push(check(
+            Verdict::Warn,
+            "failures",
+            format!(
+                "{} in a row: {}",
+                c.consecutive_failures,
+                c.last_error.as_deref().unwrap_or("-")
+            ),
+        ));
+    }
+    if let Some(r) = last {
+        checks.push(match (r.outcome.as_str(), r.refresh_token_rotated) {
+            ("refreshed", Some(true)) => check(Verdict::Ok, "last refresh", format!("{}: new refresh token returned and stored", iso8601(r.started_at))),
+            ("refreshed", _) => check(
+                Verdict::Info,
+                "last refresh",
+                format!("{}: no new refresh token returned; the stored one is kept (normal for providers that do not rotate)", iso8601(r.started_at)),
+            ),
+            (outcome, _) => check(Verdict::Warn, "last refresh", format!("{}: {outcome} {}", iso8601(r.started_at), r.error_description.as_deref().unwrap_or(""))),
+        });
+    }
+    checks.push(match c.refresh_token_expires_at {
+        Some(at) if domain::expires_within(Some(at), now, warning) => check(
+            Verdict::Warn,
+            "refresh token",
+            format!("expires {}: authorize again before then", iso8601(at)),
+        ),
+        Some(at) => check(
+            Verdict::Ok,
+            "refresh token",
+            format!("expires {}", iso8601(at)),
+        ),
+        None if c.grant_type == "client_credentials" => check(
+            Verdict::Ok,
+            "refresh token",
+            "none needed (client_credentials)",
+        ),
+        None => check(Verdict::Info, "refresh token", "no absolute expiry known"),
+    });
+    checks
+}
+
+/// Renders a block of checks under `title`.
+pub fn render(out: &mut String, title: &str, checks: &[Check]) {
+    let _ = writeln!(out, "{title}");
+    for c in checks {
+        let _ = writeln!(out, "  {:<5} {:<17} {}", c.verdict.word(), c.what, c.detail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(status: &str, expires: Option<i64>, rt_expires: Option<i64>) -> CredentialSummary {
+        CredentialSummary {
+            name: "c".into(),
+            provider: "p".into(),
+            owner: None,
+            grant_type: "refresh_token".into(),
+            status: status.into(),
+            access_token_expires_at: expires,
+            refresh_token_expires_at: rt_expires,
+            refresh_due_at: 0,
+            last_refreshed_at: None,
+            consecutive_failures: 0,
+            next_attempt_at: 0,
+            last_error: Some("invalid_grant: revoked".into()),
+            last_success_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_dead_credential_fails_and_a_near_expiry_warns() {
+        let dead = credential_checks(
+            &summary("needs_reauthorization", None, None),
+            None,
+            100,
+            1000,
+        );
+        assert_eq!(dead[0].verdict, Verdict::Fail);
+        assert!(dead[0].detail.contains("invalid_grant: revoked"));
+        let soon = credential_checks(&summary("active", Some(2000), Some(1050)), None, 100, 1000);
+        assert_eq!(
+            (soon[0].verdict, soon.last().unwrap().verdict),
+            (Verdict::Ok, Verdict::Warn)
+        );
+    }
+}

@@ -1,0 +1,462 @@
+//! `authorize`: the authorization-code grant with PKCE (S256) and a random state, through oauth2.
+//! The browser is sent to the provider and back to a listener on 127.0.0.1 (or the operator pastes
+//! the redirect); the code is exchanged with the provider's client authentication and the tokens
+//! are stored. Imports `domain`, `provider`, `store` and `refresh` (the lenient token response).
+
+use std::borrow::Cow;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+};
+use oauth2::{
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
+    EndpointSet, PkceCodeChallenge, RedirectUrl, RequestTokenError, Scope, StandardRevocableToken,
+    TokenUrl,
+};
+use tokio::net::TcpListener;
+
+use super::callback::{self, Listener, Rejection};
+use super::http::{Exchange, Sender};
+use crate::domain::{self, Secret, UnixTime, sanitize};
+use crate::provider::{ClientAuth, Provider, ProviderError};
+use crate::refresh::LenientTokenResponse;
+pub use crate::store::AuthorizedAs;
+use crate::store::{Authorized, Store, StoreError};
+
+/// The path of the loopback redirect URI.
+pub const CALLBACK_PATH: &str = "/callback";
+
+/// The oauth2 client shape for this grant: authorization and token endpoints.
+type CodeClient = oauth2::Client<
+    BasicErrorResponse,
+    LenientTokenResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+/// Why an authorization did not store a credential. Messages name no token, code or verifier.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizeError {
+    #[error("provider {0} has no authorization_url; add it to [providers.{0}]")]
+    NoAuthorizationUrl(String),
+    #[error("provider {provider}: {key} {value:?} is not usable: {reason}")]
+    BadUrl {
+        provider: String,
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error("cannot listen on 127.0.0.1 for the redirect: {0}")]
+    Listen(std::io::Error),
+    #[error("no redirect arrived within {0}; nothing was stored")]
+    Timeout(String),
+    #[error(
+        "the redirect's state does not match this authorization request (a stale or forged redirect); nothing was stored"
+    )]
+    StateMismatch,
+    #[error("the provider refused the authorization ({0}); nothing was stored")]
+    Denied(String),
+    #[error("the redirect carries no authorization code; nothing was stored")]
+    NoCode,
+    #[error("standard input closed before a redirect URL or code was pasted; nothing was stored")]
+    NoInput,
+    #[error("exchanging the authorization code failed: {0}; nothing was stored")]
+    Exchange(String),
+    #[error("storing the credential failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl AuthorizeError {
+    /// Whether the configuration (not the provider, the browser or the operator) is at fault.
+    #[must_use]
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            Self::NoAuthorizationUrl(_) | Self::BadUrl { .. } | Self::Provider(_)
+        )
+    }
+}
+
+/// What to authorize.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub name: &'a str,
+    pub provider: &'a Provider,
+    /// A redirect URI fixed by the configuration; `None`: `http://127.0.0.1:PORT/callback` on
+    /// an ephemeral port. A fixed URI on a loopback host is listened on; any other needs `manual`.
+    pub redirect_uri: Option<&'a str>,
+    /// `--scopes`; `None`: the provider's scopes.
+    pub scopes: Option<&'a str>,
+    pub owner: Option<&'a str>,
+    /// Read the redirect URL (or the code) from standard input too.
+    pub manual: bool,
+    pub timeout: Duration,
+    /// Refresh margin and max idle, seconds: the stored due time is computed from them.
+    pub margin: i64,
+    pub max_idle: i64,
+}
+
+/// What the operator must do, handed to the caller to show.
+#[derive(Debug)]
+pub struct Prompt {
+    /// The URL to open in a browser.
+    pub url: String,
+    pub redirect_uri: String,
+    /// Whether a listener waits for the redirect.
+    pub listening: bool,
+    /// Whether a pasted redirect URL (or code) is read from standard input.
+    pub reading_stdin: bool,
+}
+
+/// A stored authorization.
+#[derive(Debug)]
+pub struct Authorization {
+    pub how: AuthorizedAs,
+    pub expires_at: UnixTime,
+    /// Whether the provider sent a refresh token (without one the credential cannot be refreshed).
+    pub has_refresh_token: bool,
+    /// The scope the provider reports granting, when it says.
+    pub granted_scope: Option<String>,
+}
+
+/// Runs the whole grant: prompt, wait for the redirect, exchange, store. `show` gets the URL to
+/// open once the listener is up; the browser gets a page saying how it ended.
+pub async fn authorize(
+    store: &Store,
+    sender: &Sender,
+    req: &Request<'_>,
+    show: impl FnOnce(&Prompt),
+) -> Result<Authorization, AuthorizeError> {
+    let provider = req.provider;
+    let bad_url = |key: &'static str, value: &str, reason: String| AuthorizeError::BadUrl {
+        provider: provider.name.clone(),
+        key,
+        value: value.to_owned(),
+        reason,
+    };
+    let auth_url = provider
+        .authorization_url
+        .as_deref()
+        .ok_or_else(|| AuthorizeError::NoAuthorizationUrl(provider.name.clone()))?;
+    let (listener, redirect_uri, path) = listen(req.redirect_uri).await.map_err(|e| match e {
+        Listen::Io(e) => AuthorizeError::Listen(e),
+        Listen::Bad(reason) => {
+            bad_url("redirect_uri", req.redirect_uri.unwrap_or_default(), reason)
+        }
+    })?;
+    let client = code_client(provider, auth_url, &redirect_uri)?;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let scopes: Vec<Scope> = match req.scopes {
+        Some(s) => s
+            .split_whitespace()
+            .map(|s| Scope::new(s.to_owned()))
+            .collect(),
+        None => provider
+            .scopes
+            .iter()
+            .map(|s| Scope::new(s.clone()))
+            .collect(),
+    };
+    let mut authorization = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scopes(scopes)
+        .set_pkce_challenge(challenge);
+    for (k, v) in &provider.authorization_params {
+        authorization = authorization.add_extra_param(k.as_str(), v.as_str());
+    }
+    let (url, state) = authorization.url();
+    let listening = listener.is_some();
+    let reading_stdin = req.manual || !listening;
+    show(&Prompt {
+        url: url.to_string(),
+        redirect_uri: redirect_uri.clone(),
+        listening,
+        reading_stdin,
+    });
+
+    let waited = tokio::time::timeout(
+        req.timeout,
+        wait(listener, reading_stdin, &path, state.secret()),
+    )
+    .await
+    .map_err(|_| AuthorizeError::Timeout(humantime::format_duration(req.timeout).to_string()))?;
+    let (code, arrival) = match waited {
+        Ok(ok) => ok,
+        Err((rejection, arrival)) => {
+            let error = match rejection {
+                Rejection::StateMismatch => AuthorizeError::StateMismatch,
+                Rejection::Denied(reason) => AuthorizeError::Denied(sanitize(&reason, &[])),
+                Rejection::NoCode => AuthorizeError::NoCode,
+            };
+            if let Some(arrival) = arrival {
+                arrival
+                    .answer(400, "Authorization failed", &error.to_string())
+                    .await;
+            }
+            return Err(error);
+        }
+    };
+
+    let outcome =
+        exchange_and_store(store, sender, &client, req, Secret::new(code), verifier).await;
+    if let Some(arrival) = arrival {
+        match &outcome {
+            Ok(_) => {
+                let text = format!(
+                    "Credential {} is authorized. You can close this window.",
+                    req.name
+                );
+                arrival.answer(200, "Authorized", &text).await;
+            }
+            Err(e) => {
+                arrival
+                    .answer(400, "Authorization failed", &e.to_string())
+                    .await;
+            }
+        }
+    }
+    outcome
+}
+
+/// Exchanges the code and stores the tokens.
+async fn exchange_and_store(
+    store: &Store,
+    sender: &Sender,
+    client: &CodeClient,
+    req: &Request<'_>,
+    code: Secret,
+    verifier: oauth2::PkceCodeVerifier,
+) -> Result<Authorization, AuthorizeError> {
+    let provider = req.provider;
+    let started = Instant::now();
+    let now = domain::now();
+    let (tokens, http_status) = exchange(sender, client, provider, &code, verifier, now).await?;
+    {
+        {
+            let expires_at = tokens.expires_at;
+            let authorized = Authorized {
+                name: req.name,
+                provider: &provider.name,
+                scopes: req.scopes,
+                owner: req.owner,
+                tokens: &tokens,
+                refresh_due_at: domain::refresh_due_at(now, expires_at, req.margin, req.max_idle),
+                http_status,
+                duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+                actor: &format!("authorize-{}", std::process::id()),
+            };
+            store
+                .store_authorized(&authorized, now)
+                .await
+                .map(|how| Authorization {
+                    how,
+                    expires_at,
+                    has_refresh_token: tokens.refresh_token.is_some(),
+                    granted_scope: tokens.scope.clone(),
+                })
+                .map_err(AuthorizeError::from)
+        }
+    }
+}
+
+/// Why the listener could not be set up.
+enum Listen {
+    Io(std::io::Error),
+    Bad(String),
+}
+
+/// Binds the listener for the redirect: an ephemeral port on 127.0.0.1, or the host and port of a
+/// configured loopback redirect URI. A configured URI elsewhere gets no listener.
+async fn listen(configured: Option<&str>) -> Result<(Option<TcpListener>, String, String), Listen> {
+    let Some(uri) = configured else {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(Listen::Io)?;
+        let port = listener.local_addr().map_err(Listen::Io)?.port();
+        let uri = format!("http://127.0.0.1:{port}{CALLBACK_PATH}");
+        return Ok((Some(listener), uri, CALLBACK_PATH.to_owned()));
+    };
+    let url = url::Url::parse(uri).map_err(|e| Listen::Bad(e.to_string()))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    if url.scheme() != "http" || !loopback {
+        return Ok((None, uri.to_owned(), url.path().to_owned()));
+    }
+    let host = url
+        .host_str()
+        .unwrap_or("127.0.0.1")
+        .trim_matches(['[', ']']);
+    let port = url.port().unwrap_or(80);
+    let listener = TcpListener::bind((host, port)).await.map_err(Listen::Io)?;
+    Ok((Some(listener), uri.to_owned(), url.path().to_owned()))
+}
+
+/// Waits for the first usable redirect: at the listener, or pasted on standard input.
+async fn wait(
+    listener: Option<TcpListener>,
+    reading_stdin: bool,
+    path: &str,
+    state: &str,
+) -> Result<(String, Option<callback::Arrival>), (Rejection, Option<callback::Arrival>)> {
+    let mut listener = listener.map(Listener::start);
+    let mut pasted = reading_stdin.then(read_stdin_lines);
+    loop {
+        tokio::select! {
+            Some(arrival) = async { listener.as_mut()?.next().await }, if listener.is_some() => {
+                if arrival.path != path {
+                    arrival.answer(404, "Not found", "This is tokenwarden's authorization callback.").await;
+                    continue;
+                }
+                let mut arrival = arrival;
+                let params = std::mem::take(&mut arrival.params);
+                return match params.check(state, false) {
+                    Ok(code) => Ok((code, Some(arrival))),
+                    Err(rejection) => Err((rejection, Some(arrival))),
+                };
+            }
+            line = async { pasted.as_mut()?.recv().await }, if pasted.is_some() => {
+                let Some(line) = line else {
+                    pasted = None;
+                    if listener.is_none() {
+                        return Err((Rejection::NoCode, None));
+                    }
+                    continue;
+                };
+                let Some(params) = callback::parse_pasted(&line) else { continue };
+                // A bare code carries no state; a pasted URL or query must carry the right one.
+                let bare = params.state.is_none() && params.error.is_none() && !line.contains('=');
+                return params.check(state, bare).map(|code| (code, None)).map_err(|r| (r, None));
+            }
+        }
+    }
+}
+
+/// Lines of standard input, read on a plain thread: a blocked read there never holds up the
+/// runtime's shutdown once the redirect arrived at the listener instead.
+fn read_stdin_lines() -> tokio::sync::mpsc::Receiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn code_client(
+    provider: &Provider,
+    auth_url: &str,
+    redirect_uri: &str,
+) -> Result<CodeClient, AuthorizeError> {
+    let bad = |key: &'static str, value: &str, e: url::ParseError| AuthorizeError::BadUrl {
+        provider: provider.name.clone(),
+        key,
+        value: value.to_owned(),
+        reason: e.to_string(),
+    };
+    let client = oauth2::Client::new(ClientId::new(provider.client_id.clone()))
+        .set_auth_uri(
+            AuthUrl::new(auth_url.to_owned()).map_err(|e| bad("authorization_url", auth_url, e))?,
+        )
+        .set_token_uri(
+            TokenUrl::new(provider.token_url.clone())
+                .map_err(|e| bad("token_url", &provider.token_url, e))?,
+        )
+        .set_redirect_uri(
+            RedirectUrl::new(redirect_uri.to_owned())
+                .map_err(|e| bad("redirect_uri", redirect_uri, e))?,
+        );
+    Ok(match &provider.auth {
+        ClientAuth::SecretBasic(secret) => client
+            .set_client_secret(ClientSecret::new(secret.expose().to_owned()))
+            .set_auth_type(AuthType::BasicAuth),
+        ClientAuth::SecretPost(secret) => client
+            .set_client_secret(ClientSecret::new(secret.expose().to_owned()))
+            .set_auth_type(AuthType::RequestBody),
+        ClientAuth::PrivateKeyJwt { .. } => client.set_auth_type(AuthType::RequestBody),
+    })
+}
+
+/// Exchanges the code (with the PKCE verifier) for tokens.
+async fn exchange(
+    sender: &Sender,
+    client: &CodeClient,
+    provider: &Provider,
+    code: &Secret,
+    verifier: oauth2::PkceCodeVerifier,
+    now: UnixTime,
+) -> Result<(domain::TokenSet, Option<u16>), AuthorizeError> {
+    let assertion = provider.client_assertion(now)?;
+    let secret_verifier = Secret::new(verifier.secret().clone());
+    let mut request = client
+        .exchange_code(AuthorizationCode::new(code.expose().to_owned()))
+        .set_pkce_verifier(verifier);
+    for (k, v) in &provider.extra_params {
+        request = request.add_extra_param(k.as_str(), v.as_str());
+    }
+    if let Some(jwt) = &assertion {
+        request = request
+            .add_extra_param(
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            )
+            .add_extra_param(
+                Cow::Borrowed("client_assertion"),
+                Cow::Borrowed(jwt.expose()),
+            );
+    }
+    let recorded = Mutex::new(Exchange::default());
+    let result = request.request_async(&sender.recording(&recorded)).await;
+    let seen = recorded
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let secrets = [code, &secret_verifier];
+    match result {
+        Ok(response) => Ok((
+            response.into_token_set(
+                now,
+                provider.default_expires_in,
+                provider.refresh_token_lifetime,
+            ),
+            seen.status,
+        )),
+        Err(RequestTokenError::Request(e)) => {
+            Err(AuthorizeError::Exchange(sanitize(&e.to_string(), &secrets)))
+        }
+        Err(RequestTokenError::ServerResponse(e)) => {
+            let reason = match e.error_description() {
+                Some(d) => format!("{}: {d}", e.error()),
+                None => e.error().to_string(),
+            };
+            Err(AuthorizeError::Exchange(format!(
+                "token endpoint answered {}: {}",
+                seen.status.unwrap_or(0),
+                sanitize(&reason, &secrets)
+            )))
+        }
+        Err(RequestTokenError::Parse(..) | RequestTokenError::Other(_)) => {
+            Err(AuthorizeError::Exchange(format!(
+                "token endpoint answered {} with {} bytes that are not a token response",
+                seen.status.unwrap_or(0),
+                seen.body.len()
+            )))
+        }
+    }
+}

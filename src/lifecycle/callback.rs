@@ -1,0 +1,264 @@
+//! Where the authorization code arrives: a minimal HTTP listener on 127.0.0.1 for the browser's
+//! redirect (one GET per connection, answered with `Connection: close`), or a redirect URL (or a
+//! bare code) pasted on standard input. Validates `state`. Imports nothing from the crate.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// Longest a browser connection may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head read from the browser.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// The parameters of a redirect to the callback.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Params {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+impl Params {
+    fn from_query<'a>(
+        pairs: impl Iterator<Item = (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>)>,
+    ) -> Self {
+        let mut params = Self::default();
+        for (key, value) in pairs {
+            let slot = match key.as_ref() {
+                "code" => &mut params.code,
+                "state" => &mut params.state,
+                "error" => &mut params.error,
+                "error_description" => &mut params.error_description,
+                _ => continue,
+            };
+            slot.get_or_insert_with(|| value.into_owned());
+        }
+        params
+    }
+}
+
+/// Why the redirect cannot be used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// `state` is missing or differs from the one sent.
+    StateMismatch,
+    /// The provider sent an error (`access_denied`, …): the code and description.
+    Denied(String),
+    /// Neither a code nor an error.
+    NoCode,
+}
+
+impl Params {
+    /// The authorization code, if `state` matches `expected` (required unless `state_optional`:
+    /// a bare pasted code carries none) and the provider sent no error.
+    pub fn check(self, expected: &str, state_optional: bool) -> Result<String, Rejection> {
+        match self.state.as_deref() {
+            Some(state) if state == expected => {}
+            None if state_optional => {}
+            _ => return Err(Rejection::StateMismatch),
+        }
+        if let Some(error) = self.error {
+            return Err(Rejection::Denied(match self.error_description {
+                Some(d) => format!("{error}: {d}"),
+                None => error,
+            }));
+        }
+        self.code.filter(|c| !c.is_empty()).ok_or(Rejection::NoCode)
+    }
+}
+
+/// Reads what an operator pasted: the whole redirect URL, its query string, or just the code.
+/// `None` for a blank line. Whether a state came with it shows in `Params::state`.
+#[must_use]
+pub fn parse_pasted(line: &str) -> Option<Params> {
+    let line = line.trim();
+    if line.is_empty() {
+        return None;
+    }
+    if line.contains("://") {
+        return Some(match url::Url::parse(line) {
+            Ok(url) => Params::from_query(url.query_pairs()),
+            Err(_) => Params::default(),
+        });
+    }
+    let query = line.strip_prefix('?').unwrap_or(line);
+    if query.contains('=') {
+        return Some(Params::from_query(url::form_urlencoded::parse(
+            query.as_bytes(),
+        )));
+    }
+    Some(Params {
+        code: Some(line.to_owned()),
+        ..Params::default()
+    })
+}
+
+/// A request that reached the listener: its target (path and query) and the connection to
+/// answer on.
+pub struct Arrival {
+    pub path: String,
+    pub params: Params,
+    stream: TcpStream,
+}
+
+impl Arrival {
+    /// Answers the browser with a small HTML page and closes the connection.
+    pub async fn answer(mut self, status: u16, title: &str, text: &str) {
+        let body = format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>tokenwarden</title></head>\
+             <body><h1>{}</h1><p>{}</p></body></html>\n",
+            escape(title),
+            escape(text)
+        );
+        let reason = match status {
+            200 => "OK",
+            404 => "Not Found",
+            _ => "Bad Request",
+        };
+        let response = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: text/html; charset=utf-8\r\n\
+             Content-Length: {}\r\nCache-Control: no-store\r\nReferrer-Policy: no-referrer\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = self.stream.write_all(response.as_bytes()).await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// The listener: accepts connections in the background and hands over each request's target.
+/// Dropping it stops listening.
+pub struct Listener {
+    arrivals: mpsc::Receiver<Arrival>,
+    _tasks: JoinSet<()>,
+}
+
+impl Listener {
+    /// Starts accepting on `listener`.
+    #[must_use]
+    pub fn start(listener: TcpListener) -> Self {
+        let (tx, rx) = mpsc::channel(8);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            // Connections live in this set: dropping the listener aborts them all.
+            let mut connections = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                connections.spawn(async move {
+                    if let Ok(Some(arrival)) =
+                        tokio::time::timeout(HEAD_TIMEOUT, read_request(stream)).await
+                    {
+                        let _ = tx.send(arrival).await;
+                    }
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Self {
+            arrivals: rx,
+            _tasks: tasks,
+        }
+    }
+
+    /// The next request; `None` when the listener failed.
+    pub async fn next(&mut self) -> Option<Arrival> {
+        self.arrivals.recv().await
+    }
+}
+
+/// Reads one request head and splits its target; `None` for anything that is not a GET.
+async fn read_request(mut stream: TcpStream) -> Option<Arrival> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 2048];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.ok()?;
+        if n == 0 || head.len() + n > MAX_HEAD {
+            return None;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let mut words = head.lines().next()?.split_whitespace();
+    let (method, target) = (words.next()?, words.next()?);
+    if method != "GET" {
+        return None;
+    }
+    let url = url::Url::parse(&format!("http://127.0.0.1{target}")).ok()?;
+    Some(Arrival {
+        path: url.path().to_owned(),
+        params: Params::from_query(url.query_pairs()),
+        stream,
+    })
+}
+
+fn escape(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '&' => "&amp;".to_owned(),
+            '"' => "&quot;".to_owned(),
+            '\'' => "&#39;".to_owned(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pasted_url_query_or_bare_code() {
+        let full =
+            parse_pasted(" http://127.0.0.1:4711/callback?code=abc%2F1&state=s1&iss=x \n").unwrap();
+        assert_eq!(full.code.as_deref(), Some("abc/1"));
+        assert_eq!(full.state.as_deref(), Some("s1"));
+        let query = parse_pasted("?state=s1&code=abc").unwrap();
+        assert_eq!(query.code.as_deref(), Some("abc"));
+        let bare = parse_pasted("abc").unwrap();
+        assert_eq!(bare.code.as_deref(), Some("abc"));
+        assert_eq!(bare.state, None);
+        assert!(parse_pasted("  ").is_none());
+    }
+
+    #[test]
+    fn state_is_checked_before_anything_else() {
+        let p = |s: &str| parse_pasted(s).unwrap();
+        assert_eq!(
+            p("?code=c&state=good").check("good", false),
+            Ok("c".to_owned())
+        );
+        assert_eq!(
+            p("?code=c&state=bad").check("good", true),
+            Err(Rejection::StateMismatch)
+        );
+        assert_eq!(
+            p("?code=c").check("good", false),
+            Err(Rejection::StateMismatch)
+        );
+        assert_eq!(p("c").check("good", true), Ok("c".to_owned()));
+        assert_eq!(
+            p("?error=access_denied&error_description=no+way&state=good").check("good", false),
+            Err(Rejection::Denied("access_denied: no way".to_owned()))
+        );
+        assert_eq!(
+            p("?error=access_denied&state=bad").check("good", false),
+            Err(Rejection::StateMismatch)
+        );
+        assert_eq!(
+            p("?state=good").check("good", false),
+            Err(Rejection::NoCode)
+        );
+    }
+
+    #[test]
+    fn pages_escape_provider_text() {
+        assert_eq!(escape("<b>&\"'"), "&lt;b&gt;&amp;&quot;&#39;");
+    }
+}
