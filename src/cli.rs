@@ -448,7 +448,7 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
     let request = lifecycle::authorize::Request {
         name: args.name,
         provider: &provider,
-        redirect_uri: None,
+        redirect_uri: provider.redirect_uri.as_deref(),
         scopes: args.scopes,
         owner: args.owner,
         manual: args.manual,

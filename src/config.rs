@@ -194,6 +194,9 @@ pub struct ProviderSettings {
     pub token_url: Option<String>,
     pub authorization_url: Option<String>,
     pub revocation_url: Option<String>,
+    /// A fixed redirect URI for `authorize` (default: `http://127.0.0.1:<free port>/callback`). A
+    /// loopback one is listened on; any other can only be pasted back with `--manual`.
+    pub redirect_uri: Option<String>,
     pub client_id: String,
     /// Name of an environment variable holding the client secret.
     pub client_secret_env: Option<String>,
@@ -424,6 +427,7 @@ impl ProviderSettings {
         for (field, url) in [
             ("authorization_url", &self.authorization_url),
             ("revocation_url", &self.revocation_url),
+            ("redirect_uri", &self.redirect_uri),
         ] {
             if let Some(url) = url {
                 check_endpoint(&format!("{key}.{field}"), url, self.allow_insecure_http)?;

@@ -182,13 +182,33 @@ pub fn credential_checks(
     }
     if let Some(r) = last {
         checks.push(match (r.outcome.as_str(), r.refresh_token_rotated) {
-            ("refreshed", Some(true)) => check(Verdict::Ok, "last refresh", format!("{}: new refresh token returned and stored", iso8601(r.started_at))),
+            ("refreshed", Some(true)) => check(
+                Verdict::Ok,
+                "last refresh",
+                format!("{}: new refresh token returned and stored", iso8601(r.started_at)),
+            ),
             ("refreshed", _) => check(
                 Verdict::Info,
                 "last refresh",
-                format!("{}: no new refresh token returned; the stored one is kept (normal for providers that do not rotate)", iso8601(r.started_at)),
+                format!(
+                    "{}: no new refresh token returned; the stored one is kept (normal for providers that do not rotate)",
+                    iso8601(r.started_at)
+                ),
             ),
-            (outcome, _) => check(Verdict::Warn, "last refresh", format!("{}: {outcome} {}", iso8601(r.started_at), r.error_description.as_deref().unwrap_or(""))),
+            (outcome, _) => check(
+                Verdict::Warn,
+                "last refresh",
+                format!("{}: {outcome} {}", iso8601(r.started_at), r.error_description.as_deref().unwrap_or("")),
+            ),
+        });
+        checks.push(match r.expires_in_reported {
+            Some(true) => check(Verdict::Ok, "expires_in", "sent by the provider"),
+            Some(false) => check(
+                Verdict::Warn,
+                "expires_in",
+                "not sent: default_expires_in is assumed; make sure it is not longer than the real lifetime",
+            ),
+            None => check(Verdict::Info, "expires_in", "unknown until a refresh succeeds"),
         });
     }
     checks.push(match c.refresh_token_expires_at {
@@ -239,7 +259,34 @@ mod tests {
             next_attempt_at: 0,
             last_error: Some("invalid_grant: revoked".into()),
             last_success_at: 0,
+            instance_url: None,
         }
+    }
+
+    #[test]
+    fn an_assumed_lifetime_is_a_warning() {
+        let last = RotationRecord {
+            id: 1,
+            credential_name: "c".into(),
+            provider: "p".into(),
+            trigger: "schedule".into(),
+            started_at: 900,
+            duration_ms: Some(5),
+            outcome: "refreshed".into(),
+            http_status: Some(200),
+            error_code: None,
+            error_description: None,
+            old_expires_at: None,
+            new_expires_at: Some(4500),
+            refresh_token_rotated: Some(false),
+            old_refresh_fingerprint: None,
+            new_refresh_fingerprint: None,
+            expires_in_reported: Some(false),
+        };
+        let checks =
+            credential_checks(&summary("active", Some(4500), None), Some(&last), 100, 1000);
+        let lifetime = checks.iter().find(|c| c.what == "expires_in").unwrap();
+        assert_eq!(lifetime.verdict, Verdict::Warn);
     }
 
     #[test]

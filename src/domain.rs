@@ -175,6 +175,10 @@ pub struct TokenSet {
     pub refresh_token: Option<Secret>,
     pub refresh_token_expires_at: Option<UnixTime>,
     pub scope: Option<String>,
+    /// Whether the response carried `expires_in` (otherwise the provider's default was assumed).
+    pub lifetime_reported: bool,
+    /// The API host some providers name with the tokens (Salesforce's `instance_url`).
+    pub instance_url: Option<String>,
 }
 
 /// Shortest access-token lifetime believed; shorter (zero, negative) values are raised to this.

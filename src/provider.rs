@@ -84,6 +84,8 @@ pub struct Provider {
     pub token_url: String,
     pub authorization_url: Option<String>,
     pub revocation_url: Option<String>,
+    /// A fixed redirect URI for `authorize`.
+    pub redirect_uri: Option<String>,
     pub client_id: String,
     pub auth: ClientAuth,
     pub scopes: Vec<String>,
@@ -169,6 +171,7 @@ impl Provider {
             token_url,
             authorization_url,
             revocation_url,
+            redirect_uri: settings.redirect_uri.clone(),
             client_id: settings.client_id.clone(),
             auth,
             scopes: shape.scopes,

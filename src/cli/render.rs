@@ -73,6 +73,7 @@ pub fn status_json(rows: &[CredentialSummary], view: View) -> String {
                 "consecutive_failures": r.consecutive_failures,
                 "next_attempt_at": (r.next_attempt_at > 0).then(|| iso8601(r.next_attempt_at)),
                 "last_error": r.last_error,
+                "instance_url": r.instance_url,
             })
         })
         .collect();

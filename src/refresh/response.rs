@@ -21,6 +21,9 @@ pub struct LenientTokenResponse {
     refresh_token_expires_in: Option<i64>,
     #[serde(default, deserialize_with = "scope")]
     scope: Option<Vec<Scope>>,
+    /// Salesforce's API host for this grant.
+    #[serde(default)]
+    instance_url: Option<String>,
 }
 
 impl TokenResponse for LenientTokenResponse {
@@ -75,6 +78,8 @@ impl LenientTokenResponse {
             expires_at: now + clamp_lifetime(self.expires_in.unwrap_or(default_expires_in)),
             refresh_token,
             refresh_token_expires_at,
+            lifetime_reported: self.expires_in.is_some(),
+            instance_url: self.instance_url.filter(|u| u.starts_with("https://")),
             scope: self
                 .scope
                 .map(|v| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")),
@@ -206,6 +211,19 @@ mod tests {
             Some(1060),
             "the provider's word wins"
         );
+    }
+
+    #[test]
+    fn salesforce_instance_url_and_a_missing_lifetime_are_noted() {
+        let t = parse(
+            r#"{"access_token":"a","instance_url":"https://acme.my.salesforce.com","issued_at":"1"}"#,
+        );
+        assert_eq!(
+            t.instance_url.as_deref(),
+            Some("https://acme.my.salesforce.com")
+        );
+        assert!(!t.lifetime_reported);
+        assert!(parse(r#"{"access_token":"a","expires_in":"60"}"#).lifetime_reported);
     }
 
     #[test]

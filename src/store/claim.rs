@@ -194,6 +194,7 @@ impl Store {
                 refresh_token = COALESCE(?4, refresh_token), \
                 refresh_token_expires_at = CASE WHEN ?4 IS NULL OR ?4 = refresh_token THEN COALESCE(?5, refresh_token_expires_at) ELSE ?5 END, \
                 refresh_due_at = ?6, consecutive_failures = 0, next_attempt_at = 0, last_error = NULL, \
+                instance_url = COALESCE(?11, instance_url), \
                 last_refreshed_at = ?7, updated_at = ?7, \
                 lease_owner = CASE WHEN lease_owner = ?10 THEN NULL ELSE lease_owner END, \
                 lease_expires_at = CASE WHEN lease_owner = ?10 THEN NULL ELSE lease_expires_at END \
@@ -209,6 +210,7 @@ impl Store {
         .bind(claimed.id)
         .bind(&claimed.refresh_token)
         .bind(owner)
+        .bind(&t.instance_url)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -223,8 +225,8 @@ impl Store {
             .is_some_and(|new| Some(new) != claimed.refresh_token.as_ref());
         sqlx::query(
             "UPDATE token_rotation SET finished_at = ?1, duration_ms = ?2, outcome = ?3, http_status = ?4, \
-                new_expires_at = ?5, refresh_token_rotated = ?6, new_refresh_fingerprint = ?7, new_access_fingerprint = ?8 \
-             WHERE id = ?9",
+                new_expires_at = ?5, refresh_token_rotated = ?6, new_refresh_fingerprint = ?7, new_access_fingerprint = ?8, \
+                expires_in_reported = ?10 WHERE id = ?9",
         )
         .bind(now)
         .bind(r.duration_ms)
@@ -235,6 +237,7 @@ impl Store {
         .bind(t.refresh_token.as_ref().map(Secret::fingerprint))
         .bind(t.access_token.fingerprint())
         .bind(claimed.attempt_id)
+        .bind(t.lifetime_reported)
         .execute(&mut *tx)
         .await?;
         if stored == Stored::Superseded {

@@ -34,6 +34,8 @@ pub struct CredentialSummary {
     pub last_error: Option<String>,
     /// The last successful refresh, or when the credential was added.
     pub last_success_at: i64,
+    /// The API host the provider named with the tokens, if any (Salesforce).
+    pub instance_url: Option<String>,
 }
 
 /// The current access token of one credential.
@@ -63,6 +65,8 @@ pub struct RotationRecord {
     pub refresh_token_rotated: Option<bool>,
     pub old_refresh_fingerprint: Option<String>,
     pub new_refresh_fingerprint: Option<String>,
+    /// Whether the response carried expires_in (successful refreshes only).
+    pub expires_in_reported: Option<bool>,
 }
 
 /// Tokens obtained by authorizing a credential (the authorization-code grant), ready to store.
@@ -167,7 +171,7 @@ impl Store {
                     owner = COALESCE(?3, owner), access_token = ?4, token_type = ?5, access_token_expires_at = ?6, \
                     refresh_token = ?7, refresh_token_expires_at = ?8, status = 'active', refresh_due_at = ?9, \
                     consecutive_failures = 0, next_attempt_at = 0, last_error = NULL, revoke_pending = 0, \
-                    last_refreshed_at = ?10, updated_at = ?10 WHERE id = ?11",
+                    instance_url = ?12, last_refreshed_at = ?10, updated_at = ?10 WHERE id = ?11",
             )
             .bind(a.provider)
             .bind(a.scopes)
@@ -180,6 +184,7 @@ impl Store {
             .bind(a.refresh_due_at)
             .bind(now)
             .bind(id)
+            .bind(&t.instance_url)
             .execute(&mut *tx)
             .await?;
             let how = AuthorizedAs::Replaced {
@@ -191,8 +196,8 @@ impl Store {
             let (id,): (i64,) = sqlx::query_as(
                 "INSERT INTO oauth_credential (name, provider, grant_type, scopes, owner, access_token, token_type, \
                     access_token_expires_at, refresh_token, refresh_token_expires_at, refresh_due_at, \
-                    last_refreshed_at, created_at, updated_at) \
-                 VALUES (?1, ?2, 'refresh_token', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?11) RETURNING id",
+                    last_refreshed_at, created_at, updated_at, instance_url) \
+                 VALUES (?1, ?2, 'refresh_token', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?11, ?12) RETURNING id",
             )
             .bind(a.name)
             .bind(a.provider)
@@ -205,6 +210,7 @@ impl Store {
             .bind(t.refresh_token_expires_at)
             .bind(a.refresh_due_at)
             .bind(now)
+            .bind(&t.instance_url)
             .fetch_one(&mut *tx)
             .await?;
             (id, AuthorizedAs::Created, None)
@@ -471,7 +477,7 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT name, provider, owner, grant_type, status, access_token_expires_at, refresh_token_expires_at, \
                 refresh_due_at, last_refreshed_at, consecutive_failures, next_attempt_at, last_error, \
-                COALESCE(last_refreshed_at, created_at) AS last_success_at \
+                COALESCE(last_refreshed_at, created_at) AS last_success_at, instance_url \
              FROM oauth_credential ORDER BY name",
         )
         .fetch_all(&self.pool)
@@ -506,7 +512,7 @@ impl Store {
         let mut rows: Vec<RotationRecord> = sqlx::query_as(
             "SELECT id, credential_name, provider, trigger, started_at, duration_ms, outcome, http_status, error_code, \
                 error_description, old_expires_at, new_expires_at, refresh_token_rotated, old_refresh_fingerprint, \
-                new_refresh_fingerprint \
+                new_refresh_fingerprint, expires_in_reported \
              FROM token_rotation WHERE ?1 IS NULL OR credential_name = ?1 ORDER BY id DESC LIMIT ?2",
         )
         .bind(name)

@@ -587,3 +587,36 @@ async fn revoke_needs_a_revocation_url() {
     let missing = home.run(&["revoke", "nobody"], "").await;
     assert_eq!(missing.code, Some(4), "{missing:?}");
 }
+
+#[tokio::test]
+async fn a_configured_loopback_redirect_uri_is_listened_on() {
+    let server = OauthServer::start().await;
+    let home = home(&server);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fixed = format!("http://127.0.0.1:{port}/callback");
+    home.append_to_provider("post", &format!("redirect_uri = \"{fixed}\""));
+    let run = Authorizing::start(
+        &home,
+        &[
+            "authorize",
+            "fixed",
+            "--provider",
+            "post",
+            "--scopes",
+            "openid offline_access api:read",
+        ],
+    )
+    .await;
+    assert_eq!(run.param("redirect_uri"), fixed);
+    let callback = sign_in(&server, &run.url).await;
+    assert!(callback.starts_with(&fixed), "{callback}");
+    assert_eq!(visit(&callback).await, StatusCode::OK);
+    let done = run.finish().await;
+    assert_eq!(done.code, Some(0), "{done:?}");
+    let (access, refresh) = tokens(&home.db().await, "fixed").await;
+    assert!(access.is_some() && refresh.is_some());
+}

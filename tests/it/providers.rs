@@ -307,3 +307,41 @@ async fn doctor_checks_providers_and_credentials_without_touching_real_tokens() 
     );
     assert!(!run.all().contains("not-the-secret") && !run.all().contains(&before));
 }
+
+#[tokio::test]
+async fn salesforce_instance_url_is_kept_for_api_callers() {
+    let fake = FakeEndpoint::start(Reply::json(
+        200,
+        r#"{"access_token":"00Dxx!canary","instance_url":"https://acme.my.salesforce.com","token_type":"Bearer","issued_at":"1700000000000"}"#,
+    ))
+    .await;
+    let (home, run) = sweep(
+        &format!(
+            "preset = \"salesforce\"\ntoken_url = \"{}\"",
+            fake.token_url()
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let db = home.db().await;
+    let (url,): (Option<String>,) =
+        sqlx::query_as("SELECT instance_url FROM current_token WHERE name = 'c'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(url.as_deref(), Some("https://acme.my.salesforce.com"));
+    let (reported,): (Option<bool>,) =
+        sqlx::query_as("SELECT expires_in_reported FROM token_rotation")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        reported,
+        Some(false),
+        "the journal notes that the lifetime was assumed"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&home.run(&["status", "--json"], "").await.stdout).unwrap();
+    assert_eq!(json[0]["instance_url"], "https://acme.my.salesforce.com");
+}
