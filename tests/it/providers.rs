@@ -345,3 +345,28 @@ async fn salesforce_instance_url_is_kept_for_api_callers() {
         serde_json::from_str(&home.run(&["status", "--json"], "").await.stdout).unwrap();
     assert_eq!(json[0]["instance_url"], "https://acme.my.salesforce.com");
 }
+
+#[tokio::test]
+async fn a_long_lived_token_is_still_refreshed_within_max_idle() {
+    let fake = FakeEndpoint::start(Reply::json(
+        200,
+        r#"{"access_token":"at-long-canary","refresh_token":"rt-long-canary","expires_in":31536000}"#,
+    ))
+    .await;
+    let (home, run) = sweep(
+        &format!("token_url = \"{}\"", fake.token_url()),
+        "max_idle = \"2h\"",
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let (due,): (i64,) =
+        sqlx::query_as("SELECT refresh_due_at FROM oauth_credential WHERE name = 'c'")
+            .fetch_one(&home.db().await)
+            .await
+            .unwrap();
+    let two_hours = now() + 2 * 3600;
+    assert!(
+        (two_hours - 5..=two_hours).contains(&due),
+        "due {due}, expected about {two_hours}"
+    );
+}
