@@ -3,6 +3,7 @@
 
 use sqlx::FromRow;
 
+use super::writer::StoreJob;
 use super::{Store, StoreError};
 use crate::domain::{Claimed, GrantType, Secret, Status, TokenSet, Trigger, UnixTime};
 
@@ -119,6 +120,7 @@ impl Store {
                 ORDER BY refresh_due_at LIMIT ?4)",
             claim_returning!()
         );
+        let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let rows: Vec<ClaimRow> = sqlx::query_as(SQL)
             .bind(owner)
@@ -150,6 +152,7 @@ impl Store {
             WHERE name = ?3 AND status = 'active' AND (lease_expires_at IS NULL OR lease_expires_at <= ?4)",
             claim_returning!()
         );
+        let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row: Option<ClaimRow> = sqlx::query_as(SQL)
             .bind(owner)
@@ -179,7 +182,9 @@ impl Store {
     }
 
     /// Stores new tokens and completes the journal entry, in one transaction. The row is updated
-    /// only if it still holds the refresh token that was sent (compare-and-swap).
+    /// only if it still holds the refresh token that was sent (compare-and-swap). The transaction
+    /// is shared with the other outcomes waiting at that moment (group commit, see `writer`): one
+    /// commit for all of them, and nothing is reported stored before its commit.
     pub async fn store_refreshed(
         &self,
         claimed: &Claimed,
@@ -187,64 +192,25 @@ impl Store {
         now: UnixTime,
         r: &Refreshed<'_>,
     ) -> Result<Stored, StoreError> {
-        let t = r.tokens;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let updated = sqlx::query(
-            "UPDATE oauth_credential SET access_token = ?1, token_type = ?2, access_token_expires_at = ?3, \
-                refresh_token = COALESCE(?4, refresh_token), \
-                refresh_token_expires_at = CASE WHEN ?4 IS NULL OR ?4 = refresh_token THEN COALESCE(?5, refresh_token_expires_at) ELSE ?5 END, \
-                refresh_due_at = ?6, consecutive_failures = 0, next_attempt_at = 0, last_error = NULL, \
-                instance_url = COALESCE(?11, instance_url), \
-                last_refreshed_at = ?7, updated_at = ?7, \
-                lease_owner = CASE WHEN lease_owner = ?10 THEN NULL ELSE lease_owner END, \
-                lease_expires_at = CASE WHEN lease_owner = ?10 THEN NULL ELSE lease_expires_at END \
-             WHERE id = ?8 AND refresh_token IS ?9",
-        )
-        .bind(&t.access_token)
-        .bind(&t.token_type)
-        .bind(t.expires_at)
-        .bind(&t.refresh_token)
-        .bind(t.refresh_token_expires_at)
-        .bind(r.refresh_due_at)
-        .bind(now)
-        .bind(claimed.id)
-        .bind(&claimed.refresh_token)
-        .bind(owner)
-        .bind(&t.instance_url)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let stored = if updated == 1 {
-            Stored::Yes
-        } else {
-            Stored::Superseded
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = StoreJob {
+            credential_id: claimed.id,
+            attempt_id: claimed.attempt_id,
+            sent_refresh_token: claimed.refresh_token.clone(),
+            owner: owner.to_owned(),
+            now,
+            tokens: r.tokens.clone(),
+            refresh_due_at: r.refresh_due_at,
+            http_status: r.http_status,
+            duration_ms: r.duration_ms,
+            reply,
         };
-        let rotated = t
-            .refresh_token
-            .as_ref()
-            .is_some_and(|new| Some(new) != claimed.refresh_token.as_ref());
-        sqlx::query(
-            "UPDATE token_rotation SET finished_at = ?1, duration_ms = ?2, outcome = ?3, http_status = ?4, \
-                new_expires_at = ?5, refresh_token_rotated = ?6, new_refresh_fingerprint = ?7, new_access_fingerprint = ?8, \
-                expires_in_reported = ?10 WHERE id = ?9",
-        )
-        .bind(now)
-        .bind(r.duration_ms)
-        .bind(if stored == Stored::Yes { "refreshed" } else { "superseded" })
-        .bind(r.http_status)
-        .bind(t.expires_at)
-        .bind(rotated)
-        .bind(t.refresh_token.as_ref().map(Secret::fingerprint))
-        .bind(t.access_token.fingerprint())
-        .bind(claimed.attempt_id)
-        .bind(t.lifetime_reported)
-        .execute(&mut *tx)
-        .await?;
-        if stored == Stored::Superseded {
-            release_lease(&mut tx, claimed.id, owner).await?;
+        if self.jobs.send(job).is_err() {
+            return Err(StoreError::Sql(sqlx::Error::PoolClosed));
         }
-        tx.commit().await?;
-        Ok(stored)
+        answer
+            .await
+            .unwrap_or(Err(StoreError::Sql(sqlx::Error::PoolClosed)))
     }
 
     /// Stores a failed attempt and completes its journal entry, in one transaction.
@@ -255,6 +221,7 @@ impl Store {
         now: UnixTime,
         failure: &Failure<'_>,
     ) -> Result<Stored, StoreError> {
+        let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let (detail, updated) = match failure {
             Failure::Retry {
@@ -321,6 +288,7 @@ impl Store {
 
     /// Gives back a claim that was never attempted (shutdown), dropping its journal entry.
     pub async fn release(&self, claimed: &Claimed, owner: &str) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         release_lease(&mut tx, claimed.id, owner).await?;
         sqlx::query("DELETE FROM token_rotation WHERE id = ?1 AND outcome = 'pending'")
@@ -332,7 +300,7 @@ impl Store {
     }
 }
 
-async fn release_lease(
+pub(super) async fn release_lease(
     tx: &mut sqlx::SqliteConnection,
     id: i64,
     owner: &str,

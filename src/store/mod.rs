@@ -10,6 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 mod claim;
 mod records;
+mod writer;
 
 pub use claim::{ClaimByName, Failure, FailureDetail, Refreshed, Stored};
 pub use records::{
@@ -44,6 +45,10 @@ pub enum OpenMode {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// This process's write transactions queue here before `BEGIN IMMEDIATE` (see `writer`).
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Successful refreshes on their way to the group commit.
+    jobs: tokio::sync::mpsc::UnboundedSender<writer::StoreJob>,
 }
 
 impl Store {
@@ -89,7 +94,14 @@ impl Store {
                 Err(e) => return Err(open_err(format!("cannot migrate the schema: {e}"))),
             }
         }
-        Ok(Self { pool })
+        let writer = std::sync::Arc::<tokio::sync::Mutex<()>>::default();
+        let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(writer::group_writer(
+            pool.clone(),
+            std::sync::Arc::clone(&writer),
+            queue,
+        ));
+        Ok(Self { pool, writer, jobs })
     }
 
     /// Whether the database answers.
