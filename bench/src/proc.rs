@@ -1,0 +1,198 @@
+//! Child processes, measured: wall time from spawn to reap and peak RSS (`ru_maxrss` of `wait4`,
+//! exact per child), with a watchdog that kills a child running past its time limit.
+
+use std::io;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// One finished child.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub wall: Duration,
+    /// Peak resident set size, KiB.
+    pub maxrss_kib: u64,
+    /// User + system CPU time.
+    pub cpu: Duration,
+    /// Exit code; `None` when killed by a signal.
+    pub code: Option<i32>,
+    /// VmRSS samples (milliseconds since start, KiB) when sampling was asked for.
+    pub samples: Vec<(u64, u64)>,
+}
+
+/// Runs `cmd` to completion; kills it after `limit`. `sample_every` samples VmRSS meanwhile.
+pub fn run(
+    cmd: &mut Command,
+    limit: Duration,
+    sample_every: Option<Duration>,
+) -> io::Result<Measured> {
+    let start = Instant::now();
+    let child = cmd.spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let watchdog = thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(limit) {
+            // SAFETY: the child has not been reaped yet (the main thread is in wait4), so `pid` is
+            // still ours.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return true;
+        }
+        false
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_every.map(|every| {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match status_kib(pid as u32, "VmRSS:") {
+                    Some(kib) => samples.push((start.elapsed().as_millis() as u64, kib)),
+                    None => break,
+                }
+                thread::sleep(every);
+            }
+            samples
+        })
+    });
+    let (status, rusage) = wait4(pid, 0)?.expect("blocking wait4 returns the child");
+    let wall = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let _ = done_tx.send(());
+    let killed = watchdog.join().unwrap_or(false);
+    let samples = sampler
+        .map(|s| s.join().unwrap_or_default())
+        .unwrap_or_default();
+    drop(child); // already reaped; std's Child does not wait on drop
+    if killed {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("child ran longer than {limit:?} and was killed"),
+        ));
+    }
+    Ok(Measured {
+        wall,
+        maxrss_kib: rusage.ru_maxrss as u64,
+        cpu: timeval(rusage.ru_utime) + timeval(rusage.ru_stime),
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        samples,
+    })
+}
+
+/// Resident memory of a long-running child once it is idle.
+#[derive(Debug, Clone, Copy)]
+pub struct Idle {
+    /// VmRSS after `settle`, KiB.
+    pub rss_kib: u64,
+    /// VmHWM (peak so far) at that moment, KiB.
+    pub hwm_kib: u64,
+    /// From spawn until `marker` appeared in the log.
+    pub ready: Duration,
+}
+
+/// Starts `cmd` (whose log goes to `log`), waits until `marker` appears in the log, lets it settle,
+/// reads its memory, then stops it with SIGTERM (SIGKILL after 10 s) and reaps it.
+pub fn idle(
+    cmd: &mut Command,
+    log: &Path,
+    marker: &str,
+    settle: Duration,
+    limit: Duration,
+) -> io::Result<Idle> {
+    let start = Instant::now();
+    let child = cmd.spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let result = (|| {
+        loop {
+            if std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .contains(marker)
+            {
+                break;
+            }
+            if let Some((status, _)) = wait4(pid, libc::WNOHANG)? {
+                return Err(io::Error::other(format!(
+                    "daemon exited early (status {status:#x})"
+                )));
+            }
+            if start.elapsed() > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no {marker:?} within {limit:?}"),
+                ));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let ready = start.elapsed();
+        thread::sleep(settle);
+        let rss_kib =
+            status_kib(pid as u32, "VmRSS:").ok_or_else(|| io::Error::other("no VmRSS"))?;
+        let hwm_kib =
+            status_kib(pid as u32, "VmHWM:").ok_or_else(|| io::Error::other("no VmHWM"))?;
+        Ok(Idle {
+            rss_kib,
+            hwm_kib,
+            ready,
+        })
+    })();
+    // Stop and reap, whatever happened above.
+    // SAFETY: not reaped yet.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match wait4(pid, libc::WNOHANG) {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) if Instant::now() > deadline => {
+                // SAFETY: not reaped yet.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = wait4(pid, 0);
+                break;
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    drop(child);
+    result
+}
+
+/// `wait4(pid, options)`: `None` when WNOHANG found the child still running.
+fn wait4(
+    pid: libc::pid_t,
+    options: libc::c_int,
+) -> io::Result<Option<(libc::c_int, libc::rusage)>> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: rusage is plain old data; wait4 fills it.
+        let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers to locals.
+        let r = unsafe { libc::wait4(pid, &raw mut status, options, &raw mut rusage) };
+        if r == pid {
+            return Ok(Some((status, rusage)));
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn timeval(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+}
+
+/// A `kB` field of /proc/PID/status.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
