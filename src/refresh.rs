@@ -348,9 +348,28 @@ enum Failure {
 fn oauth_client(provider: &Provider) -> Result<OAuthClient, Failure> {
     let token_url = TokenUrl::new(provider.token_url.clone())
         .map_err(|e| Failure::Local(format!("token_url: {e}")))?;
-    let client =
-        oauth2::Client::new(ClientId::new(provider.client_id.clone())).set_token_uri(token_url);
-    Ok(match &provider.auth {
+    Ok(authenticated_client(provider).set_token_uri(token_url))
+}
+
+/// An oauth2 client with no endpoint set yet.
+pub(crate) type BareClient = oauth2::Client<
+    BasicErrorResponse,
+    LenientTokenResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+>;
+
+/// An oauth2 client that authenticates as `provider`'s client (basic, post, or no secret for
+/// private_key_jwt, whose assertion goes in as extra parameters); endpoints are the caller's.
+pub(crate) fn authenticated_client(provider: &Provider) -> BareClient {
+    let client = oauth2::Client::new(ClientId::new(provider.client_id.clone()));
+    match &provider.auth {
         ClientAuth::SecretBasic(secret) => client
             .set_client_secret(ClientSecret::new(secret.expose().to_owned()))
             .set_auth_type(AuthType::BasicAuth),
@@ -359,7 +378,7 @@ fn oauth_client(provider: &Provider) -> Result<OAuthClient, Failure> {
             .set_auth_type(AuthType::RequestBody),
         // No secret: oauth2 then sends client_id in the body beside the assertion.
         ClientAuth::PrivateKeyJwt { .. } => client.set_auth_type(AuthType::RequestBody),
-    })
+    }
 }
 
 fn scope_list(scopes: Option<&str>) -> Vec<Scope> {

@@ -11,16 +11,15 @@ use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
 };
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
-    EndpointSet, PkceCodeChallenge, RedirectUrl, RequestTokenError, Scope, StandardRevocableToken,
-    TokenUrl,
+    AuthUrl, AuthorizationCode, CsrfToken, EndpointNotSet, EndpointSet, PkceCodeChallenge,
+    RedirectUrl, RequestTokenError, Scope, StandardRevocableToken, TokenUrl,
 };
 use tokio::net::TcpListener;
 
 use super::callback::{self, Listener, Rejection};
 use super::http::{Exchange, Sender};
 use crate::domain::{self, Secret, UnixTime, sanitize};
-use crate::provider::{ClientAuth, Provider, ProviderError};
+use crate::provider::{Provider, ProviderError};
 use crate::refresh::LenientTokenResponse;
 pub use crate::store::AuthorizedAs;
 use crate::store::{Authorized, Store, StoreError};
@@ -371,7 +370,7 @@ fn code_client(
         value: value.to_owned(),
         reason: e.to_string(),
     };
-    let client = oauth2::Client::new(ClientId::new(provider.client_id.clone()))
+    Ok(crate::refresh::authenticated_client(provider)
         .set_auth_uri(
             AuthUrl::new(auth_url.to_owned()).map_err(|e| bad("authorization_url", auth_url, e))?,
         )
@@ -382,16 +381,7 @@ fn code_client(
         .set_redirect_uri(
             RedirectUrl::new(redirect_uri.to_owned())
                 .map_err(|e| bad("redirect_uri", redirect_uri, e))?,
-        );
-    Ok(match &provider.auth {
-        ClientAuth::SecretBasic(secret) => client
-            .set_client_secret(ClientSecret::new(secret.expose().to_owned()))
-            .set_auth_type(AuthType::BasicAuth),
-        ClientAuth::SecretPost(secret) => client
-            .set_client_secret(ClientSecret::new(secret.expose().to_owned()))
-            .set_auth_type(AuthType::RequestBody),
-        ClientAuth::PrivateKeyJwt { .. } => client.set_auth_type(AuthType::RequestBody),
-    })
+        ))
 }
 
 /// Exchanges the code (with the PKCE verifier) for tokens.
