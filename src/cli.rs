@@ -126,7 +126,7 @@ enum GrantArg {
 
 /// Runs the command; the result is the exit code, or an error that `exit::code_for` maps to one.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
-    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let env = environment();
     let settings = Settings::load(cli.config.as_deref(), &env)?;
     telemetry::init(
         cli.log_format.unwrap_or(settings.log.format),
@@ -272,6 +272,8 @@ impl Ctx {
             refresh_token_warning: secs(settings.refresh_token_warning),
             concurrency: settings.concurrency,
             lease: secs(settings.lease()),
+            request_timeout: secs(settings.http.request_timeout),
+            store_window: secs(settings.store_window()),
         };
         let alerter = Alerter::new(&settings.alerts.on_event, settings.alerts.timeout);
         Ok(Sweeper::new(store, providers, refresher, policy, alerter))
@@ -377,6 +379,9 @@ async fn token(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
 
 async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
     let sweeper = ctx.sweeper().await?;
+    // Ctrl-C or SIGTERM mid-request must not kill the process between the provider's rotation
+    // and the store: the signal is noted, and the refresh finishes first.
+    let _signals = daemon::shutdown_on_signals()?;
     let result = sweeper.refresh_named(&name).await?;
     sweeper.store().close().await;
     match result {
@@ -386,7 +391,7 @@ async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
         }
         NamedRefresh::Done(other) => {
             eprintln!(
-                "tokenwarden: credential {name} was not refreshed ({other:?}); see `tokenwarden status`"
+                "tokenwarden: error: credential {name} was not refreshed ({other:?}); see `tokenwarden status`"
             );
             Ok(exit::REFRESH_FAILED)
         }
@@ -398,7 +403,7 @@ async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
         .into()),
         NamedRefresh::Busy => {
             eprintln!(
-                "tokenwarden: credential {name} is being refreshed by another process right now"
+                "tokenwarden: error: credential {name} is being refreshed by another process right now"
             );
             Ok(exit::REFRESH_FAILED)
         }
@@ -592,6 +597,14 @@ async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> {
     } else {
         exit::OK
     })
+}
+
+/// The process environment. Variables that are not UTF-8 cannot be settings or secrets here:
+/// they are skipped rather than panicked on.
+fn environment() -> BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
 }
 
 /// Reads a refresh token from `file` or standard input, never from the command line.

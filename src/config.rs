@@ -330,9 +330,14 @@ impl Settings {
     /// token at once. A crashed process's claims are taken over when it runs out.
     #[must_use]
     pub fn lease(&self) -> Duration {
-        self.http.request_timeout * 2
-            + self.busy_timeout * crate::domain::STORE_ATTEMPTS
-            + Duration::from_secs(10)
+        self.http.request_timeout * 2 + self.store_window() + Duration::from_secs(10)
+    }
+
+    /// How long new tokens may take to be stored (retried while the database is busy) before the
+    /// claim on their credential runs out: ten busy timeouts, at least 20 seconds.
+    #[must_use]
+    pub fn store_window(&self) -> Duration {
+        (self.busy_timeout * 10).max(Duration::from_secs(20))
     }
 
     /// When a failing credential is reported as failing.

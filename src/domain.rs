@@ -163,6 +163,8 @@ pub struct Claimed {
     pub last_success_at: UnixTime,
     /// When the stored refresh token expires for good, when known.
     pub refresh_token_expires_at: Option<UnixTime>,
+    /// When this process's claim runs out: after it, another process may claim the credential.
+    pub lease_expires_at: UnixTime,
 }
 
 /// New tokens from a successful token response, with expiry resolved against `now`.
@@ -256,17 +258,18 @@ impl Backoff {
 #[must_use]
 pub fn sanitize(text: &str, secrets: &[&Secret]) -> String {
     const MAX_CHARS: usize = 300;
-    let mut out: String = text
+    // Redact before cutting: a secret straddling the cut must not survive as a prefix.
+    let mut redacted = text.to_owned();
+    for secret in secrets {
+        if !secret.expose().is_empty() {
+            redacted = redacted.replace(secret.expose(), "[redacted]");
+        }
+    }
+    redacted
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(MAX_CHARS)
-        .collect();
-    for secret in secrets {
-        if !secret.expose().is_empty() {
-            out = out.replace(secret.expose(), "[redacted]");
-        }
-    }
-    out
+        .collect()
 }
 
 #[cfg(test)]
@@ -337,6 +340,12 @@ mod tests {
         let s = Secret::new("tok123");
         assert_eq!(sanitize("bad tok123\nhere", &[&s]), "bad [redacted] here");
         assert_eq!(sanitize(&"x".repeat(1000), &[]).len(), 300);
+        let long = Secret::new("z".repeat(40));
+        let text = format!("{}{}", "x".repeat(280), long.expose());
+        assert!(
+            !sanitize(&text, &[&long]).contains("zzzzz"),
+            "no prefix of a secret survives the cut"
+        );
     }
 
     #[test]

@@ -129,12 +129,19 @@ impl Provider {
                         provider: name.to_owned(),
                         source,
                     })?;
-                crate::config::check_endpoint(
-                    "token_endpoint",
-                    &found.token_endpoint,
-                    settings.allow_insecure_http,
-                )
-                .map_err(|e| invalid(format!("issuer metadata: {e}")))?;
+                for (key, url) in [
+                    ("token_endpoint", Some(&found.token_endpoint)),
+                    (
+                        "authorization_endpoint",
+                        found.authorization_endpoint.as_ref(),
+                    ),
+                    ("revocation_endpoint", found.revocation_endpoint.as_ref()),
+                ] {
+                    if let Some(url) = url {
+                        crate::config::check_endpoint(key, url, settings.allow_insecure_http)
+                            .map_err(|e| invalid(format!("issuer metadata: {e}")))?;
+                    }
+                }
                 (
                     found.token_endpoint,
                     shape

@@ -161,10 +161,13 @@ impl Refresher {
         let exchange = exchange
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let secrets: Vec<&Secret> = match grant {
+        let mut secrets: Vec<&Secret> = match grant {
             Grant::RefreshToken { token, .. } => vec![token],
             Grant::ClientCredentials { .. } => vec![],
         };
+        if let ClientAuth::SecretBasic(secret) | ClientAuth::SecretPost(secret) = &provider.auth {
+            secrets.push(secret);
+        }
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(failure) => classify(failure, &exchange, &secrets),

@@ -53,6 +53,10 @@ pub struct Policy {
     pub concurrency: usize,
     /// Seconds a claim lasts.
     pub lease: i64,
+    /// Seconds a whole token request may take (`http.request_timeout`).
+    pub request_timeout: i64,
+    /// Seconds new tokens may take to be stored (`Settings::store_window`).
+    pub store_window: i64,
 }
 
 /// What happened to one credential.
@@ -215,7 +219,6 @@ impl Sweeper {
         let mut in_flight = JoinSet::new();
         let mut exhausted = false;
         let mut first_error = None;
-        lifecycle::retry_pending_revocations(&inner.revoker, &inner.store).await?;
         loop {
             while in_flight.len() < batch && !cancel.is_cancelled() && first_error.is_none() {
                 if queue.is_empty() && !exhausted {
@@ -243,6 +246,17 @@ impl Sweeper {
                 let Some(claimed) = queue.pop_front() else {
                     break;
                 };
+                // A claim that waited here too long to finish its request and store the result
+                // before its lease ends is given back, not started: its refresh token must never
+                // be out while another process may claim it.
+                let needed = inner.policy.request_timeout + inner.policy.store_window;
+                if domain::now() + needed > claimed.lease_expires_at {
+                    if let Err(e) = inner.store.release(&claimed, &inner.owner).await {
+                        warn!(error = %e, credential = %claimed.name, "could not give back a claim; it runs out by itself");
+                    }
+                    summary.released += 1;
+                    continue;
+                }
                 let me = self.clone();
                 in_flight.spawn(async move { me.handle(claimed).await });
             }
@@ -265,6 +279,10 @@ impl Sweeper {
         for claimed in queue {
             inner.store.release(&claimed, &inner.owner).await?;
             summary.released += 1;
+        }
+        // Refreshes first: a revocation the provider cannot take yet must not delay them.
+        if !cancel.is_cancelled() && first_error.is_none() {
+            lifecycle::retry_pending_revocations(&inner.revoker, &inner.store).await?;
         }
         inner.alerter.drain().await;
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -353,7 +371,7 @@ impl Sweeper {
                 code,
                 ..Setback::new(
                     Action::Retry {
-                        not_before: retry_after.map(|s| domain::now() + s),
+                        not_before: retry_after.map(|s| domain::now().saturating_add(s)),
                     },
                     "transient",
                     reason,
@@ -446,12 +464,9 @@ impl Sweeper {
             http_status,
             duration_ms,
         };
-        let stored = retrying!(inner.store.store_refreshed(
-            claimed,
-            &inner.owner,
-            finished,
-            &record
-        ));
+        let stored = self
+            .store_until_claim_ends(claimed, finished, &record)
+            .await?;
         if stored == Stored::Superseded {
             warn!("credential changed while its refresh was out; the new tokens were not stored");
             return Ok(Handled::Superseded);
@@ -495,6 +510,41 @@ impl Sweeper {
             }
         }
         Ok(Handled::Refreshed)
+    }
+
+    /// Stores new tokens, trying again while the database is busy for as long as this process's
+    /// claim lasts: the provider has already rotated the refresh token, so giving up early would
+    /// lose the only one that still works. Only when the claim is about to run out (another process
+    /// could then claim the credential) does it give up, loudly; the journal entry stays pending
+    /// and is resolved as an interrupted attempt.
+    async fn store_until_claim_ends(
+        &self,
+        claimed: &Claimed,
+        finished: UnixTime,
+        record: &Refreshed<'_>,
+    ) -> Result<Stored, StoreError> {
+        const SAFETY_SECS: i64 = 5;
+        let inner = &self.inner;
+        let mut attempt: u32 = 1;
+        loop {
+            match inner
+                .store
+                .store_refreshed(claimed, &inner.owner, finished, record)
+                .await
+            {
+                Ok(stored) => return Ok(stored),
+                Err(e) if domain::now() + SAFETY_SECS < claimed.lease_expires_at => {
+                    error!(error = %e, attempt, "storing new tokens failed; trying again while the claim lasts");
+                    let pause = Duration::from_millis(250_u64 << attempt.min(4));
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    error!(error = %e, attempt, "new tokens could not be stored before the claim ran out; the credential may need re-authorization");
+                    return Err(e);
+                }
+            }
+        }
     }
 
     /// Logs and stores a failed or skipped attempt.

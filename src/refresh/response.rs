@@ -22,7 +22,7 @@ pub struct LenientTokenResponse {
     #[serde(default, deserialize_with = "scope")]
     scope: Option<Vec<Scope>>,
     /// Salesforce's API host for this grant.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_string")]
     instance_url: Option<String>,
 }
 
@@ -71,7 +71,7 @@ impl LenientTokenResponse {
             .refresh_token_expires_in
             .filter(|s| *s > 0)
             .or(refresh_token.as_ref().and(refresh_token_lifetime))
-            .map(|s| now + s);
+            .map(|s| now.saturating_add(s));
         TokenSet {
             access_token: Secret::new(self.access_token.into_secret()),
             token_type,
@@ -91,8 +91,17 @@ fn bearer() -> BasicTokenType {
     BasicTokenType::Bearer
 }
 
+/// A string, or `None` for any other JSON type: a side field of an odd type must never make a
+/// token response (and the refresh token it may carry) unreadable.
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
 fn token_type<'de, D: Deserializer<'de>>(d: D) -> Result<BasicTokenType, D::Error> {
-    Ok(match Option::<String>::deserialize(d)? {
+    Ok(match lenient_string(d)? {
         None => BasicTokenType::Bearer,
         Some(t) if t.eq_ignore_ascii_case("bearer") || t.is_empty() => BasicTokenType::Bearer,
         Some(t) if t.eq_ignore_ascii_case("mac") => BasicTokenType::Mac,
@@ -110,7 +119,7 @@ fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
 }
 
 fn scope<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Scope>>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.map(|s| {
+    Ok(lenient_string(d)?.map(|s| {
         s.split_whitespace()
             .map(|s| Scope::new(s.to_owned()))
             .collect()
@@ -224,6 +233,18 @@ mod tests {
         );
         assert!(!t.lifetime_reported);
         assert!(parse(r#"{"access_token":"a","expires_in":"60"}"#).lifetime_reported);
+    }
+
+    #[test]
+    fn odd_side_fields_do_not_lose_the_tokens() {
+        let t = parse(
+            r#"{"access_token":"a","refresh_token":"r2","token_type":7,"scope":["x"],"instance_url":{}}"#,
+        );
+        assert_eq!(
+            (t.token_type.as_str(), t.refresh_token.unwrap().expose()),
+            ("Bearer", "r2")
+        );
+        assert!(t.scope.is_none() && t.instance_url.is_none());
     }
 
     #[test]

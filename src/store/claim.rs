@@ -12,7 +12,7 @@ macro_rules! claim_returning {
     () => {
         " RETURNING id, name, provider, grant_type, scopes, refresh_token, access_token_expires_at, \
           consecutive_failures, COALESCE(last_refreshed_at, created_at) AS last_success_at, \
-          refresh_token_expires_at"
+          refresh_token_expires_at, lease_expires_at"
     };
 }
 
@@ -28,6 +28,7 @@ struct ClaimRow {
     consecutive_failures: i64,
     last_success_at: i64,
     refresh_token_expires_at: Option<i64>,
+    lease_expires_at: i64,
 }
 
 /// What `claim_by_name` found.
@@ -95,6 +96,7 @@ impl ClaimRow {
             after_interruption,
             last_success_at: self.last_success_at,
             refresh_token_expires_at: self.refresh_token_expires_at,
+            lease_expires_at: self.lease_expires_at,
         }
     }
 }

@@ -169,7 +169,9 @@ impl Store {
             sqlx::query(
                 "UPDATE oauth_credential SET provider = ?1, grant_type = 'refresh_token', scopes = ?2, \
                     owner = COALESCE(?3, owner), access_token = ?4, token_type = ?5, access_token_expires_at = ?6, \
-                    refresh_token = ?7, refresh_token_expires_at = ?8, status = 'active', refresh_due_at = ?9, \
+                    refresh_token = CASE WHEN ?7 IS NULL AND provider = ?1 THEN refresh_token ELSE ?7 END, \
+                    refresh_token_expires_at = CASE WHEN ?7 IS NULL AND provider = ?1 THEN refresh_token_expires_at ELSE ?8 END, \
+                    status = 'active', refresh_due_at = ?9, \
                     consecutive_failures = 0, next_attempt_at = 0, last_error = NULL, revoke_pending = 0, \
                     instance_url = ?12, last_refreshed_at = ?10, updated_at = ?10 WHERE id = ?11",
             )
@@ -338,10 +340,15 @@ impl Store {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let (outcome, http_status, error_code, error_description) = match result {
             RevocationResult::Revoked { http_status } => {
-                sqlx::query("DELETE FROM oauth_credential WHERE id = ?1")
-                    .bind(claim.id)
-                    .execute(&mut *tx)
-                    .await?;
+                // Only the tokens that were revoked: a credential authorized again meanwhile stays.
+                sqlx::query(
+                    "DELETE FROM oauth_credential WHERE id = ?1 AND refresh_token IS ?2 AND access_token IS ?3",
+                )
+                .bind(claim.id)
+                .bind(&claim.refresh_token)
+                .bind(&claim.access_token)
+                .execute(&mut *tx)
+                .await?;
                 ("revoked", http_status, None, None)
             }
             RevocationResult::Pending {
@@ -356,13 +363,15 @@ impl Store {
                         updated_at = ?3, \
                         lease_owner = CASE WHEN lease_owner = ?4 THEN NULL ELSE lease_owner END, \
                         lease_expires_at = CASE WHEN lease_owner = ?4 THEN NULL ELSE lease_expires_at END \
-                     WHERE id = ?5",
+                     WHERE id = ?5 AND refresh_token IS ?6 AND access_token IS ?7",
                 )
                 .bind(next_attempt_at)
                 .bind(format!("revocation pending: {last_error}"))
                 .bind(now)
                 .bind(owner)
                 .bind(claim.id)
+                .bind(&claim.refresh_token)
+                .bind(&claim.access_token)
                 .execute(&mut *tx)
                 .await?;
                 (

@@ -378,3 +378,48 @@ async fn invalid_grant_for_a_token_replaced_meanwhile_does_not_kill_the_credenti
     );
     assert_eq!(journal(&home).await, ["superseded"]);
 }
+
+#[tokio::test]
+async fn new_tokens_are_stored_after_a_long_database_lock() {
+    let server = OauthServer::start().await;
+    let (proxy, gate) = FakeEndpoint::gated(server.token_url()).await;
+    let home = Home::with_token_url(&proxy.token_url(), SHORT);
+    let minted = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
+    home.add("c", "basic", &minted).await;
+    let child = home.command(&["run", "--once"]).spawn().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the request to reach the proxy",
+        || async { proxy.requests() == 1 },
+    )
+    .await;
+    let mut lock = home.write_lock().await;
+    gate.add_permits(1);
+    eventually(
+        Duration::from_secs(10),
+        "the rotation to be answered",
+        || async { proxy.answered() == 1 },
+    )
+    .await;
+    // Longer than five attempts at busy_timeout 1 s took before: the tokens must still land.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("trying again while the claim lasts"),
+        "{stderr}"
+    );
+    assert_ne!(
+        refresh_token(&home).await,
+        minted,
+        "the rotated refresh token was stored"
+    );
+    assert_eq!(journal(&home).await, ["refreshed"]);
+    assert_eq!(server.stats().await.refresh_reuse, 0);
+}
