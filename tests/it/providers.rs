@@ -129,7 +129,7 @@ async fn salesforce_sends_no_expires_in_so_an_hour_is_assumed() {
     assert_eq!(run.code, Some(0), "{run:?}");
     let r = row(&home).await;
     assert!(
-        (now() + 3590..=now() + 3600).contains(&r.access_token_expires_at.unwrap()),
+        (now() + 3570..=now() + 3600).contains(&r.access_token_expires_at.unwrap()),
         "{r:?}"
     );
     assert_eq!(
@@ -155,7 +155,7 @@ async fn servicenow_knows_its_refresh_token_lifetime_and_warns_before_it_ends() 
     let r = row(&home).await;
     let expires = r.refresh_token_expires_at.expect("the preset's 100 days");
     assert!(
-        (now() + 100 * DAY - 5..=now() + 100 * DAY).contains(&expires),
+        (now() + 100 * DAY - 30..=now() + 100 * DAY).contains(&expires),
         "{r:?}"
     );
     assert!(
@@ -366,7 +366,7 @@ async fn a_long_lived_token_is_still_refreshed_within_max_idle() {
             .unwrap();
     let two_hours = now() + 2 * 3600;
     assert!(
-        (two_hours - 5..=two_hours).contains(&due),
+        (two_hours - 30..=two_hours).contains(&due),
         "due {due}, expected about {two_hours}"
     );
 }
