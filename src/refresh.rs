@@ -22,19 +22,23 @@ mod response;
 
 pub use response::LenientTokenResponse;
 
-/// The oauth2 client shape tokenwarden uses: only a token endpoint, and a lenient token response.
-type OAuthClient = oauth2::Client<
+/// The oauth2 client shape tokenwarden uses: a lenient token response, and (as type states) whether
+/// the authorization and token endpoints are set.
+pub(crate) type ClientWith<HasAuthUrl, HasTokenUrl> = oauth2::Client<
     BasicErrorResponse,
     LenientTokenResponse,
     BasicTokenIntrospectionResponse,
     StandardRevocableToken,
     BasicRevocationErrorResponse,
+    HasAuthUrl,
     EndpointNotSet,
     EndpointNotSet,
     EndpointNotSet,
-    EndpointNotSet,
-    EndpointSet,
+    HasTokenUrl,
 >;
+
+/// A client for token requests.
+type OAuthClient = ClientWith<EndpointNotSet, EndpointSet>;
 
 /// What to ask the token endpoint for.
 #[derive(Debug, Clone, Copy)]
@@ -355,18 +359,7 @@ fn oauth_client(provider: &Provider) -> Result<OAuthClient, Failure> {
 }
 
 /// An oauth2 client with no endpoint set yet.
-pub(crate) type BareClient = oauth2::Client<
-    BasicErrorResponse,
-    LenientTokenResponse,
-    BasicTokenIntrospectionResponse,
-    StandardRevocableToken,
-    BasicRevocationErrorResponse,
-    EndpointNotSet,
-    EndpointNotSet,
-    EndpointNotSet,
-    EndpointNotSet,
-    EndpointNotSet,
->;
+pub(crate) type BareClient = ClientWith<EndpointNotSet, EndpointNotSet>;
 
 /// An oauth2 client that authenticates as `provider`'s client (basic, post, or no secret for
 /// private_key_jwt, whose assertion goes in as extra parameters); endpoints are the caller's.

@@ -7,12 +7,9 @@ use std::borrow::Cow;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use oauth2::basic::{
-    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
-};
 use oauth2::{
-    AuthUrl, AuthorizationCode, CsrfToken, EndpointNotSet, EndpointSet, PkceCodeChallenge,
-    RedirectUrl, RequestTokenError, Scope, StandardRevocableToken, TokenUrl,
+    AuthUrl, AuthorizationCode, CsrfToken, EndpointSet, PkceCodeChallenge, RedirectUrl,
+    RequestTokenError, Scope, TokenUrl,
 };
 use tokio::net::TcpListener;
 
@@ -20,7 +17,6 @@ use super::callback::{self, Listener, Rejection};
 use super::http::{Exchange, Sender};
 use crate::domain::{self, Secret, UnixTime, sanitize};
 use crate::provider::{Provider, ProviderError};
-use crate::refresh::LenientTokenResponse;
 pub use crate::store::AuthorizedAs;
 use crate::store::{Authorized, Store, StoreError};
 
@@ -28,18 +24,7 @@ use crate::store::{Authorized, Store, StoreError};
 pub const CALLBACK_PATH: &str = "/callback";
 
 /// The oauth2 client shape for this grant: authorization and token endpoints.
-type CodeClient = oauth2::Client<
-    BasicErrorResponse,
-    LenientTokenResponse,
-    BasicTokenIntrospectionResponse,
-    StandardRevocableToken,
-    BasicRevocationErrorResponse,
-    EndpointSet,
-    EndpointNotSet,
-    EndpointNotSet,
-    EndpointNotSet,
-    EndpointSet,
->;
+type CodeClient = crate::refresh::ClientWith<EndpointSet, EndpointSet>;
 
 /// Why an authorization did not store a credential. Messages name no token, code or verifier.
 #[derive(Debug, thiserror::Error)]

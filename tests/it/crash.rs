@@ -51,6 +51,46 @@ async fn until_lease_expires(home: &Home) {
     .await;
 }
 
+/// A `run --once` whose refresh the provider has answered (rotating the refresh token) while the
+/// test holds the database's write lock, so tokenwarden cannot commit the new tokens yet.
+struct RotatedBehindLock {
+    home: Home,
+    minted: String,
+    child: tokio::process::Child,
+    lock: sqlx::SqliteConnection,
+    /// Kept alive: dropping it stops the proxy.
+    proxy: FakeEndpoint,
+}
+
+async fn rotate_behind_a_write_lock(server: &OauthServer) -> RotatedBehindLock {
+    let (proxy, gate) = FakeEndpoint::gated(server.token_url()).await;
+    let home = Home::with_token_url(&proxy.token_url(), SHORT);
+    let minted = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
+    home.add("c", "basic", &minted).await;
+    let child = home.command(&["run", "--once"]).spawn().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the request to reach the proxy",
+        || async { proxy.requests() == 1 },
+    )
+    .await;
+    let lock = home.write_lock().await;
+    gate.add_permits(1);
+    eventually(
+        Duration::from_secs(10),
+        "the provider's answer to be relayed",
+        || async { proxy.answered() == 1 },
+    )
+    .await;
+    RotatedBehindLock {
+        home,
+        minted,
+        child,
+        lock,
+        proxy,
+    }
+}
+
 async fn journal(home: &Home) -> Vec<String> {
     let db = home.db().await;
     sqlx::query_as::<_, (String,)>("SELECT outcome FROM token_rotation ORDER BY id")
@@ -96,28 +136,13 @@ async fn killed_before_the_provider_answered_the_stored_token_still_works() {
 #[tokio::test]
 async fn killed_after_the_response_but_before_the_commit_is_flagged_not_looped() {
     let server = OauthServer::start().await;
-    let (proxy, gate) = FakeEndpoint::gated(server.token_url()).await;
-    let home = Home::with_token_url(&proxy.token_url(), SHORT);
-    let minted = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
-    home.add("c", "basic", &minted).await;
-
-    let child = home.command(&["run", "--once"]).spawn().unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the request to reach the proxy",
-        || async { proxy.requests() == 1 },
-    )
-    .await;
-    // Hold the database's write lock, then let the provider answer: it rotates the refresh token,
-    // and tokenwarden cannot commit the new one.
-    let mut lock = home.write_lock().await;
-    gate.add_permits(1);
-    eventually(
-        Duration::from_secs(10),
-        "the provider's answer to be relayed",
-        || async { proxy.answered() == 1 },
-    )
-    .await;
+    let RotatedBehindLock {
+        home,
+        minted,
+        child,
+        mut lock,
+        proxy: _proxy,
+    } = rotate_behind_a_write_lock(&server).await;
     assert_eq!(
         server.stats().await.refresh_ok,
         1,
@@ -382,25 +407,13 @@ async fn invalid_grant_for_a_token_replaced_meanwhile_does_not_kill_the_credenti
 #[tokio::test]
 async fn new_tokens_are_stored_after_a_long_database_lock() {
     let server = OauthServer::start().await;
-    let (proxy, gate) = FakeEndpoint::gated(server.token_url()).await;
-    let home = Home::with_token_url(&proxy.token_url(), SHORT);
-    let minted = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
-    home.add("c", "basic", &minted).await;
-    let child = home.command(&["run", "--once"]).spawn().unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the request to reach the proxy",
-        || async { proxy.requests() == 1 },
-    )
-    .await;
-    let mut lock = home.write_lock().await;
-    gate.add_permits(1);
-    eventually(
-        Duration::from_secs(10),
-        "the rotation to be answered",
-        || async { proxy.answered() == 1 },
-    )
-    .await;
+    let RotatedBehindLock {
+        home,
+        minted,
+        child,
+        mut lock,
+        proxy: _proxy,
+    } = rotate_behind_a_write_lock(&server).await;
     // Longer than five attempts at busy_timeout 1 s took before: the tokens must still land.
     tokio::time::sleep(Duration::from_secs(15)).await;
     sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
