@@ -260,6 +260,9 @@ mod tests {
             last_error: Some("invalid_grant: revoked".into()),
             last_success_at: 0,
             instance_url: None,
+            lease_owner: None,
+            lease_expires_at: None,
+            attempt_started_at: None,
         }
     }
 

@@ -10,6 +10,7 @@
 //! ```
 //!
 //! - [`domain`] — credentials, tokens, statuses, due-time and backoff arithmetic (pure)
+//! - [`holder`] — this process as a lease holder, and whether a holder on this host still runs
 //! - [`schedule`] — cron expressions and the gap between sweeps
 //! - [`config`] — settings from defaults, file and environment, validated
 //! - [`preset`] — known providers' endpoints and defaults (pure)
@@ -33,6 +34,7 @@ pub mod daemon;
 pub mod discovery;
 pub mod doctor;
 pub mod domain;
+pub mod holder;
 pub mod lifecycle;
 pub mod metrics;
 pub mod preset;

@@ -15,10 +15,13 @@ use crate::domain::{
     self, Backoff, Claimed, Failing, GrantType, STORE_ATTEMPTS, TokenSet, Trigger, UnixTime,
     iso8601,
 };
+use crate::holder::{Holder, Liveness};
 use crate::lifecycle::{self, Revoker, Sender};
 use crate::provider::{Provider, Providers};
 use crate::refresh::{Attempt, Grant, RefreshOutcome, Refresher};
-use crate::store::{ClaimByName, Failure, FailureDetail, Refreshed, Store, StoreError, Stored};
+use crate::store::{
+    ClaimByName, Failure, FailureDetail, HeldLease, Refreshed, Store, StoreError, Stored,
+};
 
 /// Evaluates a store operation, again while the database is busy, so that new tokens are not
 /// dropped because another process held the lock a little too long. `?`s the last error.
@@ -158,7 +161,9 @@ struct Inner {
     providers: Providers,
     refresher: Refresher,
     policy: Policy,
-    /// Identifies this process's leases.
+    /// This process as a lease holder.
+    holder: Holder,
+    /// `holder`'s stored form: identifies this process's leases.
     owner: String,
     /// Providers that rejected our client, and until when to leave them alone.
     rejected: Mutex<HashMap<String, UnixTime>>,
@@ -176,11 +181,8 @@ impl Sweeper {
         policy: Policy,
         alerter: Alerter,
     ) -> Self {
-        let owner = format!(
-            "{}-{}",
-            std::process::id(),
-            hex::encode(rand::random::<[u8; 4]>())
-        );
+        let holder = Holder::this_process();
+        let owner = holder.to_string();
         let rejected = Mutex::new(HashMap::new());
         let sender = Sender::new(refresher.http().clone(), refresher.max_body());
         let revoker = Revoker::new(providers.clone(), sender, policy.backoff, policy.lease);
@@ -190,6 +192,7 @@ impl Sweeper {
                 providers,
                 refresher,
                 policy,
+                holder,
                 owner,
                 rejected,
                 alerter,
@@ -219,6 +222,8 @@ impl Sweeper {
         let mut in_flight = JoinSet::new();
         let mut exhausted = false;
         let mut first_error = None;
+        self.take_over_from_gone_holders(sweep_start).await?;
+        self.report_held_elsewhere(sweep_start).await;
         loop {
             while in_flight.len() < batch && !cancel.is_cancelled() && first_error.is_none() {
                 if queue.is_empty() && !exhausted {
@@ -303,9 +308,64 @@ impl Sweeper {
         }
     }
 
+    /// Ends the leases of processes on this host that died holding them, so that their
+    /// interrupted attempts are retried now — inside a provider's grace window for a rotated-away
+    /// refresh token — instead of when the lease runs out. Holders elsewhere keep their leases.
+    async fn take_over_from_gone_holders(&self, now: UnixTime) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let Some(prefix) = inner.holder.host_prefix() else {
+            return Ok(());
+        };
+        let held = inner
+            .store
+            .leases_with_prefix(&prefix, &inner.owner, now)
+            .await?;
+        let gone: Vec<HeldLease> = held
+            .into_iter()
+            .filter(|lease| {
+                Holder::parse(&lease.lease_owner)
+                    .is_some_and(|h| inner.holder.judge(&h) == Liveness::Gone)
+            })
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let ended = inner.store.end_leases(&gone, now).await?;
+        for lease in &gone {
+            warn!(
+                credential = %lease.name,
+                holder = %Holder::describe(&lease.lease_owner),
+                "the process refreshing this credential is gone; taking its attempt over now"
+            );
+        }
+        info!(
+            ended,
+            "took over the claims of processes that died on this host"
+        );
+        Ok(())
+    }
+
+    /// Logs how many due credentials other processes are refreshing, and until when at most.
+    async fn report_held_elsewhere(&self, now: UnixTime) {
+        let inner = &self.inner;
+        match inner.store.held_elsewhere(&inner.owner, now, now).await {
+            Ok(held) if held.count > 0 => {
+                let until = held.until.map(iso8601).unwrap_or_default();
+                info!(
+                    held = held.count,
+                    until = %until,
+                    "skipping credentials that other processes are refreshing; their leases end by then"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot count the credentials other processes hold"),
+        }
+    }
+
     /// Refreshes one credential now, due or not, under the same lease as the sweep.
     pub async fn refresh_named(&self, name: &str) -> Result<NamedRefresh, StoreError> {
         let now = domain::now();
+        self.take_over_from_gone_holders(now).await?;
         let inner = &self.inner;
         Ok(
             match inner

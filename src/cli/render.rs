@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use crate::domain::{Failing, UnixTime, expires_within, iso8601};
+use crate::holder::{AttemptState, Holder, attempt_state};
 use crate::store::{CredentialSummary, RotationRecord};
 
 /// What `status` judges rows by.
@@ -17,6 +18,7 @@ pub struct View {
 /// `status` as an aligned table.
 pub fn status_table(rows: &[CredentialSummary], view: View) -> String {
     let now = view.now;
+    let me = Holder::this_process();
     let mut table = vec![
         [
             "NAME",
@@ -35,7 +37,7 @@ pub fn status_table(rows: &[CredentialSummary], view: View) -> String {
             r.name.clone(),
             r.provider.clone(),
             r.owner.clone().unwrap_or_else(|| "-".to_owned()),
-            status_word(r, view),
+            status_word(r, view, &attempt(&me, r, now)),
             r.access_token_expires_at
                 .map_or_else(|| "-".to_owned(), |t| relative(t - now)),
             r.last_refreshed_at.map_or_else(
@@ -54,10 +56,12 @@ pub fn status_table(rows: &[CredentialSummary], view: View) -> String {
 /// `status --json`: one object per credential, times in ISO-8601 UTC.
 pub fn status_json(rows: &[CredentialSummary], view: View) -> String {
     let now = view.now;
+    let me = Holder::this_process();
     let items: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
             serde_json::json!({
+                "attempt": attempt_json(&attempt(&me, r, now)),
                 "name": r.name,
                 "provider": r.provider,
                 "owner": r.owner,
@@ -88,9 +92,70 @@ fn is_failing(r: &CredentialSummary, view: View) -> bool {
             .is_failing(failures, r.last_success_at, view.now)
 }
 
-/// The status with what needs attention: `active (failing)`, `active (re-authorize by …)`.
-fn status_word(r: &CredentialSummary, view: View) -> String {
-    let mut notes = Vec::new();
+fn attempt(me: &Holder, r: &CredentialSummary, now: UnixTime) -> AttemptState {
+    attempt_state(
+        me,
+        r.lease_owner.as_deref(),
+        r.lease_expires_at,
+        r.attempt_started_at,
+        now,
+    )
+}
+
+/// `status --json`'s `attempt`: `null`, or where a refresh attempt under way stands.
+fn attempt_json(state: &AttemptState) -> serde_json::Value {
+    match state {
+        AttemptState::Idle => serde_json::Value::Null,
+        AttemptState::InFlight {
+            holder,
+            since,
+            until,
+        } => serde_json::json!({
+            "state": "in_flight",
+            "holder": holder,
+            "since": since.map(iso8601),
+            "resolved_by": iso8601(*until),
+        }),
+        AttemptState::Interrupted { holder, since, at } => serde_json::json!({
+            "state": "interrupted",
+            "holder": holder,
+            "since": since.map(iso8601),
+            "resolved_by": iso8601(*at),
+        }),
+    }
+}
+
+/// The status column's note on an attempt under way.
+fn attempt_note(state: &AttemptState) -> Option<String> {
+    let since = |s: &Option<i64>| {
+        s.map(|t| format!(" since {}", iso8601(t)))
+            .unwrap_or_default()
+    };
+    match state {
+        AttemptState::Idle => None,
+        AttemptState::InFlight {
+            holder,
+            since: s,
+            until,
+        } => Some(format!(
+            "refreshing: {holder}{}, resolved by {}",
+            since(s),
+            iso8601(*until)
+        )),
+        AttemptState::Interrupted {
+            holder, since: s, ..
+        } => Some(format!(
+            "interrupted: {}{}, retried by the next sweep",
+            holder.as_deref().unwrap_or("a process that is gone"),
+            since(s)
+        )),
+    }
+}
+
+/// The status with what needs attention: `active (failing)`, `active (re-authorize by …)`,
+/// `active (refreshing: host pid 12 since …, resolved by …)`.
+fn status_word(r: &CredentialSummary, view: View, attempt: &AttemptState) -> String {
+    let mut notes: Vec<String> = attempt_note(attempt).into_iter().collect();
     if is_failing(r, view) {
         notes.push("failing".to_owned());
     }

@@ -107,11 +107,7 @@ impl Revoker {
     /// retried after `backoff`; `lease` (seconds, `Settings::lease`) bounds each claim.
     #[must_use]
     pub fn new(providers: Providers, sender: Sender, backoff: Backoff, lease: i64) -> Self {
-        let owner = format!(
-            "revoke-{}-{}",
-            std::process::id(),
-            hex::encode(rand::random::<[u8; 4]>())
-        );
+        let owner = crate::holder::Holder::this_process().to_string();
         Self {
             sender,
             providers,

@@ -9,10 +9,12 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 mod claim;
+mod leases;
 mod records;
 mod writer;
 
 pub use claim::{ClaimByName, Failure, FailureDetail, Refreshed, Stored};
+pub use leases::{HeldElsewhere, HeldLease};
 pub use records::{
     Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim, RevocationClaimed,
     RevocationResult, RotationRecord, TokenRow,

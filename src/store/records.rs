@@ -36,6 +36,12 @@ pub struct CredentialSummary {
     pub last_success_at: i64,
     /// The API host the provider named with the tokens, if any (Salesforce).
     pub instance_url: Option<String>,
+    /// The process holding the claim (see `holder::Holder`), if any.
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    /// When the newest attempt still pending in the journal started: one is in flight, or was
+    /// interrupted.
+    pub attempt_started_at: Option<i64>,
 }
 
 /// The current access token of one credential.
@@ -486,8 +492,11 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT name, provider, owner, grant_type, status, access_token_expires_at, refresh_token_expires_at, \
                 refresh_due_at, last_refreshed_at, consecutive_failures, next_attempt_at, last_error, \
-                COALESCE(last_refreshed_at, created_at) AS last_success_at, instance_url \
-             FROM oauth_credential ORDER BY name",
+                COALESCE(last_refreshed_at, created_at) AS last_success_at, instance_url, \
+                lease_owner, lease_expires_at, \
+                (SELECT max(started_at) FROM token_rotation t \
+                  WHERE t.credential_id = c.id AND t.outcome = 'pending') AS attempt_started_at \
+             FROM oauth_credential c ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?)

@@ -14,7 +14,6 @@ const SCOPE: &str = "openid offline_access api:read";
 /// Short timeouts, so a dead process's lease runs out in about 20 s.
 const SHORT: &str =
     "busy_timeout = \"1s\"\n[http]\nrequest_timeout = \"2s\"\nconnect_timeout = \"1s\"";
-const LEASE_DEADLINE: Duration = Duration::from_secs(45);
 
 async fn refresh_token(home: &Home) -> String {
     let db = home.db().await;
@@ -30,25 +29,6 @@ async fn kill9(mut child: tokio::process::Child) {
     signal(&child, "-KILL");
     let status = child.wait().await.unwrap();
     assert_eq!(status.code(), None, "killed by a signal");
-}
-
-/// Waits until no process holds a lease on credential `c`.
-async fn until_lease_expires(home: &Home) {
-    let db = home.db().await;
-    eventually(
-        LEASE_DEADLINE,
-        "the dead process's lease to run out",
-        || async {
-            count(
-                &db,
-                "SELECT count(*) FROM oauth_credential WHERE name = 'c' \
-             AND lease_expires_at > CAST(strftime('%s','now') AS INTEGER)",
-            )
-            .await
-                == 0
-        },
-    )
-    .await;
 }
 
 /// A `run --once` whose refresh the provider has answered (rotating the refresh token) while the
@@ -91,6 +71,14 @@ async fn rotate_behind_a_write_lock(server: &OauthServer) -> RotatedBehindLock {
     }
 }
 
+/// `status --json`'s `attempt` of credential `c`.
+async fn status_attempt(home: &Home) -> serde_json::Value {
+    let run = home.run(&["status", "--json"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let rows: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    rows[0]["attempt"].clone()
+}
+
 async fn journal(home: &Home) -> Vec<String> {
     let db = home.db().await;
     sqlx::query_as::<_, (String,)>("SELECT outcome FROM token_rotation ORDER BY id")
@@ -115,6 +103,20 @@ async fn killed_before_the_provider_answered_the_stored_token_still_works() {
         hang.requests() == 1
     })
     .await;
+    let attempt = status_attempt(&home).await;
+    assert_eq!(attempt["state"], "in_flight", "{attempt}");
+    let pid = child.id().unwrap();
+    assert!(
+        attempt["holder"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(" pid {pid}")),
+        "{attempt}"
+    );
+    assert!(
+        attempt["since"].is_string() && attempt["resolved_by"].is_string(),
+        "{attempt}"
+    );
     kill9(child).await;
     assert_eq!(
         journal(&home).await,
@@ -122,14 +124,91 @@ async fn killed_before_the_provider_answered_the_stored_token_still_works() {
         "the attempt was journaled before the request"
     );
     assert_eq!(refresh_token(&home).await, minted);
+    let attempt = status_attempt(&home).await;
+    assert_eq!(
+        attempt["state"], "interrupted",
+        "the holder is gone: {attempt}"
+    );
+    let text = home.run(&["status"], "").await;
+    assert!(text.stdout.contains("interrupted: "), "{}", text.stdout);
 
+    // The lease has most of its time left, but its holder died on this host: the next run takes
+    // the attempt over at once.
     home.retarget(server.token_url());
-    until_lease_expires(&home).await;
+    let started = std::time::Instant::now();
     let run = home.run(&["run", "--once"], "").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        run.stderr.contains("is gone; taking its attempt over"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.stderr.contains("was interrupted"), "{}", run.stderr);
     assert_eq!(journal(&home).await, ["interrupted", "refreshed"]);
     assert_ne!(refresh_token(&home).await, minted);
+    assert_eq!(server.stats().await.refresh_reuse, 0);
+}
+
+#[tokio::test]
+async fn a_holder_on_another_host_keeps_its_lease_until_it_runs_out() {
+    let server = OauthServer::start().await;
+    let home = Home::new(&server, SHORT);
+    let minted = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
+    home.add("c", "basic", &minted).await;
+    let db = home.db().await;
+    // Another host's process (another boot id) claimed it and journaled its attempt.
+    let foreign = "otherhost/0123456789ab/0123456789ab/4026531836/77/12345/beef";
+    sqlx::query(
+        "UPDATE oauth_credential SET lease_owner = ?1, \
+            lease_expires_at = CAST(strftime('%s','now') AS INTEGER) + 600 WHERE name = 'c'",
+    )
+    .bind(foreign)
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, started_at) \
+         SELECT id, name, provider, 'schedule', ?1, CAST(strftime('%s','now') AS INTEGER) - 5 \
+         FROM oauth_credential WHERE name = 'c'",
+    )
+    .bind(foreign)
+    .execute(&db)
+    .await
+    .unwrap();
+
+    let attempt = status_attempt(&home).await;
+    assert_eq!(attempt["state"], "in_flight", "{attempt}");
+    assert_eq!(attempt["holder"], "otherhost pid 77", "{attempt}");
+    let run = home.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("skipping credentials that other processes are refreshing"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        server.stats().await.token_requests,
+        0,
+        "its lease was honoured"
+    );
+
+    // Once the lease runs out, the attempt is resolved as an interrupted one.
+    sqlx::query(
+        "UPDATE oauth_credential SET lease_expires_at = CAST(strftime('%s','now') AS INTEGER) - 1",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    assert_eq!(status_attempt(&home).await["state"], "interrupted");
+    let run = home.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(journal(&home).await, ["interrupted", "refreshed"]);
     assert_eq!(server.stats().await.refresh_reuse, 0);
 }
 
@@ -154,7 +233,7 @@ async fn killed_after_the_response_but_before_the_commit_is_flagged_not_looped()
     assert_eq!(refresh_token(&home).await, minted, "nothing was committed");
 
     home.retarget(server.token_url());
-    until_lease_expires(&home).await;
+    // Taken over at once (the holder died on this host), not when its lease runs out.
     let run = home.run(&["run", "--once"], "").await;
     assert_eq!(run.code, Some(1), "{run:?}");
     let db = home.db().await;
