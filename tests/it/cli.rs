@@ -249,3 +249,57 @@ async fn a_read_only_database_exits_3_with_one_line() {
         "the file is untouched"
     );
 }
+
+#[tokio::test]
+async fn usage_errors_are_one_line_with_exit_2() {
+    let home = Home::with_token_url(NOWHERE, "");
+    for (args, needle) in [
+        (&["--bogus"][..], "unexpected argument '--bogus'"),
+        (
+            &["token"][..],
+            "required arguments were not provided: <NAME>",
+        ),
+        (
+            &["log", "--limit", "x"][..],
+            "invalid value 'x' for '--limit <LIMIT>'",
+        ),
+        (
+            &["nosuchcommand"][..],
+            "unrecognized subcommand 'nosuchcommand'",
+        ),
+    ] {
+        assert_one_line_error(&home.run(args, "").await, 2, needle);
+    }
+    let help = home.run(&["--help"], "").await;
+    assert_eq!(help.code, Some(0), "{help:?}");
+    assert!(help.stdout.contains("Exit codes:"), "{help:?}");
+}
+
+#[tokio::test]
+async fn empty_journal_and_nothing_to_check_say_so() {
+    let home = Home::with_token_url(NOWHERE, "");
+    home.add("known", "basic", "rt-known-0123456789").await;
+    let log = home.run(&["log", "--json"], "").await;
+    assert_eq!(
+        (log.code, log.stdout.as_str()),
+        (Some(0), "[]\n"),
+        "{log:?}"
+    );
+    let status = home.run(&["status", "--json"], "").await;
+    let rows: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{status:?}");
+
+    let bare = tempfile::tempdir().unwrap();
+    let empty = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+        .arg("doctor")
+        .current_dir(bare.path())
+        .env_remove("TOKENWARDEN_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(empty.status.code(), Some(0), "{empty:?}");
+    assert!(
+        String::from_utf8_lossy(&empty.stdout).starts_with("nothing to check: "),
+        "{empty:?}"
+    );
+}
