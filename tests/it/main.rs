@@ -14,3 +14,4 @@ mod lifecycle;
 mod oauth_server;
 mod providers;
 mod service;
+mod test_server;

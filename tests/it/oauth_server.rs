@@ -1,4 +1,4 @@
-//! Test harness: runs the real OAuth 2.0 authorization server in `tests/oauth-server/` (oidc-provider on Node) as a child process and gives tests its URLs, token minting, introspection and refresh-token reuse counters.
+//! Test harness: runs the real OAuth 2.0 authorization server in `tests/oauth-server/` (oidc-provider on Node) as a child process and gives tests its URLs, token minting, introspection, refresh-token reuse counters, a refresh-token grace window, held responses, the device flow's user pages and jwt-bearer assertions.
 //!
 //! Needs `node` on PATH and `npm ci --prefix tests/oauth-server` once. Each
 //! [`OauthServer`] is its own process on an ephemeral 127.0.0.1 port, so tests
@@ -28,6 +28,8 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 /// Per-request timeout of the harness's own HTTP calls.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_AT_TTL_SECS: u64 = 120;
+/// How often [`OauthServer::wait_held`] asks for the stats.
+const POLL_EVERY: Duration = Duration::from_millis(20);
 const NPM_HINT: &str = "run `npm ci --prefix tests/oauth-server` (from the repository root)";
 /// Keep at most this much of the server's stderr for failure messages.
 const STDERR_CAP: usize = 64 * 1024;
@@ -47,6 +49,21 @@ pub mod clients {
     /// `client_secret_basic`; grant `client_credentials` only, scope `api:read api:write`.
     pub const CC_ID: &str = "cc-client";
     pub const CC_SECRET: &str = "cc-secret";
+    /// `client_secret_basic`; grants `urn:ietf:params:oauth:grant-type:device_code`,
+    /// `refresh_token`; all scopes.
+    pub const DEVICE_ID: &str = "device-client";
+    pub const DEVICE_SECRET: &str = "device-secret";
+    /// Public (`none`, `client_id` in the form); grants as [`DEVICE_ID`].
+    pub const DEVICE_PUBLIC_ID: &str = "device-public";
+    /// Public (`none`); grant `urn:ietf:params:oauth:grant-type:jwt-bearer` only, scope
+    /// `api:read api:write`. A request may carry only `grant_type` and `assertion` (as for
+    /// Salesforce and Google service accounts): the server takes the client from the assertion's
+    /// `iss`. Assertions are verified with jwt-client's key (kid [`JWT_KID`]); see
+    /// [`super::jwt_bearer_assertion`].
+    pub const BEARER_ID: &str = "bearer-client";
+    /// `client_secret_basic`; otherwise as [`BEARER_ID`].
+    pub const BEARER_SECRET_ID: &str = "bearer-secret-client";
+    pub const BEARER_SECRET: &str = "bearer-secret";
     /// `client_secret_basic`, may only call the introspection endpoint.
     pub const INTROSPECTOR_ID: &str = "introspector";
     pub const INTROSPECTOR_SECRET: &str = "introspector-secret";
@@ -57,18 +74,119 @@ pub mod clients {
 /// Counters kept by the server since start or the last [`OauthServer::reset_stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct Stats {
-    /// `refresh_token` grants answered with 200.
+    /// `refresh_token` grants answered with 200 (grace-window acceptances included).
     pub refresh_ok: u64,
     /// `refresh_token` grants that presented a refresh token some other request had already
-    /// consumed (rotated), before or concurrently; whatever the outcome. The daemon must never
-    /// cause one.
+    /// consumed (rotated), before or concurrently, outside any grace window; whatever the
+    /// outcome. The daemon must never cause one.
     pub refresh_reuse: u64,
+    /// `refresh_token` grants that presented an already consumed refresh token inside the
+    /// grace window ([`ServerOptions::rt_grace_secs`]) and were accepted.
+    pub refresh_grace: u64,
     /// `refresh_token` grants answered with an error (reuses included).
     pub refresh_failed: u64,
     /// Grants revoked (by reuse detection or by the revocation endpoint).
     pub grants_revoked: u64,
     /// Every POST to the token endpoint, any grant type, any outcome.
     pub token_requests: u64,
+    /// `jwt-bearer` grants answered with 200.
+    pub jwt_bearer_ok: u64,
+    /// `jwt-bearer` grants answered with an error (client authentication errors included).
+    pub jwt_bearer_failed: u64,
+    /// Token responses held back by [`OauthServer::hold`] right now (a gauge: not zeroed by
+    /// [`OauthServer::reset_stats`]; a client that disconnects stops counting).
+    pub held: u64,
+}
+
+/// How to start the server; [`Default`] is what [`OauthServer::start`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::struct_field_names,
+    reason = "the unit in each name, as the environment variables it sets"
+)]
+pub struct ServerOptions {
+    /// Lifetime of access tokens, client-credentials and jwt-bearer tokens (`AT_TTL`; >= 1).
+    pub at_ttl_secs: u64,
+    /// Refresh-token grace window (`RT_GRACE`; 0 = off): a refresh token consumed by a rotation
+    /// at most this long ago is accepted again (a new rotation, counted in
+    /// [`Stats::refresh_grace`]); later it is reuse and revokes the grant.
+    pub rt_grace_secs: u64,
+    /// Device code / user code lifetime (`DEVICE_CODE_TTL`; >= 1).
+    pub device_code_ttl_secs: u64,
+    /// Device-flow polling interval (`DEVICE_INTERVAL`; >= 1): announced as `interval`; a
+    /// poll sooner than that after the previous one gets `slow_down` and 5 s more.
+    pub device_interval_secs: u64,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            at_ttl_secs: DEFAULT_AT_TTL_SECS,
+            rt_grace_secs: 0,
+            device_code_ttl_secs: 600,
+            device_interval_secs: 5,
+        }
+    }
+}
+
+/// The device authorization response (RFC 8628 §3.2).
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeviceAuthorization {
+    pub device_code: String,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: String,
+    pub expires_in: u64,
+    pub interval: u64,
+}
+
+/// What the user does on the device pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceAction {
+    /// Confirm the code, sign in (any account: `device-user`), consent.
+    Approve,
+    /// Confirm page's "Abort".
+    Deny,
+}
+
+/// Where the device pages ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceOutcome {
+    /// The success page: the next poll gets tokens.
+    Approved,
+    /// The code page again, with an error: `AbortedError` (after [`DeviceAction::Deny`]),
+    /// `NotFoundError`, `ExpiredError`, `AlreadyUsedError`, `NoCodeError`.
+    Rejected(String),
+}
+
+/// Claims of a jwt-bearer grant assertion (RFC 7523 §3); see [`jwt_bearer_assertion`].
+#[derive(Debug, Clone, Serialize)]
+pub struct AssertionClaims {
+    pub iss: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    pub aud: String,
+    pub iat: u64,
+    pub exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+impl AssertionClaims {
+    /// A valid assertion's claims: iss = `client_id`, the given `sub`, aud = `audience` (the
+    /// issuer or the token endpoint URL), exp = now + 60 s, a random jti.
+    #[must_use]
+    pub fn new(client_id: &str, sub: &str, audience: &str) -> Self {
+        let now = unix_now();
+        Self {
+            iss: client_id.to_owned(),
+            sub: Some(sub.to_owned()),
+            aud: audience.to_owned(),
+            iat: now,
+            exp: now + 60,
+            jti: Some(random_jti()),
+        }
+    }
 }
 
 /// Tokens minted by `POST /test/mint`, as the authorization-code flow would have issued them.
@@ -91,6 +209,7 @@ struct ReadyLine {
     introspection_url: String,
     revocation_url: String,
     authorization_url: String,
+    device_authorization_url: String,
 }
 
 /// Owns the node process: killed and reaped when dropped, also when `start` panics half-way.
@@ -119,14 +238,33 @@ pub struct OauthServer {
 }
 
 impl OauthServer {
-    /// Starts the server with a 120 s access-token lifetime.
+    /// Starts the server with [`ServerOptions::default`] (120 s access tokens, no grace window).
     pub async fn start() -> Self {
-        Self::start_with_ttl(DEFAULT_AT_TTL_SECS).await
+        Self::start_with(ServerOptions::default()).await
     }
 
     /// Starts the server; access tokens and client-credentials tokens live `at_ttl_secs`.
     pub async fn start_with_ttl(at_ttl_secs: u64) -> Self {
+        Self::start_with(ServerOptions {
+            at_ttl_secs,
+            ..ServerOptions::default()
+        })
+        .await
+    }
+
+    /// Starts the server with `options`.
+    pub async fn start_with(options: ServerOptions) -> Self {
+        let ServerOptions {
+            at_ttl_secs,
+            rt_grace_secs,
+            device_code_ttl_secs,
+            device_interval_secs,
+        } = options;
         assert!(at_ttl_secs > 0, "AT_TTL must be at least 1 second");
+        assert!(
+            device_code_ttl_secs > 0 && device_interval_secs > 0,
+            "DEVICE_CODE_TTL and DEVICE_INTERVAL must be at least 1 second"
+        );
         let dir = server_dir();
         let script = dir.join("server.js");
         assert!(script.is_file(), "{} is missing", script.display());
@@ -142,6 +280,9 @@ impl OauthServer {
             .arg(&script)
             .current_dir(&dir)
             .env("AT_TTL", at_ttl_secs.to_string())
+            .env("RT_GRACE", rt_grace_secs.to_string())
+            .env("DEVICE_CODE_TTL", device_code_ttl_secs.to_string())
+            .env("DEVICE_INTERVAL", device_interval_secs.to_string())
             .env("PORT", "0")
             .env_remove("OAUTH_SERVER_IGNORE_STDIN")
             .stdin(Stdio::piped())
@@ -236,6 +377,12 @@ impl OauthServer {
         &self.ready.authorization_url
     }
 
+    /// The device authorization endpoint (RFC 8628 §3.1), `{issuer}/device/auth`.
+    #[must_use]
+    pub fn device_authorization_url(&self) -> &str {
+        &self.ready.device_authorization_url
+    }
+
     /// What the server wrote to stderr so far (warnings; per-request lines when the
     /// server runs with `OAUTH_SERVER_DEBUG=1` in the test's environment).
     #[must_use]
@@ -279,6 +426,156 @@ impl OauthServer {
         body["active"]
             .as_bool()
             .unwrap_or_else(|| panic!("introspection response without boolean `active`: {body}"))
+    }
+
+    /// From now on, answers to `refresh_token` grants wait (after the server processed them:
+    /// the token is already rotated) until [`Self::release`] or until `seconds` have passed.
+    /// Calling it again restarts the time from now.
+    pub async fn hold(&self, seconds: u64) {
+        self.test_route(
+            reqwest::Method::POST,
+            "/test/hold",
+            Some(&json!({ "seconds": seconds })),
+        )
+        .await;
+    }
+
+    /// Ends a [`Self::hold`]: every held answer goes out now. Returns how many were held.
+    pub async fn release(&self) -> u64 {
+        let value = self
+            .test_route(reqwest::Method::POST, "/test/release", None)
+            .await;
+        value["released"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("release response without `released`: {value}"))
+    }
+
+    /// Polls the stats until at least `k` answers are held back; panics after `within`.
+    pub async fn wait_held(&self, k: u64, within: Duration) -> Stats {
+        let deadline = Instant::now() + within;
+        loop {
+            let stats = self.stats().await;
+            if stats.held >= k {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{k} held responses expected within {within:?}; last stats: {stats:?}"
+            );
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+
+    /// Starts a device authorization (RFC 8628 §3.1) as [`clients::DEVICE_ID`].
+    pub async fn device_authorize(&self, scope: &str) -> DeviceAuthorization {
+        let response = self
+            .http
+            .post(self.device_authorization_url())
+            .basic_auth(clients::DEVICE_ID, Some(clients::DEVICE_SECRET))
+            .form(&[("scope", scope)])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("device authorization request failed: {e}"));
+        let status = response.status();
+        let text = response.text().await.expect("device authorization body");
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "device authorization answered {status}: {text}"
+        );
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("device authorization response shape ({e}): {text}"))
+    }
+
+    /// Plays the user on oidc-provider's real device pages, without a browser: opens the
+    /// verification URI (`{issuer}/device`), types `user_code`, then confirms and signs in
+    /// (any account, `device-user`) and consents, or aborts on the confirm page. Cookies are
+    /// carried by hand; at most 20 pages.
+    pub async fn device_user(&self, user_code: &str, action: DeviceAction) -> DeviceOutcome {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(HTTP_TIMEOUT)
+            .build()
+            .expect("reqwest client");
+        let base = url::Url::parse(self.issuer()).expect("issuer is a URL");
+        let mut cookies: Vec<(String, String)> = Vec::new();
+        let mut next = http.get(format!("{}/device", self.issuer()));
+        for _ in 0..20 {
+            let cookie = cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let response = next
+                .header("Cookie", cookie)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("device page request failed: {e}"));
+            for set in response.headers().get_all("set-cookie") {
+                let set = set.to_str().expect("set-cookie is ASCII");
+                let pair = set.split(';').next().unwrap_or_default();
+                let Some((name, value)) = pair.split_once('=') else {
+                    continue;
+                };
+                cookies.retain(|(k, _)| k != name);
+                if !value.is_empty() && !set.contains("expires=Thu, 01 Jan 1970") {
+                    cookies.push((name.to_owned(), value.to_owned()));
+                }
+            }
+            let status = response.status();
+            if status.is_redirection() {
+                let location = response.headers()["location"]
+                    .to_str()
+                    .expect("location is ASCII");
+                let location = base.join(location).expect("location is a URL");
+                assert!(
+                    location.as_str().starts_with(self.issuer()),
+                    "the device pages redirected away from the server: {location}"
+                );
+                next = http.get(location);
+                continue;
+            }
+            let page = response.text().await.expect("device page body");
+            assert_eq!(status, StatusCode::OK, "unexpected device page: {page}");
+            if page.contains("id=\"device-success\"") {
+                return DeviceOutcome::Approved;
+            }
+            if let Some(rest) = page.split("id=\"device-error\"").nth(1) {
+                let name = attribute(rest.split('>').next().unwrap_or_default(), "data-error")
+                    .unwrap_or_default();
+                return DeviceOutcome::Rejected(name);
+            }
+            let (action_url, mut fields) = first_form(&page);
+            if page.contains("id=\"op.deviceInputForm\"") {
+                fields.push(("user_code".to_owned(), user_code.to_owned()));
+            } else if page.contains("id=\"op.deviceConfirmForm\"") && action == DeviceAction::Deny {
+                fields.push(("abort".to_owned(), "yes".to_owned()));
+            } else if page.contains("name=\"login\"") {
+                fields.retain(|(k, _)| k != "login" && k != "password");
+                fields.push(("login".to_owned(), "device-user".to_owned()));
+                fields.push(("password".to_owned(), "anything".to_owned()));
+            }
+            let target = base.join(&action_url).expect("form action is a URL");
+            next = http.post(target).form(&fields);
+        }
+        panic!("the device pages did not finish within 20 pages");
+    }
+
+    /// [`Self::device_user`] approving; panics unless the success page shows.
+    pub async fn approve_device(&self, user_code: &str) {
+        let outcome = self.device_user(user_code, DeviceAction::Approve).await;
+        assert_eq!(outcome, DeviceOutcome::Approved, "approving {user_code}");
+    }
+
+    /// [`Self::device_user`] aborting; panics unless the pages report the abort.
+    pub async fn deny_device(&self, user_code: &str) {
+        let outcome = self.device_user(user_code, DeviceAction::Deny).await;
+        assert_eq!(
+            outcome,
+            DeviceOutcome::Rejected("AbortedError".to_owned()),
+            "denying {user_code}"
+        );
     }
 
     pub async fn stats(&self) -> Stats {
@@ -335,6 +632,72 @@ pub fn jwt_client_key_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt-client.key.pem")
 }
 
+/// An RS256 jwt-bearer grant `assertion` with `claims`, kid `jwt-client-1`, signed with
+/// [`jwt_client_key_path`] (the key the server holds for [`clients::BEARER_ID`] and
+/// [`clients::BEARER_SECRET_ID`]).
+#[must_use]
+pub fn jwt_bearer_assertion(claims: &AssertionClaims) -> String {
+    let pem = std::fs::read(jwt_client_key_path()).expect("read tests/fixtures/jwt-client.key.pem");
+    let key = EncodingKey::from_rsa_pem(&pem).expect("jwt-client key is an RSA PEM");
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(clients::JWT_KID.to_owned());
+    jsonwebtoken::encode(&header, claims, &key).expect("sign jwt-bearer assertion")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+fn random_jti() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// The action and hidden fields of the first form on a page.
+fn first_form(page: &str) -> (String, Vec<(String, String)>) {
+    let form_tag = page
+        .split("<form")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no form on the page: {page}"));
+    let action = attribute(form_tag.split('>').next().unwrap_or_default(), "action")
+        .unwrap_or_else(|| panic!("form without action: {page}"));
+    let fields = form_tag
+        .split("<input")
+        .skip(1)
+        .filter_map(|tag| {
+            let tag = tag.split('>').next()?;
+            if !tag.contains("type=\"hidden\"") {
+                return None;
+            }
+            Some((
+                attribute(tag, "name")?,
+                attribute(tag, "value").unwrap_or_default(),
+            ))
+        })
+        .collect();
+    (action, fields)
+}
+
+/// A double-quoted attribute's value in a tag, with the entities the server's pages use decoded.
+fn attribute(tag: &str, name: &str) -> Option<String> {
+    let key = format!(" {name}=\"");
+    let start = tag.find(&key)? + key.len();
+    let raw = tag[start..].split('"').next()?;
+    Some(
+        raw.replace("&#34;", "\"")
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&#60;", "<")
+            .replace("&lt;", "<")
+            .replace("&#62;", ">")
+            .replace("&gt;", ">")
+            .replace("&#38;", "&")
+            .replace("&amp;", "&"),
+    )
+}
+
 /// A fresh RS256 `client_assertion` for `private_key_jwt` (RFC 7523): iss = sub = `client_id`,
 /// aud = `audience` (the token endpoint URL), random jti, exp = now + 60 s, kid `jwt-client-1`,
 /// signed with [`jwt_client_key_path`].
@@ -351,17 +714,14 @@ pub fn jwt_client_assertion(client_id: &str, audience: &str) -> String {
     }
     let pem = std::fs::read(jwt_client_key_path()).expect("read tests/fixtures/jwt-client.key.pem");
     let key = EncodingKey::from_rsa_pem(&pem).expect("jwt-client key is an RSA PEM");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
+    let now = unix_now();
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(clients::JWT_KID.to_owned());
     let claims = Claims {
         iss: client_id,
         sub: client_id,
         aud: audience,
-        jti: format!("{:032x}", rand::random::<u128>()),
+        jti: random_jti(),
         iat: now,
         exp: now + 60,
     };
@@ -665,7 +1025,8 @@ mod tests {
                 refresh_reuse: 1,
                 refresh_failed: 2,
                 grants_revoked: 1,
-                token_requests: 12
+                token_requests: 12,
+                ..Stats::default()
             }
         );
         server.reset_stats().await;

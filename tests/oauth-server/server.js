@@ -4,25 +4,44 @@
 //
 // Started by tests/it/oauth_server.rs. Contract with the Rust side:
 //   - stdout carries exactly ONE JSON line, printed once the port listens:
-//       {"issuer","port","token_url","introspection_url","revocation_url","authorization_url"}
+//       {"issuer","port","token_url","introspection_url","revocation_url","authorization_url",
+//        "device_authorization_url"}
 //     Everything else (oidc-provider warnings and notices, debug logs) goes to stderr.
 //   - it exits when its stdin reaches EOF (so a killed test never leaves it
 //     behind), on SIGTERM and on SIGINT. Set OAUTH_SERVER_IGNORE_STDIN=1 to run it by hand
 //     with stdin at /dev/null.
 //
-// Environment:
-//   PORT     listen port on 127.0.0.1 (default 0 = ephemeral)
-//   AT_TTL   access-token and client-credentials-token lifetime in seconds (default 120)
+// Environment (durations in whole seconds):
+//   PORT             listen port on 127.0.0.1 (default 0 = ephemeral)
+//   AT_TTL           access-token, client-credentials-token and jwt-bearer-token lifetime
+//                    (default 120)
+//   RT_GRACE         refresh-token grace window (default 0 = off): a refresh token consumed
+//                    by a rotation at most RT_GRACE s ago is accepted again (a fresh rotation)
+//                    instead of being treated as reuse; later presentations are reuse
+//   DEVICE_CODE_TTL  device_code / user_code lifetime (default 600)
+//   DEVICE_INTERVAL  device-flow polling interval announced as `interval` (default 5); a poll
+//                    sooner than that after the previous poll of the same device_code gets
+//                    slow_down, and the code's interval grows by 5 s (RFC 8628 §3.5)
 //   OAUTH_SERVER_DEBUG=1   log every token-endpoint outcome to stderr
+//
+// Grants: authorization_code, refresh_token (rotating), client_credentials,
+// urn:ietf:params:oauth:grant-type:device_code (RFC 8628; user pages at /device),
+// urn:ietf:params:oauth:grant-type:jwt-bearer (RFC 7523 §2.1; access token only).
 //
 // Test routes (mounted in front of the provider's routes, same port):
 //   POST /test/mint         {"client_id","scope"?,"account_id"?} -> {"refresh_token","access_token",...}
-//   GET  /test/stats        -> {"refresh_ok","refresh_reuse","refresh_failed","grants_revoked","token_requests"}
-//   POST /test/reset-stats  -> zeroes the counters
+//   GET  /test/stats        -> {"refresh_ok","refresh_reuse","refresh_grace","refresh_failed",
+//                               "grants_revoked","token_requests","jwt_bearer_ok",
+//                               "jwt_bearer_failed","held"}
+//   POST /test/reset-stats  -> zeroes the counters (not `held`, a live gauge)
+//   POST /test/hold         {"seconds"} -> refresh_token grants are still processed (rotated),
+//                              but their HTTP answers wait until /test/release or `seconds` pass
+//   POST /test/release      -> answers every held response now; {"released": n}
 
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { randomBytes } from 'node:crypto';
+import { createPublicKey, randomBytes, verify as verifySignature } from 'node:crypto';
+import * as querystring from 'node:querystring';
 
 // oidc-provider prints its NOTICEs with console.info, i.e. to stdout. stdout
 // belongs to the single ready line, so send every console channel to stderr
@@ -37,18 +56,22 @@ const { default: Provider, errors } = await import('oidc-provider');
 const HOST = '127.0.0.1';
 const DEBUG = process.env.OAUTH_SERVER_DEBUG === '1';
 
-function envSeconds(name, fallback) {
+function envSeconds(name, fallback, { min = 1 } = {}) {
   const raw = process.env[name];
   if (raw === undefined || raw === '') return fallback;
   const value = Number(raw);
-  if (!Number.isInteger(value) || value <= 0) {
-    console.error(`${name} must be a positive integer number of seconds, got ${JSON.stringify(raw)}`);
+  if (!Number.isInteger(value) || value < min) {
+    const what = min === 0 ? 'a non-negative' : 'a positive';
+    console.error(`${name} must be ${what} integer number of seconds, got ${JSON.stringify(raw)}`);
     process.exit(2);
   }
   return value;
 }
 
 const AT_TTL = envSeconds('AT_TTL', 120);
+const RT_GRACE = envSeconds('RT_GRACE', 0, { min: 0 });
+const DEVICE_CODE_TTL = envSeconds('DEVICE_CODE_TTL', 600);
+const DEVICE_INTERVAL = envSeconds('DEVICE_INTERVAL', 5);
 const RT_TTL = 14 * 24 * 60 * 60;
 const PORT = (() => {
   const raw = process.env.PORT ?? '';
@@ -66,6 +89,16 @@ const REDIRECT_URIS = ['http://127.0.0.1/callback'];
 const DEFAULT_MINT_SCOPE = 'openid offline_access api:read';
 const DEFAULT_ACCOUNT_ID = 'test-account';
 const REFRESH_TOKEN_REUSED = 'refresh token already used'; // oidc-provider's error_detail wording
+const DEVICE_CODE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+// RFC 8628 §3.5: after slow_down the client adds 5 s to its interval; so does the server.
+const SLOW_DOWN_STEP = 5;
+// An expired device code stays stored this long, so a poll gets expired_token, not "not found".
+const EXPIRED_DEVICE_CODE_KEPT = 600;
+// jwt-bearer assertions: exp at most this far ahead (and the jti is remembered until exp).
+const JWT_BEARER_MAX_LIFETIME = 300;
+// The request-body limit oidc-provider applies to the token endpoint.
+const TOKEN_BODY_LIMIT = 56 * 1024;
 
 const epochTime = () => Math.floor(Date.now() / 1000);
 
@@ -73,19 +106,28 @@ const epochTime = () => Math.floor(Date.now() / 1000);
 // Counters
 // ---------------------------------------------------------------------------
 
-// refresh_ok       refresh_token grants answered 200
-// refresh_reuse    refresh_token grants presenting a refresh token that another request
-//                  had already consumed (rotated), earlier or concurrently; any outcome
-// refresh_failed   refresh_token grants answered with an error (reuses included)
-// grants_revoked   grants revoked: reuse detection, revocation endpoint
-// token_requests   every POST /token, any grant type, any outcome
+// refresh_ok        refresh_token grants answered 200 (grace acceptances included)
+// refresh_reuse     refresh_token grants presenting a refresh token that another request
+//                   had already consumed (rotated), earlier or concurrently, OUTSIDE the
+//                   RT_GRACE window; any outcome
+// refresh_grace     refresh_token grants presenting an already consumed refresh token
+//                   inside the RT_GRACE window, accepted (answered 200)
+// refresh_failed    refresh_token grants answered with an error (reuses included)
+// grants_revoked    grants revoked: reuse detection, revocation endpoint
+// token_requests    every POST /token, any grant type, any outcome
+// jwt_bearer_ok     jwt-bearer grants answered 200
+// jwt_bearer_failed jwt-bearer grants answered with an error (client errors included)
+// held              (live, not reset) token responses being held back by /test/hold now
 function zeroStats() {
   return {
     refresh_ok: 0,
     refresh_reuse: 0,
+    refresh_grace: 0,
     refresh_failed: 0,
     grants_revoked: 0,
     token_requests: 0,
+    jwt_bearer_ok: 0,
+    jwt_bearer_failed: 0,
   };
 }
 let stats = zeroStats();
@@ -113,8 +155,13 @@ class Store {
     this.byGrant = new Map(); // grantId -> Set<"Model:id">
     // Every refresh token ever consumed (rotated), kept after the token itself
     // is deleted (e.g. by a grant revocation) until it would have expired:
-    // id -> { by: sequence number of the request that consumed it, grantId, expiresAt }.
+    // id -> { by: sequence number of the request that consumed it, at: when (ms), grantId,
+    //         expiresAt }.
     this.consumedRefreshTokens = new Map();
+    // Device-code polls: id -> { last: ms of the previous poll, interval: s, expiresAt }.
+    this.devicePolls = new Map();
+    // jwt-bearer assertions accepted: "iss jti" -> expiresAt (ms, the assertion's exp).
+    this.seenJtis = new Map();
   }
 
   get(key) {
@@ -187,8 +234,13 @@ class Store {
     for (const [key, entry] of this.entries) {
       if (entry.expiresAt <= now) this.delete(key);
     }
-    for (const [id, { expiresAt }] of this.consumedRefreshTokens) {
-      if (expiresAt <= now) this.consumedRefreshTokens.delete(id);
+    for (const map of [this.consumedRefreshTokens, this.devicePolls]) {
+      for (const [id, { expiresAt }] of map) {
+        if (expiresAt <= now) map.delete(id);
+      }
+    }
+    for (const [key, expiresAt] of this.seenJtis) {
+      if (expiresAt <= now) this.seenJtis.delete(key);
     }
   }
 }
@@ -207,6 +259,36 @@ function currentRequestSeq() {
   return Provider.ctx?.state.requestSeq;
 }
 
+// The grant_type of the token request being served, if this is one.
+function currentGrantType() {
+  const ctx = Provider.ctx;
+  if (!ctx || ctx.method !== 'POST' || ctx.path !== TOKEN_PATH) return undefined;
+  return ctx.oidc?.params?.grant_type;
+}
+
+// RT_GRACE: was this consumed refresh token consumed recently enough to be accepted again?
+function withinGraceWindow(consumed) {
+  return RT_GRACE > 0 && consumed !== undefined && Date.now() - consumed.at <= RT_GRACE * 1000;
+}
+
+// RFC 8628 §3.5 rate limit, checked when the device_code grant loads its code: a poll sooner
+// than the code's interval after the previous poll gets slow_down and a 5 s longer interval.
+// The first poll is never too soon. Every poll, slow or not, restarts the clock.
+function checkDevicePollRate(id, expiresAt) {
+  const now = Date.now();
+  const poll = store.devicePolls.get(id);
+  if (!poll) {
+    store.devicePolls.set(id, { last: now, interval: DEVICE_INTERVAL, expiresAt });
+    return;
+  }
+  const elapsed = now - poll.last;
+  poll.last = now;
+  if (elapsed < poll.interval * 1000) {
+    poll.interval += SLOW_DOWN_STEP;
+    throw new errors.SlowDown(`polled after ${elapsed} ms; interval is now ${poll.interval} s`);
+  }
+}
+
 class MapAdapter {
   constructor(model) {
     this.model = model;
@@ -217,12 +299,29 @@ class MapAdapter {
   }
 
   async upsert(id, payload, expiresIn) {
-    store.set(this.key(id), payload, expiresIn);
+    // The provider checks a device code's own `exp`; keeping the record a while longer
+    // turns a late poll into expired_token rather than "device code not found".
+    const keep = this.model === 'DeviceCode' && typeof expiresIn === 'number'
+      ? expiresIn + EXPIRED_DEVICE_CODE_KEPT : expiresIn;
+    store.set(this.key(id), payload, keep);
   }
 
   async find(id) {
     const entry = store.get(this.key(id));
-    return entry ? structuredClone(entry.payload) : undefined;
+    if (!entry) return undefined;
+    const payload = structuredClone(entry.payload);
+    const grantType = currentGrantType();
+    if (this.model === 'RefreshToken' && payload.consumed && grantType === 'refresh_token'
+      && withinGraceWindow(store.consumedRefreshTokens.get(id))) {
+      // Inside the grace window the refresh_token grant must not see the token as used
+      // (it would revoke the grant itself); consume() below decides, atomically.
+      delete payload.consumed;
+    }
+    // An expired code gets expired_token however fast it is polled.
+    if (this.model === 'DeviceCode' && grantType === DEVICE_CODE_GRANT && !(payload.exp <= epochTime())) {
+      checkDevicePollRate(id, entry.expiresAt);
+    }
+    return payload;
   }
 
   async findByUserCode(userCode) {
@@ -249,6 +348,13 @@ class MapAdapter {
     // as the store is slow). Make the consume itself the atomic
     // check-and-set: the loser is treated exactly like a sequential reuse
     // (invalid_grant, whole grant revoked).
+    // RT_GRACE: a token consumed at most RT_GRACE s ago is accepted again; the provider
+    // then rotates once more (new refresh + access token, same grant). The window counts
+    // from the first consumption; the successor issued then stays valid too.
+    if (entry?.payload.consumed && withinGraceWindow(store.consumedRefreshTokens.get(id))) {
+      if (Provider.ctx) Provider.ctx.state.refreshGrace = true;
+      return;
+    }
     if (!entry || entry.payload.consumed) {
       const grantId = entry?.payload.grantId ?? store.consumedRefreshTokens.get(id)?.grantId;
       store.delete(key);
@@ -258,7 +364,7 @@ class MapAdapter {
     }
     entry.payload.consumed = epochTime();
     store.consumedRefreshTokens.set(id, {
-      by: currentRequestSeq(), grantId: entry.payload.grantId, expiresAt: entry.expiresAt,
+      by: currentRequestSeq(), at: Date.now(), grantId: entry.payload.grantId, expiresAt: entry.expiresAt,
     });
   }
 
@@ -325,6 +431,45 @@ const clients = [
     token_endpoint_auth_method: 'client_secret_basic',
     scope: 'api:read api:write',
   },
+  // Device authorization grant (RFC 8628), confidential and public.
+  {
+    client_id: 'device-client',
+    client_secret: 'device-secret',
+    grant_types: [DEVICE_CODE_GRANT, 'refresh_token'],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'client_secret_basic',
+    scope: ALL_SCOPES,
+  },
+  {
+    client_id: 'device-public',
+    grant_types: [DEVICE_CODE_GRANT, 'refresh_token'],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'none',
+    scope: ALL_SCOPES,
+  },
+  // JWT bearer grant (RFC 7523 §2.1). `bearer-client` sends the assertion alone, as
+  // Salesforce's and Google's server-to-server flows do (the front middleware takes its
+  // client_id from the assertion's iss); `bearer-secret-client` also authenticates with
+  // client_secret_basic. Both verify assertions with jwt-client's public key (kid jwt-client-1).
+  {
+    client_id: 'bearer-client',
+    grant_types: [JWT_BEARER_GRANT],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'none',
+    scope: 'api:read api:write',
+  },
+  {
+    client_id: 'bearer-secret-client',
+    client_secret: 'bearer-secret',
+    grant_types: [JWT_BEARER_GRANT],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'client_secret_basic',
+    scope: 'api:read api:write',
+  },
   {
     client_id: 'introspector',
     client_secret: 'introspector-secret',
@@ -334,6 +479,42 @@ const clients = [
     token_endpoint_auth_method: 'client_secret_basic',
   },
 ];
+
+// Public keys that verify each jwt-bearer client's assertions: client_id -> Map(kid -> KeyObject).
+// Imported from the fixture, never generated (see the Node 20 note in the configuration).
+const jwtBearerKeys = (() => {
+  const keys = new Map(jwtClientJwks.keys.map((jwk) => [jwk.kid, createPublicKey({ key: jwk, format: 'jwk' })]));
+  return new Map([['bearer-client', keys], ['bearer-secret-client', keys]]);
+})();
+
+const htmlEscape = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+const page = (title, body) => `<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>${htmlEscape(title)}</title></head>
+<body><h1>${htmlEscape(title)}</h1>
+${body}
+</body></html>`;
+
+// The device flow's user pages, plain: the forms are oidc-provider's own. Markers for the
+// Rust harness: id="op.deviceInputForm" / id="op.deviceConfirmForm" (the forms),
+// id="device-error" data-error="<ReRenderError name>" (e.g. AbortedError after a denial,
+// NotFoundError, ExpiredError, AlreadyUsedError), id="device-success".
+const deviceFlowPages = {
+  async userCodeInputSource(ctx, form, out, err) {
+    const error = err
+      ? `<p id="device-error" data-error="${htmlEscape(err.name)}">${htmlEscape(err.message)}</p>`
+      : '<p>Enter the code displayed on your device</p>';
+    ctx.body = page('Device sign-in', `${error}\n${form}\n<button type="submit" form="op.deviceInputForm">Continue</button>`);
+  },
+  async userCodeConfirmSource(ctx, form, client, deviceInfo, userCode) {
+    ctx.body = page('Confirm device', `<p>${htmlEscape(client.clientId)} shows the code <code>${htmlEscape(userCode)}</code></p>
+${form}
+<button type="submit" form="op.deviceConfirmForm">Continue</button>
+<button type="submit" form="op.deviceConfirmForm" value="yes" name="abort">Abort</button>`);
+  },
+  async successSource(ctx) {
+    ctx.body = page('Device sign-in', '<p id="device-success">Sign-in successful, you can close this page.</p>');
+  },
+};
 
 const configuration = {
   adapter: MapAdapter,
@@ -358,6 +539,12 @@ const configuration = {
       allowedPolicy: async (ctx, client, token) => token.clientId === client.clientId,
     },
     devInteractions: { enabled: true },
+    deviceFlow: {
+      enabled: true,
+      charset: 'base-20',
+      mask: '****-****',
+      ...deviceFlowPages,
+    },
     // Plain OAuth scopes (api:read, ...) travel in the grant's OIDC scope
     // list; no resource-server audiences to worry about.
     resourceIndicators: { enabled: false },
@@ -377,6 +564,7 @@ const configuration = {
     RefreshToken: RT_TTL,
     Grant: RT_TTL,
     AuthorizationCode: 60,
+    DeviceCode: DEVICE_CODE_TTL,
     IdToken: 3600,
     Interaction: 3600,
     Session: RT_TTL,
@@ -410,8 +598,188 @@ provider.on('grant.error', (ctx, err) => {
 provider.on('server_error', (ctx, err) => {
   console.error(`oauth-server: server_error on ${ctx.method} ${ctx.path}:`, err);
 });
+// oidc-provider's device authorization response has no `interval` (RFC 8628 §3.2 then means 5 s).
+provider.on('device_authorization.success', (ctx) => {
+  ctx.body.interval = DEVICE_INTERVAL;
+});
 
 const TOKEN_PATH = '/token';
+
+// ---------------------------------------------------------------------------
+// JWT bearer grant (RFC 7523 §2.1)
+// ---------------------------------------------------------------------------
+
+const bearerError = (description) => new errors.CustomOIDCProviderError('invalid_grant', description);
+
+const RSA_HASH = { RS256: 'sha256', RS384: 'sha384', RS512: 'sha512' };
+
+function decodeJwtPart(part, what) {
+  try {
+    const value = JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new Error('not an object');
+    return value;
+  } catch {
+    throw bearerError(`assertion ${what} is not base64url JSON`);
+  }
+}
+
+// The unverified `iss` of an assertion, or undefined.
+function assertionIssuer(assertion) {
+  if (typeof assertion !== 'string') return undefined;
+  try {
+    const { iss } = decodeJwtPart(assertion.split('.')[1] ?? '', 'payload');
+    return typeof iss === 'string' ? iss : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+// Every check of RFC 7523 §3 this server makes, in order; the first that fails names itself.
+// Returns the verified claims; the jti is recorded only once every other check passed.
+function verifyBearerAssertion(assertion, clientId) {
+  const parts = assertion.split('.');
+  if (parts.length !== 3) throw bearerError('assertion is not a JWS compact serialization (3 parts)');
+  const header = decodeJwtPart(parts[0], 'header');
+  const claims = decodeJwtPart(parts[1], 'payload');
+  const hash = RSA_HASH[header.alg];
+  if (!hash) throw bearerError(`assertion alg ${JSON.stringify(header.alg)} is not one of ${Object.keys(RSA_HASH).join(', ')}`);
+  const keys = jwtBearerKeys.get(clientId) ?? new Map();
+  let key;
+  if (header.kid !== undefined) {
+    key = keys.get(header.kid);
+    if (!key) throw bearerError(`assertion kid ${JSON.stringify(header.kid)} is not a key of client ${clientId}`);
+  } else if (keys.size === 1) {
+    [key] = keys.values();
+  } else {
+    throw bearerError(`assertion has no kid and client ${clientId} has ${keys.size} keys`);
+  }
+  const signed = Buffer.from(`${parts[0]}.${parts[1]}`);
+  if (!verifySignature(hash, signed, key, Buffer.from(parts[2], 'base64url'))) {
+    throw bearerError('assertion signature is invalid');
+  }
+  if (claims.iss !== clientId) {
+    throw bearerError(`assertion iss ${JSON.stringify(claims.iss)} is not the client ${clientId}`);
+  }
+  if (typeof claims.sub !== 'string' || claims.sub === '') throw bearerError('assertion sub is missing');
+  const audiences = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
+  const accepted = [issuer, `${issuer}${TOKEN_PATH}`];
+  if (!audiences.some((aud) => accepted.includes(aud))) {
+    throw bearerError(`assertion aud ${JSON.stringify(claims.aud)} is neither the issuer nor the token endpoint`);
+  }
+  const now = epochTime();
+  if (typeof claims.exp !== 'number') throw bearerError('assertion exp is missing');
+  if (claims.exp <= now) throw bearerError(`assertion expired ${now - claims.exp} s ago`);
+  if (claims.exp > now + JWT_BEARER_MAX_LIFETIME) {
+    throw bearerError(`assertion exp is ${claims.exp - now} s ahead, more than ${JWT_BEARER_MAX_LIFETIME} s`);
+  }
+  if (claims.nbf !== undefined && (typeof claims.nbf !== 'number' || claims.nbf > now)) {
+    throw bearerError('assertion nbf is in the future');
+  }
+  if (typeof claims.jti !== 'string' || claims.jti === '') throw bearerError('assertion jti is missing');
+  const seen = `${clientId} ${claims.jti}`;
+  if (store.seenJtis.has(seen)) throw bearerError('assertion jti was already used');
+  store.seenJtis.set(seen, claims.exp * 1000);
+  return claims;
+}
+
+async function jwtBearerHandler(ctx) {
+  const { client } = ctx.oidc;
+  const { assertion } = ctx.oidc.params;
+  if (typeof assertion !== 'string' || assertion === '') {
+    throw new errors.InvalidRequest('missing required parameter \'assertion\'');
+  }
+  const claims = verifyBearerAssertion(assertion, client.clientId);
+
+  const allowed = client.scope.split(' ');
+  const requested = ctx.oidc.params.scope ? [...ctx.oidc.requestParamScopes] : allowed;
+  const bad = requested.filter((scope) => !allowed.includes(scope));
+  if (bad.length) throw new errors.InvalidScope(`scope not allowed for ${client.clientId}`, bad.join(' '));
+  const scope = requested.join(' ');
+
+  // A grant per assertion, so the token introspects and revokes like the others.
+  const grant = new provider.Grant({ accountId: claims.sub, clientId: client.clientId });
+  grant.addOIDCScope(scope);
+  const grantId = await grant.save();
+  const at = new provider.AccessToken({
+    accountId: claims.sub, client, grantId, gty: JWT_BEARER_GRANT, scope,
+  });
+  ctx.oidc.entity('AccessToken', at);
+  const accessToken = await at.save();
+  ctx.body = {
+    access_token: accessToken,
+    token_type: at.tokenType,
+    expires_in: at.expiration,
+    scope,
+  };
+}
+
+provider.registerGrantType(JWT_BEARER_GRANT, jwtBearerHandler, ['assertion', 'scope']);
+
+// bearer-client sends no client authentication (RFC 7523 §3.1 makes it optional), but
+// oidc-provider's token endpoint needs a client_id: take it from the assertion's iss. The
+// signature is then checked against that client's key. To do that the front middleware reads
+// the form body itself and hands it on as req.body, which oidc-provider accepts (with one
+// "already parsed request body detected" warning on stderr).
+async function prepareTokenBody(ctx) {
+  if (!ctx.is('application/x-www-form-urlencoded')) return true;
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of ctx.req) {
+    size += chunk.length;
+    if (size > TOKEN_BODY_LIMIT) {
+      reply(ctx, 413, { error: 'invalid_request', error_description: 'request entity too large' });
+      return false;
+    }
+    chunks.push(chunk);
+  }
+  let body = Buffer.concat(chunks).toString('utf8');
+  const params = querystring.parse(body);
+  if (params.grant_type === JWT_BEARER_GRANT && params.client_id === undefined
+    && params.client_secret === undefined && params.client_assertion === undefined
+    && ctx.headers.authorization === undefined) {
+    const iss = assertionIssuer(params.assertion);
+    if (iss !== undefined) body = `${body}&${querystring.stringify({ client_id: iss })}`;
+  }
+  ctx.req.body = body;
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// /test/hold: refresh_token answers wait (after the rotation happened) until released
+// ---------------------------------------------------------------------------
+
+const hold = { until: 0, timer: undefined, waiters: new Set() };
+
+function releaseHeld() {
+  hold.until = 0;
+  clearTimeout(hold.timer);
+  hold.timer = undefined;
+  const released = hold.waiters.size;
+  for (const wake of [...hold.waiters]) wake();
+  return released;
+}
+
+function startHold(seconds) {
+  hold.until = Date.now() + seconds * 1000;
+  clearTimeout(hold.timer);
+  hold.timer = setTimeout(releaseHeld, seconds * 1000);
+  hold.timer.unref();
+}
+
+// Waits while a hold is on. A client that disconnects meanwhile stops counting as held; its
+// answer is then dropped by Koa (the response is no longer writable).
+async function holdResponse(ctx) {
+  if (Date.now() >= hold.until) return;
+  await new Promise((resolve) => {
+    const wake = () => {
+      hold.waiters.delete(wake);
+      ctx.res.off('close', wake);
+      resolve();
+    };
+    hold.waiters.add(wake);
+    ctx.res.once('close', wake);
+  });
+}
 
 function recordTokenRequest(ctx) {
   stats.token_requests += 1;
@@ -424,9 +792,18 @@ function recordTokenRequest(ctx) {
       stats.refresh_failed += 1;
     }
     // Counted whatever the outcome: with the atomic consume above a reuse
-    // always fails, but the counter must not depend on that.
-    if (presentedRefreshTokenConsumedElsewhere(ctx) || ctx.state.grantErrorDetail === REFRESH_TOKEN_REUSED) {
+    // always fails, but the counter must not depend on that. A presentation inside the
+    // grace window is never reuse.
+    if (ctx.state.refreshGrace) {
+      if (ok) stats.refresh_grace += 1;
+    } else if (presentedRefreshTokenConsumedElsewhere(ctx) || ctx.state.grantErrorDetail === REFRESH_TOKEN_REUSED) {
       stats.refresh_reuse += 1;
+    }
+  } else if (grantType === JWT_BEARER_GRANT) {
+    if (ok) {
+      stats.jwt_bearer_ok += 1;
+    } else {
+      stats.jwt_bearer_failed += 1;
     }
   }
   if (DEBUG) {
@@ -498,16 +875,37 @@ async function mint(ctx) {
   });
 }
 
+async function holdRoute(ctx) {
+  let body;
+  try {
+    body = await readJson(ctx);
+  } catch {
+    return reply(ctx, 400, { error: 'invalid_request', error_description: 'body must be JSON' });
+  }
+  const { seconds } = body;
+  if (!Number.isInteger(seconds) || seconds < 1 || seconds > 3600) {
+    return reply(ctx, 400, { error: 'invalid_request', error_description: 'seconds must be an integer 1..3600' });
+  }
+  startHold(seconds);
+  return reply(ctx, 200, { held_for: seconds, held: hold.waiters.size });
+}
+
+const currentStats = () => ({ ...stats, held: hold.waiters.size });
+
 async function testRoutes(ctx) {
   const route = `${ctx.method} ${ctx.path}`;
   switch (route) {
     case 'POST /test/mint':
       return mint(ctx);
     case 'GET /test/stats':
-      return reply(ctx, 200, stats);
+      return reply(ctx, 200, currentStats());
     case 'POST /test/reset-stats':
       stats = zeroStats();
-      return reply(ctx, 200, stats);
+      return reply(ctx, 200, currentStats());
+    case 'POST /test/hold':
+      return holdRoute(ctx);
+    case 'POST /test/release':
+      return reply(ctx, 200, { released: releaseHeld() });
     default:
       return reply(ctx, 404, { error: 'not_found', error_description: `no test route ${route}` });
   }
@@ -524,8 +922,11 @@ provider.use(async (ctx, next) => {
   const isTokenRequest = ctx.method === 'POST' && ctx.path === TOKEN_PATH;
   requestSeq += 1;
   ctx.state.requestSeq = requestSeq;
+  if (isTokenRequest && !(await prepareTokenBody(ctx))) return;
   await next();
-  if (isTokenRequest) recordTokenRequest(ctx);
+  if (!isTokenRequest) return;
+  recordTokenRequest(ctx);
+  if (ctx.oidc?.params?.grant_type === 'refresh_token') await holdResponse(ctx);
 });
 
 server.on('request', provider.callback());
@@ -555,4 +956,5 @@ writeStdout(JSON.stringify({
   introspection_url: `${issuer}/token/introspection`,
   revocation_url: `${issuer}/token/revocation`,
   authorization_url: `${issuer}/auth`,
+  device_authorization_url: `${issuer}/device/auth`,
 }));
