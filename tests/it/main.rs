@@ -13,5 +13,6 @@ mod harness;
 mod lifecycle;
 mod oauth_server;
 mod providers;
+mod recovery;
 mod service;
 mod test_server;

@@ -1,0 +1,169 @@
+//! Recovery from a crash mid-sweep against a provider that has already rotated every refresh token
+//! in flight: inside the provider's reuse grace window every credential lives on; without one,
+//! every lost credential is flagged with its reason within seconds of the restart — never when
+//! the dead daemon's lease runs out two minutes later.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{Home, count, eventually, signal, stop};
+use crate::oauth_server::{OauthServer, ServerOptions, clients};
+
+const SCOPE: &str = "openid offline_access api:read";
+/// Every credential in flight at once, and a lease (2 × 30 s + 50 s + 10 s) far longer than the
+/// recovery these tests wait for.
+const CONFIG: &str = "concurrency = 20";
+const CREDENTIALS: u64 = 20;
+/// How long the restarted daemon may take to recover every credential: well inside a 30 s grace
+/// window, and far below the lease.
+const RECOVERY: Duration = Duration::from_secs(20);
+
+/// Starts a daemon on `home` with every credential's refresh held back by `server` after the
+/// rotation, kills it with SIGKILL, and lets the held answers go (to a dead process).
+async fn crash_after_rotation(server: &OauthServer, home: &Home) {
+    server.hold(120).await;
+    let daemon = home.command(&["run"]).spawn().unwrap();
+    let stats = server.wait_held(CREDENTIALS, Duration::from_secs(30)).await;
+    assert_eq!(
+        stats.refresh_ok, CREDENTIALS,
+        "the provider rotated every token"
+    );
+    signal(&daemon, "-KILL");
+    let mut daemon = daemon;
+    assert_eq!(
+        daemon.wait().await.unwrap().code(),
+        None,
+        "killed by a signal"
+    );
+    server.release().await;
+}
+
+async fn setup(server: &OauthServer) -> (Home, Vec<String>) {
+    let home = Home::new(server, CONFIG);
+    let mut minted = Vec::new();
+    for i in 0..CREDENTIALS {
+        let token = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
+        home.add(&format!("c{i:02}"), "basic", &token).await;
+        minted.push(token);
+    }
+    (home, minted)
+}
+
+#[tokio::test]
+async fn killed_mid_sweep_inside_a_grace_window_every_credential_lives_on() {
+    let server = OauthServer::start_with(ServerOptions {
+        rt_grace_secs: 30,
+        ..ServerOptions::default()
+    })
+    .await;
+    let (home, minted) = setup(&server).await;
+    crash_after_rotation(&server, &home).await;
+
+    let restarted = Instant::now();
+    let daemon = home.command(&["run"]).spawn().unwrap();
+    let db = home.db().await;
+    eventually(
+        RECOVERY,
+        "every credential to be refreshed again",
+        || async {
+            count(
+                &db,
+                "SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'",
+            )
+            .await
+                == 20
+        },
+    )
+    .await;
+    let took = restarted.elapsed();
+    let out = stop(daemon).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is gone; taking its attempt over now"),
+        "{stderr}"
+    );
+
+    let stats = server.stats().await;
+    assert_eq!(
+        stats.refresh_reuse, 0,
+        "no reuse outside the window: {stats:?}"
+    );
+    assert_eq!(stats.refresh_grace, CREDENTIALS, "{stats:?}");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM oauth_credential WHERE status <> 'active'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM token_rotation WHERE outcome = 'interrupted'"
+        )
+        .await,
+        20
+    );
+    // Every credential works: its stored refresh token is a new one, and its access token is live.
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT name, refresh_token, access_token FROM oauth_credential ORDER BY name",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    for (name, refresh, access) in rows {
+        assert!(
+            !minted.contains(&refresh),
+            "{name} holds a rotated refresh token"
+        );
+        assert!(
+            server.introspect_active(&access).await,
+            "{name}'s access token is active"
+        );
+    }
+    let refreshed = home.run(&["refresh", "c00"], "").await;
+    assert_eq!(
+        refreshed.code,
+        Some(0),
+        "the stored refresh token works: {refreshed:?}"
+    );
+    assert_eq!(server.stats().await.refresh_reuse, 0);
+    eprintln!("recovered {CREDENTIALS} credentials in {took:?}");
+}
+
+#[tokio::test]
+async fn killed_mid_sweep_without_a_grace_window_every_lost_credential_is_flagged_at_once() {
+    let server = OauthServer::start().await;
+    let (home, _minted) = setup(&server).await;
+    crash_after_rotation(&server, &home).await;
+
+    let restarted = Instant::now();
+    let run = home.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        restarted.elapsed() < RECOVERY,
+        "flagged within seconds, not when the lease runs out: {:?}",
+        restarted.elapsed()
+    );
+    let db = home.db().await;
+    let flagged: Vec<(String, String)> =
+        sqlx::query_as("SELECT status, last_error FROM oauth_credential ORDER BY name")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(flagged.len(), 20);
+    for (status, error) in flagged {
+        assert_eq!(status, "needs_reauthorization");
+        assert!(
+            error.starts_with("refresh outcome unknown after interruption: invalid_grant"),
+            "{error}"
+        );
+    }
+    let status = home.run(&["status"], "").await;
+    assert!(
+        status
+            .stdout
+            .contains("refresh outcome unknown after interruption"),
+        "{status:?}"
+    );
+}
