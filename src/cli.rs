@@ -12,7 +12,8 @@ use crate::alerts::Alerter;
 use crate::config::{LogFormat, Settings};
 use crate::doctor;
 use crate::domain::{self, Backoff, GrantType, Secret, Trigger};
-use crate::lifecycle::{self, Revoked, Revoker, Sender, authorize::Prompt};
+use crate::http::Transport;
+use crate::lifecycle::{self, Revoked, Revoker, authorize::Prompt};
 use crate::metrics::{self, Metrics};
 use crate::provider::{Provider, Providers};
 use crate::refresh::Refresher;
@@ -235,18 +236,19 @@ struct Ctx {
 impl Ctx {
     fn refresher(&self) -> anyhow::Result<Refresher> {
         let http = &self.settings.http;
-        Refresher::new(
+        let transport = Transport::new(
             http.connect_timeout,
             http.request_timeout,
             http.max_response_bytes,
         )
-        .context("cannot build the HTTP client")
+        .context("cannot build the HTTP client")?;
+        Ok(Refresher::new(transport))
     }
 
     /// Every provider, endpoints discovered and secrets read.
     async fn providers(&self, refresher: &Refresher) -> anyhow::Result<Providers> {
         let settings = &self.settings.providers;
-        Ok(Providers::resolve(settings, &self.env, refresher.http(), refresher.max_body()).await?)
+        Ok(Providers::resolve(settings, &self.env, refresher.transport()).await?)
     }
     async fn open(&self, mode: OpenMode) -> anyhow::Result<Store> {
         let connections = u32::try_from(self.settings.concurrency)
@@ -445,9 +447,8 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
         .into());
     };
     let refresher = ctx.refresher()?;
-    let (http, max_body) = (refresher.http(), refresher.max_body());
-    let provider =
-        Provider::resolve(args.provider, provider_settings, &ctx.env, http, max_body).await?;
+    let transport = refresher.transport();
+    let provider = Provider::resolve(args.provider, provider_settings, &ctx.env, transport).await?;
     let store = ctx.open(OpenMode::CreateIfMissing).await?;
     let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     let request = lifecycle::authorize::Request {
@@ -476,8 +477,7 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
         );
         println!("{}", prompt.url);
     };
-    let sender = Sender::new(http.clone(), max_body);
-    let result = lifecycle::authorize(&store, &sender, &request, show).await;
+    let result = lifecycle::authorize(&store, transport, &request, show).await;
     store.close().await;
     let done = result?;
     if !done.has_refresh_token {
@@ -510,8 +510,12 @@ async fn revoke(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
         base: secs(settings.retry.base),
         cap: secs(settings.retry.max),
     };
-    let sender = Sender::new(refresher.http().clone(), refresher.max_body());
-    let revoker = Revoker::new(providers, sender, backoff, secs(settings.lease()));
+    let revoker = Revoker::new(
+        providers,
+        refresher.transport().clone(),
+        backoff,
+        secs(settings.lease()),
+    );
     let result = revoker.revoke_named(&store, name).await;
     store.close().await;
     match result? {

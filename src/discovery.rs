@@ -1,7 +1,9 @@
 //! Endpoints from an issuer: OpenID Connect discovery, then RFC 8414 authorization server
-//! metadata. Metadata that names another issuer is refused. Imports nothing from the crate.
+//! metadata. Metadata that names another issuer is refused. Imports `http`.
 
 use serde::Deserialize;
+
+use crate::http::Transport;
 
 /// Why an issuer's endpoints could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -35,20 +37,15 @@ fn metadata_urls(issuer: &str) -> Result<[String; 2], String> {
     ])
 }
 
-/// Fetches and checks `issuer`'s metadata with `http` (bounded: no redirects, timeouts), reading
-/// at most `max_body` bytes.
-pub async fn discover(
-    http: &reqwest::Client,
-    issuer: &str,
-    max_body: usize,
-) -> Result<Endpoints, DiscoveryError> {
+/// Fetches and checks `issuer`'s metadata through `transport` (no redirects, timeouts, body cap).
+pub async fn discover(transport: &Transport, issuer: &str) -> Result<Endpoints, DiscoveryError> {
     let unavailable = |reason: String| DiscoveryError::Unavailable {
         issuer: issuer.to_owned(),
         reason,
     };
     let mut reasons = Vec::new();
     for url in metadata_urls(issuer).map_err(unavailable)? {
-        match fetch(http, &url, max_body).await {
+        match fetch(transport, &url).await {
             Ok(endpoints) => {
                 if endpoints.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
                     return Err(DiscoveryError::IssuerMismatch {
@@ -64,27 +61,14 @@ pub async fn discover(
     Err(unavailable(reasons.join("; ")))
 }
 
-async fn fetch(http: &reqwest::Client, url: &str, max_body: usize) -> Result<Endpoints, String> {
-    let mut response = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| e.without_url().to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("answered {}", response.status().as_u16()));
+async fn fetch(transport: &Transport, url: &str) -> Result<Endpoints, String> {
+    let answer = transport.get(url).await.map_err(|e| e.to_string())?;
+    match answer.status {
+        Some(status) if (200..300).contains(&status) => {}
+        status => return Err(format!("answered {}", status.unwrap_or(0))),
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| e.without_url().to_string())?
-    {
-        if body.len() + chunk.len() > max_body {
-            return Err(format!("larger than {max_body} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    serde_json::from_slice(&body).map_err(|e| format!("not authorization server metadata: {e}"))
+    serde_json::from_slice(&answer.body)
+        .map_err(|e| format!("not authorization server metadata: {e}"))
 }
 
 #[cfg(test)]

@@ -260,14 +260,26 @@ mod tests {
     #[test]
     fn error_bodies_and_body_shapes() {
         let e = exchange(r#"{"error":"invalid_grant","error_description":"AADSTS70008"}"#);
-        assert_eq!(e.error_body().unwrap().describe(), "invalid_grant: AADSTS70008");
-        assert_eq!(exchange(r#"{"error":"x"}"#).error_body().unwrap().describe(), "x");
+        assert_eq!(
+            e.error_body().unwrap().describe(),
+            "invalid_grant: AADSTS70008"
+        );
+        assert_eq!(
+            exchange(r#"{"error":"x"}"#)
+                .error_body()
+                .unwrap()
+                .describe(),
+            "x"
+        );
         assert!(exchange("<html>").error_body().is_none());
         assert_eq!(exchange("").body_shape("a token response"), "an empty body");
         assert_eq!(
             exchange("{}").body_shape("a token response"),
             "JSON that is not a token response"
         );
-        assert_eq!(exchange("<html>").body_shape("x"), "6 bytes that are not JSON");
+        assert_eq!(
+            exchange("<html>").body_shape("x"),
+            "6 bytes that are not JSON"
+        );
     }
 }

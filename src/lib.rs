@@ -11,6 +11,7 @@
 //!
 //! - [`domain`] — credentials, tokens, statuses, due-time and backoff arithmetic (pure)
 //! - [`holder`] — this process as a lease holder, and whether a holder on this host still runs
+//! - [`http`] — the one transport to providers: no redirects, timeouts, body cap, oauth2 adapter
 //! - [`schedule`] — cron expressions and the gap between sweeps
 //! - [`config`] — settings from defaults, file and environment, validated
 //! - [`preset`] — known providers' endpoints and defaults (pure)
@@ -35,6 +36,7 @@ pub mod discovery;
 pub mod doctor;
 pub mod domain;
 pub mod holder;
+pub mod http;
 pub mod lifecycle;
 pub mod metrics;
 pub mod preset;

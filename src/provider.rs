@@ -1,7 +1,7 @@
 //! Providers ready to use: each configured OAuth client with its endpoints (from the block, its
 //! preset, or its issuer's metadata), its client authentication and the secrets it references
-//! (environment variables, files, private keys) resolved. Imports `config`, `preset`,
-//! `discovery` and `domain`.
+//! (environment variables, files, private keys) resolved, and how that authentication goes into a
+//! hand-built form. Imports `config`, `preset`, `discovery`, `http` and `domain`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use crate::config::{ClientAuthMethod, ProviderSettings};
 use crate::discovery::DiscoveryError;
 use crate::domain::{Secret, UnixTime};
+use crate::http::{CLIENT_ASSERTION_TYPE, Transport};
 
 /// How long a `private_key_jwt` client assertion stays valid.
 const ASSERTION_LIFETIME_SECS: i64 = 120;
@@ -100,14 +101,13 @@ pub struct Provider {
 }
 
 impl Provider {
-    /// Resolves one `[providers.NAME]` block: `env` supplies `client_secret_env`, `http` fetches
-    /// the issuer's metadata when the block names an issuer instead of a token endpoint.
+    /// Resolves one `[providers.NAME]` block: `env` supplies `client_secret_env`, `transport`
+    /// fetches the issuer's metadata when the block names an issuer instead of a token endpoint.
     pub async fn resolve(
         name: &str,
         settings: &ProviderSettings,
         env: &BTreeMap<String, String>,
-        http: &reqwest::Client,
-        max_body: usize,
+        transport: &Transport,
     ) -> Result<Self, ProviderError> {
         let invalid = |reason: String| ProviderError::Invalid {
             provider: name.to_owned(),
@@ -123,7 +123,7 @@ impl Provider {
                 shape.revocation_url.clone(),
             ),
             (None, Some(issuer)) => {
-                let found = crate::discovery::discover(http, issuer, max_body)
+                let found = crate::discovery::discover(transport, issuer)
                     .await
                     .map_err(|source| ProviderError::Discovery {
                         provider: name.to_owned(),
@@ -195,6 +195,46 @@ impl Provider {
     }
 
     /// A signed client assertion for `private_key_jwt`, or `None` for the secret-based methods.
+    /// This client's authentication for a form posted by hand (revocation): the fields to add to
+    /// `form`, and the id and secret for HTTP Basic when that is the method. `assertion` is
+    /// [`Self::client_assertion`]'s, for private_key_jwt.
+    pub fn authenticate_form<'a>(
+        &'a self,
+        form: &mut Vec<(&'a str, &'a str)>,
+        assertion: Option<&'a Secret>,
+    ) -> Option<(&'a str, &'a str)> {
+        match &self.auth {
+            ClientAuth::SecretBasic(secret) => Some((self.client_id.as_str(), secret.expose())),
+            ClientAuth::SecretPost(secret) => {
+                form.push(("client_id", &self.client_id));
+                form.push(("client_secret", secret.expose()));
+                None
+            }
+            ClientAuth::PrivateKeyJwt { .. } => {
+                form.push(("client_id", &self.client_id));
+                form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
+                if let Some(jwt) = assertion {
+                    form.push(("client_assertion", jwt.expose()));
+                }
+                None
+            }
+        }
+    }
+
+    /// The client's parameters for an oauth2 request beside its configured extras: the
+    /// private_key_jwt assertion (`assertion`) when there is one.
+    #[must_use]
+    pub fn assertion_params(assertion: Option<&Secret>) -> Vec<(&'static str, &str)> {
+        assertion
+            .map(|jwt| {
+                vec![
+                    ("client_assertion_type", CLIENT_ASSERTION_TYPE),
+                    ("client_assertion", jwt.expose()),
+                ]
+            })
+            .unwrap_or_default()
+    }
+
     pub fn client_assertion(&self, now: UnixTime) -> Result<Option<Secret>, ProviderError> {
         let ClientAuth::PrivateKeyJwt { key, alg, kid } = &self.auth else {
             return Ok(None);
@@ -227,14 +267,13 @@ impl Providers {
     pub async fn resolve(
         settings: &BTreeMap<String, ProviderSettings>,
         env: &BTreeMap<String, String>,
-        http: &reqwest::Client,
-        max_body: usize,
+        transport: &Transport,
     ) -> Result<Self, ProviderError> {
         let mut providers = BTreeMap::new();
         for (name, p) in settings {
             providers.insert(
                 name.clone(),
-                Arc::new(Provider::resolve(name, p, env, http, max_body).await?),
+                Arc::new(Provider::resolve(name, p, env, transport).await?),
             );
         }
         Ok(Self(providers))

@@ -1,11 +1,13 @@
 //! One token request: the refresh_token or client_credentials grant through the oauth2 crate, sent
-//! by a reqwest client that follows no redirects, times out and caps the body, and classified into a
-//! [`RefreshOutcome`]. Never touches the store. Imports `domain` and `provider`.
+//! through the one transport (`http`), and classified into a [`RefreshOutcome`]. Never touches the
+//! store. Imports `domain`, `http` and `provider`.
 
 use std::borrow::Cow;
 use std::sync::Mutex;
-use std::time::Duration;
 
+use crate::domain::{Secret, TokenSet, UnixTime, sanitize};
+use crate::http::{Exchange, HttpError, Transport};
+use crate::provider::{ClientAuth, Provider};
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
 };
@@ -13,10 +15,6 @@ use oauth2::{
     AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet, RequestTokenError, Scope,
     StandardRevocableToken, TokenUrl,
 };
-use serde::Deserialize;
-
-use crate::domain::{Secret, TokenSet, UnixTime, sanitize};
-use crate::provider::{ClientAuth, Provider};
 
 mod response;
 
@@ -77,85 +75,22 @@ pub struct Attempt {
     pub http_status: Option<u16>,
 }
 
-/// Why the HTTP exchange itself failed. Messages name no token.
-#[derive(Debug, thiserror::Error)]
-pub enum HttpError {
-    #[error("request timed out")]
-    Timeout,
-    #[error("could not connect: {0}")]
-    Connect(String),
-    #[error("token endpoint answered with a redirect ({0}), which is never followed")]
-    Redirect(u16),
-    #[error("response body larger than {0} bytes")]
-    TooLarge(usize),
-    #[error("{0}")]
-    Transport(String),
-}
-
-impl From<reqwest::Error> for HttpError {
-    fn from(e: reqwest::Error) -> Self {
-        let e = e.without_url();
-        if e.is_timeout() {
-            Self::Timeout
-        } else if e.is_connect() {
-            Self::Connect(error_chain(&e))
-        } else {
-            Self::Transport(error_chain(&e))
-        }
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// What the HTTP closure saw, kept for classification (oauth2's errors keep neither).
-#[derive(Default)]
-struct Exchange {
-    status: Option<u16>,
-    retry_after: Option<i64>,
-    body: Vec<u8>,
-}
-
 /// Sends token requests.
 #[derive(Clone)]
 pub struct Refresher {
-    http: reqwest::Client,
-    max_body: usize,
+    transport: Transport,
 }
 
 impl Refresher {
-    pub fn new(
-        connect_timeout: Duration,
-        request_timeout: Duration,
-        max_body: usize,
-    ) -> Result<Self, HttpError> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(connect_timeout)
-            .timeout(request_timeout)
-            .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { http, max_body })
+    #[must_use]
+    pub fn new(transport: Transport) -> Self {
+        Self { transport }
     }
 
-    /// The HTTP client itself (no redirects, timeouts), for other requests to providers.
+    /// The transport it sends through, for other requests to providers.
     #[must_use]
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-
-    /// The response body cap.
-    #[must_use]
-    pub fn max_body(&self) -> usize {
-        self.max_body
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// Performs one grant against `provider`'s token endpoint. Expiry is resolved against `now`.
@@ -197,23 +132,13 @@ impl Refresher {
             .extra_params
             .iter()
             .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
-            .chain(assertion.iter().flat_map(|jwt| {
-                [
-                    (
-                        Cow::Borrowed("client_assertion_type"),
-                        Cow::Borrowed("urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-                    ),
-                    (
-                        Cow::Borrowed("client_assertion"),
-                        Cow::Borrowed(jwt.expose()),
-                    ),
-                ]
-            }))
+            .chain(
+                Provider::assertion_params(assertion.as_ref())
+                    .into_iter()
+                    .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v))),
+            )
             .collect();
-        let send = Recording {
-            refresher: self,
-            exchange,
-        };
+        let send = self.transport.recording(exchange);
         let response = match grant {
             Grant::RefreshToken { token, scopes } => {
                 let token = oauth2::RefreshToken::new(token.expose().to_owned());
@@ -242,105 +167,13 @@ impl Refresher {
                 provider.refresh_token_lifetime,
             ))),
             Err(RequestTokenError::Request(e)) => Err(Failure::Http(e)),
-            // The status and body were recorded by `send`; oauth2's view of them adds nothing.
+            // The status and body were recorded by the transport; oauth2's view adds nothing.
             Err(
                 RequestTokenError::ServerResponse(_)
                 | RequestTokenError::Parse(..)
                 | RequestTokenError::Other(_),
             ) => Err(Failure::Response),
         }
-    }
-
-    /// Sends one request for oauth2: records status, Retry-After and body, caps the body.
-    async fn send(
-        &self,
-        request: oauth2::HttpRequest,
-        exchange: &Mutex<Exchange>,
-    ) -> Result<oauth2::HttpResponse, HttpError> {
-        let (parts, body) = request.into_parts();
-        let response = self
-            .http
-            .request(parts.method, parts.uri.to_string())
-            .headers(parts.headers)
-            .body(body)
-            .send()
-            .await?;
-        let (status, retry_after) = head_of(&response);
-        {
-            let mut ex = exchange
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            ex.status = Some(status);
-            ex.retry_after = retry_after;
-        }
-        let (headers, body) = capped_body(response, self.max_body).await?;
-        let mut builder = http::Response::builder().status(status);
-        // Some providers send JSON labelled text/plain or text/javascript: oauth2 would refuse it.
-        let looks_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        for (name, value) in &headers {
-            if name == http::header::CONTENT_TYPE && looks_json {
-                continue;
-            }
-            builder = builder.header(name, value);
-        }
-        if looks_json {
-            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        exchange
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .body
-            .clone_from(&body);
-        builder
-            .body(body)
-            .map_err(|e| HttpError::Transport(e.to_string()))
-    }
-}
-
-/// The status and Retry-After (seconds) of a provider's response.
-pub(crate) fn head_of(response: &reqwest::Response) -> (u16, Option<i64>) {
-    let retry_after = response
-        .headers()
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<i64>().ok());
-    (response.status().as_u16(), retry_after)
-}
-
-/// The headers and body of a provider's response: a redirect is refused (never followed), and a
-/// body larger than `max_body` is refused as it streams in.
-pub(crate) async fn capped_body(
-    mut response: reqwest::Response,
-    max_body: usize,
-) -> Result<(http::HeaderMap, Vec<u8>), HttpError> {
-    if response.status().is_redirection() {
-        return Err(HttpError::Redirect(response.status().as_u16()));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > max_body {
-            return Err(HttpError::TooLarge(max_body));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((response.headers().clone(), body))
-}
-
-/// The HTTP client handed to oauth2. A named type with a boxed `Send` future rather than a closure:
-/// a closure's future borrows with a lifetime the compiler cannot prove `Send` for every caller.
-struct Recording<'a> {
-    refresher: &'a Refresher,
-    exchange: &'a Mutex<Exchange>,
-}
-
-impl<'c> oauth2::AsyncHttpClient<'c> for Recording<'_> {
-    type Error = HttpError;
-    type Future = std::pin::Pin<
-        Box<dyn Future<Output = Result<oauth2::HttpResponse, HttpError>> + Send + 'c>,
-    >;
-
-    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
-        Box::pin(self.refresher.send(request, self.exchange))
     }
 }
 
@@ -385,13 +218,6 @@ fn scope_list(scopes: Option<&str>) -> Vec<Scope> {
         .collect()
 }
 
-/// An OAuth error body (RFC 6749 §5.2); Microsoft puts its AADSTS code in the description.
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
-    error_description: Option<String>,
-}
-
 /// Turns a failed exchange into an outcome.
 fn classify(failure: Failure, exchange: &Exchange, secrets: &[&Secret]) -> RefreshOutcome {
     let transient = |code: Option<String>, reason: String| RefreshOutcome::Transient {
@@ -399,36 +225,21 @@ fn classify(failure: Failure, exchange: &Exchange, secrets: &[&Secret]) -> Refre
         code,
         reason: sanitize(&reason, secrets),
     };
-    let body = match failure {
+    match failure {
         Failure::Http(e) => return transient(None, e.to_string()),
         Failure::Local(reason) => return transient(None, reason),
-        Failure::Response => &exchange.body,
-    };
+        Failure::Response => {}
+    }
     let status = exchange.status.unwrap_or(0);
-    let Ok(ErrorBody {
-        error,
-        error_description,
-    }) = serde_json::from_slice::<ErrorBody>(body)
-    else {
-        let what = if body.is_empty() {
-            "an empty body".to_owned()
-        } else if serde_json::from_slice::<serde_json::Value>(body).is_ok() {
-            "JSON that is not a token response".to_owned()
-        } else {
-            format!("{} bytes that are not JSON", body.len())
-        };
+    let Some(error) = exchange.error_body() else {
+        let what = exchange.body_shape("a token response");
         return transient(
             None,
             format!("token endpoint answered {status} with {what}"),
         );
     };
-    let reason = sanitize(
-        &match &error_description {
-            Some(d) => format!("{error}: {d}"),
-            None => error.clone(),
-        },
-        secrets,
-    );
+    let reason = sanitize(&error.describe(), secrets);
+    let error = error.error;
     let code = sanitize(&error, secrets);
     match error.as_str() {
         "invalid_grant" | "interaction_required" | "consent_required" | "login_required" => {

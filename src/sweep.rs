@@ -16,7 +16,7 @@ use crate::domain::{
     iso8601,
 };
 use crate::holder::{Holder, Liveness};
-use crate::lifecycle::{self, Revoker, Sender};
+use crate::lifecycle::{self, Revoker};
 use crate::provider::{Provider, Providers};
 use crate::refresh::{Attempt, Grant, RefreshOutcome, Refresher};
 use crate::store::{
@@ -184,8 +184,12 @@ impl Sweeper {
         let holder = Holder::this_process();
         let owner = holder.to_string();
         let rejected = Mutex::new(HashMap::new());
-        let sender = Sender::new(refresher.http().clone(), refresher.max_body());
-        let revoker = Revoker::new(providers.clone(), sender, policy.backoff, policy.lease);
+        let revoker = Revoker::new(
+            providers.clone(),
+            refresher.transport().clone(),
+            policy.backoff,
+            policy.lease,
+        );
         Self {
             inner: Arc::new(Inner {
                 store,

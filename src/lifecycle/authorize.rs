@@ -14,8 +14,8 @@ use oauth2::{
 use tokio::net::TcpListener;
 
 use super::callback::{self, Listener, Rejection};
-use super::http::{Exchange, Sender};
 use crate::domain::{self, Secret, UnixTime, sanitize};
+use crate::http::{Exchange, Transport};
 use crate::provider::{Provider, ProviderError};
 pub use crate::store::AuthorizedAs;
 use crate::store::{Authorized, Store, StoreError};
@@ -117,7 +117,7 @@ pub struct Authorization {
 /// open once the listener is up; the browser gets a page saying how it ended.
 pub async fn authorize(
     store: &Store,
-    sender: &Sender,
+    transport: &Transport,
     req: &Request<'_>,
     show: impl FnOnce(&Prompt),
 ) -> Result<Authorization, AuthorizeError> {
@@ -192,7 +192,7 @@ pub async fn authorize(
     };
 
     let outcome =
-        exchange_and_store(store, sender, &client, req, Secret::new(code), verifier).await;
+        exchange_and_store(store, transport, &client, req, Secret::new(code), verifier).await;
     if let Some(arrival) = arrival {
         match &outcome {
             Ok(_) => {
@@ -215,7 +215,7 @@ pub async fn authorize(
 /// Exchanges the code and stores the tokens.
 async fn exchange_and_store(
     store: &Store,
-    sender: &Sender,
+    transport: &Transport,
     client: &CodeClient,
     req: &Request<'_>,
     code: Secret,
@@ -224,7 +224,7 @@ async fn exchange_and_store(
     let provider = req.provider;
     let started = Instant::now();
     let now = domain::now();
-    let (tokens, http_status) = exchange(sender, client, provider, &code, verifier, now).await?;
+    let (tokens, http_status) = exchange(transport, client, provider, &code, verifier, now).await?;
     {
         {
             let expires_at = tokens.expires_at;
@@ -371,7 +371,7 @@ fn code_client(
 
 /// Exchanges the code (with the PKCE verifier) for tokens.
 async fn exchange(
-    sender: &Sender,
+    transport: &Transport,
     client: &CodeClient,
     provider: &Provider,
     code: &Secret,
@@ -386,19 +386,11 @@ async fn exchange(
     for (k, v) in &provider.extra_params {
         request = request.add_extra_param(k.as_str(), v.as_str());
     }
-    if let Some(jwt) = &assertion {
-        request = request
-            .add_extra_param(
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            )
-            .add_extra_param(
-                Cow::Borrowed("client_assertion"),
-                Cow::Borrowed(jwt.expose()),
-            );
+    for (k, v) in Provider::assertion_params(assertion.as_ref()) {
+        request = request.add_extra_param(Cow::Borrowed(k), Cow::Borrowed(v));
     }
     let recorded = Mutex::new(Exchange::default());
-    let result = request.request_async(&sender.recording(&recorded)).await;
+    let result = request.request_async(&transport.recording(&recorded)).await;
     let seen = recorded
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

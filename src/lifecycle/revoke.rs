@@ -2,16 +2,13 @@
 //! provider's revocation endpoint with the provider's client authentication. A revoked credential's
 //! row is deleted (its journal stays); one the provider could not take now (network error, 5xx,
 //! 429) stays disabled and revoke-pending, and is sent again by `retry_pending_revocations`.
-//! Imports `domain`, `provider`, `store` and `refresh` (its `HttpError`).
+//! Imports `domain`, `http`, `provider` and `store`.
 
 use std::time::Instant;
 
-use serde::Deserialize;
-
-use super::http::{Exchange, Sender};
 use crate::domain::{self, Backoff, Secret, sanitize};
-use crate::provider::{ClientAuth, Provider, Providers};
-use crate::refresh::HttpError;
+use crate::http::{Exchange, HttpError, Transport};
+use crate::provider::{Provider, Providers};
 use crate::store::{RevocationClaim, RevocationClaimed, RevocationResult, Store, StoreError};
 
 /// How many pending revocations one retry pass claims.
@@ -70,7 +67,7 @@ pub struct RetrySummary {
 
 /// Sends revocations for every configured provider.
 pub struct Revoker {
-    sender: Sender,
+    transport: Transport,
     providers: Providers,
     backoff: Backoff,
     /// Seconds a claim on a credential lasts (`Settings::lease`).
@@ -95,21 +92,14 @@ enum TokenRevocation {
     },
 }
 
-/// An RFC 6749 §5.2 error body, as revocation endpoints send it.
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
-    error_description: Option<String>,
-}
-
 impl Revoker {
     /// Revokes at `providers`' revocation endpoints; a revocation the provider cannot take now is
     /// retried after `backoff`; `lease` (seconds, `Settings::lease`) bounds each claim.
     #[must_use]
-    pub fn new(providers: Providers, sender: Sender, backoff: Backoff, lease: i64) -> Self {
+    pub fn new(providers: Providers, transport: Transport, backoff: Backoff, lease: i64) -> Self {
         let owner = crate::holder::Holder::this_process().to_string();
         Self {
-            sender,
+            transport,
             providers,
             backoff,
             lease,
@@ -256,27 +246,8 @@ impl Revoker {
         };
         let mut form: Vec<(&str, &str)> =
             vec![("token", token.expose()), ("token_type_hint", hint)];
-        let mut basic = None;
-        match &provider.auth {
-            ClientAuth::SecretBasic(secret) => {
-                basic = Some((provider.client_id.as_str(), secret.expose()));
-            }
-            ClientAuth::SecretPost(secret) => {
-                form.push(("client_id", &provider.client_id));
-                form.push(("client_secret", secret.expose()));
-            }
-            ClientAuth::PrivateKeyJwt { .. } => {
-                form.push(("client_id", &provider.client_id));
-                form.push((
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                ));
-                if let Some(jwt) = &assertion {
-                    form.push(("client_assertion", jwt.expose()));
-                }
-            }
-        }
-        let answer = self.sender.post_form(url, &form, basic).await;
+        let basic = provider.authenticate_form(&mut form, assertion.as_ref());
+        let answer = self.transport.post_form(url, &form, basic).await;
         let status = answer.as_ref().ok().and_then(|e| e.status);
         (classify(answer, hint, &[token]), status)
     }
@@ -367,21 +338,12 @@ fn classify(
     if status == 200 {
         return TokenRevocation::Done;
     }
-    let (code, described) = match serde_json::from_slice::<ErrorBody>(&exchange.body) {
-        Ok(ErrorBody {
-            error,
-            error_description,
-        }) => {
-            let described = match error_description {
-                Some(d) => format!("{error}: {d}"),
-                None => error.clone(),
-            };
-            (
-                Some(sanitize(&error, secrets)),
-                sanitize(&described, secrets),
-            )
-        }
-        Err(_) => (
+    let (code, described) = match exchange.error_body() {
+        Some(error) => (
+            Some(sanitize(&error.error, secrets)),
+            sanitize(&error.describe(), secrets),
+        ),
+        None => (
             None,
             format!("{} bytes that are not an OAuth error", exchange.body.len()),
         ),

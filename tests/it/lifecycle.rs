@@ -535,7 +535,8 @@ async fn a_revocation_the_provider_cannot_take_stays_pending() {
 async fn retry_pending(home: &Home) -> tokenwarden::lifecycle::RetrySummary {
     use tokenwarden::config::Settings;
     use tokenwarden::domain::Backoff;
-    use tokenwarden::lifecycle::{Revoker, Sender};
+    use tokenwarden::http::Transport;
+    use tokenwarden::lifecycle::Revoker;
     use tokenwarden::provider::Providers;
     use tokenwarden::store::{OpenMode, Store};
 
@@ -545,12 +546,9 @@ async fn retry_pending(home: &Home) -> tokenwarden::lifecycle::RetrySummary {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     let settings = Settings::load(Some(&home.config), &env).unwrap();
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .unwrap();
-    let providers = Providers::resolve(&settings.providers, &env, &http, 1 << 20)
+    let transport =
+        Transport::new(Duration::from_secs(5), Duration::from_secs(10), 1 << 20).unwrap();
+    let providers = Providers::resolve(&settings.providers, &env, &transport)
         .await
         .unwrap();
     let store = Store::open(&home.db, OpenMode::MustExist, Duration::from_secs(5), 2)
@@ -558,7 +556,7 @@ async fn retry_pending(home: &Home) -> tokenwarden::lifecycle::RetrySummary {
         .unwrap();
     let revoker = Revoker::new(
         providers,
-        Sender::new(http, 1 << 20),
+        transport,
         Backoff {
             base: 30,
             cap: 3600,
