@@ -13,12 +13,12 @@ use crate::config::{LogFormat, Settings};
 use crate::doctor;
 use crate::domain::{self, Backoff, GrantType, Secret, Trigger};
 use crate::http::Transport;
-use crate::lifecycle::{self, Revoked, Revoker, authorize::Prompt};
+use crate::lifecycle::{self, authorize::Prompt};
 use crate::metrics::{self, Metrics};
 use crate::provider::{Provider, Providers};
 use crate::refresh::Refresher;
 use crate::store::{NewCredential, OpenMode, Store};
-use crate::sweep::{Handled, NamedRefresh, Policy, Sweeper};
+use crate::sweep::{Handled, NamedRefresh, Policy, Revoked, Sweeper};
 use crate::{daemon, telemetry};
 
 pub mod exit;
@@ -257,11 +257,11 @@ impl Ctx {
         Ok(Store::open(&self.db_path, mode, self.settings.busy_timeout, connections).await?)
     }
 
-    async fn sweeper(&self) -> anyhow::Result<Sweeper> {
+    async fn sweeper(&self, mode: OpenMode) -> anyhow::Result<Sweeper> {
         let settings = &self.settings;
         let refresher = self.refresher()?;
         let providers = self.providers(&refresher).await?;
-        let store = self.open(OpenMode::CreateIfMissing).await?;
+        let store = self.open(mode).await?;
         let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         let policy = Policy {
             margin: secs(settings.refresh_margin),
@@ -283,7 +283,7 @@ impl Ctx {
 }
 
 async fn run_sweeps(ctx: &Ctx, once: bool) -> anyhow::Result<u8> {
-    let sweeper = ctx.sweeper().await?;
+    let sweeper = ctx.sweeper(OpenMode::CreateIfMissing).await?;
     let shutdown = daemon::shutdown_on_signals()?;
     let code = if once {
         let summary = sweeper.sweep_once(Trigger::Once, &shutdown).await?;
@@ -380,7 +380,7 @@ async fn token(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
 }
 
 async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
-    let sweeper = ctx.sweeper().await?;
+    let sweeper = ctx.sweeper(OpenMode::CreateIfMissing).await?;
     // Ctrl-C or SIGTERM mid-request must not kill the process between the provider's rotation
     // and the store: the signal is noted, and the refresh finishes first.
     let _signals = daemon::shutdown_on_signals()?;
@@ -501,23 +501,9 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
 }
 
 async fn revoke(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
-    let settings = &ctx.settings;
-    let refresher = ctx.refresher()?;
-    let providers = ctx.providers(&refresher).await?;
-    let store = ctx.open(OpenMode::MustExist).await?;
-    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-    let backoff = Backoff {
-        base: secs(settings.retry.base),
-        cap: secs(settings.retry.max),
-    };
-    let revoker = Revoker::new(
-        providers,
-        refresher.transport().clone(),
-        backoff,
-        secs(settings.lease()),
-    );
-    let result = revoker.revoke_named(&store, name).await;
-    store.close().await;
+    let sweeper = ctx.sweeper(OpenMode::MustExist).await?;
+    let result = sweeper.revoke_named(name).await;
+    sweeper.store().close().await;
     match result? {
         Revoked::Done => {
             println!("credential {name} revoked at the provider and deleted");

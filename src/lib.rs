@@ -19,6 +19,7 @@
 //! - [`provider`] — configured OAuth clients with their endpoints and secrets resolved
 //! - [`store`] — the SQLite database, the only module that speaks SQL
 //! - [`refresh`] — one token request and its outcome
+//! - [`revoke`] — one revocation request (RFC 7009) and its outcome
 //! - [`alerts`] — the operator's command on credential events
 //! - [`sweep`] — claim, refresh, store, log, alert
 //! - [`lifecycle`] — `authorize` (authorization-code grant with PKCE) and `revoke` (RFC 7009)
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod preset;
 pub mod provider;
 pub mod refresh;
+pub mod revoke;
 pub mod schedule;
 pub mod store;
 pub mod sweep;

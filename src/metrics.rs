@@ -84,6 +84,12 @@ impl Metrics {
     /// Counts a finished sweep.
     pub fn record_sweep(&self, summary: &SweepSummary, seconds: f64) {
         let inner = &self.inner;
+        // Counters and the last sweep change together under the lock, so a scrape (which copies
+        // them under it) never sees a sweep counted but not timed.
+        let mut last = inner
+            .last_sweep
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         inner.sweeps.inc();
         for (outcome, n) in [
             ("refreshed", summary.refreshed),
@@ -96,21 +102,28 @@ impl Metrics {
                 .get_or_create(&OutcomeLabels { outcome })
                 .inc_by(n as u64);
         }
-        *inner
-            .last_sweep
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(LastSweep {
+        *last = Some(LastSweep {
             at: domain::now(),
             seconds,
         });
     }
 
-    fn last_sweep(&self) -> Option<LastSweep> {
-        *self
-            .inner
+    /// A consistent copy of the sweep counters and the last sweep.
+    fn sweep_snapshot(&self) -> (Family<OutcomeLabels, Counter>, Counter, Option<LastSweep>) {
+        let inner = &self.inner;
+        let last = inner
             .last_sweep
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let refreshes = Family::<OutcomeLabels, Counter>::default();
+        for outcome in ["failed", "superseded", "needs_reauthorization", "refreshed"] {
+            let labels = OutcomeLabels { outcome };
+            let n = inner.refreshes.get_or_create(&labels).get();
+            refreshes.get_or_create(&labels).inc_by(n);
+        }
+        let sweeps = Counter::default();
+        sweeps.inc_by(inner.sweeps.get());
+        (refreshes, sweeps, *last)
     }
 
     /// The exposition text.
@@ -118,13 +131,10 @@ impl Metrics {
         let inner = &self.inner;
         let now = domain::now();
         let mut registry = Registry::with_prefix("tokenwarden");
-        registry.register(
-            "refreshes",
-            "Refresh attempts by outcome",
-            inner.refreshes.clone(),
-        );
-        registry.register("sweeps", "Sweeps finished", inner.sweeps.clone());
-        if let Some(last) = self.last_sweep() {
+        let (refreshes, sweeps, last_sweep) = self.sweep_snapshot();
+        registry.register("refreshes", "Refresh attempts by outcome", refreshes);
+        registry.register("sweeps", "Sweeps finished", sweeps);
+        if let Some(last) = last_sweep {
             let at = Gauge::<i64>::default();
             at.set(last.at);
             registry.register(
@@ -195,7 +205,7 @@ impl Metrics {
         verdict(
             domain::now(),
             inner.started_at,
-            self.last_sweep().map(|l| l.at),
+            self.sweep_snapshot().2.map(|l| l.at),
             inner.stale_after,
         )?;
         inner.store.ping().await.map_err(|e| e.to_string())

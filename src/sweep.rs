@@ -1,6 +1,7 @@
-//! One sweep: retry pending revocations, then claim the due credentials in small batches under a
-//! lease, refresh them with bounded concurrency, store each outcome, log each rotation and alert.
-//! Imports `domain`, `provider`, `refresh`, `store`, `alerts` and `lifecycle`.
+//! One sweep: take over the claims of processes that died on this host, claim the due credentials
+//! in small batches under a lease, refresh them with bounded concurrency, store each outcome, log
+//! each rotation and alert; then retry pending revocations (`revocation`). Imports `domain`,
+//! `holder`, `provider`, `refresh`, `revoke`, `store` and `alerts`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -10,13 +11,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+mod revocation;
+
+pub use revocation::{RetrySummary, RevokeError, Revoked, Settled};
+
 use crate::alerts::{Alerter, Event};
 use crate::domain::{
     self, Backoff, Claimed, Failing, GrantType, STORE_ATTEMPTS, TokenSet, Trigger, UnixTime,
     iso8601,
 };
 use crate::holder::{Holder, Liveness};
-use crate::lifecycle::{self, Revoker};
 use crate::provider::{Provider, Providers};
 use crate::refresh::{Attempt, Grant, RefreshOutcome, Refresher};
 use crate::store::{
@@ -168,8 +172,6 @@ struct Inner {
     /// Providers that rejected our client, and until when to leave them alone.
     rejected: Mutex<HashMap<String, UnixTime>>,
     alerter: Alerter,
-    /// Retries revocations that a provider could not take at the time.
-    revoker: Revoker,
 }
 
 impl Sweeper {
@@ -184,12 +186,6 @@ impl Sweeper {
         let holder = Holder::this_process();
         let owner = holder.to_string();
         let rejected = Mutex::new(HashMap::new());
-        let revoker = Revoker::new(
-            providers.clone(),
-            refresher.transport().clone(),
-            policy.backoff,
-            policy.lease,
-        );
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -200,7 +196,6 @@ impl Sweeper {
                 owner,
                 rejected,
                 alerter,
-                revoker,
             }),
         }
     }
@@ -291,7 +286,7 @@ impl Sweeper {
         }
         // Refreshes first: a revocation the provider cannot take yet must not delay them.
         if !cancel.is_cancelled() && first_error.is_none() {
-            lifecycle::retry_pending_revocations(&inner.revoker, &inner.store).await?;
+            self.retry_pending_revocations().await?;
         }
         inner.alerter.drain().await;
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -4,9 +4,10 @@ use crate::config::ConfigError;
 use crate::daemon::DaemonError;
 use crate::discovery::DiscoveryError;
 use crate::domain::iso8601;
-use crate::lifecycle::{AuthorizeError, RevokeError};
+use crate::lifecycle::AuthorizeError;
 use crate::provider::ProviderError;
 use crate::store::StoreError;
+use crate::sweep::RevokeError;
 
 /// Success.
 pub const OK: u8 = 0;

@@ -509,13 +509,13 @@ async fn a_revocation_the_provider_cannot_take_stays_pending() {
         .execute(&db)
         .await
         .unwrap();
-    let summary = retry_pending(&home).await;
-    assert_eq!(
-        summary,
-        tokenwarden::lifecycle::RetrySummary {
-            revoked: 1,
-            still_pending: 0
-        }
+    let retried = home.run(&["run", "--once"], "").await;
+    assert_eq!(retried.code, Some(0), "{retried:?}");
+    assert!(
+        retried
+            .stderr
+            .contains("pending revocation done; credential deleted"),
+        "{retried:?}"
     );
     assert_eq!(count(&db, "SELECT count(*) FROM oauth_credential").await, 0);
     let (status, body) = refresh_status(&server, &minted.refresh_token).await;
@@ -529,45 +529,6 @@ async fn a_revocation_the_provider_cannot_take_stays_pending() {
         .await,
         2
     );
-}
-
-/// `retry_pending_revocations` on `home`'s database, as the sweep would call it.
-async fn retry_pending(home: &Home) -> tokenwarden::lifecycle::RetrySummary {
-    use tokenwarden::config::Settings;
-    use tokenwarden::domain::Backoff;
-    use tokenwarden::http::Transport;
-    use tokenwarden::lifecycle::Revoker;
-    use tokenwarden::provider::Providers;
-    use tokenwarden::store::{OpenMode, Store};
-
-    let env: BTreeMap<String, String> = [("TW_TEST_BASIC_SECRET", clients::BASIC_SECRET)]
-        .into_iter()
-        .chain([("TW_TEST_CC_SECRET", clients::CC_SECRET)])
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    let settings = Settings::load(Some(&home.config), &env).unwrap();
-    let transport =
-        Transport::new(Duration::from_secs(5), Duration::from_secs(10), 1 << 20).unwrap();
-    let providers = Providers::resolve(&settings.providers, &env, &transport)
-        .await
-        .unwrap();
-    let store = Store::open(&home.db, OpenMode::MustExist, Duration::from_secs(5), 2)
-        .await
-        .unwrap();
-    let revoker = Revoker::new(
-        providers,
-        transport,
-        Backoff {
-            base: 30,
-            cap: 3600,
-        },
-        120,
-    );
-    let summary = tokenwarden::lifecycle::retry_pending_revocations(&revoker, &store)
-        .await
-        .unwrap();
-    store.close().await;
-    summary
 }
 
 #[tokio::test]
