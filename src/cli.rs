@@ -246,7 +246,12 @@ impl Ctx {
     /// Every provider, endpoints discovered and secrets read.
     async fn providers(&self, refresher: &Refresher) -> anyhow::Result<Providers> {
         let settings = &self.settings.providers;
-        Ok(Providers::resolve(settings, &self.env, refresher.http(), refresher.max_body()).await?)
+        let providers =
+            Providers::resolve(settings, &self.env, refresher.http(), refresher.max_body()).await?;
+        for warning in providers.warnings() {
+            warn!("{warning}");
+        }
+        Ok(providers)
     }
     async fn open(&self, mode: OpenMode) -> anyhow::Result<Store> {
         let connections = u32::try_from(self.settings.concurrency)
@@ -448,6 +453,9 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
     let (http, max_body) = (refresher.http(), refresher.max_body());
     let provider =
         Provider::resolve(args.provider, provider_settings, &ctx.env, http, max_body).await?;
+    for warning in &provider.warnings {
+        warn!("{warning}");
+    }
     let store = ctx.open(OpenMode::CreateIfMissing).await?;
     let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     let request = lifecycle::authorize::Request {

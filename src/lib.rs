@@ -14,6 +14,7 @@
 //! - [`config`] — settings from defaults, file and environment, validated
 //! - [`preset`] — known providers' endpoints and defaults (pure)
 //! - [`discovery`] — endpoints from an issuer's metadata
+//! - [`secret_file`] — reading a secret file, refused when anyone may write it (like ssh's keys)
 //! - [`provider`] — configured OAuth clients with their endpoints and secrets resolved
 //! - [`store`] — the SQLite database, the only module that speaks SQL
 //! - [`refresh`] — one token request and its outcome
@@ -39,6 +40,7 @@ pub mod preset;
 pub mod provider;
 pub mod refresh;
 pub mod schedule;
+pub mod secret_file;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;

@@ -158,6 +158,62 @@ async fn configuration_errors_name_the_key_or_file() {
 }
 
 #[tokio::test]
+async fn secret_files_others_may_read_warn_and_world_writable_ones_are_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let home = Home::with_token_url(NOWHERE, "");
+    let secret = home.path().join("post-client.secret");
+    let key = home.path().join("jwt-client.key.pem");
+    let quiet = home.run(&["check-config"], "").await;
+    assert_eq!(quiet.code, Some(0), "{quiet:?}");
+    assert!(!quiet.stderr.contains("WARN"), "0600 files: {quiet:?}");
+
+    for (path, what) in [(&secret, "client_secret_file"), (&key, "private_key_file")] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warned = home.run(&["check-config"], "").await;
+        assert_eq!(warned.code, Some(0), "{warned:?}");
+        let line = format!(
+            "{what} {} is accessible to group or others (mode 0644)",
+            path.display()
+        );
+        assert!(warned.stderr.contains(&line), "{warned:?}");
+        assert!(warned.stderr.contains(" WARN "), "{warned:?}");
+        // Starting warns the same way.
+        let started = home.run(&["run", "--once"], "").await;
+        assert!(started.stderr.contains(&line), "{started:?}");
+
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_one_line_error(
+            &home.run(&["check-config"], "").await,
+            2,
+            &format!(
+                "{what} {}: anyone may write to it (mode 0666)",
+                path.display()
+            ),
+        );
+        assert_one_line_error(
+            &home.run(&["run", "--once"], "").await,
+            2,
+            "anyone may write to it",
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_secret_too_short_to_redact_safely_is_warned_about() {
+    let home = Home::with_token_url(NOWHERE, "");
+    let mut cmd = home.command(&["check-config"]);
+    cmd.env("TW_TEST_BASIC_SECRET", "s");
+    let run = crate::harness::finish(cmd, "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("provider basic: the client secret is 1 character(s) long, shorter than 8"),
+        "{run:?}"
+    );
+}
+
+#[tokio::test]
 async fn database_problems_exit_3_and_lose_nothing() {
     let home = Home::with_token_url(NOWHERE, "");
     assert_one_line_error(&home.run(&["status"], "").await, 3, "does not exist");

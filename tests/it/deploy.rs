@@ -437,7 +437,8 @@ fn credentials_reach_the_configuration_in_both_units() {
         let home = tempfile::tempdir().unwrap();
         let credentials = home.path().join("credentials");
         fs::create_dir(&credentials).unwrap();
-        fs::write(credentials.join(id), "client-secret-value\n").unwrap();
+        // systemd hands credentials over as 0400 files.
+        crate::harness::write_secret(&credentials.join(id), "client-secret-value\n");
         let config = home.path().join("tokenwarden.toml");
         fs::write(
             &config,
@@ -1000,7 +1001,7 @@ fn cron_job_is_silent_when_all_is_well_and_mails_every_failure() {
     let database = lookup("TOKENWARDEN_DATABASE");
     assert!(database.starts_with(state.to_str().unwrap()));
     let secret = etc.join("secret");
-    fs::write(&secret, "client-secret-value\n").unwrap();
+    crate::harness::write_secret(&secret, "client-secret-value\n");
     let good_config = format!(
         "[providers.nowhere]\ntoken_url = \"http://127.0.0.1:9/token\"\nclient_id = \"client\"\n\
          client_secret_file = \"{}\"\n",
