@@ -363,6 +363,11 @@ async fn token(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
     let unexpired = row.access_token_expires_at.is_some_and(|t| t > now);
     match (row.access_token, unexpired, row.status.as_str()) {
         (Some(token), true, status) if status != "disabled" => {
+            // One line, nothing a terminal would act on: a value from an older version, or written
+            // by another program, that fails the rule is not printed.
+            if let Err(flaw) = crate::untrusted::check_token(token.expose()) {
+                return Err(CommandError::UnprintableToken { name, flaw }.into());
+            }
             if status != "active" {
                 // Still valid, but the credential will not be refreshed: say so where scripts don't read.
                 eprintln!(

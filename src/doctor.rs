@@ -102,10 +102,15 @@ pub async fn provider_checks(
                 RefreshOutcome::Transient { reason, .. } => {
                     check(Verdict::Warn, "client auth", format!("not confirmed: {reason}"))
                 }
+                RefreshOutcome::Refused { reason } if client_credentials_only => check(
+                    Verdict::Warn,
+                    "client auth",
+                    format!("accepted, but the token response would not be stored: {reason}"),
+                ),
                 RefreshOutcome::Refreshed(_) if client_credentials_only => {
                     check(Verdict::Ok, "client auth", "accepted (a client_credentials token was issued and dropped)")
                 }
-                RefreshOutcome::Refreshed(_) => {
+                RefreshOutcome::Refreshed(_) | RefreshOutcome::Refused { .. } => {
                     check(Verdict::Fail, "client auth", "the provider accepted a made-up refresh token")
                 }
             });

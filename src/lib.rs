@@ -10,6 +10,7 @@
 //! ```
 //!
 //! - [`domain`] — credentials, tokens, statuses, due-time and backoff arithmetic (pure)
+//! - [`untrusted`] — the rules text from outside must pass before it is stored or shown (pure)
 //! - [`schedule`] — cron expressions and the gap between sweeps
 //! - [`config`] — settings from defaults, file and environment, validated
 //! - [`preset`] — known providers' endpoints and defaults (pure)
@@ -44,3 +45,4 @@ pub mod secret_file;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;
+pub mod untrusted;

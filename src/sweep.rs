@@ -377,6 +377,12 @@ impl Sweeper {
                     reason,
                 )
             },
+            // A response refused by its checks: kept nothing of it, so retried like a malformed one.
+            RefreshOutcome::Refused { reason } => Setback::new(
+                Action::Retry { not_before: None },
+                "refused_response",
+                reason,
+            ),
             RefreshOutcome::GrantRejected { code, reason } => {
                 let reason = if claimed.after_interruption {
                     format!("refresh outcome unknown after interruption: {reason}")
