@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::domain::{Secret, TokenSet, UnixTime, sanitize};
 use crate::provider::{ClientAuth, Provider};
 
+mod jwt;
 mod response;
 
 pub use response::{LenientTokenResponse, Refused};

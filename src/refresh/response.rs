@@ -144,7 +144,8 @@ impl LenientTokenResponse {
     /// The tokens with absolute expiry times, or why the response is refused. A missing
     /// `expires_in` falls back to the provider's `default_expires_in`, a new refresh token without
     /// `refresh_token_expires_in` to `refresh_token_lifetime` when known; every access-token
-    /// lifetime is clamped to a sane range.
+    /// lifetime is clamped to a sane range, and shortened to the token's own `exp` claim when it
+    /// is a JWT that expires earlier.
     pub fn into_token_set(
         self,
         now: UnixTime,
@@ -165,10 +166,15 @@ impl LenientTokenResponse {
             .filter(|s| *s > 0)
             .or(refresh_token.as_ref().and(refresh_token_lifetime))
             .map(|s| now.saturating_add(s));
+        let expires_at = now + clamp_lifetime(self.expires_in.unwrap_or(default_expires_in));
+        // An access token that is a JWT knows its own expiry; when it is earlier (a replayed
+        // response with a fresh expires_in), it wins. It never lengthens the lifetime.
+        let expires_at = super::jwt::expiry(self.access_token.secret())
+            .map_or(expires_at, |exp| expires_at.min(exp));
         Ok(TokenSet {
             access_token: Secret::new(self.access_token.into_secret()),
             token_type,
-            expires_at: now + clamp_lifetime(self.expires_in.unwrap_or(default_expires_in)),
+            expires_at,
             refresh_token,
             refresh_token_expires_at,
             lifetime_reported: self.expires_in.is_some(),
@@ -459,6 +465,25 @@ mod tests {
         let reason = refused(r#"{"access_token":"at-canary x","refresh_token":"rt-canary\n"}"#);
         assert_eq!(reason, "token response refused: access_token holds a space");
         assert!(!reason.contains("canary"));
+    }
+
+    #[test]
+    fn a_jwt_access_token_that_expires_earlier_shortens_the_expiry() {
+        // {"sub":"x","exp":2000}: the replayed original token, sent with a fresh expires_in.
+        let replayed = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4IiwiZXhwIjoyMDAwfQ.c2ln";
+        let json = |expires_in: i64| {
+            format!(r#"{{"access_token":"{replayed}","expires_in":{expires_in}}}"#)
+        };
+        assert_eq!(parse(&json(3600)).expires_at, 2000, "exp is earlier");
+        assert_eq!(parse(&json(600)).expires_at, 1600, "expires_in is earlier");
+        // Without expires_in, the default lifetime is shortened the same way.
+        let no_lifetime = format!(r#"{{"access_token":"{replayed}"}}"#);
+        assert_eq!(parse(&no_lifetime).expires_at, 2000);
+        // Not a JWT, or a JWT without a usable exp: expires_in alone.
+        for token in ["a.b.c", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"] {
+            let json = format!(r#"{{"access_token":"{token}","expires_in":3600}}"#);
+            assert_eq!(parse(&json).expires_at, 4600, "{token}");
+        }
     }
 
     #[test]
