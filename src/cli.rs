@@ -18,6 +18,7 @@ use crate::provider::{Provider, Providers};
 use crate::refresh::Refresher;
 use crate::store::{NewCredential, OpenMode, Store};
 use crate::sweep::{Handled, NamedRefresh, Policy, Sweeper};
+use crate::untrusted::Escaped;
 use crate::{daemon, telemetry};
 
 pub mod exit;
@@ -330,6 +331,7 @@ async fn add(
     token_file: Option<&Path>,
     replace: bool,
 ) -> anyhow::Result<u8> {
+    check_input(new.name, new.owner, new.scopes)?;
     if !ctx.settings.providers.contains_key(new.provider) {
         let known = ctx.settings.providers.keys().cloned().collect();
         return Err(CommandError::UnknownProvider {
@@ -371,7 +373,9 @@ async fn token(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
             if status != "active" {
                 // Still valid, but the credential will not be refreshed: say so where scripts don't read.
                 eprintln!(
-                    "tokenwarden: warning: credential {name} is {status}; this access token is not renewed after {}",
+                    "tokenwarden: warning: credential {} is {}; this access token is not renewed after {}",
+                    Escaped(&name),
+                    Escaped(status),
                     domain::iso8601(row.access_token_expires_at.unwrap_or(now))
                 );
             }
@@ -394,14 +398,15 @@ async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
     let _signals = daemon::shutdown_on_signals()?;
     let result = sweeper.refresh_named(&name).await?;
     sweeper.store().close().await;
+    let shown = Escaped(&name);
     match result {
         NamedRefresh::Done(Handled::Refreshed) => {
-            println!("credential {name} refreshed");
+            println!("credential {shown} refreshed");
             Ok(exit::OK)
         }
         NamedRefresh::Done(other) => {
             eprintln!(
-                "tokenwarden: error: credential {name} was not refreshed ({other:?}); see `tokenwarden status`"
+                "tokenwarden: error: credential {shown} was not refreshed ({other:?}); see `tokenwarden status`"
             );
             Ok(exit::REFRESH_FAILED)
         }
@@ -413,7 +418,7 @@ async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
         .into()),
         NamedRefresh::Busy => {
             eprintln!(
-                "tokenwarden: error: credential {name} is being refreshed by another process right now"
+                "tokenwarden: error: credential {shown} is being refreshed by another process right now"
             );
             Ok(exit::REFRESH_FAILED)
         }
@@ -446,6 +451,7 @@ struct AuthorizeArgs<'a> {
 }
 
 async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
+    check_input(args.name, args.owner, args.scopes)?;
     let Some(provider_settings) = ctx.settings.providers.get(args.provider) else {
         let known = ctx.settings.providers.keys().cloned().collect();
         return Err(CommandError::UnknownProvider {
@@ -527,6 +533,7 @@ async fn revoke(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
     let revoker = Revoker::new(providers, sender, backoff, secs(settings.lease()));
     let result = revoker.revoke_named(&store, name).await;
     store.close().await;
+    let name = Escaped(name);
     match result? {
         Revoked::Done => {
             println!("credential {name} revoked at the provider and deleted");
@@ -618,6 +625,34 @@ fn environment() -> BTreeMap<String, String> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect()
+}
+
+/// Checks the credential name, owner and scopes that `add` and `authorize` would store.
+fn check_input(name: &str, owner: Option<&str>, scopes: Option<&str>) -> Result<(), CommandError> {
+    use crate::untrusted::{NAME_RULE, is_valid_name, is_valid_scope_list, quoted};
+    let bad = |what: &str, value: &str| {
+        CommandError::Input(format!(
+            "{what} {} is not usable: names are {NAME_RULE}",
+            quoted(value)
+        ))
+    };
+    if !is_valid_name(name) {
+        return Err(bad("credential name", name));
+    }
+    if let Some(owner) = owner
+        && !is_valid_name(owner)
+    {
+        return Err(bad("owner", owner));
+    }
+    if let Some(scopes) = scopes
+        && !is_valid_scope_list(scopes)
+    {
+        return Err(CommandError::Input(format!(
+            "--scopes {} is not usable: scopes are visible ASCII but \" and \\, separated by spaces",
+            quoted(scopes)
+        )));
+    }
+    Ok(())
 }
 
 /// Reads a refresh token from `file` or standard input, never from the command line.

@@ -2,7 +2,7 @@
 //! reachable, client authentication accepted, scopes that yield a refresh token) and credential
 //! (status, what its last refresh showed, refresh-token expiry). It never uses a real refresh token:
 //! the provider is probed with a made-up one, which a healthy provider refuses with invalid_grant.
-//! Imports `domain`, `provider`, `refresh` and `store`.
+//! Imports `domain`, `untrusted`, `provider`, `refresh` and `store`.
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -11,6 +11,7 @@ use crate::domain::{self, Secret, iso8601};
 use crate::provider::Provider;
 use crate::refresh::{Grant, RefreshOutcome, Refresher};
 use crate::store::{CredentialSummary, RotationRecord};
+use crate::untrusted::Escaped;
 
 /// The refresh token sent by the probe; no provider has issued it.
 const PROBE_TOKEN: &str = "tokenwarden-doctor-probe-not-a-real-token";
@@ -237,11 +238,17 @@ pub fn credential_checks(
     checks
 }
 
-/// Renders a block of checks under `title`.
+/// Renders a block of checks under `title`; names and details from outside are escaped.
 pub fn render(out: &mut String, title: &str, checks: &[Check]) {
-    let _ = writeln!(out, "{title}");
+    let _ = writeln!(out, "{}", Escaped(title));
     for c in checks {
-        let _ = writeln!(out, "  {:<5} {:<17} {}", c.verdict.word(), c.what, c.detail);
+        let _ = writeln!(
+            out,
+            "  {:<5} {:<17} {}",
+            c.verdict.word(),
+            c.what,
+            Escaped(&c.detail)
+        );
     }
 }
 

@@ -1,6 +1,9 @@
-//! Text that comes from outside (a provider's token response, an older database): the rules a
-//! value must pass before it is stored or printed. Pure functions; imports nothing from the crate.
+//! Text that comes from outside (a provider's token response, the command line, an older
+//! database): the rules a value must pass before it is stored, and how any text is shown on a
+//! terminal or in a log line so that none of it can act on the terminal. Pure functions; imports
+//! nothing from the crate.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Longest access or refresh token accepted, in bytes. Real ones are far shorter (Microsoft's
@@ -76,6 +79,76 @@ pub fn check_https_url(value: &str) -> Result<(), Flaw> {
     }
 }
 
+/// Longest credential, owner or provider name, in characters.
+pub const MAX_NAME_CHARS: usize = 128;
+/// The rule for names, as error messages and the README state it.
+pub const NAME_RULE: &str = "1 to 128 characters of ASCII letters, digits and . _ @ + -";
+
+/// Whether `name` (of a credential, an owner, a provider) follows [`NAME_RULE`]: something a
+/// shell, a URL path, a log line and a metrics label all carry unchanged.
+#[must_use]
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_CHARS).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-'))
+}
+
+/// Whether `scopes` is a space-separated list of RFC 6749 scope tokens (visible ASCII but `"` and
+/// `\`), at least one.
+#[must_use]
+pub fn is_valid_scope_list(scopes: &str) -> bool {
+    scopes.split(' ').any(|s| !s.is_empty())
+        && scopes
+            .bytes()
+            .all(|b| b == b' ' || (b.is_ascii_graphic() && b != b'"' && b != b'\\'))
+}
+
+/// A name or value to put in an error message: escaped and quoted (`"a\nb"`), cut after 64
+/// characters so that a huge argument cannot flood the line.
+#[must_use]
+pub fn quoted(value: &str) -> String {
+    const SHOWN_CHARS: usize = 64;
+    let shown: String = value.chars().take(SHOWN_CHARS).collect();
+    let more = if shown.len() < value.len() { "…" } else { "" };
+    format!("{shown:?}{more}")
+}
+
+/// Characters a terminal may act on, or that hide what a line says: control characters (C0, DEL,
+/// C1), and the invisible and bidirectional formatting characters of "Trojan Source" text.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
+/// `text` with every character a terminal could act on written out as Rust writes it in a
+/// string literal (`\n`, `\t`, `\u{1b}`, `\u{202e}`); everything else, `\` included, as it is.
+#[must_use]
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Displays a string [`escape`]d: `credential = %Escaped(&name)`, `"{}"` in a table cell.
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&escape(self.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +192,57 @@ mod tests {
             Flaw::TooLong(MAX_TOKEN_BYTES).to_string(),
             "is longer than 16384 bytes"
         );
+    }
+
+    #[test]
+    fn names_follow_one_rule() {
+        for good in [
+            "sharepoint",
+            "a",
+            "alice@example.com",
+            "svc.sp-1_x+y",
+            &"n".repeat(128),
+        ] {
+            assert!(is_valid_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a\nb",
+            "a\u{1b}[2J",
+            "caf\u{e9}",
+            "a/b",
+            "a:b",
+            "'a'",
+            &"n".repeat(129),
+        ] {
+            assert!(!is_valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scopes_are_rfc_6749_scope_tokens() {
+        assert!(is_valid_scope_list(
+            "offline_access https://graph.microsoft.com/.default"
+        ));
+        for bad in ["", " ", "a\nb", "a\tb", "a\"b", "a\\b", "caf\u{e9}"] {
+            assert!(!is_valid_scope_list(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn escaping_shows_what_a_terminal_would_act_on() {
+        assert_eq!(
+            escape("plain: text / with \\ and é"),
+            "plain: text / with \\ and é"
+        );
+        assert!(matches!(escape("plain"), Cow::Borrowed(_)));
+        assert_eq!(escape("evil\n\u{1b}[2J"), "evil\\n\\u{1b}[2J");
+        assert_eq!(escape("a\tb\r\u{7f}\u{85}"), "a\\tb\\r\\u{7f}\\u{85}");
+        assert_eq!(escape("abc\u{202e}fed"), "abc\\u{202e}fed");
+        assert_eq!(Escaped("x\ny").to_string(), "x\\ny");
+        assert_eq!(quoted("a\nb"), "\"a\\nb\"");
+        assert_eq!(quoted(&"n".repeat(100)), format!("\"{}\"…", "n".repeat(64)));
     }
 
     #[test]

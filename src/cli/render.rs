@@ -1,9 +1,12 @@
 //! Text and JSON renderings of `status` and `log`. Rows carry no token: there is none to print.
+//! Text from outside (names, owners, providers' error descriptions, from this version or an older
+//! one) is escaped in the tables, so every row stays one line; JSON is escaped by serde.
 
 use std::fmt::Write;
 
 use crate::domain::{Failing, UnixTime, expires_within, iso8601};
 use crate::store::{CredentialSummary, RotationRecord};
+use crate::untrusted::escape;
 
 /// What `status` judges rows by.
 #[derive(Debug, Clone, Copy)]
@@ -32,10 +35,12 @@ pub fn status_table(rows: &[CredentialSummary], view: View) -> String {
     ];
     for r in rows {
         table.push([
-            r.name.clone(),
-            r.provider.clone(),
-            r.owner.clone().unwrap_or_else(|| "-".to_owned()),
-            status_word(r, view),
+            escape(&r.name).into_owned(),
+            escape(&r.provider).into_owned(),
+            r.owner
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), |o| escape(o).into_owned()),
+            escape(&status_word(r, view)).into_owned(),
             r.access_token_expires_at
                 .map_or_else(|| "-".to_owned(), |t| relative(t - now)),
             r.last_refreshed_at.map_or_else(
@@ -43,9 +48,7 @@ pub fn status_table(rows: &[CredentialSummary], view: View) -> String {
                 |t| format!("{} ago", relative(now - t)),
             ),
             r.consecutive_failures.to_string(),
-            r.last_error
-                .as_deref()
-                .map_or_else(|| "-".to_owned(), |e| e.chars().take(80).collect()),
+            r.last_error.as_deref().map_or_else(|| "-".to_owned(), cell),
         ]);
     }
     align(&table)
@@ -131,10 +134,10 @@ pub fn log_table(rows: &[RotationRecord]) -> String {
     for r in rows {
         table.push([
             iso8601(r.started_at),
-            r.credential_name.clone(),
-            r.provider.clone(),
-            r.trigger.clone(),
-            r.outcome.clone(),
+            escape(&r.credential_name).into_owned(),
+            escape(&r.provider).into_owned(),
+            escape(&r.trigger).into_owned(),
+            escape(&r.outcome).into_owned(),
             r.http_status
                 .map_or_else(|| "-".to_owned(), |s| s.to_string()),
             r.duration_ms
@@ -147,7 +150,7 @@ pub fn log_table(rows: &[RotationRecord]) -> String {
             r.new_expires_at.map_or_else(|| "-".to_owned(), iso8601),
             r.error_description
                 .as_deref()
-                .map_or_else(|| "-".to_owned(), |e| e.chars().take(80).collect()),
+                .map_or_else(|| "-".to_owned(), cell),
         ]);
     }
     align(&table)
@@ -171,6 +174,12 @@ pub fn log_json(rows: &[RotationRecord]) -> String {
         let _ = writeln!(out, "{value}");
         out
     })
+}
+
+/// Free text for a table cell: its first 80 characters, escaped.
+fn cell(text: &str) -> String {
+    let cut: String = text.chars().take(80).collect();
+    escape(&cut).into_owned()
 }
 
 /// A duration in seconds as `3d4h`, `52m`, `40s`, negative as `-5m`.
