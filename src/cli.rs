@@ -173,6 +173,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 failing: ctx.settings.failing(),
                 refresh_token_warning: i64::try_from(ctx.settings.refresh_token_warning.as_secs())
                     .unwrap_or(i64::MAX),
+                sweep_gap: ctx.sweep_gap()?,
             };
             let text = if json {
                 render::status_json(&rows, view)
@@ -261,6 +262,12 @@ impl Ctx {
         Ok(Store::open(&self.db_path, mode, self.settings.busy_timeout, connections).await?)
     }
 
+    /// Seconds of the schedule's longest gap between sweeps.
+    fn sweep_gap(&self) -> anyhow::Result<i64> {
+        let gap = self.settings.schedule()?.longest_gap(chrono::Utc::now());
+        Ok(i64::try_from(gap.as_secs()).unwrap_or(i64::MAX))
+    }
+
     async fn sweeper(&self) -> anyhow::Result<Sweeper> {
         let settings = &self.settings;
         let refresher = self.refresher()?;
@@ -280,6 +287,7 @@ impl Ctx {
             lease: secs(settings.lease()),
             request_timeout: secs(settings.http.request_timeout),
             store_window: secs(settings.store_window()),
+            sweep_gap: self.sweep_gap()?,
         };
         let alerter = Alerter::new(&settings.alerts.on_event, settings.alerts.timeout);
         Ok(Sweeper::new(store, providers, refresher, policy, alerter))
@@ -591,8 +599,9 @@ async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> {
         doctor::render(&mut out, &format!("provider {name}"), &checks);
     }
     let warning = i64::try_from(ctx.settings.refresh_token_warning.as_secs()).unwrap_or(i64::MAX);
+    let gap = ctx.sweep_gap()?;
     for (row, last) in &rows {
-        let mut checks = doctor::credential_checks(row, last.as_ref(), warning, domain::now());
+        let mut checks = doctor::credential_checks(row, last.as_ref(), warning, gap, domain::now());
         if providers.get(&row.provider).is_none() {
             let detail = format!("{:?} is not configured", row.provider);
             checks.insert(

@@ -146,6 +146,7 @@ pub fn credential_checks(
     c: &CredentialSummary,
     last: Option<&RotationRecord>,
     warning: i64,
+    sweep_gap: i64,
     now: domain::UnixTime,
 ) -> Vec<Check> {
     let mut checks = Vec::new();
@@ -216,6 +217,11 @@ pub fn credential_checks(
             ),
             None => check(Verdict::Info, "expires_in", "unknown until a refresh succeeds"),
         });
+    }
+    if let Some(short) =
+        domain::ShortLived::of(c.last_refreshed_at, c.access_token_expires_at, sweep_gap)
+    {
+        checks.push(check(Verdict::Warn, "lifetime", short.to_string()));
     }
     checks.push(match c.refresh_token_expires_at {
         Some(at) if domain::expires_within(Some(at), now, warning) => check(
@@ -295,10 +301,27 @@ mod tests {
             new_refresh_fingerprint: None,
             expires_in_reported: Some(false),
         };
-        let checks =
-            credential_checks(&summary("active", Some(4500), None), Some(&last), 100, 1000);
+        let checks = credential_checks(
+            &summary("active", Some(4500), None),
+            Some(&last),
+            100,
+            180,
+            1000,
+        );
         let lifetime = checks.iter().find(|c| c.what == "expires_in").unwrap();
         assert_eq!(lifetime.verdict, Verdict::Warn);
+    }
+
+    #[test]
+    fn tokens_shorter_than_the_sweep_gap_warn() {
+        let mut c = summary("active", Some(1060), None);
+        c.last_refreshed_at = Some(1000);
+        let checks = credential_checks(&c, None, 100, 180, 1000);
+        let lifetime = checks.iter().find(|c| c.what == "lifetime").unwrap();
+        assert_eq!(lifetime.verdict, Verdict::Warn);
+        assert!(lifetime.detail.contains("live 1m"), "{}", lifetime.detail);
+        let fine = credential_checks(&c, None, 100, 60, 1000);
+        assert!(fine.iter().all(|c| c.what != "lifetime"));
     }
 
     #[test]
@@ -307,11 +330,18 @@ mod tests {
             &summary("needs_reauthorization", None, None),
             None,
             100,
+            180,
             1000,
         );
         assert_eq!(dead[0].verdict, Verdict::Fail);
         assert!(dead[0].detail.contains("invalid_grant: revoked"));
-        let soon = credential_checks(&summary("active", Some(2000), Some(1050)), None, 100, 1000);
+        let soon = credential_checks(
+            &summary("active", Some(2000), Some(1050)),
+            None,
+            100,
+            180,
+            1000,
+        );
         assert_eq!(
             (soon[0].verdict, soon.last().unwrap().verdict),
             (Verdict::Ok, Verdict::Warn)

@@ -209,6 +209,47 @@ pub fn expires_within(expires_at: Option<UnixTime>, now: UnixTime, warning: i64)
     expires_at.is_some_and(|at| at - now < warning)
 }
 
+/// Access tokens that live shorter than the longest gap between two sweeps: every sweep refreshes
+/// them, and they are expired part of the time between sweeps. Its `Display` says so, and what to
+/// do, for a log line, `status` and `doctor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShortLived {
+    /// Seconds an access token lived, as observed: expiry minus the refresh that got it.
+    pub lifetime: i64,
+    /// Seconds of the schedule's longest gap between sweeps.
+    pub sweep_gap: i64,
+}
+
+impl ShortLived {
+    /// The tokens of a credential refreshed at `refreshed_at` whose access token expires at
+    /// `expires_at`, when they live shorter than `sweep_gap`.
+    #[must_use]
+    pub fn of(
+        refreshed_at: Option<UnixTime>,
+        expires_at: Option<UnixTime>,
+        sweep_gap: i64,
+    ) -> Option<Self> {
+        let lifetime = (expires_at? - refreshed_at?).max(0);
+        (lifetime < sweep_gap).then_some(Self {
+            lifetime,
+            sweep_gap,
+        })
+    }
+}
+
+impl fmt::Display for ShortLived {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let human =
+            |secs: i64| humantime::format_duration(std::time::Duration::from_secs(secs as u64));
+        write!(
+            f,
+            "access tokens live {}, less than the longest gap between sweeps ({}): they are expired part of the time between sweeps; sweep more often (schedule) or renew on use (`tokenwarden refresh NAME` before use)",
+            human(self.lifetime),
+            human(self.sweep_gap)
+        )
+    }
+}
+
 /// How often storing an outcome is tried before giving up (the database may be busy).
 pub const STORE_ATTEMPTS: u32 = 5;
 
@@ -445,6 +486,30 @@ mod tests {
             sanitize("xrt-canary-123y", &[&s]),
             "x[redacted]y",
             "no part of a long secret is ever shown"
+        );
+    }
+
+    #[test]
+    fn tokens_shorter_than_the_sweep_gap_are_short_lived() {
+        let short = ShortLived::of(Some(1000), Some(1060), 180).unwrap();
+        assert_eq!((short.lifetime, short.sweep_gap), (60, 180));
+        let text = short.to_string();
+        assert!(text.contains("live 1m,") && text.contains("(3m)"), "{text}");
+        assert_eq!(ShortLived::of(Some(1000), Some(4600), 180), None);
+        assert_eq!(
+            ShortLived::of(Some(1000), Some(1180), 180),
+            None,
+            "as long as the gap"
+        );
+        assert_eq!(
+            ShortLived::of(None, Some(1060), 180),
+            None,
+            "never refreshed"
+        );
+        assert_eq!(ShortLived::of(Some(1000), None, 180), None);
+        assert_eq!(
+            ShortLived::of(Some(1000), Some(900), 180).unwrap().lifetime,
+            0
         );
     }
 

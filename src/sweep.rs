@@ -2,7 +2,7 @@
 //! lease, refresh them with bounded concurrency, store each outcome, log each rotation and alert.
 //! Imports `domain`, `provider`, `refresh`, `store`, `alerts` and `lifecycle`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,9 @@ pub struct Policy {
     pub request_timeout: i64,
     /// Seconds new tokens may take to be stored (`Settings::store_window`).
     pub store_window: i64,
+    /// Seconds of the schedule's longest gap between sweeps: access tokens that live shorter are
+    /// expired part of the time, which is worth a warning.
+    pub sweep_gap: i64,
 }
 
 /// What happened to one credential.
@@ -165,6 +168,8 @@ struct Inner {
     alerter: Alerter,
     /// Retries revocations that a provider could not take at the time.
     revoker: Revoker,
+    /// Credentials (ids) already warned about for short-lived access tokens: once per process.
+    warned_short_lived: Mutex<HashSet<i64>>,
 }
 
 impl Sweeper {
@@ -194,6 +199,7 @@ impl Sweeper {
                 rejected,
                 alerter,
                 revoker,
+                warned_short_lived: Mutex::default(),
             }),
         }
     }
@@ -500,6 +506,22 @@ impl Sweeper {
                 .or(claimed.refresh_token_expires_at)
         };
         info!(expires_at = %iso8601(tokens.expires_at), refresh_token_rotated = rotated, duration_ms, "access token refreshed");
+        if let Some(short) = domain::ShortLived::of(
+            Some(finished),
+            Some(tokens.expires_at),
+            inner.policy.sweep_gap,
+        ) && inner
+            .warned_short_lived
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(claimed.id)
+        {
+            warn!(
+                lifetime_secs = short.lifetime,
+                longest_sweep_gap_secs = short.sweep_gap,
+                "{short}"
+            );
+        }
         let warning = inner.policy.refresh_token_warning;
         if domain::expires_within(rt_expires_at, finished, warning) {
             let at = iso8601(rt_expires_at.unwrap_or(finished));

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::domain::{Failing, UnixTime, expires_within, iso8601};
+use crate::domain::{Failing, ShortLived, UnixTime, expires_within, iso8601};
 use crate::store::{CredentialSummary, RotationRecord};
 use crate::untrusted::escape;
 
@@ -15,6 +15,8 @@ pub struct View {
     pub failing: Failing,
     /// Seconds before a refresh token's expiry to flag it.
     pub refresh_token_warning: i64,
+    /// Seconds of the schedule's longest gap between sweeps: shorter-lived tokens are flagged.
+    pub sweep_gap: i64,
 }
 
 /// `status` as an aligned table.
@@ -51,7 +53,14 @@ pub fn status_table(rows: &[CredentialSummary], view: View) -> String {
             r.last_error.as_deref().map_or_else(|| "-".to_owned(), cell),
         ]);
     }
-    align(&table)
+    let mut out = align(&table);
+    // What the short notes in STATUS mean, once per affected credential.
+    for r in rows {
+        if let Some(short) = short_lived(r, view) {
+            let _ = writeln!(out, "note: {}: {short}", escape(&r.name));
+        }
+    }
+    out
 }
 
 /// `status --json`: one object per credential, times in ISO-8601 UTC.
@@ -77,6 +86,8 @@ pub fn status_json(rows: &[CredentialSummary], view: View) -> String {
                 "next_attempt_at": (r.next_attempt_at > 0).then(|| iso8601(r.next_attempt_at)),
                 "last_error": r.last_error,
                 "instance_url": r.instance_url,
+                "expires_between_sweeps": short_lived(r, view).is_some(),
+                "access_token_lifetime_secs": r.access_token_expires_at.zip(r.last_refreshed_at).map(|(e, l)| e - l),
             })
         })
         .collect();
@@ -91,11 +102,28 @@ fn is_failing(r: &CredentialSummary, view: View) -> bool {
             .is_failing(failures, r.last_success_at, view.now)
 }
 
-/// The status with what needs attention: `active (failing)`, `active (re-authorize by …)`.
+/// Whether an active credential's access tokens live shorter than the longest sweep gap.
+fn short_lived(r: &CredentialSummary, view: View) -> Option<ShortLived> {
+    (r.status == "active")
+        .then(|| {
+            ShortLived::of(
+                r.last_refreshed_at,
+                r.access_token_expires_at,
+                view.sweep_gap,
+            )
+        })
+        .flatten()
+}
+
+/// The status with what needs attention: `active (failing)`, `active (re-authorize by …)`,
+/// `active (expires between sweeps)`.
 fn status_word(r: &CredentialSummary, view: View) -> String {
     let mut notes = Vec::new();
     if is_failing(r, view) {
         notes.push("failing".to_owned());
+    }
+    if short_lived(r, view).is_some() {
+        notes.push("expires between sweeps".to_owned());
     }
     if r.status == "active"
         && expires_within(

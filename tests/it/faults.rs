@@ -410,6 +410,105 @@ async fn a_stored_token_that_is_not_visible_ascii_is_never_printed() {
 }
 
 #[tokio::test]
+async fn tokens_shorter_than_the_sweep_gap_are_named_in_the_log_status_and_doctor() {
+    let fake = FakeEndpoint::start(Reply::json(
+        200,
+        &format!(r#"{{"access_token":"{NEW_AT}","expires_in":60}}"#),
+    ))
+    .await;
+    let case = sweep_against(&fake.token_url()).await;
+    assert_eq!(case.run.code, Some(0), "{:?}", case.run);
+    assert_quiet(&case);
+    let warnings: Vec<&str> = case
+        .run
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("less than the longest gap between sweeps"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", case.run.stderr);
+    assert!(
+        warnings[0].contains("less than the longest gap between sweeps (3m)")
+            && warnings[0].contains("sweep more often")
+            && warnings[0].contains("credential=victim"),
+        "{}",
+        warnings[0]
+    );
+
+    let status = case.home.run(&["status"], "").await;
+    assert!(
+        status.stdout.contains("active (expires between sweeps)"),
+        "{status:?}"
+    );
+    assert!(
+        status.stdout.contains("note: victim: access tokens live "),
+        "{status:?}"
+    );
+    let json = case.home.run(&["status", "--json"], "").await;
+    let rows: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(rows[0]["expires_between_sweeps"], true, "{rows}");
+    let lifetime = rows[0]["access_token_lifetime_secs"].as_i64().unwrap();
+    assert!((30..=60).contains(&lifetime), "{rows}");
+    let doctor = case.home.run(&["doctor", "victim"], "").await;
+    assert!(
+        doctor
+            .stdout
+            .lines()
+            .any(|l| l.contains("warn") && l.contains("lifetime") && l.contains("(3m)")),
+        "{doctor:?}"
+    );
+
+    // A faster schedule makes the note go away.
+    let fast = Home::with_token_url(&fake.token_url(), "schedule = \"*/20 * * * * *\"");
+    fast.add("quick", "basic", OLD_RT).await;
+    let run = fast.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(!run.stderr.contains("longest gap"), "{run:?}");
+    let status = fast.run(&["status", "--json"], "").await;
+    let rows: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(rows[0]["expires_between_sweeps"], false, "{rows}");
+}
+
+#[tokio::test]
+async fn the_short_lifetime_warning_comes_once_per_credential_per_process() {
+    // A JWT that expired long ago: every sweep (every 2 s) refreshes it again.
+    let expired = "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjEwMDB9.c2ln";
+    let fake = FakeEndpoint::start(Reply::json(
+        200,
+        &format!(r#"{{"access_token":"{expired}","expires_in":3600}}"#),
+    ))
+    .await;
+    let home = Home::with_token_url(&fake.token_url(), "schedule = \"*/2 * * * * *\"");
+    home.add("a", "basic", OLD_RT).await;
+    home.add("b", "post", OLD_RT).await;
+    let daemon = home.command(&["run"]).spawn().unwrap();
+    let db = home.db().await;
+    crate::harness::eventually(Duration::from_secs(30), "three sweeps' refreshes", || {
+        let db = db.clone();
+        async move {
+            crate::harness::count(
+                &db,
+                "SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'",
+            )
+            .await
+                >= 6
+        }
+    })
+    .await;
+    let output = crate::harness::stop(daemon).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for name in ["a", "b"] {
+        let warned = stderr
+            .lines()
+            .filter(|l| {
+                l.contains("longest gap between sweeps")
+                    && l.contains(&format!("credential={name} "))
+            })
+            .count();
+        assert_eq!(warned, 1, "{name}: {stderr}");
+    }
+}
+
+#[tokio::test]
 async fn a_response_without_a_refresh_token_keeps_the_old_one() {
     let fake = FakeEndpoint::start(Reply::json(
         200,
