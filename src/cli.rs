@@ -19,6 +19,7 @@ use crate::provider::{Provider, Providers};
 use crate::refresh::Refresher;
 use crate::store::{NewCredential, OpenMode, Store};
 use crate::sweep::{Handled, NamedRefresh, Policy, Revoked, Sweeper};
+use crate::untrusted::Escaped;
 use crate::{daemon, telemetry};
 
 pub mod exit;
@@ -173,6 +174,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 failing: ctx.settings.failing(),
                 refresh_token_warning: i64::try_from(ctx.settings.refresh_token_warning.as_secs())
                     .unwrap_or(i64::MAX),
+                sweep_gap: ctx.sweep_gap()?,
             };
             let text = if json {
                 render::status_json(&rows, view)
@@ -248,13 +250,23 @@ impl Ctx {
     /// Every provider, endpoints discovered and secrets read.
     async fn providers(&self, refresher: &Refresher) -> anyhow::Result<Providers> {
         let settings = &self.settings.providers;
-        Ok(Providers::resolve(settings, &self.env, refresher.transport()).await?)
+        let providers = Providers::resolve(settings, &self.env, refresher.transport()).await?;
+        for warning in providers.warnings() {
+            warn!("{warning}");
+        }
+        Ok(providers)
     }
     async fn open(&self, mode: OpenMode) -> anyhow::Result<Store> {
         let connections = u32::try_from(self.settings.concurrency)
             .unwrap_or(8)
             .saturating_add(1);
         Ok(Store::open(&self.db_path, mode, self.settings.busy_timeout, connections).await?)
+    }
+
+    /// Seconds of the schedule's longest gap between sweeps.
+    fn sweep_gap(&self) -> anyhow::Result<i64> {
+        let gap = self.settings.schedule()?.longest_gap(chrono::Utc::now());
+        Ok(i64::try_from(gap.as_secs()).unwrap_or(i64::MAX))
     }
 
     async fn sweeper(&self, mode: OpenMode) -> anyhow::Result<Sweeper> {
@@ -276,6 +288,7 @@ impl Ctx {
             lease: secs(settings.lease()),
             request_timeout: secs(settings.http.request_timeout),
             store_window: secs(settings.store_window()),
+            sweep_gap: self.sweep_gap()?,
         };
         let alerter = Alerter::new(&settings.alerts.on_event, settings.alerts.timeout);
         Ok(Sweeper::new(store, providers, refresher, policy, alerter))
@@ -327,6 +340,7 @@ async fn add(
     token_file: Option<&Path>,
     replace: bool,
 ) -> anyhow::Result<u8> {
+    check_input(new.name, new.owner, new.scopes)?;
     if !ctx.settings.providers.contains_key(new.provider) {
         let known = ctx.settings.providers.keys().cloned().collect();
         return Err(CommandError::UnknownProvider {
@@ -360,10 +374,17 @@ async fn token(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
     let unexpired = row.access_token_expires_at.is_some_and(|t| t > now);
     match (row.access_token, unexpired, row.status.as_str()) {
         (Some(token), true, status) if status != "disabled" => {
+            // One line, nothing a terminal would act on: a value from an older version, or written
+            // by another program, that fails the rule is not printed.
+            if let Err(flaw) = crate::untrusted::check_token(token.expose()) {
+                return Err(CommandError::UnprintableToken { name, flaw }.into());
+            }
             if status != "active" {
                 // Still valid, but the credential will not be refreshed: say so where scripts don't read.
                 eprintln!(
-                    "tokenwarden: warning: credential {name} is {status}; this access token is not renewed after {}",
+                    "tokenwarden: warning: credential {} is {}; this access token is not renewed after {}",
+                    Escaped(&name),
+                    Escaped(status),
                     domain::iso8601(row.access_token_expires_at.unwrap_or(now))
                 );
             }
@@ -386,14 +407,15 @@ async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
     let _signals = daemon::shutdown_on_signals()?;
     let result = sweeper.refresh_named(&name).await?;
     sweeper.store().close().await;
+    let shown = Escaped(&name);
     match result {
         NamedRefresh::Done(Handled::Refreshed) => {
-            println!("credential {name} refreshed");
+            println!("credential {shown} refreshed");
             Ok(exit::OK)
         }
         NamedRefresh::Done(other) => {
             eprintln!(
-                "tokenwarden: error: credential {name} was not refreshed ({other:?}); see `tokenwarden status`"
+                "tokenwarden: error: credential {shown} was not refreshed ({other:?}); see `tokenwarden status`"
             );
             Ok(exit::REFRESH_FAILED)
         }
@@ -405,7 +427,7 @@ async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
         .into()),
         NamedRefresh::Busy => {
             eprintln!(
-                "tokenwarden: error: credential {name} is being refreshed by another process right now"
+                "tokenwarden: error: credential {shown} is being refreshed by another process right now"
             );
             Ok(exit::REFRESH_FAILED)
         }
@@ -438,6 +460,7 @@ struct AuthorizeArgs<'a> {
 }
 
 async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
+    check_input(args.name, args.owner, args.scopes)?;
     let Some(provider_settings) = ctx.settings.providers.get(args.provider) else {
         let known = ctx.settings.providers.keys().cloned().collect();
         return Err(CommandError::UnknownProvider {
@@ -449,6 +472,9 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
     let refresher = ctx.refresher()?;
     let transport = refresher.transport();
     let provider = Provider::resolve(args.provider, provider_settings, &ctx.env, transport).await?;
+    for warning in &provider.warnings {
+        warn!("{warning}");
+    }
     let store = ctx.open(OpenMode::CreateIfMissing).await?;
     let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     let request = lifecycle::authorize::Request {
@@ -504,6 +530,7 @@ async fn revoke(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
     let sweeper = ctx.sweeper(OpenMode::MustExist).await?;
     let result = sweeper.revoke_named(name).await;
     sweeper.store().close().await;
+    let name = Escaped(name);
     match result? {
         Revoked::Done => {
             println!("credential {name} revoked at the provider and deleted");
@@ -561,8 +588,9 @@ async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> {
         doctor::render(&mut out, &format!("provider {name}"), &checks);
     }
     let warning = i64::try_from(ctx.settings.refresh_token_warning.as_secs()).unwrap_or(i64::MAX);
+    let gap = ctx.sweep_gap()?;
     for (row, last) in &rows {
-        let mut checks = doctor::credential_checks(row, last.as_ref(), warning, domain::now());
+        let mut checks = doctor::credential_checks(row, last.as_ref(), warning, gap, domain::now());
         if providers.get(&row.provider).is_none() {
             let detail = format!("{:?} is not configured", row.provider);
             checks.insert(
@@ -600,6 +628,34 @@ fn environment() -> BTreeMap<String, String> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect()
+}
+
+/// Checks the credential name, owner and scopes that `add` and `authorize` would store.
+fn check_input(name: &str, owner: Option<&str>, scopes: Option<&str>) -> Result<(), CommandError> {
+    use crate::untrusted::{NAME_RULE, is_valid_name, is_valid_scope_list, quoted};
+    let bad = |what: &str, value: &str| {
+        CommandError::Input(format!(
+            "{what} {} is not usable: names are {NAME_RULE}",
+            quoted(value)
+        ))
+    };
+    if !is_valid_name(name) {
+        return Err(bad("credential name", name));
+    }
+    if let Some(owner) = owner
+        && !is_valid_name(owner)
+    {
+        return Err(bad("owner", owner));
+    }
+    if let Some(scopes) = scopes
+        && !is_valid_scope_list(scopes)
+    {
+        return Err(CommandError::Input(format!(
+            "--scopes {} is not usable: scopes are visible ASCII but \" and \\, separated by spaces",
+            quoted(scopes)
+        )));
+    }
+    Ok(())
 }
 
 /// Reads a refresh token from `file` or standard input, never from the command line.

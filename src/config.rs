@@ -1,6 +1,7 @@
 //! Settings: embedded defaults, then the TOML file, then `TOKENWARDEN_*` environment variables,
 //! deserialized strictly (unknown keys are errors) and validated. Reads nothing but that file: the
-//! secrets a provider references are resolved later, by `provider`.
+//! secrets a provider references are resolved later, by `provider`. Imports `schedule` and
+//! `untrusted`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -414,6 +415,12 @@ impl Settings {
             ));
         }
         for (name, provider) in &self.providers {
+            if !crate::untrusted::is_valid_name(name) {
+                return Err(invalid(
+                    format!("providers.{}", crate::untrusted::quoted(name)),
+                    format!("provider names are {}", crate::untrusted::NAME_RULE),
+                ));
+            }
             provider.validate(&format!("providers.{name}"))?;
         }
         Ok(())
@@ -685,6 +692,21 @@ scopes = "offline_access https://graph.microsoft.com/.default"
         let warnings = s.warnings().join("\n");
         assert!(warnings.contains("inline") && !warnings.contains("s3cr3t-canary"));
         assert!(!format!("{s:?}").contains("s3cr3t-canary"));
+    }
+
+    #[test]
+    fn provider_names_follow_the_name_rule() {
+        for bad in ["\"a b\"", "\"caf\u{e9}\"", "\"x\\u001b[2J\""] {
+            let toml = PROVIDER.replace("[providers.entra]", &format!("[providers.{bad}]"));
+            let e = load_str(&toml, &[]).unwrap_err().to_string();
+            assert!(e.contains("provider names are 1 to 128 characters"), "{e}");
+            assert!(!e.contains('\u{1b}'), "{e}");
+        }
+        load_str(
+            &PROVIDER.replace("[providers.entra]", "[providers.entra-2_x]"),
+            &[],
+        )
+        .unwrap();
     }
 
     #[test]

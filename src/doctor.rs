@@ -2,7 +2,7 @@
 //! reachable, client authentication accepted, scopes that yield a refresh token) and credential
 //! (status, what its last refresh showed, refresh-token expiry). It never uses a real refresh token:
 //! the provider is probed with a made-up one, which a healthy provider refuses with invalid_grant.
-//! Imports `domain`, `provider`, `refresh` and `store`.
+//! Imports `domain`, `untrusted`, `provider`, `refresh` and `store`.
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -11,6 +11,7 @@ use crate::domain::{self, Secret, iso8601};
 use crate::provider::Provider;
 use crate::refresh::{Grant, RefreshOutcome, Refresher};
 use crate::store::{CredentialSummary, RotationRecord};
+use crate::untrusted::Escaped;
 
 /// The refresh token sent by the probe; no provider has issued it.
 const PROBE_TOKEN: &str = "tokenwarden-doctor-probe-not-a-real-token";
@@ -102,10 +103,15 @@ pub async fn provider_checks(
                 RefreshOutcome::Transient { reason, .. } => {
                     check(Verdict::Warn, "client auth", format!("not confirmed: {reason}"))
                 }
+                RefreshOutcome::Refused { reason } if client_credentials_only => check(
+                    Verdict::Warn,
+                    "client auth",
+                    format!("accepted, but the token response would not be stored: {reason}"),
+                ),
                 RefreshOutcome::Refreshed(_) if client_credentials_only => {
                     check(Verdict::Ok, "client auth", "accepted (a client_credentials token was issued and dropped)")
                 }
-                RefreshOutcome::Refreshed(_) => {
+                RefreshOutcome::Refreshed(_) | RefreshOutcome::Refused { .. } => {
                     check(Verdict::Fail, "client auth", "the provider accepted a made-up refresh token")
                 }
             });
@@ -140,6 +146,7 @@ pub fn credential_checks(
     c: &CredentialSummary,
     last: Option<&RotationRecord>,
     warning: i64,
+    sweep_gap: i64,
     now: domain::UnixTime,
 ) -> Vec<Check> {
     let mut checks = Vec::new();
@@ -211,6 +218,11 @@ pub fn credential_checks(
             None => check(Verdict::Info, "expires_in", "unknown until a refresh succeeds"),
         });
     }
+    if let Some(short) =
+        domain::ShortLived::of(c.last_refreshed_at, c.access_token_expires_at, sweep_gap)
+    {
+        checks.push(check(Verdict::Warn, "lifetime", short.to_string()));
+    }
     checks.push(match c.refresh_token_expires_at {
         Some(at) if domain::expires_within(Some(at), now, warning) => check(
             Verdict::Warn,
@@ -232,11 +244,17 @@ pub fn credential_checks(
     checks
 }
 
-/// Renders a block of checks under `title`.
+/// Renders a block of checks under `title`; names and details from outside are escaped.
 pub fn render(out: &mut String, title: &str, checks: &[Check]) {
-    let _ = writeln!(out, "{title}");
+    let _ = writeln!(out, "{}", Escaped(title));
     for c in checks {
-        let _ = writeln!(out, "  {:<5} {:<17} {}", c.verdict.word(), c.what, c.detail);
+        let _ = writeln!(
+            out,
+            "  {:<5} {:<17} {}",
+            c.verdict.word(),
+            c.what,
+            Escaped(&c.detail)
+        );
     }
 }
 
@@ -286,10 +304,27 @@ mod tests {
             new_refresh_fingerprint: None,
             expires_in_reported: Some(false),
         };
-        let checks =
-            credential_checks(&summary("active", Some(4500), None), Some(&last), 100, 1000);
+        let checks = credential_checks(
+            &summary("active", Some(4500), None),
+            Some(&last),
+            100,
+            180,
+            1000,
+        );
         let lifetime = checks.iter().find(|c| c.what == "expires_in").unwrap();
         assert_eq!(lifetime.verdict, Verdict::Warn);
+    }
+
+    #[test]
+    fn tokens_shorter_than_the_sweep_gap_warn() {
+        let mut c = summary("active", Some(1060), None);
+        c.last_refreshed_at = Some(1000);
+        let checks = credential_checks(&c, None, 100, 180, 1000);
+        let lifetime = checks.iter().find(|c| c.what == "lifetime").unwrap();
+        assert_eq!(lifetime.verdict, Verdict::Warn);
+        assert!(lifetime.detail.contains("live 1m"), "{}", lifetime.detail);
+        let fine = credential_checks(&c, None, 100, 60, 1000);
+        assert!(fine.iter().all(|c| c.what != "lifetime"));
     }
 
     #[test]
@@ -298,11 +333,18 @@ mod tests {
             &summary("needs_reauthorization", None, None),
             None,
             100,
+            180,
             1000,
         );
         assert_eq!(dead[0].verdict, Verdict::Fail);
         assert!(dead[0].detail.contains("invalid_grant: revoked"));
-        let soon = credential_checks(&summary("active", Some(2000), Some(1050)), None, 100, 1000);
+        let soon = credential_checks(
+            &summary("active", Some(2000), Some(1050)),
+            None,
+            100,
+            180,
+            1000,
+        );
         assert_eq!(
             (soon[0].verdict, soon.last().unwrap().verdict),
             (Verdict::Ok, Verdict::Warn)

@@ -209,6 +209,47 @@ pub fn expires_within(expires_at: Option<UnixTime>, now: UnixTime, warning: i64)
     expires_at.is_some_and(|at| at - now < warning)
 }
 
+/// Access tokens that live shorter than the longest gap between two sweeps: every sweep refreshes
+/// them, and they are expired part of the time between sweeps. Its `Display` says so, and what to
+/// do, for a log line, `status` and `doctor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShortLived {
+    /// Seconds an access token lived, as observed: expiry minus the refresh that got it.
+    pub lifetime: i64,
+    /// Seconds of the schedule's longest gap between sweeps.
+    pub sweep_gap: i64,
+}
+
+impl ShortLived {
+    /// The tokens of a credential refreshed at `refreshed_at` whose access token expires at
+    /// `expires_at`, when they live shorter than `sweep_gap`.
+    #[must_use]
+    pub fn of(
+        refreshed_at: Option<UnixTime>,
+        expires_at: Option<UnixTime>,
+        sweep_gap: i64,
+    ) -> Option<Self> {
+        let lifetime = (expires_at? - refreshed_at?).max(0);
+        (lifetime < sweep_gap).then_some(Self {
+            lifetime,
+            sweep_gap,
+        })
+    }
+}
+
+impl fmt::Display for ShortLived {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let human =
+            |secs: i64| humantime::format_duration(std::time::Duration::from_secs(secs as u64));
+        write!(
+            f,
+            "access tokens live {}, less than the longest gap between sweeps ({}): they are expired part of the time between sweeps; sweep more often (schedule) or renew on use (`tokenwarden refresh NAME` before use)",
+            human(self.lifetime),
+            human(self.sweep_gap)
+        )
+    }
+}
+
 /// How often storing an outcome is tried before giving up (the database may be busy).
 pub const STORE_ATTEMPTS: u32 = 5;
 
@@ -254,22 +295,79 @@ impl Backoff {
     }
 }
 
+/// Secrets shorter than this many characters cannot be told apart from ordinary text: they are
+/// redacted only where they stand as a whole token of it (see [`sanitize`]), and `check-config`
+/// warns about them.
+pub const MIN_REDACTABLE_CHARS: usize = 8;
+
 /// Shortens free text from a provider for storage and logs, and blanks out any of `secrets` in it.
+/// A secret of at least [`MIN_REDACTABLE_CHARS`] is blanked out wherever it occurs; a shorter one
+/// only where it stands as a whole token (`token=s&x`, `"s"`, `Bearer s`), so that a one-letter
+/// secret does not turn every `s` of the text into `[redacted]`.
 #[must_use]
 pub fn sanitize(text: &str, secrets: &[&Secret]) -> String {
     const MAX_CHARS: usize = 300;
     // Redact before cutting: a secret straddling the cut must not survive as a prefix.
     let mut redacted = text.to_owned();
     for secret in secrets {
-        if !secret.expose().is_empty() {
-            redacted = redacted.replace(secret.expose(), "[redacted]");
+        let value = secret.expose();
+        if value.is_empty() {
+            continue;
         }
+        redacted = if value.chars().count() >= MIN_REDACTABLE_CHARS {
+            redacted.replace(value, "[redacted]")
+        } else {
+            replace_whole_tokens(&redacted, value)
+        };
     }
     redacted
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(MAX_CHARS)
         .collect()
+}
+
+/// Characters that make up a token in provider text (RFC 6750's b64token, without its trailing
+/// `=` padding, which is handled on the right side only).
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '+' | '/')
+}
+
+/// Whether `side` (the characters next to an occurrence, nearest first) continues the token the
+/// occurrence stands in. A letter or digit does; a punctuation character of a token (`.`, `-`…)
+/// only when a token character follows it, so that `SECRET.` at the end of a sentence counts as
+/// standing alone while `SECRET.x` does not. `=` continues only to the right (base64 padding).
+fn continues_token(mut side: impl Iterator<Item = char>, right: bool) -> bool {
+    let punct = |c: char| is_token_char(c) || (right && c == '=');
+    match side.next() {
+        Some(c) if c.is_ascii_alphanumeric() => true,
+        Some(c) if punct(c) => side.next().is_some_and(punct),
+        _ => false,
+    }
+}
+
+/// `text` with every occurrence of `value` that stands as a whole token replaced by `[redacted]`.
+fn replace_whole_tokens(text: &str, value: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    let mut from = 0;
+    while let Some(found) = text[from..].find(value) {
+        let start = from + found;
+        let end = start + value.len();
+        let alone = !continues_token(text[..start].chars().rev(), false)
+            && !continues_token(text[end..].chars(), true);
+        if alone {
+            out.push_str(&text[rest..start]);
+            out.push_str("[redacted]");
+            rest = end;
+            from = end;
+        } else {
+            // Step one character on: overlapping occurrences are looked at too.
+            from = start + text[start..].chars().next().map_or(1, char::len_utf8);
+        }
+    }
+    out.push_str(&text[rest..]);
+    out
 }
 
 #[cfg(test)]
@@ -345,6 +443,73 @@ mod tests {
         assert!(
             !sanitize(&text, &[&long]).contains("zzzzz"),
             "no prefix of a secret survives the cut"
+        );
+    }
+
+    #[test]
+    fn a_one_letter_secret_leaves_prose_intact() {
+        let s = Secret::new("s");
+        let prose = "error sending request: Connection refused (os error 111)";
+        assert_eq!(sanitize(prose, &[&s]), prose);
+    }
+
+    #[test]
+    fn a_short_secret_standing_as_a_token_is_still_redacted() {
+        let s = Secret::new("s3c");
+        for (text, expected) in [
+            ("bad ?token=s3c&x=1", "bad ?token=[redacted]&x=1"),
+            (
+                r#"{"client_secret":"s3c"}"#,
+                r#"{"client_secret":"[redacted]"}"#,
+            ),
+            (
+                "Authorization: Bearer s3c",
+                "Authorization: Bearer [redacted]",
+            ),
+            ("s3c was refused", "[redacted] was refused"),
+            ("refused: s3c", "refused: [redacted]"),
+            ("unknown secret s3c.", "unknown secret [redacted]."),
+            ("s3c s3c", "[redacted] [redacted]"),
+        ] {
+            assert_eq!(sanitize(text, &[&s]), expected, "{text}");
+        }
+        // Part of a longer token: another value, left alone.
+        for text in ["xs3c", "s3cx", "a.s3c", "s3c.b", "s3c==", "a-s3c"] {
+            assert_eq!(sanitize(text, &[&s]), text);
+        }
+    }
+
+    #[test]
+    fn a_long_secret_is_redacted_wherever_it_occurs() {
+        let s = Secret::new("rt-canary-123");
+        assert_eq!(
+            sanitize("xrt-canary-123y", &[&s]),
+            "x[redacted]y",
+            "no part of a long secret is ever shown"
+        );
+    }
+
+    #[test]
+    fn tokens_shorter_than_the_sweep_gap_are_short_lived() {
+        let short = ShortLived::of(Some(1000), Some(1060), 180).unwrap();
+        assert_eq!((short.lifetime, short.sweep_gap), (60, 180));
+        let text = short.to_string();
+        assert!(text.contains("live 1m,") && text.contains("(3m)"), "{text}");
+        assert_eq!(ShortLived::of(Some(1000), Some(4600), 180), None);
+        assert_eq!(
+            ShortLived::of(Some(1000), Some(1180), 180),
+            None,
+            "as long as the gap"
+        );
+        assert_eq!(
+            ShortLived::of(None, Some(1060), 180),
+            None,
+            "never refreshed"
+        );
+        assert_eq!(ShortLived::of(Some(1000), None, 180), None);
+        assert_eq!(
+            ShortLived::of(Some(1000), Some(900), 180).unwrap().lifetime,
+            0
         );
     }
 

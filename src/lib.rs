@@ -12,10 +12,12 @@
 //! - [`domain`] — credentials, tokens, statuses, due-time and backoff arithmetic (pure)
 //! - [`holder`] — this process as a lease holder, and whether a holder on this host still runs
 //! - [`http`] — the one transport to providers: no redirects, timeouts, body cap, oauth2 adapter
+//! - [`untrusted`] — the rules text from outside must pass before it is stored or shown (pure)
 //! - [`schedule`] — cron expressions and the gap between sweeps
 //! - [`config`] — settings from defaults, file and environment, validated
 //! - [`preset`] — known providers' endpoints and defaults (pure)
 //! - [`discovery`] — endpoints from an issuer's metadata
+//! - [`secret_file`] — reading a secret file, refused when anyone may write it (like ssh's keys)
 //! - [`provider`] — configured OAuth clients with their endpoints and secrets resolved
 //! - [`store`] — the SQLite database, the only module that speaks SQL
 //! - [`refresh`] — one token request and its outcome
@@ -45,6 +47,8 @@ pub mod provider;
 pub mod refresh;
 pub mod revoke;
 pub mod schedule;
+pub mod secret_file;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;
+pub mod untrusted;

@@ -32,9 +32,11 @@ fn main() -> ExitCode {
     match runtime.block_on(tokenwarden::cli::run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            // One line, whatever a name or a provider's message in the chain holds.
+            let line = tokenwarden::cli::exit::one_line(&e);
             eprintln!(
                 "tokenwarden: error: {}",
-                tokenwarden::cli::exit::one_line(&e)
+                tokenwarden::untrusted::Escaped(&line)
             );
             ExitCode::from(tokenwarden::cli::exit::code_for(&e))
         }

@@ -1,7 +1,7 @@
 //! Providers ready to use: each configured OAuth client with its endpoints (from the block, its
 //! preset, or its issuer's metadata), its client authentication and the secrets it references
 //! (environment variables, files, private keys) resolved, and how that authentication goes into a
-//! hand-built form. Imports `config`, `preset`, `discovery`, `http` and `domain`.
+//! hand-built form. Imports `config`, `preset`, `discovery`, `http`, `secret_file` and `domain`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,8 +12,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use crate::config::{ClientAuthMethod, ProviderSettings};
 use crate::discovery::DiscoveryError;
-use crate::domain::{Secret, UnixTime};
+use crate::domain::{MIN_REDACTABLE_CHARS, Secret, UnixTime};
 use crate::http::{CLIENT_ASSERTION_TYPE, Transport};
+use crate::secret_file::SecretFileError;
 
 /// How long a `private_key_jwt` client assertion stays valid.
 const ASSERTION_LIFETIME_SECS: i64 = 120;
@@ -23,18 +24,12 @@ const ASSERTION_LIFETIME_SECS: i64 = 120;
 pub enum ProviderError {
     #[error("provider {provider}: environment variable {var} (client_secret_env) is not set")]
     SecretEnvUnset { provider: String, var: String },
-    #[error("provider {provider}: cannot read {what} {path}: {source}")]
-    Unreadable {
+    #[error("provider {provider}: {what} {path}: {source}")]
+    SecretFile {
         provider: String,
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("provider {provider}: {what} {path} is empty")]
-    Empty {
-        provider: String,
-        what: &'static str,
-        path: PathBuf,
+        source: SecretFileError,
     },
     #[error("provider {provider}: private key {path} is not a usable {alg:?} PEM key: {reason}")]
     Key {
@@ -98,6 +93,9 @@ pub struct Provider {
     pub extra_params: Vec<(String, String)>,
     /// Extra query parameters for the authorization URL.
     pub authorization_params: Vec<(String, String)>,
+    /// What works but should change (a secret file others may read, a secret too short to be
+    /// redacted safely): logged as warnings by `check-config` and at start.
+    pub warnings: Vec<String>,
 }
 
 impl Provider {
@@ -153,18 +151,19 @@ impl Provider {
             }
             (None, None) => return Err(invalid("no token endpoint".to_owned())),
         };
+        let mut warnings = Vec::new();
         let auth = match settings.client_auth {
             ClientAuthMethod::ClientSecretBasic => {
-                ClientAuth::SecretBasic(client_secret(name, settings, env)?)
+                ClientAuth::SecretBasic(client_secret(name, settings, env, &mut warnings)?)
             }
             ClientAuthMethod::ClientSecretPost => {
-                ClientAuth::SecretPost(client_secret(name, settings, env)?)
+                ClientAuth::SecretPost(client_secret(name, settings, env, &mut warnings)?)
             }
             ClientAuthMethod::PrivateKeyJwt => {
                 // `validate` guarantees both are present and well-formed.
                 let path = settings.private_key_file.clone().unwrap_or_default();
                 let alg: Algorithm = settings.alg.parse().unwrap_or(Algorithm::RS256);
-                let pem = read_nonempty(name, "private key file", &path)?;
+                let pem = read_secret_file(name, "private_key_file", &path, &mut warnings)?;
                 ClientAuth::PrivateKeyJwt {
                     key: encoding_key(name, &path, alg, pem.as_bytes())?,
                     alg,
@@ -191,6 +190,7 @@ impl Provider {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             authorization_params: shape.authorization_params.into_iter().collect(),
+            warnings,
         })
     }
 
@@ -292,47 +292,69 @@ impl Providers {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
     }
+
+    /// Every provider's warnings.
+    pub fn warnings(&self) -> impl Iterator<Item = &str> {
+        self.0
+            .values()
+            .flat_map(|p| p.warnings.iter().map(String::as_str))
+    }
 }
 
 fn client_secret(
     name: &str,
     settings: &ProviderSettings,
     env: &BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
 ) -> Result<Secret, ProviderError> {
-    if let Some(var) = &settings.client_secret_env {
-        return env
-            .get(var)
+    let secret = if let Some(var) = &settings.client_secret_env {
+        env.get(var)
             .filter(|v| !v.is_empty())
             .map(Secret::new)
             .ok_or_else(|| ProviderError::SecretEnvUnset {
                 provider: name.to_owned(),
                 var: var.clone(),
-            });
+            })?
+    } else if let Some(path) = &settings.client_secret_file {
+        Secret::new(read_secret_file(
+            name,
+            "client_secret_file",
+            path,
+            warnings,
+        )?)
+    } else {
+        Secret::new(settings.client_secret.clone().unwrap_or_default())
+    };
+    let chars = secret.expose().chars().count();
+    if chars < MIN_REDACTABLE_CHARS {
+        warnings.push(format!(
+            "provider {name}: the client secret is {chars} character(s) long, shorter than {MIN_REDACTABLE_CHARS}: \
+             it cannot be told apart from ordinary text, so provider messages are redacted only where it stands alone; \
+             use a longer secret"
+        ));
     }
-    if let Some(path) = &settings.client_secret_file {
-        return read_nonempty(name, "client_secret_file", path).map(Secret::new);
-    }
-    Ok(Secret::new(
-        settings.client_secret.clone().unwrap_or_default(),
-    ))
+    Ok(secret)
 }
 
-fn read_nonempty(provider: &str, what: &'static str, path: &Path) -> Result<String, ProviderError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ProviderError::Unreadable {
+/// Reads a secret file with [`crate::secret_file::read`]'s checks; a file others may read adds a
+/// warning.
+fn read_secret_file(
+    provider: &str,
+    what: &'static str,
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<String, ProviderError> {
+    let file = crate::secret_file::read(path).map_err(|source| ProviderError::SecretFile {
         provider: provider.to_owned(),
         what,
         path: path.to_owned(),
         source,
     })?;
-    let trimmed = text.trim_end_matches(['\r', '\n']);
-    if trimmed.is_empty() {
-        return Err(ProviderError::Empty {
-            provider: provider.to_owned(),
-            what,
-            path: path.to_owned(),
-        });
-    }
-    Ok(trimmed.to_owned())
+    warnings.extend(
+        file.warning(what, path)
+            .map(|w| format!("provider {provider}: {w}")),
+    );
+    Ok(file.text)
 }
 
 fn encoding_key(

@@ -16,9 +16,10 @@ use oauth2::{
     StandardRevocableToken, TokenUrl,
 };
 
+mod jwt;
 mod response;
 
-pub use response::LenientTokenResponse;
+pub use response::{LenientTokenResponse, Refused};
 
 /// The oauth2 client shape tokenwarden uses: a lenient token response, and (as type states) whether
 /// the authorization and token endpoints are set.
@@ -66,6 +67,9 @@ pub enum RefreshOutcome {
     /// The provider rejected the client itself (`invalid_client`, `unauthorized_client`): the
     /// provider's configuration is wrong, not the credential.
     ClientRejected { code: String, reason: String },
+    /// The endpoint answered with tokens that fail their checks (a control character, a space,
+    /// too long…): nothing of the response is kept, and it is retried like a malformed one.
+    Refused { reason: String },
 }
 
 /// A finished request: the outcome and what the HTTP exchange looked like.
@@ -161,11 +165,18 @@ impl Refresher {
             }
         };
         match response {
-            Ok(token) => Ok(RefreshOutcome::Refreshed(token.into_token_set(
-                now,
-                provider.default_expires_in,
-                provider.refresh_token_lifetime,
-            ))),
+            Ok(token) => Ok(
+                match token.into_token_set(
+                    now,
+                    provider.default_expires_in,
+                    provider.refresh_token_lifetime,
+                ) {
+                    Ok(tokens) => RefreshOutcome::Refreshed(tokens),
+                    Err(refused) => RefreshOutcome::Refused {
+                        reason: refused.to_string(),
+                    },
+                },
+            ),
             Err(RequestTokenError::Request(e)) => Err(Failure::Http(e)),
             // The status and body were recorded by the transport; oauth2's view adds nothing.
             Err(

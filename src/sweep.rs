@@ -3,7 +3,7 @@
 //! each rotation and alert; then retry pending revocations (`revocation`). Imports `domain`,
 //! `holder`, `provider`, `refresh`, `revoke`, `store` and `alerts`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,9 @@ pub struct Policy {
     pub request_timeout: i64,
     /// Seconds new tokens may take to be stored (`Settings::store_window`).
     pub store_window: i64,
+    /// Seconds of the schedule's longest gap between sweeps: access tokens that live shorter are
+    /// expired part of the time, which is worth a warning.
+    pub sweep_gap: i64,
 }
 
 /// What happened to one credential.
@@ -172,6 +175,8 @@ struct Inner {
     /// Providers that rejected our client, and until when to leave them alone.
     rejected: Mutex<HashMap<String, UnixTime>>,
     alerter: Alerter,
+    /// Credentials (ids) already warned about for short-lived access tokens: once per process.
+    warned_short_lived: Mutex<HashSet<i64>>,
 }
 
 impl Sweeper {
@@ -196,6 +201,7 @@ impl Sweeper {
                 owner,
                 rejected,
                 alerter,
+                warned_short_lived: Mutex::default(),
             }),
         }
     }
@@ -436,6 +442,12 @@ impl Sweeper {
                     reason,
                 )
             },
+            // A response refused by its checks: kept nothing of it, so retried like a malformed one.
+            RefreshOutcome::Refused { reason } => Setback::new(
+                Action::Retry { not_before: None },
+                "refused_response",
+                reason,
+            ),
             RefreshOutcome::GrantRejected { code, reason } => {
                 let reason = if claimed.after_interruption {
                     format!("refresh outcome unknown after interruption: {reason}")
@@ -553,6 +565,22 @@ impl Sweeper {
                 .or(claimed.refresh_token_expires_at)
         };
         info!(expires_at = %iso8601(tokens.expires_at), refresh_token_rotated = rotated, duration_ms, "access token refreshed");
+        if let Some(short) = domain::ShortLived::of(
+            Some(finished),
+            Some(tokens.expires_at),
+            inner.policy.sweep_gap,
+        ) && inner
+            .warned_short_lived
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(claimed.id)
+        {
+            warn!(
+                lifetime_secs = short.lifetime,
+                longest_sweep_gap_secs = short.sweep_gap,
+                "{short}"
+            );
+        }
         let warning = inner.policy.refresh_token_warning;
         if domain::expires_within(rt_expires_at, finished, warning) {
             let at = iso8601(rt_expires_at.unwrap_or(finished));

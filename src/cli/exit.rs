@@ -18,7 +18,8 @@ pub const REFRESH_FAILED: u8 = 1;
 pub const CONFIG: u8 = 2;
 /// The database cannot be opened, read or written (missing, corrupt, read-only, locked).
 pub const DATABASE: u8 = 3;
-/// No such credential, or it has no valid access token (`token`), or it is not active.
+/// No such credential, or it has no valid access token (`token`; a stored one that is not
+/// visible ASCII is not printed), or it is not active.
 pub const NOT_FOUND: u8 = 4;
 /// Anything else (the runtime or the scheduler failed).
 pub const INTERNAL: u8 = 70;
@@ -42,6 +43,13 @@ pub enum CommandError {
     },
     #[error("credential {name:?} is {status}; it is not refreshed until it is authorized again")]
     NotActive { name: String, status: &'static str },
+    #[error(
+        "credential {name:?}: the stored access token {flaw}, so it is not printed; refresh or authorize the credential again"
+    )]
+    UnprintableToken {
+        name: String,
+        flaw: crate::untrusted::Flaw,
+    },
     #[error("{0}")]
     Input(String),
 }

@@ -1,10 +1,13 @@
 //! Text and JSON renderings of `status` and `log`. Rows carry no token: there is none to print.
+//! Text from outside (names, owners, providers' error descriptions, from this version or an older
+//! one) is escaped in the tables, so every row stays one line; JSON is escaped by serde.
 
 use std::fmt::Write;
 
-use crate::domain::{Failing, UnixTime, expires_within, iso8601};
+use crate::domain::{Failing, ShortLived, UnixTime, expires_within, iso8601};
 use crate::holder::{AttemptState, Holder, attempt_state};
 use crate::store::{CredentialSummary, RotationRecord};
+use crate::untrusted::escape;
 
 /// What `status` judges rows by.
 #[derive(Debug, Clone, Copy)]
@@ -13,6 +16,8 @@ pub struct View {
     pub failing: Failing,
     /// Seconds before a refresh token's expiry to flag it.
     pub refresh_token_warning: i64,
+    /// Seconds of the schedule's longest gap between sweeps: shorter-lived tokens are flagged.
+    pub sweep_gap: i64,
 }
 
 /// `status` as an aligned table.
@@ -34,10 +39,12 @@ pub fn status_table(rows: &[CredentialSummary], view: View) -> String {
     ];
     for r in rows {
         table.push([
-            r.name.clone(),
-            r.provider.clone(),
-            r.owner.clone().unwrap_or_else(|| "-".to_owned()),
-            status_word(r, view, &attempt(&me, r, now)),
+            escape(&r.name).into_owned(),
+            escape(&r.provider).into_owned(),
+            r.owner
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), |o| escape(o).into_owned()),
+            escape(&status_word(r, view, &attempt(&me, r, now))).into_owned(),
             r.access_token_expires_at
                 .map_or_else(|| "-".to_owned(), |t| relative(t - now)),
             r.last_refreshed_at.map_or_else(
@@ -45,12 +52,17 @@ pub fn status_table(rows: &[CredentialSummary], view: View) -> String {
                 |t| format!("{} ago", relative(now - t)),
             ),
             r.consecutive_failures.to_string(),
-            r.last_error
-                .as_deref()
-                .map_or_else(|| "-".to_owned(), |e| e.chars().take(80).collect()),
+            r.last_error.as_deref().map_or_else(|| "-".to_owned(), cell),
         ]);
     }
-    align(&table)
+    let mut out = align(&table);
+    // What the short notes in STATUS mean, once per affected credential.
+    for r in rows {
+        if let Some(short) = short_lived(r, view) {
+            let _ = writeln!(out, "note: {}: {short}", escape(&r.name));
+        }
+    }
+    out
 }
 
 /// `status --json`: one object per credential, times in ISO-8601 UTC.
@@ -78,6 +90,8 @@ pub fn status_json(rows: &[CredentialSummary], view: View) -> String {
                 "next_attempt_at": (r.next_attempt_at > 0).then(|| iso8601(r.next_attempt_at)),
                 "last_error": r.last_error,
                 "instance_url": r.instance_url,
+                "expires_between_sweeps": short_lived(r, view).is_some(),
+                "access_token_lifetime_secs": r.access_token_expires_at.zip(r.last_refreshed_at).map(|(e, l)| e - l),
             })
         })
         .collect();
@@ -152,12 +166,28 @@ fn attempt_note(state: &AttemptState) -> Option<String> {
     }
 }
 
+/// Whether an active credential's access tokens live shorter than the longest sweep gap.
+fn short_lived(r: &CredentialSummary, view: View) -> Option<ShortLived> {
+    (r.status == "active")
+        .then(|| {
+            ShortLived::of(
+                r.last_refreshed_at,
+                r.access_token_expires_at,
+                view.sweep_gap,
+            )
+        })
+        .flatten()
+}
+
 /// The status with what needs attention: `active (failing)`, `active (re-authorize by …)`,
-/// `active (refreshing: host pid 12 since …, resolved by …)`.
+/// `active (expires between sweeps)`, `active (refreshing: host pid 12 since …, resolved by …)`.
 fn status_word(r: &CredentialSummary, view: View, attempt: &AttemptState) -> String {
     let mut notes: Vec<String> = attempt_note(attempt).into_iter().collect();
     if is_failing(r, view) {
         notes.push("failing".to_owned());
+    }
+    if short_lived(r, view).is_some() {
+        notes.push("expires between sweeps".to_owned());
     }
     if r.status == "active"
         && expires_within(
@@ -196,10 +226,10 @@ pub fn log_table(rows: &[RotationRecord]) -> String {
     for r in rows {
         table.push([
             iso8601(r.started_at),
-            r.credential_name.clone(),
-            r.provider.clone(),
-            r.trigger.clone(),
-            r.outcome.clone(),
+            escape(&r.credential_name).into_owned(),
+            escape(&r.provider).into_owned(),
+            escape(&r.trigger).into_owned(),
+            escape(&r.outcome).into_owned(),
             r.http_status
                 .map_or_else(|| "-".to_owned(), |s| s.to_string()),
             r.duration_ms
@@ -212,7 +242,7 @@ pub fn log_table(rows: &[RotationRecord]) -> String {
             r.new_expires_at.map_or_else(|| "-".to_owned(), iso8601),
             r.error_description
                 .as_deref()
-                .map_or_else(|| "-".to_owned(), |e| e.chars().take(80).collect()),
+                .map_or_else(|| "-".to_owned(), cell),
         ]);
     }
     align(&table)
@@ -240,6 +270,12 @@ pub fn log_json(rows: &[RotationRecord]) -> String {
         })
         .collect();
     format!("{}\n", serde_json::Value::Array(items))
+}
+
+/// Free text for a table cell: its first 80 characters, escaped.
+fn cell(text: &str) -> String {
+    let cut: String = text.chars().take(80).collect();
+    escape(&cut).into_owned()
 }
 
 /// A duration in seconds as `3d4h`, `52m`, `40s`, negative as `-5m`.

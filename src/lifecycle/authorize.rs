@@ -397,11 +397,13 @@ async fn exchange(
     let secrets = [code, &secret_verifier];
     match result {
         Ok(response) => Ok((
-            response.into_token_set(
-                now,
-                provider.default_expires_in,
-                provider.refresh_token_lifetime,
-            ),
+            response
+                .into_token_set(
+                    now,
+                    provider.default_expires_in,
+                    provider.refresh_token_lifetime,
+                )
+                .map_err(|refused| AuthorizeError::Exchange(refused.to_string()))?,
             seen.status,
         )),
         Err(RequestTokenError::Request(e)) => {

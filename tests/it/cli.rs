@@ -1,6 +1,7 @@
 //! Bad input at the command line: one clear line naming what is wrong, a documented exit code,
 //! no panic, nothing half-written.
 
+use crate::fake_endpoint::{FakeEndpoint, Reply};
 use crate::harness::{CLIENT_SECRETS, Home, Run};
 
 /// Nothing listens here: these tests never reach a token endpoint.
@@ -154,6 +155,221 @@ async fn configuration_errors_name_the_key_or_file() {
     assert!(
         good.stdout.contains("4 provider(s) [basic, cc, jwt, post]"),
         "{good:?}"
+    );
+}
+
+#[tokio::test]
+async fn names_are_checked_where_they_enter() {
+    let home = Home::with_token_url(NOWHERE, "");
+    let rule = "names are 1 to 128 characters of ASCII letters, digits and . _ @ + -";
+    let long = "n".repeat(129);
+    for (args, needle) in [
+        (
+            vec!["add", "a b", "--provider", "basic"],
+            "credential name \"a b\" is not usable",
+        ),
+        (
+            vec!["add", "x\u{1b}[2J", "--provider", "basic"],
+            "credential name \"x\\u{1b}[2J\"",
+        ),
+        (
+            vec!["add", &long, "--provider", "basic"],
+            "credential name \"nnnn",
+        ),
+        (
+            vec!["add", "", "--provider", "basic"],
+            "credential name \"\"",
+        ),
+        (
+            vec!["add", "ok", "--provider", "basic", "--owner", "bob\nsmith"],
+            "owner \"bob\\nsmith\"",
+        ),
+        (
+            vec!["authorize", "a/b", "--provider", "basic"],
+            "credential name \"a/b\"",
+        ),
+        (
+            vec!["authorize", "ok", "--provider", "basic", "--owner", "b c"],
+            "owner \"b c\"",
+        ),
+    ] {
+        let run = home.run(&args, "rt-never-stored-0123456789").await;
+        assert_one_line_error(&run, 2, needle);
+        assert!(run.stderr.contains(rule), "{run:?}");
+        assert!(!run.stderr.contains('\u{1b}'), "{run:?}");
+    }
+    assert_one_line_error(
+        &home
+            .run(
+                &["add", "ok", "--provider", "basic", "--scopes", "a\tb"],
+                "rt-never-stored-0123456789",
+            )
+            .await,
+        2,
+        "--scopes \"a\\tb\" is not usable",
+    );
+    assert!(!home.db.exists(), "nothing was stored");
+    home.append_config("[providers.\"bad name\"]\ntoken_url = \"https://login.example.com/token\"\nclient_id = \"a\"\nclient_secret_env = \"S\"\n");
+    assert_one_line_error(
+        &home.run(&["check-config"], "").await,
+        2,
+        "configuration key providers.\"bad name\": provider names are 1 to 128 characters",
+    );
+}
+
+#[tokio::test]
+async fn names_from_an_older_database_are_shown_escaped_one_line_each() {
+    let fake = FakeEndpoint::start(Reply::json(
+        200,
+        r#"{"access_token":"at-hostile-0123456789","expires_in":3600}"#,
+    ))
+    .await;
+    let home = Home::with_token_url(&fake.token_url(), "");
+    home.add("plain", "basic", "rt-plain-0123456789").await;
+    let evil = "evil\n\u{1b}[2J";
+    let db = home.db().await;
+    for (name, provider, owner) in [
+        (evil, "basic", "own\u{7}er\r"),
+        ("gone", "gone\u{1b}]0;pwned\u{7}", "x"),
+    ] {
+        sqlx::query(
+            "INSERT INTO oauth_credential (name, provider, owner, refresh_token, refresh_due_at, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, 0, 1, 1)",
+        )
+        .bind(name)
+        .bind(provider)
+        .bind(owner)
+        .bind(format!("rt-{}-0123456789", name.len()))
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    let escaped = r"evil\n\u{1b}[2J";
+    let raw = |c: char| move |text: &str| text.contains(c);
+    let sweep = home.run(&["run", "--once"], "").await;
+    assert_eq!(
+        sweep.code,
+        Some(1),
+        "the unconfigured provider fails: {sweep:?}"
+    );
+    assert!(
+        !raw('\u{1b}')(&sweep.stderr) && !raw('\u{7}')(&sweep.stderr),
+        "{sweep:?}"
+    );
+    assert!(
+        sweep.stderr.contains(&format!("credential={escaped}")),
+        "{}",
+        sweep.stderr
+    );
+    assert!(
+        sweep.stderr.lines().all(|l| l.contains(" INFO ")
+            || l.contains(" WARN ")
+            || l.contains(" DEBUG ")
+            || l.contains(" TRACE ")
+            || l.contains(" ERROR ")),
+        "every log line is a whole event: {}",
+        sweep.stderr
+    );
+
+    let status = home.run(&["status"], "").await;
+    assert_eq!(status.code, Some(0), "{status:?}");
+    assert_eq!(
+        status.stdout.lines().count(),
+        4,
+        "a header and one line per credential: {status:?}"
+    );
+    assert!(status.stdout.contains(escaped), "{}", status.stdout);
+    assert!(status.stdout.contains(r"own\u{7}er\r"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains(r"gone\u{1b}]0;pwned\u{7}"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        !raw('\u{1b}')(&status.stdout)
+            && !raw('\u{7}')(&status.stdout)
+            && !raw('\r')(&status.stdout)
+    );
+
+    let log = home.run(&["log"], "").await;
+    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM token_rotation")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(log.stdout.lines().count() as i64, rows + 1, "{log:?}");
+    assert!(log.stdout.contains(escaped), "{}", log.stdout);
+    assert!(
+        !raw('\u{1b}')(&log.stdout) && !raw('\u{7}')(&log.stdout),
+        "{log:?}"
+    );
+
+    // JSON carries the name as it is, escaped by JSON itself.
+    let json = home.run(&["status", "--json"], "").await;
+    let rows: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert!(
+        rows.as_array().unwrap().iter().any(|r| r["name"] == evil),
+        "{rows}"
+    );
+    let doctor = home.run(&["doctor"], "").await;
+    assert!(
+        doctor.stdout.contains(escaped) && !raw('\u{1b}')(&doctor.stdout),
+        "{doctor:?}"
+    );
+}
+
+#[tokio::test]
+async fn secret_files_others_may_read_warn_and_world_writable_ones_are_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let home = Home::with_token_url(NOWHERE, "");
+    let secret = home.path().join("post-client.secret");
+    let key = home.path().join("jwt-client.key.pem");
+    let quiet = home.run(&["check-config"], "").await;
+    assert_eq!(quiet.code, Some(0), "{quiet:?}");
+    assert!(!quiet.stderr.contains("WARN"), "0600 files: {quiet:?}");
+
+    for (path, what) in [(&secret, "client_secret_file"), (&key, "private_key_file")] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warned = home.run(&["check-config"], "").await;
+        assert_eq!(warned.code, Some(0), "{warned:?}");
+        let line = format!(
+            "{what} {} is accessible to group or others (mode 0644)",
+            path.display()
+        );
+        assert!(warned.stderr.contains(&line), "{warned:?}");
+        assert!(warned.stderr.contains(" WARN "), "{warned:?}");
+        // Starting warns the same way.
+        let started = home.run(&["run", "--once"], "").await;
+        assert!(started.stderr.contains(&line), "{started:?}");
+
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_one_line_error(
+            &home.run(&["check-config"], "").await,
+            2,
+            &format!(
+                "{what} {}: anyone may write to it (mode 0666)",
+                path.display()
+            ),
+        );
+        assert_one_line_error(
+            &home.run(&["run", "--once"], "").await,
+            2,
+            "anyone may write to it",
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_secret_too_short_to_redact_safely_is_warned_about() {
+    let home = Home::with_token_url(NOWHERE, "");
+    let mut cmd = home.command(&["check-config"]);
+    cmd.env("TW_TEST_BASIC_SECRET", "s");
+    let run = crate::harness::finish(cmd, "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("provider basic: the client secret is 1 character(s) long, shorter than 8"),
+        "{run:?}"
     );
 }
 

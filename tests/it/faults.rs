@@ -324,6 +324,191 @@ async fn odd_but_valid_token_responses_are_accepted() {
 }
 
 #[tokio::test]
+async fn hostile_token_values_refuse_the_whole_response_and_keep_the_old_tokens() {
+    let long = "x".repeat(16 * 1024 + 1);
+    let cases = [
+        (
+            format!(r#"{{"access_token":"{NEW_AT}\n","refresh_token":"{NEW_RT}"}}"#),
+            "access_token holds a control character",
+        ),
+        (
+            format!(r#"{{"access_token":"{NEW_AT}","refresh_token":"{NEW_RT}\u001b[2J"}}"#),
+            "refresh_token holds a control character",
+        ),
+        (
+            format!(r#"{{"access_token":"{NEW_AT} x","refresh_token":"{NEW_RT}"}}"#),
+            "access_token holds a space",
+        ),
+        (
+            format!(r#"{{"access_token":"{NEW_AT}","refresh_token":""}}"#),
+            "refresh_token is empty",
+        ),
+        (
+            format!(r#"{{"access_token":"{NEW_AT}","refresh_token":12345}}"#),
+            "refresh_token is not a string",
+        ),
+        (
+            format!(r#"{{"access_token":"{long}","refresh_token":"{NEW_RT}"}}"#),
+            "access_token is longer than 16384 bytes",
+        ),
+        (
+            format!(r#"{{"access_token":"{NEW_AT}","token_type":"Bearer\r\nX: 1"}}"#),
+            "token_type holds a control character",
+        ),
+        (
+            token_response(r#","instance_url":"http://acme.my.salesforce.com""#),
+            "instance_url is not an https URL",
+        ),
+    ];
+    for (body, reason) in cases {
+        let fake = FakeEndpoint::start(Reply::json(200, &body)).await;
+        let case = sweep_against(&fake.token_url()).await;
+        let reason = format!("token response refused: {reason}");
+        let r = assert_transient(&case, &reason).await;
+        assert_eq!(r.last_error.as_deref(), Some(reason.as_str()));
+        assert_eq!(r.token_type, "Bearer", "{reason}");
+        assert!(case.run.stderr.contains(&reason), "{:?}", case.run);
+        let db = case.home.db().await;
+        let (outcome, description): (String, String) = sqlx::query_as(
+            "SELECT outcome, error_description FROM token_rotation ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!(
+            (outcome.as_str(), description),
+            ("refused_response", reason)
+        );
+        let journal = crate::harness::journal_text(&db).await;
+        assert!(
+            !journal.contains(NEW_AT) && !journal.contains(NEW_RT),
+            "{journal}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stored_token_that_is_not_visible_ascii_is_never_printed() {
+    let home = Home::with_token_url("http://127.0.0.1:9/token", "");
+    home.add("old", "basic", OLD_RT).await;
+    let db = home.db().await;
+    sqlx::query(
+        "UPDATE oauth_credential SET access_token = ?1, token_type = 'Bearer', \
+         access_token_expires_at = CAST(strftime('%s','now') AS INTEGER) + 900",
+    )
+    .bind(format!("{OLD_AT}\n\u{1b}[2Jrm -rf ~"))
+    .execute(&db)
+    .await
+    .unwrap();
+    let run = home.run(&["token", "old"], "").await;
+    assert_eq!(run.code, Some(4), "{run:?}");
+    assert_eq!(run.stdout, "", "nothing is printed");
+    assert_eq!(
+        run.stderr.trim_end(),
+        "tokenwarden: error: credential \"old\": the stored access token holds a control character, so it is not printed; refresh or authorize the credential again"
+    );
+}
+
+#[tokio::test]
+async fn tokens_shorter_than_the_sweep_gap_are_named_in_the_log_status_and_doctor() {
+    let fake = FakeEndpoint::start(Reply::json(
+        200,
+        &format!(r#"{{"access_token":"{NEW_AT}","expires_in":60}}"#),
+    ))
+    .await;
+    let case = sweep_against(&fake.token_url()).await;
+    assert_eq!(case.run.code, Some(0), "{:?}", case.run);
+    assert_quiet(&case);
+    let warnings: Vec<&str> = case
+        .run
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("less than the longest gap between sweeps"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", case.run.stderr);
+    assert!(
+        warnings[0].contains("less than the longest gap between sweeps (3m)")
+            && warnings[0].contains("sweep more often")
+            && warnings[0].contains("credential=victim"),
+        "{}",
+        warnings[0]
+    );
+
+    let status = case.home.run(&["status"], "").await;
+    assert!(
+        status.stdout.contains("active (expires between sweeps)"),
+        "{status:?}"
+    );
+    assert!(
+        status.stdout.contains("note: victim: access tokens live "),
+        "{status:?}"
+    );
+    let json = case.home.run(&["status", "--json"], "").await;
+    let rows: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(rows[0]["expires_between_sweeps"], true, "{rows}");
+    let lifetime = rows[0]["access_token_lifetime_secs"].as_i64().unwrap();
+    assert!((30..=60).contains(&lifetime), "{rows}");
+    let doctor = case.home.run(&["doctor", "victim"], "").await;
+    assert!(
+        doctor
+            .stdout
+            .lines()
+            .any(|l| l.contains("warn") && l.contains("lifetime") && l.contains("(3m)")),
+        "{doctor:?}"
+    );
+
+    // A faster schedule makes the note go away.
+    let fast = Home::with_token_url(&fake.token_url(), "schedule = \"*/20 * * * * *\"");
+    fast.add("quick", "basic", OLD_RT).await;
+    let run = fast.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(!run.stderr.contains("longest gap"), "{run:?}");
+    let status = fast.run(&["status", "--json"], "").await;
+    let rows: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(rows[0]["expires_between_sweeps"], false, "{rows}");
+}
+
+#[tokio::test]
+async fn the_short_lifetime_warning_comes_once_per_credential_per_process() {
+    // A JWT that expired long ago: every sweep (every 2 s) refreshes it again.
+    let expired = "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjEwMDB9.c2ln";
+    let fake = FakeEndpoint::start(Reply::json(
+        200,
+        &format!(r#"{{"access_token":"{expired}","expires_in":3600}}"#),
+    ))
+    .await;
+    let home = Home::with_token_url(&fake.token_url(), "schedule = \"*/2 * * * * *\"");
+    home.add("a", "basic", OLD_RT).await;
+    home.add("b", "post", OLD_RT).await;
+    let daemon = home.command(&["run"]).spawn().unwrap();
+    let db = home.db().await;
+    crate::harness::eventually(Duration::from_secs(30), "three sweeps' refreshes", || {
+        let db = db.clone();
+        async move {
+            crate::harness::count(
+                &db,
+                "SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'",
+            )
+            .await
+                >= 6
+        }
+    })
+    .await;
+    let output = crate::harness::stop(daemon).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for name in ["a", "b"] {
+        let warned = stderr
+            .lines()
+            .filter(|l| {
+                l.contains("longest gap between sweeps")
+                    && l.contains(&format!("credential={name} "))
+            })
+            .count();
+        assert_eq!(warned, 1, "{name}: {stderr}");
+    }
+}
+
+#[tokio::test]
 async fn a_response_without_a_refresh_token_keeps_the_old_one() {
     let fake = FakeEndpoint::start(Reply::json(
         200,

@@ -55,9 +55,14 @@ impl Home {
     pub fn with_token_url(token_url: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("tokenwarden.db");
-        let post_secret = dir.path().join("post-secret");
-        std::fs::write(&post_secret, format!("{}\n", clients::POST_SECRET)).unwrap();
-        let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt-client.key.pem");
+        // Not named after the secret: its path shows in messages, the secret never may.
+        let post_secret = dir.path().join("post-client.secret");
+        write_secret(&post_secret, &format!("{}\n", clients::POST_SECRET));
+        // The checked-out fixture is 0644, which tokenwarden warns about: use a private copy.
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt-client.key.pem");
+        let key = dir.path().join("jwt-client.key.pem");
+        write_secret(&key, &std::fs::read_to_string(fixture).unwrap());
         let config = dir.path().join("tokenwarden.toml");
         let text = format!(
             r#"database = "{db}"
@@ -200,6 +205,20 @@ scopes = "api:read"
             .await
             .expect("open test database")
     }
+}
+
+/// Writes a secret file the way an operator should: mode 0600, whatever the umask.
+pub fn write_secret(path: &Path, text: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
 }
 
 /// Polls `check` every 50 ms until it holds, failing the test after `deadline`.

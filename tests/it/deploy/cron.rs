@@ -98,7 +98,7 @@ fn cron_job_is_silent_when_all_is_well_and_mails_every_failure() {
     let database = lookup("TOKENWARDEN_DATABASE");
     assert!(database.starts_with(state.to_str().unwrap()));
     let secret = etc.join("secret");
-    fs::write(&secret, "client-secret-value\n").unwrap();
+    crate::harness::write_secret(&secret, "client-secret-value\n");
     let good_config = format!(
         "[providers.nowhere]\ntoken_url = \"http://127.0.0.1:9/token\"\nclient_id = \"client\"\n\
          client_secret_file = \"{}\"\n",

@@ -319,7 +319,8 @@ fn credentials_reach_the_configuration_in_both_units() {
         let home = tempfile::tempdir().unwrap();
         let credentials = home.path().join("credentials");
         fs::create_dir(&credentials).unwrap();
-        fs::write(credentials.join(id), "client-secret-value\n").unwrap();
+        // systemd hands credentials over as 0400 files.
+        crate::harness::write_secret(&credentials.join(id), "client-secret-value\n");
         let config = home.path().join("tokenwarden.toml");
         fs::write(
             &config,
