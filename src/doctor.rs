@@ -12,6 +12,9 @@ use crate::provider::Provider;
 use crate::refresh::{Grant, RefreshOutcome, Refresher};
 use crate::store::{CredentialSummary, RotationRecord};
 
+mod sealing;
+pub use sealing::{encryption_checks, rekey_summary, sealing_summary};
+
 /// The refresh token sent by the probe; no provider has issued it.
 const PROBE_TOKEN: &str = "tokenwarden-doctor-probe-not-a-real-token";
 
@@ -260,6 +263,8 @@ mod tests {
             last_error: Some("invalid_grant: revoked".into()),
             last_success_at: 0,
             instance_url: None,
+            refresh_token_key: None,
+            access_token_key: None,
         }
     }
 

@@ -74,6 +74,8 @@ pub fn status_json(rows: &[CredentialSummary], view: View) -> String {
                 "next_attempt_at": (r.next_attempt_at > 0).then(|| iso8601(r.next_attempt_at)),
                 "last_error": r.last_error,
                 "instance_url": r.instance_url,
+                "refresh_token_key": r.refresh_token_key,
+                "access_token_key": r.access_token_key,
             })
         })
         .collect();

@@ -537,7 +537,7 @@ async fn retry_pending(home: &Home) -> tokenwarden::lifecycle::RetrySummary {
     use tokenwarden::domain::Backoff;
     use tokenwarden::lifecycle::{Revoker, Sender};
     use tokenwarden::provider::Providers;
-    use tokenwarden::store::{OpenMode, Store};
+    use tokenwarden::store::{OpenMode, Sealer, Store};
 
     let env: BTreeMap<String, String> = [("TW_TEST_BASIC_SECRET", clients::BASIC_SECRET)]
         .into_iter()
@@ -553,7 +553,8 @@ async fn retry_pending(home: &Home) -> tokenwarden::lifecycle::RetrySummary {
     let providers = Providers::resolve(&settings.providers, &env, &http, 1 << 20)
         .await
         .unwrap();
-    let store = Store::open(&home.db, OpenMode::MustExist, Duration::from_secs(5), 2)
+    let busy = Duration::from_secs(5);
+    let store = Store::open(&home.db, OpenMode::MustExist, busy, 2, Sealer::plaintext())
         .await
         .unwrap();
     let revoker = Revoker::new(

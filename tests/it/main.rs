@@ -13,4 +13,5 @@ mod harness;
 mod lifecycle;
 mod oauth_server;
 mod providers;
+mod seal;
 mod service;
