@@ -65,3 +65,59 @@ fn names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         OneOrMany::Many(v) => v,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+
+    use crate::config::Settings;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Settings, crate::config::ConfigError> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(toml.as_bytes()).unwrap();
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::load(Some(file.path()), &env)
+    }
+
+    #[test]
+    fn one_key_source_retired_keys_as_one_or_many_and_from_the_environment() {
+        let s = load(
+            "[encryption]\nkey_file = \"/k\"\nretired_key_files = \"/old key\"\n",
+            &[],
+        )
+        .unwrap();
+        let e = s.encryption.unwrap();
+        assert_eq!(e.retired_key_files, [std::path::PathBuf::from("/old key")]);
+        assert!(!e.seal_access_tokens);
+        let both = load("[encryption]\nkey_file = \"/k\"\nkey_env = \"K\"\n", &[]);
+        assert!(
+            both.unwrap_err()
+                .to_string()
+                .contains("exactly one of key_file or key_env")
+        );
+        let none = load("[encryption]\nseal_access_tokens = true\n", &[]);
+        assert!(
+            none.unwrap_err()
+                .to_string()
+                .contains("encryption.key_file")
+        );
+        let env = load(
+            "",
+            &[
+                (
+                    "TOKENWARDEN_ENCRYPTION__KEY_FILE",
+                    "/run/credentials/x/encryption-key",
+                ),
+                ("TOKENWARDEN_ENCRYPTION__SEAL_ACCESS_TOKENS", "true"),
+            ],
+        )
+        .unwrap();
+        let e = env.encryption.unwrap();
+        assert!(e.seal_access_tokens && e.key_file.is_some());
+        assert!(load("", &[]).unwrap().encryption.is_none());
+    }
+}
