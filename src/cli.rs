@@ -451,12 +451,14 @@ async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
 
 async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
     let providers = ctx.providers(&ctx.refresher()?).await?;
-    let sealer = ctx.sealer()?;
     // An existing database must not need a key the configuration no longer lists.
-    if ctx.db_path.exists() {
+    let sealer = if ctx.db_path.exists() {
         let store = ctx.open_checked(OpenMode::MustExist).await?;
         store.close().await;
-    }
+        store.sealer().clone()
+    } else {
+        ctx.sealer()?
+    };
     let names: Vec<&str> = providers.names().collect();
     let gap = ctx.settings.schedule()?.longest_gap(chrono::Utc::now());
     println!(
