@@ -5,9 +5,23 @@
 #   docker run -d --name tokenwarden --restart unless-stopped --stop-timeout 90 \
 #     -v tokenwarden-data:/var/lib/tokenwarden \
 #     -v /etc/tokenwarden/tokenwarden.toml:/etc/tokenwarden/tokenwarden.toml:ro \
+#     -v /etc/tokenwarden/encryption.key:/run/secrets/tokenwarden-key:ro \
 #     -e TOKENWARDEN_CONFIG=/etc/tokenwarden/tokenwarden.toml -e ENTRA_CLIENT_SECRET \
+#     -e TOKENWARDEN_ENCRYPTION__KEY_FILE=/run/secrets/tokenwarden-key \
 #     tokenwarden
 #   docker exec tokenwarden tokenwarden token sharepoint
+#
+# The sealing key ([encryption], README "Encryption at rest") comes from a file mounted read-only,
+# never from the image or the volume: 32 random bytes as base64, readable by UID 10001 only
+# (`head -c 32 /dev/urandom | base64 > encryption.key; chown 10001 encryption.key; chmod 0400
+# encryption.key`). With Compose, a secret does the same:
+#   services:
+#     tokenwarden:
+#       environment: { TOKENWARDEN_ENCRYPTION__KEY_FILE: /run/secrets/tokenwarden-key }
+#       secrets: [tokenwarden-key]
+#   secrets:
+#     tokenwarden-key: { file: /etc/tokenwarden/encryption.key }
+# Back the key up apart from the volume: the database is useless without it.
 #
 # README.md, "Deployment", has the whole procedure.
 

@@ -17,10 +17,10 @@ use crate::lifecycle::{self, authorize::Prompt};
 use crate::metrics::{self, Metrics};
 use crate::provider::{Provider, Providers};
 use crate::refresh::Refresher;
-use crate::store::{NewCredential, OpenMode, Store};
+use crate::store::{NewCredential, OpenMode, Sealer, Store, Target};
 use crate::sweep::{Handled, NamedRefresh, Policy, Revoked, Sweeper};
 use crate::untrusted::Escaped;
-use crate::{daemon, telemetry};
+use crate::{daemon, keys, telemetry};
 
 pub mod exit;
 mod render;
@@ -118,6 +118,15 @@ enum Command {
     /// Revoke NAME's tokens at the provider (RFC 7009) and delete NAME. When the provider cannot
     /// be reached, NAME stays disabled and the revocation is sent again later.
     Revoke { name: String },
+    /// Re-seal every stored token under the current [encryption] key, in small transactions (safe
+    /// beside the daemon, and to interrupt and run again); then report how many tokens each key
+    /// still seals. Exit 1 when some rows were left (in use throughout, or unreadable).
+    Rekey {
+        /// Store every token as plaintext instead: the way to turn sealing off (with the keys
+        /// still configured, to open them).
+        #[arg(long)]
+        decrypt: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -167,23 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             add(&ctx, new, refresh_token_file.as_deref(), replace).await
         }
-        Command::Status { json } => {
-            let rows = ctx.open(OpenMode::MustExist).await?.summaries().await?;
-            let view = render::View {
-                now: domain::now(),
-                failing: ctx.settings.failing(),
-                refresh_token_warning: i64::try_from(ctx.settings.refresh_token_warning.as_secs())
-                    .unwrap_or(i64::MAX),
-                sweep_gap: ctx.sweep_gap()?,
-            };
-            let text = if json {
-                render::status_json(&rows, view)
-            } else {
-                render::status_table(&rows, view)
-            };
-            print!("{text}");
-            Ok(exit::OK)
-        }
+        Command::Status { json } => status(&ctx, json).await,
         Command::Token { name } => token(&ctx, name).await,
         Command::Refresh { name } => refresh(&ctx, name).await,
         Command::Log { name, limit, json } => {
@@ -225,6 +218,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             authorize(&ctx, args).await
         }
         Command::Revoke { name } => revoke(&ctx, &name).await,
+        Command::Rekey { decrypt } => rekey(&ctx, decrypt).await,
     }
 }
 
@@ -256,11 +250,29 @@ impl Ctx {
         }
         Ok(providers)
     }
+    /// The `[encryption]` keys, read and checked; warnings about how they are kept are logged.
+    fn sealer(&self) -> anyhow::Result<Sealer> {
+        let (sealer, warnings) = keys::load(self.settings.encryption.as_ref(), &self.env)?;
+        for warning in warnings {
+            warn!("{warning}");
+        }
+        Ok(sealer)
+    }
+
     async fn open(&self, mode: OpenMode) -> anyhow::Result<Store> {
         let connections = u32::try_from(self.settings.concurrency)
             .unwrap_or(8)
             .saturating_add(1);
-        Ok(Store::open(&self.db_path, mode, self.settings.busy_timeout, connections).await?)
+        let sealer = self.sealer()?;
+        let busy = self.settings.busy_timeout;
+        Ok(Store::open(&self.db_path, mode, busy, connections, sealer).await?)
+    }
+
+    /// The store for a command that writes tokens: every key it is sealed under is listed.
+    async fn open_checked(&self, mode: OpenMode) -> anyhow::Result<Store> {
+        let store = self.open(mode).await?;
+        store.check_keys().await?;
+        Ok(store)
     }
 
     /// Seconds of the schedule's longest gap between sweeps.
@@ -274,6 +286,17 @@ impl Ctx {
         let refresher = self.refresher()?;
         let providers = self.providers(&refresher).await?;
         let store = self.open(mode).await?;
+        // Before anything is claimed: every key the database needs is here, and with a key,
+        // plaintext left from before is sealed.
+        let sealed = store.prepare().await?;
+        if sealed.resealed > 0 || sealed.leased > 0 || !sealed.unreadable.is_empty() {
+            tracing::info!(
+                sealed = sealed.resealed,
+                in_use_elsewhere = sealed.leased,
+                unreadable = sealed.unreadable.len(),
+                "plaintext tokens sealed under the current key"
+            );
+        }
         let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         let policy = Policy {
             margin: secs(settings.refresh_margin),
@@ -334,6 +357,24 @@ async fn run_sweeps(ctx: &Ctx, once: bool) -> anyhow::Result<u8> {
     Ok(code)
 }
 
+async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
+    let rows = ctx.open(OpenMode::MustExist).await?.summaries().await?;
+    let view = render::View {
+        now: domain::now(),
+        failing: ctx.settings.failing(),
+        refresh_token_warning: i64::try_from(ctx.settings.refresh_token_warning.as_secs())
+            .unwrap_or(i64::MAX),
+        sweep_gap: ctx.sweep_gap()?,
+    };
+    let text = if json {
+        render::status_json(&rows, view)
+    } else {
+        render::status_table(&rows, view)
+    };
+    print!("{text}");
+    Ok(exit::OK)
+}
+
 async fn add(
     ctx: &Ctx,
     mut new: NewCredential<'_>,
@@ -354,7 +395,7 @@ async fn add(
         GrantType::ClientCredentials => None,
     };
     new.refresh_token = refresh_token.as_ref();
-    let store = ctx.open(OpenMode::CreateIfMissing).await?;
+    let store = ctx.open_checked(OpenMode::CreateIfMissing).await?;
     store.add(&new, replace, domain::now()).await?;
     store.close().await;
     println!(
@@ -436,6 +477,14 @@ async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
 
 async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
     let providers = ctx.providers(&ctx.refresher()?).await?;
+    // An existing database must not need a key the configuration no longer lists.
+    let sealer = if ctx.db_path.exists() {
+        let store = ctx.open_checked(OpenMode::MustExist).await?;
+        store.close().await;
+        store.sealer().clone()
+    } else {
+        ctx.sealer()?
+    };
     let names: Vec<&str> = providers.names().collect();
     let gap = ctx.settings.schedule()?.longest_gap(chrono::Utc::now());
     println!(
@@ -446,7 +495,38 @@ async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
         humantime::format_duration(gap),
         humantime::format_duration(ctx.settings.refresh_margin),
     );
+    println!("{}", doctor::sealing_summary(sealer.keyring()));
     Ok(exit::OK)
+}
+
+/// Brings every stored token under the current key (or to plaintext), then reports the keys.
+async fn rekey(ctx: &Ctx, decrypt: bool) -> anyhow::Result<u8> {
+    let store = ctx.open_checked(OpenMode::MustExist).await?;
+    if !decrypt && store.sealer().keyring().is_none() {
+        store.close().await;
+        return Err(CommandError::Input(
+            "rekey seals under the [encryption] key, and none is configured".to_owned(),
+        )
+        .into());
+    }
+    let target = if decrypt {
+        Target::Plaintext
+    } else {
+        Target::Current
+    };
+    let result = store.rekey(target, ctx.settings.lease()).await;
+    let usage = store.key_usage().await;
+    store.close().await;
+    let (pass, usage) = (result?, usage?);
+    let mut out = doctor::rekey_summary(&pass, store.sealer().keyring(), decrypt);
+    let checks = doctor::encryption_checks(&usage, store.sealer().keyring());
+    doctor::render(&mut out, "tokens by key", &checks);
+    print!("{out}");
+    Ok(if pass.leased == 0 && pass.unreadable.is_empty() {
+        exit::OK
+    } else {
+        exit::REFRESH_FAILED
+    })
 }
 
 /// `authorize`'s arguments.
@@ -475,7 +555,7 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
     for warning in &provider.warnings {
         warn!("{warning}");
     }
-    let store = ctx.open(OpenMode::CreateIfMissing).await?;
+    let store = ctx.open_checked(OpenMode::CreateIfMissing).await?;
     let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     let request = lifecycle::authorize::Request {
         name: args.name,
@@ -549,8 +629,10 @@ async fn revoke(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
 async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> {
     let refresher = ctx.refresher()?;
     let providers = ctx.providers(&refresher).await?;
+    let mut usage = None;
     let rows = match ctx.open(OpenMode::MustExist).await {
         Ok(store) => {
+            usage = Some((store.key_usage().await?, store.sealer().clone()));
             let mut rows = Vec::new();
             for row in store
                 .summaries()
@@ -586,6 +668,13 @@ async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> {
         let checks = doctor::provider_checks(&refresher, provider, cc_only).await;
         worst = checks.iter().map(|c| c.verdict).fold(worst, Ord::max);
         doctor::render(&mut out, &format!("provider {name}"), &checks);
+    }
+    if let Some((usage, sealer)) = &usage
+        && only.is_none()
+    {
+        let checks = doctor::encryption_checks(usage, sealer.keyring());
+        worst = checks.iter().map(|c| c.verdict).fold(worst, Ord::max);
+        doctor::render(&mut out, "encryption", &checks);
     }
     let warning = i64::try_from(ctx.settings.refresh_token_warning.as_secs()).unwrap_or(i64::MAX);
     let gap = ctx.sweep_gap()?;

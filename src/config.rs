@@ -13,6 +13,9 @@ use serde::de::{self, Deserializer};
 
 use crate::schedule::Schedule;
 
+mod encryption;
+pub use encryption::EncryptionSettings;
+
 /// The defaults every key falls back to; `config/tokenwarden.example.toml` documents them.
 const DEFAULTS: &str = r#"
 schedule = "*/3 * * * *"
@@ -98,6 +101,9 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub alerts: AlertSettings,
+    /// Sealing of stored tokens; absent: stored as they are.
+    #[serde(default)]
+    pub encryption: Option<EncryptionSettings>,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
 }
@@ -413,6 +419,9 @@ impl Settings {
                     self.metrics.listen
                 ),
             ));
+        }
+        if let Some(encryption) = &self.encryption {
+            encryption.validate()?;
         }
         for (name, provider) in &self.providers {
             if !crate::untrusted::is_valid_name(name) {

@@ -13,6 +13,9 @@ use crate::refresh::{Grant, RefreshOutcome, Refresher};
 use crate::store::{CredentialSummary, RotationRecord};
 use crate::untrusted::Escaped;
 
+mod sealing;
+pub use sealing::{encryption_checks, rekey_summary, sealing_summary};
+
 /// The refresh token sent by the probe; no provider has issued it.
 const PROBE_TOKEN: &str = "tokenwarden-doctor-probe-not-a-real-token";
 
@@ -281,6 +284,8 @@ mod tests {
             lease_owner: None,
             lease_expires_at: None,
             attempt_started_at: None,
+            refresh_token_key: None,
+            access_token_key: None,
         }
     }
 

@@ -56,6 +56,24 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Why a stored secret could not be read back. The messages name no key and no value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    /// Sealed under a key this process was not given: it may belong to a newer configuration, so
+    /// the credential waits for it instead of being condemned.
+    #[error("is sealed under key {0}, which the configuration does not list")]
+    UnknownKey(String),
+    /// Not a well-formed sealed value: cut short, or edited.
+    #[error("cannot be opened: truncated or altered")]
+    Malformed,
+    /// Authentication failed: altered, copied from another row or column, or sealed under a
+    /// different key with the same id.
+    #[error(
+        "cannot be opened: tampered, moved from another row or column, or sealed under another key"
+    )]
+    Tampered,
+}
+
 /// How a credential obtains new access tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GrantType {
@@ -151,7 +169,14 @@ pub struct Claimed {
     pub grant_type: GrantType,
     /// Space-separated scopes stored with the credential, if any.
     pub scopes: Option<String>,
+    /// The refresh token itself, opened: what a refresh sends.
     pub refresh_token: Option<Secret>,
+    /// The refresh token exactly as the database held it when claimed (sealed text, or plaintext
+    /// without a key): what the compare-and-swap writes compare against, since sealing the same
+    /// token twice never gives the same text. Never sent anywhere.
+    pub stored_refresh_token: Option<Secret>,
+    /// Why the stored refresh token could not be opened (then `refresh_token` is `None`).
+    pub unreadable: Option<Unreadable>,
     pub access_token_expires_at: Option<UnixTime>,
     pub consecutive_failures: u32,
     /// The journal row written for this attempt before the request.

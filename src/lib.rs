@@ -4,9 +4,9 @@
 //! Data flows one way; a module imports only those before it:
 //!
 //! ```text
-//! config ─► store ─► sweep ─► refresh ─► (outcome) ─► sweep ─► store
-//!   │                  ▲
-//!   └─► provider ──────┘            daemon: schedule + signals around sweep
+//! config ─► keys ─► store ─► sweep ─► refresh ─► (outcome) ─► sweep ─► store
+//!   │                          ▲      (store seals every token it writes, opens every one it reads)
+//!   └─► provider ──────────────┘            daemon: schedule + signals around sweep
 //! ```
 //!
 //! - [`domain`] — credentials, tokens, statuses, due-time and backoff arithmetic (pure)
@@ -19,7 +19,8 @@
 //! - [`discovery`] — endpoints from an issuer's metadata
 //! - [`secret_file`] — reading a secret file, refused when anyone may write it (like ssh's keys)
 //! - [`provider`] — configured OAuth clients with their endpoints and secrets resolved
-//! - [`store`] — the SQLite database, the only module that speaks SQL
+//! - [`keys`] — the `[encryption]` keys, read from files or the environment
+//! - [`store`] — the SQLite database, the only module that speaks SQL; seals tokens at rest
 //! - [`refresh`] — one token request and its outcome
 //! - [`revoke`] — one revocation request (RFC 7009) and its outcome
 //! - [`alerts`] — the operator's command on credential events
@@ -40,6 +41,7 @@ pub mod doctor;
 pub mod domain;
 pub mod holder;
 pub mod http;
+pub mod keys;
 pub mod lifecycle;
 pub mod metrics;
 pub mod preset;

@@ -18,7 +18,7 @@ pub use revocation::{RetrySummary, RevokeError, Revoked, Settled};
 use crate::alerts::{Alerter, Event};
 use crate::domain::{
     self, Backoff, Claimed, Failing, GrantType, STORE_ATTEMPTS, TokenSet, Trigger, UnixTime,
-    iso8601,
+    Unreadable, iso8601,
 };
 use crate::holder::{Holder, Liveness};
 use crate::provider::{Provider, Providers};
@@ -410,11 +410,7 @@ impl Sweeper {
                 scopes: scopes.as_deref(),
             },
             (GrantType::RefreshToken, None) => {
-                let setback = Setback::new(
-                    Action::Reauthorize,
-                    "needs_reauthorization",
-                    "no refresh token is stored",
-                );
+                let setback = unsendable(claimed.unreadable.as_ref());
                 return self.store_setback(&claimed, setback, started).await;
             }
         };
@@ -742,6 +738,29 @@ impl Sweeper {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         rejected.get(provider).copied().filter(|until| *until > now)
+    }
+}
+
+/// Why a refresh-token credential has nothing to send. A stored token that does not open is
+/// never sent: one sealed under a key this process lacks waits (a newer configuration may have
+/// it), one that is damaged will never open and needs re-authorization.
+fn unsendable(unreadable: Option<&Unreadable>) -> Setback {
+    match unreadable {
+        None => Setback::new(
+            Action::Reauthorize,
+            "needs_reauthorization",
+            "no refresh token is stored",
+        ),
+        Some(why @ Unreadable::UnknownKey(_)) => Setback::new(
+            Action::Retry { not_before: None },
+            "key_missing",
+            format!("the stored refresh token {why}; it was not sent"),
+        ),
+        Some(why) => Setback::new(
+            Action::Reauthorize,
+            "needs_reauthorization",
+            format!("the stored refresh token {why}; it was not sent: authorize again"),
+        ),
     }
 }
 

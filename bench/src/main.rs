@@ -6,10 +6,12 @@
 //!    with none and 1% due, against an instant token endpoint served from this process;
 //! 2. refresh throughput: one sweep of N due credentials against the instant endpoint and against
 //!    the repository's oidc-provider test server, beside a bare baseline (`baseline.rs`);
-//! 3. footprint: the daemon's idle RSS after start, and the peak RSS of a large all-due sweep.
+//! 3. footprint: the daemon's idle RSS after start, and the peak RSS of a large all-due sweep;
+//! 4. sealing: the none-due sweeps (smallest and largest table) and the instant-endpoint
+//!    throughput with `[encryption]` on, each beside the same run with it off, interleaved.
 //!
 //! Usage: tokenwarden-bench --bin PATH --repo DIR [--smoke] [--out FILE] [--work DIR] [--skip-oidc]
-//!            [--only sweep,throughput,oidc,footprint]
+//!            [--only sweep,throughput,oidc,footprint,sealed]
 //!        tokenwarden-bench baseline ... (the bare baseline; see baseline.rs)
 //!        tokenwarden-bench serve [SECONDS] (the instant endpoint alone, for profiling by hand)
 
@@ -25,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use db::Due;
-use report::{Footprint, Idle, Results, Run, Series, SweepRow, Throughput};
+use report::{Footprint, Idle, Results, Run, Sealing, Series, SweepRow, Throughput};
 
 const BENCH_SECRET_ENV: &str = "TW_BENCH_CLIENT_SECRET";
 const OIDC_SECRET_ENV: &str = "TW_BENCH_OIDC_SECRET";
@@ -95,7 +97,7 @@ struct Opts {
     work: PathBuf,
     out: PathBuf,
     skip_oidc: bool,
-    /// Sections to run (sweep, throughput, oidc, footprint); all when empty.
+    /// Sections to run (sweep, throughput, oidc, footprint, sealed); all when empty.
     only: Vec<String>,
 }
 
@@ -218,6 +220,9 @@ fn note(msg: &str) {
 
 struct Bench {
     o: Opts,
+    /// The `[encryption]` key of the sealed runs (a fixed benchmark key, so sealed templates can be
+    /// cached).
+    key: PathBuf,
     rt: tokio::runtime::Runtime,
     instant_url: String,
     templates: PathBuf,
@@ -239,7 +244,14 @@ fn drive(o: Opts) -> Result<(), Error> {
     let runs = o.work.join("runs");
     std::fs::create_dir_all(&templates)?;
     std::fs::create_dir_all(&runs)?;
+    let key = o.work.join("bench-encryption.key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&key, "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n")?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    }
     let mut b = Bench {
+        key,
         instant_url: endpoint.token_url.clone(),
         empty: templates.join("empty.db"),
         templates,
@@ -266,6 +278,7 @@ fn drive(o: Opts) -> Result<(), Error> {
         throughput: Vec::new(),
         footprint: None,
         oidc_stats: None,
+        sealing: Vec::new(),
         total: Duration::ZERO,
     };
 
@@ -419,6 +432,11 @@ fn drive(o: Opts) -> Result<(), Error> {
         });
     }
 
+    // 4. Sealing on against off: the same runs, interleaved.
+    if b.o.runs("sealed") {
+        b.sealing(&mut results.sealing)?;
+    }
+
     results.total = started.elapsed();
     let block = report::render(&results);
     report::write(&b.o.out, &block, plan.smoke)?;
@@ -461,6 +479,18 @@ impl Bench {
         oidc_url: Option<&str>,
         daemon: bool,
     ) -> Result<PathBuf, Error> {
+        self.config_with(name, db, oidc_url, daemon, false)
+    }
+
+    /// [`Bench::config`], with `[encryption]` (the benchmark key) when `sealed`.
+    fn config_with(
+        &self,
+        name: &str,
+        db: &Path,
+        oidc_url: Option<&str>,
+        daemon: bool,
+        sealed: bool,
+    ) -> Result<PathBuf, Error> {
         let mut text = format!(
             "database = {:?}\nconcurrency = {CONCURRENCY}\n",
             db.display().to_string()
@@ -479,6 +509,12 @@ impl Bench {
             text.push_str(&format!(
                 "\n[providers.oidc]\ntoken_url = {url:?}\nclient_id = \"{}\"\nclient_secret_env = \"{OIDC_SECRET_ENV}\"\n",
                 oidc::CLIENT_ID
+            ));
+        }
+        if sealed {
+            text.push_str(&format!(
+                "\n[encryption]\nkey_file = {:?}\n",
+                self.key.display().to_string()
             ));
         }
         let path = self.runs.join(format!("{name}.toml"));
@@ -557,7 +593,32 @@ impl Bench {
         sample: Option<Duration>,
         oidc_url: Option<&str>,
     ) -> Result<Run, Error> {
-        let cfg = self.config(name, db, oidc_url, false)?;
+        self.tw_on_with(db, name, expect_due, sample, oidc_url, false)
+    }
+
+    /// `run --once` on a fresh copy of `template`, sealed or not.
+    fn tw_once_sealed(
+        &self,
+        template: &Path,
+        name: &str,
+        expect_due: u64,
+        sealed: bool,
+    ) -> Result<Run, Error> {
+        let db = self.runs.join(format!("{name}.db"));
+        db::copy(template, &db)?;
+        self.tw_on_with(&db, name, expect_due, None, None, sealed)
+    }
+
+    fn tw_on_with(
+        &self,
+        db: &Path,
+        name: &str,
+        expect_due: u64,
+        sample: Option<Duration>,
+        oidc_url: Option<&str>,
+        sealed: bool,
+    ) -> Result<Run, Error> {
+        let cfg = self.config_with(name, db, oidc_url, false, sealed)?;
         let log = self.runs.join(format!("{name}.log"));
         let mut cmd = self.command(&self.o.bin);
         cmd.arg("--config")
@@ -653,6 +714,91 @@ impl Bench {
             return Err(fail(format!(
                 "database after the run: {left} still due, {refreshed} refreshed, {pending} journal rows pending"
             )));
+        }
+        Ok(())
+    }
+
+    /// A plaintext template, every token then sealed under the benchmark key by `tokenwarden
+    /// rekey` (so the sealed runs start from what a sealed deployment holds); cached like the
+    /// plaintext ones.
+    fn sealed_template(&self, rows: u64, due: Due) -> Result<PathBuf, Error> {
+        let plain = self.template(rows, due)?;
+        let path = plain.with_file_name(format!(
+            "{}-sealed.db",
+            plain.file_stem().unwrap_or_default().to_string_lossy()
+        ));
+        let sig_path = path.with_extension("sig");
+        let signature = format!("{};sealed", self.signature);
+        if path.exists()
+            && std::fs::read_to_string(&sig_path).ok().as_deref() == Some(signature.as_str())
+        {
+            return Ok(path);
+        }
+        let t = std::time::Instant::now();
+        db::copy(&plain, &path)?;
+        let cfg = self.config_with("rekey", &path, None, false, true)?;
+        let log = self.runs.join("rekey.log");
+        let mut cmd = self.command(&self.o.bin);
+        cmd.arg("--config")
+            .arg(&cfg)
+            .arg("rekey")
+            .stderr(std::fs::File::create(&log)?);
+        let m = proc::run(&mut cmd, self.o.plan.limit, None)?;
+        if m.code != Some(0) {
+            return Err(format!(
+                "sealing the template {} failed (exit {:?}): {}",
+                path.display(),
+                m.code,
+                std::fs::read_to_string(&log)?
+            )
+            .into());
+        }
+        std::fs::write(&sig_path, &signature)?;
+        note(&format!(
+            "sealed {} in {:.1} s",
+            path.display(),
+            t.elapsed().as_secs_f64()
+        ));
+        Ok(path)
+    }
+
+    /// Section 4: each measurement with sealing off and on, alternating which goes first.
+    fn sealing(&self, out: &mut Vec<Sealing>) -> Result<(), Error> {
+        let plan = self.o.plan.clone();
+        let mut sizes = vec![*plan.table_sizes.first().expect("sizes")];
+        sizes.extend(plan.table_sizes.last().filter(|&&big| big != sizes[0]));
+        let mut cases = Vec::new();
+        for rows in sizes {
+            cases.push((rows, Due::None, plan.runs_none));
+        }
+        cases.push((plan.throughput_n, Due::All, plan.runs_small));
+        for (rows, due, runs) in cases {
+            let templates = [self.template(rows, due)?, self.sealed_template(rows, due)?];
+            let expect = due.count(rows);
+            let mut series = [Series::default(), Series::default()];
+            for i in 0..runs {
+                let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+                for which in order {
+                    let run =
+                        self.tw_once_sealed(&templates[which], "sealed", expect, which == 1)?;
+                    note(&format!(
+                        "sealing {} rows={rows} due={} run {}/{runs}: {:.1} ms, {:.0}/s",
+                        ["off", "on"][which],
+                        due.label(),
+                        i + 1,
+                        run.wall_ms,
+                        run.rate()
+                    ));
+                    series[which].push(run);
+                }
+            }
+            let [plain, sealed] = series;
+            out.push(Sealing {
+                rows,
+                due,
+                plain,
+                sealed,
+            });
         }
         Ok(())
     }

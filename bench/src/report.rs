@@ -154,6 +154,14 @@ pub struct Machine {
     pub lines: Vec<(String, String)>,
 }
 
+/// One measurement with sealing (`[encryption]`) off and on.
+pub struct Sealing {
+    pub rows: u64,
+    pub due: Due,
+    pub plain: Series,
+    pub sealed: Series,
+}
+
 pub struct Results {
     pub plan: Plan,
     pub machine: Machine,
@@ -161,6 +169,7 @@ pub struct Results {
     pub throughput: Vec<Throughput>,
     pub footprint: Option<Footprint>,
     pub oidc_stats: Option<oidc::Stats>,
+    pub sealing: Vec<Sealing>,
     pub total: Duration,
 }
 
@@ -297,6 +306,34 @@ fn targets(r: &Results) -> Vec<Target> {
             ),
             pass: ratio >= 0.8,
         });
+    }
+    let last_none = r.sealing.iter().rfind(|x| x.due == Due::None);
+    for x in &r.sealing {
+        if x.due == Due::All {
+            let ratio = x.sealed.rate() / x.plain.rate();
+            t.push(Target {
+                what: format!(
+                    "sealed refresh throughput ≥ 0.95× plaintext ({} due, instant)",
+                    fmt_rows(x.rows)
+                ),
+                measured: format!(
+                    "{ratio:.2}× ({:.0}/s vs {:.0}/s)",
+                    x.sealed.rate(),
+                    x.plain.rate()
+                ),
+                pass: ratio >= 0.95,
+            });
+        } else if last_none.is_some_and(|l| std::ptr::eq(l, x)) {
+            let b = x.sealed.wall_ms();
+            t.push(Target {
+                what: format!(
+                    "sealed `run --once`, {} credentials, none due: ≤ 100 ms",
+                    fmt_rows(x.rows)
+                ),
+                measured: format!("{} ({:.2}× plaintext)", fmt_ms(b), b / x.plain.wall_ms()),
+                pass: b <= 100.0,
+            });
+        }
     }
     if let Some(f) = &r.footprint {
         let idle = median(f.idle_empty.iter().map(|i| i.rss_kib as f64).collect());
@@ -494,6 +531,50 @@ pub fn render(r: &Results) -> String {
                     "\nVmRSS sampled during the run with the highest peak: {} (peak {:.1} MB).",
                     pts.join(" → "),
                     mb(run.rss_kib as f64)
+                );
+            }
+        }
+    }
+
+    if !r.sealing.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### 4. Sealing on vs off (`[encryption]` key set, instant endpoint, concurrency {})\n",
+            crate::CONCURRENCY
+        );
+        let _ = writeln!(
+            s,
+            "The same template, plaintext and sealed by `tokenwarden rekey` (refresh tokens sealed, access tokens readable: the default), run alternately. Ratio: sealed / plaintext (wall time for the none-due sweeps, rate for the throughput).\n"
+        );
+        let _ = writeln!(
+            s,
+            "| measurement | plaintext | sealed | ratio | CPU per credential (plaintext / sealed) | runs (plaintext / sealed) |"
+        );
+        let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | --- |");
+        for x in &r.sealing {
+            if x.due == Due::All {
+                let _ = writeln!(
+                    s,
+                    "| throughput, {} due | {:.0}/s | {:.0}/s | {:.2} | {:.0} µs / {:.0} µs | {} / {} |",
+                    fmt_rows(x.rows),
+                    x.plain.rate(),
+                    x.sealed.rate(),
+                    x.sealed.rate() / x.plain.rate(),
+                    x.plain.cpu_us_each(),
+                    x.sealed.cpu_us_each(),
+                    x.plain.rates(),
+                    x.sealed.rates()
+                );
+            } else {
+                let _ = writeln!(
+                    s,
+                    "| `run --once`, {} credentials, none due | {} | {} | {:.2} | – | {} / {} |",
+                    fmt_rows(x.rows),
+                    fmt_ms(x.plain.wall_ms()),
+                    fmt_ms(x.sealed.wall_ms()),
+                    x.sealed.wall_ms() / x.plain.wall_ms(),
+                    x.plain.walls(),
+                    x.sealed.walls()
                 );
             }
         }

@@ -4,6 +4,7 @@ use crate::config::ConfigError;
 use crate::daemon::DaemonError;
 use crate::discovery::DiscoveryError;
 use crate::domain::iso8601;
+use crate::keys::KeysError;
 use crate::lifecycle::AuthorizeError;
 use crate::provider::ProviderError;
 use crate::store::StoreError;
@@ -21,12 +22,16 @@ pub const DATABASE: u8 = 3;
 /// No such credential, or it has no valid access token (`token`; a stored one that is not
 /// visible ASCII is not printed), or it is not active.
 pub const NOT_FOUND: u8 = 4;
+/// Stored tokens are sealed under a key the configuration does not list (or it lists none), or a
+/// stored token does not open: nothing was claimed or sent.
+pub const SEALING: u8 = 5;
 /// Anything else (the runtime or the scheduler failed).
 pub const INTERNAL: u8 = 70;
 
 /// The table shown at the end of `--help`.
 pub const HELP: &str = "Exit codes: 0 ok; 1 a refresh failed; 2 usage or configuration error; \
-3 database error; 4 unknown credential or no valid token; 70 internal error.";
+3 database error; 4 unknown credential or no valid token; 5 tokens sealed under a key the \
+configuration lacks; 70 internal error.";
 
 /// What the user asked for cannot be done.
 #[derive(Debug, thiserror::Error)]
@@ -89,14 +94,14 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
             // The issuer may be back in a moment: not a configuration error, so systemd retries.
             return REFRESH_FAILED;
         }
-        if cause.is::<ConfigError>() || cause.is::<ProviderError>() {
+        if cause.is::<ConfigError>() || cause.is::<ProviderError>() || cause.is::<KeysError>() {
             return CONFIG;
         }
         if let Some(e) = cause.downcast_ref::<StoreError>() {
-            return if matches!(e, StoreError::Exists(_)) {
-                CONFIG
-            } else {
-                DATABASE
+            return match e {
+                StoreError::Exists(_) => CONFIG,
+                StoreError::KeysMissing(_) | StoreError::Unreadable { .. } => SEALING,
+                _ => DATABASE,
             };
         }
         if let Some(e) = cause.downcast_ref::<CommandError>() {

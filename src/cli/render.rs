@@ -92,6 +92,8 @@ pub fn status_json(rows: &[CredentialSummary], view: View) -> String {
                 "instance_url": r.instance_url,
                 "expires_between_sweeps": short_lived(r, view).is_some(),
                 "access_token_lifetime_secs": r.access_token_expires_at.zip(r.last_refreshed_at).map(|(e, l)| e - l),
+                "refresh_token_key": r.refresh_token_key,
+                "access_token_key": r.access_token_key,
             })
         })
         .collect();

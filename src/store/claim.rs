@@ -3,9 +3,10 @@
 
 use sqlx::FromRow;
 
+use super::seal::{Column, Place, Sealer};
 use super::writer::StoreJob;
 use super::{Store, StoreError};
-use crate::domain::{Claimed, GrantType, Secret, Status, TokenSet, Trigger, UnixTime};
+use crate::domain::{Claimed, GrantType, Secret, Status, TokenSet, Trigger, UnixTime, Unreadable};
 
 /// The columns a claim returns, as `ClaimRow` reads them.
 macro_rules! claim_returning {
@@ -23,7 +24,11 @@ struct ClaimRow {
     provider: String,
     grant_type: String,
     scopes: Option<String>,
+    /// As stored: sealed text, or plaintext.
     refresh_token: Option<Secret>,
+    /// The refresh token opened by [`ClaimRow::open`].
+    #[sqlx(skip)]
+    opened: Option<Result<Secret, Unreadable>>,
     access_token_expires_at: Option<i64>,
     consecutive_failures: i64,
     last_success_at: i64,
@@ -32,6 +37,8 @@ struct ClaimRow {
 }
 
 /// What `claim_by_name` found.
+// Made once per manual refresh and matched at once: boxing the claim would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ClaimByName {
     Claimed(Claimed),
@@ -82,14 +89,38 @@ pub enum Stored {
 }
 
 impl ClaimRow {
+    /// Opens the stored refresh token. One that cannot be opened is never sent: the claim says
+    /// why instead, and the sweep settles it.
+    fn open(mut self, sealer: &Sealer) -> Self {
+        let place = Place {
+            id: self.id,
+            name: &self.name,
+            column: Column::RefreshToken,
+        };
+        self.opened = self.refresh_token.as_ref().map(|t| sealer.open(place, t));
+        self
+    }
+
+    /// The opened refresh token, if there is one and it opened.
+    fn token(&self) -> Option<&Secret> {
+        self.opened.as_ref().and_then(|t| t.as_ref().ok())
+    }
+
     fn into_claimed(self, (attempt_id, after_interruption): (i64, bool)) -> Claimed {
+        let (refresh_token, unreadable) = match self.opened {
+            Some(Ok(token)) => (Some(token), None),
+            Some(Err(why)) => (None, Some(why)),
+            None => (None, None),
+        };
         Claimed {
             id: self.id,
             grant_type: self.grant_type.parse().unwrap_or(GrantType::RefreshToken),
             name: self.name,
             provider: self.provider,
             scopes: self.scopes,
-            refresh_token: self.refresh_token,
+            refresh_token,
+            stored_refresh_token: self.refresh_token,
+            unreadable,
             access_token_expires_at: self.access_token_expires_at,
             consecutive_failures: u32::try_from(self.consecutive_failures).unwrap_or(u32::MAX),
             attempt_id,
@@ -134,6 +165,7 @@ impl Store {
             .await?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
+            let row = row.open(&self.sealer);
             let attempt = journal_start(&mut tx, &row, owner, now, trigger).await?;
             claimed.push(row.into_claimed(attempt));
         }
@@ -178,6 +210,7 @@ impl Store {
                 },
             });
         };
+        let row = row.open(&self.sealer);
         let attempt = journal_start(&mut tx, &row, owner, now, Trigger::Manual).await?;
         tx.commit().await?;
         Ok(ClaimByName::Claimed(row.into_claimed(attempt)))
@@ -195,10 +228,32 @@ impl Store {
         r: &Refreshed<'_>,
     ) -> Result<Stored, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let place = |column| Place {
+            id: claimed.id,
+            name: &claimed.name,
+            column,
+        };
+        // Sealed here, on the refreshing task, so the group writer only binds text. The refresh
+        // token is written on every refresh, the unchanged one too: re-sealed under the current key.
+        let refresh_token = r
+            .tokens
+            .refresh_token
+            .as_ref()
+            .or(claimed.refresh_token.as_ref());
         let job = StoreJob {
             credential_id: claimed.id,
             attempt_id: claimed.attempt_id,
-            sent_refresh_token: claimed.refresh_token.clone(),
+            stored_refresh_token: claimed.stored_refresh_token.clone(),
+            rotated: r
+                .tokens
+                .refresh_token
+                .as_ref()
+                .is_some_and(|new| Some(new) != claimed.refresh_token.as_ref()),
+            refresh_token: refresh_token
+                .map(|t| self.sealer.to_stored(place(Column::RefreshToken), t)),
+            access_token: self
+                .sealer
+                .to_stored(place(Column::AccessToken), &r.tokens.access_token),
             owner: owner.to_owned(),
             now,
             tokens: r.tokens.clone(),
@@ -256,7 +311,7 @@ impl Store {
                 .bind(detail.last_error)
                 .bind(now)
                 .bind(claimed.id)
-                .bind(&claimed.refresh_token)
+                .bind(&claimed.stored_refresh_token)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -336,7 +391,7 @@ async fn journal_start(
     .bind(owner)
     .bind(now)
     .bind(row.access_token_expires_at)
-    .bind(row.refresh_token.as_ref().map(Secret::fingerprint))
+    .bind(row.token().map(Secret::fingerprint))
     .fetch_one(&mut *tx)
     .await?;
     let interrupted = sqlx::query(

@@ -1,6 +1,8 @@
 //! The only module that speaks SQL. Opening the store creates the file 0600, sets WAL, FULL sync
 //! and a busy timeout, and migrates it; `claim` holds the sweep's transactions and `records` the
-//! reads and writes behind the CLI. Imports `domain` only.
+//! reads and writes behind the CLI. Every token passes the store's [`Sealer`] (`seal`) on its way
+//! in and out, so SQL only ever sees sealed text when a key is configured; `rekey` reports and
+//! changes which key seals which row. Imports `domain` only.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +13,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 mod claim;
 mod leases;
 mod records;
+mod rekey;
+pub mod seal;
 mod writer;
 
 pub use claim::{ClaimByName, Failure, FailureDetail, Refreshed, Stored};
@@ -19,6 +23,10 @@ pub use records::{
     Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim, RevocationClaimed,
     RevocationResult, RotationRecord, TokenRow,
 };
+pub use rekey::{ColumnUsage, KeyUsage, Pass, Target};
+pub use seal::Sealer;
+
+use crate::domain::Unreadable;
 
 /// How often opening is tried again when another process is migrating the same new file.
 const MIGRATE_ATTEMPTS: u32 = 3;
@@ -34,6 +42,16 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("credential {0:?} already exists (use --replace to overwrite its tokens)")]
     Exists(String),
+    /// A stored token this command needs cannot be opened.
+    #[error("credential {name:?}: the stored {column} {reason}")]
+    Unreadable {
+        name: String,
+        column: &'static str,
+        reason: Unreadable,
+    },
+    /// Values are sealed under keys the configuration does not list (or it lists none).
+    #[error("{0}")]
+    KeysMissing(String),
 }
 
 /// Whether a missing database file may be created.
@@ -51,15 +69,19 @@ pub struct Store {
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Successful refreshes on their way to the group commit.
     jobs: tokio::sync::mpsc::UnboundedSender<writer::StoreJob>,
+    /// Seals every token written and opens every token read.
+    sealer: Sealer,
 }
 
 impl Store {
     /// Opens (and if allowed, creates) the database at `path`, then brings its schema up to date.
+    /// Tokens are written and read through `sealer`.
     pub async fn open(
         path: &Path,
         mode: OpenMode,
         busy_timeout: Duration,
         connections: u32,
+        sealer: Sealer,
     ) -> Result<Self, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: path.to_owned(),
@@ -80,6 +102,13 @@ impl Store {
             .busy_timeout(busy_timeout)
             .foreign_keys(true)
             .create_if_missing(false);
+        // With a key, deleted and overwritten content is zeroed, so that a token once stored as
+        // plaintext (before sealing was turned on) leaves no copy in the file's free space.
+        let options = if sealer.keyring().is_some() {
+            options.pragma("secure_delete", "on")
+        } else {
+            options
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(connections.max(1))
             .acquire_timeout(busy_timeout + Duration::from_secs(5))
@@ -103,7 +132,18 @@ impl Store {
             std::sync::Arc::clone(&writer),
             queue,
         ));
-        Ok(Self { pool, writer, jobs })
+        Ok(Self {
+            pool,
+            writer,
+            jobs,
+            sealer,
+        })
+    }
+
+    /// The keys tokens are sealed with, if any.
+    #[must_use]
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
     }
 
     /// Whether the database answers.

@@ -3,8 +3,9 @@
 
 use sqlx::FromRow;
 
+use super::seal::{Column, Place};
 use super::{Store, StoreError};
-use crate::domain::{GrantType, Secret, TokenSet, UnixTime};
+use crate::domain::{GrantType, Secret, TokenSet, UnixTime, Unreadable};
 
 /// A credential to import.
 #[derive(Debug)]
@@ -42,12 +43,19 @@ pub struct CredentialSummary {
     /// When the newest attempt still pending in the journal started: one is in flight, or was
     /// interrupted.
     pub attempt_started_at: Option<i64>,
+    /// How the refresh token is stored: the id of the key that seals it, `plaintext`, or
+    /// `malformed`; `None` when there is none.
+    pub refresh_token_key: Option<String>,
+    /// The same for the access token.
+    pub access_token_key: Option<String>,
 }
 
 /// The current access token of one credential.
 #[derive(Debug, FromRow)]
 pub struct TokenRow {
+    id: i64,
     pub status: String,
+    /// Opened, when it was sealed.
     pub access_token: Option<Secret>,
     pub token_type: Option<String>,
     pub access_token_expires_at: Option<i64>,
@@ -103,7 +111,8 @@ pub enum AuthorizedAs {
     },
 }
 
-/// A credential claimed for revocation: its tokens, under this process's lease.
+/// A credential claimed for revocation: its tokens (opened), under this process's lease. A token
+/// that cannot be opened (altered) is `None`: it is not sent, and the rest goes on.
 #[derive(Debug, FromRow)]
 pub struct RevocationClaim {
     pub id: i64,
@@ -114,6 +123,9 @@ pub struct RevocationClaim {
     pub refresh_token: Option<Secret>,
     pub access_token_expires_at: Option<i64>,
     pub consecutive_failures: i64,
+    /// The tokens as stored, for the compare-and-swap of `settle_revocation`.
+    #[sqlx(skip)]
+    stored: (Option<Secret>, Option<Secret>),
 }
 
 /// What `claim_for_revocation` found.
@@ -172,6 +184,8 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let (id, how, old_refresh) = if let Some((id, status, revoke_pending, old)) = existing {
+            let (access, refresh) = self.stored_pair(id, a.name, t);
+            let old = old.map(|o| self.fingerprint_of(id, a.name, &o));
             sqlx::query(
                 "UPDATE oauth_credential SET provider = ?1, grant_type = 'refresh_token', scopes = ?2, \
                     owner = COALESCE(?3, owner), access_token = ?4, token_type = ?5, access_token_expires_at = ?6, \
@@ -184,10 +198,10 @@ impl Store {
             .bind(a.provider)
             .bind(a.scopes)
             .bind(a.owner)
-            .bind(&t.access_token)
+            .bind(&access)
             .bind(&t.token_type)
             .bind(t.expires_at)
-            .bind(&t.refresh_token)
+            .bind(&refresh)
             .bind(t.refresh_token_expires_at)
             .bind(a.refresh_due_at)
             .bind(now)
@@ -201,25 +215,33 @@ impl Store {
             };
             (id, how, old)
         } else {
+            // The row id is part of what seals the tokens: insert, then store them.
             let (id,): (i64,) = sqlx::query_as(
-                "INSERT INTO oauth_credential (name, provider, grant_type, scopes, owner, access_token, token_type, \
-                    access_token_expires_at, refresh_token, refresh_token_expires_at, refresh_due_at, \
+                "INSERT INTO oauth_credential (name, provider, grant_type, scopes, owner, token_type, \
+                    access_token_expires_at, refresh_token_expires_at, refresh_due_at, \
                     last_refreshed_at, created_at, updated_at, instance_url) \
-                 VALUES (?1, ?2, 'refresh_token', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?11, ?12) RETURNING id",
+                 VALUES (?1, ?2, 'refresh_token', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10) RETURNING id",
             )
             .bind(a.name)
             .bind(a.provider)
             .bind(a.scopes)
             .bind(a.owner)
-            .bind(&t.access_token)
             .bind(&t.token_type)
             .bind(t.expires_at)
-            .bind(&t.refresh_token)
             .bind(t.refresh_token_expires_at)
             .bind(a.refresh_due_at)
             .bind(now)
             .bind(&t.instance_url)
             .fetch_one(&mut *tx)
+            .await?;
+            let (access, refresh) = self.stored_pair(id, a.name, t);
+            sqlx::query(
+                "UPDATE oauth_credential SET access_token = ?1, refresh_token = ?2 WHERE id = ?3",
+            )
+            .bind(access)
+            .bind(refresh)
+            .bind(id)
+            .execute(&mut *tx)
             .await?;
             (id, AuthorizedAs::Created, None)
         };
@@ -239,13 +261,39 @@ impl Store {
         .bind(a.http_status)
         .bind(t.expires_at)
         .bind(old_refresh.is_some())
-        .bind(old_refresh.as_ref().map(Secret::fingerprint))
+        .bind(old_refresh.flatten())
         .bind(t.refresh_token.as_ref().map(Secret::fingerprint))
         .bind(t.access_token.fingerprint())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(how)
+    }
+
+    /// A token set's access and refresh tokens in their stored form for credential `id`/`name`.
+    fn stored_pair(&self, id: i64, name: &str, t: &TokenSet) -> (Secret, Option<Secret>) {
+        let place = |column| Place { id, name, column };
+        let access = self
+            .sealer
+            .to_stored(place(Column::AccessToken), &t.access_token);
+        let refresh = t
+            .refresh_token
+            .as_ref()
+            .map(|rt| self.sealer.to_stored(place(Column::RefreshToken), rt));
+        (access, refresh)
+    }
+
+    /// The journal's fingerprint of a stored refresh token; one that does not open has none.
+    fn fingerprint_of(&self, id: i64, name: &str, stored: &Secret) -> Option<String> {
+        let place = Place {
+            id,
+            name,
+            column: Column::RefreshToken,
+        };
+        self.sealer
+            .open(place, stored)
+            .ok()
+            .map(|t| t.fingerprint())
     }
 
     /// Claims credential `name`, whatever its status, for revocation: no refresh of it can be in
@@ -271,7 +319,8 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         let found = if let Some(claim) = claim {
-            RevocationClaimed::Claimed(claim)
+            // An error rolls the claim back.
+            RevocationClaimed::Claimed(self.open_revocation(claim)?)
         } else {
             let row: Option<(i64,)> =
                 sqlx::query_as("SELECT id FROM oauth_credential WHERE name = ?1")
@@ -305,15 +354,50 @@ impl Store {
             revocation_returning!()
         );
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let claims = sqlx::query_as(SQL)
+        let claims: Vec<RevocationClaim> = sqlx::query_as(SQL)
             .bind(owner)
             .bind(lease_until)
             .bind(now)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
             .await?;
+        let claims = claims
+            .into_iter()
+            .map(|c| self.open_revocation(c))
+            .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await?;
         Ok(claims)
+    }
+
+    /// Opens a revocation claim's tokens, keeping what was stored for the compare-and-swap. A
+    /// token under a key this process lacks is an error (the claim is rolled back: a newer
+    /// configuration can still revoke it); an altered one is left out.
+    fn open_revocation(&self, mut claim: RevocationClaim) -> Result<RevocationClaim, StoreError> {
+        let stored = (claim.access_token.take(), claim.refresh_token.take());
+        for (column, stored, opened) in [
+            (Column::AccessToken, &stored.0, &mut claim.access_token),
+            (Column::RefreshToken, &stored.1, &mut claim.refresh_token),
+        ] {
+            let Some(stored) = stored else { continue };
+            let place = Place {
+                id: claim.id,
+                name: &claim.name,
+                column,
+            };
+            *opened = match self.sealer.open(place, stored) {
+                Ok(token) => Some(token),
+                Err(reason @ Unreadable::UnknownKey(_)) => {
+                    return Err(StoreError::Unreadable {
+                        name: claim.name.clone(),
+                        column: column.as_str(),
+                        reason,
+                    });
+                }
+                Err(_) => None,
+            };
+        }
+        claim.stored = stored;
+        Ok(claim)
     }
 
     /// Gives back a revocation claim that sent nothing (the provider cannot revoke).
@@ -351,8 +435,8 @@ impl Store {
                     "DELETE FROM oauth_credential WHERE id = ?1 AND refresh_token IS ?2 AND access_token IS ?3",
                 )
                 .bind(claim.id)
-                .bind(&claim.refresh_token)
-                .bind(&claim.access_token)
+                .bind(&claim.stored.1)
+                .bind(&claim.stored.0)
                 .execute(&mut *tx)
                 .await?;
                 ("revoked", http_status, None, None)
@@ -376,8 +460,8 @@ impl Store {
                 .bind(now)
                 .bind(owner)
                 .bind(claim.id)
-                .bind(&claim.refresh_token)
-                .bind(&claim.access_token)
+                .bind(&claim.stored.1)
+                .bind(&claim.stored.0)
                 .execute(&mut *tx)
                 .await?;
                 (
@@ -448,6 +532,14 @@ impl Store {
                 .bind(c.name)
                 .fetch_optional(&mut *tx)
                 .await?;
+        let seal = |id| {
+            let place = Place {
+                id,
+                name: c.name,
+                column: Column::RefreshToken,
+            };
+            c.refresh_token.map(|t| self.sealer.to_stored(place, t))
+        };
         match (exists, replace) {
             (Some(_), false) => return Err(StoreError::Exists(c.name.to_owned())),
             (Some((id,)), true) => {
@@ -461,26 +553,31 @@ impl Store {
                 .bind(c.grant_type.as_str())
                 .bind(c.scopes)
                 .bind(c.owner)
-                .bind(c.refresh_token)
+                .bind(seal(id))
                 .bind(now)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
             }
             (None, _) => {
-                sqlx::query(
-                    "INSERT INTO oauth_credential (name, provider, grant_type, scopes, owner, refresh_token, \
-                        refresh_due_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7)",
+                // The row id is part of what seals the token: insert, then store it.
+                let (id,): (i64,) = sqlx::query_as(
+                    "INSERT INTO oauth_credential (name, provider, grant_type, scopes, owner, \
+                        refresh_due_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6) RETURNING id",
                 )
                 .bind(c.name)
                 .bind(c.provider)
                 .bind(c.grant_type.as_str())
                 .bind(c.scopes)
                 .bind(c.owner)
-                .bind(c.refresh_token)
                 .bind(now)
-                .execute(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await?;
+                sqlx::query("UPDATE oauth_credential SET refresh_token = ?1 WHERE id = ?2")
+                    .bind(seal(id))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         tx.commit().await?;
@@ -494,6 +591,12 @@ impl Store {
                 refresh_due_at, last_refreshed_at, consecutive_failures, next_attempt_at, last_error, \
                 COALESCE(last_refreshed_at, created_at) AS last_success_at, instance_url, \
                 lease_owner, lease_expires_at, \
+                CASE WHEN refresh_token IS NULL THEN NULL WHEN substr(refresh_token, 1, 4) <> 'tw1:' THEN 'plaintext' \
+                    WHEN substr(refresh_token, 13, 1) = ':' THEN substr(refresh_token, 5, 8) ELSE 'malformed' END \
+                    AS refresh_token_key, \
+                CASE WHEN access_token IS NULL THEN NULL WHEN substr(access_token, 1, 4) <> 'tw1:' THEN 'plaintext' \
+                    WHEN substr(access_token, 13, 1) = ':' THEN substr(access_token, 5, 8) ELSE 'malformed' END \
+                    AS access_token_key, \
                 (SELECT max(started_at) FROM token_rotation t \
                   WHERE t.credential_id = c.id AND t.outcome = 'pending') AS attempt_started_at \
              FROM oauth_credential c ORDER BY name",
@@ -502,14 +605,34 @@ impl Store {
         .await?)
     }
 
-    /// The stored access token of `name`, if there is such a credential.
+    /// The stored access token of `name` (opened), if there is such a credential.
     pub async fn token(&self, name: &str) -> Result<Option<TokenRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT status, access_token, token_type, access_token_expires_at FROM oauth_credential WHERE name = ?1",
+        let row: Option<TokenRow> = sqlx::query_as(
+            "SELECT id, status, access_token, token_type, access_token_expires_at FROM oauth_credential WHERE name = ?1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        let Some(mut row) = row else {
+            return Ok(None);
+        };
+        if let Some(stored) = row.access_token.take() {
+            let place = Place {
+                id: row.id,
+                name,
+                column: Column::AccessToken,
+            };
+            let opened =
+                self.sealer
+                    .open(place, &stored)
+                    .map_err(|reason| StoreError::Unreadable {
+                        name: name.to_owned(),
+                        column: Column::AccessToken.as_str(),
+                        reason,
+                    })?;
+            row.access_token = Some(opened);
+        }
+        Ok(Some(row))
     }
 
     /// Whether a credential called `name` exists.

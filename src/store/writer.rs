@@ -19,8 +19,16 @@ const GROUP_MAX: usize = 64;
 pub(super) struct StoreJob {
     pub credential_id: i64,
     pub attempt_id: i64,
-    /// The refresh token that was sent: the row is updated only if it still holds it.
-    pub sent_refresh_token: Option<Secret>,
+    /// The refresh token as it was stored when claimed: the row is updated only if it still
+    /// holds exactly that text (compare-and-swap).
+    pub stored_refresh_token: Option<Secret>,
+    /// Whether the provider sent a refresh token other than the one that was sent.
+    pub rotated: bool,
+    /// What to store: the new (or the unchanged) refresh token and the new access token, each
+    /// already in its stored form (sealed, or plaintext without a key). `tokens` keeps the
+    /// plaintext, for the journal's fingerprints only.
+    pub refresh_token: Option<Secret>,
+    pub access_token: Secret,
     pub owner: String,
     pub now: UnixTime,
     pub tokens: TokenSet,
@@ -77,8 +85,8 @@ async fn apply_refreshed(
     let updated = sqlx::query(
         "UPDATE oauth_credential SET access_token = ?1, token_type = ?2, access_token_expires_at = ?3, \
             refresh_token = COALESCE(?4, refresh_token), \
-            refresh_token_expires_at = CASE WHEN ?4 IS NULL OR ?4 = refresh_token \
-                THEN COALESCE(?5, refresh_token_expires_at) ELSE ?5 END, \
+            refresh_token_expires_at = CASE WHEN ?12 THEN ?5 \
+                ELSE COALESCE(?5, refresh_token_expires_at) END, \
             refresh_due_at = ?6, consecutive_failures = 0, next_attempt_at = 0, last_error = NULL, \
             instance_url = COALESCE(?11, instance_url), \
             last_refreshed_at = ?7, updated_at = ?7, \
@@ -86,17 +94,18 @@ async fn apply_refreshed(
             lease_expires_at = CASE WHEN lease_owner = ?10 THEN NULL ELSE lease_expires_at END \
          WHERE id = ?8 AND refresh_token IS ?9",
     )
-    .bind(&t.access_token)
+    .bind(&job.access_token)
     .bind(&t.token_type)
     .bind(t.expires_at)
-    .bind(&t.refresh_token)
+    .bind(&job.refresh_token)
     .bind(t.refresh_token_expires_at)
     .bind(job.refresh_due_at)
     .bind(job.now)
     .bind(job.credential_id)
-    .bind(&job.sent_refresh_token)
+    .bind(&job.stored_refresh_token)
     .bind(&job.owner)
     .bind(&t.instance_url)
+    .bind(job.rotated)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -105,10 +114,7 @@ async fn apply_refreshed(
     } else {
         Stored::Superseded
     };
-    let rotated = t
-        .refresh_token
-        .as_ref()
-        .is_some_and(|new| Some(new) != job.sent_refresh_token.as_ref());
+    let rotated = job.rotated;
     sqlx::query(
         "UPDATE token_rotation SET finished_at = ?1, duration_ms = ?2, outcome = ?3, http_status = ?4, \
             new_expires_at = ?5, refresh_token_rotated = ?6, new_refresh_fingerprint = ?7, \

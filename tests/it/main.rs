@@ -14,5 +14,6 @@ mod lifecycle;
 mod oauth_server;
 mod providers;
 mod recovery;
+mod seal;
 mod service;
 mod test_server;

@@ -300,8 +300,13 @@ fn credentials_reach_the_configuration_in_both_units() {
     for id in &ids {
         // The configuration names the daemon's credentials directory ...
         let daemon_path = format!("/run/credentials/{DAEMON_UNIT}/{id}");
+        let key = if id == "encryption-key" {
+            "key_file"
+        } else {
+            "client_secret_file"
+        };
         assert!(
-            daemon_text.contains(&format!("client_secret_file = \"{daemon_path}\"")),
+            daemon_text.contains(&format!("{key} = \"{daemon_path}\"")),
             "{DAEMON_UNIT} documents the path of credential {id}"
         );
         // ... which the oneshot unit, whose directory differs, overrides through the environment.
@@ -309,27 +314,36 @@ fn credentials_reach_the_configuration_in_both_units() {
             .iter()
             .find_map(|e| e.strip_suffix(&format!("=%d/{id}")))
             .unwrap_or_else(|| panic!("{ONCE_UNIT}: no Environment=...=%d/{id}"));
-        let provider = var
-            .strip_prefix("TOKENWARDEN_PROVIDERS__")
-            .and_then(|p| p.strip_suffix("__CLIENT_SECRET_FILE"))
-            .unwrap_or_else(|| panic!("{var} is not a provider's client_secret_file"))
-            .to_lowercase();
+        // The sealing key: a key file in [encryption]; anything else: a provider's secret file.
+        let (table, value) = if var == "TOKENWARDEN_ENCRYPTION__KEY_FILE" {
+            (
+                format!("[encryption]\nkey_file = \"{daemon_path}\"\n"),
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
+            )
+        } else {
+            let provider = var
+                .strip_prefix("TOKENWARDEN_PROVIDERS__")
+                .and_then(|p| p.strip_suffix("__CLIENT_SECRET_FILE"))
+                .unwrap_or_else(|| panic!("{var} is not a provider's client_secret_file"))
+                .to_lowercase();
+            (
+                format!(
+                    "[providers.{provider}]\ntoken_url = \"https://login.example.com/token\"\n\
+                     client_id = \"client\"\nclient_secret_file = \"{daemon_path}\"\n"
+                ),
+                "client-secret-value\n",
+            )
+        };
 
         // The binary takes the override: %d stands for a scratch credentials directory.
         let home = tempfile::tempdir().unwrap();
         let credentials = home.path().join("credentials");
         fs::create_dir(&credentials).unwrap();
         // systemd hands credentials over as 0400 files.
-        crate::harness::write_secret(&credentials.join(id), "client-secret-value\n");
+        crate::harness::write_secret(&credentials.join(id), value);
+        fs::set_permissions(credentials.join(id), fs::Permissions::from_mode(0o400)).unwrap();
         let config = home.path().join("tokenwarden.toml");
-        fs::write(
-            &config,
-            format!(
-                "[providers.{provider}]\ntoken_url = \"https://login.example.com/token\"\n\
-                 client_id = \"client\"\nclient_secret_file = \"{daemon_path}\"\n"
-            ),
-        )
-        .unwrap();
+        fs::write(&config, table).unwrap();
         let config = config.to_str().unwrap();
         let secret_file = credentials.join(id);
         let ran = run(

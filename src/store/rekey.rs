@@ -1,0 +1,371 @@
+//! Which keys seal the stored tokens, and re-sealing them: the first start with a key seals the
+//! plaintext rows, `tokenwarden rekey` brings every row under the current key, `rekey --decrypt`
+//! writes plaintext back. Small transactions; each row is compare-and-swapped against what was read
+//! and skipped while another process holds its lease (its refresh would otherwise find its token
+//! changed and drop the new one). So any of these runs beside the daemon and may be killed at any
+//! point: every row is in its old form or its new one, never neither.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use sqlx::FromRow;
+
+use super::seal::{self, Column, HEAD_LEN, Place, Sealer};
+use super::{Store, StoreError};
+use crate::domain::{self, Secret};
+
+/// Rows re-sealed per transaction.
+const BATCH: i64 = 100;
+/// Rows named in a message about keys; the rest are counted.
+const NAMED: usize = 5;
+/// Pause before another pass over rows that were leased by another process.
+const LEASED_PAUSE: Duration = Duration::from_millis(250);
+
+/// What re-sealing brings the rows to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Plaintext values sealed under the current key; sealed ones left as they are (the first
+    /// start with a key).
+    SealPlaintext,
+    /// Every value as the configuration asks: refresh tokens under the current key, access tokens
+    /// too when `seal_access_tokens`, else plaintext (`rekey`).
+    Current,
+    /// Every value plaintext (`rekey --decrypt`).
+    Plaintext,
+}
+
+/// How the stored values of one column are kept: per key id, how many; and plaintext, and values
+/// that look sealed but are not well-formed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ColumnUsage {
+    pub keys: BTreeMap<String, i64>,
+    pub plaintext: i64,
+    pub malformed: i64,
+}
+
+/// Which keys the database needs, per column.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KeyUsage {
+    pub refresh_tokens: ColumnUsage,
+    pub access_tokens: ColumnUsage,
+}
+
+impl KeyUsage {
+    /// Every key id in use, in either column.
+    #[must_use]
+    pub fn key_ids(&self) -> BTreeSet<&str> {
+        self.refresh_tokens
+            .keys
+            .keys()
+            .chain(self.access_tokens.keys.keys())
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Values sealed under `id`, in both columns.
+    #[must_use]
+    pub fn sealed_under(&self, id: &str) -> i64 {
+        self.refresh_tokens.keys.get(id).copied().unwrap_or(0)
+            + self.access_tokens.keys.get(id).copied().unwrap_or(0)
+    }
+}
+
+/// What one pass (or a whole `rekey`) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Rows written in their new form.
+    pub resealed: u64,
+    /// Rows left because another process held their lease (refreshing them right now).
+    pub leased: u64,
+    /// Rows with a value that cannot be opened (altered): left as they are.
+    pub unreadable: Vec<String>,
+}
+
+/// The same statement for either token column, `c` standing for the column's name: SQL is never
+/// assembled at run time.
+macro_rules! for_column {
+    ($column:expr; $($piece:tt)*) => {
+        match $column {
+            Column::RefreshToken => concat!($(for_column!(@piece "refresh_token"; $piece)),*),
+            Column::AccessToken => concat!($(for_column!(@piece "access_token"; $piece)),*),
+        }
+    };
+    (@piece $name:literal; c) => { $name };
+    (@piece $name:literal; $text:literal) => { $text };
+}
+
+#[derive(FromRow)]
+struct Row {
+    id: i64,
+    name: String,
+    refresh_token: Option<Secret>,
+    access_token: Option<Secret>,
+    lease_expires_at: Option<i64>,
+}
+
+impl Store {
+    /// Checks that every key the stored values are sealed under is in the keyring, by a few index
+    /// seeks. One missing (or no keyring with sealed values) is [`StoreError::KeysMissing`], naming
+    /// the key and the first rows that need it.
+    pub async fn check_keys(&self) -> Result<(), StoreError> {
+        let mut missing = Vec::new();
+        for column in [Column::RefreshToken, Column::AccessToken] {
+            for id in self.key_ids_in(column).await? {
+                let listed = self.sealer.keyring().is_some_and(|k| k.knows(&id));
+                if !listed && !missing.contains(&id) {
+                    missing.push(id);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut parts = Vec::new();
+        for id in &missing {
+            parts.push(format!("key {id} ({})", self.rows_under(id).await?));
+        }
+        let remedy = if self.sealer.keyring().is_some() {
+            "which the configuration does not list: add it to [encryption] retired_key_files (or key_file), then `tokenwarden rekey` moves the rows off it"
+        } else {
+            "but the configuration has no [encryption] key: configure it (turning sealing off is `tokenwarden rekey --decrypt`, with the key still configured)"
+        };
+        Err(StoreError::KeysMissing(format!(
+            "the database holds tokens sealed under {}, {remedy}",
+            parts.join(", ")
+        )))
+    }
+
+    /// Before claiming anything: checks the keys, then with a keyring seals the plaintext rows
+    /// left (a database from before sealing was turned on). Returns what that sealing did.
+    pub async fn prepare(&self) -> Result<Pass, StoreError> {
+        self.check_keys().await?;
+        let Some(keyring) = self.sealer.keyring() else {
+            return Ok(Pass::default());
+        };
+        let plaintext = self.has_plaintext(Column::RefreshToken).await?
+            || (keyring.seals_access_tokens() && self.has_plaintext(Column::AccessToken).await?);
+        if !plaintext {
+            return Ok(Pass::default());
+        }
+        self.reseal_pass(Target::SealPlaintext).await
+    }
+
+    /// Brings every row to `target`, passing again over rows another process held the lease of,
+    /// for at most `wait`.
+    pub async fn rekey(&self, target: Target, wait: Duration) -> Result<Pass, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut total = Pass::default();
+        loop {
+            let pass = self.reseal_pass(target).await?;
+            total.resealed += pass.resealed;
+            total.unreadable = pass.unreadable;
+            total.leased = pass.leased;
+            if pass.leased == 0 || tokio::time::Instant::now() + LEASED_PAUSE > deadline {
+                return Ok(total);
+            }
+            tokio::time::sleep(LEASED_PAUSE).await;
+        }
+    }
+
+    /// How many values each key seals, per column (reads every row's first characters).
+    pub async fn key_usage(&self) -> Result<KeyUsage, StoreError> {
+        Ok(KeyUsage {
+            refresh_tokens: self.column_usage(Column::RefreshToken).await?,
+            access_tokens: self.column_usage(Column::AccessToken).await?,
+        })
+    }
+
+    async fn column_usage(&self, column: Column) -> Result<ColumnUsage, StoreError> {
+        let sql = for_column!(column;
+            "SELECT CASE WHEN h >= 'tw1:' AND h < 'tw1;' THEN h ELSE '' END AS k, count(*) \
+             FROM (SELECT substr(" c ", 1, 13) AS h FROM oauth_credential WHERE " c " IS NOT NULL) \
+             GROUP BY k");
+        let rows: Vec<(String, i64)> = sqlx::query_as(sql).fetch_all(&self.pool).await?;
+        let mut usage = ColumnUsage::default();
+        for (head, n) in rows {
+            match head_key_id(&head) {
+                _ if head.is_empty() => usage.plaintext += n,
+                Some(id) => *usage.keys.entry(id.to_owned()).or_default() += n,
+                None => usage.malformed += n,
+            }
+        }
+        Ok(usage)
+    }
+
+    /// The distinct well-formed key ids in `column`: one index seek per id.
+    async fn key_ids_in(&self, column: Column) -> Result<Vec<String>, StoreError> {
+        let sql = for_column!(column;
+            "SELECT substr(" c ", 1, 13) FROM oauth_credential \
+             WHERE substr(" c ", 1, 13) > ?1 AND substr(" c ", 1, 13) < 'tw1;' \
+             ORDER BY substr(" c ", 1, 13) LIMIT 1");
+        let mut after = seal::PREFIX.to_owned();
+        let mut ids = Vec::new();
+        while let Some((head,)) = sqlx::query_as::<_, (String,)>(sql)
+            .bind(&after)
+            .fetch_optional(&self.pool)
+            .await?
+        {
+            if let Some(id) = head_key_id(&head) {
+                ids.push(id.to_owned());
+            }
+            after = head;
+        }
+        Ok(ids)
+    }
+
+    /// Whether any value in `column` is plaintext: two index seeks.
+    async fn has_plaintext(&self, column: Column) -> Result<bool, StoreError> {
+        let sql = for_column!(column;
+            "SELECT EXISTS (SELECT 1 FROM oauth_credential WHERE substr(" c ", 1, 13) < 'tw1:') \
+                 OR EXISTS (SELECT 1 FROM oauth_credential WHERE substr(" c ", 1, 13) >= 'tw1;')");
+        let (any,): (bool,) = sqlx::query_as(sql).fetch_one(&self.pool).await?;
+        Ok(any)
+    }
+
+    /// "N credentials: a, b, c, …" sealed (in either column) under key `id`.
+    async fn rows_under(&self, id: &str) -> Result<String, StoreError> {
+        let head = format!("{}{id}:", seal::PREFIX);
+        let names: Vec<(String,)> = sqlx::query_as(
+            "SELECT name FROM oauth_credential \
+             WHERE substr(refresh_token, 1, 13) = ?1 OR substr(access_token, 1, 13) = ?1 ORDER BY name",
+        )
+        .bind(&head)
+        .fetch_all(&self.pool)
+        .await?;
+        let shown: Vec<&str> = names.iter().take(NAMED).map(|(n,)| n.as_str()).collect();
+        let more = if names.len() > NAMED { ", …" } else { "" };
+        let plural = if names.len() == 1 { "" } else { "s" };
+        Ok(format!(
+            "{} credential{plural}: {}{more}",
+            names.len(),
+            shown.join(", ")
+        ))
+    }
+
+    /// One pass over the rows, in id order, each batch in its own transaction.
+    async fn reseal_pass(&self, target: Target) -> Result<Pass, StoreError> {
+        let current = self
+            .sealer
+            .keyring()
+            .map(|k| format!("{}{}:", seal::PREFIX, k.current_id()));
+        if current.is_none() && target != Target::Plaintext {
+            return Ok(Pass::default());
+        }
+        let seal_access = self.sealer.seals(Column::AccessToken);
+        macro_rules! rows_where {
+            ($wanted:literal) => {
+                concat!(
+                    "SELECT id, name, refresh_token, access_token, lease_expires_at FROM oauth_credential \
+                     WHERE id > ?1 AND (",
+                    $wanted,
+                    ") ORDER BY id LIMIT ?4"
+                )
+            };
+        }
+        // The rows not yet in the target form (?2: the current key's head, ?3: seal access tokens).
+        let sql = match target {
+            Target::SealPlaintext => rows_where!(
+                "(refresh_token IS NOT NULL AND substr(refresh_token, 1, 4) <> 'tw1:') \
+                 OR (?3 AND access_token IS NOT NULL AND substr(access_token, 1, 4) <> 'tw1:')"
+            ),
+            Target::Current => rows_where!(
+                "(refresh_token IS NOT NULL AND substr(refresh_token, 1, 13) IS NOT ?2) \
+                 OR (access_token IS NOT NULL AND CASE WHEN ?3 THEN substr(access_token, 1, 13) IS NOT ?2 \
+                     ELSE substr(access_token, 1, 4) = 'tw1:' END)"
+            ),
+            Target::Plaintext => rows_where!(
+                "substr(refresh_token, 1, 4) = 'tw1:' OR substr(access_token, 1, 4) = 'tw1:'"
+            ),
+        };
+        let mut pass = Pass::default();
+        let mut after = 0_i64;
+        loop {
+            let _writer = self.writer.lock().await;
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let rows: Vec<Row> = sqlx::query_as(sql)
+                .bind(after)
+                .bind(current.as_deref())
+                .bind(seal_access)
+                .bind(BATCH)
+                .fetch_all(&mut *tx)
+                .await?;
+            let Some(last) = rows.last() else {
+                tx.rollback().await?;
+                return Ok(pass);
+            };
+            after = last.id;
+            let now = domain::now();
+            for row in rows {
+                if row.lease_expires_at.is_some_and(|until| until > now) {
+                    pass.leased += 1;
+                    continue;
+                }
+                let (refresh, refresh_ok) =
+                    reform(&self.sealer, target, &row, Column::RefreshToken);
+                let (access, access_ok) = reform(&self.sealer, target, &row, Column::AccessToken);
+                if !(refresh_ok && access_ok) {
+                    pass.unreadable.push(row.name.clone());
+                }
+                if refresh == row.refresh_token && access == row.access_token {
+                    continue;
+                }
+                sqlx::query(
+                    "UPDATE oauth_credential SET refresh_token = ?1, access_token = ?2 \
+                     WHERE id = ?3 AND refresh_token IS ?4 AND access_token IS ?5",
+                )
+                .bind(&refresh)
+                .bind(&access)
+                .bind(row.id)
+                .bind(&row.refresh_token)
+                .bind(&row.access_token)
+                .execute(&mut *tx)
+                .await?;
+                pass.resealed += 1;
+            }
+            tx.commit().await?;
+        }
+    }
+}
+
+/// The form `row`'s value in `column` should be stored in for `target`, and whether it could be
+/// opened (a value that cannot is kept as it is).
+fn reform(sealer: &Sealer, target: Target, row: &Row, column: Column) -> (Option<Secret>, bool) {
+    let stored = match column {
+        Column::RefreshToken => &row.refresh_token,
+        Column::AccessToken => &row.access_token,
+    };
+    let Some(stored) = stored else {
+        return (None, true);
+    };
+    let place = Place {
+        id: row.id,
+        name: &row.name,
+        column,
+    };
+    let was_sealed = seal::is_sealed(stored.expose());
+    let current = sealer.keyring().map(super::seal::Keyring::current_id);
+    let keep = match target {
+        Target::SealPlaintext => was_sealed || !sealer.seals(column),
+        Target::Current if sealer.seals(column) => {
+            seal::key_id_of(stored.expose()).is_some_and(|id| Some(id) == current)
+        }
+        Target::Current | Target::Plaintext => !was_sealed,
+    };
+    if keep {
+        return (Some(stored.clone()), true);
+    }
+    match sealer.open(place, stored) {
+        Ok(plain) if target == Target::Plaintext => (Some(plain), true),
+        Ok(plain) => (Some(sealer.to_stored(place, &plain)), true),
+        Err(_) => (Some(stored.clone()), false),
+    }
+}
+
+/// The key id in the first characters of a stored value, if they are a well-formed head.
+fn head_key_id(head: &str) -> Option<&str> {
+    if head.len() != HEAD_LEN || !head.ends_with(':') {
+        return None;
+    }
+    let id = head.strip_prefix(seal::PREFIX)?.strip_suffix(':')?;
+    seal::is_key_id(id).then_some(id)
+}
