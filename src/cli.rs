@@ -11,7 +11,7 @@ use tracing::warn;
 use crate::alerts::Alerter;
 use crate::config::{LogFormat, Settings};
 use crate::doctor;
-use crate::domain::{self, Backoff, GrantType, Secret, Trigger};
+use crate::domain::{self, GrantType, Secret, Trigger};
 use crate::http::Transport;
 use crate::lifecycle::{self, authorize::Prompt};
 use crate::metrics::{self, Metrics};
@@ -297,22 +297,7 @@ impl Ctx {
                 "plaintext tokens sealed under the current key"
             );
         }
-        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-        let policy = Policy {
-            margin: secs(settings.refresh_margin),
-            max_idle: secs(settings.max_idle),
-            backoff: Backoff {
-                base: secs(settings.retry.base),
-                cap: secs(settings.retry.max),
-            },
-            failing: settings.failing(),
-            refresh_token_warning: secs(settings.refresh_token_warning),
-            concurrency: settings.concurrency,
-            lease: secs(settings.lease()),
-            request_timeout: secs(settings.http.request_timeout),
-            store_window: secs(settings.store_window()),
-            sweep_gap: self.sweep_gap()?,
-        };
+        let policy = Policy::from_settings(settings)?;
         let alerter = Alerter::new(&settings.alerts.on_event, settings.alerts.timeout);
         Ok(Sweeper::new(store, providers, refresher, policy, alerter))
     }

@@ -12,17 +12,21 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 mod revocation;
+mod settle;
 
 pub use revocation::{RetrySummary, RevokeError, Revoked, Settled};
 
+use settle::{Action, FailureWrite, Setback};
+
 use crate::alerts::{Alerter, Event};
+use crate::config::{ConfigError, Settings};
 use crate::domain::{
     self, Backoff, Claimed, Failing, GrantType, STORE_ATTEMPTS, TokenSet, Trigger, UnixTime,
     Unreadable, iso8601,
 };
 use crate::holder::{Holder, Liveness};
 use crate::provider::{Provider, Providers};
-use crate::refresh::{Attempt, Grant, RefreshOutcome, Refresher};
+use crate::refresh::{Attempt, Grant, Refresher};
 use crate::store::{
     ClaimByName, Failure, FailureDetail, HeldLease, Refreshed, Store, StoreError, Stored,
 };
@@ -69,6 +73,29 @@ pub struct Policy {
     pub sweep_gap: i64,
 }
 
+impl Policy {
+    /// The sweep's tunables from the configuration, in whole seconds.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        let gap = settings.schedule()?.longest_gap(chrono::Utc::now());
+        Ok(Self {
+            margin: secs(settings.refresh_margin),
+            max_idle: secs(settings.max_idle),
+            backoff: Backoff {
+                base: secs(settings.retry.base),
+                cap: secs(settings.retry.max),
+            },
+            failing: settings.failing(),
+            refresh_token_warning: secs(settings.refresh_token_warning),
+            concurrency: settings.concurrency,
+            lease: secs(settings.lease()),
+            request_timeout: secs(settings.http.request_timeout),
+            store_window: secs(settings.store_window()),
+            sweep_gap: secs(gap),
+        })
+    }
+}
+
 /// What happened to one credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
@@ -111,40 +138,6 @@ impl SweepSummary {
     #[must_use]
     pub fn all_refreshed(&self) -> bool {
         self.failed == 0 && self.needs_reauthorization == 0 && self.released == 0
-    }
-}
-
-/// What to do about an attempt that produced no tokens.
-#[derive(Debug, Clone, Copy)]
-enum Action {
-    /// Retry after backoff, and not before `not_before` (a provider's Retry-After).
-    Retry { not_before: Option<UnixTime> },
-    /// The grant is dead.
-    Reauthorize,
-    /// The provider rejected our client: leave the credential until `until`.
-    ClientRejected { until: UnixTime },
-}
-
-/// A failed or skipped attempt, as it is logged and journaled.
-#[derive(Debug)]
-struct Setback {
-    action: Action,
-    /// The journal's outcome word.
-    outcome: &'static str,
-    reason: String,
-    code: Option<String>,
-    http_status: Option<u16>,
-}
-
-impl Setback {
-    fn new(action: Action, outcome: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            action,
-            outcome,
-            reason: reason.into(),
-            code: None,
-            http_status: None,
-        }
     }
 }
 
@@ -418,69 +411,30 @@ impl Sweeper {
             outcome,
             http_status,
         } = self.inner.refresher.request(provider, grant, now).await;
-        let setback = match outcome {
-            RefreshOutcome::Refreshed(tokens) => {
-                return self
-                    .store_tokens(&claimed, &tokens, http_status, started)
-                    .await;
-            }
-            RefreshOutcome::Transient {
-                retry_after,
-                code,
-                reason,
-            } => Setback {
-                code,
-                ..Setback::new(
-                    Action::Retry {
-                        not_before: retry_after.map(|s| domain::now().saturating_add(s)),
-                    },
-                    "transient",
-                    reason,
-                )
-            },
-            // A response refused by its checks: kept nothing of it, so retried like a malformed one.
-            RefreshOutcome::Refused { reason } => Setback::new(
-                Action::Retry { not_before: None },
-                "refused_response",
-                reason,
-            ),
-            RefreshOutcome::GrantRejected { code, reason } => {
-                let reason = if claimed.after_interruption {
-                    format!("refresh outcome unknown after interruption: {reason}")
-                } else {
-                    reason
-                };
-                Setback {
-                    code: Some(code),
-                    ..Setback::new(Action::Reauthorize, "needs_reauthorization", reason)
-                }
-            }
-            RefreshOutcome::ClientRejected { code, reason } => {
-                let until = domain::now() + self.inner.policy.backoff.cap;
-                self.inner
-                    .rejected
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(provider.name.clone(), until);
-                let reason = format!(
-                    "provider {} rejected the client ({reason}): check its client_id, secret and client_auth",
-                    provider.name
-                );
-                Setback {
-                    code: Some(code),
-                    ..Setback::new(Action::ClientRejected { until }, "client_rejected", reason)
-                }
-            }
-        };
-        self.store_setback(
+        let policy = &self.inner.policy;
+        match settle::setback(
             &claimed,
-            Setback {
-                http_status,
-                ..setback
-            },
-            started,
-        )
-        .await
+            outcome,
+            http_status,
+            &provider.name,
+            policy,
+            domain::now(),
+        ) {
+            Ok(tokens) => {
+                self.store_tokens(&claimed, &tokens, http_status, started)
+                    .await
+            }
+            Err(setback) => {
+                if let Action::ClientRejected { until } = setback.action {
+                    self.inner
+                        .rejected
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(provider.name.clone(), until);
+                }
+                self.store_setback(&claimed, setback, started).await
+            }
+        }
     }
 
     /// The credential's provider, unless it is not configured or is rejecting our client.
@@ -518,16 +472,11 @@ impl Sweeper {
     ) -> Result<Handled, StoreError> {
         let inner = &self.inner;
         let finished = domain::now();
-        let refresh_due_at = domain::refresh_due_at(
-            finished,
-            tokens.expires_at,
-            inner.policy.margin,
-            inner.policy.max_idle,
-        );
+        let decided = settle::success(claimed, tokens, &inner.policy, finished);
         let duration_ms = elapsed_ms(started);
         let record = Refreshed {
             tokens,
-            refresh_due_at,
+            refresh_due_at: decided.refresh_due_at,
             http_status,
             duration_ms,
         };
@@ -538,12 +487,7 @@ impl Sweeper {
             warn!("credential changed while its refresh was out; the new tokens were not stored");
             return Ok(Handled::Superseded);
         }
-        let was_failing = inner.policy.failing.is_failing(
-            claimed.consecutive_failures,
-            claimed.last_success_at,
-            finished,
-        );
-        if was_failing {
+        if decided.recovered {
             inner.alerter.fire(
                 Event::Recovered,
                 &claimed.name,
@@ -551,25 +495,13 @@ impl Sweeper {
                 "refreshed after failing",
             );
         }
-        let rotated =
-            tokens.refresh_token.is_some() && tokens.refresh_token != claimed.refresh_token;
-        let rt_expires_at = if rotated {
-            tokens.refresh_token_expires_at
-        } else {
-            tokens
-                .refresh_token_expires_at
-                .or(claimed.refresh_token_expires_at)
-        };
-        info!(expires_at = %iso8601(tokens.expires_at), refresh_token_rotated = rotated, duration_ms, "access token refreshed");
-        if let Some(short) = domain::ShortLived::of(
-            Some(finished),
-            Some(tokens.expires_at),
-            inner.policy.sweep_gap,
-        ) && inner
-            .warned_short_lived
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(claimed.id)
+        info!(expires_at = %iso8601(tokens.expires_at), refresh_token_rotated = decided.rotated, duration_ms, "access token refreshed");
+        if let Some(short) = decided.short_lived
+            && inner
+                .warned_short_lived
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(claimed.id)
         {
             warn!(
                 lifetime_secs = short.lifetime,
@@ -577,12 +509,10 @@ impl Sweeper {
                 "{short}"
             );
         }
-        let warning = inner.policy.refresh_token_warning;
-        if domain::expires_within(rt_expires_at, finished, warning) {
-            let at = iso8601(rt_expires_at.unwrap_or(finished));
+        if let Some(expiring) = decided.expiring {
+            let at = iso8601(expiring.at);
             warn!(refresh_token_expires_at = %at, "refresh token expires soon: authorize again before then");
-            // Alert once, when the warning window is entered.
-            if !domain::expires_within(rt_expires_at, claimed.last_success_at, warning) {
+            if expiring.alert {
                 let reason = format!("refresh token expires at {at}");
                 inner.alerter.fire(
                     Event::RefreshTokenExpiring,
@@ -639,6 +569,13 @@ impl Sweeper {
     ) -> Result<Handled, StoreError> {
         let inner = &self.inner;
         let now = domain::now();
+        let decided = settle::failure(
+            claimed,
+            setback.action,
+            &inner.policy,
+            now,
+            rand::random::<f64>(),
+        );
         let Setback {
             action,
             outcome,
@@ -646,67 +583,38 @@ impl Sweeper {
             code,
             http_status,
         } = setback;
+        let code = code.as_deref();
         let detail = FailureDetail {
             outcome,
             last_error: &reason,
             http_status,
-            error_code: code.as_deref(),
+            error_code: code,
             duration_ms: elapsed_ms(started),
         };
-        let (failure, handled, event) = match action {
-            Action::Retry { not_before } => {
-                let failures = claimed.consecutive_failures.saturating_add(1);
-                let failing =
-                    inner
-                        .policy
-                        .failing
-                        .is_failing(failures, claimed.last_success_at, now);
-                // A failing credential is still retried, slowly: in the upper half of the cap.
-                let (exponent, jitter) = if failing {
-                    (u32::MAX, 0.5 + rand::random::<f64>() / 2.0)
-                } else {
-                    (failures, rand::random::<f64>())
-                };
-                let delay = inner.policy.backoff.delay(exponent, jitter, None);
-                let next_attempt_at = (now + delay).max(not_before.unwrap_or(0));
+        let failure = match decided.write {
+            FailureWrite::Retry { next_attempt_at } => {
                 let next = iso8601(next_attempt_at);
-                if failing {
-                    error!(error_code = code.as_deref(), http_status, reason, consecutive_failures = failures, next_attempt_at = %next, "credential is failing; retrying slowly");
+                if matches!(action, Action::ClientRejected { .. }) {
+                    error!(
+                        error_code = code,
+                        http_status, reason, "provider rejected the client configuration"
+                    );
+                } else if decided.failing {
+                    error!(error_code = code, http_status, reason, consecutive_failures = decided.failures, next_attempt_at = %next, "credential is failing; retrying slowly");
                 } else {
-                    warn!(error_code = code.as_deref(), http_status, reason, next_attempt_at = %next, "refresh failed; will retry");
+                    warn!(error_code = code, http_status, reason, next_attempt_at = %next, "refresh failed; will retry");
                 }
-                let event = failing.then_some(Event::Failing);
-                (
-                    Failure::Retry {
-                        next_attempt_at,
-                        detail,
-                    },
-                    Handled::Retrying,
-                    event,
-                )
+                Failure::Retry {
+                    next_attempt_at,
+                    detail,
+                }
             }
-            Action::Reauthorize => {
+            FailureWrite::Reauthorize => {
                 error!(
-                    error_code = code.as_deref(),
+                    error_code = code,
                     http_status, reason, "refresh rejected; credential needs re-authorization"
                 );
-                let event = Some(Event::NeedsReauthorization);
-                (
-                    Failure::Reauthorize { detail },
-                    Handled::NeedsReauthorization,
-                    event,
-                )
-            }
-            Action::ClientRejected { until } => {
-                error!(
-                    error_code = code.as_deref(),
-                    http_status, reason, "provider rejected the client configuration"
-                );
-                let retry = Failure::Retry {
-                    next_attempt_at: until,
-                    detail,
-                };
-                (retry, Handled::ClientRejected, None)
+                Failure::Reauthorize { detail }
             }
         };
         match retrying!(
@@ -715,12 +623,12 @@ impl Sweeper {
                 .store_failure(claimed, &inner.owner, now, &failure)
         ) {
             Stored::Yes => {
-                if let Some(event) = event {
+                if let Some(event) = decided.event {
                     inner
                         .alerter
                         .fire(event, &claimed.name, &claimed.provider, &reason);
                 }
-                Ok(handled)
+                Ok(decided.handled)
             }
             Stored::Superseded => {
                 info!(
@@ -775,6 +683,9 @@ fn scopes_to_send(provider: &Provider, claimed: &Claimed) -> Option<String> {
         .clone()
         .or_else(|| (!provider.scopes.is_empty()).then(|| provider.scopes.join(" ")))
 }
+
+#[cfg(test)]
+mod tests;
 
 fn elapsed_ms(started: Instant) -> i64 {
     i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX)

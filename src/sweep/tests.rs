@@ -1,0 +1,281 @@
+//! `sweep_once` stepped directly: a real temporary SQLite database, real providers from a real
+//! configuration, and an in-process token endpoint on 127.0.0.1 that answers each request with
+//! the next canned reply. No sleeping: each test drives one sweep at a time.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::{Policy, SweepSummary, Sweeper};
+use crate::alerts::Alerter;
+use crate::config::Settings;
+use crate::domain::{self, GrantType, Secret, Trigger};
+use crate::http::Transport;
+use crate::provider::Providers;
+use crate::refresh::Refresher;
+use crate::store::{NewCredential, OpenMode, Sealer, Store};
+
+/// Longest any one request to the fake endpoint may take to be read.
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A token endpoint that answers each request with the next of its replies (the last repeats),
+/// and counts what it was asked.
+struct Endpoint {
+    url: String,
+    requests: Arc<Mutex<Vec<String>>>,
+    stop: CancellationToken,
+}
+
+impl Endpoint {
+    async fn start(replies: Vec<(u16, &'static str)>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (seen, done) = (Arc::clone(&requests), stop.clone());
+        tokio::spawn(async move {
+            for n in 0.. {
+                let accepted = tokio::select! {
+                    () = done.cancelled() => break,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((mut socket, _)) = accepted else { break };
+                let (status, body) = replies[n.min(replies.len() - 1)];
+                let request = tokio::time::timeout(READ_DEADLINE, read_request(&mut socket))
+                    .await
+                    .unwrap_or_default();
+                seen.lock().unwrap().push(request);
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            }
+        });
+        Self {
+            url,
+            requests,
+            stop,
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Reads one HTTP/1.1 request: the head, then a body of its Content-Length.
+async fn read_request(socket: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0_u8; 4096];
+    while let Ok(n) = socket.read(&mut chunk).await {
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= head_end + 4 + length {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A sweeper on a fresh database in `dir` whose provider `p` posts to `endpoint`, with one
+/// credential `c` holding refresh token `rt-1`.
+async fn sweeper(dir: &tempfile::TempDir, endpoint: &Endpoint) -> Sweeper {
+    let config = dir.path().join("tokenwarden.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[providers.p]\ntoken_url = \"{}\"\nclient_id = \"client\"\nclient_secret_env = \"TW_UNIT_SECRET\"\n",
+            endpoint.url
+        ),
+    )
+    .unwrap();
+    let env: BTreeMap<String, String> = [(
+        "TW_UNIT_SECRET".to_owned(),
+        "unit-test-client-secret".to_owned(),
+    )]
+    .into();
+    let settings = Settings::load(Some(&config), &env).unwrap();
+    let transport =
+        Transport::new(Duration::from_secs(2), Duration::from_secs(5), 1 << 20).unwrap();
+    let providers = Providers::resolve(&settings.providers, &env, &transport)
+        .await
+        .unwrap();
+    let store = Store::open(
+        &dir.path().join("tokenwarden.db"),
+        OpenMode::CreateIfMissing,
+        Duration::from_secs(5),
+        4,
+        Sealer::plaintext(),
+    )
+    .await
+    .unwrap();
+    let token = Secret::new("rt-1");
+    let new = NewCredential {
+        name: "c",
+        provider: "p",
+        grant_type: GrantType::RefreshToken,
+        scopes: None,
+        owner: None,
+        refresh_token: Some(&token),
+    };
+    store.add(&new, false, domain::now()).await.unwrap();
+    let policy = Policy::from_settings(&settings).unwrap();
+    let alerter = Alerter::new(&[], Duration::from_secs(1));
+    Sweeper::new(store, providers, Refresher::new(transport), policy, alerter)
+}
+
+async fn sweep(sweeper: &Sweeper) -> SweepSummary {
+    sweeper
+        .sweep_once(Trigger::Once, &CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_due_credential_is_refreshed_once_and_left_alone_until_due() {
+    let endpoint = Endpoint::start(vec![(
+        200,
+        r#"{"access_token":"at-2","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-2"}"#,
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let sweeper = sweeper(&dir, &endpoint).await;
+
+    let first = sweep(&sweeper).await;
+    assert_eq!(
+        (first.due, first.refreshed, first.failed),
+        (1, 1, 0),
+        "{first:?}"
+    );
+    assert!(first.all_refreshed());
+    let requests = endpoint.requests();
+    assert_eq!(requests.len(), 1);
+    assert!(
+        requests[0].contains("grant_type=refresh_token&refresh_token=rt-1"),
+        "{requests:?}"
+    );
+
+    let row = &sweeper.store().summaries().await.unwrap()[0];
+    assert_eq!(row.status, "active");
+    let expires = row.access_token_expires_at.unwrap() - domain::now();
+    assert!((3500..=3600).contains(&expires), "{expires}");
+    assert!(
+        row.refresh_due_at > domain::now(),
+        "due again before expiry, not now"
+    );
+
+    // Nothing is due now: the next sweep sends nothing.
+    let second = sweep(&sweeper).await;
+    assert_eq!((second.due, second.refreshed), (0, 0), "{second:?}");
+    assert_eq!(endpoint.requests().len(), 1);
+    let journal = sweeper.store().rotations(Some("c"), 10).await.unwrap();
+    assert_eq!(journal.len(), 1);
+    assert_eq!(journal[0].outcome, "refreshed");
+    assert_eq!(journal[0].refresh_token_rotated, Some(true));
+    sweeper.store().close().await;
+}
+
+#[tokio::test]
+async fn a_transient_failure_backs_off_and_keeps_the_token() {
+    let endpoint = Endpoint::start(vec![(503, r#"{"error":"temporarily_unavailable"}"#)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sweeper = sweeper(&dir, &endpoint).await;
+
+    let summary = sweep(&sweeper).await;
+    assert_eq!((summary.due, summary.failed), (1, 1), "{summary:?}");
+    assert!(!summary.all_refreshed());
+    let row = &sweeper.store().summaries().await.unwrap()[0];
+    assert_eq!(
+        (row.status.as_str(), row.consecutive_failures),
+        ("active", 1)
+    );
+    assert!(row.next_attempt_at > domain::now(), "backed off");
+    assert!(
+        row.last_error.as_deref().unwrap().contains("503"),
+        "{row:?}"
+    );
+    // Backing off: the next sweep leaves it alone.
+    let again = sweep(&sweeper).await;
+    assert_eq!(again.due, 0, "{again:?}");
+    assert_eq!(endpoint.requests().len(), 1);
+    let token = sweeper.store().token("c").await.unwrap().unwrap();
+    assert!(token.access_token.is_none());
+    sweeper.store().close().await;
+}
+
+#[tokio::test]
+async fn a_rejected_grant_needs_reauthorization_and_is_not_retried() {
+    let endpoint = Endpoint::start(vec![(
+        400,
+        r#"{"error":"invalid_grant","error_description":"AADSTS70008: expired"}"#,
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let sweeper = sweeper(&dir, &endpoint).await;
+
+    let summary = sweep(&sweeper).await;
+    assert_eq!(
+        (summary.due, summary.needs_reauthorization),
+        (1, 1),
+        "{summary:?}"
+    );
+    let row = &sweeper.store().summaries().await.unwrap()[0];
+    assert_eq!(row.status, "needs_reauthorization");
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("invalid_grant: AADSTS70008: expired")
+    );
+    assert_eq!(sweep(&sweeper).await.due, 0);
+    assert_eq!(endpoint.requests().len(), 1);
+    sweeper.store().close().await;
+}
+
+#[tokio::test]
+async fn a_refused_response_stores_nothing_of_it() {
+    let endpoint = Endpoint::start(vec![(
+        200,
+        r#"{"access_token":"at bad","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-2"}"#,
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let sweeper = sweeper(&dir, &endpoint).await;
+
+    let summary = sweep(&sweeper).await;
+    assert_eq!(summary.failed, 1, "{summary:?}");
+    let journal = sweeper.store().rotations(Some("c"), 10).await.unwrap();
+    assert_eq!(journal[0].outcome, "refused_response");
+    assert!(
+        sweeper
+            .store()
+            .token("c")
+            .await
+            .unwrap()
+            .unwrap()
+            .access_token
+            .is_none()
+    );
+    sweeper.store().close().await;
+}
