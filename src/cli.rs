@@ -16,11 +16,13 @@ use crate::lifecycle::{self, Revoked, Revoker, Sender, authorize::Prompt};
 use crate::metrics::{self, Metrics};
 use crate::provider::{Provider, Providers};
 use crate::refresh::Refresher;
-use crate::store::{NewCredential, OpenMode, Store};
+use crate::renew::{self, Renewal};
+use crate::store::{NewCredential, OpenMode, Store, TokenState};
 use crate::sweep::{Handled, NamedRefresh, Policy, Sweeper};
 use crate::{daemon, telemetry};
 
 pub mod exit;
+mod header;
 mod render;
 
 use exit::CommandError;
@@ -48,32 +50,39 @@ enum Command {
         once: bool,
     },
     /// Import a credential. Its refresh token is read from standard input or --refresh-token-file.
-    Add {
-        name: String,
-        #[arg(long)]
-        provider: String,
-        #[arg(long, value_enum, default_value = "refresh-token")]
-        grant: GrantArg,
-        /// Who the credential belongs to.
-        #[arg(long)]
-        owner: Option<String>,
-        /// Space-separated scopes; default: the provider's.
-        #[arg(long)]
-        scopes: Option<String>,
-        /// Read the refresh token from this file instead of standard input.
-        #[arg(long, value_name = "PATH")]
-        refresh_token_file: Option<PathBuf>,
-        /// Replace the tokens of an existing credential of that name.
-        #[arg(long)]
-        replace: bool,
-    },
+    Add(AddArgs),
     /// Show every credential: status, expiry, last refresh, failures, last error.
     Status {
         #[arg(long)]
         json: bool,
     },
-    /// Print the current access token of NAME; exit 4 when there is no valid one.
-    Token { name: String },
+    /// Print the current access token of NAME (or of --owner's credential at --provider),
+    /// renewed first when it expires within --min-valid; exit 4 when there is no valid one, 1
+    /// when the renewal failed. Only the token goes to standard output.
+    Token {
+        #[command(flatten)]
+        which: Which,
+        #[command(flatten)]
+        renew: RenewArgs,
+        /// Print `Authorization: <type> <token>`, a header line for `curl -H @-`.
+        #[arg(long)]
+        header: bool,
+    },
+    /// Run COMMAND with a fresh access token of NAME (renewed as `token` does) in an environment
+    /// variable, and Salesforce's instance URL in INSTANCE_URL; never on a command line. Exits
+    /// with COMMAND's exit code (128 + the signal when a signal ended it).
+    Exec {
+        #[command(flatten)]
+        which: Which,
+        #[command(flatten)]
+        renew: RenewArgs,
+        /// The environment variable that receives the access token.
+        #[arg(long, default_value = "ACCESS_TOKEN", value_name = "VAR")]
+        env: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Refresh NAME now, due or not.
     Refresh { name: String },
     /// Show the rotation history, of NAME or of all credentials.
@@ -112,10 +121,64 @@ enum Command {
         /// How long to wait for the redirect.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Authorize it even though --owner already has another credential of this provider.
+        #[arg(long)]
+        allow_same_owner: bool,
     },
     /// Revoke NAME's tokens at the provider (RFC 7009) and delete NAME. When the provider cannot
     /// be reached, NAME stays disabled and the revocation is sent again later.
     Revoke { name: String },
+}
+
+/// `add`'s arguments.
+#[derive(Debug, clap::Args)]
+struct AddArgs {
+    name: String,
+    #[arg(long)]
+    provider: String,
+    #[arg(long, value_enum, default_value = "refresh-token")]
+    grant: GrantArg,
+    /// Who the credential belongs to.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Space-separated scopes; default: the provider's.
+    #[arg(long)]
+    scopes: Option<String>,
+    /// Read the refresh token from this file instead of standard input.
+    #[arg(long, value_name = "PATH")]
+    refresh_token_file: Option<PathBuf>,
+    /// Replace the tokens of an existing credential of that name.
+    #[arg(long)]
+    replace: bool,
+    /// Add it even though --owner already has a credential of this provider.
+    #[arg(long)]
+    allow_same_owner: bool,
+}
+
+/// Which credential: by name, or by its owner at a provider.
+#[derive(Debug, clap::Args)]
+struct Which {
+    /// The credential's name (or give --provider and --owner).
+    #[arg(required_unless_present = "owner")]
+    name: Option<String>,
+    /// With --owner: the provider of the owner's credential.
+    #[arg(long, requires = "owner", conflicts_with = "name")]
+    provider: Option<String>,
+    /// With --provider: the credential of this owner; an error when the owner has several.
+    #[arg(long, requires = "provider", conflicts_with = "name")]
+    owner: Option<String>,
+}
+
+/// When to renew before handing a token out.
+#[derive(Debug, clap::Args)]
+struct RenewArgs {
+    /// Renew the access token first when it expires sooner than this (default: the
+    /// configuration's token_min_valid, 60s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    min_valid: Option<Duration>,
+    /// Longest wait for a refresh that another process has in flight.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -142,29 +205,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     };
     match cli.command {
         Command::Run { once } => run_sweeps(&ctx, once).await,
-        Command::Add {
-            name,
-            provider,
-            grant,
-            owner,
-            scopes,
-            refresh_token_file,
-            replace,
-        } => {
-            let grant_type = match grant {
-                GrantArg::RefreshToken => GrantType::RefreshToken,
-                GrantArg::ClientCredentials => GrantType::ClientCredentials,
-            };
-            let new = NewCredential {
-                name: &name,
-                provider: &provider,
-                grant_type,
-                scopes: scopes.as_deref(),
-                owner: owner.as_deref(),
-                refresh_token: None,
-            };
-            add(&ctx, new, refresh_token_file.as_deref(), replace).await
-        }
+        Command::Add(args) => add(&ctx, &args).await,
         Command::Status { json } => {
             let rows = ctx.open(OpenMode::MustExist).await?.summaries().await?;
             let view = render::View {
@@ -181,7 +222,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             print!("{text}");
             Ok(exit::OK)
         }
-        Command::Token { name } => token(&ctx, name).await,
+        Command::Token {
+            which,
+            renew,
+            header,
+        } => token(&ctx, &which, &renew, header).await,
+        Command::Exec {
+            which,
+            renew,
+            env,
+            command,
+        } => exec(&ctx, &which, &renew, &env, &command).await,
         Command::Refresh { name } => refresh(&ctx, name).await,
         Command::Log { name, limit, json } => {
             let store = ctx.open(OpenMode::MustExist).await?;
@@ -210,6 +261,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             scopes,
             manual,
             timeout,
+            allow_same_owner,
         } => {
             let args = AuthorizeArgs {
                 name: &name,
@@ -218,6 +270,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 scopes: scopes.as_deref(),
                 manual,
                 timeout,
+                allow_same_owner,
             };
             authorize(&ctx, args).await
         }
@@ -256,10 +309,22 @@ impl Ctx {
     }
 
     async fn sweeper(&self) -> anyhow::Result<Sweeper> {
+        let store = self.open(OpenMode::CreateIfMissing).await?;
+        self.sweeper_with(store, None).await
+    }
+
+    /// A sweeper on `store`, with every provider or `only` the one named.
+    async fn sweeper_with(&self, store: Store, only: Option<&str>) -> anyhow::Result<Sweeper> {
         let settings = &self.settings;
         let refresher = self.refresher()?;
-        let providers = self.providers(&refresher).await?;
-        let store = self.open(OpenMode::CreateIfMissing).await?;
+        let providers = match only {
+            None => self.providers(&refresher).await?,
+            Some(name) => {
+                let wanted = settings.providers.iter().filter(|(n, _)| *n == name);
+                let (http, max_body) = (refresher.http(), refresher.max_body());
+                Providers::resolve(wanted, &self.env, http, max_body).await?
+            }
+        };
         let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         let policy = Policy {
             margin: secs(settings.refresh_margin),
@@ -319,12 +384,19 @@ async fn run_sweeps(ctx: &Ctx, once: bool) -> anyhow::Result<u8> {
     Ok(code)
 }
 
-async fn add(
-    ctx: &Ctx,
-    mut new: NewCredential<'_>,
-    token_file: Option<&Path>,
-    replace: bool,
-) -> anyhow::Result<u8> {
+async fn add(ctx: &Ctx, args: &AddArgs) -> anyhow::Result<u8> {
+    let grant_type = match args.grant {
+        GrantArg::RefreshToken => GrantType::RefreshToken,
+        GrantArg::ClientCredentials => GrantType::ClientCredentials,
+    };
+    let mut new = NewCredential {
+        name: &args.name,
+        provider: &args.provider,
+        grant_type,
+        scopes: args.scopes.as_deref(),
+        owner: args.owner.as_deref(),
+        refresh_token: None,
+    };
     if !ctx.settings.providers.contains_key(new.provider) {
         let known = ctx.settings.providers.keys().cloned().collect();
         return Err(CommandError::UnknownProvider {
@@ -334,12 +406,19 @@ async fn add(
         .into());
     }
     let refresh_token = match new.grant_type {
-        GrantType::RefreshToken => Some(read_refresh_token(token_file)?),
+        GrantType::RefreshToken => Some(read_refresh_token(args.refresh_token_file.as_deref())?),
         GrantType::ClientCredentials => None,
     };
     new.refresh_token = refresh_token.as_ref();
     let store = ctx.open(OpenMode::CreateIfMissing).await?;
-    store.add(&new, replace, domain::now()).await?;
+    if let Some(owner) = new.owner
+        && !args.allow_same_owner
+    {
+        store
+            .ensure_owner_free(new.provider, owner, new.name)
+            .await?;
+    }
+    store.add(&new, args.replace, domain::now()).await?;
     store.close().await;
     println!(
         "credential {} added; it is refreshed on the next sweep",
@@ -348,33 +427,200 @@ async fn add(
     Ok(exit::OK)
 }
 
-async fn token(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
-    let store = ctx.open(OpenMode::MustExist).await?;
-    let row = store
-        .token(&name)
-        .await?
-        .ok_or_else(|| CommandError::UnknownCredential(name.clone()))?;
-    let now = domain::now();
-    let unexpired = row.access_token_expires_at.is_some_and(|t| t > now);
-    match (row.access_token, unexpired, row.status.as_str()) {
-        (Some(token), true, status) if status != "disabled" => {
-            if status != "active" {
-                // Still valid, but the credential will not be refreshed: say so where scripts don't read.
-                eprintln!(
-                    "tokenwarden: warning: credential {name} is {status}; this access token is not renewed after {}",
-                    domain::iso8601(row.access_token_expires_at.unwrap_or(now))
-                );
-            }
-            println!("{}", token.expose());
-            Ok(exit::OK)
+/// The credential `which` names: by name, or the one credential of its owner at the provider.
+async fn which_name(store: &Store, which: &Which) -> anyhow::Result<String> {
+    if let Some(name) = &which.name {
+        return Ok(name.clone());
+    }
+    let (Some(provider), Some(owner)) = (&which.provider, &which.owner) else {
+        return Err(CommandError::Input(
+            "name a credential, or give --provider and --owner".to_owned(),
+        )
+        .into());
+    };
+    let mut names = store.owned_by(provider, owner).await?;
+    match names.len() {
+        0 => Err(CommandError::NoOwnerCredential {
+            provider: provider.clone(),
+            owner: owner.clone(),
         }
-        _ => Err(CommandError::NoValidToken {
-            name,
-            status: row.status,
-            expires_at: row.access_token_expires_at,
+        .into()),
+        1 => Ok(names.remove(0)),
+        _ => Err(CommandError::Ambiguous {
+            provider: provider.clone(),
+            owner: owner.clone(),
+            names,
         }
         .into()),
     }
+}
+
+/// The access token of `which`, valid for at least `--min-valid`: renewed first if need be.
+async fn fresh_token(ctx: &Ctx, which: &Which, args: &RenewArgs) -> anyhow::Result<TokenState> {
+    let store = ctx.open(OpenMode::MustExist).await?;
+    let result = fresh_from(ctx, &store, which, args).await;
+    store.close().await;
+    result
+}
+
+async fn fresh_from(
+    ctx: &Ctx,
+    store: &Store,
+    which: &Which,
+    args: &RenewArgs,
+) -> anyhow::Result<TokenState> {
+    let name = which_name(store, which).await?;
+    let state = store
+        .token_state(&name)
+        .await?
+        .ok_or_else(|| CommandError::UnknownCredential(name.clone()))?;
+    let min_valid = args.min_valid.unwrap_or(ctx.settings.token_min_valid);
+    let min_secs = i64::try_from(min_valid.as_secs()).unwrap_or(i64::MAX);
+    let now = domain::now();
+    let state = if renew::fresh_enough(&state, now, min_secs) {
+        state
+    } else if state.status != "active" {
+        return Err(CommandError::NoValidToken {
+            name,
+            status: state.status,
+            expires_at: state.access_token_expires_at,
+        }
+        .into());
+    } else {
+        let sweeper = ctx
+            .sweeper_with(store.clone(), Some(&state.provider))
+            .await?;
+        // As `refresh`: a signal mid-request must not end the process before the new tokens are
+        // stored.
+        let _signals = daemon::shutdown_on_signals()?;
+        let failed = |reason: String| CommandError::RenewalFailed {
+            name: name.clone(),
+            reason,
+        };
+        match renew::renew(&sweeper, &name, min_secs, args.wait).await? {
+            Renewal::Fresh(state) => state,
+            Renewal::NotFound => return Err(CommandError::UnknownCredential(name).into()),
+            Renewal::NotActive(state) => {
+                return Err(CommandError::NoValidToken {
+                    name,
+                    status: state.status,
+                    expires_at: state.access_token_expires_at,
+                }
+                .into());
+            }
+            Renewal::Failed { state, .. } => {
+                let why = state
+                    .last_error
+                    .unwrap_or_else(|| "see `tokenwarden status`".to_owned());
+                return Err(failed(why).into());
+            }
+            Renewal::TooShort(state) => {
+                let until = domain::iso8601(state.access_token_expires_at.unwrap_or(now));
+                return Err(failed(format!(
+                    "the provider's new access token is valid until {until}, less than --min-valid {}",
+                    humantime::format_duration(min_valid)
+                ))
+                .into());
+            }
+            Renewal::BackingOff(state) => {
+                return Err(failed(format!(
+                    "an earlier attempt failed ({}); not tried again before {}",
+                    state
+                        .last_error
+                        .as_deref()
+                        .unwrap_or("see `tokenwarden status`"),
+                    domain::iso8601(state.next_attempt_at)
+                ))
+                .into());
+            }
+            Renewal::GaveUp { waited } => {
+                return Err(failed(format!(
+                    "another process is refreshing it; gave up waiting after {}s (--wait)",
+                    waited.as_secs()
+                ))
+                .into());
+            }
+        }
+    };
+    if state.status != "active" {
+        // Still valid, but the credential will not be refreshed: say so where scripts don't read.
+        eprintln!(
+            "tokenwarden: warning: credential {name} is {}; this access token is not renewed after {}",
+            state.status,
+            domain::iso8601(state.access_token_expires_at.unwrap_or(now))
+        );
+    }
+    Ok(state)
+}
+
+async fn token(ctx: &Ctx, which: &Which, args: &RenewArgs, header: bool) -> anyhow::Result<u8> {
+    let state = fresh_token(ctx, which, args).await?;
+    let Some(token) = &state.access_token else {
+        return Err(CommandError::UnknownCredential(state.name).into());
+    };
+    if header {
+        let line =
+            header::authorization_header(state.token_type.as_deref(), token).map_err(|why| {
+                CommandError::Unusable {
+                    name: state.name.clone(),
+                    why,
+                }
+            })?;
+        println!("{}", line.expose());
+    } else {
+        println!("{}", token.expose());
+    }
+    Ok(exit::OK)
+}
+
+async fn exec(
+    ctx: &Ctx,
+    which: &Which,
+    args: &RenewArgs,
+    var: &str,
+    command: &[String],
+) -> anyhow::Result<u8> {
+    if !crate::exec::is_variable_name(var) {
+        return Err(CommandError::Input(format!(
+            "--env {var:?} is not an environment variable name (letters, digits and _)"
+        ))
+        .into());
+    }
+    let Some((program, command_args)) = command.split_first() else {
+        return Err(CommandError::Input("no command given after --".to_owned()).into());
+    };
+    let state = fresh_token(ctx, which, args).await?;
+    let Some(token) = &state.access_token else {
+        return Err(CommandError::UnknownCredential(state.name).into());
+    };
+    let instance_url = state.instance_url.clone().map(Secret::new);
+    let mut set = vec![(var, token)];
+    if let Some(url) = &instance_url {
+        set.push(("INSTANCE_URL", url));
+    }
+    // The child gets this process's environment without the client secrets it names, and
+    // without a stale INSTANCE_URL.
+    let mut remove: Vec<&str> =
+        ctx.settings
+            .providers
+            .values()
+            .filter_map(|p| p.client_secret_env.as_deref())
+            .chain(
+                ctx.env.keys().map(String::as_str).filter(|k| {
+                    k.starts_with("TOKENWARDEN_") && *k != crate::config::CONFIG_PATH_VAR
+                }),
+            )
+            .collect();
+    if instance_url.is_none() {
+        remove.push("INSTANCE_URL");
+    }
+    let child = crate::exec::Child {
+        program,
+        args: command_args,
+        set,
+        remove,
+    };
+    Ok(crate::exec::run(&child).await?)
 }
 
 async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
@@ -433,6 +679,7 @@ struct AuthorizeArgs<'a> {
     scopes: Option<&'a str>,
     manual: bool,
     timeout: Duration,
+    allow_same_owner: bool,
 }
 
 async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
@@ -449,6 +696,14 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
     let provider =
         Provider::resolve(args.provider, provider_settings, &ctx.env, http, max_body).await?;
     let store = ctx.open(OpenMode::CreateIfMissing).await?;
+    if let Some(owner) = args.owner
+        && !args.allow_same_owner
+    {
+        // Before the browser: nobody signs in for a credential that would be refused.
+        store
+            .ensure_owner_free(args.provider, owner, args.name)
+            .await?;
+    }
     let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     let request = lifecycle::authorize::Request {
         name: args.name,

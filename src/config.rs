@@ -20,6 +20,7 @@ max_idle = "24h"
 refresh_token_warning = "14d"
 concurrency = 8
 busy_timeout = "5s"
+token_min_valid = "60s"
 
 [http]
 connect_timeout = "10s"
@@ -92,6 +93,9 @@ pub struct Settings {
     /// How long to wait for another process's lock on the database.
     #[serde(deserialize_with = "duration")]
     pub busy_timeout: Duration,
+    /// `token` and `exec` renew an access token first when it expires sooner than this.
+    #[serde(deserialize_with = "duration")]
+    pub token_min_valid: Duration,
     pub http: HttpSettings,
     pub retry: RetrySettings,
     pub log: LogSettings,

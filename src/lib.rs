@@ -20,10 +20,12 @@
 //! - [`refresh`] — one token request and its outcome
 //! - [`alerts`] — the operator's command on credential events
 //! - [`sweep`] — claim, refresh, store, log, alert
+//! - [`renew`] — a token valid for at least a given time, renewed now through the sweep's path
 //! - [`lifecycle`] — `authorize` (authorization-code grant with PKCE) and `revoke` (RFC 7009)
 //! - [`daemon`] — the schedule and shutdown around sweeps
 //! - [`metrics`] — the optional /metrics and /healthz listener
 //! - [`telemetry`] — logging
+//! - [`exec`] — `tokenwarden exec`: a command run with a token in its environment
 //! - [`doctor`] — the preflight checks behind `tokenwarden doctor`
 //! - [`cli`] — the command line
 
@@ -34,12 +36,14 @@ pub mod daemon;
 pub mod discovery;
 pub mod doctor;
 pub mod domain;
+pub mod exec;
 pub mod holder;
 pub mod lifecycle;
 pub mod metrics;
 pub mod preset;
 pub mod provider;
 pub mod refresh;
+pub mod renew;
 pub mod schedule;
 pub mod store;
 pub mod sweep;

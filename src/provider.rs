@@ -223,9 +223,10 @@ impl Provider {
 pub struct Providers(BTreeMap<String, Arc<Provider>>);
 
 impl Providers {
-    /// Resolves every provider, failing on the first whose secrets or endpoints cannot be had.
-    pub async fn resolve(
-        settings: &BTreeMap<String, ProviderSettings>,
+    /// Resolves every provider of `settings` (all of them, or those a command needs), failing on the
+    /// first whose secrets or endpoints cannot be had.
+    pub async fn resolve<'a>(
+        settings: impl IntoIterator<Item = (&'a String, &'a ProviderSettings)>,
         env: &BTreeMap<String, String>,
         http: &reqwest::Client,
         max_body: usize,

@@ -10,11 +10,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 mod claim;
 mod leases;
+mod lookup;
 mod records;
 mod writer;
 
 pub use claim::{ClaimByName, Failure, FailureDetail, Refreshed, Stored};
 pub use leases::{HeldElsewhere, HeldLease};
+pub use lookup::TokenState;
 pub use records::{
     Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim, RevocationClaimed,
     RevocationResult, RotationRecord, TokenRow,
@@ -34,6 +36,12 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("credential {0:?} already exists (use --replace to overwrite its tokens)")]
     Exists(String),
+    #[error("owner {owner:?} already has a credential of provider {provider} ({}); use --allow-same-owner to add another", names.join(", "))]
+    OwnerTaken {
+        provider: String,
+        owner: String,
+        names: Vec<String>,
+    },
 }
 
 /// Whether a missing database file may be created.
