@@ -118,9 +118,15 @@ enum Command {
         /// without a browser.
         #[arg(long)]
         manual: bool,
-        /// How long to wait for the redirect.
-        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        /// The device authorization grant (RFC 8628), for a machine without a browser: prints
+        /// where to enter which code on any other device (the URL alone on standard output), and
+        /// waits for the approval there.
+        #[arg(long, conflicts_with = "manual")]
+        device: bool,
+        /// How long to wait for the redirect (default 5m), or with --device for the approval
+        /// (default: as long as the user code lives).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
         /// Authorize it even though --owner already has another credential of this provider.
         #[arg(long)]
         allow_same_owner: bool,
@@ -260,6 +266,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             owner,
             scopes,
             manual,
+            device,
             timeout,
             allow_same_owner,
         } => {
@@ -269,6 +276,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 owner: owner.as_deref(),
                 scopes: scopes.as_deref(),
                 manual,
+                device,
                 timeout,
                 allow_same_owner,
             };
@@ -678,9 +686,13 @@ struct AuthorizeArgs<'a> {
     owner: Option<&'a str>,
     scopes: Option<&'a str>,
     manual: bool,
-    timeout: Duration,
+    device: bool,
+    timeout: Option<Duration>,
     allow_same_owner: bool,
 }
+
+/// How long `authorize` waits for a redirect by default.
+const AUTHORIZE_TIMEOUT: Duration = Duration::from_mins(5);
 
 async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
     let Some(provider_settings) = ctx.settings.providers.get(args.provider) else {
@@ -705,6 +717,42 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
             .await?;
     }
     let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let sender = Sender::new(http.clone(), max_body);
+    if args.device {
+        let request = lifecycle::authorize::DeviceRequest {
+            name: args.name,
+            provider: &provider,
+            scopes: args.scopes,
+            owner: args.owner,
+            timeout: args.timeout.unwrap_or(Duration::MAX),
+            margin: secs(ctx.settings.refresh_margin),
+            max_idle: secs(ctx.settings.max_idle),
+        };
+        let show = |prompt: &lifecycle::device::UserPrompt| {
+            eprintln!(
+                "tokenwarden: on any device with a browser, open {} and enter the code {} (valid for {}){}",
+                prompt.verification_uri,
+                prompt.user_code,
+                humantime::format_duration(prompt.expires_in),
+                if prompt.verification_uri_complete.is_some() {
+                    ", or open this URL, which carries the code:"
+                } else {
+                    ":"
+                }
+            );
+            println!(
+                "{}",
+                prompt
+                    .verification_uri_complete
+                    .as_deref()
+                    .unwrap_or(&prompt.verification_uri)
+            );
+        };
+        let result = lifecycle::authorize::authorize_device(&store, &sender, &request, show).await;
+        store.close().await;
+        return Ok(report_authorized(args.name, &result?));
+    }
+    let timeout = args.timeout.unwrap_or(AUTHORIZE_TIMEOUT);
     let request = lifecycle::authorize::Request {
         name: args.name,
         provider: &provider,
@@ -712,7 +760,7 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
         scopes: args.scopes,
         owner: args.owner,
         manual: args.manual,
-        timeout: args.timeout,
+        timeout,
         margin: secs(ctx.settings.refresh_margin),
         max_idle: secs(ctx.settings.max_idle),
     };
@@ -727,18 +775,20 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
         };
         eprintln!(
             "tokenwarden: open this URL in a browser and sign in; {how} (timeout {}):",
-            humantime::format_duration(args.timeout)
+            humantime::format_duration(timeout)
         );
         println!("{}", prompt.url);
     };
-    let sender = Sender::new(http.clone(), max_body);
     let result = lifecycle::authorize(&store, &sender, &request, show).await;
     store.close().await;
-    let done = result?;
+    Ok(report_authorized(args.name, &result?))
+}
+
+/// Says how an authorization ended: on standard output, and a warning when it cannot be kept.
+fn report_authorized(name: &str, done: &lifecycle::authorize::Authorization) -> u8 {
     if !done.has_refresh_token {
         eprintln!(
-            "tokenwarden: warning: no refresh token returned: add offline_access to the scopes (or the provider's equivalent) and authorize {} again; until then it cannot be refreshed",
-            args.name
+            "tokenwarden: warning: no refresh token returned: add offline_access to the scopes (or the provider's equivalent) and authorize {name} again; until then it cannot be refreshed"
         );
     }
     let again = match &done.how {
@@ -748,11 +798,10 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
         }
     };
     println!(
-        "credential {} authorized{again}; access token valid until {}",
-        args.name,
+        "credential {name} authorized{again}; access token valid until {}",
         domain::iso8601(done.expires_at)
     );
-    Ok(exit::OK)
+    exit::OK
 }
 
 async fn revoke(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {

@@ -177,6 +177,9 @@ pub enum ClientAuthMethod {
     ClientSecretBasic,
     ClientSecretPost,
     PrivateKeyJwt,
+    /// A public client: its client_id alone, no secret (RFC 6749 §2.1), as device-flow clients
+    /// and jwt-bearer grants often are.
+    None,
 }
 
 /// One OAuth client registration (`[providers.NAME]`).
@@ -198,6 +201,9 @@ pub struct ProviderSettings {
     pub token_url: Option<String>,
     pub authorization_url: Option<String>,
     pub revocation_url: Option<String>,
+    /// The device authorization endpoint (RFC 8628) for `authorize --device`; a preset or the
+    /// issuer's metadata may give it.
+    pub device_authorization_url: Option<String>,
     /// A fixed redirect URI for `authorize` (default: `http://127.0.0.1:<free port>/callback`). A
     /// loopback one is listened on; any other can only be pasted back with `--manual`.
     pub redirect_uri: Option<String>,
@@ -436,6 +442,7 @@ impl ProviderSettings {
         for (field, url) in [
             ("authorization_url", &self.authorization_url),
             ("revocation_url", &self.revocation_url),
+            ("device_authorization_url", &self.device_authorization_url),
             ("redirect_uri", &self.redirect_uri),
         ] {
             if let Some(url) = url {
@@ -459,6 +466,14 @@ impl ProviderSettings {
                     return Err(invalid(
                         format!("{key}.client_secret_env"),
                         "set exactly one of client_secret_env, client_secret_file or client_secret",
+                    ));
+                }
+            }
+            ClientAuthMethod::None => {
+                if secret_sources != 0 {
+                    return Err(invalid(
+                        format!("{key}.client_auth"),
+                        "\"none\" is a public client: it sends no client secret, so set none",
                     ));
                 }
             }
@@ -689,6 +704,24 @@ scopes = "offline_access https://graph.microsoft.com/.default"
         let warnings = s.warnings().join("\n");
         assert!(warnings.contains("inline") && !warnings.contains("s3cr3t-canary"));
         assert!(!format!("{s:?}").contains("s3cr3t-canary"));
+    }
+
+    #[test]
+    fn a_public_client_takes_no_secret() {
+        let public = PROVIDER.replace(
+            "client_secret_env = \"ENTRA_SECRET\"",
+            "client_auth = \"none\"",
+        );
+        load_str(&public, &[]).unwrap();
+        let both = PROVIDER.replace(
+            "client_secret_env = \"ENTRA_SECRET\"",
+            "client_auth = \"none\"\nclient_secret_env = \"X\"",
+        );
+        let e = load_str(&both, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("client_auth") && e.contains("public client"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub enum ClientAuth {
         alg: Algorithm,
         kid: Option<String>,
     },
+    /// A public client: its client_id in the form, nothing else.
+    None,
 }
 
 impl fmt::Debug for ClientAuth {
@@ -73,6 +75,7 @@ impl fmt::Debug for ClientAuth {
             Self::SecretBasic(_) => "SecretBasic([redacted])",
             Self::SecretPost(_) => "SecretPost([redacted])",
             Self::PrivateKeyJwt { .. } => "PrivateKeyJwt([redacted])",
+            Self::None => "None",
         })
     }
 }
@@ -84,6 +87,8 @@ pub struct Provider {
     pub token_url: String,
     pub authorization_url: Option<String>,
     pub revocation_url: Option<String>,
+    /// Where `authorize --device` starts (RFC 8628).
+    pub device_authorization_url: Option<String>,
     /// A fixed redirect URI for `authorize`.
     pub redirect_uri: Option<String>,
     pub client_id: String,
@@ -115,44 +120,53 @@ impl Provider {
         };
         let shape = crate::preset::shape(settings)
             .map_err(|(field, reason)| invalid(format!("{field}: {reason}")))?;
-        let (token_url, authorization_url, revocation_url) = match (&shape.token_url, &shape.issuer)
-        {
-            (Some(token_url), _) => (
-                token_url.clone(),
-                shape.authorization_url.clone(),
-                shape.revocation_url.clone(),
-            ),
-            (None, Some(issuer)) => {
-                let found = crate::discovery::discover(http, issuer, max_body)
-                    .await
-                    .map_err(|source| ProviderError::Discovery {
-                        provider: name.to_owned(),
-                        source,
-                    })?;
-                for (key, url) in [
-                    ("token_endpoint", Some(&found.token_endpoint)),
-                    (
-                        "authorization_endpoint",
-                        found.authorization_endpoint.as_ref(),
-                    ),
-                    ("revocation_endpoint", found.revocation_endpoint.as_ref()),
-                ] {
-                    if let Some(url) = url {
-                        crate::config::check_endpoint(key, url, settings.allow_insecure_http)
-                            .map_err(|e| invalid(format!("issuer metadata: {e}")))?;
+        let (token_url, authorization_url, revocation_url, device_authorization_url) =
+            match (&shape.token_url, &shape.issuer) {
+                (Some(token_url), _) => (
+                    token_url.clone(),
+                    shape.authorization_url.clone(),
+                    shape.revocation_url.clone(),
+                    shape.device_authorization_url.clone(),
+                ),
+                (None, Some(issuer)) => {
+                    let found = crate::discovery::discover(http, issuer, max_body)
+                        .await
+                        .map_err(|source| ProviderError::Discovery {
+                            provider: name.to_owned(),
+                            source,
+                        })?;
+                    for (key, url) in [
+                        ("token_endpoint", Some(&found.token_endpoint)),
+                        (
+                            "authorization_endpoint",
+                            found.authorization_endpoint.as_ref(),
+                        ),
+                        ("revocation_endpoint", found.revocation_endpoint.as_ref()),
+                        (
+                            "device_authorization_endpoint",
+                            found.device_authorization_endpoint.as_ref(),
+                        ),
+                    ] {
+                        if let Some(url) = url {
+                            crate::config::check_endpoint(key, url, settings.allow_insecure_http)
+                                .map_err(|e| invalid(format!("issuer metadata: {e}")))?;
+                        }
                     }
+                    (
+                        found.token_endpoint,
+                        shape
+                            .authorization_url
+                            .clone()
+                            .or(found.authorization_endpoint),
+                        shape.revocation_url.clone().or(found.revocation_endpoint),
+                        shape
+                            .device_authorization_url
+                            .clone()
+                            .or(found.device_authorization_endpoint),
+                    )
                 }
-                (
-                    found.token_endpoint,
-                    shape
-                        .authorization_url
-                        .clone()
-                        .or(found.authorization_endpoint),
-                    shape.revocation_url.clone().or(found.revocation_endpoint),
-                )
-            }
-            (None, None) => return Err(invalid("no token endpoint".to_owned())),
-        };
+                (None, None) => return Err(invalid("no token endpoint".to_owned())),
+            };
         let auth = match settings.client_auth {
             ClientAuthMethod::ClientSecretBasic => {
                 ClientAuth::SecretBasic(client_secret(name, settings, env)?)
@@ -160,6 +174,7 @@ impl Provider {
             ClientAuthMethod::ClientSecretPost => {
                 ClientAuth::SecretPost(client_secret(name, settings, env)?)
             }
+            ClientAuthMethod::None => ClientAuth::None,
             ClientAuthMethod::PrivateKeyJwt => {
                 // `validate` guarantees both are present and well-formed.
                 let path = settings.private_key_file.clone().unwrap_or_default();
@@ -178,6 +193,7 @@ impl Provider {
             token_url,
             authorization_url,
             revocation_url,
+            device_authorization_url,
             redirect_uri: settings.redirect_uri.clone(),
             client_id: settings.client_id.clone(),
             auth,

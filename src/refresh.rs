@@ -372,8 +372,10 @@ pub(crate) fn authenticated_client(provider: &Provider) -> BareClient {
         ClientAuth::SecretPost(secret) => client
             .set_client_secret(ClientSecret::new(secret.expose().to_owned()))
             .set_auth_type(AuthType::RequestBody),
-        // No secret: oauth2 then sends client_id in the body beside the assertion.
-        ClientAuth::PrivateKeyJwt { .. } => client.set_auth_type(AuthType::RequestBody),
+        // No secret: oauth2 then sends client_id in the body (beside the assertion, if any).
+        ClientAuth::PrivateKeyJwt { .. } | ClientAuth::None => {
+            client.set_auth_type(AuthType::RequestBody)
+        }
     }
 }
 

@@ -265,6 +265,7 @@ impl Revoker {
                 form.push(("client_id", &provider.client_id));
                 form.push(("client_secret", secret.expose()));
             }
+            ClientAuth::None => form.push(("client_id", &provider.client_id)),
             ClientAuth::PrivateKeyJwt { .. } => {
                 form.push(("client_id", &provider.client_id));
                 form.push((

@@ -10,6 +10,7 @@ mod crash;
 mod deploy;
 mod fake_endpoint;
 mod faults;
+mod grants;
 mod harness;
 mod lifecycle;
 mod oauth_server;
