@@ -147,6 +147,10 @@ struct AddArgs {
     /// Who the credential belongs to.
     #[arg(long)]
     owner: Option<String>,
+    /// jwt-bearer: the assertion's subject, the user or service account to act as (default: the
+    /// owner; neither: no `sub`, as a Google service account acting as itself).
+    #[arg(long)]
+    subject: Option<String>,
     /// Space-separated scopes; default: the provider's.
     #[arg(long)]
     scopes: Option<String>,
@@ -191,6 +195,8 @@ struct RenewArgs {
 enum GrantArg {
     RefreshToken,
     ClientCredentials,
+    /// RFC 7523: each access token for an assertion signed with the provider's private_key_file.
+    JwtBearer,
 }
 
 /// Runs the command; the result is the exit code, or an error that `exit::code_for` maps to one.
@@ -396,6 +402,7 @@ async fn add(ctx: &Ctx, args: &AddArgs) -> anyhow::Result<u8> {
     let grant_type = match args.grant {
         GrantArg::RefreshToken => GrantType::RefreshToken,
         GrantArg::ClientCredentials => GrantType::ClientCredentials,
+        GrantArg::JwtBearer => GrantType::JwtBearer,
     };
     let mut new = NewCredential {
         name: &args.name,
@@ -405,17 +412,29 @@ async fn add(ctx: &Ctx, args: &AddArgs) -> anyhow::Result<u8> {
         owner: args.owner.as_deref(),
         refresh_token: None,
     };
-    if !ctx.settings.providers.contains_key(new.provider) {
+    let Some(provider) = ctx.settings.providers.get(new.provider) else {
         let known = ctx.settings.providers.keys().cloned().collect();
         return Err(CommandError::UnknownProvider {
             name: new.provider.to_owned(),
             known,
         }
         .into());
+    };
+    if args.subject.is_some() && grant_type != GrantType::JwtBearer {
+        return Err(
+            CommandError::Input("--subject goes with --grant jwt-bearer".to_owned()).into(),
+        );
+    }
+    if grant_type == GrantType::JwtBearer && provider.private_key_file.is_none() {
+        return Err(CommandError::Input(format!(
+            "provider {} has no private_key_file to sign jwt-bearer assertions with",
+            new.provider
+        ))
+        .into());
     }
     let refresh_token = match new.grant_type {
         GrantType::RefreshToken => Some(read_refresh_token(args.refresh_token_file.as_deref())?),
-        GrantType::ClientCredentials => None,
+        GrantType::ClientCredentials | GrantType::JwtBearer => None,
     };
     new.refresh_token = refresh_token.as_ref();
     let store = ctx.open(OpenMode::CreateIfMissing).await?;
@@ -426,7 +445,15 @@ async fn add(ctx: &Ctx, args: &AddArgs) -> anyhow::Result<u8> {
             .ensure_owner_free(new.provider, owner, new.name)
             .await?;
     }
-    store.add(&new, args.replace, domain::now()).await?;
+    if grant_type == GrantType::JwtBearer {
+        // The assertion's subject: --subject, else the owner (a user name, say), else none.
+        let subject = args.subject.as_deref().or(new.owner);
+        store
+            .add_jwt_bearer(&new, subject, args.replace, domain::now())
+            .await?;
+    } else {
+        store.add(&new, args.replace, domain::now()).await?;
+    }
     store.close().await;
     println!(
         "credential {} added; it is refreshed on the next sweep",
@@ -666,6 +693,9 @@ async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
 
 async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
     let providers = ctx.providers(&ctx.refresher()?).await?;
+    for (_, provider) in providers.iter() {
+        provider.check_grant_key()?;
+    }
     let names: Vec<&str> = providers.names().collect();
     let gap = ctx.settings.schedule()?.longest_gap(chrono::Utc::now());
     println!(

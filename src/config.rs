@@ -216,9 +216,11 @@ pub struct ProviderSettings {
     pub client_secret: Option<String>,
     #[serde(default)]
     pub client_auth: ClientAuthMethod,
-    /// PEM private key for `private_key_jwt`.
+    /// PEM private key for `private_key_jwt`, and for the assertions of jwt-bearer credentials.
     pub private_key_file: Option<PathBuf>,
-    /// Signing algorithm for `private_key_jwt` (RS256, ES256, PS256, …).
+    /// The `aud` of jwt-bearer assertions (default: the preset's, else the token endpoint).
+    pub assertion_audience: Option<String>,
+    /// Signing algorithm for `private_key_jwt` and jwt-bearer assertions (RS256, ES256, PS256, …).
     #[serde(default = "default_alg")]
     pub alg: String,
     pub kid: Option<String>,
@@ -484,13 +486,15 @@ impl ProviderSettings {
                         "private_key_jwt needs a private_key_file",
                     ));
                 }
-                if self.alg.parse::<jsonwebtoken::Algorithm>().is_err() {
-                    return Err(invalid(
-                        format!("{key}.alg"),
-                        format!("{:?} is not a JWS algorithm", self.alg),
-                    ));
-                }
             }
+        }
+        if (self.private_key_file.is_some() || self.client_auth == ClientAuthMethod::PrivateKeyJwt)
+            && self.alg.parse::<jsonwebtoken::Algorithm>().is_err()
+        {
+            return Err(invalid(
+                format!("{key}.alg"),
+                format!("{:?} is not a JWS algorithm", self.alg),
+            ));
         }
         Ok(())
     }

@@ -25,6 +25,11 @@ pub struct Shape {
     pub default_expires_in: Duration,
     pub refresh_token_lifetime: Option<Duration>,
     pub authorization_params: BTreeMap<String, String>,
+    /// The `aud` of jwt-bearer assertions; `None`: the token endpoint.
+    pub assertion_audience: Option<String>,
+    /// Whether jwt-bearer scopes go into the assertion's `scope` claim (Google) instead of the
+    /// form.
+    pub scope_in_assertion: bool,
 }
 
 /// What a preset contributes.
@@ -40,6 +45,8 @@ struct Defaults {
     refresh_token_lifetime: Option<Duration>,
     authorization_params: &'static [(&'static str, &'static str)],
     needs_issuer: bool,
+    assertion_audience: Option<String>,
+    scope_in_assertion: bool,
 }
 
 impl Defaults {
@@ -55,6 +62,8 @@ impl Defaults {
             refresh_token_lifetime: None,
             authorization_params: &[],
             needs_issuer: false,
+            assertion_audience: None,
+            scope_in_assertion: false,
         }
     }
 }
@@ -71,6 +80,9 @@ pub fn shape(p: &ProviderSettings) -> Result<Shape, (&'static str, String)> {
             device_authorization_url: Some("https://oauth2.googleapis.com/device/code".to_owned()),
             // A refresh token only with access_type=offline, and again only with prompt=consent.
             authorization_params: &[("access_type", "offline"), ("prompt", "consent")],
+            // Service accounts: the token endpoint is the audience, scopes are claims.
+            assertion_audience: Some("https://oauth2.googleapis.com/token".to_owned()),
+            scope_in_assertion: true,
             ..Defaults::none()
         },
         Some(Preset::Salesforce) => {
@@ -84,6 +96,12 @@ pub fn shape(p: &ProviderSettings) -> Result<Shape, (&'static str, String)> {
                 // Salesforce sends no expires_in; its sessions last the org's session timeout
                 // (2 hours by default). Assume less, so a shorter org setting is still covered.
                 default_expires_in: Duration::from_hours(1),
+                // The JWT bearer flow's audience is the login host, not the My Domain.
+                assertion_audience: Some(if host == "test.salesforce.com" {
+                    "https://test.salesforce.com".to_owned()
+                } else {
+                    "https://login.salesforce.com".to_owned()
+                }),
                 ..Defaults::none()
             }
         }
@@ -148,6 +166,8 @@ pub fn shape(p: &ProviderSettings) -> Result<Shape, (&'static str, String)> {
         default_expires_in: p.default_expires_in.unwrap_or(d.default_expires_in),
         refresh_token_lifetime: p.refresh_token_lifetime.or(d.refresh_token_lifetime),
         authorization_params,
+        assertion_audience: p.assertion_audience.clone().or(d.assertion_audience),
+        scope_in_assertion: d.scope_in_assertion,
     })
 }
 
@@ -289,6 +309,26 @@ mod tests {
             Some("https://acme.my.salesforce.com/services/oauth2/token")
         );
         assert_eq!(s.default_expires_in, Duration::from_hours(2));
+        assert_eq!(
+            s.assertion_audience.as_deref(),
+            Some("https://login.salesforce.com")
+        );
+        let sandbox = shape(&block(
+            "preset = \"salesforce\"\ndomain = \"test.salesforce.com\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            sandbox.assertion_audience.as_deref(),
+            Some("https://test.salesforce.com")
+        );
+        let own = shape(&block(
+            "preset = \"salesforce\"\nassertion_audience = \"https://acme.my.site.com/customers\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            own.assertion_audience.as_deref(),
+            Some("https://acme.my.site.com/customers")
+        );
     }
 
     #[test]

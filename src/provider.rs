@@ -11,10 +11,14 @@ use std::sync::Arc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use crate::config::{ClientAuthMethod, ProviderSettings};
+
+mod grant_assertion;
+
 use crate::discovery::DiscoveryError;
 use crate::domain::{Secret, UnixTime};
+pub use grant_assertion::GrantKey;
 
-/// How long a `private_key_jwt` client assertion stays valid.
+/// How long a `private_key_jwt` client assertion, or a jwt-bearer grant assertion, stays valid.
 const ASSERTION_LIFETIME_SECS: i64 = 120;
 
 /// Why a provider could not be made ready.
@@ -102,6 +106,12 @@ pub struct Provider {
     pub extra_params: Vec<(String, String)>,
     /// Extra query parameters for the authorization URL.
     pub authorization_params: Vec<(String, String)>,
+    /// The key that signs jwt-bearer assertions (`private_key_file`), if one is configured.
+    pub grant_key: Option<GrantKey>,
+    /// The `aud` of jwt-bearer assertions.
+    pub assertion_audience: String,
+    /// Whether jwt-bearer scopes go into the assertion (Google) rather than the form.
+    pub scope_in_assertion: bool,
 }
 
 impl Provider {
@@ -167,28 +177,20 @@ impl Provider {
                 }
                 (None, None) => return Err(invalid("no token endpoint".to_owned())),
             };
-        let auth = match settings.client_auth {
-            ClientAuthMethod::ClientSecretBasic => {
-                ClientAuth::SecretBasic(client_secret(name, settings, env)?)
-            }
-            ClientAuthMethod::ClientSecretPost => {
-                ClientAuth::SecretPost(client_secret(name, settings, env)?)
-            }
-            ClientAuthMethod::None => ClientAuth::None,
-            ClientAuthMethod::PrivateKeyJwt => {
-                // `validate` guarantees both are present and well-formed.
-                let path = settings.private_key_file.clone().unwrap_or_default();
-                let alg: Algorithm = settings.alg.parse().unwrap_or(Algorithm::RS256);
-                let pem = read_nonempty(name, "private key file", &path)?;
-                ClientAuth::PrivateKeyJwt {
-                    key: encoding_key(name, &path, alg, pem.as_bytes())?,
-                    alg,
-                    kid: settings.kid.clone(),
-                }
-            }
-        };
+        let auth = client_auth(name, settings, env)?;
+        let grant_key = settings.private_key_file.as_ref().map(|path| GrantKey {
+            path: path.clone(),
+            alg: settings.alg.parse().unwrap_or(Algorithm::RS256),
+            kid: settings.kid.clone(),
+        });
         let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         Ok(Self {
+            grant_key,
+            assertion_audience: shape
+                .assertion_audience
+                .clone()
+                .unwrap_or_else(|| token_url.clone()),
+            scope_in_assertion: shape.scope_in_assertion,
             name: name.to_owned(),
             token_url,
             authorization_url,
@@ -270,6 +272,34 @@ impl Providers {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
     }
+}
+
+/// How the client authenticates, with its secret or key read.
+fn client_auth(
+    name: &str,
+    settings: &ProviderSettings,
+    env: &BTreeMap<String, String>,
+) -> Result<ClientAuth, ProviderError> {
+    Ok(match settings.client_auth {
+        ClientAuthMethod::ClientSecretBasic => {
+            ClientAuth::SecretBasic(client_secret(name, settings, env)?)
+        }
+        ClientAuthMethod::ClientSecretPost => {
+            ClientAuth::SecretPost(client_secret(name, settings, env)?)
+        }
+        ClientAuthMethod::None => ClientAuth::None,
+        ClientAuthMethod::PrivateKeyJwt => {
+            // `validate` guarantees both are present and well-formed.
+            let path = settings.private_key_file.clone().unwrap_or_default();
+            let alg: Algorithm = settings.alg.parse().unwrap_or(Algorithm::RS256);
+            let pem = read_nonempty(name, "private key file", &path)?;
+            ClientAuth::PrivateKeyJwt {
+                key: encoding_key(name, &path, alg, pem.as_bytes())?,
+                alg,
+                kid: settings.kid.clone(),
+            }
+        }
+    })
 }
 
 fn client_secret(

@@ -317,6 +317,9 @@ mod tests {
             refresh_token_lifetime: None,
             extra_params: vec![],
             authorization_params: vec![],
+            grant_key: None,
+            assertion_audience: "https://p/token".to_owned(),
+            scope_in_assertion: false,
         }
     }
 
