@@ -37,7 +37,7 @@ pub enum CommandError {
     UnknownCredential(String),
     #[error("unknown provider {name:?} (configured: {})", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
     UnknownProvider { name: String, known: Vec<String> },
-    #[error("credential {name:?} has no valid access token (status {status}{})", expires_at.map(|t| format!(", expired at {}", iso8601(t))).unwrap_or_default())]
+    #[error("credential {name:?} has no valid access token (status {status}{})", expires_at.map(|t| if t > crate::domain::now() { format!(", it expires at {}, sooner than asked for", iso8601(t)) } else { format!(", expired at {}", iso8601(t)) }).unwrap_or_default())]
     NoValidToken {
         name: String,
         status: String,

@@ -113,8 +113,33 @@ async fn token_renews_when_it_expires_within_min_valid_and_journals_it() {
         "{by_default:?}"
     );
 
+    // A credential that cannot be renewed serves its token while it lasts long enough, only.
+    sqlx::query("UPDATE oauth_credential SET status = 'needs_reauthorization'")
+        .execute(&db)
+        .await
+        .unwrap();
+    expire_soon(&db, "web").await;
+    let stale = home.run(&["token", "web", "--min-valid", "90s"], "").await;
+    assert_eq!(stale.code, Some(4), "{stale:?}");
+    assert_eq!(stale.stdout, "");
+    assert!(stale.stderr.contains("sooner than asked for"), "{stale:?}");
+    let short = home.run(&["token", "web", "--min-valid", "10s"], "").await;
+    assert_eq!(short.code, Some(0), "{short:?}");
+    assert_eq!(short.stdout.trim(), access_token(&db, "web").await);
+    assert!(
+        short
+            .stderr
+            .contains("warning: credential web is needs_reauthorization"),
+        "{short:?}"
+    );
+
     let secrets = secrets(&db, &[&before]).await;
-    for (what, run) in [("plain", &plain), ("renewed", &renewed), ("long", &long)] {
+    for (what, run) in [
+        ("plain", &plain),
+        ("renewed", &renewed),
+        ("long", &long),
+        ("stale", &stale),
+    ] {
         assert_quiet(what, run, &secrets);
     }
     assert_no_secrets("journal", &journal_text(&db).await, &secrets);
