@@ -501,6 +501,15 @@ async fn refused_assertions_and_a_missing_key_fail_clearly() {
     let check = home.run(&["check-config"], "").await;
     assert_eq!(check.code, Some(2), "{check:?}");
     assert!(check.stderr.contains("rotating.pem"), "{check:?}");
+    let doctor = home.run(&["doctor", "rotating"], "").await;
+    assert_eq!(doctor.code, Some(1), "{doctor:?}");
+    assert!(
+        doctor
+            .stdout
+            .lines()
+            .any(|l| l.contains("assertion key") && l.contains("cannot read private key file")),
+        "{doctor:?}"
+    );
 
     // Usage: no key to sign with; a subject for another grant.
     let no_key = add_bearer(&home, "x", "basic", &[]).await;
@@ -524,7 +533,7 @@ async fn refused_assertions_and_a_missing_key_fail_clearly() {
     assert_eq!(stray.code, Some(2), "{stray:?}");
 
     let secrets = stored_secrets(&db).await;
-    for run in [&once, &gone, &check] {
+    for run in [&once, &gone, &check, &doctor] {
         assert_no_secrets("jwt-bearer failures", &run.all(), &secrets);
     }
     assert_no_secrets("journal", &journal_text(&db).await, &secrets);
