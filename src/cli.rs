@@ -17,12 +17,14 @@ use crate::lifecycle::{self, authorize::Prompt};
 use crate::metrics::{self, Metrics};
 use crate::provider::{Provider, Providers};
 use crate::refresh::Refresher;
-use crate::store::{NewCredential, OpenMode, Sealer, Store, Target};
+use crate::renew::{self, Renewal};
+use crate::store::{NewCredential, OpenMode, Sealer, Store, Target, TokenState};
 use crate::sweep::{Handled, NamedRefresh, Policy, Revoked, Sweeper};
 use crate::untrusted::Escaped;
 use crate::{daemon, keys, telemetry};
 
 pub mod exit;
+mod header;
 mod render;
 
 use exit::CommandError;
@@ -50,32 +52,39 @@ enum Command {
         once: bool,
     },
     /// Import a credential. Its refresh token is read from standard input or --refresh-token-file.
-    Add {
-        name: String,
-        #[arg(long)]
-        provider: String,
-        #[arg(long, value_enum, default_value = "refresh-token")]
-        grant: GrantArg,
-        /// Who the credential belongs to.
-        #[arg(long)]
-        owner: Option<String>,
-        /// Space-separated scopes; default: the provider's.
-        #[arg(long)]
-        scopes: Option<String>,
-        /// Read the refresh token from this file instead of standard input.
-        #[arg(long, value_name = "PATH")]
-        refresh_token_file: Option<PathBuf>,
-        /// Replace the tokens of an existing credential of that name.
-        #[arg(long)]
-        replace: bool,
-    },
+    Add(AddArgs),
     /// Show every credential: status, expiry, last refresh, failures, last error.
     Status {
         #[arg(long)]
         json: bool,
     },
-    /// Print the current access token of NAME; exit 4 when there is no valid one.
-    Token { name: String },
+    /// Print the current access token of NAME (or of --owner's credential at --provider),
+    /// renewed first when it expires within --min-valid; exit 4 when there is no valid one, 1
+    /// when the renewal failed. Only the token goes to standard output.
+    Token {
+        #[command(flatten)]
+        which: Which,
+        #[command(flatten)]
+        renew: RenewArgs,
+        /// Print `Authorization: <type> <token>`, a header line for `curl -H @-`.
+        #[arg(long)]
+        header: bool,
+    },
+    /// Run COMMAND with a fresh access token of NAME (renewed as `token` does) in an environment
+    /// variable, and Salesforce's instance URL in INSTANCE_URL; never on a command line. Exits
+    /// with COMMAND's exit code (128 + the signal when a signal ended it).
+    Exec {
+        #[command(flatten)]
+        which: Which,
+        #[command(flatten)]
+        renew: RenewArgs,
+        /// The environment variable that receives the access token.
+        #[arg(long, default_value = "ACCESS_TOKEN", value_name = "VAR")]
+        env: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Refresh NAME now, due or not.
     Refresh { name: String },
     /// Show the rotation history, of NAME or of all credentials.
@@ -111,9 +120,18 @@ enum Command {
         /// without a browser.
         #[arg(long)]
         manual: bool,
-        /// How long to wait for the redirect.
-        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        /// The device authorization grant (RFC 8628), for a machine without a browser: prints
+        /// where to enter which code on any other device (the URL alone on standard output), and
+        /// waits for the approval there.
+        #[arg(long, conflicts_with = "manual")]
+        device: bool,
+        /// How long to wait for the redirect (default 5m), or with --device for the approval
+        /// (default: as long as the user code lives).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Authorize it even though --owner already has another credential of this provider.
+        #[arg(long)]
+        allow_same_owner: bool,
     },
     /// Revoke NAME's tokens at the provider (RFC 7009) and delete NAME. When the provider cannot
     /// be reached, NAME stays disabled and the revocation is sent again later.
@@ -129,10 +147,67 @@ enum Command {
     },
 }
 
+/// `add`'s arguments.
+#[derive(Debug, clap::Args)]
+struct AddArgs {
+    name: String,
+    #[arg(long)]
+    provider: String,
+    #[arg(long, value_enum, default_value = "refresh-token")]
+    grant: GrantArg,
+    /// Who the credential belongs to.
+    #[arg(long)]
+    owner: Option<String>,
+    /// jwt-bearer: the assertion's subject, the user or service account to act as (default: the
+    /// owner; neither: no `sub`, as a Google service account acting as itself).
+    #[arg(long)]
+    subject: Option<String>,
+    /// Space-separated scopes; default: the provider's.
+    #[arg(long)]
+    scopes: Option<String>,
+    /// Read the refresh token from this file instead of standard input.
+    #[arg(long, value_name = "PATH")]
+    refresh_token_file: Option<PathBuf>,
+    /// Replace the tokens of an existing credential of that name.
+    #[arg(long)]
+    replace: bool,
+    /// Add it even though --owner already has a credential of this provider.
+    #[arg(long)]
+    allow_same_owner: bool,
+}
+
+/// Which credential: by name, or by its owner at a provider.
+#[derive(Debug, clap::Args)]
+struct Which {
+    /// The credential's name (or give --provider and --owner).
+    #[arg(required_unless_present = "owner")]
+    name: Option<String>,
+    /// With --owner: the provider of the owner's credential.
+    #[arg(long, requires = "owner", conflicts_with = "name")]
+    provider: Option<String>,
+    /// With --provider: the credential of this owner; an error when the owner has several.
+    #[arg(long, requires = "provider", conflicts_with = "name")]
+    owner: Option<String>,
+}
+
+/// When to renew before handing a token out.
+#[derive(Debug, clap::Args)]
+struct RenewArgs {
+    /// Renew the access token first when it expires sooner than this (default: the
+    /// configuration's token_min_valid, 60s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    min_valid: Option<Duration>,
+    /// Longest wait for a refresh that another process has in flight.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    wait: Duration,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum GrantArg {
     RefreshToken,
     ClientCredentials,
+    /// RFC 7523: each access token for an assertion signed with the provider's private_key_file.
+    JwtBearer,
 }
 
 /// Runs the command; the result is the exit code, or an error that `exit::code_for` maps to one.
@@ -153,31 +228,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     };
     match cli.command {
         Command::Run { once } => run_sweeps(&ctx, once).await,
-        Command::Add {
-            name,
-            provider,
-            grant,
-            owner,
-            scopes,
-            refresh_token_file,
-            replace,
-        } => {
-            let grant_type = match grant {
-                GrantArg::RefreshToken => GrantType::RefreshToken,
-                GrantArg::ClientCredentials => GrantType::ClientCredentials,
-            };
-            let new = NewCredential {
-                name: &name,
-                provider: &provider,
-                grant_type,
-                scopes: scopes.as_deref(),
-                owner: owner.as_deref(),
-                refresh_token: None,
-            };
-            add(&ctx, new, refresh_token_file.as_deref(), replace).await
-        }
+        Command::Add(args) => add(&ctx, &args).await,
         Command::Status { json } => status(&ctx, json).await,
-        Command::Token { name } => token(&ctx, name).await,
+        Command::Token {
+            which,
+            renew,
+            header,
+        } => token(&ctx, &which, &renew, header).await,
+        Command::Exec {
+            which,
+            renew,
+            env,
+            command,
+        } => exec(&ctx, &which, &renew, &env, &command).await,
         Command::Refresh { name } => refresh(&ctx, name).await,
         Command::Log { name, limit, json } => {
             let store = ctx.open(OpenMode::MustExist).await?;
@@ -205,7 +268,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             owner,
             scopes,
             manual,
+            device,
             timeout,
+            allow_same_owner,
         } => {
             let args = AuthorizeArgs {
                 name: &name,
@@ -213,7 +278,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 owner: owner.as_deref(),
                 scopes: scopes.as_deref(),
                 manual,
+                device,
                 timeout,
+                allow_same_owner,
             };
             authorize(&ctx, args).await
         }
@@ -282,10 +349,21 @@ impl Ctx {
     }
 
     async fn sweeper(&self, mode: OpenMode) -> anyhow::Result<Sweeper> {
+        let store = self.open(mode).await?;
+        self.sweeper_with(store, None).await
+    }
+
+    /// A sweeper on `store`, with every provider or `only` the one named.
+    async fn sweeper_with(&self, store: Store, only: Option<&str>) -> anyhow::Result<Sweeper> {
         let settings = &self.settings;
         let refresher = self.refresher()?;
-        let providers = self.providers(&refresher).await?;
-        let store = self.open(mode).await?;
+        let providers = match only {
+            None => self.providers(&refresher).await?,
+            Some(name) => {
+                let wanted = settings.providers.iter().filter(|(n, _)| *n == name);
+                Providers::resolve(wanted, &self.env, refresher.transport()).await?
+            }
+        };
         // Before anything is claimed: every key the database needs is here, and with a key,
         // plaintext left from before is sealed.
         let sealed = store.prepare().await?;
@@ -360,28 +438,63 @@ async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-async fn add(
-    ctx: &Ctx,
-    mut new: NewCredential<'_>,
-    token_file: Option<&Path>,
-    replace: bool,
-) -> anyhow::Result<u8> {
+async fn add(ctx: &Ctx, args: &AddArgs) -> anyhow::Result<u8> {
+    let grant_type = match args.grant {
+        GrantArg::RefreshToken => GrantType::RefreshToken,
+        GrantArg::ClientCredentials => GrantType::ClientCredentials,
+        GrantArg::JwtBearer => GrantType::JwtBearer,
+    };
+    let mut new = NewCredential {
+        name: &args.name,
+        provider: &args.provider,
+        grant_type,
+        scopes: args.scopes.as_deref(),
+        owner: args.owner.as_deref(),
+        refresh_token: None,
+    };
     check_input(new.name, new.owner, new.scopes)?;
-    if !ctx.settings.providers.contains_key(new.provider) {
+    let Some(provider) = ctx.settings.providers.get(new.provider) else {
         let known = ctx.settings.providers.keys().cloned().collect();
         return Err(CommandError::UnknownProvider {
             name: new.provider.to_owned(),
             known,
         }
         .into());
+    };
+    if args.subject.is_some() && grant_type != GrantType::JwtBearer {
+        return Err(
+            CommandError::Input("--subject goes with --grant jwt-bearer".to_owned()).into(),
+        );
+    }
+    if grant_type == GrantType::JwtBearer && provider.private_key_file.is_none() {
+        return Err(CommandError::Input(format!(
+            "provider {} has no private_key_file to sign jwt-bearer assertions with",
+            new.provider
+        ))
+        .into());
     }
     let refresh_token = match new.grant_type {
-        GrantType::RefreshToken => Some(read_refresh_token(token_file)?),
-        GrantType::ClientCredentials => None,
+        GrantType::RefreshToken => Some(read_refresh_token(args.refresh_token_file.as_deref())?),
+        GrantType::ClientCredentials | GrantType::JwtBearer => None,
     };
     new.refresh_token = refresh_token.as_ref();
     let store = ctx.open_checked(OpenMode::CreateIfMissing).await?;
-    store.add(&new, replace, domain::now()).await?;
+    if let Some(owner) = new.owner
+        && !args.allow_same_owner
+    {
+        store
+            .ensure_owner_free(new.provider, owner, new.name)
+            .await?;
+    }
+    if grant_type == GrantType::JwtBearer {
+        // The assertion's subject: --subject, else the owner (a user name, say), else none.
+        let subject = args.subject.as_deref().or(new.owner);
+        store
+            .add_jwt_bearer(&new, subject, args.replace, domain::now())
+            .await?;
+    } else {
+        store.add(&new, args.replace, domain::now()).await?;
+    }
     store.close().await;
     println!(
         "credential {} added; it is refreshed on the next sweep",
@@ -390,40 +503,212 @@ async fn add(
     Ok(exit::OK)
 }
 
-async fn token(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
-    let store = ctx.open(OpenMode::MustExist).await?;
-    let row = store
-        .token(&name)
-        .await?
-        .ok_or_else(|| CommandError::UnknownCredential(name.clone()))?;
-    let now = domain::now();
-    let unexpired = row.access_token_expires_at.is_some_and(|t| t > now);
-    match (row.access_token, unexpired, row.status.as_str()) {
-        (Some(token), true, status) if status != "disabled" => {
-            // One line, nothing a terminal would act on: a value from an older version, or written
-            // by another program, that fails the rule is not printed.
-            if let Err(flaw) = crate::untrusted::check_token(token.expose()) {
-                return Err(CommandError::UnprintableToken { name, flaw }.into());
-            }
-            if status != "active" {
-                // Still valid, but the credential will not be refreshed: say so where scripts don't read.
-                eprintln!(
-                    "tokenwarden: warning: credential {} is {}; this access token is not renewed after {}",
-                    Escaped(&name),
-                    Escaped(status),
-                    domain::iso8601(row.access_token_expires_at.unwrap_or(now))
-                );
-            }
-            println!("{}", token.expose());
-            Ok(exit::OK)
+/// The credential `which` names: by name, or the one credential of its owner at the provider.
+async fn which_name(store: &Store, which: &Which) -> anyhow::Result<String> {
+    if let Some(name) = &which.name {
+        return Ok(name.clone());
+    }
+    let (Some(provider), Some(owner)) = (&which.provider, &which.owner) else {
+        return Err(CommandError::Input(
+            "name a credential, or give --provider and --owner".to_owned(),
+        )
+        .into());
+    };
+    let mut names = store.owned_by(provider, owner).await?;
+    match names.len() {
+        0 => Err(CommandError::NoOwnerCredential {
+            provider: provider.clone(),
+            owner: owner.clone(),
         }
-        _ => Err(CommandError::NoValidToken {
-            name,
-            status: row.status,
-            expires_at: row.access_token_expires_at,
+        .into()),
+        1 => Ok(names.remove(0)),
+        _ => Err(CommandError::Ambiguous {
+            provider: provider.clone(),
+            owner: owner.clone(),
+            names,
         }
         .into()),
     }
+}
+
+/// The access token of `which`, valid for at least `--min-valid`: renewed first if need be.
+async fn fresh_token(ctx: &Ctx, which: &Which, args: &RenewArgs) -> anyhow::Result<TokenState> {
+    let store = ctx.open(OpenMode::MustExist).await?;
+    let result = fresh_from(ctx, &store, which, args).await;
+    store.close().await;
+    let state = result?;
+    // One line, nothing a terminal would act on: a value from an older version, or written by
+    // another program, that fails the rule is neither printed nor handed to a command.
+    if let Some(token) = &state.access_token
+        && let Err(flaw) = crate::untrusted::check_token(token.expose())
+    {
+        return Err(CommandError::UnprintableToken {
+            name: state.name,
+            flaw,
+        }
+        .into());
+    }
+    Ok(state)
+}
+
+async fn fresh_from(
+    ctx: &Ctx,
+    store: &Store,
+    which: &Which,
+    args: &RenewArgs,
+) -> anyhow::Result<TokenState> {
+    let name = which_name(store, which).await?;
+    let state = store
+        .token_state(&name)
+        .await?
+        .ok_or_else(|| CommandError::UnknownCredential(name.clone()))?;
+    let min_valid = args.min_valid.unwrap_or(ctx.settings.token_min_valid);
+    let min_secs = i64::try_from(min_valid.as_secs()).unwrap_or(i64::MAX);
+    let now = domain::now();
+    let state = if renew::fresh_enough(&state, now, min_secs) {
+        state
+    } else if state.status != "active" {
+        return Err(CommandError::NoValidToken {
+            name,
+            status: state.status,
+            expires_at: state.access_token_expires_at,
+        }
+        .into());
+    } else {
+        let sweeper = ctx
+            .sweeper_with(store.clone(), Some(&state.provider))
+            .await?;
+        // As `refresh`: a signal mid-request must not end the process before the new tokens are
+        // stored.
+        let _signals = daemon::shutdown_on_signals()?;
+        let failed = |reason: String| CommandError::RenewalFailed {
+            name: name.clone(),
+            reason,
+        };
+        match renew::renew(&sweeper, &name, min_secs, args.wait).await? {
+            Renewal::Fresh(state) => state,
+            Renewal::NotFound => return Err(CommandError::UnknownCredential(name).into()),
+            Renewal::NotActive(state) => {
+                return Err(CommandError::NoValidToken {
+                    name,
+                    status: state.status,
+                    expires_at: state.access_token_expires_at,
+                }
+                .into());
+            }
+            Renewal::Failed { state, .. } => {
+                let why = state
+                    .last_error
+                    .unwrap_or_else(|| "see `tokenwarden status`".to_owned());
+                return Err(failed(why).into());
+            }
+            Renewal::TooShort(state) => {
+                let until = domain::iso8601(state.access_token_expires_at.unwrap_or(now));
+                return Err(failed(format!(
+                    "the provider's new access token is valid until {until}, less than --min-valid {}",
+                    humantime::format_duration(min_valid)
+                ))
+                .into());
+            }
+            Renewal::BackingOff(state) => {
+                return Err(failed(format!(
+                    "an earlier attempt failed ({}); not tried again before {}",
+                    state
+                        .last_error
+                        .as_deref()
+                        .unwrap_or("see `tokenwarden status`"),
+                    domain::iso8601(state.next_attempt_at)
+                ))
+                .into());
+            }
+            Renewal::GaveUp { waited } => {
+                return Err(failed(format!(
+                    "another process is refreshing it; gave up waiting after {}s (--wait)",
+                    waited.as_secs()
+                ))
+                .into());
+            }
+        }
+    };
+    if state.status != "active" {
+        // Still valid, but the credential will not be refreshed: say so where scripts don't read.
+        eprintln!(
+            "tokenwarden: warning: credential {name} is {}; this access token is not renewed after {}",
+            state.status,
+            domain::iso8601(state.access_token_expires_at.unwrap_or(now))
+        );
+    }
+    Ok(state)
+}
+
+async fn token(ctx: &Ctx, which: &Which, args: &RenewArgs, header: bool) -> anyhow::Result<u8> {
+    let state = fresh_token(ctx, which, args).await?;
+    let Some(token) = &state.access_token else {
+        return Err(CommandError::UnknownCredential(state.name).into());
+    };
+    if header {
+        let line =
+            header::authorization_header(state.token_type.as_deref(), token).map_err(|why| {
+                CommandError::Unusable {
+                    name: state.name.clone(),
+                    why,
+                }
+            })?;
+        println!("{}", line.expose());
+    } else {
+        println!("{}", token.expose());
+    }
+    Ok(exit::OK)
+}
+
+async fn exec(
+    ctx: &Ctx,
+    which: &Which,
+    args: &RenewArgs,
+    var: &str,
+    command: &[String],
+) -> anyhow::Result<u8> {
+    if !crate::exec::is_variable_name(var) {
+        return Err(CommandError::Input(format!(
+            "--env {var:?} is not an environment variable name (letters, digits and _)"
+        ))
+        .into());
+    }
+    let Some((program, command_args)) = command.split_first() else {
+        return Err(CommandError::Input("no command given after --".to_owned()).into());
+    };
+    let state = fresh_token(ctx, which, args).await?;
+    let Some(token) = &state.access_token else {
+        return Err(CommandError::UnknownCredential(state.name).into());
+    };
+    let instance_url = state.instance_url.clone().map(Secret::new);
+    let mut set = vec![(var, token)];
+    if let Some(url) = &instance_url {
+        set.push(("INSTANCE_URL", url));
+    }
+    // The child gets this process's environment without the client secrets it names, and
+    // without a stale INSTANCE_URL.
+    let mut remove: Vec<&str> =
+        ctx.settings
+            .providers
+            .values()
+            .filter_map(|p| p.client_secret_env.as_deref())
+            .chain(
+                ctx.env.keys().map(String::as_str).filter(|k| {
+                    k.starts_with("TOKENWARDEN_") && *k != crate::config::CONFIG_PATH_VAR
+                }),
+            )
+            .collect();
+    if instance_url.is_none() {
+        remove.push("INSTANCE_URL");
+    }
+    let child = crate::exec::Child {
+        program,
+        args: command_args,
+        set,
+        remove,
+    };
+    Ok(crate::exec::run(&child).await?)
 }
 
 async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
@@ -470,6 +755,9 @@ async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
     } else {
         ctx.sealer()?
     };
+    for (_, provider) in providers.iter() {
+        provider.check_grant_key()?;
+    }
     let names: Vec<&str> = providers.names().collect();
     let gap = ctx.settings.schedule()?.longest_gap(chrono::Utc::now());
     println!(
@@ -521,8 +809,13 @@ struct AuthorizeArgs<'a> {
     owner: Option<&'a str>,
     scopes: Option<&'a str>,
     manual: bool,
-    timeout: Duration,
+    device: bool,
+    timeout: Option<Duration>,
+    allow_same_owner: bool,
 }
+
+/// How long `authorize` waits for a redirect by default.
+const AUTHORIZE_TIMEOUT: Duration = Duration::from_mins(5);
 
 async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
     check_input(args.name, args.owner, args.scopes)?;
@@ -541,7 +834,51 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
         warn!("{warning}");
     }
     let store = ctx.open_checked(OpenMode::CreateIfMissing).await?;
+    if let Some(owner) = args.owner
+        && !args.allow_same_owner
+    {
+        // Before the browser: nobody signs in for a credential that would be refused.
+        store
+            .ensure_owner_free(args.provider, owner, args.name)
+            .await?;
+    }
     let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    if args.device {
+        let request = lifecycle::authorize::DeviceRequest {
+            name: args.name,
+            provider: &provider,
+            scopes: args.scopes,
+            owner: args.owner,
+            timeout: args.timeout.unwrap_or(Duration::MAX),
+            margin: secs(ctx.settings.refresh_margin),
+            max_idle: secs(ctx.settings.max_idle),
+        };
+        let show = |prompt: &lifecycle::device::UserPrompt| {
+            eprintln!(
+                "tokenwarden: on any device with a browser, open {} and enter the code {} (valid for {}){}",
+                prompt.verification_uri,
+                prompt.user_code,
+                humantime::format_duration(prompt.expires_in),
+                if prompt.verification_uri_complete.is_some() {
+                    ", or open this URL, which carries the code:"
+                } else {
+                    ":"
+                }
+            );
+            println!(
+                "{}",
+                prompt
+                    .verification_uri_complete
+                    .as_deref()
+                    .unwrap_or(&prompt.verification_uri)
+            );
+        };
+        let result =
+            lifecycle::authorize::authorize_device(&store, transport, &request, show).await;
+        store.close().await;
+        return Ok(report_authorized(args.name, &result?));
+    }
+    let timeout = args.timeout.unwrap_or(AUTHORIZE_TIMEOUT);
     let request = lifecycle::authorize::Request {
         name: args.name,
         provider: &provider,
@@ -549,7 +886,7 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
         scopes: args.scopes,
         owner: args.owner,
         manual: args.manual,
-        timeout: args.timeout,
+        timeout,
         margin: secs(ctx.settings.refresh_margin),
         max_idle: secs(ctx.settings.max_idle),
     };
@@ -564,17 +901,20 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
         };
         eprintln!(
             "tokenwarden: open this URL in a browser and sign in; {how} (timeout {}):",
-            humantime::format_duration(args.timeout)
+            humantime::format_duration(timeout)
         );
         println!("{}", prompt.url);
     };
     let result = lifecycle::authorize(&store, transport, &request, show).await;
     store.close().await;
-    let done = result?;
+    Ok(report_authorized(args.name, &result?))
+}
+
+/// Says how an authorization ended: on standard output, and a warning when it cannot be kept.
+fn report_authorized(name: &str, done: &lifecycle::authorize::Authorization) -> u8 {
     if !done.has_refresh_token {
         eprintln!(
-            "tokenwarden: warning: no refresh token returned: add offline_access to the scopes (or the provider's equivalent) and authorize {} again; until then it cannot be refreshed",
-            args.name
+            "tokenwarden: warning: no refresh token returned: add offline_access to the scopes (or the provider's equivalent) and authorize {name} again; until then it cannot be refreshed"
         );
     }
     let again = match &done.how {
@@ -584,11 +924,10 @@ async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
         }
     };
     println!(
-        "credential {} authorized{again}; access token valid until {}",
-        args.name,
+        "credential {name} authorized{again}; access token valid until {}",
         domain::iso8601(done.expires_at)
     );
-    Ok(exit::OK)
+    exit::OK
 }
 
 async fn revoke(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {

@@ -24,6 +24,7 @@ max_idle = "24h"
 refresh_token_warning = "14d"
 concurrency = 8
 busy_timeout = "5s"
+token_min_valid = "60s"
 
 [http]
 connect_timeout = "10s"
@@ -96,6 +97,9 @@ pub struct Settings {
     /// How long to wait for another process's lock on the database.
     #[serde(deserialize_with = "duration")]
     pub busy_timeout: Duration,
+    /// `token` and `exec` renew an access token first when it expires sooner than this.
+    #[serde(deserialize_with = "duration")]
+    pub token_min_valid: Duration,
     pub http: HttpSettings,
     pub retry: RetrySettings,
     pub log: LogSettings,
@@ -180,6 +184,9 @@ pub enum ClientAuthMethod {
     ClientSecretBasic,
     ClientSecretPost,
     PrivateKeyJwt,
+    /// A public client: its client_id alone, no secret (RFC 6749 §2.1), as device-flow clients
+    /// and jwt-bearer grants often are.
+    None,
 }
 
 /// One OAuth client registration (`[providers.NAME]`).
@@ -201,6 +208,9 @@ pub struct ProviderSettings {
     pub token_url: Option<String>,
     pub authorization_url: Option<String>,
     pub revocation_url: Option<String>,
+    /// The device authorization endpoint (RFC 8628) for `authorize --device`; a preset or the
+    /// issuer's metadata may give it.
+    pub device_authorization_url: Option<String>,
     /// A fixed redirect URI for `authorize` (default: `http://127.0.0.1:<free port>/callback`). A
     /// loopback one is listened on; any other can only be pasted back with `--manual`.
     pub redirect_uri: Option<String>,
@@ -213,9 +223,11 @@ pub struct ProviderSettings {
     pub client_secret: Option<String>,
     #[serde(default)]
     pub client_auth: ClientAuthMethod,
-    /// PEM private key for `private_key_jwt`.
+    /// PEM private key for `private_key_jwt`, and for the assertions of jwt-bearer credentials.
     pub private_key_file: Option<PathBuf>,
-    /// Signing algorithm for `private_key_jwt` (RS256, ES256, PS256, …).
+    /// The `aud` of jwt-bearer assertions (default: the preset's, else the token endpoint).
+    pub assertion_audience: Option<String>,
+    /// Signing algorithm for `private_key_jwt` and jwt-bearer assertions (RS256, ES256, PS256, …).
     #[serde(default = "default_alg")]
     pub alg: String,
     pub kid: Option<String>,
@@ -448,6 +460,7 @@ impl ProviderSettings {
         for (field, url) in [
             ("authorization_url", &self.authorization_url),
             ("revocation_url", &self.revocation_url),
+            ("device_authorization_url", &self.device_authorization_url),
             ("redirect_uri", &self.redirect_uri),
         ] {
             if let Some(url) = url {
@@ -474,6 +487,14 @@ impl ProviderSettings {
                     ));
                 }
             }
+            ClientAuthMethod::None => {
+                if secret_sources != 0 {
+                    return Err(invalid(
+                        format!("{key}.client_auth"),
+                        "\"none\" is a public client: it sends no client secret, so set none",
+                    ));
+                }
+            }
             ClientAuthMethod::PrivateKeyJwt => {
                 if self.private_key_file.is_none() {
                     return Err(invalid(
@@ -481,13 +502,15 @@ impl ProviderSettings {
                         "private_key_jwt needs a private_key_file",
                     ));
                 }
-                if self.alg.parse::<jsonwebtoken::Algorithm>().is_err() {
-                    return Err(invalid(
-                        format!("{key}.alg"),
-                        format!("{:?} is not a JWS algorithm", self.alg),
-                    ));
-                }
             }
+        }
+        if (self.private_key_file.is_some() || self.client_auth == ClientAuthMethod::PrivateKeyJwt)
+            && self.alg.parse::<jsonwebtoken::Algorithm>().is_err()
+        {
+            return Err(invalid(
+                format!("{key}.alg"),
+                format!("{:?} is not a JWS algorithm", self.alg),
+            ));
         }
         Ok(())
     }
@@ -716,6 +739,24 @@ scopes = "offline_access https://graph.microsoft.com/.default"
             &[],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_public_client_takes_no_secret() {
+        let public = PROVIDER.replace(
+            "client_secret_env = \"ENTRA_SECRET\"",
+            "client_auth = \"none\"",
+        );
+        load_str(&public, &[]).unwrap();
+        let both = PROVIDER.replace(
+            "client_secret_env = \"ENTRA_SECRET\"",
+            "client_auth = \"none\"\nclient_secret_env = \"X\"",
+        );
+        let e = load_str(&both, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("client_auth") && e.contains("public client"),
+            "{e}"
+        );
     }
 
     #[test]

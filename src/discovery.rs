@@ -21,6 +21,8 @@ pub struct Endpoints {
     pub token_endpoint: String,
     pub authorization_endpoint: Option<String>,
     pub revocation_endpoint: Option<String>,
+    /// RFC 8628 §4: where `authorize --device` starts.
+    pub device_authorization_endpoint: Option<String>,
 }
 
 /// The two places metadata may live for `issuer`, in the order they are tried.

@@ -140,6 +140,17 @@ pub async fn provider_checks(
             "not sent"
         },
     ));
+    if let Some(key) = &provider.grant_key {
+        // The key of jwt-bearer assertions is read per request: say now whether it can be.
+        checks.push(match provider.check_grant_key() {
+            Ok(()) => check(
+                Verdict::Ok,
+                "assertion key",
+                format!("{} readable ({:?})", key.path.display(), key.alg),
+            ),
+            Err(e) => check(Verdict::Fail, "assertion key", e.to_string()),
+        });
+    }
     checks
 }
 

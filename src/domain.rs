@@ -79,6 +79,8 @@ pub enum Unreadable {
 pub enum GrantType {
     RefreshToken,
     ClientCredentials,
+    /// RFC 7523 §2.1: each access token for a freshly signed assertion; no refresh token.
+    JwtBearer,
 }
 
 impl GrantType {
@@ -87,6 +89,7 @@ impl GrantType {
         match self {
             Self::RefreshToken => "refresh_token",
             Self::ClientCredentials => "client_credentials",
+            Self::JwtBearer => "jwt_bearer",
         }
     }
 }
@@ -97,8 +100,9 @@ impl FromStr for GrantType {
         match s {
             "refresh_token" => Ok(Self::RefreshToken),
             "client_credentials" => Ok(Self::ClientCredentials),
+            "jwt_bearer" => Ok(Self::JwtBearer),
             other => Err(format!(
-                "unknown grant type {other:?} (expected refresh_token or client_credentials)"
+                "unknown grant type {other:?} (expected refresh_token, client_credentials or jwt_bearer)"
             )),
         }
     }
@@ -190,6 +194,8 @@ pub struct Claimed {
     pub refresh_token_expires_at: Option<UnixTime>,
     /// When this process's claim runs out: after it, another process may claim the credential.
     pub lease_expires_at: UnixTime,
+    /// jwt_bearer: the assertion's `sub`, if any.
+    pub subject: Option<String>,
 }
 
 /// New tokens from a successful token response, with expiry resolved against `now`.

@@ -25,10 +25,12 @@
 //! - [`revoke`] — one revocation request (RFC 7009) and its outcome
 //! - [`alerts`] — the operator's command on credential events
 //! - [`sweep`] — claim, refresh, store, log, alert
+//! - [`renew`] — a token valid for at least a given time, renewed now through the sweep's path
 //! - [`lifecycle`] — `authorize` (authorization-code grant with PKCE) and `revoke` (RFC 7009)
 //! - [`daemon`] — the schedule and shutdown around sweeps
 //! - [`metrics`] — the optional /metrics and /healthz listener
 //! - [`telemetry`] — logging
+//! - [`exec`] — `tokenwarden exec`: a command run with a token in its environment
 //! - [`doctor`] — the preflight checks behind `tokenwarden doctor`
 //! - [`cli`] — the command line
 
@@ -39,6 +41,7 @@ pub mod daemon;
 pub mod discovery;
 pub mod doctor;
 pub mod domain;
+pub mod exec;
 pub mod holder;
 pub mod http;
 pub mod keys;
@@ -47,6 +50,7 @@ pub mod metrics;
 pub mod preset;
 pub mod provider;
 pub mod refresh;
+pub mod renew;
 pub mod revoke;
 pub mod schedule;
 pub mod secret_file;

@@ -16,6 +16,8 @@ pub struct Shape {
     pub token_url: Option<String>,
     pub authorization_url: Option<String>,
     pub revocation_url: Option<String>,
+    /// The device authorization endpoint (RFC 8628), when the provider has one.
+    pub device_authorization_url: Option<String>,
     /// Metadata to discover endpoints from (RFC 8414 / OpenID Connect).
     pub issuer: Option<String>,
     pub scopes: Vec<String>,
@@ -23,6 +25,11 @@ pub struct Shape {
     pub default_expires_in: Duration,
     pub refresh_token_lifetime: Option<Duration>,
     pub authorization_params: BTreeMap<String, String>,
+    /// The `aud` of jwt-bearer assertions; `None`: the token endpoint.
+    pub assertion_audience: Option<String>,
+    /// Whether jwt-bearer scopes go into the assertion's `scope` claim (Google) instead of the
+    /// form.
+    pub scope_in_assertion: bool,
 }
 
 /// What a preset contributes.
@@ -30,6 +37,7 @@ struct Defaults {
     token_url: Option<String>,
     authorization_url: Option<String>,
     revocation_url: Option<String>,
+    device_authorization_url: Option<String>,
     /// Scopes added when missing.
     required_scopes: &'static [&'static str],
     scope_on_refresh: bool,
@@ -37,6 +45,8 @@ struct Defaults {
     refresh_token_lifetime: Option<Duration>,
     authorization_params: &'static [(&'static str, &'static str)],
     needs_issuer: bool,
+    assertion_audience: Option<String>,
+    scope_in_assertion: bool,
 }
 
 impl Defaults {
@@ -45,12 +55,15 @@ impl Defaults {
             token_url: None,
             authorization_url: None,
             revocation_url: None,
+            device_authorization_url: None,
             required_scopes: &[],
             scope_on_refresh: false,
             default_expires_in: DEFAULT_EXPIRES_IN,
             refresh_token_lifetime: None,
             authorization_params: &[],
             needs_issuer: false,
+            assertion_audience: None,
+            scope_in_assertion: false,
         }
     }
 }
@@ -59,32 +72,17 @@ impl Defaults {
 pub fn shape(p: &ProviderSettings) -> Result<Shape, (&'static str, String)> {
     let d = match p.preset {
         None => Defaults::none(),
-        Some(Preset::Microsoft) => {
-            let tenant = p.tenant.as_deref().unwrap_or("common");
-            if tenant.is_empty()
-                || !tenant
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
-            {
-                return Err(("tenant", format!("{tenant:?} is not a tenant id or domain")));
-            }
-            let base = format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0");
-            Defaults {
-                token_url: Some(format!("{base}/token")),
-                authorization_url: Some(format!("{base}/authorize")),
-                // Entra issues a refresh token only with offline_access, and refuses a refresh
-                // without scope (AADSTS900144).
-                required_scopes: &["offline_access"],
-                scope_on_refresh: true,
-                ..Defaults::none()
-            }
-        }
+        Some(Preset::Microsoft) => microsoft(p)?,
         Some(Preset::Google) => Defaults {
             token_url: Some("https://oauth2.googleapis.com/token".to_owned()),
             authorization_url: Some("https://accounts.google.com/o/oauth2/v2/auth".to_owned()),
             revocation_url: Some("https://oauth2.googleapis.com/revoke".to_owned()),
+            device_authorization_url: Some("https://oauth2.googleapis.com/device/code".to_owned()),
             // A refresh token only with access_type=offline, and again only with prompt=consent.
             authorization_params: &[("access_type", "offline"), ("prompt", "consent")],
+            // Service accounts: the token endpoint is the audience, scopes are claims.
+            assertion_audience: Some("https://oauth2.googleapis.com/token".to_owned()),
+            scope_in_assertion: true,
             ..Defaults::none()
         },
         Some(Preset::Salesforce) => {
@@ -98,6 +96,12 @@ pub fn shape(p: &ProviderSettings) -> Result<Shape, (&'static str, String)> {
                 // Salesforce sends no expires_in; its sessions last the org's session timeout
                 // (2 hours by default). Assume less, so a shorter org setting is still covered.
                 default_expires_in: Duration::from_hours(1),
+                // The JWT bearer flow's audience is the login host, not the My Domain.
+                assertion_audience: Some(if host == "test.salesforce.com" {
+                    "https://test.salesforce.com".to_owned()
+                } else {
+                    "https://login.salesforce.com".to_owned()
+                }),
                 ..Defaults::none()
             }
         }
@@ -152,12 +156,41 @@ pub fn shape(p: &ProviderSettings) -> Result<Shape, (&'static str, String)> {
         token_url,
         authorization_url: p.authorization_url.clone().or(d.authorization_url),
         revocation_url: p.revocation_url.clone().or(d.revocation_url),
+        device_authorization_url: p
+            .device_authorization_url
+            .clone()
+            .or(d.device_authorization_url),
         issuer: p.issuer.clone(),
         scopes,
         scope_on_refresh: p.scope_on_refresh.unwrap_or(d.scope_on_refresh),
         default_expires_in: p.default_expires_in.unwrap_or(d.default_expires_in),
         refresh_token_lifetime: p.refresh_token_lifetime.or(d.refresh_token_lifetime),
         authorization_params,
+        assertion_audience: p.assertion_audience.clone().or(d.assertion_audience),
+        scope_in_assertion: d.scope_in_assertion,
+    })
+}
+
+/// Microsoft Entra's v2.0 endpoints for `tenant` (default `common`).
+fn microsoft(p: &ProviderSettings) -> Result<Defaults, (&'static str, String)> {
+    let tenant = p.tenant.as_deref().unwrap_or("common");
+    if tenant.is_empty()
+        || !tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+    {
+        return Err(("tenant", format!("{tenant:?} is not a tenant id or domain")));
+    }
+    let base = format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0");
+    Ok(Defaults {
+        token_url: Some(format!("{base}/token")),
+        authorization_url: Some(format!("{base}/authorize")),
+        device_authorization_url: Some(format!("{base}/devicecode")),
+        // Entra issues a refresh token only with offline_access, and refuses a refresh
+        // without scope (AADSTS900144).
+        required_scopes: &["offline_access"],
+        scope_on_refresh: true,
+        ..Defaults::none()
     })
 }
 
@@ -213,6 +246,38 @@ mod tests {
             s.revocation_url.as_deref(),
             Some("https://oauth2.googleapis.com/revoke")
         );
+        assert_eq!(
+            s.device_authorization_url.as_deref(),
+            Some("https://oauth2.googleapis.com/device/code")
+        );
+    }
+
+    #[test]
+    fn device_flow_presets_say_where_it_starts() {
+        let s = shape(&block(
+            "preset = \"microsoft\"\ntenant = \"contoso.onmicrosoft.com\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            s.device_authorization_url.as_deref(),
+            Some(
+                "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/devicecode"
+            )
+        );
+        // Okta's comes from its issuer's metadata; a block's own value wins.
+        let okta = shape(&block(
+            "preset = \"okta\"\nissuer = \"https://dev-1.okta.com/oauth2/default\"",
+        ))
+        .unwrap();
+        assert_eq!(okta.device_authorization_url, None);
+        let own = shape(&block(
+            "preset = \"google\"\ndevice_authorization_url = \"https://x/device\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            own.device_authorization_url.as_deref(),
+            Some("https://x/device")
+        );
     }
 
     #[test]
@@ -244,6 +309,26 @@ mod tests {
             Some("https://acme.my.salesforce.com/services/oauth2/token")
         );
         assert_eq!(s.default_expires_in, Duration::from_hours(2));
+        assert_eq!(
+            s.assertion_audience.as_deref(),
+            Some("https://login.salesforce.com")
+        );
+        let sandbox = shape(&block(
+            "preset = \"salesforce\"\ndomain = \"test.salesforce.com\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            sandbox.assertion_audience.as_deref(),
+            Some("https://test.salesforce.com")
+        );
+        let own = shape(&block(
+            "preset = \"salesforce\"\nassertion_audience = \"https://acme.my.site.com/customers\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            own.assertion_audience.as_deref(),
+            Some("https://acme.my.site.com/customers")
+        );
     }
 
     #[test]

@@ -11,12 +11,16 @@ use std::sync::Arc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use crate::config::{ClientAuthMethod, ProviderSettings};
+
+mod grant_assertion;
+
 use crate::discovery::DiscoveryError;
 use crate::domain::{MIN_REDACTABLE_CHARS, Secret, UnixTime};
 use crate::http::{CLIENT_ASSERTION_TYPE, Transport};
 use crate::secret_file::SecretFileError;
+pub use grant_assertion::GrantKey;
 
-/// How long a `private_key_jwt` client assertion stays valid.
+/// How long a `private_key_jwt` client assertion, or a jwt-bearer grant assertion, stays valid.
 const ASSERTION_LIFETIME_SECS: i64 = 120;
 
 /// Why a provider could not be made ready.
@@ -61,6 +65,8 @@ pub enum ClientAuth {
         alg: Algorithm,
         kid: Option<String>,
     },
+    /// A public client: its client_id in the form, nothing else.
+    None,
 }
 
 impl fmt::Debug for ClientAuth {
@@ -69,6 +75,7 @@ impl fmt::Debug for ClientAuth {
             Self::SecretBasic(_) => "SecretBasic([redacted])",
             Self::SecretPost(_) => "SecretPost([redacted])",
             Self::PrivateKeyJwt { .. } => "PrivateKeyJwt([redacted])",
+            Self::None => "None",
         })
     }
 }
@@ -80,6 +87,8 @@ pub struct Provider {
     pub token_url: String,
     pub authorization_url: Option<String>,
     pub revocation_url: Option<String>,
+    /// Where `authorize --device` starts (RFC 8628).
+    pub device_authorization_url: Option<String>,
     /// A fixed redirect URI for `authorize`.
     pub redirect_uri: Option<String>,
     pub client_id: String,
@@ -96,6 +105,12 @@ pub struct Provider {
     /// What works but should change (a secret file others may read, a secret too short to be
     /// redacted safely): logged as warnings by `check-config` and at start.
     pub warnings: Vec<String>,
+    /// The key that signs jwt-bearer assertions (`private_key_file`), if one is configured.
+    pub grant_key: Option<GrantKey>,
+    /// The `aud` of jwt-bearer assertions.
+    pub assertion_audience: String,
+    /// Whether jwt-bearer scopes go into the assertion (Google) rather than the form.
+    pub scope_in_assertion: bool,
 }
 
 impl Provider {
@@ -113,70 +128,73 @@ impl Provider {
         };
         let shape = crate::preset::shape(settings)
             .map_err(|(field, reason)| invalid(format!("{field}: {reason}")))?;
-        let (token_url, authorization_url, revocation_url) = match (&shape.token_url, &shape.issuer)
-        {
-            (Some(token_url), _) => (
-                token_url.clone(),
-                shape.authorization_url.clone(),
-                shape.revocation_url.clone(),
-            ),
-            (None, Some(issuer)) => {
-                let found = crate::discovery::discover(transport, issuer)
-                    .await
-                    .map_err(|source| ProviderError::Discovery {
-                        provider: name.to_owned(),
-                        source,
-                    })?;
-                for (key, url) in [
-                    ("token_endpoint", Some(&found.token_endpoint)),
-                    (
-                        "authorization_endpoint",
-                        found.authorization_endpoint.as_ref(),
-                    ),
-                    ("revocation_endpoint", found.revocation_endpoint.as_ref()),
-                ] {
-                    if let Some(url) = url {
-                        crate::config::check_endpoint(key, url, settings.allow_insecure_http)
-                            .map_err(|e| invalid(format!("issuer metadata: {e}")))?;
+        let (token_url, authorization_url, revocation_url, device_authorization_url) =
+            match (&shape.token_url, &shape.issuer) {
+                (Some(token_url), _) => (
+                    token_url.clone(),
+                    shape.authorization_url.clone(),
+                    shape.revocation_url.clone(),
+                    shape.device_authorization_url.clone(),
+                ),
+                (None, Some(issuer)) => {
+                    let found = crate::discovery::discover(transport, issuer)
+                        .await
+                        .map_err(|source| ProviderError::Discovery {
+                            provider: name.to_owned(),
+                            source,
+                        })?;
+                    for (key, url) in [
+                        ("token_endpoint", Some(&found.token_endpoint)),
+                        (
+                            "authorization_endpoint",
+                            found.authorization_endpoint.as_ref(),
+                        ),
+                        ("revocation_endpoint", found.revocation_endpoint.as_ref()),
+                        (
+                            "device_authorization_endpoint",
+                            found.device_authorization_endpoint.as_ref(),
+                        ),
+                    ] {
+                        if let Some(url) = url {
+                            crate::config::check_endpoint(key, url, settings.allow_insecure_http)
+                                .map_err(|e| invalid(format!("issuer metadata: {e}")))?;
+                        }
                     }
+                    (
+                        found.token_endpoint,
+                        shape
+                            .authorization_url
+                            .clone()
+                            .or(found.authorization_endpoint),
+                        shape.revocation_url.clone().or(found.revocation_endpoint),
+                        shape
+                            .device_authorization_url
+                            .clone()
+                            .or(found.device_authorization_endpoint),
+                    )
                 }
-                (
-                    found.token_endpoint,
-                    shape
-                        .authorization_url
-                        .clone()
-                        .or(found.authorization_endpoint),
-                    shape.revocation_url.clone().or(found.revocation_endpoint),
-                )
-            }
-            (None, None) => return Err(invalid("no token endpoint".to_owned())),
-        };
+                (None, None) => return Err(invalid("no token endpoint".to_owned())),
+            };
         let mut warnings = Vec::new();
-        let auth = match settings.client_auth {
-            ClientAuthMethod::ClientSecretBasic => {
-                ClientAuth::SecretBasic(client_secret(name, settings, env, &mut warnings)?)
-            }
-            ClientAuthMethod::ClientSecretPost => {
-                ClientAuth::SecretPost(client_secret(name, settings, env, &mut warnings)?)
-            }
-            ClientAuthMethod::PrivateKeyJwt => {
-                // `validate` guarantees both are present and well-formed.
-                let path = settings.private_key_file.clone().unwrap_or_default();
-                let alg: Algorithm = settings.alg.parse().unwrap_or(Algorithm::RS256);
-                let pem = read_secret_file(name, "private_key_file", &path, &mut warnings)?;
-                ClientAuth::PrivateKeyJwt {
-                    key: encoding_key(name, &path, alg, pem.as_bytes())?,
-                    alg,
-                    kid: settings.kid.clone(),
-                }
-            }
-        };
+        let auth = client_auth(name, settings, env, &mut warnings)?;
+        let grant_key = settings.private_key_file.as_ref().map(|path| GrantKey {
+            path: path.clone(),
+            alg: settings.alg.parse().unwrap_or(Algorithm::RS256),
+            kid: settings.kid.clone(),
+        });
         let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         Ok(Self {
+            grant_key,
+            assertion_audience: shape
+                .assertion_audience
+                .clone()
+                .unwrap_or_else(|| token_url.clone()),
+            scope_in_assertion: shape.scope_in_assertion,
             name: name.to_owned(),
             token_url,
             authorization_url,
             revocation_url,
+            device_authorization_url,
             redirect_uri: settings.redirect_uri.clone(),
             client_id: settings.client_id.clone(),
             auth,
@@ -208,6 +226,11 @@ impl Provider {
             ClientAuth::SecretPost(secret) => {
                 form.push(("client_id", &self.client_id));
                 form.push(("client_secret", secret.expose()));
+                None
+            }
+            // A public client names itself and proves nothing (RFC 6749 §2.1).
+            ClientAuth::None => {
+                form.push(("client_id", &self.client_id));
                 None
             }
             ClientAuth::PrivateKeyJwt { .. } => {
@@ -263,9 +286,10 @@ impl Provider {
 pub struct Providers(BTreeMap<String, Arc<Provider>>);
 
 impl Providers {
-    /// Resolves every provider, failing on the first whose secrets or endpoints cannot be had.
-    pub async fn resolve(
-        settings: &BTreeMap<String, ProviderSettings>,
+    /// Resolves every provider of `settings` (all of them, or those a command needs), failing on the
+    /// first whose secrets or endpoints cannot be had.
+    pub async fn resolve<'a>(
+        settings: impl IntoIterator<Item = (&'a String, &'a ProviderSettings)>,
         env: &BTreeMap<String, String>,
         transport: &Transport,
     ) -> Result<Self, ProviderError> {
@@ -299,6 +323,35 @@ impl Providers {
             .values()
             .flat_map(|p| p.warnings.iter().map(String::as_str))
     }
+}
+
+/// How the client authenticates, with its secret or key read.
+fn client_auth(
+    name: &str,
+    settings: &ProviderSettings,
+    env: &BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> Result<ClientAuth, ProviderError> {
+    Ok(match settings.client_auth {
+        ClientAuthMethod::ClientSecretBasic => {
+            ClientAuth::SecretBasic(client_secret(name, settings, env, warnings)?)
+        }
+        ClientAuthMethod::ClientSecretPost => {
+            ClientAuth::SecretPost(client_secret(name, settings, env, warnings)?)
+        }
+        ClientAuthMethod::None => ClientAuth::None,
+        ClientAuthMethod::PrivateKeyJwt => {
+            // `validate` guarantees both are present and well-formed.
+            let path = settings.private_key_file.clone().unwrap_or_default();
+            let alg: Algorithm = settings.alg.parse().unwrap_or(Algorithm::RS256);
+            let pem = read_secret_file(name, "private_key_file", &path, warnings)?;
+            ClientAuth::PrivateKeyJwt {
+                key: encoding_key(name, &path, alg, pem.as_bytes())?,
+                alg,
+                kid: settings.kid.clone(),
+            }
+        }
+    })
 }
 
 fn client_secret(
@@ -338,6 +391,12 @@ fn client_secret(
 
 /// Reads a secret file with [`crate::secret_file::read`]'s checks; a file others may read adds a
 /// warning.
+/// A secret file read where its mode warnings cannot be shown (they were at start): the jwt-bearer
+/// key, read again for each assertion. A world-writable or empty file is still refused.
+fn read_nonempty(provider: &str, what: &'static str, path: &Path) -> Result<String, ProviderError> {
+    read_secret_file(provider, what, path, &mut Vec::new())
+}
+
 fn read_secret_file(
     provider: &str,
     what: &'static str,

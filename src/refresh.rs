@@ -1,6 +1,7 @@
-//! One token request: the refresh_token or client_credentials grant through the oauth2 crate, sent
-//! through the one transport (`http`), and classified into a [`RefreshOutcome`]. Never touches the
-//! store. Imports `domain`, `http` and `provider`.
+//! One token request: the refresh_token or client_credentials grant through the oauth2 crate (the
+//! jwt-bearer grant, which oauth2 lacks, by hand in `jwt_bearer`), sent through the one transport
+//! (`http`), and classified into a [`RefreshOutcome`]. Never touches the store. Imports `domain`,
+//! `http` and `provider`.
 
 use std::borrow::Cow;
 use std::sync::Mutex;
@@ -17,6 +18,7 @@ use oauth2::{
 };
 
 mod jwt;
+mod jwt_bearer;
 mod response;
 
 pub use response::{LenientTokenResponse, Refused};
@@ -49,6 +51,11 @@ pub enum Grant<'a> {
     },
     /// The client_credentials grant.
     ClientCredentials { scopes: Option<&'a str> },
+    /// The jwt-bearer grant (RFC 7523 §2.1): a fresh assertion for `subject`.
+    JwtBearer {
+        subject: Option<&'a str>,
+        scopes: Option<&'a str>,
+    },
 }
 
 /// What one token request came to.
@@ -100,14 +107,28 @@ impl Refresher {
     /// Performs one grant against `provider`'s token endpoint. Expiry is resolved against `now`.
     pub async fn request(&self, provider: &Provider, grant: Grant<'_>, now: UnixTime) -> Attempt {
         let exchange = Mutex::new(Exchange::default());
-        let result = self.request_inner(provider, grant, now, &exchange).await;
+        let mut assertion = None;
+        let result = match grant {
+            Grant::JwtBearer { subject, scopes } => {
+                match provider.grant_assertion(subject, scopes, now) {
+                    Ok(signed) => {
+                        let signed = assertion.insert(signed);
+                        self.jwt_bearer(provider, signed, scopes, now, &exchange)
+                            .await
+                    }
+                    Err(e) => Err(Failure::Local(e.to_string())),
+                }
+            }
+            _ => self.request_inner(provider, grant, now, &exchange).await,
+        };
         let exchange = exchange
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut secrets: Vec<&Secret> = match grant {
             Grant::RefreshToken { token, .. } => vec![token],
-            Grant::ClientCredentials { .. } => vec![],
+            Grant::ClientCredentials { .. } | Grant::JwtBearer { .. } => vec![],
         };
+        secrets.extend(assertion.as_ref());
         if let ClientAuth::SecretBasic(secret) | ClientAuth::SecretPost(secret) = &provider.auth {
             secrets.push(secret);
         }
@@ -154,7 +175,8 @@ impl Refresher {
                 }
                 req.request_async(&send).await
             }
-            Grant::ClientCredentials { scopes } => {
+            // Sent by `request` through `jwt_bearer`; never reaches here.
+            Grant::ClientCredentials { scopes } | Grant::JwtBearer { scopes, .. } => {
                 let mut req = client
                     .exchange_client_credentials()
                     .add_scopes(scope_list(scopes));
@@ -216,8 +238,10 @@ pub(crate) fn authenticated_client(provider: &Provider) -> BareClient {
         ClientAuth::SecretPost(secret) => client
             .set_client_secret(ClientSecret::new(secret.expose().to_owned()))
             .set_auth_type(AuthType::RequestBody),
-        // No secret: oauth2 then sends client_id in the body beside the assertion.
-        ClientAuth::PrivateKeyJwt { .. } => client.set_auth_type(AuthType::RequestBody),
+        // No secret: oauth2 then sends client_id in the body (beside the assertion, if any).
+        ClientAuth::PrivateKeyJwt { .. } | ClientAuth::None => {
+            client.set_auth_type(AuthType::RequestBody)
+        }
     }
 }
 

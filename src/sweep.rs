@@ -398,6 +398,11 @@ impl Sweeper {
             (GrantType::ClientCredentials, _) => Grant::ClientCredentials {
                 scopes: scopes.as_deref(),
             },
+            // A fresh assertion each time; no refresh token is stored or needed.
+            (GrantType::JwtBearer, _) => Grant::JwtBearer {
+                subject: claimed.subject.as_deref(),
+                scopes: scopes.as_deref(),
+            },
             (GrantType::RefreshToken, Some(token)) => Grant::RefreshToken {
                 token,
                 scopes: scopes.as_deref(),
@@ -672,8 +677,8 @@ fn unsendable(unreadable: Option<&Unreadable>) -> Setback {
     }
 }
 
-/// The scopes to put in the request: always for client_credentials, on refresh only when the
-/// provider wants them. The credential's own scopes win over the provider's.
+/// The scopes to put in the request: always for client_credentials and jwt-bearer, on refresh
+/// only when the provider wants them. The credential's own scopes win over the provider's.
 fn scopes_to_send(provider: &Provider, claimed: &Claimed) -> Option<String> {
     if claimed.grant_type == GrantType::RefreshToken && !provider.scope_on_refresh {
         return None;

@@ -4,6 +4,7 @@ use crate::config::ConfigError;
 use crate::daemon::DaemonError;
 use crate::discovery::DiscoveryError;
 use crate::domain::iso8601;
+use crate::exec::ExecError;
 use crate::keys::KeysError;
 use crate::lifecycle::AuthorizeError;
 use crate::provider::ProviderError;
@@ -12,15 +13,16 @@ use crate::sweep::RevokeError;
 
 /// Success.
 pub const OK: u8 = 0;
-/// A refresh failed: `run --once` or `refresh` could not refresh every credential it tried; or
-/// a provider's issuer metadata could not be fetched.
+/// A refresh failed: `run --once` or `refresh` could not refresh every credential it tried,
+/// `token`/`exec` could not renew a token that expires too soon; or a provider's issuer metadata
+/// could not be fetched.
 pub const REFRESH_FAILED: u8 = 1;
 /// Bad usage or configuration: a flag, the TOML, a missing secret or key file, an unknown provider.
 pub const CONFIG: u8 = 2;
 /// The database cannot be opened, read or written (missing, corrupt, read-only, locked).
 pub const DATABASE: u8 = 3;
-/// No such credential, or it has no valid access token (`token`; a stored one that is not
-/// visible ASCII is not printed), or it is not active.
+/// No such credential (by name, or by owner: none or several), or it has no valid access token
+/// (`token`; a stored one that is not visible ASCII is not printed), or it is not active.
 pub const NOT_FOUND: u8 = 4;
 /// Stored tokens are sealed under a key the configuration does not list (or it lists none), or a
 /// stored token does not open: nothing was claimed or sent.
@@ -29,9 +31,10 @@ pub const SEALING: u8 = 5;
 pub const INTERNAL: u8 = 70;
 
 /// The table shown at the end of `--help`.
-pub const HELP: &str = "Exit codes: 0 ok; 1 a refresh failed; 2 usage or configuration error; \
-3 database error; 4 unknown credential or no valid token; 5 tokens sealed under a key the \
-configuration lacks; 70 internal error.";
+pub const HELP: &str = "Exit codes: 0 ok; 1 a refresh or renewal failed; 2 usage or configuration \
+error; 3 database error; 4 unknown or ambiguous credential, or no valid token; 5 tokens sealed \
+under a key the configuration lacks; 70 internal error. `exec` exits with its command's code once \
+the command runs (126/127: it cannot be run/found).";
 
 /// What the user asked for cannot be done.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +43,7 @@ pub enum CommandError {
     UnknownCredential(String),
     #[error("unknown provider {name:?} (configured: {})", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
     UnknownProvider { name: String, known: Vec<String> },
-    #[error("credential {name:?} has no valid access token (status {status}{})", expires_at.map(|t| format!(", expired at {}", iso8601(t))).unwrap_or_default())]
+    #[error("credential {name:?} has no valid access token (status {status}{})", expires_at.map(|t| if t > crate::domain::now() { format!(", it expires at {}, sooner than asked for", iso8601(t)) } else { format!(", expired at {}", iso8601(t)) }).unwrap_or_default())]
     NoValidToken {
         name: String,
         status: String,
@@ -55,6 +58,18 @@ pub enum CommandError {
         name: String,
         flaw: crate::untrusted::Flaw,
     },
+    #[error("provider {provider} has no credential of owner {owner:?}")]
+    NoOwnerCredential { provider: String, owner: String },
+    #[error("owner {owner:?} has several credentials of provider {provider} ({}); name one", names.join(", "))]
+    Ambiguous {
+        provider: String,
+        owner: String,
+        names: Vec<String>,
+    },
+    #[error("credential {name:?} was not renewed: {reason}")]
+    RenewalFailed { name: String, reason: String },
+    #[error("credential {name:?}: {why}")]
+    Unusable { name: String, why: String },
     #[error("{0}")]
     Input(String),
 }
@@ -99,7 +114,7 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<StoreError>() {
             return match e {
-                StoreError::Exists(_) => CONFIG,
+                StoreError::Exists(_) | StoreError::OwnerTaken { .. } => CONFIG,
                 StoreError::KeysMissing(_) | StoreError::Unreadable { .. } => SEALING,
                 _ => DATABASE,
             };
@@ -107,8 +122,12 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<CommandError>() {
             return match e {
                 CommandError::UnknownProvider { .. } | CommandError::Input(_) => CONFIG,
+                CommandError::RenewalFailed { .. } => REFRESH_FAILED,
                 _ => NOT_FOUND,
             };
+        }
+        if let Some(e) = cause.downcast_ref::<ExecError>() {
+            return e.shell_code().unwrap_or(INTERNAL);
         }
         if let Some(e) = cause.downcast_ref::<AuthorizeError>() {
             match e {

@@ -1,7 +1,8 @@
 //! `authorize`: the authorization-code grant with PKCE (S256) and a random state, through oauth2.
 //! The browser is sent to the provider and back to a listener on 127.0.0.1 (or the operator pastes
 //! the redirect); the code is exchanged with the provider's client authentication and the tokens
-//! are stored. Imports `domain`, `provider`, `store` and `refresh` (the lenient token response).
+//! are stored; `authorize_device` stores what the device grant (`device`) obtained the same way.
+//! Imports `domain`, `provider`, `store` and `refresh` (the lenient token response).
 
 use std::borrow::Cow;
 use std::sync::Mutex;
@@ -56,6 +57,8 @@ pub enum AuthorizeError {
     NoInput,
     #[error("exchanging the authorization code failed: {0}; nothing was stored")]
     Exchange(String),
+    #[error(transparent)]
+    Device(#[from] super::device::DeviceError),
     #[error("storing the credential failed: {0}")]
     Store(#[from] StoreError),
 }
@@ -64,9 +67,13 @@ impl AuthorizeError {
     /// Whether the configuration (not the provider, the browser or the operator) is at fault.
     #[must_use]
     pub fn is_configuration(&self) -> bool {
+        use super::device::DeviceError;
         matches!(
             self,
-            Self::NoAuthorizationUrl(_) | Self::BadUrl { .. } | Self::Provider(_)
+            Self::NoAuthorizationUrl(_)
+                | Self::BadUrl { .. }
+                | Self::Provider(_)
+                | Self::Device(DeviceError::NoEndpoint(_) | DeviceError::Provider(_))
         )
     }
 }
@@ -210,6 +217,58 @@ pub async fn authorize(
         }
     }
     outcome
+}
+
+/// What to authorize with the device grant (`authorize --device`).
+#[derive(Debug)]
+pub struct DeviceRequest<'a> {
+    pub name: &'a str,
+    pub provider: &'a Provider,
+    /// `--scopes`; `None`: the provider's scopes.
+    pub scopes: Option<&'a str>,
+    pub owner: Option<&'a str>,
+    /// Longest wait for the user's approval (the code's own lifetime bounds it too).
+    pub timeout: Duration,
+    /// Refresh margin and max idle, seconds: the stored due time is computed from them.
+    pub margin: i64,
+    pub max_idle: i64,
+}
+
+/// Runs the device grant (RFC 8628): `show` gets the verification URI and user code, the token
+/// endpoint is polled until the user approves, and the tokens are stored as `authorize` stores
+/// them (journaled `authorized`).
+pub async fn authorize_device(
+    store: &Store,
+    transport: &Transport,
+    req: &DeviceRequest<'_>,
+    show: impl FnOnce(&super::device::UserPrompt),
+) -> Result<Authorization, AuthorizeError> {
+    let provider = req.provider;
+    let scopes = req
+        .scopes
+        .map_or_else(|| provider.scopes.join(" "), str::to_owned);
+    let started = Instant::now();
+    let (tokens, http_status) =
+        super::device::obtain(transport, provider, &scopes, req.timeout, show).await?;
+    let now = domain::now();
+    let authorized = Authorized {
+        name: req.name,
+        provider: &provider.name,
+        scopes: req.scopes,
+        owner: req.owner,
+        tokens: &tokens,
+        refresh_due_at: domain::refresh_due_at(now, tokens.expires_at, req.margin, req.max_idle),
+        http_status,
+        duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        actor: &format!("authorize-{}", std::process::id()),
+    };
+    let how = store.store_authorized(&authorized, now).await?;
+    Ok(Authorization {
+        how,
+        expires_at: tokens.expires_at,
+        has_refresh_token: tokens.refresh_token.is_some(),
+        granted_scope: tokens.scope.clone(),
+    })
 }
 
 /// Exchanges the code and stores the tokens.

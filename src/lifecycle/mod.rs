@@ -1,8 +1,10 @@
 //! A credential's first tokens: `authorize` runs the authorization-code grant with PKCE (a loopback
-//! listener for the redirect, or a pasted URL) through the one transport (`http`) and stores them.
-//! Imports `config`, `domain`, `http`, `provider`, `store` and `refresh`.
+//! listener for the redirect, or a pasted URL), `device` the device authorization grant (RFC 8628),
+//! both through the one transport (`http`); `authorize` stores what they obtain. Imports `config`,
+//! `domain`, `http`, `provider`, `store` and `refresh`.
 
 pub mod authorize;
 mod callback;
+pub mod device;
 
 pub use authorize::{AuthorizeError, authorize};

@@ -13,7 +13,7 @@ macro_rules! claim_returning {
     () => {
         " RETURNING id, name, provider, grant_type, scopes, refresh_token, access_token_expires_at, \
           consecutive_failures, COALESCE(last_refreshed_at, created_at) AS last_success_at, \
-          refresh_token_expires_at, lease_expires_at"
+          refresh_token_expires_at, lease_expires_at, subject"
     };
 }
 
@@ -34,6 +34,7 @@ struct ClaimRow {
     last_success_at: i64,
     refresh_token_expires_at: Option<i64>,
     lease_expires_at: i64,
+    subject: Option<String>,
 }
 
 /// What `claim_by_name` found.
@@ -128,6 +129,7 @@ impl ClaimRow {
             last_success_at: self.last_success_at,
             refresh_token_expires_at: self.refresh_token_expires_at,
             lease_expires_at: self.lease_expires_at,
+            subject: self.subject,
         }
     }
 }

@@ -10,8 +10,10 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+mod assertion;
 mod claim;
 mod leases;
+mod lookup;
 mod records;
 mod rekey;
 pub mod seal;
@@ -19,6 +21,7 @@ mod writer;
 
 pub use claim::{ClaimByName, Failure, FailureDetail, Refreshed, Stored};
 pub use leases::{HeldElsewhere, HeldLease};
+pub use lookup::TokenState;
 pub use records::{
     Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim, RevocationClaimed,
     RevocationResult, RotationRecord, TokenRow,
@@ -52,6 +55,12 @@ pub enum StoreError {
     /// Values are sealed under keys the configuration does not list (or it lists none).
     #[error("{0}")]
     KeysMissing(String),
+    #[error("owner {owner:?} already has a credential of provider {provider} ({}); use --allow-same-owner to add another", names.join(", "))]
+    OwnerTaken {
+        provider: String,
+        owner: String,
+        names: Vec<String>,
+    },
 }
 
 /// Whether a missing database file may be created.

@@ -292,6 +292,7 @@ mod tests {
             last_success_at: NOW - 3000,
             refresh_token_expires_at: None,
             lease_expires_at: NOW + 120,
+            subject: None,
         }
     }
 

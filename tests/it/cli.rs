@@ -54,10 +54,17 @@ async fn unknown_names_and_providers_are_named() {
         4,
         "no credential named \"missing\"",
     );
+    // Never refreshed: renewed on demand, which cannot reach the provider.
     assert_one_line_error(
         &home.run(&["token", "known"], "").await,
-        4,
-        "has no valid access token",
+        1,
+        "credential \"known\" was not renewed: could not connect",
+    );
+    // Then backing off: not sent again before its next attempt.
+    assert_one_line_error(
+        &home.run(&["token", "known"], "").await,
+        1,
+        "not tried again before",
     );
     assert_one_line_error(
         &home

@@ -4,11 +4,13 @@
 #![allow(clippy::too_many_lines, clippy::similar_names)]
 
 mod cli;
+mod consumers;
 mod core;
 mod crash;
 mod deploy;
 mod fake_endpoint;
 mod faults;
+mod grants;
 mod harness;
 mod lifecycle;
 mod oauth_server;

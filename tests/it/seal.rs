@@ -229,7 +229,11 @@ async fn after_sealed_sweeps_no_token_is_in_the_database_its_wal_shm_or_a_vacuum
     assert_eq!((at, sealed), (None, true));
     let token = home.run(&["token", "sp-jwt"], "").await;
     assert_eq!(token.code, Some(0), "{token:?}");
-    assert!(server.introspect_active(token.stdout.trim()).await);
+    assert!(
+        server.introspect_active(token.stdout.trim()).await,
+        "{token:?} {:?}",
+        server.stats().await
+    );
 
     let output = stop(daemon).await;
     assert_eq!(output.status.code(), Some(0));

@@ -1,0 +1,100 @@
+//! Reads for the consumers of tokens: one credential's current token with what decides whether
+//! it must be renewed (status, expiry, lease), and the credentials of an owner at a provider.
+
+use sqlx::FromRow;
+
+use super::seal::{Column, Place};
+use super::{Store, StoreError};
+use crate::domain::{Secret, UnixTime};
+
+/// A credential's current access token, and what decides whether it must be renewed first.
+#[derive(Debug, Clone, FromRow)]
+pub struct TokenState {
+    /// The row's id: sealed values are bound to it.
+    pub id: i64,
+    pub name: String,
+    pub provider: String,
+    pub status: String,
+    pub access_token: Option<Secret>,
+    pub token_type: Option<String>,
+    pub access_token_expires_at: Option<UnixTime>,
+    /// Salesforce's API host, when the provider named one.
+    pub instance_url: Option<String>,
+    /// Until when a process holds the credential's lease (a refresh may be in flight), if any.
+    pub lease_expires_at: Option<UnixTime>,
+    /// Why the last attempt failed, if it did.
+    pub last_error: Option<String>,
+    /// Not tried again before this (backoff after a failure, a provider's Retry-After).
+    pub next_attempt_at: UnixTime,
+}
+
+impl Store {
+    /// The current token of `name`, opened (when sealed), if there is such a credential.
+    pub async fn token_state(&self, name: &str) -> Result<Option<TokenState>, StoreError> {
+        let row: Option<TokenState> = sqlx::query_as(
+            "SELECT id, name, provider, status, access_token, token_type, access_token_expires_at, instance_url, \
+                lease_expires_at, last_error, next_attempt_at FROM oauth_credential WHERE name = ?1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(mut row) = row else {
+            return Ok(None);
+        };
+        if let Some(stored) = row.access_token.take() {
+            let place = Place {
+                id: row.id,
+                name,
+                column: Column::AccessToken,
+            };
+            let opened =
+                self.sealer
+                    .open(place, &stored)
+                    .map_err(|reason| StoreError::Unreadable {
+                        name: name.to_owned(),
+                        column: Column::AccessToken.as_str(),
+                        reason,
+                    })?;
+            row.access_token = Some(opened);
+        }
+        Ok(Some(row))
+    }
+
+    /// The names of `owner`'s credentials at `provider` that are not disabled, by name.
+    pub async fn owned_by(&self, provider: &str, owner: &str) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT name FROM oauth_credential \
+             WHERE provider = ?1 AND owner = ?2 AND status <> 'disabled' ORDER BY name",
+        )
+        .bind(provider)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(name,)| name).collect())
+    }
+
+    /// Refuses a credential for `owner` at `provider` when another one (not named `name`, not
+    /// disabled) already belongs to them: `add` and `authorize` call it unless told to allow it.
+    pub async fn ensure_owner_free(
+        &self,
+        provider: &str,
+        owner: &str,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        let others: Vec<String> = self
+            .owned_by(provider, owner)
+            .await?
+            .into_iter()
+            .filter(|other| other != name)
+            .collect();
+        if others.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::OwnerTaken {
+                provider: provider.to_owned(),
+                owner: owner.to_owned(),
+                names: others,
+            })
+        }
+    }
+}
