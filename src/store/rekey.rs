@@ -282,6 +282,12 @@ impl Store {
         loop {
             let _writer = self.writer.lock().await;
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            // Plaintext replaced here is zeroed wherever it was, freed overflow pages included.
+            if self.sealer.keyring().is_some() {
+                sqlx::query("PRAGMA secure_delete = ON")
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let rows: Vec<Row> = sqlx::query_as(sql)
                 .bind(after)
                 .bind(current.as_deref())
@@ -321,6 +327,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
                 pass.resealed += 1;
+            }
+            if self.sealer.keyring().is_some() {
+                sqlx::query("PRAGMA secure_delete = FAST")
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
         }
