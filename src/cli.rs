@@ -1,27 +1,22 @@
 //! The command line: clap definitions and the thin glue from each subcommand to the library.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing::warn;
 
-use crate::alerts::Alerter;
-use crate::config::{LogFormat, Settings};
+use crate::config::LogFormat;
 use crate::doctor;
 use crate::domain::{self, GrantType, Secret, Trigger};
-use crate::http::Transport;
 use crate::lifecycle::{self, authorize::Prompt};
-use crate::metrics::{self, Metrics};
-use crate::provider::{Provider, Providers};
-use crate::refresh::Refresher;
+use crate::provider::Provider;
 use crate::renew::{self, Renewal};
-use crate::store::{NewCredential, OpenMode, Sealer, Store, Target, TokenState};
-use crate::sweep::{Handled, NamedRefresh, Policy, Revoked, Sweeper};
+use crate::startup::Ctx;
+use crate::store::{NewCredential, OpenMode, Store, Target, TokenState};
+use crate::sweep::{Handled, NamedRefresh, Revoked};
 use crate::untrusted::Escaped;
-use crate::{daemon, keys, telemetry};
+use crate::{daemon, telemetry};
 
 pub mod exit;
 mod header;
@@ -212,20 +207,14 @@ enum GrantArg {
 
 /// Runs the command; the result is the exit code, or an error that `exit::code_for` maps to one.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
-    let env = environment();
-    let settings = Settings::load(cli.config.as_deref(), &env)?;
+    let ctx = Ctx::load(cli.config.as_deref())?;
     telemetry::init(
-        cli.log_format.unwrap_or(settings.log.format),
-        &settings.log.level,
+        cli.log_format.unwrap_or(ctx.settings.log.format),
+        &ctx.settings.log.level,
     );
-    for warning in settings.warnings() {
+    for warning in ctx.settings.warnings() {
         warn!("{warning}");
     }
-    let ctx = Ctx {
-        db_path: settings.database_path(&env),
-        settings,
-        env,
-    };
     match cli.command {
         Command::Run { once } => run_sweeps(&ctx, once).await,
         Command::Add(args) => add(&ctx, &args).await,
@@ -289,98 +278,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-/// What every command works from.
-struct Ctx {
-    settings: Settings,
-    env: BTreeMap<String, String>,
-    db_path: PathBuf,
-}
-
-impl Ctx {
-    fn refresher(&self) -> anyhow::Result<Refresher> {
-        let http = &self.settings.http;
-        let transport = Transport::new(
-            http.connect_timeout,
-            http.request_timeout,
-            http.max_response_bytes,
-        )
-        .context("cannot build the HTTP client")?;
-        Ok(Refresher::new(transport))
-    }
-
-    /// Every provider, endpoints discovered and secrets read.
-    async fn providers(&self, refresher: &Refresher) -> anyhow::Result<Providers> {
-        let settings = &self.settings.providers;
-        let providers = Providers::resolve(settings, &self.env, refresher.transport()).await?;
-        for warning in providers.warnings() {
-            warn!("{warning}");
-        }
-        Ok(providers)
-    }
-    /// The `[encryption]` keys, read and checked; warnings about how they are kept are logged.
-    fn sealer(&self) -> anyhow::Result<Sealer> {
-        let (sealer, warnings) = keys::load(self.settings.encryption.as_ref(), &self.env)?;
-        for warning in warnings {
-            warn!("{warning}");
-        }
-        Ok(sealer)
-    }
-
-    async fn open(&self, mode: OpenMode) -> anyhow::Result<Store> {
-        let connections = u32::try_from(self.settings.concurrency)
-            .unwrap_or(8)
-            .saturating_add(1);
-        let sealer = self.sealer()?;
-        let busy = self.settings.busy_timeout;
-        Ok(Store::open(&self.db_path, mode, busy, connections, sealer).await?)
-    }
-
-    /// The store for a command that writes tokens: every key it is sealed under is listed.
-    async fn open_checked(&self, mode: OpenMode) -> anyhow::Result<Store> {
-        let store = self.open(mode).await?;
-        store.check_keys().await?;
-        Ok(store)
-    }
-
-    /// Seconds of the schedule's longest gap between sweeps.
-    fn sweep_gap(&self) -> anyhow::Result<i64> {
-        let gap = self.settings.schedule()?.longest_gap(chrono::Utc::now());
-        Ok(i64::try_from(gap.as_secs()).unwrap_or(i64::MAX))
-    }
-
-    async fn sweeper(&self, mode: OpenMode) -> anyhow::Result<Sweeper> {
-        let store = self.open(mode).await?;
-        self.sweeper_with(store, None).await
-    }
-
-    /// A sweeper on `store`, with every provider or `only` the one named.
-    async fn sweeper_with(&self, store: Store, only: Option<&str>) -> anyhow::Result<Sweeper> {
-        let settings = &self.settings;
-        let refresher = self.refresher()?;
-        let providers = match only {
-            None => self.providers(&refresher).await?,
-            Some(name) => {
-                let wanted = settings.providers.iter().filter(|(n, _)| *n == name);
-                Providers::resolve(wanted, &self.env, refresher.transport()).await?
-            }
-        };
-        // Before anything is claimed: every key the database needs is here, and with a key,
-        // plaintext left from before is sealed.
-        let sealed = store.prepare().await?;
-        if sealed.resealed > 0 || sealed.leased > 0 || !sealed.unreadable.is_empty() {
-            tracing::info!(
-                sealed = sealed.resealed,
-                in_use_elsewhere = sealed.leased,
-                unreadable = sealed.unreadable.len(),
-                "plaintext tokens sealed under the current key"
-            );
-        }
-        let policy = Policy::from_settings(settings)?;
-        let alerter = Alerter::new(&settings.alerts.on_event, settings.alerts.timeout);
-        Ok(Sweeper::new(store, providers, refresher, policy, alerter))
-    }
-}
-
 async fn run_sweeps(ctx: &Ctx, once: bool) -> anyhow::Result<u8> {
     let sweeper = ctx.sweeper(OpenMode::CreateIfMissing).await?;
     let shutdown = daemon::shutdown_on_signals()?;
@@ -392,28 +289,7 @@ async fn run_sweeps(ctx: &Ctx, once: bool) -> anyhow::Result<u8> {
             exit::REFRESH_FAILED
         }
     } else {
-        let settings = &ctx.settings;
-        let schedule = settings.schedule()?;
-        let metrics = if settings.metrics.enabled {
-            let listener = tokio::net::TcpListener::bind(&settings.metrics.listen)
-                .await
-                .map_err(|e| {
-                    CommandError::Input(format!("metrics.listen {}: {e}", settings.metrics.listen))
-                })?;
-            // Unhealthy once a sweep is twice the longest gap between ticks overdue.
-            let gap = i64::try_from(schedule.longest_gap(chrono::Utc::now()).as_secs())
-                .unwrap_or(i64::MAX);
-            let metrics = Metrics::new(
-                sweeper.store().clone(),
-                gap.saturating_mul(2),
-                settings.failing(),
-            );
-            tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
-            Some(metrics)
-        } else {
-            None
-        };
-        daemon::run(sweeper.clone(), &schedule, shutdown, metrics).await?;
+        daemon::run(sweeper.clone(), &ctx.settings, shutdown).await?;
         exit::OK
     };
     sweeper.store().close().await;
@@ -953,94 +829,34 @@ async fn revoke(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
 async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> {
     let refresher = ctx.refresher()?;
     let providers = ctx.providers(&refresher).await?;
-    let mut usage = None;
-    let rows = match ctx.open(OpenMode::MustExist).await {
-        Ok(store) => {
-            usage = Some((store.key_usage().await?, store.sealer().clone()));
-            let mut rows = Vec::new();
-            for row in store
-                .summaries()
-                .await?
-                .into_iter()
-                .filter(|r| only.is_none_or(|n| n == r.name))
-            {
-                let last = store.rotations(Some(&row.name), 1).await?.pop();
-                rows.push((row, last));
-            }
-            rows
-        }
+    let store = match ctx.open(OpenMode::MustExist).await {
+        Ok(store) => Some(store),
         // No database yet: only the providers can be checked.
-        Err(_) if only.is_none() => Vec::new(),
-        Err(e) => return Err(e),
+        Err(_) if only.is_none() => None,
+        Err(e) => return Err(e.into()),
     };
+    let scope = doctor::Scope {
+        refresher: &refresher,
+        providers: &providers,
+        store: store.as_ref(),
+        only,
+        refresh_token_warning: i64::try_from(ctx.settings.refresh_token_warning.as_secs())
+            .unwrap_or(i64::MAX),
+        sweep_gap: ctx.sweep_gap()?,
+        now: domain::now(),
+    };
+    let report = doctor::run(&scope).await?;
     if let Some(name) = only
-        && rows.is_empty()
+        && report.credentials == 0
     {
         return Err(CommandError::UnknownCredential(name.to_owned()).into());
     }
-    let mut out = String::new();
-    let mut worst = doctor::Verdict::Ok;
-    for (name, provider) in providers.iter() {
-        let theirs: Vec<_> = rows.iter().filter(|(r, _)| r.provider == name).collect();
-        if only.is_some() && theirs.is_empty() {
-            continue;
-        }
-        let cc_only = !theirs.is_empty()
-            && theirs
-                .iter()
-                .all(|(r, _)| r.grant_type == "client_credentials");
-        let checks = doctor::provider_checks(&refresher, provider, cc_only).await;
-        worst = checks.iter().map(|c| c.verdict).fold(worst, Ord::max);
-        doctor::render(&mut out, &format!("provider {name}"), &checks);
-    }
-    if let Some((usage, sealer)) = &usage
-        && only.is_none()
-    {
-        let checks = doctor::encryption_checks(usage, sealer.keyring());
-        worst = checks.iter().map(|c| c.verdict).fold(worst, Ord::max);
-        doctor::render(&mut out, "encryption", &checks);
-    }
-    let warning = i64::try_from(ctx.settings.refresh_token_warning.as_secs()).unwrap_or(i64::MAX);
-    let gap = ctx.sweep_gap()?;
-    for (row, last) in &rows {
-        let mut checks = doctor::credential_checks(row, last.as_ref(), warning, gap, domain::now());
-        if providers.get(&row.provider).is_none() {
-            let detail = format!("{:?} is not configured", row.provider);
-            checks.insert(
-                0,
-                doctor::Check {
-                    verdict: doctor::Verdict::Fail,
-                    what: "provider",
-                    detail,
-                },
-            );
-        }
-        worst = checks.iter().map(|c| c.verdict).fold(worst, Ord::max);
-        doctor::render(
-            &mut out,
-            &format!("credential {} ({})", row.name, row.provider),
-            &checks,
-        );
-    }
-    if out.is_empty() {
-        out.push_str(
-            "nothing to check: no provider is configured and no credential is stored (see `tokenwarden check-config`)\n",
-        );
-    }
-    print!("{out}");
-    Ok(if worst == doctor::Verdict::Fail {
+    print!("{}", report.text());
+    Ok(if report.worst() == doctor::Verdict::Fail {
         exit::REFRESH_FAILED
     } else {
         exit::OK
     })
-}
-
-/// The process environment. Variables that are not UTF-8 cannot be settings or secrets here:
-/// they are skipped rather than panicked on.
-fn environment() -> BTreeMap<String, String> {
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect()
 }
 
 /// Checks the credential name, owner and scopes that `add` and `authorize` would store.

@@ -1,13 +1,14 @@
 //! The long-running service: a sweep at start, then one per tick of the cron schedule, never two
 //! at once, until shutdown is requested; SIGTERM and SIGINT request it. Tells systemd (when it
-//! set NOTIFY_SOCKET) that it is ready, alive (watchdog) and stopping. Imports `schedule`,
-//! `domain` and `sweep`.
+//! set NOTIFY_SOCKET) that it is ready, alive (watchdog) and stopping, and serves the optional
+//! /metrics and /healthz listener. Imports `config`, `schedule`, `domain`, `metrics` and `sweep`.
 
 use tokio::sync::mpsc;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::config::{ConfigError, Settings};
 use crate::domain::Trigger;
 use crate::metrics::Metrics;
 use crate::schedule::Schedule;
@@ -16,20 +17,37 @@ use crate::sweep::Sweeper;
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[source] Box<ConfigError>),
+    #[error("metrics.listen {address}: {source}")]
+    MetricsListen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("scheduler: {0}")]
     Scheduler(#[from] JobSchedulerError),
     #[error("cannot listen for signals: {0}")]
     Signals(#[from] std::io::Error),
 }
 
-/// Sweeps at start and on every tick of `schedule` until `shutdown` fires, then returns once the
-/// sweep in flight (if any) has stored what it refreshed. Each sweep is counted in `metrics`.
+impl From<ConfigError> for DaemonError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(Box::new(e))
+    }
+}
+
+/// Sweeps at start and on every tick of the configured schedule until `shutdown` fires, then
+/// returns once the sweep in flight (if any) has stored what it refreshed. With `[metrics]`
+/// enabled, serves /metrics and /healthz meanwhile and counts each sweep there.
 pub async fn run(
     sweeper: Sweeper,
-    schedule: &Schedule,
+    settings: &Settings,
     shutdown: CancellationToken,
-    metrics: Option<Metrics>,
 ) -> Result<(), DaemonError> {
+    let schedule = settings.schedule()?;
+    let metrics = listen_for_metrics(&sweeper, settings, &schedule, &shutdown).await?;
+    let schedule = &schedule;
     // Ticks land in a channel of one: the single sweep loop below never overlaps itself, and
     // ticks that arrive while it runs collapse into one follow-up sweep.
     let (ticks, mut tick_rx) = mpsc::channel::<()>(1);
@@ -65,6 +83,38 @@ pub async fn run(
     scheduler.shutdown().await?;
     info!("tokenwarden stopped");
     Ok(())
+}
+
+/// Binds the metrics listener and serves it until `shutdown`, when `[metrics]` is enabled.
+async fn listen_for_metrics(
+    sweeper: &Sweeper,
+    settings: &Settings,
+    schedule: &Schedule,
+    shutdown: &CancellationToken,
+) -> Result<Option<Metrics>, DaemonError> {
+    if !settings.metrics.enabled {
+        return Ok(None);
+    }
+    let address = &settings.metrics.listen;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| DaemonError::MetricsListen {
+            address: address.clone(),
+            source,
+        })?;
+    // Unhealthy once a sweep is twice the longest gap between ticks overdue.
+    let gap = i64::try_from(schedule.longest_gap(chrono::Utc::now()).as_secs()).unwrap_or(i64::MAX);
+    let metrics = Metrics::new(
+        sweeper.store().clone(),
+        gap.saturating_mul(2),
+        settings.failing(),
+    );
+    tokio::spawn(crate::metrics::serve(
+        listener,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    Ok(Some(metrics))
 }
 
 async fn sweep(sweeper: &Sweeper, shutdown: &CancellationToken, metrics: Option<&Metrics>) {

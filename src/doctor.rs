@@ -13,7 +13,9 @@ use crate::refresh::{Grant, RefreshOutcome, Refresher};
 use crate::store::{CredentialSummary, RotationRecord};
 use crate::untrusted::Escaped;
 
+mod report;
 mod sealing;
+pub use report::{Report, Scope, run};
 pub use sealing::{encryption_checks, rekey_summary, sealing_summary};
 
 /// The refresh token sent by the probe; no provider has issued it.

@@ -32,6 +32,7 @@
 //! - [`telemetry`] — logging
 //! - [`exec`] — `tokenwarden exec`: a command run with a token in its environment
 //! - [`doctor`] — the preflight checks behind `tokenwarden doctor`
+//! - [`startup`] — the wiring from settings to transport, providers, store and sweeper
 //! - [`cli`] — the command line
 
 pub mod alerts;
@@ -54,6 +55,7 @@ pub mod renew;
 pub mod revoke;
 pub mod schedule;
 pub mod secret_file;
+pub mod startup;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;

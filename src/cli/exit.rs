@@ -8,6 +8,7 @@ use crate::exec::ExecError;
 use crate::keys::KeysError;
 use crate::lifecycle::AuthorizeError;
 use crate::provider::ProviderError;
+use crate::startup::StartupError;
 use crate::store::StoreError;
 use crate::sweep::RevokeError;
 
@@ -144,6 +145,17 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
                 e if e.is_configuration() => return CONFIG,
                 _ => return REFRESH_FAILED,
             }
+        }
+        match cause.downcast_ref::<StartupError>() {
+            Some(StartupError::Http(_)) => return INTERNAL,
+            // Boxed (it is large), so the chain holds the box: decided here.
+            Some(StartupError::Config(_)) => return CONFIG,
+            _ => {}
+        }
+        if let Some(DaemonError::Config(_) | DaemonError::MetricsListen { .. }) =
+            cause.downcast_ref::<DaemonError>()
+        {
+            return CONFIG;
         }
         if cause.is::<DaemonError>() {
             return INTERNAL;
