@@ -17,7 +17,7 @@ use crate::lifecycle::{self, authorize::Prompt};
 use crate::metrics::{self, Metrics};
 use crate::provider::{Provider, Providers};
 use crate::refresh::Refresher;
-use crate::store::{NewCredential, OpenMode, Sealer, Store, Target};
+use crate::store::{Location, NewCredential, OpenMode, OpenOptions, Sealer, Store, Target};
 use crate::sweep::{Handled, NamedRefresh, Policy, Revoked, Sweeper};
 use crate::untrusted::Escaped;
 use crate::{daemon, keys, telemetry};
@@ -146,10 +146,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     for warning in settings.warnings() {
         warn!("{warning}");
     }
+    let (location, warnings) = keys::database_location(&settings, &env)?;
+    for warning in warnings {
+        warn!("{warning}");
+    }
     let ctx = Ctx {
-        db_path: settings.database_path(&env),
         settings,
         env,
+        location,
     };
     match cli.command {
         Command::Run { once } => run_sweeps(&ctx, once).await,
@@ -226,7 +230,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
 struct Ctx {
     settings: Settings,
     env: BTreeMap<String, String>,
-    db_path: PathBuf,
+    location: Location,
 }
 
 impl Ctx {
@@ -263,9 +267,12 @@ impl Ctx {
         let connections = u32::try_from(self.settings.concurrency)
             .unwrap_or(8)
             .saturating_add(1);
-        let sealer = self.sealer()?;
-        let busy = self.settings.busy_timeout;
-        Ok(Store::open(&self.db_path, mode, busy, connections, sealer).await?)
+        let options = OpenOptions {
+            mode,
+            busy_timeout: self.settings.busy_timeout,
+            connections,
+        };
+        Ok(Store::open(&self.location, &options, self.sealer()?).await?)
     }
 
     /// The store for a command that writes tokens: every key it is sealed under is listed.
@@ -478,7 +485,11 @@ async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
 async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
     let providers = ctx.providers(&ctx.refresher()?).await?;
     // An existing database must not need a key the configuration no longer lists.
-    let sealer = if ctx.db_path.exists() {
+    let exists = match &ctx.location {
+        Location::Sqlite(path) => path.exists(),
+        Location::Postgres(_) => true,
+    };
+    let sealer = if exists {
         let store = ctx.open_checked(OpenMode::MustExist).await?;
         store.close().await;
         store.sealer().clone()
@@ -491,7 +502,7 @@ async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
         "configuration is valid: {} provider(s) [{}]; database {}; sweeps every {} at most; refresh margin {}",
         names.len(),
         names.join(", "),
-        ctx.db_path.display(),
+        ctx.location.shown(),
         humantime::format_duration(gap),
         humantime::format_duration(ctx.settings.refresh_margin),
     );
