@@ -12,6 +12,8 @@ mod faults;
 mod harness;
 mod lifecycle;
 mod oauth_server;
+mod pg;
+mod postgres;
 mod providers;
 mod recovery;
 mod seal;
