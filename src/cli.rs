@@ -641,8 +641,10 @@ async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> {
     let refresher = ctx.refresher()?;
     let providers = ctx.providers(&refresher).await?;
     let mut usage = None;
+    let mut database = Vec::new();
     let rows = match ctx.open(OpenMode::MustExist).await {
         Ok(store) => {
+            database = doctor::database_checks(&store).await;
             usage = Some((store.key_usage().await?, store.sealer().clone()));
             let mut rows = Vec::new();
             for row in store
@@ -656,6 +658,11 @@ async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> {
             }
             rows
         }
+        // A server that does not answer is a finding; a SQLite file not made yet is not.
+        Err(e) if only.is_none() && matches!(ctx.location, Location::Postgres(_)) => {
+            database.push(doctor::failed("connection", exit::one_line(&e)));
+            Vec::new()
+        }
         // No database yet: only the providers can be checked.
         Err(_) if only.is_none() => Vec::new(),
         Err(e) => return Err(e),
@@ -666,7 +673,11 @@ async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> {
         return Err(CommandError::UnknownCredential(name.to_owned()).into());
     }
     let mut out = String::new();
-    let mut worst = doctor::Verdict::Ok;
+    let mut worst = database.iter().map(|c| c.verdict).max().unwrap_or_default();
+    if !database.is_empty() {
+        let title = format!("database {}", ctx.location.shown());
+        doctor::render(&mut out, &title, &database);
+    }
     for (name, provider) in providers.iter() {
         let theirs: Vec<_> = rows.iter().filter(|(r, _)| r.provider == name).collect();
         if only.is_some() && theirs.is_empty() {

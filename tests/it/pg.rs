@@ -117,6 +117,15 @@ async fn the_cli_works_on_postgres_and_psql_reads_the_current_token() {
         check.stdout.contains("postgres://postgres@127.0.0.1:"),
         "{check:?}"
     );
+    let doctor = home.run(&["doctor"], "").await;
+    for line in [
+        "database postgres://postgres@127.0.0.1:",
+        "postgres answers",
+        "5 applied, the latest 5",
+        "ms off the database server's",
+    ] {
+        assert!(doctor.stdout.contains(line), "{line}: {doctor:?}");
+    }
     let dup = home
         .run(&["add", "c", "--provider", "basic"], "rt-0123456789")
         .await;
@@ -129,7 +138,9 @@ async fn the_cli_works_on_postgres_and_psql_reads_the_current_token() {
 
     // The token printed by `token` is the one value allowed out, on its stdout only.
     assert_no_secrets("token's stderr", &token.stderr, &stored);
-    for run in [&once, &refresh, &status, &log, &check, &dup, &revoke] {
+    for run in [
+        &once, &refresh, &status, &log, &check, &doctor, &dup, &revoke,
+    ] {
         assert_no_secrets("a command's output", &run.all(), &stored);
     }
     assert_eq!(server.stats().await.refresh_reuse, 0);
