@@ -10,6 +10,13 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 fi
 npm ci --prefix tests/oauth-server --no-audit --no-fund --loglevel=error
 
+# The PostgreSQL tests (tests/it/pg.rs) start their own server from /usr/lib/postgresql/*/bin
+# (initdb, pg_ctl) as the unprivileged postgres user; the package brings both.
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || ! id postgres >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing PostgreSQL (the PostgreSQL tests start a server of their own)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+
 # The deployment tests (tests/it/deploy.rs) check systemd/ with systemd-analyze and systemd-sysusers
 # (offline: no running systemd needed) and the Dockerfile with hadolint.
 if ! command -v systemd-analyze >/dev/null || ! command -v systemd-sysusers >/dev/null; then

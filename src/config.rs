@@ -79,8 +79,12 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// The SQLite database; see [`Settings::database_path`] for the default.
+    /// The SQLite database file (see [`Settings::database_path`] for the default), or a
+    /// `postgres://` / `postgresql://` URL (see [`Settings::database_url`]).
     pub database: Option<PathBuf>,
+    /// How to reach PostgreSQL besides its URL; only with a `postgres://` database.
+    #[serde(default)]
+    pub postgres: Option<PostgresSettings>,
     /// Cron expression for sweeps (5 or 6 fields, UTC).
     pub schedule: String,
     /// Refresh an access token this long before it expires.
@@ -110,6 +114,20 @@ pub struct Settings {
     pub encryption: Option<EncryptionSettings>,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
+}
+
+/// `[postgres]`: the password and CA file for a `postgres://` database, kept out of its URL.
+/// (`database` is a string, so these cannot live under a `[database]` table.)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// A file holding the password (mode 0600 or stricter; world-writable is refused).
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the password.
+    pub password_env: Option<String>,
+    /// CA certificates (PEM) to verify the server with, instead of the system's roots; use it
+    /// with `sslmode=verify-full` in the URL.
+    pub ssl_root_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,6 +357,13 @@ impl Settings {
         }
     }
 
+    /// The PostgreSQL URL, when `database` is one (`postgres://` or `postgresql://`).
+    #[must_use]
+    pub fn database_url(&self) -> Option<&str> {
+        let text = self.database.as_deref()?.to_str()?;
+        crate::store::PgOptions::is_url(text).then_some(text)
+    }
+
     /// The parsed sweep schedule (validated by `load`).
     pub fn schedule(&self) -> Result<Schedule, ConfigError> {
         self.schedule.parse().map_err(|e| invalid("schedule", e))
@@ -371,14 +396,23 @@ impl Settings {
     /// Warnings about settings that work but should change.
     #[must_use]
     pub fn warnings(&self) -> Vec<String> {
-        self.providers
+        let inline_password = self
+            .database_url()
+            .and_then(|u| url::Url::parse(u).ok())
+            .is_some_and(|u| u.password().is_some());
+        inline_password
+            .then(|| {
+                "database: the URL holds a password; prefer [postgres] password_file or password_env (or PGPASSFILE)".to_owned()
+            })
+            .into_iter()
+            .chain(self.providers
             .iter()
             .filter(|(_, p)| p.client_secret.is_some())
             .map(|(name, _)| {
                 format!(
                     "provider {name}: client_secret is inline in the configuration; prefer client_secret_env or client_secret_file"
                 )
-            })
+            }))
             .collect()
     }
 
@@ -434,6 +468,26 @@ impl Settings {
         }
         if let Some(encryption) = &self.encryption {
             encryption.validate()?;
+        }
+        if let Some(pg) = &self.postgres {
+            if self.database_url().is_none() {
+                return Err(invalid(
+                    "postgres",
+                    "is only for a database = \"postgres://…\" URL",
+                ));
+            }
+            if pg.password_file.is_some() && pg.password_env.is_some() {
+                return Err(invalid(
+                    "postgres",
+                    "password_file and password_env are alternatives: set one",
+                ));
+            }
+        }
+        if let Some(url) = self.database_url()
+            && url::Url::parse(url).is_err()
+        {
+            // The URL itself is not shown: it may hold a password.
+            return Err(invalid("database", "is not a usable postgres:// URL"));
         }
         for (name, provider) in &self.providers {
             if !crate::untrusted::is_valid_name(name) {

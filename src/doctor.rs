@@ -13,8 +13,10 @@ use crate::refresh::{Grant, RefreshOutcome, Refresher};
 use crate::store::{CredentialSummary, RotationRecord};
 use crate::untrusted::Escaped;
 
+mod database;
 mod report;
 mod sealing;
+pub use database::database_checks;
 pub use report::{Report, Scope, run};
 pub use sealing::{encryption_checks, rekey_summary, sealing_summary};
 
@@ -22,8 +24,9 @@ pub use sealing::{encryption_checks, rekey_summary, sealing_summary};
 const PROBE_TOKEN: &str = "tokenwarden-doctor-probe-not-a-real-token";
 
 /// How a check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Verdict {
+    #[default]
     Ok,
     Info,
     Warn,
@@ -47,6 +50,12 @@ pub struct Check {
     pub verdict: Verdict,
     pub what: &'static str,
     pub detail: String,
+}
+
+/// A failed check.
+#[must_use]
+pub fn failed(what: &'static str, detail: impl Into<String>) -> Check {
+    check(Verdict::Fail, what, detail)
 }
 
 fn check(verdict: Verdict, what: &'static str, detail: impl Into<String>) -> Check {

@@ -15,6 +15,12 @@ pub fn now() -> UnixTime {
     chrono::Utc::now().timestamp()
 }
 
+/// Milliseconds since the Unix epoch, now.
+#[must_use]
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// Renders a [`UnixTime`] as ISO-8601 UTC (`2026-11-23T13:19:41Z`).
 #[must_use]
 pub fn iso8601(t: UnixTime) -> String {

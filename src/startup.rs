@@ -5,7 +5,7 @@
 //! `store`, `alerts` and `sweep`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tracing::warn;
 
@@ -15,7 +15,7 @@ use crate::http::{HttpError, Transport};
 use crate::keys::{self, KeysError};
 use crate::provider::{ProviderError, Providers};
 use crate::refresh::Refresher;
-use crate::store::{OpenMode, Sealer, Store, StoreError};
+use crate::store::{Location, OpenMode, OpenOptions, Sealer, Store, StoreError};
 use crate::sweep::{Policy, Sweeper};
 
 /// Why the running parts could not be put together.
@@ -40,22 +40,26 @@ impl From<ConfigError> for StartupError {
 }
 
 /// What every command works from: the settings, the environment they were read with, and the
-/// database path they name.
+/// database they name (a SQLite file, or a PostgreSQL server).
 pub struct Ctx {
     pub settings: Settings,
     pub env: BTreeMap<String, String>,
-    pub db_path: PathBuf,
+    pub location: Location,
 }
 
 impl Ctx {
     /// Settings from `file` (or the embedded defaults) and the process environment.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+    pub fn load(file: Option<&Path>) -> Result<Self, StartupError> {
         let env = environment();
         let settings = Settings::load(file, &env)?;
+        let (location, warnings) = keys::database_location(&settings, &env)?;
+        for warning in warnings {
+            warn!("{warning}");
+        }
         Ok(Self {
-            db_path: settings.database_path(&env),
             settings,
             env,
+            location,
         })
     }
 
@@ -94,9 +98,12 @@ impl Ctx {
         let connections = u32::try_from(self.settings.concurrency)
             .unwrap_or(8)
             .saturating_add(1);
-        let sealer = self.sealer()?;
-        let busy = self.settings.busy_timeout;
-        Ok(Store::open(&self.db_path, mode, busy, connections, sealer).await?)
+        let options = OpenOptions {
+            mode,
+            busy_timeout: self.settings.busy_timeout,
+            connections,
+        };
+        Ok(Store::open(&self.location, &options, self.sealer()?).await?)
     }
 
     /// The store for a command that writes tokens: every key it is sealed under is listed.

@@ -7,6 +7,7 @@ use crate::daemon;
 use crate::doctor;
 use crate::domain::{self, Trigger};
 use crate::startup::Ctx;
+use crate::store::Location;
 use crate::store::OpenMode;
 use crate::sweep::{Handled, NamedRefresh};
 use crate::untrusted::Escaped;
@@ -84,7 +85,11 @@ pub(super) async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
 pub(super) async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
     let providers = ctx.providers(&ctx.refresher()?).await?;
     // An existing database must not need a key the configuration no longer lists.
-    let sealer = if ctx.db_path.exists() {
+    let exists = match &ctx.location {
+        Location::Sqlite(path) => path.exists(),
+        Location::Postgres(_) => true,
+    };
+    let sealer = if exists {
         let store = ctx.open_checked(OpenMode::MustExist).await?;
         store.close().await;
         store.sealer().clone()
@@ -100,7 +105,7 @@ pub(super) async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
         "configuration is valid: {} provider(s) [{}]; database {}; sweeps every {} at most; refresh margin {}",
         names.len(),
         names.join(", "),
-        ctx.db_path.display(),
+        ctx.location.shown(),
         humantime::format_duration(gap),
         humantime::format_duration(ctx.settings.refresh_margin),
     );
@@ -112,8 +117,14 @@ pub(super) async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
 pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> {
     let refresher = ctx.refresher()?;
     let providers = ctx.providers(&refresher).await?;
+    let mut unreachable = None;
     let store = match ctx.open(OpenMode::MustExist).await {
         Ok(store) => Some(store),
+        // A server that does not answer is a finding; a SQLite file not made yet is not.
+        Err(e) if only.is_none() && matches!(ctx.location, Location::Postgres(_)) => {
+            unreachable = Some(exit::one_line(&e.into()));
+            None
+        }
         // No database yet: only the providers can be checked.
         Err(_) if only.is_none() => None,
         Err(e) => return Err(e.into()),
@@ -122,6 +133,8 @@ pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> 
         refresher: &refresher,
         providers: &providers,
         store: store.as_ref(),
+        database: ctx.location.shown(),
+        unreachable,
         only,
         refresh_token_warning: i64::try_from(ctx.settings.refresh_token_warning.as_secs())
             .unwrap_or(i64::MAX),

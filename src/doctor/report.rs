@@ -3,7 +3,10 @@
 //! (never writes it) and probes providers through `provider_checks`. Imports `domain`, `provider`,
 //! `refresh` and `store`.
 
-use super::{Check, Verdict, credential_checks, encryption_checks, provider_checks, render};
+use super::{
+    Check, Verdict, credential_checks, database_checks, encryption_checks, failed, provider_checks,
+    render,
+};
 use crate::domain::{GrantType, UnixTime};
 use crate::provider::Providers;
 use crate::refresh::Refresher;
@@ -15,6 +18,10 @@ pub struct Scope<'a> {
     pub providers: &'a Providers,
     /// The database, when there is one: without it, only the providers are checked.
     pub store: Option<&'a Store>,
+    /// How the database is named in the report (its path, or its URL without a password).
+    pub database: String,
+    /// Why a database server that should be there did not answer: a finding of its own.
+    pub unreachable: Option<String>,
     /// One credential and its provider, or everything.
     pub only: Option<&'a str>,
     /// Seconds before a refresh token's expiry to warn (`refresh_token_warning`).
@@ -79,6 +86,16 @@ pub async fn run(scope: &Scope<'_>) -> Result<Report, StoreError> {
         credentials: rows.len(),
         ..Report::default()
     };
+    let database = match (scope.store, &scope.unreachable) {
+        (Some(store), _) => database_checks(store).await,
+        (None, Some(reason)) => vec![failed("connection", reason.clone())],
+        (None, None) => Vec::new(),
+    };
+    if !database.is_empty() {
+        report
+            .sections
+            .push((format!("database {}", scope.database), database));
+    }
     for (name, provider) in scope.providers.iter() {
         let theirs: Vec<_> = rows.iter().filter(|(r, _)| r.provider == name).collect();
         if scope.only.is_some() && theirs.is_empty() {

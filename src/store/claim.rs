@@ -1,27 +1,21 @@
 //! The sweep's transactions: claim due credentials under a lease and journal each attempt before
-//! its request; store the outcome and complete the journal in one transaction; release unused claims.
+//! its request; store the outcome and complete the journal in one transaction; release unused
+//! claims. The SQL is the backends'; here each claimed refresh token is opened and each new token
+//! sealed.
 
 use sqlx::FromRow;
 
 use super::seal::{Column, Place, Sealer};
 use super::writer::StoreJob;
-use super::{Store, StoreError};
+use super::{Store, StoreError, on_backend};
 use crate::domain::{Claimed, GrantType, Secret, Status, TokenSet, Trigger, UnixTime, Unreadable};
 
-/// The columns a claim returns, as `ClaimRow` reads them.
-macro_rules! claim_returning {
-    () => {
-        " RETURNING id, name, provider, grant_type, scopes, refresh_token, access_token_expires_at, \
-          consecutive_failures, COALESCE(last_refreshed_at, created_at) AS last_success_at, \
-          refresh_token_expires_at, lease_expires_at, subject"
-    };
-}
-
+/// A claimed row, as the backends' claims return it.
 #[derive(FromRow)]
-struct ClaimRow {
-    id: i64,
-    name: String,
-    provider: String,
+pub(super) struct ClaimRow {
+    pub(super) id: i64,
+    pub(super) name: String,
+    pub(super) provider: String,
     grant_type: String,
     scopes: Option<String>,
     /// As stored: sealed text, or plaintext.
@@ -29,7 +23,7 @@ struct ClaimRow {
     /// The refresh token opened by [`ClaimRow::open`].
     #[sqlx(skip)]
     opened: Option<Result<Secret, Unreadable>>,
-    access_token_expires_at: Option<i64>,
+    pub(super) access_token_expires_at: Option<i64>,
     consecutive_failures: i64,
     last_success_at: i64,
     refresh_token_expires_at: Option<i64>,
@@ -103,7 +97,7 @@ impl ClaimRow {
     }
 
     /// The opened refresh token, if there is one and it opened.
-    fn token(&self) -> Option<&Secret> {
+    pub(super) fn token(&self) -> Option<&Secret> {
         self.opened.as_ref().and_then(|t| t.as_ref().ok())
     }
 
@@ -147,32 +141,14 @@ impl Store {
         sweep_start: UnixTime,
         trigger: Trigger,
     ) -> Result<Vec<Claimed>, StoreError> {
-        const SQL: &str = concat!(
-            "UPDATE oauth_credential SET lease_owner = ?1, lease_expires_at = ?2 \
-            WHERE id IN (SELECT id FROM oauth_credential \
-                WHERE status = 'active' AND refresh_due_at < ?5 AND next_attempt_at <= ?3 \
-                  AND (lease_expires_at IS NULL OR lease_expires_at <= ?3) \
-                ORDER BY refresh_due_at LIMIT ?4)",
-            claim_returning!()
-        );
-        let _writer = self.writer.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let rows: Vec<ClaimRow> = sqlx::query_as(SQL)
-            .bind(owner)
-            .bind(lease_until)
-            .bind(now)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(sweep_start)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            let row = row.open(&self.sealer);
-            let attempt = journal_start(&mut tx, &row, owner, now, trigger).await?;
-            claimed.push(row.into_claimed(attempt));
-        }
-        tx.commit().await?;
-        Ok(claimed)
+        let open = |row: ClaimRow| row.open(&self.sealer);
+        let rows = on_backend!(self, db => db
+            .claim_due(owner, now, lease_until, limit, sweep_start, trigger, &open)
+            .await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(row, attempt)| row.into_claimed(attempt))
+            .collect())
     }
 
     /// Claims one credential by name, due or not (a manual refresh).
@@ -183,39 +159,19 @@ impl Store {
         now: UnixTime,
         lease_until: UnixTime,
     ) -> Result<ClaimByName, StoreError> {
-        const SQL: &str = concat!(
-            "UPDATE oauth_credential SET lease_owner = ?1, lease_expires_at = ?2 \
-            WHERE name = ?3 AND status = 'active' AND (lease_expires_at IS NULL OR lease_expires_at <= ?4)",
-            claim_returning!()
-        );
-        let _writer = self.writer.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row: Option<ClaimRow> = sqlx::query_as(SQL)
-            .bind(owner)
-            .bind(lease_until)
-            .bind(name)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            let status: Option<(String,)> =
-                sqlx::query_as("SELECT status FROM oauth_credential WHERE name = ?1")
-                    .bind(name)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            return Ok(match status {
-                None => ClaimByName::NotFound,
-                Some((s,)) => match s.parse::<Status>() {
-                    Ok(Status::Active) => ClaimByName::Busy,
-                    Ok(other) => ClaimByName::NotActive(other),
-                    Err(_) => ClaimByName::NotActive(Status::Disabled),
-                },
-            });
-        };
-        let row = row.open(&self.sealer);
-        let attempt = journal_start(&mut tx, &row, owner, now, Trigger::Manual).await?;
-        tx.commit().await?;
-        Ok(ClaimByName::Claimed(row.into_claimed(attempt)))
+        let open = |row: ClaimRow| row.open(&self.sealer);
+        let found = on_backend!(self, db => db
+            .claim_by_name(name, owner, now, lease_until, &open)
+            .await)?;
+        Ok(match found {
+            Ok((row, attempt)) => ClaimByName::Claimed(row.into_claimed(attempt)),
+            Err(None) => ClaimByName::NotFound,
+            Err(Some(s)) => match s.parse::<Status>() {
+                Ok(Status::Active) => ClaimByName::Busy,
+                Ok(other) => ClaimByName::NotActive(other),
+                Err(_) => ClaimByName::NotActive(Status::Disabled),
+            },
+        })
     }
 
     /// Stores new tokens and completes the journal entry, in one transaction. The row is updated
@@ -280,131 +236,14 @@ impl Store {
         now: UnixTime,
         failure: &Failure<'_>,
     ) -> Result<Stored, StoreError> {
-        let _writer = self.writer.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let (detail, updated) = match failure {
-            Failure::Retry {
-                next_attempt_at,
-                detail,
-            } => {
-                let n = sqlx::query(
-                    "UPDATE oauth_credential SET consecutive_failures = consecutive_failures + 1, \
-                        next_attempt_at = ?1, last_error = ?2, updated_at = ?3, lease_owner = NULL, lease_expires_at = NULL \
-                     WHERE id = ?4 AND lease_owner = ?5",
-                )
-                .bind(next_attempt_at)
-                .bind(detail.last_error)
-                .bind(now)
-                .bind(claimed.id)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                (detail, n)
-            }
-            Failure::Reauthorize { detail } => {
-                // Race-aware: a refresh token that changed while the request was out is not dead.
-                let n = sqlx::query(
-                    "UPDATE oauth_credential SET status = 'needs_reauthorization', \
-                        consecutive_failures = consecutive_failures + 1, last_error = ?1, updated_at = ?2, \
-                        lease_owner = NULL, lease_expires_at = NULL \
-                     WHERE id = ?3 AND refresh_token IS ?4",
-                )
-                .bind(detail.last_error)
-                .bind(now)
-                .bind(claimed.id)
-                .bind(&claimed.stored_refresh_token)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                (detail, n)
-            }
-        };
-        let stored = if updated == 1 {
-            Stored::Yes
-        } else {
-            Stored::Superseded
-        };
-        if stored == Stored::Superseded {
-            release_lease(&mut tx, claimed.id, owner).await?;
-        }
-        sqlx::query(
-            "UPDATE token_rotation SET finished_at = ?1, duration_ms = ?2, outcome = ?3, http_status = ?4, \
-                error_code = ?5, error_description = ?6 WHERE id = ?7",
-        )
-        .bind(now)
-        .bind(detail.duration_ms)
-        .bind(if stored == Stored::Yes { detail.outcome } else { "superseded" })
-        .bind(detail.http_status)
-        .bind(detail.error_code)
-        .bind(detail.last_error)
-        .bind(claimed.attempt_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(stored)
+        let stored = claimed.stored_refresh_token.as_ref();
+        on_backend!(self, db => db
+            .store_failure(claimed.id, stored, claimed.attempt_id, owner, now, failure)
+            .await)
     }
 
     /// Gives back a claim that was never attempted (shutdown), dropping its journal entry.
     pub async fn release(&self, claimed: &Claimed, owner: &str) -> Result<(), StoreError> {
-        let _writer = self.writer.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        release_lease(&mut tx, claimed.id, owner).await?;
-        sqlx::query("DELETE FROM token_rotation WHERE id = ?1 AND outcome = 'pending'")
-            .bind(claimed.attempt_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        on_backend!(self, db => db.release(claimed.id, claimed.attempt_id, owner).await)
     }
-}
-
-pub(super) async fn release_lease(
-    tx: &mut sqlx::SqliteConnection,
-    id: i64,
-    owner: &str,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE oauth_credential SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ?1 AND lease_owner = ?2")
-        .bind(id)
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
-}
-
-/// Journals an attempt before its request: what was sent, never the token itself. An earlier
-/// attempt still pending belonged to a process that died (its lease ran out, or this claim could
-/// not have happened): it is marked interrupted, and the new attempt knows it follows one.
-async fn journal_start(
-    tx: &mut sqlx::SqliteConnection,
-    row: &ClaimRow,
-    owner: &str,
-    now: UnixTime,
-    trigger: Trigger,
-) -> Result<(i64, bool), StoreError> {
-    let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, started_at, \
-            old_expires_at, old_refresh_fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
-    )
-    .bind(row.id)
-    .bind(&row.name)
-    .bind(&row.provider)
-    .bind(trigger.as_str())
-    .bind(owner)
-    .bind(now)
-    .bind(row.access_token_expires_at)
-    .bind(row.token().map(Secret::fingerprint))
-    .fetch_one(&mut *tx)
-    .await?;
-    let interrupted = sqlx::query(
-        "UPDATE token_rotation SET outcome = 'interrupted', finished_at = ?1 \
-         WHERE credential_id = ?2 AND outcome = 'pending' AND id <> ?3",
-    )
-    .bind(now)
-    .bind(row.id)
-    .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    Ok((id, interrupted > 0))
 }

@@ -4,7 +4,7 @@
 use sqlx::FromRow;
 
 use super::seal::{Column, Place};
-use super::{Store, StoreError};
+use super::{Store, StoreError, on_backend};
 use crate::domain::{Secret, UnixTime};
 
 /// A credential's current access token, and what decides whether it must be renewed first.
@@ -31,13 +31,7 @@ pub struct TokenState {
 impl Store {
     /// The current token of `name`, opened (when sealed), if there is such a credential.
     pub async fn token_state(&self, name: &str) -> Result<Option<TokenState>, StoreError> {
-        let row: Option<TokenState> = sqlx::query_as(
-            "SELECT id, name, provider, status, access_token, token_type, access_token_expires_at, instance_url, \
-                lease_expires_at, last_error, next_attempt_at FROM oauth_credential WHERE name = ?1",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = on_backend!(self, db => db.token_state(name).await)?;
         let Some(mut row) = row else {
             return Ok(None);
         };
@@ -62,15 +56,7 @@ impl Store {
 
     /// The names of `owner`'s credentials at `provider` that are not disabled, by name.
     pub async fn owned_by(&self, provider: &str, owner: &str) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT name FROM oauth_credential \
-             WHERE provider = ?1 AND owner = ?2 AND status <> 'disabled' ORDER BY name",
-        )
-        .bind(provider)
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(name,)| name).collect())
+        on_backend!(self, db => db.owned_by(provider, owner).await)
     }
 
     /// Refuses a credential for `owner` at `provider` when another one (not named `name`, not

@@ -1,10 +1,11 @@
 //! Reads and writes behind the CLI: import a credential, list them for `status`, read a current
-//! token, read the rotation journal; store an authorization, claim and settle a revocation.
+//! token, read the rotation journal; store an authorization, claim and settle a revocation. The
+//! SQL is the backends'; here tokens are sealed on their way in and opened on their way out.
 
 use sqlx::FromRow;
 
 use super::seal::{Column, Place};
-use super::{Store, StoreError};
+use super::{Store, StoreError, on_backend};
 use crate::domain::{GrantType, Secret, TokenSet, UnixTime, Unreadable};
 
 /// A credential to import.
@@ -53,7 +54,7 @@ pub struct CredentialSummary {
 /// The current access token of one credential.
 #[derive(Debug, FromRow)]
 pub struct TokenRow {
-    id: i64,
+    pub(super) id: i64,
     pub status: String,
     /// Opened, when it was sealed.
     pub access_token: Option<Secret>,
@@ -125,7 +126,7 @@ pub struct RevocationClaim {
     pub consecutive_failures: i64,
     /// The tokens as stored, for the compare-and-swap of `settle_revocation`.
     #[sqlx(skip)]
-    stored: (Option<Secret>, Option<Secret>),
+    pub(super) stored: (Option<Secret>, Option<Secret>),
 }
 
 /// What `claim_for_revocation` found.
@@ -158,14 +159,6 @@ pub enum RevocationResult<'a> {
     },
 }
 
-/// The columns a revocation claim returns, as `RevocationClaim` reads them.
-macro_rules! revocation_returning {
-    () => {
-        " RETURNING id, name, provider, status, access_token, refresh_token, access_token_expires_at, \
-          consecutive_failures"
-    };
-}
-
 impl Store {
     /// Stores an authorization: a new credential, or new tokens for an existing one, which becomes
     /// active again (failures, backoff, last error and any pending revocation cleared). Journaled
@@ -175,99 +168,9 @@ impl Store {
         a: &Authorized<'_>,
         now: UnixTime,
     ) -> Result<AuthorizedAs, StoreError> {
-        let t = a.tokens;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let existing: Option<(i64, String, bool, Option<Secret>)> = sqlx::query_as(
-            "SELECT id, status, revoke_pending, refresh_token FROM oauth_credential WHERE name = ?1",
-        )
-        .bind(a.name)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (id, how, old_refresh) = if let Some((id, status, revoke_pending, old)) = existing {
-            let (access, refresh) = self.stored_pair(id, a.name, t);
-            let old = old.map(|o| self.fingerprint_of(id, a.name, &o));
-            sqlx::query(
-                "UPDATE oauth_credential SET provider = ?1, grant_type = 'refresh_token', scopes = ?2, \
-                    owner = COALESCE(?3, owner), access_token = ?4, token_type = ?5, access_token_expires_at = ?6, \
-                    refresh_token = CASE WHEN ?7 IS NULL AND provider = ?1 THEN refresh_token ELSE ?7 END, \
-                    refresh_token_expires_at = CASE WHEN ?7 IS NULL AND provider = ?1 THEN refresh_token_expires_at ELSE ?8 END, \
-                    status = 'active', refresh_due_at = ?9, \
-                    consecutive_failures = 0, next_attempt_at = 0, last_error = NULL, revoke_pending = 0, \
-                    instance_url = ?12, last_refreshed_at = ?10, updated_at = ?10 WHERE id = ?11",
-            )
-            .bind(a.provider)
-            .bind(a.scopes)
-            .bind(a.owner)
-            .bind(&access)
-            .bind(&t.token_type)
-            .bind(t.expires_at)
-            .bind(&refresh)
-            .bind(t.refresh_token_expires_at)
-            .bind(a.refresh_due_at)
-            .bind(now)
-            .bind(id)
-            .bind(&t.instance_url)
-            .execute(&mut *tx)
-            .await?;
-            let how = AuthorizedAs::Replaced {
-                status,
-                revoke_pending,
-            };
-            (id, how, old)
-        } else {
-            // The row id is part of what seals the tokens: insert, then store them.
-            let (id,): (i64,) = sqlx::query_as(
-                "INSERT INTO oauth_credential (name, provider, grant_type, scopes, owner, token_type, \
-                    access_token_expires_at, refresh_token_expires_at, refresh_due_at, \
-                    last_refreshed_at, created_at, updated_at, instance_url) \
-                 VALUES (?1, ?2, 'refresh_token', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10) RETURNING id",
-            )
-            .bind(a.name)
-            .bind(a.provider)
-            .bind(a.scopes)
-            .bind(a.owner)
-            .bind(&t.token_type)
-            .bind(t.expires_at)
-            .bind(t.refresh_token_expires_at)
-            .bind(a.refresh_due_at)
-            .bind(now)
-            .bind(&t.instance_url)
-            .fetch_one(&mut *tx)
-            .await?;
-            let (access, refresh) = self.stored_pair(id, a.name, t);
-            sqlx::query(
-                "UPDATE oauth_credential SET access_token = ?1, refresh_token = ?2 WHERE id = ?3",
-            )
-            .bind(access)
-            .bind(refresh)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            (id, AuthorizedAs::Created, None)
-        };
-        sqlx::query(
-            "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, started_at, \
-                finished_at, duration_ms, outcome, http_status, new_expires_at, refresh_token_rotated, \
-                old_refresh_fingerprint, new_refresh_fingerprint, new_access_fingerprint) \
-             VALUES (?1, ?2, ?3, 'manual', ?4, ?5, ?6, ?7, 'authorized', ?8, ?9, ?10, ?11, ?12, ?13)",
-        )
-        .bind(id)
-        .bind(a.name)
-        .bind(a.provider)
-        .bind(a.actor)
-        .bind(now - a.duration_ms / 1000)
-        .bind(now)
-        .bind(a.duration_ms)
-        .bind(a.http_status)
-        .bind(t.expires_at)
-        .bind(old_refresh.is_some())
-        .bind(old_refresh.flatten())
-        .bind(t.refresh_token.as_ref().map(Secret::fingerprint))
-        .bind(t.access_token.fingerprint())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(how)
+        let seal = |id| self.stored_pair(id, a.name, a.tokens);
+        let fingerprint = |id, stored: &Secret| self.fingerprint_of(id, a.name, stored);
+        on_backend!(self, db => db.store_authorized(a, now, &seal, &fingerprint).await)
     }
 
     /// A token set's access and refresh tokens in their stored form for credential `id`/`name`.
@@ -305,36 +208,15 @@ impl Store {
         now: UnixTime,
         lease_until: UnixTime,
     ) -> Result<RevocationClaimed, StoreError> {
-        const SQL: &str = concat!(
-            "UPDATE oauth_credential SET lease_owner = ?1, lease_expires_at = ?2 \
-             WHERE name = ?3 AND (lease_expires_at IS NULL OR lease_expires_at <= ?4)",
-            revocation_returning!()
-        );
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let claim: Option<RevocationClaim> = sqlx::query_as(SQL)
-            .bind(owner)
-            .bind(lease_until)
-            .bind(name)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let found = if let Some(claim) = claim {
-            // An error rolls the claim back.
-            RevocationClaimed::Claimed(self.open_revocation(claim)?)
-        } else {
-            let row: Option<(i64,)> =
-                sqlx::query_as("SELECT id FROM oauth_credential WHERE name = ?1")
-                    .bind(name)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if row.is_some() {
-                RevocationClaimed::Busy
-            } else {
-                RevocationClaimed::NotFound
-            }
-        };
-        tx.commit().await?;
-        Ok(found)
+        let open = |claim| self.open_revocation(claim);
+        let found = on_backend!(self, db => db
+            .claim_for_revocation(name, owner, now, lease_until, &open)
+            .await)?;
+        Ok(match found {
+            Ok(claim) => RevocationClaimed::Claimed(claim),
+            Err(true) => RevocationClaimed::Busy,
+            Err(false) => RevocationClaimed::NotFound,
+        })
     }
 
     /// Claims up to `limit` credentials whose revocation is pending and due again.
@@ -345,28 +227,10 @@ impl Store {
         lease_until: UnixTime,
         limit: usize,
     ) -> Result<Vec<RevocationClaim>, StoreError> {
-        const SQL: &str = concat!(
-            "UPDATE oauth_credential SET lease_owner = ?1, lease_expires_at = ?2 \
-             WHERE id IN (SELECT id FROM oauth_credential \
-                WHERE revoke_pending = 1 AND status = 'disabled' AND next_attempt_at <= ?3 \
-                  AND (lease_expires_at IS NULL OR lease_expires_at <= ?3) \
-                ORDER BY next_attempt_at LIMIT ?4)",
-            revocation_returning!()
-        );
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let claims: Vec<RevocationClaim> = sqlx::query_as(SQL)
-            .bind(owner)
-            .bind(lease_until)
-            .bind(now)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
-            .await?;
-        let claims = claims
-            .into_iter()
-            .map(|c| self.open_revocation(c))
-            .collect::<Result<Vec<_>, _>>()?;
-        tx.commit().await?;
-        Ok(claims)
+        let open = |claim| self.open_revocation(claim);
+        on_backend!(self, db => db
+            .claim_pending_revocations(owner, now, lease_until, limit, &open)
+            .await)
     }
 
     /// Opens a revocation claim's tokens, keeping what was stored for the compare-and-swap. A
@@ -406,15 +270,7 @@ impl Store {
         claim: &RevocationClaim,
         owner: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE oauth_credential SET lease_owner = NULL, lease_expires_at = NULL \
-             WHERE id = ?1 AND lease_owner = ?2",
-        )
-        .bind(claim.id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        on_backend!(self, db => db.release_revocation(claim.id, owner).await)
     }
 
     /// Stores how a revocation ended and journals it (trigger `trigger`), in one transaction.
@@ -427,95 +283,9 @@ impl Store {
         duration_ms: i64,
         result: RevocationResult<'_>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let (outcome, http_status, error_code, error_description) = match result {
-            RevocationResult::Revoked { http_status } => {
-                // Only the tokens that were revoked: a credential authorized again meanwhile stays.
-                sqlx::query(
-                    "DELETE FROM oauth_credential WHERE id = ?1 AND refresh_token IS ?2 AND access_token IS ?3",
-                )
-                .bind(claim.id)
-                .bind(&claim.stored.1)
-                .bind(&claim.stored.0)
-                .execute(&mut *tx)
-                .await?;
-                ("revoked", http_status, None, None)
-            }
-            RevocationResult::Pending {
-                next_attempt_at,
-                last_error,
-                error_code,
-                http_status,
-            } => {
-                sqlx::query(
-                    "UPDATE oauth_credential SET status = 'disabled', revoke_pending = 1, \
-                        consecutive_failures = consecutive_failures + 1, next_attempt_at = ?1, last_error = ?2, \
-                        updated_at = ?3, \
-                        lease_owner = CASE WHEN lease_owner = ?4 THEN NULL ELSE lease_owner END, \
-                        lease_expires_at = CASE WHEN lease_owner = ?4 THEN NULL ELSE lease_expires_at END \
-                     WHERE id = ?5 AND refresh_token IS ?6 AND access_token IS ?7",
-                )
-                .bind(next_attempt_at)
-                .bind(format!("revocation pending: {last_error}"))
-                .bind(now)
-                .bind(owner)
-                .bind(claim.id)
-                .bind(&claim.stored.1)
-                .bind(&claim.stored.0)
-                .execute(&mut *tx)
-                .await?;
-                (
-                    "revocation_pending",
-                    http_status,
-                    error_code,
-                    Some(last_error),
-                )
-            }
-            RevocationResult::Refused {
-                last_error,
-                error_code,
-                http_status,
-            } => {
-                sqlx::query(
-                    "UPDATE oauth_credential SET lease_owner = NULL, lease_expires_at = NULL \
-                     WHERE id = ?1 AND lease_owner = ?2",
-                )
-                .bind(claim.id)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?;
-                (
-                    "revocation_refused",
-                    http_status,
-                    error_code,
-                    Some(last_error),
-                )
-            }
-        };
-        sqlx::query(
-            "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, started_at, \
-                finished_at, duration_ms, outcome, http_status, error_code, error_description, old_expires_at, \
-                old_refresh_fingerprint) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        )
-        .bind(claim.id)
-        .bind(&claim.name)
-        .bind(&claim.provider)
-        .bind(trigger)
-        .bind(owner)
-        .bind(now - duration_ms / 1000)
-        .bind(now)
-        .bind(duration_ms)
-        .bind(outcome)
-        .bind(http_status)
-        .bind(error_code)
-        .bind(error_description)
-        .bind(claim.access_token_expires_at)
-        .bind(claim.refresh_token.as_ref().map(Secret::fingerprint))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        on_backend!(self, db => db
+            .settle_revocation(claim, owner, trigger, now, duration_ms, result)
+            .await)
     }
 
     /// Imports a credential, due at once. With `replace`, an existing credential of that name gets
@@ -526,12 +296,6 @@ impl Store {
         replace: bool,
         now: UnixTime,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let exists: Option<(i64,)> =
-            sqlx::query_as("SELECT id FROM oauth_credential WHERE name = ?1")
-                .bind(c.name)
-                .fetch_optional(&mut *tx)
-                .await?;
         let seal = |id| {
             let place = Place {
                 id,
@@ -540,79 +304,17 @@ impl Store {
             };
             c.refresh_token.map(|t| self.sealer.to_stored(place, t))
         };
-        match (exists, replace) {
-            (Some(_), false) => return Err(StoreError::Exists(c.name.to_owned())),
-            (Some((id,)), true) => {
-                sqlx::query(
-                    "UPDATE oauth_credential SET provider = ?1, grant_type = ?2, scopes = ?3, owner = ?4, \
-                        refresh_token = ?5, access_token = NULL, token_type = NULL, access_token_expires_at = NULL, \
-                        refresh_token_expires_at = NULL, status = 'active', refresh_due_at = 0, consecutive_failures = 0, \
-                        next_attempt_at = 0, last_error = NULL, revoke_pending = 0, updated_at = ?6 WHERE id = ?7",
-                )
-                .bind(c.provider)
-                .bind(c.grant_type.as_str())
-                .bind(c.scopes)
-                .bind(c.owner)
-                .bind(seal(id))
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            (None, _) => {
-                // The row id is part of what seals the token: insert, then store it.
-                let (id,): (i64,) = sqlx::query_as(
-                    "INSERT INTO oauth_credential (name, provider, grant_type, scopes, owner, \
-                        refresh_due_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6) RETURNING id",
-                )
-                .bind(c.name)
-                .bind(c.provider)
-                .bind(c.grant_type.as_str())
-                .bind(c.scopes)
-                .bind(c.owner)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
-                sqlx::query("UPDATE oauth_credential SET refresh_token = ?1 WHERE id = ?2")
-                    .bind(seal(id))
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        on_backend!(self, db => db.add(c, replace, now, &seal).await)
     }
 
     /// Every credential, by name, without tokens.
     pub async fn summaries(&self) -> Result<Vec<CredentialSummary>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT name, provider, owner, grant_type, status, access_token_expires_at, refresh_token_expires_at, \
-                refresh_due_at, last_refreshed_at, consecutive_failures, next_attempt_at, last_error, \
-                COALESCE(last_refreshed_at, created_at) AS last_success_at, instance_url, \
-                lease_owner, lease_expires_at, \
-                CASE WHEN refresh_token IS NULL THEN NULL WHEN substr(refresh_token, 1, 4) <> 'tw1:' THEN 'plaintext' \
-                    WHEN substr(refresh_token, 13, 1) = ':' THEN substr(refresh_token, 5, 8) ELSE 'malformed' END \
-                    AS refresh_token_key, \
-                CASE WHEN access_token IS NULL THEN NULL WHEN substr(access_token, 1, 4) <> 'tw1:' THEN 'plaintext' \
-                    WHEN substr(access_token, 13, 1) = ':' THEN substr(access_token, 5, 8) ELSE 'malformed' END \
-                    AS access_token_key, \
-                (SELECT max(started_at) FROM token_rotation t \
-                  WHERE t.credential_id = c.id AND t.outcome = 'pending') AS attempt_started_at \
-             FROM oauth_credential c ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        on_backend!(self, db => db.summaries().await)
     }
 
     /// The stored access token of `name` (opened), if there is such a credential.
     pub async fn token(&self, name: &str) -> Result<Option<TokenRow>, StoreError> {
-        let row: Option<TokenRow> = sqlx::query_as(
-            "SELECT id, status, access_token, token_type, access_token_expires_at FROM oauth_credential WHERE name = ?1",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = on_backend!(self, db => db.token(name).await)?;
         let Some(mut row) = row else {
             return Ok(None);
         };
@@ -637,11 +339,7 @@ impl Store {
 
     /// Whether a credential called `name` exists.
     pub async fn exists(&self, name: &str) -> Result<bool, StoreError> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM oauth_credential WHERE name = ?1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some())
+        on_backend!(self, db => db.exists(name).await)
     }
 
     /// The newest `limit` journal entries, of one credential or all, oldest first.
@@ -650,16 +348,7 @@ impl Store {
         name: Option<&str>,
         limit: u32,
     ) -> Result<Vec<RotationRecord>, StoreError> {
-        let mut rows: Vec<RotationRecord> = sqlx::query_as(
-            "SELECT id, credential_name, provider, trigger, started_at, duration_ms, outcome, http_status, error_code, \
-                error_description, old_expires_at, new_expires_at, refresh_token_rotated, old_refresh_fingerprint, \
-                new_refresh_fingerprint, expires_in_reported \
-             FROM token_rotation WHERE ?1 IS NULL OR credential_name = ?1 ORDER BY id DESC LIMIT ?2",
-        )
-        .bind(name)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let mut rows = on_backend!(self, db => db.rotations(name, limit).await)?;
         rows.reverse();
         Ok(rows)
     }

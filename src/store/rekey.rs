@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::FromRow;
 
 use super::seal::{self, Column, HEAD_LEN, Place, Sealer};
-use super::{Store, StoreError};
+use super::{Store, StoreError, on_backend};
 use crate::domain::{self, Secret};
 
 /// Rows re-sealed per transaction.
@@ -81,26 +81,25 @@ pub struct Pass {
     pub unreadable: Vec<String>,
 }
 
-/// The same statement for either token column, `c` standing for the column's name: SQL is never
-/// assembled at run time.
-macro_rules! for_column {
-    ($column:expr; $($piece:tt)*) => {
-        match $column {
-            Column::RefreshToken => concat!($(for_column!(@piece "refresh_token"; $piece)),*),
-            Column::AccessToken => concat!($(for_column!(@piece "access_token"; $piece)),*),
-        }
-    };
-    (@piece $name:literal; c) => { $name };
-    (@piece $name:literal; $text:literal) => { $text };
+/// A row a re-sealing pass reads, values as stored.
+#[derive(FromRow)]
+pub(super) struct Row {
+    pub(super) id: i64,
+    name: String,
+    pub(super) refresh_token: Option<Secret>,
+    pub(super) access_token: Option<Secret>,
+    lease_expires_at: Option<i64>,
 }
 
-#[derive(FromRow)]
-struct Row {
-    id: i64,
-    name: String,
-    refresh_token: Option<Secret>,
-    access_token: Option<Secret>,
-    lease_expires_at: Option<i64>,
+/// What a re-sealing pass does with one row.
+pub(super) enum Reformed {
+    /// Leave it as it is (already in the target form, leased elsewhere, or unreadable).
+    Keep,
+    /// Write these values, if the row still holds what was read.
+    Write {
+        refresh: Option<Secret>,
+        access: Option<Secret>,
+    },
 }
 
 impl Store {
@@ -135,9 +134,10 @@ impl Store {
         )))
     }
 
-    /// Before claiming anything: checks the keys, then with a keyring seals the plaintext rows
+    /// Before claiming anything: checks the clock against the database server's and the keys, then with a keyring seals the plaintext rows
     /// left (a database from before sealing was turned on). Returns what that sealing did.
     pub async fn prepare(&self) -> Result<Pass, StoreError> {
+        self.check_clock().await?;
         self.check_keys().await?;
         let Some(keyring) = self.sealer.keyring() else {
             return Ok(Pass::default());
@@ -176,11 +176,7 @@ impl Store {
     }
 
     async fn column_usage(&self, column: Column) -> Result<ColumnUsage, StoreError> {
-        let sql = for_column!(column;
-            "SELECT CASE WHEN h >= 'tw1:' AND h < 'tw1;' THEN h ELSE '' END AS k, count(*) \
-             FROM (SELECT substr(" c ", 1, 13) AS h FROM oauth_credential WHERE " c " IS NOT NULL) \
-             GROUP BY k");
-        let rows: Vec<(String, i64)> = sqlx::query_as(sql).fetch_all(&self.pool).await?;
+        let rows = on_backend!(self, db => db.heads(column).await)?;
         let mut usage = ColumnUsage::default();
         for (head, n) in rows {
             match head_key_id(&head) {
@@ -194,17 +190,9 @@ impl Store {
 
     /// The distinct well-formed key ids in `column`: one index seek per id.
     async fn key_ids_in(&self, column: Column) -> Result<Vec<String>, StoreError> {
-        let sql = for_column!(column;
-            "SELECT substr(" c ", 1, 13) FROM oauth_credential \
-             WHERE substr(" c ", 1, 13) > ?1 AND substr(" c ", 1, 13) < 'tw1;' \
-             ORDER BY substr(" c ", 1, 13) LIMIT 1");
         let mut after = seal::PREFIX.to_owned();
         let mut ids = Vec::new();
-        while let Some((head,)) = sqlx::query_as::<_, (String,)>(sql)
-            .bind(&after)
-            .fetch_optional(&self.pool)
-            .await?
-        {
+        while let Some(head) = on_backend!(self, db => db.next_head(column, &after).await)? {
             if let Some(id) = head_key_id(&head) {
                 ids.push(id.to_owned());
             }
@@ -215,24 +203,14 @@ impl Store {
 
     /// Whether any value in `column` is plaintext: two index seeks.
     async fn has_plaintext(&self, column: Column) -> Result<bool, StoreError> {
-        let sql = for_column!(column;
-            "SELECT EXISTS (SELECT 1 FROM oauth_credential WHERE substr(" c ", 1, 13) < 'tw1:') \
-                 OR EXISTS (SELECT 1 FROM oauth_credential WHERE substr(" c ", 1, 13) >= 'tw1;')");
-        let (any,): (bool,) = sqlx::query_as(sql).fetch_one(&self.pool).await?;
-        Ok(any)
+        on_backend!(self, db => db.has_plaintext(column).await)
     }
 
     /// "N credentials: a, b, c, …" sealed (in either column) under key `id`.
     async fn rows_under(&self, id: &str) -> Result<String, StoreError> {
         let head = format!("{}{id}:", seal::PREFIX);
-        let names: Vec<(String,)> = sqlx::query_as(
-            "SELECT name FROM oauth_credential \
-             WHERE substr(refresh_token, 1, 13) = ?1 OR substr(access_token, 1, 13) = ?1 ORDER BY name",
-        )
-        .bind(&head)
-        .fetch_all(&self.pool)
-        .await?;
-        let shown: Vec<&str> = names.iter().take(NAMED).map(|(n,)| n.as_str()).collect();
+        let names = on_backend!(self, db => db.names_under(&head).await)?;
+        let shown: Vec<&str> = names.iter().take(NAMED).map(String::as_str).collect();
         let more = if names.len() > NAMED { ", …" } else { "" };
         let plural = if names.len() == 1 { "" } else { "s" };
         Ok(format!(
@@ -252,88 +230,34 @@ impl Store {
             return Ok(Pass::default());
         }
         let seal_access = self.sealer.seals(Column::AccessToken);
-        macro_rules! rows_where {
-            ($wanted:literal) => {
-                concat!(
-                    "SELECT id, name, refresh_token, access_token, lease_expires_at FROM oauth_credential \
-                     WHERE id > ?1 AND (",
-                    $wanted,
-                    ") ORDER BY id LIMIT ?4"
-                )
-            };
-        }
-        // The rows not yet in the target form (?2: the current key's head, ?3: seal access tokens).
-        let sql = match target {
-            Target::SealPlaintext => rows_where!(
-                "(refresh_token IS NOT NULL AND substr(refresh_token, 1, 4) <> 'tw1:') \
-                 OR (?3 AND access_token IS NOT NULL AND substr(access_token, 1, 4) <> 'tw1:')"
-            ),
-            Target::Current => rows_where!(
-                "(refresh_token IS NOT NULL AND substr(refresh_token, 1, 13) IS NOT ?2) \
-                 OR (access_token IS NOT NULL AND CASE WHEN ?3 THEN substr(access_token, 1, 13) IS NOT ?2 \
-                     ELSE substr(access_token, 1, 4) = 'tw1:' END)"
-            ),
-            Target::Plaintext => rows_where!(
-                "substr(refresh_token, 1, 4) = 'tw1:' OR substr(access_token, 1, 4) = 'tw1:'"
-            ),
-        };
         let mut pass = Pass::default();
         let mut after = 0_i64;
         loop {
-            let _writer = self.writer.lock().await;
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            // Plaintext replaced here is zeroed wherever it was, freed overflow pages included.
-            if self.sealer.keyring().is_some() {
-                sqlx::query("PRAGMA secure_delete = ON")
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let rows: Vec<Row> = sqlx::query_as(sql)
-                .bind(after)
-                .bind(current.as_deref())
-                .bind(seal_access)
-                .bind(BATCH)
-                .fetch_all(&mut *tx)
-                .await?;
-            let Some(last) = rows.last() else {
-                tx.rollback().await?;
-                return Ok(pass);
-            };
-            after = last.id;
             let now = domain::now();
-            for row in rows {
+            let mut reform_row = |row: &Row| {
                 if row.lease_expires_at.is_some_and(|until| until > now) {
                     pass.leased += 1;
-                    continue;
+                    return Reformed::Keep;
                 }
-                let (refresh, refresh_ok) =
-                    reform(&self.sealer, target, &row, Column::RefreshToken);
-                let (access, access_ok) = reform(&self.sealer, target, &row, Column::AccessToken);
+                let (refresh, refresh_ok) = reform(&self.sealer, target, row, Column::RefreshToken);
+                let (access, access_ok) = reform(&self.sealer, target, row, Column::AccessToken);
                 if !(refresh_ok && access_ok) {
                     pass.unreadable.push(row.name.clone());
                 }
                 if refresh == row.refresh_token && access == row.access_token {
-                    continue;
+                    return Reformed::Keep;
                 }
-                sqlx::query(
-                    "UPDATE oauth_credential SET refresh_token = ?1, access_token = ?2 \
-                     WHERE id = ?3 AND refresh_token IS ?4 AND access_token IS ?5",
-                )
-                .bind(&refresh)
-                .bind(&access)
-                .bind(row.id)
-                .bind(&row.refresh_token)
-                .bind(&row.access_token)
-                .execute(&mut *tx)
-                .await?;
                 pass.resealed += 1;
-            }
-            if self.sealer.keyring().is_some() {
-                sqlx::query("PRAGMA secure_delete = FAST")
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
+                Reformed::Write { refresh, access }
+            };
+            let current = current.as_deref();
+            let last = on_backend!(self, db => db
+                .reseal_batch(target, after, current, seal_access, BATCH, &mut reform_row)
+                .await)?;
+            let Some(last) = last else {
+                return Ok(pass);
+            };
+            after = last;
         }
     }
 }

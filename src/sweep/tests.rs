@@ -16,7 +16,7 @@ use crate::domain::{self, GrantType, Secret, Trigger};
 use crate::http::Transport;
 use crate::provider::Providers;
 use crate::refresh::Refresher;
-use crate::store::{NewCredential, OpenMode, Sealer, Store};
+use crate::store::{Location, NewCredential, OpenMode, OpenOptions, Sealer, Store};
 
 /// Longest any one request to the fake endpoint may take to be read.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
@@ -123,15 +123,15 @@ async fn sweeper(dir: &tempfile::TempDir, endpoint: &Endpoint) -> Sweeper {
     let providers = Providers::resolve(&settings.providers, &env, &transport)
         .await
         .unwrap();
-    let store = Store::open(
-        &dir.path().join("tokenwarden.db"),
-        OpenMode::CreateIfMissing,
-        Duration::from_secs(5),
-        4,
-        Sealer::plaintext(),
-    )
-    .await
-    .unwrap();
+    let location = Location::Sqlite(dir.path().join("tokenwarden.db"));
+    let options = OpenOptions {
+        mode: OpenMode::CreateIfMissing,
+        busy_timeout: Duration::from_secs(5),
+        connections: 4,
+    };
+    let store = Store::open(&location, &options, Sealer::plaintext())
+        .await
+        .unwrap();
     let token = Secret::new("rt-1");
     let new = NewCredential {
         name: "c",

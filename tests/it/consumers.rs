@@ -457,7 +457,9 @@ async fn the_grants_migration_keeps_every_row_of_an_old_database() {
     let home = Home::new(&server, "");
     // A database as 0001-0004 left it, with two credentials of one owner and provider.
     let old = tempfile::tempdir().unwrap();
-    for file in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap() {
+    for file in
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")).unwrap()
+    {
         let file = file.unwrap();
         let name = file.file_name().into_string().unwrap();
         if name.as_str() < "0005" {

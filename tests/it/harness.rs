@@ -10,6 +10,7 @@ use sqlx::SqlitePool;
 use tokio::io::AsyncWriteExt;
 
 use crate::oauth_server::{OauthServer, clients};
+use crate::postgres::PgServer;
 
 /// Longest a single command of the binary may take in a test.
 const COMMAND_DEADLINE: Duration = Duration::from_mins(1);
@@ -40,6 +41,7 @@ impl Run {
 pub struct Home {
     dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// The SQLite file (with PostgreSQL: where it would be, never created).
     pub db: PathBuf,
 }
 
@@ -53,8 +55,27 @@ impl Home {
 
     /// A home whose providers all use `token_url` (a fault-injecting fake, or nothing at all).
     pub fn with_token_url(token_url: &str, extra: &str) -> Self {
+        Self::build(token_url, extra, None)
+    }
+
+    /// A home like [`Home::new`] whose database is `pg`'s, its password in `[postgres]
+    /// password_file`.
+    pub fn on_postgres(server: &OauthServer, pg: &PgServer, extra: &str) -> Self {
+        Self::build(server.token_url(), extra, Some(pg))
+    }
+
+    fn build(token_url: &str, extra: &str, pg: Option<&PgServer>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("tokenwarden.db");
+        let (database, pg_table) = match pg {
+            None => (db.display().to_string(), String::new()),
+            Some(pg) => {
+                let password = dir.path().join("pg.password");
+                write_secret(&password, &format!("{}\n", crate::postgres::PASSWORD));
+                let table = format!("[postgres]\npassword_file = \"{}\"\n", password.display());
+                (pg.url(), table)
+            }
+        };
         // Not named after the secret: its path shows in messages, the secret never may.
         let post_secret = dir.path().join("post-client.secret");
         write_secret(&post_secret, &format!("{}\n", clients::POST_SECRET));
@@ -65,11 +86,13 @@ impl Home {
         write_secret(&key, &std::fs::read_to_string(fixture).unwrap());
         let config = dir.path().join("tokenwarden.toml");
         let text = format!(
-            r#"database = "{db}"
+            r#"database = "{database}"
 {extra}
 
 [log]
 level = "trace"
+
+{pg_table}
 
 [providers.basic]
 token_url = "{token_url}"
@@ -96,7 +119,6 @@ client_id = "{cc}"
 client_secret_env = "TW_TEST_CC_SECRET"
 scopes = "api:read"
 "#,
-            db = db.display(),
             basic = clients::BASIC_ID,
             post = clients::POST_ID,
             post_secret = post_secret.display(),

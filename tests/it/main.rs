@@ -14,6 +14,8 @@ mod grants;
 mod harness;
 mod lifecycle;
 mod oauth_server;
+mod pg;
+mod postgres;
 mod providers;
 mod recovery;
 mod seal;

@@ -148,8 +148,8 @@ fn dockerignore_sends_only_the_build_inputs() {
         "Cargo.toml",
         "Cargo.lock",
         "src/main.rs",
-        "src/store/mod.rs",
-        "migrations/0001_init.sql",
+        "src/store.rs",
+        "migrations/sqlite/0001_init.sql",
     ] {
         assert!(!dockerignored(kept), "{kept} must reach the builder");
     }

@@ -1,0 +1,274 @@
+//! The PostgreSQL backend, for several replicas on one server: migrated from
+//! `migrations/postgres` (sqlx takes an advisory lock, so replicas starting together migrate
+//! once). Write transactions enter through [`Db::write`] (a plain `BEGIN`, READ COMMITTED); the
+//! claims lock the rows they take with `FOR UPDATE SKIP LOCKED`, so replicas claiming at the same
+//! moment divide the due credentials between them instead of waiting on each other, and the lease
+//! then keeps each claimed row out of every other replica's claims until it is stored or runs
+//! out. The pool reconnects by itself: a connection that broke is tested and dropped before use.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::sync::mpsc;
+
+use super::{OpenOptions, sql_reason};
+
+type Conn = sqlx::PgConnection;
+
+/// The schema's migrations, embedded.
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How to reach the server: its URL (`postgres://` or `postgresql://`, with `sslmode`, host,
+/// port, user, database), and the password and CA file when they are configured apart from it.
+/// `Debug` and [`PgOptions::shown`] never show a password.
+#[derive(Clone)]
+pub struct PgOptions {
+    url: String,
+    password: Option<Secret>,
+    ssl_root_cert: Option<PathBuf>,
+}
+
+impl PgOptions {
+    /// Whether `text` names a PostgreSQL database rather than a SQLite file.
+    #[must_use]
+    pub fn is_url(text: &str) -> bool {
+        let lower = text.get(..13).unwrap_or(text).to_ascii_lowercase();
+        lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+    }
+
+    #[must_use]
+    pub fn new(url: String, password: Option<Secret>, ssl_root_cert: Option<PathBuf>) -> Self {
+        Self {
+            url,
+            password,
+            ssl_root_cert,
+        }
+    }
+
+    /// The URL without any password (in its user part or its query), for messages.
+    #[must_use]
+    pub fn shown(&self) -> String {
+        shown_url(&self.url)
+    }
+
+    /// The connect options: the URL's, then the configured password and CA file.
+    pub fn connect_options(&self) -> Result<PgConnectOptions, String> {
+        let mut options = PgConnectOptions::from_str(&self.url)
+            .map_err(|e| format!("not a usable PostgreSQL URL: {}", strip_url(&e.to_string())))?
+            .application_name("tokenwarden");
+        if let Some(password) = &self.password {
+            options = options.password(password.expose());
+        }
+        if let Some(ca) = &self.ssl_root_cert {
+            options = options.ssl_root_cert(ca);
+        }
+        Ok(options)
+    }
+}
+
+impl fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &self.shown())
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .field("ssl_root_cert", &self.ssl_root_cert)
+            .finish()
+    }
+}
+
+/// `url` with the password of its user part and any `password` query parameter left out.
+fn shown_url(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "postgres://(an unreadable URL)".to_owned();
+    };
+    let _ = parsed.set_password(None);
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("password"))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    parsed.to_string()
+}
+
+/// An error text with anything URL-like cut down to its scheme (a parser's message might quote it).
+fn strip_url(text: &str) -> String {
+    text.split(' ')
+        .map(|w| {
+            if PgOptions::is_url(w) {
+                "postgres://…"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The pool.
+#[derive(Debug, Clone)]
+pub(crate) struct Db {
+    pool: PgPool,
+}
+
+/// A write transaction.
+pub(super) struct Write {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+impl Write {
+    fn conn(&mut self) -> &mut Conn {
+        &mut self.tx
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+impl Db {
+    /// Connects, migrates, and starts the group writer.
+    pub(super) async fn open(
+        pg: &PgOptions,
+        options: &OpenOptions,
+    ) -> Result<(Self, mpsc::UnboundedSender<StoreJob>), StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: pg.shown().into(),
+            reason,
+        };
+        let connect = pg.connect_options().map_err(open_err)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.connections.max(2))
+            .acquire_timeout(options.busy_timeout + Duration::from_secs(5))
+            .test_before_acquire(true)
+            .connect_with(connect)
+            .await
+            .map_err(|e| open_err(strip_url(&sql_reason(&e))))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| open_err(format!("cannot migrate the schema: {e}")))?;
+        let db = Self { pool };
+        let (jobs, queue) = mpsc::unbounded_channel();
+        tokio::spawn(group_writer(db.clone(), queue));
+        Ok((db, jobs))
+    }
+
+    /// The one way into a write transaction.
+    async fn write(&self) -> Result<Write, StoreError> {
+        Ok(Write {
+            tx: self.pool.begin().await?,
+        })
+    }
+
+    /// The server's clock, in milliseconds since the Unix epoch.
+    pub(super) async fn clock_ms(&self) -> Result<i64, StoreError> {
+        let (ms,): (i64,) =
+            sqlx::query_as("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(ms)
+    }
+}
+
+/// Rows read to be rewritten are locked until the commit: a claim skips them meanwhile.
+macro_rules! lock_rows {
+    () => {
+        " FOR UPDATE"
+    };
+}
+
+/// PostgreSQL has no free-page residue to zero: nothing to run around a re-seal batch.
+const RESEAL_PRAGMAS: Option<(&str, &str)> = None;
+
+include!("transactions.rs");
+
+/// Claims due credentials: `$1` owner, `$2` lease end, `$3` now, `$4` limit, `$5` sweep start.
+/// Rows another replica is claiming at this moment are skipped, not waited for.
+const CLAIM_DUE: &str = concat!(
+    "WITH due AS (SELECT id AS due_id FROM oauth_credential \
+        WHERE status = 'active' AND refresh_due_at < $5 AND next_attempt_at <= $3 \
+          AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
+        ORDER BY refresh_due_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+     UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 FROM due WHERE id = due_id",
+    claim_returning!()
+);
+
+/// Claims one active credential: `$1` owner, `$2` lease end, `$3` name, `$4` now.
+const CLAIM_BY_NAME: &str = concat!(
+    "WITH one AS (SELECT id AS one_id FROM oauth_credential \
+        WHERE name = $3 AND status = 'active' AND (lease_expires_at IS NULL OR lease_expires_at <= $4) \
+        FOR UPDATE SKIP LOCKED) \
+     UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 FROM one WHERE id = one_id",
+    claim_returning!()
+);
+
+/// Claims one credential for revocation, whatever its status: `$1` owner, `$2` lease end, `$3`
+/// name, `$4` now.
+const CLAIM_FOR_REVOCATION: &str = concat!(
+    "WITH one AS (SELECT id AS one_id FROM oauth_credential \
+        WHERE name = $3 AND (lease_expires_at IS NULL OR lease_expires_at <= $4) \
+        FOR UPDATE SKIP LOCKED) \
+     UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 FROM one WHERE id = one_id",
+    revocation_returning!()
+);
+
+/// Claims pending revocations due again: `$1` owner, `$2` lease end, `$3` now, `$4` limit.
+const CLAIM_PENDING_REVOCATIONS: &str = concat!(
+    "WITH due AS (SELECT id AS due_id FROM oauth_credential \
+        WHERE revoke_pending AND status = 'disabled' AND next_attempt_at <= $3 \
+          AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
+        ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+     UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 FROM due WHERE id = due_id",
+    revocation_returning!()
+);
+
+#[cfg(test)]
+mod tests {
+    use super::{PgOptions, shown_url};
+
+    #[test]
+    fn urls_are_recognised_and_shown_without_passwords() {
+        assert!(PgOptions::is_url("postgres://h/db"));
+        assert!(PgOptions::is_url("PostgreSQL://h/db"));
+        assert!(!PgOptions::is_url("/var/lib/tokenwarden/tokenwarden.db"));
+        assert!(!PgOptions::is_url("postgres.db"));
+        let shown = shown_url(
+            "postgres://tw:s3cr3t-pw@db.example:5432/tw?sslmode=verify-full&password=other-pw",
+        );
+        assert!(
+            !shown.contains("s3cr3t-pw") && !shown.contains("other-pw"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("sslmode=verify-full") && shown.contains("tw@db.example:5432/tw"),
+            "{shown}"
+        );
+        let debug = format!(
+            "{:?}",
+            PgOptions::new(
+                "postgres://u:pw-123456@h/d".into(),
+                Some(crate::domain::Secret::new("pw-abcdef")),
+                None
+            )
+        );
+        assert!(
+            !debug.contains("pw-123456") && !debug.contains("pw-abcdef"),
+            "{debug}"
+        );
+    }
+}

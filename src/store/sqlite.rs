@@ -1,0 +1,192 @@
+//! The SQLite backend, the embedded default: one file created 0600, WAL, FULL sync, a busy
+//! timeout, foreign keys; migrated from `migrations/sqlite`. Every write transaction of this
+//! process enters through [`Db::write`]: it queues on one mutex, then `BEGIN IMMEDIATE`, so that
+//! transactions of this process wait in order instead of in SQLite's sleeping busy handler
+//! (`busy_timeout` is then only ever spent on other processes). The claims are plain `UPDATE …
+//! RETURNING`: the write lock already makes each claim exclusive.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::{Mutex, MutexGuard, mpsc};
+
+use super::{OpenMode, OpenOptions, sql_reason};
+
+type Conn = sqlx::SqliteConnection;
+
+/// The schema's migrations, embedded.
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How often opening is tried again when another process is migrating the same new file.
+const MIGRATE_ATTEMPTS: u32 = 3;
+
+/// The pool, and the mutex this process's write transactions queue on.
+#[derive(Debug, Clone)]
+pub(crate) struct Db {
+    pool: SqlitePool,
+    writer: Arc<Mutex<()>>,
+}
+
+/// A write transaction, holding this process's place in the write queue until it ends.
+pub(super) struct Write<'a> {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    _queued: MutexGuard<'a, ()>,
+}
+
+impl Write<'_> {
+    fn conn(&mut self) -> &mut Conn {
+        &mut self.tx
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+impl Db {
+    /// Opens (creating it 0600 when allowed) and migrates the file at `path`, and starts the
+    /// group writer. `secure_delete` zeroes deleted content (with a key, so that a token once
+    /// stored as plaintext leaves no copy in the file's free space).
+    pub(super) async fn open(
+        path: &Path,
+        options: &OpenOptions,
+        secure_delete: bool,
+    ) -> Result<(Self, mpsc::UnboundedSender<StoreJob>), StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.to_owned(),
+            reason,
+        };
+        if !path.exists() {
+            if options.mode == OpenMode::MustExist {
+                return Err(StoreError::Missing {
+                    path: path.to_owned(),
+                });
+            }
+            create_private(path).map_err(|e| open_err(format!("cannot create: {e}")))?;
+        }
+        let connect = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(options.busy_timeout)
+            .foreign_keys(true)
+            .create_if_missing(false);
+        // With a key, deleted content is zeroed where that costs no extra I/O (inside b-tree
+        // pages, where tokens live); the passes that replace plaintext (`reseal_batch`) zero
+        // freed pages as well, so a token once stored as plaintext leaves no copy in the file.
+        let connect = if secure_delete {
+            connect.pragma("secure_delete", "fast")
+        } else {
+            connect
+        };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.connections.max(1))
+            .acquire_timeout(options.busy_timeout + Duration::from_secs(5))
+            .connect_with(connect)
+            .await
+            .map_err(|e| open_err(sql_reason(&e)))?;
+        let mut attempt = 1;
+        loop {
+            match MIGRATOR.run(&pool).await {
+                Ok(()) => break,
+                // Two processes creating one new file race on the first migration; the loser
+                // finds it applied when it looks again.
+                Err(_) if attempt < MIGRATE_ATTEMPTS => attempt += 1,
+                Err(e) => return Err(open_err(format!("cannot migrate the schema: {e}"))),
+            }
+        }
+        let db = Self {
+            pool,
+            writer: Arc::default(),
+        };
+        let (jobs, queue) = mpsc::unbounded_channel();
+        tokio::spawn(group_writer(db.clone(), queue));
+        Ok((db, jobs))
+    }
+
+    /// The one way into a write transaction: this process's queue, then `BEGIN IMMEDIATE`.
+    async fn write(&self) -> Result<Write<'_>, StoreError> {
+        let queued = self.writer.lock().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(Write {
+            tx,
+            _queued: queued,
+        })
+    }
+}
+
+/// SQLite takes no row locks: the transaction's write lock already keeps every row read in it
+/// from changing before the commit.
+macro_rules! lock_rows {
+    () => {
+        ""
+    };
+}
+
+/// Run before and after a batch that replaces stored values: plaintext replaced there is zeroed
+/// wherever it was, freed overflow pages included; then back to the steady state's FAST.
+const RESEAL_PRAGMAS: Option<(&str, &str)> =
+    Some(("PRAGMA secure_delete = ON", "PRAGMA secure_delete = FAST"));
+
+include!("transactions.rs");
+
+/// Claims due credentials: `$1` owner, `$2` lease end, `$3` now, `$4` limit, `$5` sweep start.
+const CLAIM_DUE: &str = concat!(
+    "UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 \
+    WHERE id IN (SELECT id FROM oauth_credential \
+        WHERE status = 'active' AND refresh_due_at < $5 AND next_attempt_at <= $3 \
+          AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
+        ORDER BY refresh_due_at LIMIT $4)",
+    claim_returning!()
+);
+
+/// Claims one active credential: `$1` owner, `$2` lease end, `$3` name, `$4` now.
+const CLAIM_BY_NAME: &str = concat!(
+    "UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 \
+    WHERE name = $3 AND status = 'active' AND (lease_expires_at IS NULL OR lease_expires_at <= $4)",
+    claim_returning!()
+);
+
+/// Claims one credential for revocation, whatever its status: `$1` owner, `$2` lease end, `$3`
+/// name, `$4` now.
+const CLAIM_FOR_REVOCATION: &str = concat!(
+    "UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 \
+     WHERE name = $3 AND (lease_expires_at IS NULL OR lease_expires_at <= $4)",
+    revocation_returning!()
+);
+
+/// Claims pending revocations due again: `$1` owner, `$2` lease end, `$3` now, `$4` limit.
+/// `revoke_pending = 1`, as the partial index says, so that SQLite uses it.
+const CLAIM_PENDING_REVOCATIONS: &str = concat!(
+    "UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 \
+     WHERE id IN (SELECT id FROM oauth_credential \
+        WHERE revoke_pending = 1 AND status = 'disabled' AND next_attempt_at <= $3 \
+          AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
+        ORDER BY next_attempt_at LIMIT $4)",
+    revocation_returning!()
+);
+
+/// Creates an empty file readable by its owner only, so the -wal and -shm files SQLite makes beside
+/// it (which copy its mode) are private too, whatever the umask.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
