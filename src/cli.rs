@@ -34,7 +34,7 @@ pub struct Cli {
     config: Option<PathBuf>,
     /// Log format; overrides the configuration's log.format.
     #[arg(long, global = true, value_enum)]
-    log_format: Option<LogFormat>,
+    log_format: Option<LogFormatArg>,
     #[command(subcommand)]
     command: Command,
 }
@@ -198,6 +198,22 @@ struct RenewArgs {
     wait: Duration,
 }
 
+/// `--log-format`: the configuration's `log.format`, as a flag.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Text => Self::Text,
+            LogFormatArg::Json => Self::Json,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum GrantArg {
     RefreshToken,
@@ -210,7 +226,8 @@ enum GrantArg {
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let ctx = Ctx::load(cli.config.as_deref())?;
     telemetry::init(
-        cli.log_format.unwrap_or(ctx.settings.log.format),
+        cli.log_format
+            .map_or(ctx.settings.log.format, LogFormat::from),
         &ctx.settings.log.level,
     );
     for warning in ctx.settings.warnings() {

@@ -14,6 +14,7 @@ use serde::de::{self, Deserializer};
 use crate::schedule::Schedule;
 
 mod encryption;
+pub mod preset;
 pub use encryption::EncryptionSettings;
 
 /// The defaults every key falls back to; `config/tokenwarden.example.toml` documents them.
@@ -187,7 +188,7 @@ pub struct MetricsSettings {
     pub listen: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -361,7 +362,7 @@ impl Settings {
     #[must_use]
     pub fn database_url(&self) -> Option<&str> {
         let text = self.database.as_deref()?.to_str()?;
-        crate::store::PgOptions::is_url(text).then_some(text)
+        crate::domain::is_postgres_url(text).then_some(text)
     }
 
     /// The parsed sweep schedule (validated by `load`).
@@ -504,7 +505,7 @@ impl Settings {
 
 impl ProviderSettings {
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        let shape = crate::preset::shape(self)
+        let shape = preset::shape(self)
             .map_err(|(field, reason)| invalid(format!("{key}.{field}"), reason))?;
         for (field, url) in [("token_url", &shape.token_url), ("issuer", &shape.issuer)] {
             if let Some(url) = url {

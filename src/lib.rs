@@ -14,8 +14,7 @@
 //! - [`http`] — the one transport to providers: no redirects, timeouts, body cap, oauth2 adapter
 //! - [`untrusted`] — the rules text from outside must pass before it is stored or shown (pure)
 //! - [`schedule`] — cron expressions and the gap between sweeps
-//! - [`config`] — settings from defaults, file and environment, validated
-//! - [`preset`] — known providers' endpoints and defaults (pure)
+//! - [`config`] — settings from defaults, file and environment, provider presets, validated
 //! - [`discovery`] — endpoints from an issuer's metadata
 //! - [`secret_file`] — reading a secret file, refused when anyone may write it (like ssh's keys)
 //! - [`provider`] — configured OAuth clients with their endpoints and secrets resolved
@@ -48,7 +47,6 @@ pub mod http;
 pub mod keys;
 pub mod lifecycle;
 pub mod metrics;
-pub mod preset;
 pub mod provider;
 pub mod refresh;
 pub mod renew;

@@ -126,7 +126,7 @@ impl Provider {
             provider: name.to_owned(),
             reason,
         };
-        let shape = crate::preset::shape(settings)
+        let shape = crate::config::preset::shape(settings)
             .map_err(|(field, reason)| invalid(format!("{field}: {reason}")))?;
         let (token_url, authorization_url, revocation_url, device_authorization_url) =
             match (&shape.token_url, &shape.issuer) {

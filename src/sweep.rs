@@ -21,8 +21,7 @@ use settle::{Action, FailureWrite, Setback};
 use crate::alerts::{Alerter, Event};
 use crate::config::{ConfigError, Settings};
 use crate::domain::{
-    self, Backoff, Claimed, Failing, GrantType, STORE_ATTEMPTS, TokenSet, Trigger, UnixTime,
-    Unreadable, iso8601,
+    self, Backoff, Claimed, Failing, GrantType, TokenSet, Trigger, UnixTime, Unreadable, iso8601,
 };
 use crate::holder::{Holder, Liveness};
 use crate::provider::{Provider, Providers};
@@ -30,6 +29,10 @@ use crate::refresh::{Attempt, Grant, Refresher};
 use crate::store::{
     ClaimByName, Failure, FailureDetail, HeldLease, Refreshed, Store, StoreError, Stored,
 };
+
+/// How often storing a failed attempt is tried before giving up (the database may be busy). New
+/// tokens are retried for as long as the claim lasts instead (`store_until_claim_ends`).
+const STORE_ATTEMPTS: u32 = 5;
 
 /// Evaluates a store operation, again while the database is busy, so that new tokens are not
 /// dropped because another process held the lock a little too long. `?`s the last error.

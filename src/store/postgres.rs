@@ -36,8 +36,7 @@ impl PgOptions {
     /// Whether `text` names a PostgreSQL database rather than a SQLite file.
     #[must_use]
     pub fn is_url(text: &str) -> bool {
-        let lower = text.get(..13).unwrap_or(text).to_ascii_lowercase();
-        lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+        crate::domain::is_postgres_url(text)
     }
 
     #[must_use]

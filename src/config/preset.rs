@@ -1,5 +1,6 @@
 //! Known providers, so a provider block is a few lines: each preset fills in endpoints and
-//! defaults that the block leaves out (the block's own values always win). Pure; imports `config`.
+//! defaults that the block leaves out (the block's own values always win). Pure; part of `config`,
+//! whose provider settings it reads.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
