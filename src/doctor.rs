@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use crate::domain::{self, Secret, iso8601};
+use crate::domain::{self, GrantType, Secret, Status, iso8601};
 use crate::provider::Provider;
 use crate::refresh::{Grant, RefreshOutcome, Refresher};
 use crate::store::{CredentialSummary, RotationRecord};
@@ -201,7 +201,7 @@ pub fn credential_checks(
             ),
         ),
     });
-    if c.consecutive_failures > 0 && c.status == "active" {
+    if c.consecutive_failures > 0 && c.status == Status::Active {
         checks.push(check(
             Verdict::Warn,
             "failures",
@@ -259,7 +259,7 @@ pub fn credential_checks(
             "refresh token",
             format!("expires {}", iso8601(at)),
         ),
-        None if c.grant_type == "client_credentials" => check(
+        None if c.grant_type == GrantType::ClientCredentials => check(
             Verdict::Ok,
             "refresh token",
             "none needed (client_credentials)",
@@ -292,8 +292,8 @@ mod tests {
             name: "c".into(),
             provider: "p".into(),
             owner: None,
-            grant_type: "refresh_token".into(),
-            status: status.into(),
+            grant_type: GrantType::RefreshToken,
+            status: status.parse().unwrap(),
             access_token_expires_at: expires,
             refresh_token_expires_at: rt_expires,
             refresh_due_at: 0,

@@ -122,6 +122,20 @@ impl FromStr for GrantType {
     }
 }
 
+/// As for [`Status`]: typed from the store's edge on.
+impl TryFrom<String> for GrantType {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl serde::Serialize for GrantType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// Where a credential stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -153,6 +167,27 @@ impl FromStr for Status {
             "disabled" => Ok(Self::Disabled),
             other => Err(format!("unknown status {other:?}")),
         }
+    }
+}
+
+/// Rows carry the status as text; `FromRow` reads it through this (`#[sqlx(try_from = "String")]`),
+/// so a status is typed from the store's edge on.
+impl TryFrom<String> for Status {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

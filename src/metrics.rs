@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::domain::{self, Failing, UnixTime};
+use crate::domain::{self, Failing, Status, UnixTime};
 use crate::store::{Store, StoreError};
 use crate::sweep::SweepSummary;
 
@@ -163,12 +163,12 @@ impl Metrics {
             }
             failures.get_or_create(&labels).set(c.consecutive_failures);
             let failures = u32::try_from(c.consecutive_failures).unwrap_or(u32::MAX);
-            let shown = if c.status == "active"
+            let shown = if c.status == Status::Active
                 && inner.failing.is_failing(failures, c.last_success_at, now)
             {
                 "failing".to_owned()
             } else {
-                c.status
+                c.status.to_string()
             };
             status
                 .get_or_create(&StatusLabels {

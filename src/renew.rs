@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::domain::{self, UnixTime};
+use crate::domain::{self, Status, UnixTime};
 use crate::store::{StoreError, TokenState};
 use crate::sweep::{Handled, NamedRefresh, Sweeper};
 
@@ -17,7 +17,7 @@ pub const POLL_EVERY: Duration = Duration::from_millis(200);
 /// all: a `min_valid` of 0 still wants an unexpired token), on a credential that is not disabled.
 #[must_use]
 pub fn fresh_enough(state: &TokenState, now: UnixTime, min_valid: i64) -> bool {
-    state.status != "disabled"
+    state.status != Status::Disabled
         && state.access_token.is_some()
         && state
             .access_token_expires_at
@@ -142,7 +142,7 @@ mod tests {
             id: 1,
             name: "n".to_owned(),
             provider: "p".to_owned(),
-            status: status.to_owned(),
+            status: status.parse().unwrap(),
             access_token: Some(Secret::new("at")),
             token_type: Some("Bearer".to_owned()),
             access_token_expires_at: expires_at,

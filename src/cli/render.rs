@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::domain::{Failing, ShortLived, UnixTime, expires_within, iso8601};
+use crate::domain::{Failing, ShortLived, Status, UnixTime, expires_within, iso8601};
 use crate::holder::{AttemptState, Holder, attempt_state};
 use crate::store::{CredentialSummary, RotationRecord};
 use crate::untrusted::escape;
@@ -102,7 +102,7 @@ pub fn status_json(rows: &[CredentialSummary], view: View) -> String {
 
 fn is_failing(r: &CredentialSummary, view: View) -> bool {
     let failures = u32::try_from(r.consecutive_failures).unwrap_or(u32::MAX);
-    r.status == "active"
+    r.status == Status::Active
         && view
             .failing
             .is_failing(failures, r.last_success_at, view.now)
@@ -170,7 +170,7 @@ fn attempt_note(state: &AttemptState) -> Option<String> {
 
 /// Whether an active credential's access tokens live shorter than the longest sweep gap.
 fn short_lived(r: &CredentialSummary, view: View) -> Option<ShortLived> {
-    (r.status == "active")
+    (r.status == Status::Active)
         .then(|| {
             ShortLived::of(
                 r.last_refreshed_at,
@@ -191,7 +191,7 @@ fn status_word(r: &CredentialSummary, view: View, attempt: &AttemptState) -> Str
     if short_lived(r, view).is_some() {
         notes.push("expires between sweeps".to_owned());
     }
-    if r.status == "active"
+    if r.status == Status::Active
         && expires_within(
             r.refresh_token_expires_at,
             view.now,
@@ -202,7 +202,7 @@ fn status_word(r: &CredentialSummary, view: View, attempt: &AttemptState) -> Str
         notes.push(format!("re-authorize by {by}"));
     }
     if notes.is_empty() {
-        r.status.clone()
+        r.status.to_string()
     } else {
         format!("{} ({})", r.status, notes.join(", "))
     }

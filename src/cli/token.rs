@@ -4,7 +4,7 @@
 use super::exit::{self, CommandError};
 use super::{RenewArgs, Which, header};
 use crate::daemon;
-use crate::domain::{self, Secret};
+use crate::domain::{self, Secret, Status};
 use crate::renew::{self, Renewal};
 use crate::startup::Ctx;
 use crate::store::{OpenMode, Store, TokenState};
@@ -77,10 +77,10 @@ pub(super) async fn fresh_from(
     let now = domain::now();
     let state = if renew::fresh_enough(&state, now, min_secs) {
         state
-    } else if state.status != "active" {
+    } else if state.status != Status::Active {
         return Err(CommandError::NoValidToken {
             name,
-            status: state.status,
+            status: state.status.as_str().to_owned(),
             expires_at: state.access_token_expires_at,
         }
         .into());
@@ -101,7 +101,7 @@ pub(super) async fn fresh_from(
             Renewal::NotActive(state) => {
                 return Err(CommandError::NoValidToken {
                     name,
-                    status: state.status,
+                    status: state.status.as_str().to_owned(),
                     expires_at: state.access_token_expires_at,
                 }
                 .into());
@@ -140,7 +140,7 @@ pub(super) async fn fresh_from(
             }
         }
     };
-    if state.status != "active" {
+    if state.status != Status::Active {
         // Still valid, but the credential will not be refreshed: say so where scripts don't read.
         eprintln!(
             "tokenwarden: warning: credential {name} is {}; this access token is not renewed after {}",

@@ -104,7 +104,7 @@ pub async fn run(scope: &Scope<'_>) -> Result<Report, StoreError> {
         let cc_only = !theirs.is_empty()
             && theirs
                 .iter()
-                .all(|(r, _)| r.grant_type == GrantType::ClientCredentials.as_str());
+                .all(|(r, _)| r.grant_type == GrantType::ClientCredentials);
         let checks = provider_checks(scope.refresher, provider, cc_only).await;
         report.sections.push((format!("provider {name}"), checks));
     }

@@ -5,7 +5,7 @@ use sqlx::FromRow;
 
 use super::seal::{Column, Place};
 use super::{Store, StoreError, on_backend};
-use crate::domain::{Secret, UnixTime};
+use crate::domain::{Secret, Status, UnixTime};
 
 /// A credential's current access token, and what decides whether it must be renewed first.
 #[derive(Debug, Clone, FromRow)]
@@ -14,7 +14,8 @@ pub struct TokenState {
     pub id: i64,
     pub name: String,
     pub provider: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
     pub access_token: Option<Secret>,
     pub token_type: Option<String>,
     pub access_token_expires_at: Option<UnixTime>,

@@ -6,7 +6,7 @@ use sqlx::FromRow;
 
 use super::seal::{Column, Place};
 use super::{Store, StoreError, on_backend};
-use crate::domain::{GrantType, Secret, TokenSet, UnixTime, Unreadable};
+use crate::domain::{GrantType, Secret, Status, TokenSet, UnixTime, Unreadable};
 
 /// A credential to import.
 #[derive(Debug)]
@@ -25,8 +25,10 @@ pub struct CredentialSummary {
     pub name: String,
     pub provider: String,
     pub owner: Option<String>,
-    pub grant_type: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub grant_type: GrantType,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
     pub access_token_expires_at: Option<i64>,
     pub refresh_token_expires_at: Option<i64>,
     pub refresh_due_at: i64,

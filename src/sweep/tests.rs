@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Policy, SweepSummary, Sweeper};
 use crate::alerts::Alerter;
 use crate::config::Settings;
-use crate::domain::{self, GrantType, Secret, Trigger};
+use crate::domain::{self, GrantType, Secret, Status, Trigger};
 use crate::http::Transport;
 use crate::provider::Providers;
 use crate::refresh::Refresher;
@@ -179,7 +179,7 @@ async fn a_due_credential_is_refreshed_once_and_left_alone_until_due() {
     );
 
     let row = &sweeper.store().summaries().await.unwrap()[0];
-    assert_eq!(row.status, "active");
+    assert_eq!(row.status, Status::Active);
     let expires = row.access_token_expires_at.unwrap() - domain::now();
     assert!((3500..=3600).contains(&expires), "{expires}");
     assert!(
@@ -208,10 +208,7 @@ async fn a_transient_failure_backs_off_and_keeps_the_token() {
     assert_eq!((summary.due, summary.failed), (1, 1), "{summary:?}");
     assert!(!summary.all_refreshed());
     let row = &sweeper.store().summaries().await.unwrap()[0];
-    assert_eq!(
-        (row.status.as_str(), row.consecutive_failures),
-        ("active", 1)
-    );
+    assert_eq!((row.status, row.consecutive_failures), (Status::Active, 1));
     assert!(row.next_attempt_at > domain::now(), "backed off");
     assert!(
         row.last_error.as_deref().unwrap().contains("503"),
@@ -243,7 +240,7 @@ async fn a_rejected_grant_needs_reauthorization_and_is_not_retried() {
         "{summary:?}"
     );
     let row = &sweeper.store().summaries().await.unwrap()[0];
-    assert_eq!(row.status, "needs_reauthorization");
+    assert_eq!(row.status, Status::NeedsReauthorization);
     assert_eq!(
         row.last_error.as_deref(),
         Some("invalid_grant: AADSTS70008: expired")
