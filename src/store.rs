@@ -10,7 +10,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-mod assertion;
 mod claim;
 mod leases;
 mod lookup;

@@ -30,6 +30,10 @@ pub(super) async fn add(ctx: &Ctx, args: &AddArgs) -> anyhow::Result<u8> {
         scopes: args.scopes.as_deref(),
         owner: args.owner.as_deref(),
         refresh_token: None,
+        // The assertion's subject: --subject, else the owner (a user name, say), else none.
+        subject: (grant_type == GrantType::JwtBearer)
+            .then(|| args.subject.as_deref().or(args.owner.as_deref()))
+            .flatten(),
     };
     check_input(new.name, new.owner, new.scopes)?;
     let Some(provider) = ctx.settings.providers.get(new.provider) else {
@@ -65,15 +69,7 @@ pub(super) async fn add(ctx: &Ctx, args: &AddArgs) -> anyhow::Result<u8> {
             .ensure_owner_free(new.provider, owner, new.name)
             .await?;
     }
-    if grant_type == GrantType::JwtBearer {
-        // The assertion's subject: --subject, else the owner (a user name, say), else none.
-        let subject = args.subject.as_deref().or(new.owner);
-        store
-            .add_jwt_bearer(&new, subject, args.replace, domain::now())
-            .await?;
-    } else {
-        store.add(&new, args.replace, domain::now()).await?;
-    }
+    store.add(&new, args.replace, domain::now()).await?;
     store.close().await;
     println!(
         "credential {} added; it is refreshed on the next sweep",

@@ -3,7 +3,6 @@
 
 use sqlx::FromRow;
 
-use super::seal::{Column, Place};
 use super::{Store, StoreError, on_backend};
 use crate::domain::{Secret, Status, UnixTime};
 
@@ -37,20 +36,7 @@ impl Store {
             return Ok(None);
         };
         if let Some(stored) = row.access_token.take() {
-            let place = Place {
-                id: row.id,
-                name,
-                column: Column::AccessToken,
-            };
-            let opened =
-                self.sealer
-                    .open(place, &stored)
-                    .map_err(|reason| StoreError::Unreadable {
-                        name: name.to_owned(),
-                        column: Column::AccessToken.as_str(),
-                        reason,
-                    })?;
-            row.access_token = Some(opened);
+            row.access_token = Some(self.open_access_token(row.id, name, &stored)?);
         }
         Ok(Some(row))
     }

@@ -17,6 +17,8 @@ pub struct NewCredential<'a> {
     pub scopes: Option<&'a str>,
     pub owner: Option<&'a str>,
     pub refresh_token: Option<&'a Secret>,
+    /// jwt-bearer: the assertions' `sub` (`None`: none sent).
+    pub subject: Option<&'a str>,
 }
 
 /// One row of `status`: everything but the tokens.
@@ -321,22 +323,30 @@ impl Store {
             return Ok(None);
         };
         if let Some(stored) = row.access_token.take() {
-            let place = Place {
-                id: row.id,
-                name,
-                column: Column::AccessToken,
-            };
-            let opened =
-                self.sealer
-                    .open(place, &stored)
-                    .map_err(|reason| StoreError::Unreadable {
-                        name: name.to_owned(),
-                        column: Column::AccessToken.as_str(),
-                        reason,
-                    })?;
-            row.access_token = Some(opened);
+            row.access_token = Some(self.open_access_token(row.id, name, &stored)?);
         }
         Ok(Some(row))
+    }
+
+    /// The access token of row `id` (credential `name`), opened from its stored form.
+    pub(super) fn open_access_token(
+        &self,
+        id: i64,
+        name: &str,
+        stored: &Secret,
+    ) -> Result<Secret, StoreError> {
+        let place = Place {
+            id,
+            name,
+            column: Column::AccessToken,
+        };
+        self.sealer
+            .open(place, stored)
+            .map_err(|reason| StoreError::Unreadable {
+                name: name.to_owned(),
+                column: Column::AccessToken.as_str(),
+                reason,
+            })
     }
 
     /// Whether a credential called `name` exists.

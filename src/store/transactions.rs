@@ -503,7 +503,8 @@ impl Db {
                     "UPDATE oauth_credential SET provider = $1, grant_type = $2, scopes = $3, owner = $4, \
                         refresh_token = $5, access_token = NULL, token_type = NULL, access_token_expires_at = NULL, \
                         refresh_token_expires_at = NULL, status = 'active', refresh_due_at = 0, consecutive_failures = 0, \
-                        next_attempt_at = 0, last_error = NULL, revoke_pending = false, updated_at = $6 WHERE id = $7",
+                        next_attempt_at = 0, last_error = NULL, revoke_pending = false, updated_at = $6, subject = $8 \
+                     WHERE id = $7",
                 )
                 .bind(c.provider)
                 .bind(c.grant_type.as_str())
@@ -512,14 +513,15 @@ impl Db {
                 .bind(seal(id))
                 .bind(now)
                 .bind(id)
+                .bind(c.subject)
                 .execute(w.conn())
                 .await?;
             }
             (None, _) => {
                 // The row id is part of what seals the token: insert, then store it.
                 let (id,): (i64,) = sqlx::query_as(
-                    "INSERT INTO oauth_credential (name, provider, grant_type, scopes, owner, \
-                        refresh_due_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 0, $6, $6) RETURNING id",
+                    "INSERT INTO oauth_credential (name, provider, grant_type, scopes, owner, subject, \
+                        refresh_due_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $7, 0, $6, $6) RETURNING id",
                 )
                 .bind(c.name)
                 .bind(c.provider)
@@ -527,6 +529,7 @@ impl Db {
                 .bind(c.scopes)
                 .bind(c.owner)
                 .bind(now)
+                .bind(c.subject)
                 .fetch_one(w.conn())
                 .await?;
                 sqlx::query("UPDATE oauth_credential SET refresh_token = $1 WHERE id = $2")
@@ -957,7 +960,7 @@ async fn apply_refreshed(conn: &mut Conn, job: &StoreJob) -> Result<Stored, Stor
     Ok(stored)
 }
 
-// ---- consumers: a token with what decides its renewal, credentials by owner, jwt-bearer imports
+// ---- consumers: a token with what decides its renewal, credentials by owner
 
 impl Db {
     /// The current token of `name` as stored, with its lease and backoff.
@@ -989,60 +992,5 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|(name,)| name).collect())
-    }
-
-    /// Imports a jwt-bearer credential for `subject`, due at once; with `replace`, an existing one
-    /// of that name becomes this one, active again, its old tokens dropped.
-    pub(in crate::store) async fn add_jwt_bearer(
-        &self,
-        c: &NewCredential<'_>,
-        subject: Option<&str>,
-        replace: bool,
-        now: UnixTime,
-    ) -> Result<(), StoreError> {
-        let mut w = self.write().await?;
-        let exists: Option<(i64,)> =
-            sqlx::query_as("SELECT id FROM oauth_credential WHERE name = $1")
-                .bind(c.name)
-                .fetch_optional(w.conn())
-                .await?;
-        match (exists, replace) {
-            (Some(_), false) => {
-                w.rollback().await?;
-                return Err(StoreError::Exists(c.name.to_owned()));
-            }
-            (Some((id,)), true) => {
-                sqlx::query(
-                    "UPDATE oauth_credential SET provider = $1, grant_type = 'jwt_bearer', scopes = $2, owner = $3, \
-                        subject = $4, refresh_token = NULL, access_token = NULL, token_type = NULL, \
-                        access_token_expires_at = NULL, refresh_token_expires_at = NULL, instance_url = NULL, \
-                        status = 'active', refresh_due_at = 0, consecutive_failures = 0, next_attempt_at = 0, \
-                        last_error = NULL, revoke_pending = false, updated_at = $5 WHERE id = $6",
-                )
-                .bind(c.provider)
-                .bind(c.scopes)
-                .bind(c.owner)
-                .bind(subject)
-                .bind(now)
-                .bind(id)
-                .execute(w.conn())
-                .await?;
-            }
-            (None, _) => {
-                sqlx::query(
-                    "INSERT INTO oauth_credential (name, provider, grant_type, scopes, owner, subject, \
-                        refresh_due_at, created_at, updated_at) VALUES ($1, $2, 'jwt_bearer', $3, $4, $5, 0, $6, $6)",
-                )
-                .bind(c.name)
-                .bind(c.provider)
-                .bind(c.scopes)
-                .bind(c.owner)
-                .bind(subject)
-                .bind(now)
-                .execute(w.conn())
-                .await?;
-            }
-        }
-        w.commit().await
     }
 }

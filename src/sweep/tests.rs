@@ -140,6 +140,7 @@ async fn sweeper(dir: &tempfile::TempDir, endpoint: &Endpoint) -> Sweeper {
         scopes: None,
         owner: None,
         refresh_token: Some(&token),
+        subject: None,
     };
     store.add(&new, false, domain::now()).await.unwrap();
     let policy = Policy::from_settings(&settings).unwrap();
