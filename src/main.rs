@@ -19,7 +19,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread runs every task: a daemon that sleeps between sweeps needs no more, and the work
+    // of a sweep is mostly waiting on the network and on SQLite, whose connections each have a
+    // thread of their own (sqlx). Fewer threads also mean fewer malloc arenas and stacks.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

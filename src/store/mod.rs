@@ -162,6 +162,27 @@ impl Store {
         Ok(())
     }
 
+    /// Closes the connections sitting idle in the pool; the next query opens one again. Each holds
+    /// a thread and a page cache, and SQLite checkpoints the WAL when the last one closes: the
+    /// daemon calls this after every sweep, so that between sweeps it holds none.
+    ///
+    /// A connection given back goes idle a moment later (sqlx returns it from a task): those
+    /// still on their way are waited for this long at most.
+    pub async fn close_idle(&self) {
+        const RETURNING: Duration = Duration::from_millis(500);
+        const STEP: Duration = Duration::from_millis(5);
+        let started = std::time::Instant::now();
+        loop {
+            while let Some(conn) = self.pool.try_acquire() {
+                let _ = conn.close().await;
+            }
+            if self.pool.size() == 0 || started.elapsed() >= RETURNING {
+                break;
+            }
+            tokio::time::sleep(STEP).await;
+        }
+    }
+
     /// Closes every connection, checkpointing the WAL.
     pub async fn close(&self) {
         self.pool.close().await;
