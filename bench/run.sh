@@ -8,6 +8,8 @@
 #
 # Other flags go to the driver: --skip-oidc, --out FILE, --work DIR.
 # TOKENWARDEN_BIN=/path/to/tokenwarden measures that binary instead of building this checkout.
+# Section 5 (the idle footprint side by side) also measures PIZAUTH_BIN=/path/to/pizauth (its
+# commit named by PIZAUTH_COMMIT) and an earlier tokenwarden, TOKENWARDEN_BASE_BIN, when given.
 # Needs Rust, Node 20 (the oidc-provider test server) and npm; nothing beyond the crates.io and npm
 # registries. Generated databases (≈1 GB for 1M credentials) are cached in target/bench/templates.
 set -euo pipefail

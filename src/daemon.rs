@@ -136,6 +136,8 @@ async fn sweep(sweeper: &Sweeper, shutdown: &CancellationToken, metrics: Option<
         }
         Err(e) => error!(error = %e, "sweep failed; the next tick tries again"),
     }
+    // Idle until the next tick: no connection, no SQLite thread, no page cache.
+    sweeper.store().close_idle().await;
 }
 
 /// Tells systemd how things stand; a no-op unless it set NOTIFY_SOCKET.

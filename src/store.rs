@@ -227,6 +227,13 @@ impl Store {
         on_backend!(self, db => db.ping().await)
     }
 
+    /// Closes the connections sitting idle in the pool; the next query opens one again. Each holds
+    /// resources (for SQLite a thread and a page cache, and the WAL is checkpointed when the last
+    /// one closes): the daemon calls this after every sweep, so that between sweeps it holds none.
+    pub async fn close_idle(&self) {
+        on_backend!(self, db => db.close_idle().await);
+    }
+
     /// Closes every connection (for SQLite, checkpointing the WAL).
     pub async fn close(&self) {
         on_backend!(self, db => db.close().await);

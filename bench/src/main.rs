@@ -8,10 +8,12 @@
 //!    the repository's oidc-provider test server, beside a bare baseline (`baseline.rs`);
 //! 3. footprint: the daemon's idle RSS after start, and the peak RSS of a large all-due sweep;
 //! 4. sealing: the none-due sweeps (smallest and largest table) and the instant-endpoint
-//!    throughput with `[encryption]` on, each beside the same run with it off, interleaved.
+//!    throughput with `[encryption]` on, each beside the same run with it off, interleaved;
+//! 5. the idle footprint side by side (`side.rs`): tokenwarden beside pizauth (`PIZAUTH_BIN`) and
+//!    an earlier tokenwarden (`TOKENWARDEN_BASE_BIN`): RSS, wake-ups, threads, ready, binary size.
 //!
 //! Usage: tokenwarden-bench --bin PATH --repo DIR [--smoke] [--out FILE] [--work DIR] [--skip-oidc]
-//!            [--only sweep,throughput,oidc,footprint,sealed]
+//!            [--only sweep,throughput,oidc,footprint,sealed,side]
 //!        tokenwarden-bench baseline ... (the bare baseline; see baseline.rs)
 //!        tokenwarden-bench serve [SECONDS] (the instant endpoint alone, for profiling by hand)
 
@@ -21,6 +23,7 @@ mod instant;
 mod oidc;
 mod proc;
 mod report;
+mod side;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -97,7 +100,7 @@ struct Opts {
     work: PathBuf,
     out: PathBuf,
     skip_oidc: bool,
-    /// Sections to run (sweep, throughput, oidc, footprint, sealed); all when empty.
+    /// Sections to run (sweep, throughput, oidc, footprint, sealed, side); all when empty.
     only: Vec<String>,
 }
 
@@ -279,6 +282,7 @@ fn drive(o: Opts) -> Result<(), Error> {
         footprint: None,
         oidc_stats: None,
         sealing: Vec::new(),
+        side: None,
         total: Duration::ZERO,
     };
 
@@ -435,6 +439,11 @@ fn drive(o: Opts) -> Result<(), Error> {
     // 4. Sealing on against off: the same runs, interleaved.
     if b.o.runs("sealed") {
         b.sealing(&mut results.sealing)?;
+    }
+
+    // 5. The idle footprint side by side with pizauth (PIZAUTH_BIN) and an earlier build.
+    if b.o.runs("side") {
+        results.side = Some(b.side_by_side()?);
     }
 
     results.total = started.elapsed();

@@ -170,6 +170,8 @@ pub struct Results {
     pub footprint: Option<Footprint>,
     pub oidc_stats: Option<oidc::Stats>,
     pub sealing: Vec<Sealing>,
+    /// Section 5, the idle footprint side by side (`side.rs`).
+    pub side: Option<crate::side::Side>,
     pub total: Duration,
 }
 
@@ -257,7 +259,7 @@ fn mb(kib: f64) -> f64 {
     kib * 1024.0 / 1e6
 }
 
-fn fmt_rows(n: u64) -> String {
+pub(crate) fn fmt_rows(n: u64) -> String {
     match n {
         n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
         n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
@@ -360,6 +362,15 @@ fn targets(r: &Results) -> Vec<Target> {
             measured: format!("{:.1} MB", mb(peak)),
             pass: mb(peak) <= 100.0,
         });
+    }
+    if let Some(side) = &r.side {
+        for (what, measured, pass) in crate::side::targets(side) {
+            t.push(Target {
+                what,
+                measured,
+                pass,
+            });
+        }
     }
     t
 }
@@ -578,6 +589,10 @@ pub fn render(r: &Results) -> String {
                 );
             }
         }
+    }
+
+    if let Some(side) = &r.side {
+        s.push_str(&crate::side::render(side, p.settle));
     }
 
     if !p.smoke {

@@ -994,3 +994,24 @@ impl Db {
         Ok(rows.into_iter().map(|(name,)| name).collect())
     }
 }
+
+// ---- the pool between sweeps
+
+impl Db {
+    /// Closes the pool's idle connections. A connection given back goes idle a moment later (sqlx
+    /// returns it from a task): those still on their way are waited for this long at most.
+    pub(in crate::store) async fn close_idle(&self) {
+        const RETURNING: std::time::Duration = std::time::Duration::from_millis(500);
+        const STEP: std::time::Duration = std::time::Duration::from_millis(5);
+        let started = std::time::Instant::now();
+        loop {
+            while let Some(conn) = self.pool.try_acquire() {
+                let _ = conn.close().await;
+            }
+            if self.pool.size() == 0 || started.elapsed() >= RETURNING {
+                break;
+            }
+            tokio::time::sleep(STEP).await;
+        }
+    }
+}
