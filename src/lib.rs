@@ -4,35 +4,40 @@
 //! Data flows one way; a module imports only those before it:
 //!
 //! ```text
-//! config ─► keys ─► store ─► sweep ─► refresh ─► (outcome) ─► sweep ─► store
-//!   │                          ▲      (store seals every token it writes, opens every one it reads)
-//!   └─► provider ──────────────┘            daemon: schedule + signals around sweep
+//! config ─► keys ─► store ─► sweep ─► refresh | revoke ─► (outcome) ─► sweep::settle ─► store
+//!   │        (sqlite | postgres)▲          │
+//!   └─► provider ─► http ───────┴──────────┘   (the store seals every token it writes and opens
+//!        (discovery)                              every one it reads, above the SQL)
+//!
+//! startup: settings ─► transport, providers, store, sweeper      cli: parse, dispatch, render
+//! daemon:  schedule + signals + metrics listener around sweep     renew, exec: tokens on demand
+//! lifecycle: authorize / device grant ─► store                   doctor: checks ─► Report
 //! ```
 //!
 //! - [`domain`] — credentials, tokens, statuses, due-time and backoff arithmetic (pure)
 //! - [`holder`] — this process as a lease holder, and whether a holder on this host still runs
-//! - [`http`] — the one transport to providers: no redirects, timeouts, body cap, oauth2 adapter
 //! - [`untrusted`] — the rules text from outside must pass before it is stored or shown (pure)
 //! - [`schedule`] — cron expressions and the gap between sweeps
 //! - [`config`] — settings from defaults, file and environment, provider presets, validated
+//! - [`http`] — the one transport to providers: no redirects, timeouts, body cap, oauth2 adapter
 //! - [`discovery`] — endpoints from an issuer's metadata
 //! - [`secret_file`] — reading a secret file, refused when anyone may write it (like ssh's keys)
-//! - [`provider`] — configured OAuth clients with their endpoints and secrets resolved
-//! - [`keys`] — the `[encryption]` keys, read from files or the environment
-//! - [`store`] — the SQLite database, the only module that speaks SQL; seals tokens at rest
-//! - [`refresh`] — one token request and its outcome
+//! - [`provider`] — configured OAuth clients with their endpoints, secrets and client auth
+//! - [`keys`] — the `[encryption]` keys and the database's location and password
+//! - [`store`] — the only module that speaks SQL: one interface, SQLite and PostgreSQL behind it
+//! - [`refresh`] — one token request (refresh, client credentials, jwt-bearer) and its outcome
 //! - [`revoke`] — one revocation request (RFC 7009) and its outcome
 //! - [`alerts`] — the operator's command on credential events
-//! - [`sweep`] — claim, refresh, store, log, alert
+//! - [`sweep`] — claim, refresh, settle (pure), store, log, alert; pending revocations
 //! - [`renew`] — a token valid for at least a given time, renewed now through the sweep's path
-//! - [`lifecycle`] — `authorize` (authorization-code grant with PKCE) and `revoke` (RFC 7009)
-//! - [`daemon`] — the schedule and shutdown around sweeps
+//! - [`lifecycle`] — `authorize`: the authorization-code grant with PKCE, and the device grant
 //! - [`metrics`] — the optional /metrics and /healthz listener
-//! - [`telemetry`] — logging
+//! - [`daemon`] — the schedule, signals and metrics listener around sweeps
+//! - [`telemetry`] — logging, with text from outside escaped
 //! - [`exec`] — `tokenwarden exec`: a command run with a token in its environment
-//! - [`doctor`] — the preflight checks behind `tokenwarden doctor`
+//! - [`doctor`] — the preflight checks behind `tokenwarden doctor`, as a report
 //! - [`startup`] — the wiring from settings to transport, providers, store and sweeper
-//! - [`cli`] — the command line
+//! - [`cli`] — the command line: parsing, dispatch, rendering
 
 pub mod alerts;
 pub mod cli;
