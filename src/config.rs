@@ -82,7 +82,8 @@ pub struct Settings {
     /// The SQLite database file (see [`Settings::database_path`] for the default), or a
     /// `postgres://` / `postgresql://` URL (see [`Settings::database_url`]).
     pub database: Option<PathBuf>,
-    /// How to reach PostgreSQL besides its URL; only with a `postgres://` database.
+    /// How to reach PostgreSQL besides its URL: for a `postgres://` database, and for the
+    /// destination of `migrate --to`.
     #[serde(default)]
     pub postgres: Option<PostgresSettings>,
     /// Cron expression for sweeps (5 or 6 fields, UTC).
@@ -469,19 +470,15 @@ impl Settings {
         if let Some(encryption) = &self.encryption {
             encryption.validate()?;
         }
-        if let Some(pg) = &self.postgres {
-            if self.database_url().is_none() {
-                return Err(invalid(
-                    "postgres",
-                    "is only for a database = \"postgres://…\" URL",
-                ));
-            }
-            if pg.password_file.is_some() && pg.password_env.is_some() {
-                return Err(invalid(
-                    "postgres",
-                    "password_file and password_env are alternatives: set one",
-                ));
-            }
+        // With a SQLite database, `[postgres]` is what `migrate --to postgres://…` connects with.
+        if let Some(pg) = &self.postgres
+            && pg.password_file.is_some()
+            && pg.password_env.is_some()
+        {
+            return Err(invalid(
+                "postgres",
+                "password_file and password_env are alternatives: set one",
+            ));
         }
         if let Some(url) = self.database_url()
             && url::Url::parse(url).is_err()
