@@ -243,6 +243,11 @@ async fn migrate_copies_sqlite_into_an_empty_postgres_row_by_row_and_refuses_wha
 
     // The copy in use: sealed tokens open under their kept ids, a new row gets the next id.
     set_database(&home, &pg.url());
+    // Due now (their due time may be this very second, and a sweep takes what is due before it).
+    sqlx::query("UPDATE oauth_credential SET refresh_due_at = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
     let on_pg = home.run(&["run", "--once"], "").await;
     assert_eq!(on_pg.code, Some(0), "{on_pg:?}");
     let refreshed: i64 = sqlx::query_scalar(
