@@ -16,6 +16,7 @@ mod credentials;
 pub mod exit;
 mod header;
 mod inspect;
+mod migrate;
 mod render;
 mod token;
 
@@ -132,6 +133,15 @@ enum Command {
     /// Revoke NAME's tokens at the provider (RFC 7009) and delete NAME. When the provider cannot
     /// be reached, NAME stays disabled and the revocation is sent again later.
     Revoke { name: String },
+    /// Copy this configuration's SQLite database (credentials and journal, ids and sealed tokens
+    /// as stored) into an empty PostgreSQL database, migrated first, and compare every row after
+    /// the copy. The source is only read; refused (exit 6) while a claim in it runs. The password
+    /// comes from [postgres] password_file or password_env.
+    Migrate {
+        /// The destination: postgres://user@host:port/database (sslmode etc. as for `database`).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Re-seal every stored token under the current [encryption] key, in small transactions (safe
     /// beside the daemon, and to interrupt and run again); then report how many tokens each key
     /// still seals. Exit 1 when some rows were left (in use throughout, or unreadable).
@@ -293,5 +303,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Revoke { name } => revoke(&ctx, &name).await,
         Command::Rekey { decrypt } => rekey(&ctx, decrypt).await,
+        Command::Migrate { to } => migrate::migrate(&ctx, &to).await,
     }
 }

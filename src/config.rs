@@ -83,7 +83,8 @@ pub struct Settings {
     /// The SQLite database file (see [`Settings::database_path`] for the default), or a
     /// `postgres://` / `postgresql://` URL (see [`Settings::database_url`]).
     pub database: Option<PathBuf>,
-    /// How to reach PostgreSQL besides its URL; only with a `postgres://` database.
+    /// How to reach PostgreSQL besides its URL: for a `postgres://` database, and for the
+    /// destination of `migrate --to`.
     #[serde(default)]
     pub postgres: Option<PostgresSettings>,
     /// Cron expression for sweeps (5 or 6 fields, UTC).
@@ -269,6 +270,12 @@ pub struct ProviderSettings {
     /// Allow an `http://` token endpoint on a host that is not loopback.
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// Most token requests per second the sweep sends this provider, from this process (spaced
+    /// evenly, 1/rate apart). Unset: no limit but `concurrency`.
+    pub rate_limit: Option<f64>,
+    /// Most token requests the sweep has in flight to this provider at once, in this process.
+    /// Unset: `concurrency`.
+    pub max_concurrency: Option<usize>,
 }
 
 impl fmt::Debug for ProviderSettings {
@@ -285,6 +292,9 @@ impl fmt::Debug for ProviderSettings {
             .finish_non_exhaustive()
     }
 }
+
+/// The slowest `rate_limit` accepted: one request every 1,000 s.
+pub const MIN_RATE_LIMIT: f64 = 0.001;
 
 fn default_alg() -> String {
     "RS256".to_owned()
@@ -470,19 +480,15 @@ impl Settings {
         if let Some(encryption) = &self.encryption {
             encryption.validate()?;
         }
-        if let Some(pg) = &self.postgres {
-            if self.database_url().is_none() {
-                return Err(invalid(
-                    "postgres",
-                    "is only for a database = \"postgres://…\" URL",
-                ));
-            }
-            if pg.password_file.is_some() && pg.password_env.is_some() {
-                return Err(invalid(
-                    "postgres",
-                    "password_file and password_env are alternatives: set one",
-                ));
-            }
+        // With a SQLite database, `[postgres]` is what `migrate --to postgres://…` connects with.
+        if let Some(pg) = &self.postgres
+            && pg.password_file.is_some()
+            && pg.password_env.is_some()
+        {
+            return Err(invalid(
+                "postgres",
+                "password_file and password_env are alternatives: set one",
+            ));
         }
         if let Some(url) = self.database_url()
             && url::Url::parse(url).is_err()
@@ -524,6 +530,20 @@ impl ProviderSettings {
         }
         if self.client_id.is_empty() {
             return Err(invalid(format!("{key}.client_id"), "must not be empty"));
+        }
+        if let Some(rate) = self.rate_limit
+            && !(rate.is_finite() && rate >= MIN_RATE_LIMIT)
+        {
+            return Err(invalid(
+                format!("{key}.rate_limit"),
+                format!("must be a number of requests per second, at least {MIN_RATE_LIMIT}"),
+            ));
+        }
+        if self.max_concurrency == Some(0) {
+            return Err(invalid(
+                format!("{key}.max_concurrency"),
+                "must be at least 1",
+            ));
         }
         let secret_sources = [
             self.client_secret_env.is_some(),
@@ -691,6 +711,34 @@ scopes = "offline_access https://graph.microsoft.com/.default"
             s.database_path(&env),
             PathBuf::from("/var/lib/tw/tokenwarden.db")
         );
+    }
+
+    #[test]
+    fn provider_limits_are_read_and_checked() {
+        let s = load_str(
+            &format!("{PROVIDER}rate_limit = 2.5\nmax_concurrency = 4\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.providers["entra"].rate_limit, Some(2.5));
+        assert_eq!(s.providers["entra"].max_concurrency, Some(4));
+        let env = load_str(
+            PROVIDER,
+            &[("TOKENWARDEN_PROVIDERS__ENTRA__RATE_LIMIT", "7")],
+        )
+        .unwrap();
+        assert_eq!(env.providers["entra"].rate_limit, Some(7.0));
+        for (line, key) in [
+            ("rate_limit = 0", "providers.entra.rate_limit"),
+            ("rate_limit = -1", "providers.entra.rate_limit"),
+            ("rate_limit = nan", "providers.entra.rate_limit"),
+            ("max_concurrency = 0", "providers.entra.max_concurrency"),
+        ] {
+            let e = load_str(&format!("{PROVIDER}{line}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && !e.contains('\n'), "{line}: {e}");
+        }
     }
 
     #[test]

@@ -274,13 +274,45 @@ pub fn clamp_lifetime(expires_in: i64) -> i64 {
     expires_in.clamp(MIN_LIFETIME_SECS, MAX_LIFETIME_SECS)
 }
 
-/// When a credential should next be refreshed: `margin` before its access token expires, and no
-/// later than `max_idle` from now so an idle refresh token is exercised before it can lapse. Never
-/// earlier than `now`: a token that lives shorter than the margin is refreshed on the next sweep,
-/// not again by the sweep that just refreshed it.
+/// When a credential should next be refreshed: `margin` and its `spread` (see [`due_spread`])
+/// before its access token expires, and no later than `max_idle` from now so an idle refresh token
+/// is exercised before it can lapse. Never earlier than `now`: a token that lives shorter than the
+/// margin is refreshed on the next sweep, not again by the sweep that just refreshed it.
 #[must_use]
-pub fn refresh_due_at(now: UnixTime, expires_at: UnixTime, margin: i64, max_idle: i64) -> UnixTime {
-    (expires_at - margin).min(now + max_idle).max(now)
+pub fn refresh_due_at(
+    now: UnixTime,
+    expires_at: UnixTime,
+    margin: i64,
+    max_idle: i64,
+    spread: i64,
+) -> UnixTime {
+    (expires_at - margin - spread.max(0))
+        .min(now + max_idle)
+        .max(now)
+}
+
+/// A credential's stable offset in `[0, margin / 2)` seconds, taken off its due time so that
+/// credentials imported (or authorized) together, whose tokens expire together, are not all due
+/// in the same sweep: the provider sees their refreshes spread over half the margin. Only ever
+/// earlier than the margin alone would make it, never later. A hash of the name (FNV-1a, then
+/// SplitMix64's finalizer): the same on every host, in every version, across `migrate`.
+#[must_use]
+pub fn due_spread(name: &str, margin: i64) -> i64 {
+    let Ok(half) = u64::try_from(margin / 2) else {
+        return 0;
+    };
+    if half == 0 {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.as_bytes() {
+        h ^= u64::from(*byte);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    i64::try_from(h % half).unwrap_or(0)
 }
 
 /// Whether a refresh token expiring at `expires_at` is within `warning` seconds of `now`.
@@ -469,11 +501,52 @@ mod tests {
 
     #[test]
     fn due_is_margin_before_expiry_or_max_idle() {
-        assert_eq!(refresh_due_at(1000, 4600, 600, 86_400), 4000);
+        assert_eq!(refresh_due_at(1000, 4600, 600, 86_400, 0), 4000);
         // A long-lived access token is still refreshed within max_idle.
-        assert_eq!(refresh_due_at(1000, 1_000_000, 600, 86_400), 87_400);
+        assert_eq!(refresh_due_at(1000, 1_000_000, 600, 86_400, 0), 87_400);
         // A token shorter than the margin is due at once, but not before now.
-        assert_eq!(refresh_due_at(1000, 1300, 600, 86_400), 1000);
+        assert_eq!(refresh_due_at(1000, 1300, 600, 86_400, 0), 1000);
+    }
+
+    #[test]
+    fn spread_is_stable_inside_half_the_margin_and_only_earlier() {
+        let margin = 600;
+        assert_eq!(
+            due_spread("user-001", margin),
+            due_spread("user-001", margin)
+        );
+        assert_eq!(due_spread("x", 1), 0);
+        assert_eq!(due_spread("x", 0), 0);
+        assert_eq!(due_spread("x", -5), 0);
+        // 1,000 credentials imported together (names as a bulk import makes them), due times
+        // spread over the window [expiry - margin - margin/2, expiry - margin].
+        let now = 1_000_000;
+        let expires_at = now + 3600;
+        let mut buckets = [0_u32; 10];
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..1000 {
+            let name = format!("user-{i:03}");
+            let spread = due_spread(&name, margin);
+            assert!((0..margin / 2).contains(&spread), "{name}: {spread}");
+            let due = refresh_due_at(now, expires_at, margin, 86_400, spread);
+            assert!(due <= refresh_due_at(now, expires_at, margin, 86_400, 0));
+            assert!(due >= expires_at - margin - margin / 2);
+            seen.insert(due);
+            buckets[usize::try_from(spread * 10 / (margin / 2)).unwrap()] += 1;
+        }
+        // Uniform enough: every tenth of the window holds 100 ± 40, and at least 250 distinct
+        // seconds of the 300 are used.
+        assert!(
+            buckets.iter().all(|b| (60..=140).contains(b)),
+            "{buckets:?}"
+        );
+        assert!(seen.len() >= 250, "{}", seen.len());
+        // The spread never pushes a due time past max_idle, nor before now.
+        assert_eq!(refresh_due_at(now, now + 100, margin, 86_400, 299), now);
+        assert_eq!(
+            refresh_due_at(now, now + 10_000_000, margin, 86_400, 299),
+            now + 86_400
+        );
     }
 
     #[test]

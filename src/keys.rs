@@ -36,6 +36,17 @@ pub fn database_location(
     let Some(url) = settings.database_url() else {
         return Ok((Location::Sqlite(settings.database_path(env)), Vec::new()));
     };
+    let (options, warnings) = postgres_options(settings, env, url)?;
+    Ok((Location::Postgres(options), warnings))
+}
+
+/// The PostgreSQL database at `url` with `[postgres]`'s password and CA file (for `database`,
+/// and for `migrate --to`), and warnings about how the password is kept.
+pub fn postgres_options(
+    settings: &Settings,
+    env: &BTreeMap<String, String>,
+    url: &str,
+) -> Result<(PgOptions, Vec<String>), KeysError> {
     let pg = settings.postgres.as_ref();
     let mut warnings = Vec::new();
     let password = match (
@@ -68,8 +79,7 @@ pub fn database_location(
             reason: format!("{} is not a readable file", ca.display()),
         });
     }
-    let options = PgOptions::new(url.to_owned(), password, ca);
-    Ok((Location::Postgres(options), warnings))
+    Ok((PgOptions::new(url.to_owned(), password, ca), warnings))
 }
 
 /// The sealer the configuration asks for, and warnings about how its keys are kept.

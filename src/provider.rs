@@ -111,6 +111,10 @@ pub struct Provider {
     pub assertion_audience: String,
     /// Whether jwt-bearer scopes go into the assertion (Google) rather than the form.
     pub scope_in_assertion: bool,
+    /// Most token requests per second from this process's sweeps (`rate_limit`).
+    pub rate_limit: Option<f64>,
+    /// Most token requests in flight at once from this process's sweeps (`max_concurrency`).
+    pub max_concurrency: Option<usize>,
 }
 
 impl Provider {
@@ -190,6 +194,8 @@ impl Provider {
                 .clone()
                 .unwrap_or_else(|| token_url.clone()),
             scope_in_assertion: shape.scope_in_assertion,
+            rate_limit: settings.rate_limit,
+            max_concurrency: settings.max_concurrency,
             name: name.to_owned(),
             token_url,
             authorization_url,

@@ -1,7 +1,8 @@
 //! The only module that speaks SQL, behind one interface with two backends: `sqlite` (the
 //! embedded default: a file created 0600, WAL, FULL sync, a busy timeout) and `postgres` (several
 //! replicas on one server). Opening migrates the schema. `claim` holds the sweep's transactions,
-//! `records` the reads and writes behind the CLI, `leases` the view of other holders' claims.
+//! `records` the reads and writes behind the CLI, `leases` the view of other holders' claims, `transfer` the copy of a SQLite database into
+//! PostgreSQL (`migrate --to`).
 //! Every token passes the store's [`Sealer`] (`seal`) on its way in and out, here, above the SQL,
 //! so both backends see only stored (sealed) text; `rekey` reports and changes which key seals
 //! which row. The statements both dialects accept are written once (`transactions.rs`, compiled
@@ -18,6 +19,7 @@ mod records;
 mod rekey;
 pub mod seal;
 mod sqlite;
+mod transfer;
 mod writer;
 
 pub use claim::{ClaimByName, Failure, FailureDetail, Refreshed, Stored};
@@ -30,6 +32,7 @@ pub use records::{
 };
 pub use rekey::{ColumnUsage, KeyUsage, Pass, Target};
 pub use seal::Sealer;
+pub use transfer::{Copied, TransferError};
 
 use crate::domain::Unreadable;
 

@@ -1,8 +1,9 @@
 //! One sweep: take over the claims of processes that died on this host (`holders`), claim the due
-//! credentials in small batches under a lease, refresh them with bounded concurrency, decide what
-//! each outcome comes to (`settle`, pure), store, log and alert it (`record`); then retry pending
-//! revocations (`revocation`). Imports `config`, `domain`, `holder`, `provider`, `refresh`,
-//! `revoke`, `store` and `alerts`.
+//! credentials in small batches under a lease, refresh them with bounded concurrency (and each
+//! provider's `max_concurrency` and `rate_limit`: `limits`), decide what each outcome comes to
+//! (`settle`, pure), store, log and alert it (`record`); then retry pending revocations
+//! (`revocation`). Imports `config`, `domain`, `holder`, `provider`, `refresh`, `revoke`, `store`
+//! and `alerts`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 mod holders;
+mod limits;
 mod record;
 mod revocation;
 mod settle;
@@ -153,6 +155,8 @@ struct Inner {
     alerter: Alerter,
     /// Credentials (ids) already warned about for short-lived access tokens: once per process.
     warned_short_lived: Mutex<HashSet<i64>>,
+    /// Each provider's `max_concurrency` and `rate_limit` for the sweep's requests.
+    limits: limits::Limits,
 }
 
 impl Sweeper {
@@ -167,6 +171,7 @@ impl Sweeper {
         let holder = Holder::this_process();
         let owner = holder.to_string();
         let rejected = Mutex::new(HashMap::new());
+        let limits = limits::Limits::new(&providers);
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -178,6 +183,7 @@ impl Sweeper {
                 rejected,
                 alerter,
                 warned_short_lived: Mutex::default(),
+                limits,
             }),
         }
     }
@@ -244,13 +250,14 @@ impl Sweeper {
                     continue;
                 }
                 let me = self.clone();
-                in_flight.spawn(async move { me.handle(claimed).await });
+                in_flight.spawn(async move { me.handle_within_limits(claimed).await });
             }
             let Some(joined) = in_flight.join_next().await else {
                 break;
             };
             match joined {
-                Ok(Ok(handled)) => summary.record(handled),
+                Ok(Ok(Some(handled))) => summary.record(handled),
+                Ok(Ok(None)) => summary.released += 1,
                 Ok(Err(e)) => {
                     summary.failed += 1;
                     first_error.get_or_insert(e);
@@ -306,6 +313,21 @@ impl Sweeper {
                 ClaimByName::Busy => NamedRefresh::Busy,
             },
         )
+    }
+
+    /// [`Sweeper::handle`] once the provider's limits let the request go; `None` when that took
+    /// so long that the claim could run out before the outcome is stored: it is given back
+    /// unattempted, never sent late.
+    async fn handle_within_limits(&self, claimed: Claimed) -> Result<Option<Handled>, StoreError> {
+        let inner = &self.inner;
+        let _slot = inner.limits.acquire(&claimed.provider).await;
+        let needed = inner.policy.request_timeout + inner.policy.store_window;
+        if domain::now() + needed > claimed.lease_expires_at {
+            warn!(credential = %claimed.name, "waited for the provider's rate or concurrency limit until too little of the claim was left; given back");
+            inner.store.release(&claimed, &inner.owner).await?;
+            return Ok(None);
+        }
+        self.handle(claimed).await.map(Some)
     }
 
     /// Refreshes one claimed credential and stores the outcome.

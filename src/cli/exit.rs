@@ -9,7 +9,7 @@ use crate::keys::KeysError;
 use crate::lifecycle::AuthorizeError;
 use crate::provider::ProviderError;
 use crate::startup::StartupError;
-use crate::store::StoreError;
+use crate::store::{StoreError, TransferError};
 use crate::sweep::RevokeError;
 
 /// Success.
@@ -28,13 +28,17 @@ pub const NOT_FOUND: u8 = 4;
 /// Stored tokens are sealed under a key the configuration does not list (or it lists none), or a
 /// stored token does not open: nothing was claimed or sent.
 pub const SEALING: u8 = 5;
+/// `migrate`: claims run in the source database (a daemon or a command is using it); stop them
+/// and run it again.
+pub const BUSY: u8 = 6;
 /// Anything else (the runtime or the scheduler failed).
 pub const INTERNAL: u8 = 70;
 
 /// The table shown at the end of `--help`.
 pub const HELP: &str = "Exit codes: 0 ok; 1 a refresh or renewal failed; 2 usage or configuration \
 error; 3 database error; 4 unknown or ambiguous credential, or no valid token; 5 tokens sealed \
-under a key the configuration lacks; 70 internal error. `exec` exits with its command's code once \
+under a key the configuration lacks; 6 migrate: the source database is in use (claims held); 70 \
+internal error. `exec` exits with its command's code once \
 the command runs (126/127: it cannot be run/found).";
 
 /// What the user asked for cannot be done.
@@ -125,6 +129,17 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
                 CommandError::UnknownProvider { .. } | CommandError::Input(_) => CONFIG,
                 CommandError::RenewalFailed { .. } => REFRESH_FAILED,
                 _ => NOT_FOUND,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<TransferError>() {
+            return match e {
+                // The StoreError is next in the chain.
+                TransferError::Store(_) => continue,
+                TransferError::Claimed { .. } => BUSY,
+                TransferError::SourceNotSqlite(_)
+                | TransferError::NotPostgresUrl
+                | TransferError::NotEmpty { .. } => CONFIG,
+                _ => DATABASE,
             };
         }
         if let Some(e) = cause.downcast_ref::<ExecError>() {

@@ -294,6 +294,8 @@ mod tests {
             grant_key: None,
             assertion_audience: "https://p/token".to_owned(),
             scope_in_assertion: false,
+            rate_limit: None,
+            max_concurrency: None,
             warnings: vec![],
         }
     }

@@ -99,6 +99,8 @@ mod tests {
             grant_key: key,
             assertion_audience: "https://login.salesforce.com".to_owned(),
             scope_in_assertion,
+            rate_limit: None,
+            max_concurrency: None,
             warnings: vec![],
         }
     }

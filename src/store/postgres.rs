@@ -174,6 +174,11 @@ impl Db {
         })
     }
 
+    /// The pool, for `transfer`'s copy (its own transaction, locking both tables).
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// The server's clock, in milliseconds since the Unix epoch.
     pub(super) async fn clock_ms(&self) -> Result<i64, StoreError> {
         let (ms,): (i64,) =

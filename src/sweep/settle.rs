@@ -234,6 +234,7 @@ pub(super) fn success(
             tokens.expires_at,
             policy.margin,
             policy.max_idle,
+            domain::due_spread(&claimed.name, policy.margin),
         ),
         rotated,
         refresh_token_expires_at,
@@ -491,7 +492,10 @@ mod tests {
     fn new_tokens_set_the_due_time_and_say_whether_they_rotated() {
         let c = claimed();
         let rotated = success(&c, &tokens(Some("rt-new"), 3600), &policy(), NOW);
-        assert_eq!(rotated.refresh_due_at, NOW + 3600 - 600);
+        // The margin, and the name's spread on top: never later than the margin alone.
+        let spread = domain::due_spread("c", 600);
+        assert!(spread > 0);
+        assert_eq!(rotated.refresh_due_at, NOW + 3600 - 600 - spread);
         assert!(rotated.rotated && !rotated.recovered);
         assert_eq!(rotated.expiring, None);
         assert_eq!(rotated.short_lived, None);

@@ -72,11 +72,27 @@ pub struct FakeEndpoint {
     requests: Arc<AtomicUsize>,
     answered: Arc<AtomicUsize>,
     bodies: Arc<std::sync::Mutex<Vec<String>>>,
+    load: Arc<Load>,
     task: JoinHandle<()>,
+}
+
+/// When requests arrived and how many were being answered at once.
+#[derive(Default)]
+struct Load {
+    /// How long each answer is held before it is sent.
+    delay: Duration,
+    arrivals: std::sync::Mutex<Vec<std::time::Instant>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 impl FakeEndpoint {
     pub async fn start(reply: Reply) -> Self {
+        Self::start_delayed(reply, Duration::ZERO).await
+    }
+
+    /// Like [`FakeEndpoint::start`], holding each answer for `delay` (so that requests overlap).
+    pub async fn start_delayed(reply: Reply, delay: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1");
@@ -86,6 +102,11 @@ impl FakeEndpoint {
         let counters = (Arc::clone(&requests), Arc::clone(&answered));
         let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = Arc::clone(&bodies);
+        let load = Arc::new(Load {
+            delay,
+            ..Load::default()
+        });
+        let measured = Arc::clone(&load);
         let task = tokio::spawn(async move {
             // Connections live in this set: aborting the server aborts them all.
             let mut connections = JoinSet::new();
@@ -96,8 +117,9 @@ impl FakeEndpoint {
                 let reply = reply.clone();
                 let (requests, answered) = (Arc::clone(&counters.0), Arc::clone(&counters.1));
                 let seen = Arc::clone(&seen);
+                let load = Arc::clone(&measured);
                 connections.spawn(async move {
-                    let serving = serve(stream, &reply, &requests, &answered, &seen);
+                    let serving = serve(stream, &reply, &requests, &answered, &seen, &load);
                     let _ = tokio::time::timeout(MAX_CONNECTION, serving).await;
                 });
             }
@@ -107,8 +129,19 @@ impl FakeEndpoint {
             requests,
             answered,
             bodies,
+            load,
             task,
         }
+    }
+
+    /// When each request arrived (its head and body read), in order.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.load.arrivals.lock().unwrap().clone()
+    }
+
+    /// The most requests that were being answered at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.load.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// A proxy to `upstream` that holds each request until the returned gate gets a permit.
@@ -154,11 +187,24 @@ async fn serve(
     requests: &AtomicUsize,
     answered: &AtomicUsize,
     bodies: &std::sync::Mutex<Vec<String>>,
+    load: &Load,
 ) -> std::io::Result<()> {
     loop {
         let Some(request) = read_request(&mut stream).await? else {
             return Ok(());
         };
+        load.arrivals
+            .lock()
+            .unwrap()
+            .push(std::time::Instant::now());
+        let now = load.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        load.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        if !load.delay.is_zero() {
+            tokio::time::sleep(load.delay).await;
+        }
+        // Counted out before the answer is written: the client may send its next request as
+        // soon as it has read this one.
+        load.in_flight.fetch_sub(1, Ordering::SeqCst);
         bodies
             .lock()
             .unwrap()

@@ -13,6 +13,8 @@ mod faults;
 mod grants;
 mod harness;
 mod lifecycle;
+mod load;
+mod migrate;
 mod oauth_server;
 mod pg;
 mod postgres;

@@ -1,0 +1,115 @@
+//! Load on the provider: credentials imported together are due spread over half the margin
+//! (checked on the database after one sweep), and a provider's `max_concurrency` and
+//! `rate_limit` hold at an in-process endpoint that counts what reaches it.
+
+use std::time::Duration;
+
+use crate::fake_endpoint::{FakeEndpoint, Reply};
+use crate::harness::Home;
+
+const TOKENS: &str = r#"{"access_token":"at-load-canary-0001","refresh_token":"rt-load-canary-0001","token_type":"Bearer","expires_in":3600}"#;
+const MARGIN: i64 = 600;
+
+/// Creates the home's database and inserts `n` due credentials of `provider` at once, as a bulk
+/// import would.
+async fn import(home: &Home, provider: &str, n: usize) {
+    let create = home.run(&["run", "--once"], "").await;
+    assert_eq!(create.code, Some(0), "{create:?}");
+    let db = home.db().await;
+    let mut tx = db.begin().await.unwrap();
+    for i in 0..n {
+        sqlx::query(
+            "INSERT INTO oauth_credential (name, provider, refresh_token) VALUES ($1, $2, $3)",
+        )
+        .bind(format!("user-{i:04}"))
+        .bind(provider)
+        .bind(format!("rt-imported-{i:04}"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_thousand_credentials_imported_together_are_due_spread_over_the_window() {
+    let fake = FakeEndpoint::start(Reply::json(200, TOKENS)).await;
+    let home = Home::with_token_url(&fake.token_url(), "concurrency = 32");
+    import(&home, "basic", 1000).await;
+    let run = home.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fake.requests(), 1000);
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT name, access_token_expires_at - refresh_due_at FROM oauth_credential",
+    )
+    .fetch_all(&home.db().await)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1000);
+    let mut tenths = [0_u32; 10];
+    let mut seconds = std::collections::HashSet::new();
+    for (name, before_expiry) in &rows {
+        // Never later than the margin alone: due at least MARGIN before expiry, at most 1.5x.
+        assert!(
+            (MARGIN..MARGIN + MARGIN / 2).contains(before_expiry),
+            "{name}: due {before_expiry} s before expiry"
+        );
+        assert_eq!(
+            *before_expiry,
+            MARGIN + tokenwarden::domain::due_spread(name, MARGIN),
+            "{name}: the stable spread of its name"
+        );
+        seconds.insert(*before_expiry);
+        let tenth = usize::try_from((before_expiry - MARGIN) * 10 / (MARGIN / 2)).unwrap();
+        tenths[tenth] += 1;
+    }
+    assert!(seconds.len() >= 250, "{} distinct seconds", seconds.len());
+    assert!(tenths.iter().all(|n| (60..=140).contains(n)), "{tenths:?}");
+}
+
+#[tokio::test]
+async fn a_providers_max_concurrency_is_never_exceeded() {
+    let fake =
+        FakeEndpoint::start_delayed(Reply::json(200, TOKENS), Duration::from_millis(100)).await;
+    let home = Home::with_token_url(&fake.token_url(), "concurrency = 16");
+    home.append_to_provider("basic", "max_concurrency = 3");
+    import(&home, "basic", 30).await;
+    let run = home.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fake.requests(), 30);
+    // 16 at once without the limit; 3 with it, and the sweep does use all 3.
+    assert_eq!(fake.max_in_flight(), 3);
+}
+
+#[tokio::test]
+async fn a_providers_rate_limit_is_never_exceeded() {
+    const RATE: usize = 20;
+    const N: usize = 50;
+    let fake = FakeEndpoint::start(Reply::json(200, TOKENS)).await;
+    let home = Home::with_token_url(&fake.token_url(), "concurrency = 16");
+    home.append_to_provider("basic", &format!("rate_limit = {RATE}"));
+    import(&home, "basic", N).await;
+    let run = home.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let arrivals = fake.arrivals();
+    assert_eq!(arrivals.len(), N);
+    // Requests leave at least 1/RATE apart; on arrival, loopback jitter of a few milliseconds
+    // is allowed for: no window of 1 s less 25 ms holds more than RATE of them.
+    let window = Duration::from_millis(975);
+    for (i, start) in arrivals.iter().enumerate() {
+        let within = arrivals[i..]
+            .iter()
+            .take_while(|t| t.duration_since(*start) < window)
+            .count();
+        assert!(
+            within <= RATE,
+            "{within} requests within 1 s from request {i}"
+        );
+    }
+    let span = arrivals[N - 1].duration_since(arrivals[0]);
+    assert!(
+        span >= Duration::from_millis(u64::try_from((N - 1) * 1000 / RATE).unwrap() - 50),
+        "{span:?} for {N} requests at {RATE}/s"
+    );
+}
