@@ -20,15 +20,18 @@
 //! - [`secret_file`] — reading a secret file, refused when anyone may write it (like ssh's keys)
 //! - [`provider`] — configured OAuth clients with their endpoints and secrets resolved
 //! - [`keys`] — the `[encryption]` keys, read from files or the environment
-//! - [`store`] — the SQLite database, the only module that speaks SQL; seals tokens at rest
+//! - [`store`] — the SQLite or PostgreSQL database, the only module that speaks SQL; seals tokens
+//!   at rest; copies a SQLite database into PostgreSQL (`migrate --to`)
 //! - [`refresh`] — one token request and its outcome
 //! - [`revoke`] — one revocation request (RFC 7009) and its outcome
 //! - [`alerts`] — the operator's command on credential events
-//! - [`sweep`] — claim, refresh, store, log, alert
+//! - [`sweep`] — claim, refresh (within each provider's concurrency and rate limits), store, log,
+//!   alert
 //! - [`renew`] — a token valid for at least a given time, renewed now through the sweep's path
 //! - [`lifecycle`] — `authorize` (authorization-code grant with PKCE) and `revoke` (RFC 7009)
 //! - [`daemon`] — the schedule and shutdown around sweeps
-//! - [`metrics`] — the optional /metrics and /healthz listener
+//! - [`metrics`] — the optional /metrics and /healthz listener: table-wide aggregates, and
+//!   per-credential series up to `metrics.per_credential_max`
 //! - [`telemetry`] — logging
 //! - [`exec`] — `tokenwarden exec`: a command run with a token in its environment
 //! - [`doctor`] — the preflight checks behind `tokenwarden doctor`
