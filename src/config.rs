@@ -45,6 +45,7 @@ level = "info"
 [metrics]
 enabled = false
 listen = "127.0.0.1:9464"
+per_credential_max = 1000
 
 [alerts]
 on_event = []
@@ -187,6 +188,9 @@ pub struct MetricsSettings {
     pub enabled: bool,
     /// Address to listen on; loopback unless you mean it.
     pub listen: String,
+    /// Per-credential series only while the table holds at most this many credentials; above
+    /// it, only the aggregates (a scrape stays small and cheap however many there are).
+    pub per_credential_max: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -24,14 +24,17 @@
 //! - [`secret_file`] — reading a secret file, refused when anyone may write it (like ssh's keys)
 //! - [`provider`] — configured OAuth clients with their endpoints, secrets and client auth
 //! - [`keys`] — the `[encryption]` keys and the database's location and password
-//! - [`store`] — the only module that speaks SQL: one interface, SQLite and PostgreSQL behind it
+//! - [`store`] — the only module that speaks SQL: one interface, SQLite and PostgreSQL behind it;
+//!   copies a SQLite database into PostgreSQL (`migrate --to`)
 //! - [`refresh`] — one token request (refresh, client credentials, jwt-bearer) and its outcome
 //! - [`revoke`] — one revocation request (RFC 7009) and its outcome
 //! - [`alerts`] — the operator's command on credential events
-//! - [`sweep`] — claim, refresh, settle (pure), store, log, alert; pending revocations
+//! - [`sweep`] — claim, refresh (within each provider's concurrency and rate limits), settle
+//!   (pure), store, log, alert; pending revocations
 //! - [`renew`] — a token valid for at least a given time, renewed now through the sweep's path
 //! - [`lifecycle`] — `authorize`: the authorization-code grant with PKCE, and the device grant
-//! - [`metrics`] — the optional /metrics and /healthz listener
+//! - [`metrics`] — the optional /metrics and /healthz listener: table-wide aggregates, and
+//!   per-credential series up to `metrics.per_credential_max`
 //! - [`daemon`] — the schedule, signals and metrics listener around sweeps
 //! - [`telemetry`] — logging, with text from outside escaped
 //! - [`exec`] — `tokenwarden exec`: a command run with a token in its environment

@@ -1,7 +1,9 @@
 //! The optional operator listener: `/metrics` in the Prometheus text format (encoded by
-//! prometheus-client) and `/healthz`. Per-credential figures are read from the store at scrape
-//! time; counters and the last sweep come from each sweep's summary. Imports `domain`, `store`
-//! and `sweep`.
+//! prometheus-client) and `/healthz`. At scrape time the store answers one aggregate statement
+//! (credentials per provider and status, failing, expiring within the margin, the soonest expiry,
+//! the oldest refresh: the same on every replica of one database), and, while the table holds at
+//! most `metrics.per_credential_max` credentials, the per-credential series; counters and the
+//! last sweep come from this process's sweeps. Imports `config`, `domain`, `store` and `sweep`.
 
 use std::convert::Infallible;
 use std::sync::atomic::AtomicU64;
@@ -19,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::config::Settings;
 use crate::domain::{self, Failing, Status, UnixTime};
 use crate::store::{Store, StoreError};
 use crate::sweep::SweepSummary;
@@ -32,6 +35,17 @@ struct OutcomeLabels {
 struct CredentialLabels {
     credential: String,
     provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderStatusLabels {
+    provider: String,
+    status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,11 +77,16 @@ struct Inner {
     /// `/healthz` fails when the last sweep is older than this (seconds).
     stale_after: i64,
     failing: Failing,
+    /// Seconds of `refresh_margin`: "expiring within the margin".
+    margin: i64,
+    /// Most credentials for which per-credential series are exported.
+    per_credential_max: u64,
 }
 
 impl Metrics {
+    /// `stale_after`: seconds after which `/healthz` calls the sweeps stalled.
     #[must_use]
-    pub fn new(store: Store, stale_after: i64, failing: Failing) -> Self {
+    pub fn new(store: Store, stale_after: i64, settings: &Settings) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -76,7 +95,9 @@ impl Metrics {
                 last_sweep: Mutex::new(None),
                 started_at: domain::now(),
                 stale_after,
-                failing,
+                failing: settings.failing(),
+                margin: i64::try_from(settings.refresh_margin.as_secs()).unwrap_or(i64::MAX),
+                per_credential_max: settings.metrics.per_credential_max,
             }),
         }
     }
@@ -150,6 +171,115 @@ impl Metrics {
                 took,
             );
         }
+        let total = self.register_aggregates(&mut registry, now).await?;
+        let included = u64::try_from(total).unwrap_or(0) <= inner.per_credential_max;
+        let shown = Gauge::<i64>::default();
+        shown.set(i64::from(included));
+        registry.register(
+            "per_credential_series",
+            format!(
+                "1 when the per-credential series are exported; 0 when the table holds more than \
+                 metrics.per_credential_max ({}) credentials and they are left out",
+                inner.per_credential_max
+            ),
+            shown,
+        );
+        if included {
+            self.register_per_credential(&mut registry, now).await?;
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).map_err(|e| {
+            StoreError::Open {
+                path: "metrics".into(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(text)
+    }
+
+    /// The table-wide series, from one aggregate statement; returns how many credentials there
+    /// are.
+    async fn register_aggregates(
+        &self,
+        registry: &mut Registry,
+        now: UnixTime,
+    ) -> Result<i64, StoreError> {
+        let inner = &self.inner;
+        let rows = inner
+            .store
+            .aggregates(now, now.saturating_add(inner.margin), inner.failing)
+            .await?;
+        let credentials = Family::<ProviderStatusLabels, Gauge>::default();
+        let failing = Family::<ProviderLabels, Gauge>::default();
+        let expiring = Family::<ProviderLabels, Gauge>::default();
+        let soonest = Family::<ProviderLabels, Gauge>::default();
+        let oldest = Family::<ProviderLabels, Gauge>::default();
+        let mut total = 0;
+        let mut firsts: std::collections::BTreeMap<&str, (Option<i64>, Option<i64>)> =
+            std::collections::BTreeMap::new();
+        for row in &rows {
+            total += row.credentials;
+            let provider = ProviderLabels {
+                provider: row.provider.clone(),
+            };
+            credentials
+                .get_or_create(&ProviderStatusLabels {
+                    provider: row.provider.clone(),
+                    status: row.status.clone(),
+                })
+                .set(row.credentials);
+            failing.get_or_create(&provider).inc_by(row.failing);
+            expiring.get_or_create(&provider).inc_by(row.expiring);
+            let entry = firsts.entry(&row.provider).or_default();
+            entry.0 = earliest(entry.0, row.soonest_expiry);
+            entry.1 = earliest(entry.1, row.oldest_refresh);
+        }
+        for (provider, (expiry, refresh)) in firsts {
+            let labels = ProviderLabels {
+                provider: provider.to_owned(),
+            };
+            if let Some(at) = expiry {
+                soonest.get_or_create(&labels).set(at);
+            }
+            if let Some(at) = refresh {
+                oldest.get_or_create(&labels).set(at);
+            }
+        }
+        registry.register(
+            "credentials",
+            "Credentials by provider and stored status (table-wide: the same on every replica)",
+            credentials,
+        );
+        registry.register(
+            "credentials_failing",
+            "Active credentials counted as failing (retry.failing_after_failures / failing_after)",
+            failing,
+        );
+        registry.register(
+            "credentials_expiring_within_margin",
+            "Credentials not disabled whose access token expires within refresh_margin (or expired)",
+            expiring,
+        );
+        registry.register(
+            "access_token_soonest_expiry_timestamp_seconds",
+            "The soonest access-token expiry among credentials not disabled (Unix time)",
+            soonest,
+        );
+        registry.register(
+            "oldest_refresh_timestamp_seconds",
+            "The oldest last successful refresh among credentials not disabled (Unix time)",
+            oldest,
+        );
+        Ok(total)
+    }
+
+    /// The series per credential (labels `credential`, `provider`).
+    async fn register_per_credential(
+        &self,
+        registry: &mut Registry,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
         let expires = Family::<CredentialLabels, Gauge>::default();
         let failures = Family::<CredentialLabels, Gauge>::default();
         let status = Family::<StatusLabels, Gauge>::default();
@@ -189,14 +319,7 @@ impl Metrics {
             failures,
         );
         registry.register("credential_status", "1 for the credential's status", status);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).map_err(|e| {
-            StoreError::Open {
-                path: "metrics".into(),
-                reason: e.to_string(),
-            }
-        })?;
-        Ok(text)
+        Ok(())
     }
 
     /// `Ok` when the last sweep is recent and the database answers.
@@ -246,6 +369,14 @@ impl Metrics {
                 "not found: try /metrics or /healthz\n".to_owned(),
             ),
         }
+    }
+}
+
+/// The earlier of two optional times.
+fn earliest(a: Option<UnixTime>, b: Option<UnixTime>) -> Option<UnixTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

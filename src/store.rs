@@ -27,8 +27,8 @@ pub use leases::{HeldElsewhere, HeldLease};
 pub use lookup::TokenState;
 pub use postgres::PgOptions;
 pub use records::{
-    Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim, RevocationClaimed,
-    RevocationResult, RotationRecord, TokenRow,
+    Aggregate, Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim,
+    RevocationClaimed, RevocationResult, RotationRecord, TokenRow,
 };
 pub use rekey::{ColumnUsage, KeyUsage, Pass, Target};
 pub use seal::Sealer;

@@ -249,8 +249,8 @@ impl Sweeper {
                     summary.released += 1;
                     continue;
                 }
-                let me = self.clone();
-                in_flight.spawn(async move { me.handle_within_limits(claimed).await });
+                let (me, cancel) = (self.clone(), cancel.clone());
+                in_flight.spawn(async move { me.handle_within_limits(claimed, &cancel).await });
             }
             let Some(joined) = in_flight.join_next().await else {
                 break;
@@ -315,12 +315,25 @@ impl Sweeper {
         )
     }
 
-    /// [`Sweeper::handle`] once the provider's limits let the request go; `None` when that took
-    /// so long that the claim could run out before the outcome is stored: it is given back
-    /// unattempted, never sent late.
-    async fn handle_within_limits(&self, claimed: Claimed) -> Result<Option<Handled>, StoreError> {
+    /// [`Sweeper::handle`] once the provider's limits let the request go; `None` when the claim
+    /// is given back unattempted instead: `cancel` fired while it waited (shutdown does not wait
+    /// for a rate limit), or the wait took so long that the claim could run out before the
+    /// outcome is stored (never sent late).
+    async fn handle_within_limits(
+        &self,
+        claimed: Claimed,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Handled>, StoreError> {
         let inner = &self.inner;
-        let _slot = inner.limits.acquire(&claimed.provider).await;
+        let _slot = tokio::select! {
+            // A slot free at once is taken even during shutdown: that request is in flight.
+            biased;
+            slot = inner.limits.acquire(&claimed.provider) => slot,
+            () = cancel.cancelled() => {
+                inner.store.release(&claimed, &inner.owner).await?;
+                return Ok(None);
+            }
+        };
         let needed = inner.policy.request_timeout + inner.policy.store_window;
         if domain::now() + needed > claimed.lease_expires_at {
             warn!(credential = %claimed.name, "waited for the provider's rate or concurrency limit until too little of the claim was left; given back");

@@ -163,6 +163,22 @@ pub enum RevocationResult<'a> {
     },
 }
 
+/// Table-wide figures of one provider and stored status, from one aggregate statement.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Aggregate {
+    pub provider: String,
+    pub status: String,
+    pub credentials: i64,
+    /// Active credentials that count as failing (`Failing`).
+    pub failing: i64,
+    /// Not disabled, and the access token expires (or expired) within the margin asked for.
+    pub expiring: i64,
+    /// The soonest access-token expiry of those not disabled.
+    pub soonest_expiry: Option<UnixTime>,
+    /// The oldest last successful refresh of those not disabled (never-refreshed ones left out).
+    pub oldest_refresh: Option<UnixTime>,
+}
+
 impl Store {
     /// Stores an authorization: a new credential, or new tokens for an existing one, which becomes
     /// active again (failures, backoff, last error and any pending revocation cleared). Journaled
@@ -309,6 +325,18 @@ impl Store {
             c.refresh_token.map(|t| self.sealer.to_stored(place, t))
         };
         on_backend!(self, db => db.add(c, replace, now, &seal).await)
+    }
+
+    /// Figures per provider and status over the whole table, in one aggregate statement:
+    /// `expiring` counts access tokens expiring at or before `expiring_by`; `failing` is judged at
+    /// `now`.
+    pub async fn aggregates(
+        &self,
+        now: UnixTime,
+        expiring_by: UnixTime,
+        failing: crate::domain::Failing,
+    ) -> Result<Vec<Aggregate>, StoreError> {
+        on_backend!(self, db => db.aggregates(now, expiring_by, failing).await)
     }
 
     /// Every credential, by name, without tokens.

@@ -12,7 +12,7 @@ use crate::domain::{Secret, Trigger, UnixTime};
 use crate::store::claim::ClaimRow;
 use crate::store::leases::{HeldElsewhere, HeldLease};
 use crate::store::records::{
-    Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim, RevocationResult,
+    Aggregate, Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim, RevocationResult,
     RotationRecord, TokenRow,
 };
 use crate::store::rekey::{Reformed, Row as RekeyRow};
@@ -540,6 +540,32 @@ impl Db {
             }
         }
         w.commit().await
+    }
+
+    /// Per provider and status: counts, failing, expiring by `$2`, soonest expiry, oldest
+    /// refresh. One statement, however many rows.
+    pub(in crate::store) async fn aggregates(
+        &self,
+        now: UnixTime,
+        expiring_by: UnixTime,
+        failing: crate::domain::Failing,
+    ) -> Result<Vec<Aggregate>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT provider, status, count(*) AS credentials, \
+                sum(CASE WHEN status = 'active' AND (consecutive_failures >= $3 \
+                    OR (consecutive_failures > 0 AND $1 - COALESCE(last_refreshed_at, created_at) >= $4)) \
+                    THEN 1 ELSE 0 END) AS failing, \
+                sum(CASE WHEN status <> 'disabled' AND access_token_expires_at <= $2 THEN 1 ELSE 0 END) AS expiring, \
+                min(CASE WHEN status <> 'disabled' THEN access_token_expires_at END) AS soonest_expiry, \
+                min(CASE WHEN status <> 'disabled' THEN last_refreshed_at END) AS oldest_refresh \
+             FROM oauth_credential GROUP BY provider, status ORDER BY provider, status",
+        )
+        .bind(now)
+        .bind(expiring_by)
+        .bind(i64::from(failing.after_failures))
+        .bind(failing.after_secs)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Every credential, by name, without tokens.

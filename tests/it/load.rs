@@ -113,3 +113,41 @@ async fn a_providers_rate_limit_is_never_exceeded() {
         "{span:?} for {N} requests at {RATE}/s"
     );
 }
+
+#[tokio::test]
+async fn shutdown_gives_back_what_waits_for_a_rate_limit() {
+    let fake = FakeEndpoint::start(Reply::json(200, TOKENS)).await;
+    let home = Home::with_token_url(&fake.token_url(), "concurrency = 8");
+    // One request every 20 s: the first goes at once, the other three wait.
+    home.append_to_provider("basic", "rate_limit = 0.05");
+    import(&home, "basic", 4).await;
+    let daemon = home.command(&["run"]).spawn().unwrap();
+    crate::harness::eventually(Duration::from_secs(20), "the first request", || async {
+        fake.answered() >= 1
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let out = crate::harness::stop(daemon).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stopped in {:?}, not after the waits",
+        started.elapsed()
+    );
+    assert_eq!(fake.requests(), 1, "nothing sent after SIGTERM");
+    let db = home.db().await;
+    let (refreshed, given_back): (i64, i64) = sqlx::query_as(
+        "SELECT count(last_refreshed_at), sum(lease_owner IS NULL AND last_refreshed_at IS NULL) \
+         FROM oauth_credential",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!((refreshed, given_back), (1, 3));
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM token_rotation WHERE outcome = 'pending'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(pending, 0, "no attempt left pending");
+}

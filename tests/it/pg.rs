@@ -396,3 +396,49 @@ async fn a_database_restart_mid_sweep_loses_nothing() {
     }
     assert_eq!(server.stats().await.refresh_reuse, 0);
 }
+
+#[tokio::test]
+async fn metrics_aggregates_come_from_postgres_too() {
+    let pg = PgServer::start().await;
+    let server = OauthServer::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let home = Home::on_postgres(
+        &server,
+        &pg,
+        &format!(
+            "[metrics]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nper_credential_max = 1"
+        ),
+    );
+    for name in ["a", "b"] {
+        let rt = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
+        home.add(name, "basic", &rt).await;
+    }
+    let daemon = home.command(&["run"]).spawn().unwrap();
+    let metrics =
+        crate::service::scrape_until(port, |t| t.contains("tokenwarden_sweeps_total 1")).await;
+    let db = pg.pool().await;
+    let (soonest,): (i64,) =
+        sqlx::query_as("SELECT min(access_token_expires_at) FROM oauth_credential")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    for line in [
+        r#"tokenwarden_credentials{provider="basic",status="active"} 2"#.to_owned(),
+        r#"tokenwarden_credentials_expiring_within_margin{provider="basic"} 2"#.to_owned(),
+        format!(
+            r#"tokenwarden_access_token_soonest_expiry_timestamp_seconds{{provider="basic"}} {soonest}"#
+        ),
+        "tokenwarden_per_credential_series 0".to_owned(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
+    let mut stored = secrets(&db).await;
+    stored.push(PASSWORD.to_owned());
+    assert_no_secrets("metrics", &metrics, &stored);
+    let out = stop(daemon).await;
+    assert_eq!(out.status.code(), Some(0));
+}

@@ -180,3 +180,124 @@ async fn metrics_and_healthz_report_credentials_and_sweeps() {
     let out = stop(daemon).await;
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// Scrapes `/metrics` on `port` until `done` says the text is complete, within a deadline.
+pub async fn scrape_until(port: u16, done: impl Fn(&str) -> bool + Clone) -> String {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let scraped = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    crate::harness::eventually(Duration::from_secs(20), "a complete scrape", || {
+        let (http, scraped, done) = (http.clone(), scraped.clone(), done.clone());
+        async move {
+            let Ok(response) = http
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await
+            else {
+                return false;
+            };
+            let text = response.text().await.unwrap_or_default();
+            let complete = done(&text);
+            *scraped.lock().unwrap() = text;
+            complete
+        }
+    })
+    .await;
+    scraped.lock().unwrap().clone()
+}
+
+#[tokio::test]
+async fn metrics_at_scale_are_aggregates_and_per_credential_series_stop_at_the_cap() {
+    use crate::oauth_server::{OauthServer, clients};
+    let server = OauthServer::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let home = Home::new(
+        &server,
+        &format!(
+            "[metrics]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nper_credential_max = 2"
+        ),
+    );
+    for (name, provider, client) in [
+        ("a", "basic", clients::BASIC_ID),
+        ("b", "basic", clients::BASIC_ID),
+        ("c", "basic", clients::BASIC_ID),
+        ("p", "post", clients::POST_ID),
+    ] {
+        let rt = server
+            .mint_refresh_token(client, "openid offline_access api:read")
+            .await;
+        home.add(name, provider, &rt).await;
+    }
+    let db = home.db().await;
+    sqlx::query("UPDATE oauth_credential SET status = 'needs_reauthorization' WHERE name = 'c'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let daemon = home.command(&["run"]).spawn().unwrap();
+    let metrics = scrape_until(port, |t| t.contains("tokenwarden_sweeps_total 1")).await;
+    let (soonest, oldest): (i64, i64) = sqlx::query_as(
+        "SELECT min(access_token_expires_at), min(last_refreshed_at) FROM oauth_credential \
+         WHERE provider = 'basic' AND status <> 'disabled'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    for line in [
+        r#"tokenwarden_credentials{provider="basic",status="active"} 2"#.to_owned(),
+        r#"tokenwarden_credentials{provider="basic",status="needs_reauthorization"} 1"#.to_owned(),
+        r#"tokenwarden_credentials{provider="post",status="active"} 1"#.to_owned(),
+        // The test server's tokens live 120 s, inside the 10-minute margin.
+        r#"tokenwarden_credentials_expiring_within_margin{provider="basic"} 2"#.to_owned(),
+        r#"tokenwarden_credentials_failing{provider="basic"} 0"#.to_owned(),
+        format!(
+            r#"tokenwarden_access_token_soonest_expiry_timestamp_seconds{{provider="basic"}} {soonest}"#
+        ),
+        format!(r#"tokenwarden_oldest_refresh_timestamp_seconds{{provider="basic"}} {oldest}"#),
+        // 4 credentials, more than per_credential_max = 2: left out, and said so.
+        "tokenwarden_per_credential_series 0".to_owned(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
+    assert!(
+        metrics.contains("metrics.per_credential_max (2)"),
+        "{metrics}"
+    );
+    for series in [
+        "tokenwarden_access_token_expires_in_seconds{",
+        "tokenwarden_credential_status{",
+        "tokenwarden_consecutive_failures{",
+    ] {
+        assert!(!metrics.contains(series), "{series} left out: {metrics}");
+    }
+    let tokens = crate::harness::stored_secrets(&db).await;
+    crate::harness::assert_no_secrets("metrics", &metrics, &tokens);
+    let out = stop(daemon).await;
+    assert_eq!(out.status.code(), Some(0));
+
+    // Down to the cap: the per-credential series are back.
+    sqlx::query("DELETE FROM oauth_credential WHERE name IN ('b', 'c')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let daemon = home.command(&["run"]).spawn().unwrap();
+    let metrics = scrape_until(port, |t| t.contains("tokenwarden_sweeps_total 1")).await;
+    assert!(
+        metrics.contains("tokenwarden_per_credential_series 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"tokenwarden_credential_status{credential="a",provider="basic",status="active"} 1"#
+        ),
+        "{metrics}"
+    );
+    let out = stop(daemon).await;
+    assert_eq!(out.status.code(), Some(0));
+}
