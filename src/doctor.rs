@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use crate::domain::{self, GrantType, Secret, Status, iso8601};
+use crate::domain::{self, GrantType, Outcome, Secret, Status, iso8601};
 use crate::provider::Provider;
 use crate::refresh::{Grant, RefreshOutcome, Refresher};
 use crate::store::{CredentialSummary, RotationRecord};
@@ -213,13 +213,13 @@ pub fn credential_checks(
         ));
     }
     if let Some(r) = last {
-        checks.push(match (r.outcome.as_str(), r.refresh_token_rotated) {
-            ("refreshed", Some(true)) => check(
+        checks.push(match (r.outcome, r.refresh_token_rotated) {
+            (Outcome::Refreshed, Some(true)) => check(
                 Verdict::Ok,
                 "last refresh",
                 format!("{}: new refresh token returned and stored", iso8601(r.started_at)),
             ),
-            ("refreshed", _) => check(
+            (Outcome::Refreshed, _) => check(
                 Verdict::Info,
                 "last refresh",
                 format!(
@@ -320,7 +320,7 @@ mod tests {
             trigger: "schedule".into(),
             started_at: 900,
             duration_ms: Some(5),
-            outcome: "refreshed".into(),
+            outcome: Outcome::Refreshed,
             http_status: Some(200),
             error_code: None,
             error_description: None,

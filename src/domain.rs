@@ -213,6 +213,100 @@ impl Trigger {
     }
 }
 
+/// How a journaled attempt ended: the `token_rotation.outcome` column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Journaled before the request; not finished (yet).
+    Pending,
+    Refreshed,
+    /// A transient failure: retried after backoff.
+    Transient,
+    /// A token response refused by its checks; nothing of it stored.
+    RefusedResponse,
+    NeedsReauthorization,
+    ClientRejected,
+    ProviderMissing,
+    /// The refresh token is sealed under a key this process lacks: not sent.
+    KeyMissing,
+    /// The credential changed while the request was out; nothing stored.
+    Superseded,
+    /// Its process died before it finished.
+    Interrupted,
+    Authorized,
+    Revoked,
+    RevocationPending,
+    RevocationRefused,
+}
+
+impl Outcome {
+    const ALL: [Self; 14] = [
+        Self::Pending,
+        Self::Refreshed,
+        Self::Transient,
+        Self::RefusedResponse,
+        Self::NeedsReauthorization,
+        Self::ClientRejected,
+        Self::ProviderMissing,
+        Self::KeyMissing,
+        Self::Superseded,
+        Self::Interrupted,
+        Self::Authorized,
+        Self::Revoked,
+        Self::RevocationPending,
+        Self::RevocationRefused,
+    ];
+
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Refreshed => "refreshed",
+            Self::Transient => "transient",
+            Self::RefusedResponse => "refused_response",
+            Self::NeedsReauthorization => "needs_reauthorization",
+            Self::ClientRejected => "client_rejected",
+            Self::ProviderMissing => "provider_missing",
+            Self::KeyMissing => "key_missing",
+            Self::Superseded => "superseded",
+            Self::Interrupted => "interrupted",
+            Self::Authorized => "authorized",
+            Self::Revoked => "revoked",
+            Self::RevocationPending => "revocation_pending",
+            Self::RevocationRefused => "revocation_refused",
+        }
+    }
+}
+
+impl FromStr for Outcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown journal outcome {s:?}"))
+    }
+}
+
+/// Rows carry the outcome as text; `FromRow` reads it through this.
+impl TryFrom<String> for Outcome {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// A credential claimed for refreshing: what the refresh needs, nothing more.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -482,6 +576,14 @@ fn replace_whole_tokens(text: &str, value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_outcomes_round_trip_through_their_words() {
+        for outcome in Outcome::ALL {
+            assert_eq!(outcome.as_str().parse::<Outcome>(), Ok(outcome));
+        }
+        assert!("refreshd".parse::<Outcome>().is_err());
+    }
 
     #[test]
     fn secret_debug_hides_value() {

@@ -25,7 +25,9 @@ use settle::{Action, Setback};
 
 use crate::alerts::Alerter;
 use crate::config::{ConfigError, Settings};
-use crate::domain::{self, Backoff, Claimed, Failing, GrantType, Trigger, UnixTime, iso8601};
+use crate::domain::{
+    self, Backoff, Claimed, Failing, GrantType, Outcome, Trigger, UnixTime, iso8601,
+};
 use crate::holder::Holder;
 use crate::provider::{Provider, Providers};
 use crate::refresh::{Attempt, Grant, Refresher};
@@ -412,7 +414,7 @@ impl Sweeper {
             let reason = format!("provider {:?} is not configured", claimed.provider);
             return Err(Setback::new(
                 Action::Retry { not_before: None },
-                "provider_missing",
+                Outcome::ProviderMissing,
                 reason,
             ));
         };
@@ -424,7 +426,7 @@ impl Sweeper {
             );
             return Err(Setback::new(
                 Action::ClientRejected { until },
-                "client_rejected",
+                Outcome::ClientRejected,
                 reason,
             ));
         }

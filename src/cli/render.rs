@@ -231,7 +231,7 @@ pub fn log_table(rows: &[RotationRecord]) -> String {
             escape(&r.credential_name).into_owned(),
             escape(&r.provider).into_owned(),
             escape(&r.trigger).into_owned(),
-            escape(&r.outcome).into_owned(),
+            r.outcome.to_string(),
             r.http_status
                 .map_or_else(|| "-".to_owned(), |s| s.to_string()),
             r.duration_ms

@@ -8,7 +8,9 @@ use sqlx::FromRow;
 use super::seal::{Column, Place, Sealer};
 use super::writer::StoreJob;
 use super::{Store, StoreError, on_backend};
-use crate::domain::{Claimed, GrantType, Secret, Status, TokenSet, Trigger, UnixTime, Unreadable};
+use crate::domain::{
+    Claimed, GrantType, Outcome, Secret, Status, TokenSet, Trigger, UnixTime, Unreadable,
+};
 
 /// A claimed row, as the backends' claims return it.
 #[derive(FromRow)]
@@ -67,7 +69,7 @@ pub enum Failure<'a> {
 /// What the journal and `last_error` record about a failure.
 #[derive(Debug, Clone, Copy)]
 pub struct FailureDetail<'a> {
-    pub outcome: &'a str,
+    pub outcome: Outcome,
     pub last_error: &'a str,
     pub http_status: Option<u16>,
     pub error_code: Option<&'a str>,

@@ -6,7 +6,7 @@ use sqlx::FromRow;
 
 use super::seal::{Column, Place};
 use super::{Store, StoreError, on_backend};
-use crate::domain::{GrantType, Secret, Status, TokenSet, UnixTime, Unreadable};
+use crate::domain::{GrantType, Outcome, Secret, Status, TokenSet, UnixTime, Unreadable};
 
 /// A credential to import.
 #[derive(Debug)]
@@ -75,7 +75,8 @@ pub struct RotationRecord {
     pub trigger: String,
     pub started_at: i64,
     pub duration_ms: Option<i64>,
-    pub outcome: String,
+    #[sqlx(try_from = "String")]
+    pub outcome: Outcome,
     pub http_status: Option<i64>,
     pub error_code: Option<String>,
     pub error_description: Option<String>,

@@ -8,7 +8,7 @@
 // `Store` above opens and seals them, passing in what a transaction needs done to a row between
 // its statements (`open`, `seal`).
 
-use crate::domain::{Secret, Trigger, UnixTime};
+use crate::domain::{Outcome, Secret, Trigger, UnixTime};
 use crate::store::claim::ClaimRow;
 use crate::store::leases::{HeldElsewhere, HeldLease};
 use crate::store::records::{
@@ -181,7 +181,7 @@ impl Db {
         )
         .bind(now)
         .bind(detail.duration_ms)
-        .bind(if stored == Stored::Yes { detail.outcome } else { "superseded" })
+        .bind(if stored == Stored::Yes { detail.outcome } else { Outcome::Superseded }.as_str())
         .bind(detail.http_status.map(i64::from))
         .bind(detail.error_code)
         .bind(detail.last_error)
@@ -970,7 +970,7 @@ async fn apply_refreshed(conn: &mut Conn, job: &StoreJob) -> Result<Stored, Stor
     )
     .bind(job.now)
     .bind(job.duration_ms)
-    .bind(if stored == Stored::Yes { "refreshed" } else { "superseded" })
+    .bind(if stored == Stored::Yes { Outcome::Refreshed } else { Outcome::Superseded }.as_str())
     .bind(job.http_status.map(i64::from))
     .bind(t.expires_at)
     .bind(job.rotated)

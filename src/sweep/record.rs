@@ -9,7 +9,7 @@ use tracing::{error, info, warn};
 use super::settle::{self, Action, FailureWrite, Setback};
 use super::{Handled, STORE_ATTEMPTS, Sweeper, elapsed_ms};
 use crate::alerts::Event;
-use crate::domain::{self, Claimed, TokenSet, UnixTime, Unreadable, iso8601};
+use crate::domain::{self, Claimed, Outcome, TokenSet, UnixTime, Unreadable, iso8601};
 use crate::store::{Failure, FailureDetail, Refreshed, StoreError, Stored};
 
 /// Evaluates a store operation, again while the database is busy, so that an outcome is not
@@ -217,17 +217,17 @@ pub(super) fn unsendable(unreadable: Option<&Unreadable>) -> Setback {
     match unreadable {
         None => Setback::new(
             Action::Reauthorize,
-            "needs_reauthorization",
+            Outcome::NeedsReauthorization,
             "no refresh token is stored",
         ),
         Some(why @ Unreadable::UnknownKey(_)) => Setback::new(
             Action::Retry { not_before: None },
-            "key_missing",
+            Outcome::KeyMissing,
             format!("the stored refresh token {why}; it was not sent"),
         ),
         Some(why) => Setback::new(
             Action::Reauthorize,
-            "needs_reauthorization",
+            Outcome::NeedsReauthorization,
             format!("the stored refresh token {why}; it was not sent: authorize again"),
         ),
     }

@@ -6,7 +6,7 @@
 //! alerts what they decide. Imports `alerts`, `domain` and `refresh`.
 
 use crate::alerts::Event;
-use crate::domain::{self, Claimed, ShortLived, TokenSet, UnixTime};
+use crate::domain::{self, Claimed, Outcome, ShortLived, TokenSet, UnixTime};
 use crate::refresh::RefreshOutcome;
 
 use super::{Handled, Policy};
@@ -27,14 +27,14 @@ pub(super) enum Action {
 pub(super) struct Setback {
     pub action: Action,
     /// The journal's outcome word.
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     pub reason: String,
     pub code: Option<String>,
     pub http_status: Option<u16>,
 }
 
 impl Setback {
-    pub fn new(action: Action, outcome: &'static str, reason: impl Into<String>) -> Self {
+    pub fn new(action: Action, outcome: Outcome, reason: impl Into<String>) -> Self {
         Self {
             action,
             outcome,
@@ -68,14 +68,14 @@ pub(super) fn setback(
                 Action::Retry {
                     not_before: retry_after.map(|s| now.saturating_add(s)),
                 },
-                "transient",
+                Outcome::Transient,
                 reason,
             )
         },
         // A response refused by its checks: nothing of it kept, so retried like a malformed one.
         RefreshOutcome::Refused { reason } => Setback::new(
             Action::Retry { not_before: None },
-            "refused_response",
+            Outcome::RefusedResponse,
             reason,
         ),
         RefreshOutcome::GrantRejected { code, reason } => {
@@ -86,7 +86,7 @@ pub(super) fn setback(
             };
             Setback {
                 code: Some(code),
-                ..Setback::new(Action::Reauthorize, "needs_reauthorization", reason)
+                ..Setback::new(Action::Reauthorize, Outcome::NeedsReauthorization, reason)
             }
         }
         RefreshOutcome::ClientRejected { code, reason } => {
@@ -96,7 +96,11 @@ pub(super) fn setback(
             );
             Setback {
                 code: Some(code),
-                ..Setback::new(Action::ClientRejected { until }, "client_rejected", reason)
+                ..Setback::new(
+                    Action::ClientRejected { until },
+                    Outcome::ClientRejected,
+                    reason,
+                )
             }
         }
     };
@@ -325,7 +329,7 @@ mod tests {
                 reason: "down".into(),
             },
         );
-        assert_eq!(transient.outcome, "transient");
+        assert_eq!(transient.outcome, Outcome::Transient);
         assert_eq!(
             transient.action,
             Action::Retry {
@@ -341,7 +345,7 @@ mod tests {
         );
         assert_eq!(
             (refused.outcome, refused.action),
-            ("refused_response", Action::Retry { not_before: None })
+            (Outcome::RefusedResponse, Action::Retry { not_before: None })
         );
         let rejected = setback_of(
             &c,
@@ -353,7 +357,7 @@ mod tests {
         assert_eq!(
             (rejected.outcome, rejected.action, rejected.code.as_deref()),
             (
-                "needs_reauthorization",
+                Outcome::NeedsReauthorization,
                 Action::Reauthorize,
                 Some("invalid_grant")
             )
@@ -366,7 +370,7 @@ mod tests {
                 reason: "bad secret".into(),
             },
         );
-        assert_eq!(client.outcome, "client_rejected");
+        assert_eq!(client.outcome, Outcome::ClientRejected);
         assert_eq!(client.action, Action::ClientRejected { until: NOW + 3600 });
         assert!(
             client

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Policy, SweepSummary, Sweeper};
 use crate::alerts::Alerter;
 use crate::config::Settings;
-use crate::domain::{self, GrantType, Secret, Status, Trigger};
+use crate::domain::{self, GrantType, Outcome, Secret, Status, Trigger};
 use crate::http::Transport;
 use crate::provider::Providers;
 use crate::refresh::Refresher;
@@ -194,7 +194,7 @@ async fn a_due_credential_is_refreshed_once_and_left_alone_until_due() {
     assert_eq!(endpoint.requests().len(), 1);
     let journal = sweeper.store().rotations(Some("c"), 10).await.unwrap();
     assert_eq!(journal.len(), 1);
-    assert_eq!(journal[0].outcome, "refreshed");
+    assert_eq!(journal[0].outcome, Outcome::Refreshed);
     assert_eq!(journal[0].refresh_token_rotated, Some(true));
     sweeper.store().close().await;
 }
@@ -264,7 +264,7 @@ async fn a_refused_response_stores_nothing_of_it() {
     let summary = sweep(&sweeper).await;
     assert_eq!(summary.failed, 1, "{summary:?}");
     let journal = sweeper.store().rotations(Some("c"), 10).await.unwrap();
-    assert_eq!(journal[0].outcome, "refused_response");
+    assert_eq!(journal[0].outcome, Outcome::RefusedResponse);
     assert!(
         sweeper
             .store()
