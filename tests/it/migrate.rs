@@ -281,3 +281,41 @@ async fn migrate_copies_sqlite_into_an_empty_postgres_row_by_row_and_refuses_wha
         assert_no_secrets("migrate's output", output, &secrets);
     }
 }
+
+#[tokio::test]
+async fn migrate_with_a_wrong_password_is_one_line_exit_3_and_shows_no_password() {
+    let pg = PgServer::start().await;
+    let server = OauthServer::start().await;
+    let home = Home::new(&server, "");
+    let password = home.path().join("pg.password");
+    write_secret(&password, "wrong-password-3c9d1e\n");
+    home.append_config(&format!(
+        "[postgres]\npassword_file = \"{}\"\n",
+        password.display()
+    ));
+    let rt = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
+    home.add("a", "basic", &rt).await;
+    let before = sha256_of(&home.db);
+    let run = home.run(&["migrate", "--to", &pg.url()], "").await;
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
+    assert!(
+        run.stderr.contains("postgres://postgres@127.0.0.1:"),
+        "{run:?}"
+    );
+    assert_no_secrets(
+        "migrate's output",
+        &run.all(),
+        &[
+            "wrong-password-3c9d1e".to_owned(),
+            PASSWORD.to_owned(),
+            rt.clone(),
+        ],
+    );
+    // A password in the URL itself is not shown either.
+    let url = pg.url().replace("postgres@", "postgres:url-password-77aa@");
+    let run = home.run(&["migrate", "--to", &url], "").await;
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(!run.all().contains("url-password-77aa"), "{run:?}");
+    assert_eq!(sha256_of(&home.db), before, "the source is unchanged");
+}
