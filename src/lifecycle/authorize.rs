@@ -250,19 +250,48 @@ pub async fn authorize_device(
     let started = Instant::now();
     let (tokens, http_status) =
         super::device::obtain(transport, provider, &scopes, req.timeout, show).await?;
-    let now = domain::now();
-    let authorized = Authorized {
+    let target = Target {
         name: req.name,
-        provider: &provider.name,
+        provider,
         scopes: req.scopes,
         owner: req.owner,
-        tokens: &tokens,
+        margin: req.margin,
+        max_idle: req.max_idle,
+    };
+    store_tokens(store, &target, &tokens, http_status, started).await
+}
+
+/// Where obtained tokens go: the credential, and how its next refresh is timed.
+struct Target<'a> {
+    name: &'a str,
+    provider: &'a Provider,
+    scopes: Option<&'a str>,
+    owner: Option<&'a str>,
+    margin: i64,
+    max_idle: i64,
+}
+
+/// Stores tokens an authorization obtained (journaled `authorized`), the one way both grants do.
+async fn store_tokens(
+    store: &Store,
+    to: &Target<'_>,
+    tokens: &domain::TokenSet,
+    http_status: Option<u16>,
+    started: Instant,
+) -> Result<Authorization, AuthorizeError> {
+    let now = domain::now();
+    let authorized = Authorized {
+        name: to.name,
+        provider: &to.provider.name,
+        scopes: to.scopes,
+        owner: to.owner,
+        tokens,
         refresh_due_at: domain::refresh_due_at(
             now,
             tokens.expires_at,
-            req.margin,
-            req.max_idle,
-            domain::due_spread(req.name, req.margin),
+            to.margin,
+            to.max_idle,
+            domain::due_spread(to.name, to.margin),
         ),
         http_status,
         duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
@@ -290,38 +319,15 @@ async fn exchange_and_store(
     let started = Instant::now();
     let now = domain::now();
     let (tokens, http_status) = exchange(transport, client, provider, &code, verifier, now).await?;
-    {
-        {
-            let expires_at = tokens.expires_at;
-            let authorized = Authorized {
-                name: req.name,
-                provider: &provider.name,
-                scopes: req.scopes,
-                owner: req.owner,
-                tokens: &tokens,
-                refresh_due_at: domain::refresh_due_at(
-                    now,
-                    expires_at,
-                    req.margin,
-                    req.max_idle,
-                    domain::due_spread(req.name, req.margin),
-                ),
-                http_status,
-                duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-                actor: &format!("authorize-{}", std::process::id()),
-            };
-            store
-                .store_authorized(&authorized, now)
-                .await
-                .map(|how| Authorization {
-                    how,
-                    expires_at,
-                    has_refresh_token: tokens.refresh_token.is_some(),
-                    granted_scope: tokens.scope.clone(),
-                })
-                .map_err(AuthorizeError::from)
-        }
-    }
+    let target = Target {
+        name: req.name,
+        provider,
+        scopes: req.scopes,
+        owner: req.owner,
+        margin: req.margin,
+        max_idle: req.max_idle,
+    };
+    store_tokens(store, &target, &tokens, http_status, started).await
 }
 
 /// Why the listener could not be set up.
