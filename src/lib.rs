@@ -11,7 +11,7 @@
 //!
 //! startup: settings ─► transport, providers, store, sweeper      cli: parse, dispatch, render
 //! daemon:  schedule + signals + metrics listener around sweep     renew, exec: tokens on demand
-//! lifecycle: authorize / device grant ─► store                   doctor: checks ─► Report
+//! enroll: lifecycle (authorize / device grant) ─► store         doctor: checks ─► Report
 //! ```
 //!
 //! - [`domain`] — credentials, tokens, statuses, due-time and backoff arithmetic (pure)
@@ -32,7 +32,9 @@
 //! - [`sweep`] — claim, refresh (within each provider's concurrency and rate limits), settle
 //!   (pure), store, log, alert; pending revocations
 //! - [`renew`] — a token valid for at least a given time, renewed now through the sweep's path
-//! - [`lifecycle`] — `authorize`: the authorization-code grant with PKCE, and the device grant
+//! - [`lifecycle`] — `authorize`: the authorization-code grant with PKCE, and the device grant;
+//!   never the store
+//! - [`enroll`] — runs those grants and stores what they obtained
 //! - [`metrics`] — the optional /metrics and /healthz listener: table-wide aggregates, and
 //!   per-credential series up to `metrics.per_credential_max`
 //! - [`daemon`] — the schedule, signals and metrics listener around sweeps
@@ -49,6 +51,7 @@ pub mod daemon;
 pub mod discovery;
 pub mod doctor;
 pub mod domain;
+pub mod enroll;
 pub mod exec;
 pub mod holder;
 pub mod http;

@@ -1,7 +1,7 @@
 //! A credential's first tokens: `authorize` runs the authorization-code grant with PKCE (a loopback
 //! listener for the redirect, or a pasted URL), `device` the device authorization grant (RFC 8628),
-//! both through the one transport (`http`); `authorize` stores what they obtain. Imports `config`,
-//! `domain`, `http`, `provider`, `store` and `refresh`.
+//! both through the one transport (`http`); `enroll` stores what they obtain. Imports `config`,
+//! `domain`, `http`, `provider` and `refresh`, never `store`.
 
 pub mod authorize;
 mod callback;

@@ -10,6 +10,7 @@ use super::exit::{self, CommandError};
 use super::{AddArgs, GrantArg};
 use crate::doctor;
 use crate::domain::{self, GrantType, Secret};
+use crate::enroll;
 use crate::lifecycle::{self, authorize::Prompt};
 use crate::provider::Provider;
 use crate::startup::Ctx;
@@ -104,15 +105,19 @@ pub(super) async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Res
             .await?;
     }
     let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let target = enroll::Target {
+        name: args.name,
+        provider: &provider.name,
+        scopes: args.scopes,
+        owner: args.owner,
+        margin: secs(ctx.settings.refresh_margin),
+        max_idle: secs(ctx.settings.max_idle),
+    };
     if args.device {
         let request = lifecycle::authorize::DeviceRequest {
-            name: args.name,
             provider: &provider,
             scopes: args.scopes,
-            owner: args.owner,
             timeout: args.timeout.unwrap_or(Duration::MAX),
-            margin: secs(ctx.settings.refresh_margin),
-            max_idle: secs(ctx.settings.max_idle),
         };
         let show = |prompt: &lifecycle::device::UserPrompt| {
             eprintln!(
@@ -134,8 +139,7 @@ pub(super) async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Res
                     .unwrap_or(&prompt.verification_uri)
             );
         };
-        let result =
-            lifecycle::authorize::authorize_device(&store, transport, &request, show).await;
+        let result = enroll::authorize_device(&store, transport, &request, &target, show).await;
         store.close().await;
         return Ok(report_authorized(args.name, &result?));
     }
@@ -145,11 +149,8 @@ pub(super) async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Res
         provider: &provider,
         redirect_uri: provider.redirect_uri.as_deref(),
         scopes: args.scopes,
-        owner: args.owner,
         manual: args.manual,
         timeout,
-        margin: secs(ctx.settings.refresh_margin),
-        max_idle: secs(ctx.settings.max_idle),
     };
     let show = |prompt: &Prompt| {
         let how = match (prompt.listening, prompt.reading_stdin) {
@@ -166,7 +167,7 @@ pub(super) async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Res
         );
         println!("{}", prompt.url);
     };
-    let result = lifecycle::authorize(&store, transport, &request, show).await;
+    let result = enroll::authorize(&store, transport, &request, &target, show).await;
     store.close().await;
     Ok(report_authorized(args.name, &result?))
 }
@@ -187,15 +188,15 @@ pub(super) struct AuthorizeArgs<'a> {
 pub(super) const AUTHORIZE_TIMEOUT: Duration = Duration::from_mins(5);
 
 /// Says how an authorization ended: on standard output, and a warning when it cannot be kept.
-pub(super) fn report_authorized(name: &str, done: &lifecycle::authorize::Authorization) -> u8 {
+pub(super) fn report_authorized(name: &str, done: &enroll::Authorization) -> u8 {
     if !done.has_refresh_token {
         eprintln!(
             "tokenwarden: warning: no refresh token returned: add offline_access to the scopes (or the provider's equivalent) and authorize {name} again; until then it cannot be refreshed"
         );
     }
     let again = match &done.how {
-        lifecycle::authorize::AuthorizedAs::Created => String::new(),
-        lifecycle::authorize::AuthorizedAs::Replaced { status, .. } => {
+        enroll::AuthorizedAs::Created => String::new(),
+        enroll::AuthorizedAs::Replaced { status, .. } => {
             format!(" again (was {status})")
         }
     };

@@ -148,7 +148,7 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<AuthorizeError>() {
             match e {
                 // The StoreError is next in the chain.
-                AuthorizeError::Store(_) => continue,
+                AuthorizeError::Keep(_) => continue,
                 e if e.is_configuration() => return CONFIG,
                 _ => return REFRESH_FAILED,
             }

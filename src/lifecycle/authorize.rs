@@ -1,8 +1,9 @@
 //! `authorize`: the authorization-code grant with PKCE (S256) and a random state, through oauth2.
 //! The browser is sent to the provider and back to a listener on 127.0.0.1 (or the operator pastes
 //! the redirect); the code is exchanged with the provider's client authentication and the tokens
-//! are stored; `authorize_device` stores what the device grant (`device`) obtained the same way.
-//! Imports `domain`, `provider`, `store` and `refresh` (the lenient token response).
+//! are handed to the caller's `keep` (which stores them) before the browser hears how it ended;
+//! `authorize_device` returns what the device grant (`device`) obtained. Never touches the store.
+//! Imports `domain`, `http`, `provider` and `refresh` (the lenient token response).
 
 use std::borrow::Cow;
 use std::sync::Mutex;
@@ -18,8 +19,6 @@ use super::callback::{self, Listener, Rejection};
 use crate::domain::{self, Secret, UnixTime, sanitize};
 use crate::http::{Exchange, Transport};
 use crate::provider::{Provider, ProviderError};
-pub use crate::store::AuthorizedAs;
-use crate::store::{Authorized, Store, StoreError};
 
 /// The path of the loopback redirect URI.
 pub const CALLBACK_PATH: &str = "/callback";
@@ -60,7 +59,7 @@ pub enum AuthorizeError {
     #[error(transparent)]
     Device(#[from] super::device::DeviceError),
     #[error("storing the credential failed: {0}")]
-    Store(#[from] StoreError),
+    Keep(#[source] KeepError),
 }
 
 impl AuthorizeError {
@@ -78,9 +77,13 @@ impl AuthorizeError {
     }
 }
 
+/// Why the caller could not keep what a grant obtained (its own error, next in the chain).
+pub type KeepError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What to authorize.
 #[derive(Debug)]
 pub struct Request<'a> {
+    /// The credential's name, for the page the browser is shown.
     pub name: &'a str,
     pub provider: &'a Provider,
     /// A redirect URI fixed by the configuration; `None`: `http://127.0.0.1:PORT/callback` on
@@ -88,13 +91,9 @@ pub struct Request<'a> {
     pub redirect_uri: Option<&'a str>,
     /// `--scopes`; `None`: the provider's scopes.
     pub scopes: Option<&'a str>,
-    pub owner: Option<&'a str>,
     /// Read the redirect URL (or the code) from standard input too.
     pub manual: bool,
     pub timeout: Duration,
-    /// Refresh margin and max idle, seconds: the stored due time is computed from them.
-    pub margin: i64,
-    pub max_idle: i64,
 }
 
 /// What the operator must do, handed to the caller to show.
@@ -109,25 +108,34 @@ pub struct Prompt {
     pub reading_stdin: bool,
 }
 
-/// A stored authorization.
+/// What a grant obtained, for the caller to keep.
 #[derive(Debug)]
-pub struct Authorization {
-    pub how: AuthorizedAs,
-    pub expires_at: UnixTime,
-    /// Whether the provider sent a refresh token (without one the credential cannot be refreshed).
-    pub has_refresh_token: bool,
-    /// The scope the provider reports granting, when it says.
-    pub granted_scope: Option<String>,
+pub struct Obtained {
+    pub tokens: domain::TokenSet,
+    pub http_status: Option<u16>,
+    /// From the token request's start to its answer.
+    pub duration_ms: i64,
 }
 
-/// Runs the whole grant: prompt, wait for the redirect, exchange, store. `show` gets the URL to
-/// open once the listener is up; the browser gets a page saying how it ended.
-pub async fn authorize(
-    store: &Store,
+impl Obtained {
+    fn new(tokens: domain::TokenSet, http_status: Option<u16>, started: Instant) -> Self {
+        Self {
+            tokens,
+            http_status,
+            duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// Runs the whole grant: prompt, wait for the redirect, exchange, `keep` (the caller stores the
+/// tokens). `show` gets the URL to open once the listener is up; the browser gets a page saying
+/// how it ended, after `keep` has.
+pub async fn authorize<T>(
     transport: &Transport,
     req: &Request<'_>,
     show: impl FnOnce(&Prompt),
-) -> Result<Authorization, AuthorizeError> {
+    keep: impl AsyncFnOnce(Obtained) -> Result<T, KeepError>,
+) -> Result<T, AuthorizeError> {
     let provider = req.provider;
     let bad_url = |key: &'static str, value: &str, reason: String| AuthorizeError::BadUrl {
         provider: provider.name.clone(),
@@ -199,7 +207,10 @@ pub async fn authorize(
     };
 
     let outcome =
-        exchange_and_store(store, transport, &client, req, Secret::new(code), verifier).await;
+        match exchange_timed(transport, &client, provider, Secret::new(code), verifier).await {
+            Ok(obtained) => keep(obtained).await.map_err(AuthorizeError::Keep),
+            Err(e) => Err(e),
+        };
     if let Some(arrival) = arrival {
         match &outcome {
             Ok(_) => {
@@ -222,27 +233,20 @@ pub async fn authorize(
 /// What to authorize with the device grant (`authorize --device`).
 #[derive(Debug)]
 pub struct DeviceRequest<'a> {
-    pub name: &'a str,
     pub provider: &'a Provider,
     /// `--scopes`; `None`: the provider's scopes.
     pub scopes: Option<&'a str>,
-    pub owner: Option<&'a str>,
     /// Longest wait for the user's approval (the code's own lifetime bounds it too).
     pub timeout: Duration,
-    /// Refresh margin and max idle, seconds: the stored due time is computed from them.
-    pub margin: i64,
-    pub max_idle: i64,
 }
 
 /// Runs the device grant (RFC 8628): `show` gets the verification URI and user code, the token
-/// endpoint is polled until the user approves, and the tokens are stored as `authorize` stores
-/// them (journaled `authorized`).
+/// endpoint is polled until the user approves, and what it obtained is returned to be kept.
 pub async fn authorize_device(
-    store: &Store,
     transport: &Transport,
     req: &DeviceRequest<'_>,
     show: impl FnOnce(&super::device::UserPrompt),
-) -> Result<Authorization, AuthorizeError> {
+) -> Result<Obtained, AuthorizeError> {
     let provider = req.provider;
     let scopes = req
         .scopes
@@ -250,84 +254,21 @@ pub async fn authorize_device(
     let started = Instant::now();
     let (tokens, http_status) =
         super::device::obtain(transport, provider, &scopes, req.timeout, show).await?;
-    let target = Target {
-        name: req.name,
-        provider,
-        scopes: req.scopes,
-        owner: req.owner,
-        margin: req.margin,
-        max_idle: req.max_idle,
-    };
-    store_tokens(store, &target, &tokens, http_status, started).await
+    Ok(Obtained::new(tokens, http_status, started))
 }
 
-/// Where obtained tokens go: the credential, and how its next refresh is timed.
-struct Target<'a> {
-    name: &'a str,
-    provider: &'a Provider,
-    scopes: Option<&'a str>,
-    owner: Option<&'a str>,
-    margin: i64,
-    max_idle: i64,
-}
-
-/// Stores tokens an authorization obtained (journaled `authorized`), the one way both grants do.
-async fn store_tokens(
-    store: &Store,
-    to: &Target<'_>,
-    tokens: &domain::TokenSet,
-    http_status: Option<u16>,
-    started: Instant,
-) -> Result<Authorization, AuthorizeError> {
-    let now = domain::now();
-    let authorized = Authorized {
-        name: to.name,
-        provider: &to.provider.name,
-        scopes: to.scopes,
-        owner: to.owner,
-        tokens,
-        refresh_due_at: domain::refresh_due_at(
-            now,
-            tokens.expires_at,
-            to.margin,
-            to.max_idle,
-            domain::due_spread(to.name, to.margin),
-        ),
-        http_status,
-        duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-        actor: &format!("authorize-{}", std::process::id()),
-    };
-    let how = store.store_authorized(&authorized, now).await?;
-    Ok(Authorization {
-        how,
-        expires_at: tokens.expires_at,
-        has_refresh_token: tokens.refresh_token.is_some(),
-        granted_scope: tokens.scope.clone(),
-    })
-}
-
-/// Exchanges the code and stores the tokens.
-async fn exchange_and_store(
-    store: &Store,
+/// Exchanges the code for tokens, timed from the request's start.
+async fn exchange_timed(
     transport: &Transport,
     client: &CodeClient,
-    req: &Request<'_>,
+    provider: &Provider,
     code: Secret,
     verifier: oauth2::PkceCodeVerifier,
-) -> Result<Authorization, AuthorizeError> {
-    let provider = req.provider;
+) -> Result<Obtained, AuthorizeError> {
     let started = Instant::now();
-    let now = domain::now();
-    let (tokens, http_status) = exchange(transport, client, provider, &code, verifier, now).await?;
-    let target = Target {
-        name: req.name,
-        provider,
-        scopes: req.scopes,
-        owner: req.owner,
-        margin: req.margin,
-        max_idle: req.max_idle,
-    };
-    store_tokens(store, &target, &tokens, http_status, started).await
+    let (tokens, http_status) =
+        exchange(transport, client, provider, &code, verifier, domain::now()).await?;
+    Ok(Obtained::new(tokens, http_status, started))
 }
 
 /// Why the listener could not be set up.
