@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use jsonwebtoken::{Algorithm, Header};
 
-use super::{ASSERTION_LIFETIME_SECS, Provider, ProviderError, encoding_key, read_nonempty};
+use super::secrets::{encoding_key, read_nonempty};
+use super::{ASSERTION_LIFETIME_SECS, Provider, ProviderError};
 use crate::domain::{Secret, UnixTime};
 
 /// Where a provider's assertion key lives, and how to sign with it.
