@@ -2,18 +2,20 @@
 //! deserialized strictly (unknown keys are errors) and validated. Reads nothing but that file: the
 //! secrets a provider references are resolved later, by `provider`. `config/provider.rs` holds a
 //! provider block and its checks, `config/preset.rs` the known providers, `config/encryption.rs`
-//! the `[encryption]` table. Imports `domain`, `schedule` and `untrusted`.
+//! the `[encryption]` table, `config/check.rs` the checks across settings, `config/de.rs` how
+//! durations and word lists are read. Imports `domain`, `schedule` and `untrusted`.
 
 use std::collections::BTreeMap;
-use std::fmt;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer};
 
 use crate::schedule::Schedule;
 
+mod check;
+mod de;
 mod encryption;
 pub mod preset;
 mod provider;
@@ -96,21 +98,21 @@ pub struct Settings {
     /// Cron expression for sweeps (5 or 6 fields, UTC).
     pub schedule: String,
     /// Refresh an access token this long before it expires.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "de::duration")]
     pub refresh_margin: Duration,
     /// Refresh at least this often even when the access token lives longer.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "de::duration")]
     pub max_idle: Duration,
     /// Warn this long before a refresh token's known absolute expiry.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "de::duration")]
     pub refresh_token_warning: Duration,
     /// Refreshes in flight at once.
     pub concurrency: usize,
     /// How long to wait for another process's lock on the database.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "de::duration")]
     pub busy_timeout: Duration,
     /// `token` and `exec` renew an access token first when it expires sooner than this.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "de::duration")]
     pub token_min_valid: Duration,
     pub http: HttpSettings,
     pub retry: RetrySettings,
@@ -141,10 +143,10 @@ pub struct PostgresSettings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "de::duration")]
     pub connect_timeout: Duration,
     /// Bound on one whole token request, connect to last byte.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "de::duration")]
     pub request_timeout: Duration,
     /// Token responses larger than this are refused.
     pub max_response_bytes: usize,
@@ -154,15 +156,15 @@ pub struct HttpSettings {
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {
     /// Backoff ceiling after the first transient failure (doubles per failure, full jitter).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "de::duration")]
     pub base: Duration,
     /// Largest backoff.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "de::duration")]
     pub max: Duration,
     /// A credential is reported failing after this many consecutive failures…
     pub failing_after_failures: u32,
     /// …or this long without a successful refresh while it fails.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "de::duration")]
     pub failing_after: Duration,
 }
 
@@ -179,10 +181,10 @@ pub struct LogSettings {
 #[serde(deny_unknown_fields)]
 pub struct AlertSettings {
     /// Program and arguments (no shell); empty: no alerts.
-    #[serde(deserialize_with = "words")]
+    #[serde(deserialize_with = "de::words")]
     pub on_event: Vec<String>,
     /// Longest an alert command may run.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "de::duration")]
     pub timeout: Duration,
 }
 
@@ -319,134 +321,6 @@ impl Settings {
             }))
             .collect()
     }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let schedule = self.schedule()?;
-        let gap = schedule.longest_gap(chrono::Utc::now());
-        if self.refresh_margin <= gap + self.http.request_timeout {
-            return Err(invalid(
-                "refresh_margin",
-                format!(
-                    "{} must be larger than the longest gap between sweeps ({}) plus http.request_timeout ({}), or tokens lapse between sweeps",
-                    humantime::format_duration(self.refresh_margin),
-                    humantime::format_duration(gap),
-                    humantime::format_duration(self.http.request_timeout),
-                ),
-            ));
-        }
-        if !(1..=256).contains(&self.concurrency) {
-            return Err(invalid("concurrency", "must be between 1 and 256"));
-        }
-        if self.max_idle < Duration::from_mins(1) {
-            return Err(invalid("max_idle", "must be at least 1m"));
-        }
-        if self.http.max_response_bytes < 1024 {
-            return Err(invalid("http.max_response_bytes", "must be at least 1024"));
-        }
-        if self.http.request_timeout.is_zero() || self.http.connect_timeout.is_zero() {
-            return Err(invalid("http", "timeouts must be larger than zero"));
-        }
-        if self.retry.base.is_zero() || self.retry.max < self.retry.base {
-            return Err(invalid(
-                "retry",
-                "base must be positive and max at least base",
-            ));
-        }
-        if self.log.level.parse::<tracing::Level>().is_err() {
-            return Err(invalid(
-                "log.level",
-                format!(
-                    "{:?} is not one of error, warn, info, debug, trace",
-                    self.log.level
-                ),
-            ));
-        }
-        if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
-                "metrics.listen",
-                format!(
-                    "{:?} is not an address such as 127.0.0.1:9464",
-                    self.metrics.listen
-                ),
-            ));
-        }
-        if let Some(encryption) = &self.encryption {
-            encryption.validate()?;
-        }
-        // With a SQLite database, `[postgres]` is what `migrate --to postgres://…` connects with.
-        if let Some(pg) = &self.postgres
-            && pg.password_file.is_some()
-            && pg.password_env.is_some()
-        {
-            return Err(invalid(
-                "postgres",
-                "password_file and password_env are alternatives: set one",
-            ));
-        }
-        if let Some(url) = self.database_url()
-            && url::Url::parse(url).is_err()
-        {
-            // The URL itself is not shown: it may hold a password.
-            return Err(invalid("database", "is not a usable postgres:// URL"));
-        }
-        for (name, provider) in &self.providers {
-            if !crate::untrusted::is_valid_name(name) {
-                return Err(invalid(
-                    format!("providers.{}", crate::untrusted::quoted(name)),
-                    format!("provider names are {}", crate::untrusted::NAME_RULE),
-                ));
-            }
-            provider.validate(&format!("providers.{name}"))?;
-        }
-        Ok(())
-    }
-}
-
-/// A duration as whole seconds (`600`) or a humantime string (`"10m"`, `"1h 30m"`).
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    struct Visitor;
-    impl de::Visitor<'_> for Visitor {
-        type Value = Duration;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a duration such as \"10m\" or a number of seconds")
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-            Ok(Duration::from_secs(v))
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-            u64::try_from(v)
-                .map(Duration::from_secs)
-                .map_err(|_| E::custom("a duration cannot be negative"))
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-            let v = v.trim();
-            if let Ok(secs) = v.parse::<u64>() {
-                return Ok(Duration::from_secs(secs));
-            }
-            humantime::parse_duration(v)
-                .map_err(|e| E::custom(format!("{v:?} is not a duration: {e}")))
-        }
-    }
-    d.deserialize_any(Visitor)
-}
-
-/// An optional [`duration`].
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
-}
-
-/// A TOML list of strings, or one space-separated string (handy in environment variables).
-fn words<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Scopes {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match Scopes::deserialize(d)? {
-        Scopes::One(s) => s.split_whitespace().map(str::to_owned).collect(),
-        Scopes::Many(v) => v,
-    })
 }
 
 #[cfg(test)]

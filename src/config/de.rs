@@ -1,0 +1,57 @@
+//! How settings' values are read from TOML and the environment: durations as seconds or
+//! humantime text, word lists as arrays or space-separated strings.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de;
+use serde::{Deserialize, Deserializer};
+
+/// A duration as whole seconds (`600`) or a humantime string (`"10m"`, `"1h 30m"`).
+pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct Visitor;
+    impl de::Visitor<'_> for Visitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as \"10m\" or a number of seconds")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom("a duration cannot be negative"))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            let v = v.trim();
+            if let Ok(secs) = v.parse::<u64>() {
+                return Ok(Duration::from_secs(secs));
+            }
+            humantime::parse_duration(v)
+                .map_err(|e| E::custom(format!("{v:?} is not a duration: {e}")))
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
+/// An optional [`duration`].
+pub(super) fn optional_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// A TOML list of strings, or one space-separated string (handy in environment variables).
+pub(super) fn words<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scopes {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Scopes::deserialize(d)? {
+        Scopes::One(s) => s.split_whitespace().map(str::to_owned).collect(),
+        Scopes::Many(v) => v,
+    })
+}
