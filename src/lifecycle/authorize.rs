@@ -13,15 +13,12 @@ use oauth2::{
     AuthUrl, AuthorizationCode, CsrfToken, EndpointSet, PkceCodeChallenge, RedirectUrl,
     RequestTokenError, Scope, TokenUrl,
 };
-use tokio::net::TcpListener;
 
-use super::callback::{self, Listener, Rejection};
+pub use super::callback::CALLBACK_PATH;
+use super::callback::{Listen, Rejection, listen, wait};
 use crate::domain::{self, Secret, UnixTime, sanitize};
 use crate::http::{Exchange, Transport};
 use crate::provider::{Provider, ProviderError};
-
-/// The path of the loopback redirect URI.
-pub const CALLBACK_PATH: &str = "/callback";
 
 /// The oauth2 client shape for this grant: authorization and token endpoints.
 type CodeClient = crate::refresh::ClientWith<EndpointSet, EndpointSet>;
@@ -269,97 +266,6 @@ async fn exchange_timed(
     let (tokens, http_status) =
         exchange(transport, client, provider, &code, verifier, domain::now()).await?;
     Ok(Obtained::new(tokens, http_status, started))
-}
-
-/// Why the listener could not be set up.
-enum Listen {
-    Io(std::io::Error),
-    Bad(String),
-}
-
-/// Binds the listener for the redirect: an ephemeral port on 127.0.0.1, or the host and port of a
-/// configured loopback redirect URI. A configured URI elsewhere gets no listener.
-async fn listen(configured: Option<&str>) -> Result<(Option<TcpListener>, String, String), Listen> {
-    let Some(uri) = configured else {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(Listen::Io)?;
-        let port = listener.local_addr().map_err(Listen::Io)?.port();
-        let uri = format!("http://127.0.0.1:{port}{CALLBACK_PATH}");
-        return Ok((Some(listener), uri, CALLBACK_PATH.to_owned()));
-    };
-    let url = url::Url::parse(uri).map_err(|e| Listen::Bad(e.to_string()))?;
-    let loopback = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    };
-    if url.scheme() != "http" || !loopback {
-        return Ok((None, uri.to_owned(), url.path().to_owned()));
-    }
-    let host = url
-        .host_str()
-        .unwrap_or("127.0.0.1")
-        .trim_matches(['[', ']']);
-    let port = url.port().unwrap_or(80);
-    let listener = TcpListener::bind((host, port)).await.map_err(Listen::Io)?;
-    Ok((Some(listener), uri.to_owned(), url.path().to_owned()))
-}
-
-/// Waits for the first usable redirect: at the listener, or pasted on standard input.
-async fn wait(
-    listener: Option<TcpListener>,
-    reading_stdin: bool,
-    path: &str,
-    state: &str,
-) -> Result<(String, Option<callback::Arrival>), (Rejection, Option<callback::Arrival>)> {
-    let mut listener = listener.map(Listener::start);
-    let mut pasted = reading_stdin.then(read_stdin_lines);
-    loop {
-        tokio::select! {
-            Some(arrival) = async { listener.as_mut()?.next().await }, if listener.is_some() => {
-                if arrival.path != path {
-                    arrival.answer(404, "Not found", "This is tokenwarden's authorization callback.").await;
-                    continue;
-                }
-                let mut arrival = arrival;
-                let params = std::mem::take(&mut arrival.params);
-                return match params.check(state, false) {
-                    Ok(code) => Ok((code, Some(arrival))),
-                    Err(rejection) => Err((rejection, Some(arrival))),
-                };
-            }
-            line = async { pasted.as_mut()?.recv().await }, if pasted.is_some() => {
-                let Some(line) = line else {
-                    pasted = None;
-                    if listener.is_none() {
-                        return Err((Rejection::NoCode, None));
-                    }
-                    continue;
-                };
-                let Some(params) = callback::parse_pasted(&line) else { continue };
-                // A bare code carries no state; a pasted URL or query must carry the right one.
-                let bare = params.state.is_none() && params.error.is_none() && !line.contains('=');
-                return params.check(state, bare).map(|code| (code, None)).map_err(|r| (r, None));
-            }
-        }
-    }
-}
-
-/// Lines of standard input, read on a plain thread: a blocked read there never holds up the
-/// runtime's shutdown once the redirect arrived at the listener instead.
-fn read_stdin_lines() -> tokio::sync::mpsc::Receiver<String> {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if tx.blocking_send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 fn code_client(
