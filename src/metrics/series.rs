@@ -1,0 +1,170 @@
+//! The series a scrape registers from the store: the table-wide aggregates (the same on every
+//! replica of one database) and, up to `metrics.per_credential_max` credentials, one set per
+//! credential.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::domain::{Status, UnixTime};
+use crate::store::StoreError;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabels {
+    credential: String,
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderStatusLabels {
+    provider: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    credential: String,
+    provider: String,
+    status: String,
+}
+
+impl super::Metrics {
+    /// The table-wide series, from one aggregate statement; returns how many credentials there
+    /// are.
+    pub(super) async fn register_aggregates(
+        &self,
+        registry: &mut Registry,
+        now: UnixTime,
+    ) -> Result<i64, StoreError> {
+        let inner = &self.inner;
+        let rows = inner
+            .store
+            .aggregates(now, now.saturating_add(inner.margin), inner.failing)
+            .await?;
+        let credentials = Family::<ProviderStatusLabels, Gauge>::default();
+        let failing = Family::<ProviderLabels, Gauge>::default();
+        let expiring = Family::<ProviderLabels, Gauge>::default();
+        let soonest = Family::<ProviderLabels, Gauge>::default();
+        let oldest = Family::<ProviderLabels, Gauge>::default();
+        let mut total = 0;
+        let mut firsts: std::collections::BTreeMap<&str, (Option<i64>, Option<i64>)> =
+            std::collections::BTreeMap::new();
+        for row in &rows {
+            total += row.credentials;
+            let provider = ProviderLabels {
+                provider: row.provider.clone(),
+            };
+            credentials
+                .get_or_create(&ProviderStatusLabels {
+                    provider: row.provider.clone(),
+                    status: row.status.clone(),
+                })
+                .set(row.credentials);
+            failing.get_or_create(&provider).inc_by(row.failing);
+            expiring.get_or_create(&provider).inc_by(row.expiring);
+            let entry = firsts.entry(&row.provider).or_default();
+            entry.0 = earliest(entry.0, row.soonest_expiry);
+            entry.1 = earliest(entry.1, row.oldest_refresh);
+        }
+        for (provider, (expiry, refresh)) in firsts {
+            let labels = ProviderLabels {
+                provider: provider.to_owned(),
+            };
+            if let Some(at) = expiry {
+                soonest.get_or_create(&labels).set(at);
+            }
+            if let Some(at) = refresh {
+                oldest.get_or_create(&labels).set(at);
+            }
+        }
+        registry.register(
+            "credentials",
+            "Credentials by provider and stored status (table-wide: the same on every replica)",
+            credentials,
+        );
+        registry.register(
+            "credentials_failing",
+            "Active credentials counted as failing (retry.failing_after_failures / failing_after)",
+            failing,
+        );
+        registry.register(
+            "credentials_expiring_within_margin",
+            "Credentials not disabled whose access token expires within refresh_margin (or expired)",
+            expiring,
+        );
+        registry.register(
+            "access_token_soonest_expiry_timestamp_seconds",
+            "The soonest access-token expiry among credentials not disabled (Unix time)",
+            soonest,
+        );
+        registry.register(
+            "oldest_refresh_timestamp_seconds",
+            "The oldest last successful refresh among credentials not disabled (Unix time)",
+            oldest,
+        );
+        Ok(total)
+    }
+
+    /// The series per credential (labels `credential`, `provider`).
+    pub(super) async fn register_per_credential(
+        &self,
+        registry: &mut Registry,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let expires = Family::<CredentialLabels, Gauge>::default();
+        let failures = Family::<CredentialLabels, Gauge>::default();
+        let status = Family::<StatusLabels, Gauge>::default();
+        for c in inner.store.summaries().await? {
+            let labels = CredentialLabels {
+                credential: c.name.clone(),
+                provider: c.provider.clone(),
+            };
+            if let Some(at) = c.access_token_expires_at {
+                expires.get_or_create(&labels).set(at - now);
+            }
+            failures.get_or_create(&labels).set(c.consecutive_failures);
+            let failures = u32::try_from(c.consecutive_failures).unwrap_or(u32::MAX);
+            let shown = if c.status == Status::Active
+                && inner.failing.is_failing(failures, c.last_success_at, now)
+            {
+                "failing".to_owned()
+            } else {
+                c.status.to_string()
+            };
+            status
+                .get_or_create(&StatusLabels {
+                    credential: c.name,
+                    provider: c.provider,
+                    status: shown,
+                })
+                .set(1);
+        }
+        registry.register(
+            "access_token_expires_in_seconds",
+            "Seconds until the stored access token expires (negative: expired)",
+            expires,
+        );
+        registry.register(
+            "consecutive_failures",
+            "Failed refreshes since the last success",
+            failures,
+        );
+        registry.register("credential_status", "1 for the credential's status", status);
+        Ok(())
+    }
+}
+
+/// The earlier of two optional times.
+fn earliest(a: Option<UnixTime>, b: Option<UnixTime>) -> Option<UnixTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
