@@ -1,10 +1,10 @@
 //! The long-running service: a sweep at start, then one per tick of the cron schedule, never two
 //! at once, until shutdown is requested; SIGTERM and SIGINT request it. Tells systemd (when it
 //! set NOTIFY_SOCKET) that it is ready, alive (watchdog) and stopping, and serves the optional
-//! /metrics and /healthz listener. Imports `config`, `schedule`, `domain`, `metrics` and `sweep`.
+//! /metrics and /healthz listener. Between sweeps it sleeps until the next tick (`ticker`): no
+//! timer of its own wakes it. Imports `config`, `schedule`, `domain`, `metrics` and `sweep`.
 
-use tokio::sync::mpsc;
-use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -13,6 +13,10 @@ use crate::domain::Trigger;
 use crate::metrics::Metrics;
 use crate::schedule::Schedule;
 use crate::sweep::Sweeper;
+
+mod ticker;
+
+use ticker::Ticker;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -47,40 +51,32 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let schedule = settings.schedule()?;
     let metrics = listen_for_metrics(&sweeper, settings, &schedule, &shutdown).await?;
-    let schedule = &schedule;
-    // Ticks land in a channel of one: the single sweep loop below never overlaps itself, and
-    // ticks that arrive while it runs collapse into one follow-up sweep.
-    let (ticks, mut tick_rx) = mpsc::channel::<()>(1);
-    let mut scheduler = JobScheduler::new().await?;
-    let job = Job::new_async(schedule.six_fields(), move |_, _| {
-        let ticks = ticks.clone();
-        Box::pin(async move {
-            let _ = ticks.try_send(());
-        })
-    })?;
-    scheduler.add(job).await?;
-    scheduler.start().await?;
+    let mut ticker = Ticker::new(&schedule).await?;
     info!(schedule = schedule.six_fields(), "tokenwarden started");
     notify(&[sd_notify::NotifyState::Ready]);
     let watchdog =
         sd_notify::watchdog_enabled().map(|interval| tokio::spawn(watchdog_pings(interval / 2)));
 
+    // One sweep at a time, from this loop only: ticks that pass during a sweep collapse into one
+    // follow-up sweep. Between sweeps the only wake-ups are the sleep to the next tick (and the
+    // watchdog's pings, when systemd asked for them).
     sweep(&sweeper, &shutdown, metrics.as_ref()).await;
-    loop {
+    while !shutdown.is_cancelled() {
+        if ticker.take_due().await? {
+            sweep(&sweeper, &shutdown, metrics.as_ref()).await;
+            continue;
+        }
+        let wake_at = ticker.wake_at().await?;
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            tick = tick_rx.recv() => match tick {
-                Some(()) => sweep(&sweeper, &shutdown, metrics.as_ref()).await,
-                None => break,
-            },
+            () = sleep_until(wake_at) => {}
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
-    scheduler.shutdown().await?;
     info!("tokenwarden stopped");
     Ok(())
 }
@@ -134,6 +130,14 @@ async fn sweep(sweeper: &Sweeper, shutdown: &CancellationToken, metrics: Option<
     }
     // Idle until the next tick: no connection, no SQLite thread, no page cache.
     sweeper.store().close_idle().await;
+}
+
+/// Sleeps until `at`; for ever when there is no next tick.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Tells systemd how things stand; a no-op unless it set NOTIFY_SOCKET.

@@ -9,18 +9,25 @@ use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
 
 use tracing::field::Field;
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::MakeExt as _;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::LogFormat;
 use crate::untrusted::Escaped;
 
 /// Installs the global subscriber. `level` was validated by the configuration.
 pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::new(format!("warn,tokenwarden={level}"));
+    // A fixed per-target filter, not `EnvFilter`: its directive parser pulls in regex, code every
+    // start would load for a filter that never changes (RUST_LOG is not read either way).
+    let level = level.parse().unwrap_or(tracing::Level::INFO);
+    let filter = Targets::new()
+        .with_default(tracing::Level::WARN)
+        .with_target("tokenwarden", level);
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(tracing::Level::TRACE)
         .with_writer(std::io::stderr);
     // journald stamps every line itself; a second timestamp is noise.
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
@@ -30,15 +37,24 @@ pub fn init(format: LogFormat, level: &str) {
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
+            .finish()
+            .with(filter)
             .init(),
         LogFormat::Text => {
             let text = builder.fmt_fields(
                 tracing_subscriber::fmt::format::debug_fn(escaped_field).delimited(" "),
             );
             if under_journald {
-                text.with_ansi(false).without_time().init();
+                text.with_ansi(false)
+                    .without_time()
+                    .finish()
+                    .with(filter)
+                    .init();
             } else {
-                text.with_ansi(std::io::stderr().is_terminal()).init();
+                text.with_ansi(std::io::stderr().is_terminal())
+                    .finish()
+                    .with(filter)
+                    .init();
             }
         }
     }

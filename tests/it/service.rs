@@ -301,3 +301,50 @@ async fn metrics_at_scale_are_aggregates_and_per_credential_series_stop_at_the_c
     let out = stop(daemon).await;
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// The daemon sleeps until each tick itself (tokio-cron-scheduler's 500 ms loop is not run): it
+/// must still sweep on every tick of a seconds-granular schedule, once per tick, and stop on
+/// SIGTERM while it sleeps.
+#[tokio::test]
+async fn the_daemon_sweeps_once_on_each_tick_of_its_schedule() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let home = Home::with_token_url(NOWHERE, "schedule = \"*/2 * * * * *\"");
+    let mut daemon = home
+        .command(&["--log-format", "json", "run"])
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(daemon.stderr.take().unwrap()).lines();
+    // The startup sweep, then three ticks' sweeps.
+    let mut sweeps = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while sweeps.len() < 4 {
+            let line = lines.next_line().await.unwrap().expect("the daemon runs");
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if event["message"] == "sweep finished" {
+                let at = event["timestamp"].as_str().unwrap();
+                sweeps.push(chrono::DateTime::parse_from_rfc3339(at).unwrap());
+            }
+        }
+    })
+    .await
+    .expect("four sweeps within 30 s");
+    // Ticks every 2 s: the first and the third tick's sweeps are 4 s apart (a sweep per 500 ms
+    // check, or a tick missed, would be 3 s off), give or take how late each sweep ran.
+    let span = (sweeps[3] - sweeps[1]).as_seconds_f64();
+    assert!((3.0..=5.0).contains(&span), "{span} s: {sweeps:?}");
+
+    signal(&daemon, "-TERM");
+    let mut rest = String::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+    })
+    .await
+    .expect("the daemon exits within 20 s of SIGTERM");
+    let status = daemon.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0), "{rest}");
+    assert!(rest.contains("tokenwarden stopped"), "{rest}");
+}
