@@ -88,9 +88,12 @@ impl Db {
         } else {
             connect
         };
+        // No ping before each use: a connection to a local file does not break in between, and
+        // the ping is one more round trip to the connection's worker thread per transaction.
         let pool = SqlitePoolOptions::new()
             .max_connections(options.connections.max(1))
             .acquire_timeout(options.busy_timeout + Duration::from_secs(5))
+            .test_before_acquire(false)
             .connect_with(connect)
             .await
             .map_err(|e| open_err(sql_reason(&e)))?;
