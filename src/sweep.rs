@@ -1,5 +1,5 @@
 //! One sweep: take over the claims of processes that died on this host (`holders`), claim the due
-//! credentials in small batches under a lease, refresh them with bounded concurrency (and each
+//! credentials in batches under a lease (as many as start within it: `claim_size`), refresh them with bounded concurrency (and each
 //! provider's `max_concurrency` and `rate_limit`: `limits`), decide what each outcome comes to
 //! (`settle`, pure), store, log and alert it (`record`); then retry pending revocations
 //! (`revocation`). Imports `config`, `domain`, `holder`, `provider`, `refresh`, `revoke`, `store`
@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+mod claim_size;
 mod holders;
 mod limits;
 mod record;
@@ -206,6 +207,9 @@ impl Sweeper {
         let sweep_start = domain::now();
         let inner = &self.inner;
         let batch = inner.policy.concurrency;
+        let policy = &inner.policy;
+        let slack = policy.lease - policy.request_timeout - policy.store_window;
+        let mut sent = 0;
         let mut summary = SweepSummary::default();
         let mut queue: VecDeque<Claimed> = VecDeque::new();
         let mut in_flight = JoinSet::new();
@@ -216,6 +220,7 @@ impl Sweeper {
         loop {
             while in_flight.len() < batch && !cancel.is_cancelled() && first_error.is_none() {
                 if queue.is_empty() && !exhausted {
+                    let want = claim_size::next(batch, sent, started.elapsed(), slack);
                     let now = domain::now();
                     let claimed = inner
                         .store
@@ -223,14 +228,14 @@ impl Sweeper {
                             &inner.owner,
                             now,
                             now + inner.policy.lease,
-                            batch,
+                            want,
                             sweep_start,
                             trigger,
                         )
                         .await;
                     match claimed {
                         Ok(claimed) => {
-                            exhausted = claimed.len() < batch;
+                            exhausted = claimed.len() < want;
                             summary.due += claimed.len();
                             queue.extend(claimed);
                         }
@@ -251,6 +256,7 @@ impl Sweeper {
                     summary.released += 1;
                     continue;
                 }
+                sent += 1;
                 let (me, cancel) = (self.clone(), cancel.clone());
                 in_flight.spawn(async move { me.handle_within_limits(claimed, &cancel).await });
             }
@@ -271,10 +277,9 @@ impl Sweeper {
                 }
             }
         }
-        for claimed in queue {
-            inner.store.release(&claimed, &inner.owner).await?;
-            summary.released += 1;
-        }
+        let unsent: Vec<Claimed> = queue.into();
+        inner.store.release_all(&unsent, &inner.owner).await?;
+        summary.released += unsent.len();
         // Refreshes first: a revocation the provider cannot take yet must not delay them.
         if !cancel.is_cancelled() && first_error.is_none() {
             self.retry_pending_revocations().await?;
