@@ -3,8 +3,8 @@
 //! `concurrency` refreshes. A claim may take more, queued to start as slots free up, but a queued
 //! claim's lease keeps running: one whose request could no longer finish and be stored before the
 //! lease ends is given back unsent (the sweep checks each before it starts). So a claim takes what
-//! this sweep has been starting in half of that slack, measured, between `concurrency` and
-//! [`CLAIM_MAX`]. Pure: the sweep passes in what it counted. Imports nothing of ours.
+//! this sweep has been getting through in half of that slack, measured, between `concurrency`
+//! and [`CLAIM_MAX`]. Pure: the sweep passes in what it counted. Imports nothing of ours.
 
 use std::time::Duration;
 
@@ -12,18 +12,18 @@ use std::time::Duration;
 /// journals them, and a shutdown gives back what is still queued.
 pub(super) const CLAIM_MAX: usize = 256;
 
-/// How many to claim next: `started` requests in `elapsed` so far, `slack` seconds for a claimed
-/// credential to wait before its request must start (`lease - request_timeout - store_window`).
-/// Nothing started yet: `concurrency`, no more.
-pub(super) fn next(concurrency: usize, started: usize, elapsed: Duration, slack: i64) -> usize {
+/// How many to claim next: `done` refreshes finished in `elapsed` so far, `slack` seconds for a
+/// claimed credential to wait before its request must start (`lease - request_timeout -
+/// store_window`). Nothing finished yet: `concurrency`, no more.
+pub(super) fn next(concurrency: usize, done: usize, elapsed: Duration, slack: i64) -> usize {
     let concurrency = concurrency.max(1);
     let secs = elapsed.as_secs_f64();
-    if started == 0 || secs <= 0.0 || slack <= 0 {
+    if done == 0 || secs <= 0.0 || slack <= 0 {
         return concurrency;
     }
     let count = |n: usize| f64::from(u32::try_from(n).unwrap_or(u32::MAX));
     let slack = f64::from(i32::try_from(slack).unwrap_or(i32::MAX));
-    let fits = count(started) / secs * slack / 2.0;
+    let fits = count(done) / secs * slack / 2.0;
     let most = CLAIM_MAX.max(concurrency);
     if fits >= count(most) {
         most
