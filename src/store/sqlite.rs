@@ -79,6 +79,10 @@ impl Db {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(options.busy_timeout)
             .foreign_keys(true)
+            // Statement journals (a multi-row UPDATE inside a transaction keeps one) and the
+            // claim's sorting stay in memory: on disk, each one past 64 KiB was a temp file
+            // created, written and unlinked, for every group of stored refreshes.
+            .pragma("temp_store", "memory")
             .create_if_missing(false);
         // With a key, deleted content is zeroed where that costs no extra I/O (inside b-tree
         // pages, where tokens live); the passes that replace plaintext (`reseal_batch`) zero
