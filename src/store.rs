@@ -6,11 +6,13 @@
 //! Every token passes the store's [`Sealer`] (`seal`) on its way in and out, here, above the SQL,
 //! so both backends see only stored (sealed) text; `rekey` reports and changes which key seals
 //! which row. The statements both dialects accept are written once (`transactions.rs`, compiled
-//! into each backend). Imports `domain` only.
+//! into each backend); `batch` carries many rows into one statement as a bound JSON array.
+//! Imports `domain` only.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod batch;
 mod claim;
 mod leases;
 mod lookup;

@@ -1,5 +1,5 @@
 //! One sweep: take over the claims of processes that died on this host (`holders`), claim the due
-//! credentials in small batches under a lease, refresh them with bounded concurrency (and each
+//! credentials in batches under a lease (as many as start within it: `claim_size`), refresh them with bounded concurrency (and each
 //! provider's `max_concurrency` and `rate_limit`: `limits`), decide what each outcome comes to
 //! (`settle`, pure), store, log and alert it (`record`); then retry pending revocations
 //! (`revocation`). Imports `config`, `domain`, `holder`, `provider`, `refresh`, `revoke`, `store`
@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+mod claim_size;
 mod holders;
 mod limits;
 mod record;
@@ -32,6 +33,12 @@ use crate::holder::Holder;
 use crate::provider::{Provider, Providers};
 use crate::refresh::{Attempt, Grant, Refresher};
 use crate::store::{ClaimByName, Store, StoreError};
+
+/// Refreshes beyond `concurrency` under way at once: their requests wait for a slot in the limits
+/// (`concurrency` requests at once, and the providers' own), or are answered and wait for their
+/// group commit. Without them a group could never hold more than `concurrency` outcomes; with
+/// them one commit serves up to the group writer's largest group (64).
+const AHEAD: usize = 64;
 
 /// How often storing a failed attempt is tried before giving up (the database may be busy). New
 /// tokens are retried for as long as the claim lasts instead (`store_until_claim_ends`).
@@ -173,7 +180,7 @@ impl Sweeper {
         let holder = Holder::this_process();
         let owner = holder.to_string();
         let rejected = Mutex::new(HashMap::new());
-        let limits = limits::Limits::new(&providers);
+        let limits = limits::Limits::new(&providers, policy.concurrency);
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -206,6 +213,9 @@ impl Sweeper {
         let sweep_start = domain::now();
         let inner = &self.inner;
         let batch = inner.policy.concurrency;
+        let policy = &inner.policy;
+        let slack = policy.lease - policy.request_timeout - policy.store_window;
+        let mut done = 0;
         let mut summary = SweepSummary::default();
         let mut queue: VecDeque<Claimed> = VecDeque::new();
         let mut in_flight = JoinSet::new();
@@ -214,8 +224,10 @@ impl Sweeper {
         self.take_over_from_gone_holders(sweep_start).await?;
         self.report_held_elsewhere(sweep_start).await;
         loop {
-            while in_flight.len() < batch && !cancel.is_cancelled() && first_error.is_none() {
+            while in_flight.len() < batch + AHEAD && !cancel.is_cancelled() && first_error.is_none()
+            {
                 if queue.is_empty() && !exhausted {
+                    let want = claim_size::next(batch, done, started.elapsed(), slack);
                     let now = domain::now();
                     let claimed = inner
                         .store
@@ -223,14 +235,14 @@ impl Sweeper {
                             &inner.owner,
                             now,
                             now + inner.policy.lease,
-                            batch,
+                            want,
                             sweep_start,
                             trigger,
                         )
                         .await;
                     match claimed {
                         Ok(claimed) => {
-                            exhausted = claimed.len() < batch;
+                            exhausted = claimed.len() < want;
                             summary.due += claimed.len();
                             queue.extend(claimed);
                         }
@@ -257,6 +269,7 @@ impl Sweeper {
             let Some(joined) = in_flight.join_next().await else {
                 break;
             };
+            done += 1;
             match joined {
                 Ok(Ok(Some(handled))) => summary.record(handled),
                 Ok(Ok(None)) => summary.released += 1,
@@ -271,10 +284,9 @@ impl Sweeper {
                 }
             }
         }
-        for claimed in queue {
-            inner.store.release(&claimed, &inner.owner).await?;
-            summary.released += 1;
-        }
+        let unsent: Vec<Claimed> = queue.into();
+        inner.store.release_all(&unsent, &inner.owner).await?;
+        summary.released += unsent.len();
         // Refreshes first: a revocation the provider cannot take yet must not delay them.
         if !cancel.is_cancelled() && first_error.is_none() {
             self.retry_pending_revocations().await?;
@@ -309,7 +321,9 @@ impl Sweeper {
                 .claim_by_name(name, &inner.owner, now, now + inner.policy.lease)
                 .await?
             {
-                ClaimByName::Claimed(claimed) => NamedRefresh::Done(self.handle(claimed).await?),
+                ClaimByName::Claimed(claimed) => {
+                    NamedRefresh::Done(self.handle(claimed, None).await?)
+                }
                 ClaimByName::NotFound => NamedRefresh::NotFound,
                 ClaimByName::NotActive(status) => NamedRefresh::NotActive(status),
                 ClaimByName::Busy => NamedRefresh::Busy,
@@ -327,7 +341,7 @@ impl Sweeper {
         cancel: &CancellationToken,
     ) -> Result<Option<Handled>, StoreError> {
         let inner = &self.inner;
-        let _slot = tokio::select! {
+        let slot = tokio::select! {
             // A slot free at once is taken even during shutdown: that request is in flight.
             biased;
             slot = inner.limits.acquire(&claimed.provider) => slot,
@@ -342,12 +356,17 @@ impl Sweeper {
             inner.store.release(&claimed, &inner.owner).await?;
             return Ok(None);
         }
-        self.handle(claimed).await.map(Some)
+        self.handle(claimed, Some(slot)).await.map(Some)
     }
 
-    /// Refreshes one claimed credential and stores the outcome.
+    /// Refreshes one claimed credential and stores the outcome. `slot`, its place in the limits,
+    /// is given up as soon as the request is answered: storing the outcome is no request.
     #[tracing::instrument(skip_all, fields(credential = %claimed.name, provider = %claimed.provider))]
-    async fn handle(&self, claimed: Claimed) -> Result<Handled, StoreError> {
+    async fn handle(
+        &self,
+        claimed: Claimed,
+        slot: Option<limits::Slot>,
+    ) -> Result<Handled, StoreError> {
         let started = Instant::now();
         let now = domain::now();
         let provider = match self.provider_for(&claimed, now) {
@@ -382,6 +401,7 @@ impl Sweeper {
             outcome,
             http_status,
         } = self.inner.refresher.request(provider, grant, now).await;
+        drop(slot);
         let policy = &self.inner.policy;
         match settle::setback(
             &claimed,

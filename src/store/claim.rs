@@ -4,6 +4,7 @@
 //! sealed.
 
 use sqlx::FromRow;
+use tokio::sync::oneshot;
 
 use super::seal::{Column, Place, Sealer};
 use super::writer::StoreJob;
@@ -187,7 +188,24 @@ impl Store {
         now: UnixTime,
         r: &Refreshed<'_>,
     ) -> Result<Stored, StoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
+        let (job, answer) = self.store_job(claimed, owner, now, r);
+        if self.jobs.send(job).is_err() {
+            return Err(StoreError::Sql(sqlx::Error::PoolClosed));
+        }
+        answer
+            .await
+            .unwrap_or(Err(StoreError::Sql(sqlx::Error::PoolClosed)))
+    }
+
+    /// The group writer's job for a successful refresh, and where its answer arrives.
+    fn store_job(
+        &self,
+        claimed: &Claimed,
+        owner: &str,
+        now: UnixTime,
+        r: &Refreshed<'_>,
+    ) -> (StoreJob, oneshot::Receiver<Result<Stored, StoreError>>) {
+        let (reply, answer) = oneshot::channel();
         let place = |column| Place {
             id: claimed.id,
             name: &claimed.name,
@@ -222,12 +240,7 @@ impl Store {
             duration_ms: r.duration_ms,
             reply,
         };
-        if self.jobs.send(job).is_err() {
-            return Err(StoreError::Sql(sqlx::Error::PoolClosed));
-        }
-        answer
-            .await
-            .unwrap_or(Err(StoreError::Sql(sqlx::Error::PoolClosed)))
+        (job, answer)
     }
 
     /// Stores a failed attempt and completes its journal entry, in one transaction.
@@ -246,6 +259,19 @@ impl Store {
 
     /// Gives back a claim that was never attempted (shutdown), dropping its journal entry.
     pub async fn release(&self, claimed: &Claimed, owner: &str) -> Result<(), StoreError> {
-        on_backend!(self, db => db.release(claimed.id, claimed.attempt_id, owner).await)
+        self.release_all(std::slice::from_ref(claimed), owner).await
+    }
+
+    /// Gives back claims that were never attempted, dropping their journal entries, in one
+    /// transaction.
+    pub async fn release_all(&self, claimed: &[Claimed], owner: &str) -> Result<(), StoreError> {
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let claims: Vec<(i64, i64)> = claimed.iter().map(|c| (c.id, c.attempt_id)).collect();
+        on_backend!(self, db => db.release(&claims, owner).await)
     }
 }
+
+#[cfg(test)]
+mod tests;

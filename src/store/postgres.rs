@@ -241,6 +241,52 @@ const CLAIM_PENDING_REVOCATIONS: &str = concat!(
     revocation_returning!()
 );
 
+/// Marks the pending journal entries of the credentials in the array `$2` (objects with an
+/// `id`, as `batch::Started`) interrupted at `$1`; returns their credentials' ids.
+const JOURNAL_INTERRUPT: &str = "UPDATE token_rotation SET outcome = 'interrupted', finished_at = $1 \
+     WHERE outcome = 'pending' \
+       AND credential_id IN (SELECT (e ->> 'id')::bigint FROM jsonb_array_elements($2::jsonb) AS e) \
+     RETURNING credential_id";
+
+/// Opens a journal entry for each of the array `$4` (`batch::Started`): `$1` trigger, `$2`
+/// owner, `$3` now. Returns each entry's id with its credential's.
+const JOURNAL_START: &str = "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, \
+        lease_owner, started_at, old_expires_at, old_refresh_fingerprint) \
+     SELECT j.id, j.name, j.provider, $1, $2, $3, j.expires_at, j.fingerprint \
+     FROM jsonb_to_recordset($4::jsonb) \
+        AS j(id bigint, name text, provider text, expires_at bigint, fingerprint text) \
+     RETURNING id, credential_id";
+
+/// Stores new tokens from the array `$1` (`batch::Tokens`, distinct ids) in every row that still
+/// holds the refresh token it was claimed with; returns the ids of the rows written.
+const STORE_TOKENS: &str = "UPDATE oauth_credential SET access_token = j.access_token, token_type = j.token_type, \
+        access_token_expires_at = j.expires_at, \
+        refresh_token = COALESCE(j.refresh_token, oauth_credential.refresh_token), \
+        refresh_token_expires_at = CASE WHEN j.rotated THEN j.refresh_expires_at \
+            ELSE COALESCE(j.refresh_expires_at, oauth_credential.refresh_token_expires_at) END, \
+        refresh_due_at = j.due_at, consecutive_failures = 0, next_attempt_at = 0, last_error = NULL, \
+        instance_url = COALESCE(j.instance_url, oauth_credential.instance_url), \
+        last_refreshed_at = j.stored_at, updated_at = j.stored_at, \
+        lease_owner = CASE WHEN oauth_credential.lease_owner = j.holder THEN NULL \
+            ELSE oauth_credential.lease_owner END, \
+        lease_expires_at = CASE WHEN oauth_credential.lease_owner = j.holder THEN NULL \
+            ELSE oauth_credential.lease_expires_at END \
+     FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, stored text, access_token text, token_type text, \
+        expires_at bigint, refresh_token text, refresh_expires_at bigint, rotated boolean, due_at bigint, \
+        stored_at bigint, holder text, instance_url text) \
+     WHERE oauth_credential.id = j.id AND oauth_credential.refresh_token IS NOT DISTINCT FROM j.stored \
+     RETURNING oauth_credential.id";
+
+/// Completes the journal entries in the array `$1` (`batch::Completed`).
+const JOURNAL_FINISH: &str = "UPDATE token_rotation SET finished_at = j.finished_at, duration_ms = j.duration_ms, \
+        outcome = j.outcome, http_status = j.http_status, new_expires_at = j.expires_at, \
+        refresh_token_rotated = j.rotated, new_refresh_fingerprint = j.refresh_fingerprint, \
+        new_access_fingerprint = j.access_fingerprint, expires_in_reported = j.reported \
+     FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, finished_at bigint, duration_ms bigint, \
+        outcome text, http_status bigint, expires_at bigint, rotated boolean, refresh_fingerprint text, \
+        access_fingerprint text, reported boolean) \
+     WHERE token_rotation.id = j.id";
+
 #[cfg(test)]
 mod tests {
     use super::{PgOptions, shown_url};

@@ -79,6 +79,10 @@ impl Db {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(options.busy_timeout)
             .foreign_keys(true)
+            // Statement journals (a multi-row UPDATE inside a transaction keeps one) and the
+            // claim's sorting stay in memory: on disk, each one past 64 KiB was a temp file
+            // created, written and unlinked, for every group of stored refreshes.
+            .pragma("temp_store", "memory")
             .create_if_missing(false);
         // With a key, deleted content is zeroed where that costs no extra I/O (inside b-tree
         // pages, where tokens live); the passes that replace plaintext (`reseal_batch`) zero
@@ -88,9 +92,12 @@ impl Db {
         } else {
             connect
         };
+        // No ping before each use: a connection to a local file does not break in between, and
+        // the ping is one more round trip to the connection's worker thread per transaction.
         let pool = SqlitePoolOptions::new()
             .max_connections(options.connections.max(1))
             .acquire_timeout(options.busy_timeout + Duration::from_secs(5))
+            .test_before_acquire(false)
             .connect_with(connect)
             .await
             .map_err(|e| open_err(sql_reason(&e)))?;
@@ -174,6 +181,65 @@ const CLAIM_PENDING_REVOCATIONS: &str = concat!(
         ORDER BY next_attempt_at LIMIT $4)",
     revocation_returning!()
 );
+
+/// Marks the pending journal entries of the credentials in the array `$2` (objects with an
+/// `id`, as `batch::Started`) interrupted at `$1`; returns their credentials' ids. `+outcome`
+/// keeps SQLite on the per-credential index: after a crash the pending entries can be many.
+const JOURNAL_INTERRUPT: &str = "UPDATE token_rotation SET outcome = 'interrupted', finished_at = $1 \
+     WHERE +outcome = 'pending' \
+       AND credential_id IN (SELECT json_extract(value, '$.id') FROM json_each($2)) \
+     RETURNING credential_id";
+
+/// Opens a journal entry for each of the array `$4` (`batch::Started`): `$1` trigger, `$2`
+/// owner, `$3` now. Returns each entry's id with its credential's.
+const JOURNAL_START: &str = "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, \
+        lease_owner, started_at, old_expires_at, old_refresh_fingerprint) \
+     SELECT json_extract(value, '$.id'), json_extract(value, '$.name'), json_extract(value, '$.provider'), \
+        $1, $2, $3, json_extract(value, '$.expires_at'), json_extract(value, '$.fingerprint') \
+     FROM json_each($4) \
+     RETURNING id, credential_id";
+
+/// Stores new tokens from the array `$1` (`batch::Tokens`, distinct ids) in every row that still
+/// holds the refresh token it was claimed with; returns the ids of the rows written.
+const STORE_TOKENS: &str = "UPDATE oauth_credential SET access_token = j.access_token, token_type = j.token_type, \
+        access_token_expires_at = j.expires_at, \
+        refresh_token = COALESCE(j.refresh_token, oauth_credential.refresh_token), \
+        refresh_token_expires_at = CASE WHEN j.rotated THEN j.refresh_expires_at \
+            ELSE COALESCE(j.refresh_expires_at, oauth_credential.refresh_token_expires_at) END, \
+        refresh_due_at = j.due_at, consecutive_failures = 0, next_attempt_at = 0, last_error = NULL, \
+        instance_url = COALESCE(j.instance_url, oauth_credential.instance_url), \
+        last_refreshed_at = j.stored_at, updated_at = j.stored_at, \
+        lease_owner = CASE WHEN oauth_credential.lease_owner = j.holder THEN NULL \
+            ELSE oauth_credential.lease_owner END, \
+        lease_expires_at = CASE WHEN oauth_credential.lease_owner = j.holder THEN NULL \
+            ELSE oauth_credential.lease_expires_at END \
+     FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.stored') AS stored, \
+            json_extract(value, '$.access_token') AS access_token, \
+            json_extract(value, '$.token_type') AS token_type, \
+            json_extract(value, '$.expires_at') AS expires_at, \
+            json_extract(value, '$.refresh_token') AS refresh_token, \
+            json_extract(value, '$.refresh_expires_at') AS refresh_expires_at, \
+            json_extract(value, '$.rotated') AS rotated, json_extract(value, '$.due_at') AS due_at, \
+            json_extract(value, '$.stored_at') AS stored_at, json_extract(value, '$.holder') AS holder, \
+            json_extract(value, '$.instance_url') AS instance_url \
+          FROM json_each($1)) AS j \
+     WHERE oauth_credential.id = j.id AND oauth_credential.refresh_token IS NOT DISTINCT FROM j.stored \
+     RETURNING oauth_credential.id";
+
+/// Completes the journal entries in the array `$1` (`batch::Completed`).
+const JOURNAL_FINISH: &str = "UPDATE token_rotation SET finished_at = j.finished_at, duration_ms = j.duration_ms, \
+        outcome = j.outcome, http_status = j.http_status, new_expires_at = j.expires_at, \
+        refresh_token_rotated = j.rotated, new_refresh_fingerprint = j.refresh_fingerprint, \
+        new_access_fingerprint = j.access_fingerprint, expires_in_reported = j.reported \
+     FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.finished_at') AS finished_at, \
+            json_extract(value, '$.duration_ms') AS duration_ms, json_extract(value, '$.outcome') AS outcome, \
+            json_extract(value, '$.http_status') AS http_status, \
+            json_extract(value, '$.expires_at') AS expires_at, json_extract(value, '$.rotated') AS rotated, \
+            json_extract(value, '$.refresh_fingerprint') AS refresh_fingerprint, \
+            json_extract(value, '$.access_fingerprint') AS access_fingerprint, \
+            json_extract(value, '$.reported') AS reported \
+          FROM json_each($1)) AS j \
+     WHERE token_rotation.id = j.id";
 
 /// Creates an empty file readable by its owner only, so the -wal and -shm files SQLite makes beside
 /// it (which copy its mode) are private too, whatever the umask.

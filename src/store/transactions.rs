@@ -12,6 +12,8 @@
 // `Store` above opens and seals them, passing in what a transaction needs done to a row between
 // its statements (`open`, `seal`).
 
+use std::collections::{HashMap, HashSet};
+
 use crate::domain::{Outcome, Secret, Trigger, UnixTime};
 use crate::store::claim::ClaimRow;
 use crate::store::leases::{HeldElsewhere, HeldLease};
@@ -21,8 +23,8 @@ use crate::store::records::{
 };
 use crate::store::rekey::{Reformed, Row as RekeyRow};
 use crate::store::seal::Column;
-use crate::store::writer::{GROUP_MAX, StoreJob};
-use crate::store::{Failure, StoreError, Stored};
+use crate::store::writer::{self, GROUP_MAX, StoreJob};
+use crate::store::{Failure, StoreError, Stored, batch};
 
 /// The columns a claim returns, as `ClaimRow` reads them.
 macro_rules! claim_returning {

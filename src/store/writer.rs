@@ -32,3 +32,22 @@ pub(super) struct StoreJob {
     pub duration_ms: i64,
     pub reply: oneshot::Sender<Result<Stored, StoreError>>,
 }
+
+/// The jobs cut into runs, in order, in which no credential appears twice: each run's rows are
+/// written by one statement, and a later refresh of the same credential must see the earlier one.
+pub(super) fn distinct_runs(jobs: &[StoreJob]) -> impl Iterator<Item = &[StoreJob]> {
+    let mut rest = jobs;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let end = rest
+            .iter()
+            .position(|job| !seen.insert(job.credential_id))
+            .unwrap_or(rest.len());
+        let (run, tail) = rest.split_at(end);
+        rest = tail;
+        Some(run)
+    })
+}

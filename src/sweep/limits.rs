@@ -1,7 +1,8 @@
-//! Per-provider limits on the sweep's token requests, in this process: `max_concurrency` (a
-//! semaphore) and `rate_limit` (requests spaced at least 1/rate apart, measured from when the
-//! previous one was let go). Several replicas each apply the whole limit: set it to the
-//! provider's limit divided by the number of replicas.
+//! Limits on the sweep's token requests, in this process: `concurrency` over all providers, and
+//! per provider `max_concurrency` (semaphores) and `rate_limit` (requests spaced at least 1/rate
+//! apart, measured from when the previous one was let go). A slot is held while the request is
+//! out, not while its outcome waits to be stored. Several replicas each apply the whole limit: set
+//! it to the provider's limit divided by the number of replicas.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,9 +13,10 @@ use tokio::time::Instant;
 
 use crate::provider::Providers;
 
-/// Every provider's limits; providers without any are not in it.
-#[derive(Default)]
+/// The limits: `concurrency` requests at once, and every provider's own (providers without any
+/// are not in `by_provider`).
 pub(super) struct Limits {
+    requests: Arc<Semaphore>,
     by_provider: HashMap<String, Limit>,
 }
 
@@ -30,13 +32,14 @@ struct Pace {
     next: Mutex<Instant>,
 }
 
-/// A place in a provider's limits, held while the request is out.
+/// A place in the limits, held while the request is out.
 pub(super) struct Slot {
+    _request: Option<OwnedSemaphorePermit>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Limits {
-    pub(super) fn new(providers: &Providers) -> Self {
+    pub(super) fn new(providers: &Providers, concurrency: usize) -> Self {
         let by_provider = providers
             .iter()
             .filter(|(_, p)| p.rate_limit.is_some() || p.max_concurrency.is_some())
@@ -51,17 +54,25 @@ impl Limits {
                 (name.to_owned(), limit)
             })
             .collect();
-        Self { by_provider }
+        Self {
+            requests: Arc::new(Semaphore::new(concurrency.max(1))),
+            by_provider,
+        }
     }
 
-    /// Waits for a request slot at `provider`: a concurrency permit first, then its turn in the
-    /// pace (so a turn is never spent on a request that still waits for a permit).
+    /// Waits for a request slot at `provider`: one of the `concurrency` first, then the
+    /// provider's concurrency permit, then its turn in the pace (so a turn is never spent on a
+    /// request that still waits for a permit).
     pub(super) async fn acquire(&self, provider: &str) -> Slot {
+        // The semaphores are never closed.
+        let request = Arc::clone(&self.requests).acquire_owned().await.ok();
         let Some(limit) = self.by_provider.get(provider) else {
-            return Slot { _permit: None };
+            return Slot {
+                _request: request,
+                _permit: None,
+            };
         };
         let permit = match &limit.permits {
-            // The semaphore is never closed.
             Some(permits) => Arc::clone(permits).acquire_owned().await.ok(),
             None => None,
         };
@@ -72,6 +83,9 @@ impl Limits {
             // next one go sooner.
             *next = Instant::now() + pace.interval;
         }
-        Slot { _permit: permit }
+        Slot {
+            _request: request,
+            _permit: permit,
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Load on the provider: credentials imported together are due spread over half the margin
-//! (checked on the database after one sweep), and a provider's `max_concurrency` and
-//! `rate_limit` hold at an in-process endpoint that counts what reaches it.
+//! (checked on the database after one sweep), and the sweep's `concurrency` and a provider's
+//! `max_concurrency` and `rate_limit` hold at an in-process endpoint that counts what reaches it.
 
 use std::time::Duration;
 
@@ -80,6 +80,29 @@ async fn a_providers_max_concurrency_is_never_exceeded() {
     assert_eq!(fake.requests(), 30);
     // 16 at once without the limit; 3 with it, and the sweep does use all 3.
     assert_eq!(fake.max_in_flight(), 3);
+}
+
+#[tokio::test]
+async fn the_sweeps_concurrency_is_never_exceeded_while_outcomes_wait_to_be_stored() {
+    // More refreshes than `concurrency` are under way at once (waiting for a slot, or answered
+    // and waiting for their group commit): the requests in flight stay within `concurrency`.
+    let fake =
+        FakeEndpoint::start_delayed(Reply::json(200, TOKENS), Duration::from_millis(50)).await;
+    let home = Home::with_token_url(&fake.token_url(), "concurrency = 4");
+    import(&home, "basic", 120).await;
+    let run = home.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fake.requests(), 120);
+    assert_eq!(fake.max_in_flight(), 4);
+    let db = home.db().await;
+    let (refreshed, pending): (i64, i64) = sqlx::query_as(
+        "SELECT sum(outcome = 'refreshed'), sum(outcome = 'pending') FROM token_rotation",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!((refreshed, pending), (120, 0));
+    db.close().await;
 }
 
 #[tokio::test]

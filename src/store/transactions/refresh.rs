@@ -23,12 +23,8 @@ impl Db {
             .bind(sweep_start)
             .fetch_all(w.conn())
             .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            let row = open(row);
-            let attempt = journal_start(w.conn(), &row, owner, now, trigger).await?;
-            claimed.push((row, attempt));
-        }
+        let rows: Vec<ClaimRow> = rows.into_iter().map(open).collect();
+        let claimed = journal_starts(w.conn(), rows, owner, now, trigger).await?;
         w.commit().await?;
         Ok(claimed)
     }
@@ -59,10 +55,12 @@ impl Db {
             w.rollback().await?;
             return Ok(Err(status.map(|(s,)| s)));
         };
-        let row = open(row);
-        let attempt = journal_start(w.conn(), &row, owner, now, Trigger::Manual).await?;
+        let mut claimed = journal_starts(w.conn(), vec![open(row)], owner, now, Trigger::Manual).await?;
         w.commit().await?;
-        Ok(Ok((row, attempt)))
+        claimed
+            .pop()
+            .map(Ok)
+            .ok_or(StoreError::Sql(sqlx::Error::RowNotFound))
     }
 
     /// Stores a failed attempt and completes its journal entry, in one transaction.
@@ -139,19 +137,21 @@ impl Db {
         Ok(stored)
     }
 
-    /// Gives back a claim that was never attempted, dropping its journal entry.
+    /// Gives back claims (credential and journal entry ids) that were never attempted, dropping
+    /// their journal entries.
     pub(in crate::store) async fn release(
         &self,
-        id: i64,
-        attempt_id: i64,
+        claims: &[(i64, i64)],
         owner: &str,
     ) -> Result<(), StoreError> {
         let mut w = self.write().await?;
-        release_lease(w.conn(), id, owner).await?;
-        sqlx::query("DELETE FROM token_rotation WHERE id = $1 AND outcome = 'pending'")
-            .bind(attempt_id)
-            .execute(w.conn())
-            .await?;
+        for &(id, attempt_id) in claims {
+            release_lease(w.conn(), id, owner).await?;
+            sqlx::query("DELETE FROM token_rotation WHERE id = $1 AND outcome = 'pending'")
+                .bind(attempt_id)
+                .execute(w.conn())
+                .await?;
+        }
         w.commit().await?;
         Ok(())
     }
@@ -168,41 +168,57 @@ async fn release_lease(conn: &mut Conn, id: i64, owner: &str) -> Result<(), Stor
     Ok(())
 }
 
-/// Journals an attempt before its request: what was sent, never the token itself. An earlier
-/// attempt still pending belonged to a process that died (its lease ran out, or this claim could
-/// not have happened): it is marked interrupted, and the new attempt knows it follows one.
-async fn journal_start(
+/// Journals the claimed attempts before their requests, in two statements whatever their number:
+/// what is sent, never the token itself. An earlier attempt still pending belonged to a process
+/// that died (its lease ran out, or this claim could not have happened): it is marked interrupted
+/// first, and the new attempt knows it follows one.
+async fn journal_starts(
     conn: &mut Conn,
-    row: &ClaimRow,
+    rows: Vec<ClaimRow>,
     owner: &str,
     now: UnixTime,
     trigger: Trigger,
-) -> Result<(i64, bool), StoreError> {
-    let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, started_at, \
-            old_expires_at, old_refresh_fingerprint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-    )
-    .bind(row.id)
-    .bind(&row.name)
-    .bind(&row.provider)
-    .bind(trigger.as_str())
-    .bind(owner)
-    .bind(now)
-    .bind(row.access_token_expires_at)
-    .bind(row.token().map(Secret::fingerprint))
-    .fetch_one(&mut *conn)
-    .await?;
-    let interrupted = sqlx::query(
-        "UPDATE token_rotation SET outcome = 'interrupted', finished_at = $1 \
-         WHERE credential_id = $2 AND outcome = 'pending' AND id <> $3",
-    )
-    .bind(now)
-    .bind(row.id)
-    .bind(id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok((id, interrupted > 0))
+) -> Result<Vec<(ClaimRow, (i64, bool))>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let entries: Vec<batch::Started<'_>> = rows
+        .iter()
+        .map(|row| batch::Started {
+            id: row.id,
+            name: &row.name,
+            provider: &row.provider,
+            expires_at: row.access_token_expires_at,
+            fingerprint: row.token().map(Secret::fingerprint),
+        })
+        .collect();
+    let entries = batch::to_json(&entries)?;
+    let interrupted: HashSet<i64> = sqlx::query_scalar(JOURNAL_INTERRUPT)
+        .bind(now)
+        .bind(&entries)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+    let started: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(JOURNAL_START)
+        .bind(trigger.as_str())
+        .bind(owner)
+        .bind(now)
+        .bind(&entries)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|(attempt, credential)| (credential, attempt))
+        .collect();
+    rows.into_iter()
+        .map(|row| {
+            let attempt = *started
+                .get(&row.id)
+                .ok_or(StoreError::Sql(sqlx::Error::RowNotFound))?;
+            let after_interruption = interrupted.contains(&row.id);
+            Ok((row, (attempt, after_interruption)))
+        })
+        .collect()
 }
 
 /// Takes every job waiting (up to [`GROUP_MAX`]), applies them in one transaction, commits once,
@@ -210,16 +226,7 @@ async fn journal_start(
 async fn group_writer(db: Db, mut jobs: tokio::sync::mpsc::UnboundedReceiver<StoreJob>) {
     let mut batch = Vec::with_capacity(GROUP_MAX);
     while jobs.recv_many(&mut batch, GROUP_MAX).await > 0 {
-        let result: Result<Vec<Stored>, StoreError> = async {
-            let mut w = db.write().await?;
-            let mut stored = Vec::with_capacity(batch.len());
-            for job in &batch {
-                stored.push(apply_refreshed(w.conn(), job).await?);
-            }
-            w.commit().await?;
-            Ok(stored)
-        }
-        .await;
+        let result = db.store_group(&batch).await;
         match result {
             Ok(stored) => {
                 for (job, stored) in batch.drain(..).zip(stored) {
@@ -238,60 +245,89 @@ async fn group_writer(db: Db, mut jobs: tokio::sync::mpsc::UnboundedReceiver<Sto
     }
 }
 
-/// Stores one refresh's tokens and completes its journal entry, inside the group's transaction.
-async fn apply_refreshed(conn: &mut Conn, job: &StoreJob) -> Result<Stored, StoreError> {
-    let t = &job.tokens;
-    let updated = sqlx::query(
-        "UPDATE oauth_credential SET access_token = $1, token_type = $2, access_token_expires_at = $3, \
-            refresh_token = COALESCE($4, refresh_token), \
-            refresh_token_expires_at = CASE WHEN $12 THEN $5 \
-                ELSE COALESCE($5, refresh_token_expires_at) END, \
-            refresh_due_at = $6, consecutive_failures = 0, next_attempt_at = 0, last_error = NULL, \
-            instance_url = COALESCE($11, instance_url), \
-            last_refreshed_at = $7, updated_at = $7, \
-            lease_owner = CASE WHEN lease_owner = $10 THEN NULL ELSE lease_owner END, \
-            lease_expires_at = CASE WHEN lease_owner = $10 THEN NULL ELSE lease_expires_at END \
-         WHERE id = $8 AND refresh_token IS NOT DISTINCT FROM $9",
-    )
-    .bind(&job.access_token)
-    .bind(&t.token_type)
-    .bind(t.expires_at)
-    .bind(&job.refresh_token)
-    .bind(t.refresh_token_expires_at)
-    .bind(job.refresh_due_at)
-    .bind(job.now)
-    .bind(job.credential_id)
-    .bind(&job.stored_refresh_token)
-    .bind(&job.owner)
-    .bind(&t.instance_url)
-    .bind(job.rotated)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    let stored = if updated == 1 {
-        Stored::Yes
-    } else {
-        Stored::Superseded
-    };
-    sqlx::query(
-        "UPDATE token_rotation SET finished_at = $1, duration_ms = $2, outcome = $3, http_status = $4, \
-            new_expires_at = $5, refresh_token_rotated = $6, new_refresh_fingerprint = $7, \
-            new_access_fingerprint = $8, expires_in_reported = $10 WHERE id = $9",
-    )
-    .bind(job.now)
-    .bind(job.duration_ms)
-    .bind(if stored == Stored::Yes { Outcome::Refreshed } else { Outcome::Superseded }.as_str())
-    .bind(job.http_status.map(i64::from))
-    .bind(t.expires_at)
-    .bind(job.rotated)
-    .bind(t.refresh_token.as_ref().map(Secret::fingerprint))
-    .bind(t.access_token.fingerprint())
-    .bind(job.attempt_id)
-    .bind(t.lifetime_reported)
-    .execute(&mut *conn)
-    .await?;
-    if stored == Stored::Superseded {
-        release_lease(conn, job.credential_id, &job.owner).await?;
+impl Db {
+    /// Applies a group of refreshes in one transaction and commits once: each job's answer, in
+    /// order.
+    pub(in crate::store) async fn store_group(
+        &self,
+        jobs: &[StoreJob],
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut w = self.write().await?;
+        let mut stored = Vec::with_capacity(jobs.len());
+        for run in writer::distinct_runs(jobs) {
+            stored.extend(store_refreshed(w.conn(), run).await?);
+        }
+        w.commit().await?;
+        Ok(stored)
+    }
+}
+
+/// Stores the tokens of refreshes of distinct credentials and completes their journal entries,
+/// inside the group's transaction, in two statements whatever their number (a third for each
+/// superseded one, rare). Each row is written only if it still holds the refresh token that was
+/// sent (compare-and-swap): the ones that changed meanwhile are reported `Superseded`, alone.
+async fn store_refreshed(conn: &mut Conn, jobs: &[StoreJob]) -> Result<Vec<Stored>, StoreError> {
+    let tokens: Vec<batch::Tokens<'_>> = jobs
+        .iter()
+        .map(|job| batch::Tokens {
+            id: job.credential_id,
+            stored: job.stored_refresh_token.as_ref().map(Secret::expose),
+            access_token: job.access_token.expose(),
+            token_type: &job.tokens.token_type,
+            expires_at: job.tokens.expires_at,
+            refresh_token: job.refresh_token.as_ref().map(Secret::expose),
+            refresh_expires_at: job.tokens.refresh_token_expires_at,
+            rotated: job.rotated,
+            due_at: job.refresh_due_at,
+            stored_at: job.now,
+            holder: &job.owner,
+            instance_url: job.tokens.instance_url.as_deref(),
+        })
+        .collect();
+    let written: HashSet<i64> = sqlx::query_scalar(STORE_TOKENS)
+        .bind(batch::to_json(&tokens)?)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+    let stored: Vec<Stored> = jobs
+        .iter()
+        .map(|job| {
+            if written.contains(&job.credential_id) {
+                Stored::Yes
+            } else {
+                Stored::Superseded
+            }
+        })
+        .collect();
+    let finished: Vec<batch::Completed<'_>> = jobs
+        .iter()
+        .zip(&stored)
+        .map(|(job, stored)| batch::Completed {
+            id: job.attempt_id,
+            finished_at: job.now,
+            duration_ms: job.duration_ms,
+            outcome: match stored {
+                Stored::Yes => Outcome::Refreshed,
+                Stored::Superseded => Outcome::Superseded,
+            }
+            .as_str(),
+            http_status: job.http_status,
+            expires_at: job.tokens.expires_at,
+            rotated: job.rotated,
+            refresh_fingerprint: job.tokens.refresh_token.as_ref().map(Secret::fingerprint),
+            access_fingerprint: job.tokens.access_token.fingerprint(),
+            reported: job.tokens.lifetime_reported,
+        })
+        .collect();
+    sqlx::query(JOURNAL_FINISH)
+        .bind(batch::to_json(&finished)?)
+        .execute(&mut *conn)
+        .await?;
+    for (job, stored) in jobs.iter().zip(&stored) {
+        if *stored == Stored::Superseded {
+            release_lease(conn, job.credential_id, &job.owner).await?;
+        }
     }
     Ok(stored)
 }

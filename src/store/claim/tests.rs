@@ -1,0 +1,250 @@
+//! The claim's journal and the group writer's multi-row statements on a real temporary SQLite
+//! database: one group whose rows change under it, and one credential twice in a group.
+
+use std::time::Duration;
+
+use super::{Refreshed, Stored};
+use crate::domain::{self, Claimed, GrantType, Outcome, Secret, TokenSet, Trigger};
+use crate::store::{Location, NewCredential, OpenMode, OpenOptions, Sealer, Store, on_backend};
+
+const OWNER: &str = "unit-test-owner";
+
+/// A credential row as the tests look at it: name, refresh token, access token, lease owner and
+/// consecutive failures.
+type Row = (String, Option<String>, Option<String>, Option<String>, i64);
+
+/// A store on a fresh file in `dir` with a refresh-token credential per name, `rt-NAME` each.
+async fn store_with(dir: &tempfile::TempDir, names: &[&str]) -> Store {
+    let location = Location::Sqlite(dir.path().join("tokenwarden.db"));
+    let options = OpenOptions {
+        mode: OpenMode::CreateIfMissing,
+        busy_timeout: Duration::from_secs(5),
+        connections: 2,
+    };
+    let store = Store::open(&location, &options, Sealer::plaintext())
+        .await
+        .unwrap();
+    for name in names {
+        let token = Secret::new(format!("rt-{name}"));
+        let new = NewCredential {
+            name,
+            provider: "p",
+            grant_type: GrantType::RefreshToken,
+            scopes: None,
+            owner: None,
+            refresh_token: Some(&token),
+            subject: None,
+        };
+        store.add(&new, false, domain::now()).await.unwrap();
+    }
+    store
+}
+
+/// Another connection to the same file, as another program would write to it.
+async fn raw(dir: &tempfile::TempDir) -> sqlx::SqlitePool {
+    let path = dir.path().join("tokenwarden.db");
+    sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap()
+}
+
+fn tokens(access: &str, refresh: &str) -> TokenSet {
+    TokenSet {
+        access_token: Secret::new(access),
+        token_type: "Bearer".into(),
+        expires_at: domain::now() + 3600,
+        refresh_token: Some(Secret::new(refresh)),
+        refresh_token_expires_at: None,
+        scope: None,
+        lifetime_reported: true,
+        instance_url: None,
+    }
+}
+
+/// Applies one group of refreshes, `(claim, tokens)` each, in one transaction.
+async fn store_group(store: &Store, refreshes: &[(&Claimed, &TokenSet)]) -> Vec<Stored> {
+    let now = domain::now();
+    let jobs: Vec<_> = refreshes
+        .iter()
+        .map(|(claimed, tokens)| {
+            let r = Refreshed {
+                tokens,
+                refresh_due_at: now + 1800,
+                http_status: Some(200),
+                duration_ms: 3,
+            };
+            store.store_job(claimed, OWNER, now, &r).0
+        })
+        .collect();
+    on_backend!(store, db => db.store_group(&jobs).await).unwrap()
+}
+
+#[tokio::test]
+async fn a_group_stores_every_row_but_the_one_that_changed_and_reports_that_one_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(&dir, &["a", "b", "c"]).await;
+    let now = domain::now();
+    let mut claimed = store
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once)
+        .await
+        .unwrap();
+    claimed.sort_by(|x, y| x.name.cmp(&y.name));
+    let names: Vec<&str> = claimed.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert!(claimed.iter().all(|c| !c.after_interruption));
+    let attempts: std::collections::HashSet<i64> = claimed.iter().map(|c| c.attempt_id).collect();
+    assert_eq!(attempts.len(), 3, "one journal entry per claim");
+
+    // "b" is authorized again while its refresh is out.
+    let raw = raw(&dir).await;
+    sqlx::query("UPDATE oauth_credential SET refresh_token = 'rt-b-again' WHERE name = 'b'")
+        .execute(&raw)
+        .await
+        .unwrap();
+
+    let sets: Vec<TokenSet> = claimed
+        .iter()
+        .map(|c| tokens(&format!("at-{}", c.name), &format!("rt-{}-2", c.name)))
+        .collect();
+    let refreshes: Vec<(&Claimed, &TokenSet)> = claimed.iter().zip(&sets).collect();
+    let stored = store_group(&store, &refreshes).await;
+    assert_eq!(stored, [Stored::Yes, Stored::Superseded, Stored::Yes]);
+
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT name, refresh_token, access_token, lease_owner, consecutive_failures \
+         FROM oauth_credential ORDER BY name",
+    )
+    .fetch_all(&raw)
+    .await
+    .unwrap();
+    let row = |name: &str, rt: &str, at: Option<&str>| {
+        (
+            name.to_owned(),
+            Some(rt.to_owned()),
+            at.map(str::to_owned),
+            None,
+            0,
+        )
+    };
+    assert_eq!(
+        rows,
+        [
+            row("a", "rt-a-2", Some("at-a")),
+            // Left as the operator wrote it; its claim given back all the same.
+            row("b", "rt-b-again", None),
+            row("c", "rt-c-2", Some("at-c")),
+        ]
+    );
+
+    let journal = store.rotations(None, 10).await.unwrap();
+    let outcomes: Vec<(&str, Outcome, Option<bool>)> = journal
+        .iter()
+        .map(|r| {
+            (
+                r.credential_name.as_str(),
+                r.outcome,
+                r.refresh_token_rotated,
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("a", Outcome::Refreshed, Some(true)),
+            ("b", Outcome::Superseded, Some(true)),
+            ("c", Outcome::Refreshed, Some(true)),
+        ]
+    );
+    for r in &journal {
+        let name = &r.credential_name;
+        assert_eq!(r.http_status, Some(200));
+        assert_eq!(r.duration_ms, Some(3));
+        assert_eq!(r.expires_in_reported, Some(true));
+        assert_eq!(
+            r.old_refresh_fingerprint,
+            Some(Secret::new(format!("rt-{name}")).fingerprint())
+        );
+        assert_eq!(
+            r.new_refresh_fingerprint,
+            Some(Secret::new(format!("rt-{name}-2")).fingerprint())
+        );
+    }
+    store.close().await;
+}
+
+#[tokio::test]
+async fn one_credential_twice_in_a_group_is_written_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(&dir, &["a"]).await;
+    let now = domain::now();
+    let claimed = store
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once)
+        .await
+        .unwrap();
+    let first = &claimed[0];
+    // A second refresh that sent what the first one stores, and one that sent the original
+    // token again (its swap must fail: the first one replaced it).
+    let mut second = first.clone();
+    second.refresh_token = Some(Secret::new("rt-a-2"));
+    second.stored_refresh_token = Some(Secret::new("rt-a-2"));
+    let stale = first.clone();
+    let (t1, t2, t3) = (
+        tokens("at-1", "rt-a-2"),
+        tokens("at-2", "rt-a-3"),
+        tokens("at-3", "rt-a-4"),
+    );
+    let stored = store_group(&store, &[(first, &t1), (&second, &t2), (&stale, &t3)]).await;
+    assert_eq!(stored, [Stored::Yes, Stored::Yes, Stored::Superseded]);
+    let (rt, at): (String, String) =
+        sqlx::query_as("SELECT refresh_token, access_token FROM oauth_credential")
+            .fetch_one(&raw(&dir).await)
+            .await
+            .unwrap();
+    assert_eq!((rt.as_str(), at.as_str()), ("rt-a-3", "at-2"));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_claim_after_a_dead_attempt_marks_it_interrupted_and_knows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(&dir, &["a", "b"]).await;
+    let now = domain::now();
+    // A process claimed "a" and died: its lease has run out, its journal entry is pending.
+    let dead = store
+        .claim_by_name("a", "dead-owner", now - 200, now - 100)
+        .await
+        .unwrap();
+    assert!(matches!(dead, super::ClaimByName::Claimed(_)));
+    let mut claimed = store
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once)
+        .await
+        .unwrap();
+    claimed.sort_by(|x, y| x.name.cmp(&y.name));
+    let seen: Vec<(&str, bool)> = claimed
+        .iter()
+        .map(|c| (c.name.as_str(), c.after_interruption))
+        .collect();
+    assert_eq!(seen, [("a", true), ("b", false)]);
+    let journal = store.rotations(None, 10).await.unwrap();
+    let outcomes: Vec<(&str, Outcome)> = journal
+        .iter()
+        .map(|r| (r.credential_name.as_str(), r.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("a", Outcome::Interrupted),
+            ("a", Outcome::Pending),
+            ("b", Outcome::Pending)
+        ]
+    );
+    // Given back unsent: both claims at once, their entries gone, the rows claimable again.
+    store.release_all(&claimed, OWNER).await.unwrap();
+    assert_eq!(store.rotations(None, 10).await.unwrap().len(), 1);
+    let again = store
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 2);
+    store.close().await;
+}
