@@ -553,7 +553,9 @@ impl Bench {
         Ok(())
     }
 
-    /// A template with `rows` credentials of the instant provider; reused while the schema matches.
+    /// A template with `rows` credentials of the instant provider; reused while the schema matches
+    /// and, when it holds not-due rows (they fall due an hour after generation), for
+    /// [`db::NOT_DUE_FRESH_SECS`] after it was generated.
     fn template(&self, rows: u64, due: Due) -> Result<PathBuf, Error> {
         let tag = match due {
             Due::None => "none".to_owned(),
@@ -562,7 +564,14 @@ impl Bench {
         };
         let path = self.templates.join(format!("bench-{rows}-{tag}.db"));
         let sig_path = path.with_extension("sig");
+        let young = due == Due::All
+            || std::fs::metadata(&sig_path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() < db::NOT_DUE_FRESH_SECS);
         if path.exists()
+            && young
             && std::fs::read_to_string(&sig_path).ok().as_deref() == Some(self.signature.as_str())
         {
             return Ok(path);
@@ -738,7 +747,10 @@ impl Bench {
         ));
         let sig_path = path.with_extension("sig");
         let signature = format!("{};sealed", self.signature);
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let newer = modified(&sig_path) >= modified(&plain.with_extension("sig"));
         if path.exists()
+            && newer
             && std::fs::read_to_string(&sig_path).ok().as_deref() == Some(signature.as_str())
         {
             return Ok(path);
