@@ -1,9 +1,9 @@
 //! One sweep: take over the claims of processes that died on this host (`holders`), claim the due
-//! credentials in batches under a lease (as many as start within it: `claim_size`), refresh them with bounded concurrency (and each
-//! provider's `max_concurrency` and `rate_limit`: `limits`), decide what each outcome comes to
-//! (`settle`, pure), store, log and alert it (`record`); then retry pending revocations
-//! (`revocation`). Imports `config`, `domain`, `holder`, `provider`, `refresh`, `revoke`, `store`
-//! and `alerts`.
+//! credentials in batches under a lease (as many as start within it: `claim_size`; until a short
+//! claim leaves none free to claim), refresh them with bounded concurrency (and each provider's
+//! `max_concurrency` and `rate_limit`: `limits`), decide what each outcome comes to (`settle`,
+//! pure), store, log and alert it (`record`); then retry pending revocations (`revocation`).
+//! Imports `config`, `domain`, `holder`, `provider`, `refresh`, `revoke`, `store` and `alerts`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -43,6 +43,12 @@ const AHEAD: usize = 64;
 /// How often storing a failed attempt is tried before giving up (the database may be busy). New
 /// tokens are retried for as long as the claim lasts instead (`store_until_claim_ends`).
 const STORE_ATTEMPTS: u32 = 5;
+/// After a claim that came back short while due credentials were still free to claim (on
+/// PostgreSQL, rows another transaction held locked at that moment: `SKIP LOCKED`), the sweep
+/// claims again after this pause, up to [`RECLAIM_ROUNDS`] times in a row before it stops
+/// claiming (those rows are left to the next sweep).
+const RECLAIM_PAUSE: Duration = Duration::from_millis(100);
+const RECLAIM_ROUNDS: u32 = 50;
 
 /// The sweep's tunables, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +141,24 @@ impl SweepSummary {
     }
 }
 
+/// Where a sweep's claiming stands.
+#[derive(Debug, Default)]
+struct Claiming {
+    /// Nothing is left to claim in this sweep.
+    exhausted: bool,
+    /// Short claims in a row that left due credentials free to claim.
+    reclaims: u32,
+    /// When to claim next, after such a claim.
+    claim_at: Option<tokio::time::Instant>,
+}
+
+impl Claiming {
+    /// Whether an empty queue waits for the next claim rather than ending the claiming.
+    fn again_later(&self) -> bool {
+        !self.exhausted && self.claim_at.is_some()
+    }
+}
+
 /// What `refresh_named` came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NamedRefresh {
@@ -219,30 +243,20 @@ impl Sweeper {
         let mut summary = SweepSummary::default();
         let mut queue: VecDeque<Claimed> = VecDeque::new();
         let mut in_flight = JoinSet::new();
-        let mut exhausted = false;
+        let mut claiming = Claiming::default();
         let mut first_error = None;
         self.take_over_from_gone_holders(sweep_start).await?;
         self.report_held_elsewhere(sweep_start).await;
         loop {
             while in_flight.len() < batch + AHEAD && !cancel.is_cancelled() && first_error.is_none()
             {
-                if queue.is_empty() && !exhausted {
+                if queue.is_empty() && !claiming.exhausted {
                     let want = claim_size::next(batch, done, started.elapsed(), slack);
-                    let now = domain::now();
-                    let claimed = inner
-                        .store
-                        .claim_due(
-                            &inner.owner,
-                            now,
-                            now + inner.policy.lease,
-                            want,
-                            sweep_start,
-                            trigger,
-                        )
-                        .await;
-                    match claimed {
+                    match self
+                        .claim_next(&mut claiming, want, sweep_start, trigger, cancel)
+                        .await
+                    {
                         Ok(claimed) => {
-                            exhausted = claimed.len() < want;
                             summary.due += claimed.len();
                             queue.extend(claimed);
                         }
@@ -250,6 +264,9 @@ impl Sweeper {
                     }
                 }
                 let Some(claimed) = queue.pop_front() else {
+                    if claiming.again_later() {
+                        continue; // claim again after the pause, even with nothing in flight
+                    }
                     break;
                 };
                 // A claim that waited here too long to finish its request and store the result
@@ -308,6 +325,59 @@ impl Sweeper {
             Some(e) => Err(e),
             None => Ok(summary),
         }
+    }
+
+    /// The next batch of due credentials for [`Sweeper::sweep_once`], after the pause a short
+    /// claim asked for (none when `cancel` fires meanwhile). After a short claim, claiming goes on
+    /// only while due credentials are still free to claim (held locked by another transaction for
+    /// a moment), at most [`RECLAIM_ROUNDS`] times in a row.
+    async fn claim_next(
+        &self,
+        claiming: &mut Claiming,
+        want: usize,
+        sweep_start: UnixTime,
+        trigger: Trigger,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        if let Some(at) = claiming.claim_at.take() {
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                () = cancel.cancelled() => return Ok(Vec::new()),
+            }
+        }
+        let inner = &self.inner;
+        let now = domain::now();
+        let claimed = inner
+            .store
+            .claim_due(
+                &inner.owner,
+                now,
+                now + inner.policy.lease,
+                want,
+                sweep_start,
+                trigger,
+            )
+            .await?;
+        if claimed.len() == want {
+            claiming.reclaims = 0;
+            return Ok(claimed);
+        }
+        // The claimed rows are queued whatever this finds: their leases are held now.
+        let left = claiming.reclaims < RECLAIM_ROUNDS
+            && match inner.store.any_claimable(now, sweep_start).await {
+                Ok(left) => left,
+                Err(e) => {
+                    warn!(error = %e, "could not tell whether due credentials are left to claim; this sweep claims no more");
+                    false
+                }
+            };
+        if left {
+            claiming.reclaims += 1;
+            claiming.claim_at = Some(tokio::time::Instant::now() + RECLAIM_PAUSE);
+        } else {
+            claiming.exhausted = true;
+        }
+        Ok(claimed)
     }
 
     /// Refreshes one credential now, due or not, under the same lease as the sweep.

@@ -11,6 +11,9 @@ use sqlx::{Connection, SqliteConnection};
 
 /// Bumped when the generated rows change shape, invalidating cached templates.
 const GENERATOR_VERSION: u32 = 1;
+/// Not-due rows fall due from an hour after generation ([`fill`]): a cached template holding such
+/// rows is reused for this long only.
+pub const NOT_DUE_FRESH_SECS: u64 = 3000;
 
 /// Which credentials of a generated table are due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

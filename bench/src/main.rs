@@ -10,10 +10,13 @@
 //! 4. sealing: the none-due sweeps (smallest and largest table) and the instant-endpoint
 //!    throughput with `[encryption]` on, each beside the same run with it off, interleaved;
 //! 5. the idle footprint side by side (`side.rs`): tokenwarden beside pizauth (`PIZAUTH_BIN`) and
-//!    an earlier tokenwarden (`TOKENWARDEN_BASE_BIN`): RSS, wake-ups, threads, ready, binary size.
+//!    an earlier tokenwarden (`TOKENWARDEN_BASE_BIN`): RSS, wake-ups, threads, ready, binary size;
+//! 6. PostgreSQL beside SQLite (`postgres.rs`, its server `pgserver.rs`): the none-due sweeps on
+//!    both, and the throughput of one replica against three on one PostgreSQL database, with
+//!    refresh-token reuse counted; skipped with a note when PostgreSQL is not installed.
 //!
 //! Usage: tokenwarden-bench --bin PATH --repo DIR [--smoke] [--out FILE] [--work DIR] [--skip-oidc]
-//!            [--only sweep,throughput,oidc,footprint,sealed,side]
+//!            [--only sweep,throughput,oidc,footprint,sealed,side,postgres]
 //!        tokenwarden-bench baseline ... (the bare baseline; see baseline.rs)
 //!        tokenwarden-bench serve [SECONDS] (the instant endpoint alone, for profiling by hand)
 
@@ -21,6 +24,8 @@ mod baseline;
 mod db;
 mod instant;
 mod oidc;
+mod pgserver;
+mod postgres;
 mod proc;
 mod report;
 mod side;
@@ -100,7 +105,7 @@ struct Opts {
     work: PathBuf,
     out: PathBuf,
     skip_oidc: bool,
-    /// Sections to run (sweep, throughput, oidc, footprint, sealed, side); all when empty.
+    /// Sections to run (sweep, throughput, oidc, footprint, sealed, side, postgres); all when empty.
     only: Vec<String>,
 }
 
@@ -228,6 +233,8 @@ struct Bench {
     key: PathBuf,
     rt: tokio::runtime::Runtime,
     instant_url: String,
+    /// The instant endpoint's record of presented refresh tokens (reuse).
+    presented: std::sync::Arc<instant::Presented>,
     templates: PathBuf,
     runs: PathBuf,
     empty: PathBuf,
@@ -256,6 +263,7 @@ fn drive(o: Opts) -> Result<(), Error> {
     let mut b = Bench {
         key,
         instant_url: endpoint.token_url.clone(),
+        presented: std::sync::Arc::clone(&endpoint.presented),
         empty: templates.join("empty.db"),
         templates,
         runs,
@@ -283,6 +291,7 @@ fn drive(o: Opts) -> Result<(), Error> {
         oidc_stats: None,
         sealing: Vec::new(),
         side: None,
+        postgres: None,
         total: Duration::ZERO,
     };
 
@@ -446,6 +455,11 @@ fn drive(o: Opts) -> Result<(), Error> {
         results.side = Some(b.side_by_side()?);
     }
 
+    // 6. PostgreSQL beside SQLite: none due at every size, and one replica against three.
+    if b.o.runs("postgres") {
+        results.postgres = b.postgres()?;
+    }
+
     results.total = started.elapsed();
     let block = report::render(&results);
     report::write(&b.o.out, &block, plan.smoke)?;
@@ -553,7 +567,9 @@ impl Bench {
         Ok(())
     }
 
-    /// A template with `rows` credentials of the instant provider; reused while the schema matches.
+    /// A template with `rows` credentials of the instant provider; reused while the schema matches
+    /// and, when it holds not-due rows (they fall due an hour after generation), for
+    /// [`db::NOT_DUE_FRESH_SECS`] after it was generated.
     fn template(&self, rows: u64, due: Due) -> Result<PathBuf, Error> {
         let tag = match due {
             Due::None => "none".to_owned(),
@@ -562,7 +578,14 @@ impl Bench {
         };
         let path = self.templates.join(format!("bench-{rows}-{tag}.db"));
         let sig_path = path.with_extension("sig");
+        let young = due == Due::All
+            || std::fs::metadata(&sig_path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() < db::NOT_DUE_FRESH_SECS);
         if path.exists()
+            && young
             && std::fs::read_to_string(&sig_path).ok().as_deref() == Some(self.signature.as_str())
         {
             return Ok(path);
@@ -738,7 +761,10 @@ impl Bench {
         ));
         let sig_path = path.with_extension("sig");
         let signature = format!("{};sealed", self.signature);
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let newer = modified(&sig_path) >= modified(&plain.with_extension("sig"));
         if path.exists()
+            && newer
             && std::fs::read_to_string(&sig_path).ok().as_deref() == Some(signature.as_str())
         {
             return Ok(path);

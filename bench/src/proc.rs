@@ -196,3 +196,142 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Several children started together: the wall time from the first spawn to the last reap.
+#[derive(Debug, Clone)]
+pub struct Together {
+    pub wall: Duration,
+    /// Each child as [`run`] measures it (its wall from its own spawn).
+    pub each: Vec<Measured>,
+}
+
+/// Starts every command at once and waits for all; kills every one still running after `limit`
+/// (and the ones already started when a later spawn fails).
+pub fn run_together(cmds: &mut [Command], limit: Duration) -> io::Result<Together> {
+    let start = Instant::now();
+    let mut children = Vec::with_capacity(cmds.len());
+    for cmd in cmds.iter_mut() {
+        match cmd.spawn() {
+            Ok(child) => children.push((Instant::now(), child)),
+            Err(e) => {
+                for (_, child) in &children {
+                    // SAFETY: not reaped yet.
+                    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+                    let _ = wait4(child.id() as libc::pid_t, 0);
+                }
+                return Err(e);
+            }
+        }
+    }
+    let pids: Vec<libc::pid_t> = children
+        .iter()
+        .map(|(_, c)| c.id() as libc::pid_t)
+        .collect();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let reaped = Arc::new(std::sync::Mutex::new(vec![false; pids.len()]));
+    let watchdog = {
+        let (pids, reaped) = (pids.clone(), Arc::clone(&reaped));
+        thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(limit) {
+                let reaped = reaped
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for (pid, done) in pids.iter().zip(reaped.iter()) {
+                    if !done {
+                        // SAFETY: not reaped (the flag is set under this lock before reaping).
+                        unsafe { libc::kill(*pid, libc::SIGKILL) };
+                    }
+                }
+                return true;
+            }
+            false
+        })
+    };
+    let waiters: Vec<_> = children
+        .into_iter()
+        .enumerate()
+        .map(|(i, (spawned, child))| {
+            let reaped = Arc::clone(&reaped);
+            thread::spawn(move || -> io::Result<(Instant, Measured)> {
+                let pid = child.id() as libc::pid_t;
+                let (status, rusage) = wait_reaping(pid, &reaped, i)?;
+                let ended = Instant::now();
+                drop(child);
+                Ok((
+                    ended,
+                    Measured {
+                        wall: ended - spawned,
+                        maxrss_kib: rusage.ru_maxrss as u64,
+                        cpu: timeval(rusage.ru_utime) + timeval(rusage.ru_stime),
+                        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+                        samples: Vec::new(),
+                    },
+                ))
+            })
+        })
+        .collect();
+    let mut each = Vec::with_capacity(waiters.len());
+    let mut last = start;
+    let mut failed = None;
+    for w in waiters {
+        match w.join() {
+            Ok(Ok((ended, m))) => {
+                last = last.max(ended);
+                each.push(m);
+            }
+            Ok(Err(e)) => failed = Some(e),
+            Err(_) => failed = Some(io::Error::other("a waiter thread panicked")),
+        }
+    }
+    let _ = done_tx.send(());
+    let killed = watchdog.join().unwrap_or(false);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if killed {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("children ran longer than {limit:?} and were killed"),
+        ));
+    }
+    Ok(Together {
+        wall: last - start,
+        each,
+    })
+}
+
+/// `wait4(pid)` that marks child `i` reaped, under the lock the watchdog kills under, the moment
+/// it has exited: the watchdog never signals a pid that may have been reused.
+fn wait_reaping(
+    pid: libc::pid_t,
+    reaped: &std::sync::Mutex<Vec<bool>>,
+    i: usize,
+) -> io::Result<(libc::c_int, libc::rusage)> {
+    // Wait without reaping (WNOWAIT), then reap under the lock.
+    loop {
+        // SAFETY: siginfo_t is plain old data; waitid fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid pointer to a local.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &raw mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    let mut reaped = reaped
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let got = wait4(pid, 0)?.expect("blocking wait4 returns the child");
+    reaped[i] = true;
+    Ok(got)
+}

@@ -172,6 +172,8 @@ pub struct Results {
     pub sealing: Vec<Sealing>,
     /// Section 5, the idle footprint side by side (`side.rs`).
     pub side: Option<crate::side::Side>,
+    /// Section 6, PostgreSQL beside SQLite (`postgres.rs`).
+    pub postgres: Option<crate::postgres::Pg>,
     pub total: Duration,
 }
 
@@ -244,7 +246,7 @@ pub fn machine(bin: &Path, sqlite: String) -> Machine {
     Machine { lines }
 }
 
-fn fmt_ms(ms: f64) -> String {
+pub(crate) fn fmt_ms(ms: f64) -> String {
     if ms < 10.0 {
         format!("{ms:.1} ms")
     } else if ms < 10_000.0 {
@@ -363,14 +365,14 @@ fn targets(r: &Results) -> Vec<Target> {
             pass: mb(peak) <= 100.0,
         });
     }
-    if let Some(side) = &r.side {
-        for (what, measured, pass) in crate::side::targets(side) {
-            t.push(Target {
-                what,
-                measured,
-                pass,
-            });
-        }
+    let side = r.side.iter().flat_map(crate::side::targets);
+    let pg = r.postgres.iter().flat_map(crate::postgres::targets);
+    for (what, measured, pass) in side.chain(pg) {
+        t.push(Target {
+            what,
+            measured,
+            pass,
+        });
     }
     t
 }
@@ -406,63 +408,12 @@ pub fn render(r: &Results) -> String {
         let _ = writeln!(s, "| {k} | {v} |");
     }
 
-    let _ = writeln!(
-        s,
-        "\n### 1. Sweep cost against table size (instant endpoint, concurrency {})\n",
-        crate::CONCURRENCY
-    );
-    let _ = writeln!(
-        s,
-        "| credentials | due | `run --once` wall | sweep (its log's duration_ms) | peak RSS | runs (wall) |"
-    );
-    let _ = writeln!(s, "| ---: | ---: | ---: | ---: | ---: | --- |");
-    for row in &r.sweeps {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {:.1} MB | {} |",
-            fmt_rows(row.rows),
-            if row.due_count == 0 {
-                "0".to_owned()
-            } else {
-                format!("{} (1%)", row.due_count)
-            },
-            fmt_ms(row.tw.wall_ms()),
-            fmt_ms(row.tw.sweep_ms()),
-            mb(row.tw.rss_kib()),
-            row.tw.walls()
-        );
+    // Sections 1 and 2 only when they ran (`--only` may leave them out).
+    if !r.sweeps.is_empty() {
+        render_sweeps(&mut s, r);
     }
-
-    let _ = writeln!(
-        s,
-        "\n### 2. Refresh throughput (one sweep of N due credentials, concurrency {})\n",
-        crate::CONCURRENCY
-    );
-    let _ = writeln!(
-        s,
-        "Credentials refreshed per second of process wall time (start to exit, both processes).\n"
-    );
-    let _ = writeln!(
-        s,
-        "| endpoint | N | tokenwarden | bare baseline | ratio | CPU per credential (tokenwarden / baseline) | peak RSS (tokenwarden / baseline) | runs (tokenwarden / baseline, per s) |"
-    );
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
-    for t in &r.throughput {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {:.0}/s | {:.0}/s | {:.2} | {:.0} µs / {:.0} µs | {:.1} MB / {:.1} MB | {} / {} |",
-            t.endpoint,
-            fmt_rows(t.n),
-            t.tw.rate(),
-            t.base.rate(),
-            t.tw.rate() / t.base.rate(),
-            t.tw.cpu_us_each(),
-            t.base.cpu_us_each(),
-            mb(t.tw.rss_kib()),
-            mb(t.base.rss_kib()),
-            t.tw.rates(),
-            t.base.rates()
-        );
+    if !r.throughput.is_empty() {
+        render_throughput(&mut s, r);
     }
     if let Some(st) = &r.oidc_stats {
         let _ = writeln!(
@@ -594,6 +545,9 @@ pub fn render(r: &Results) -> String {
     if let Some(side) = &r.side {
         s.push_str(&crate::side::render(side, p.settle));
     }
+    if let Some(pg) = &r.postgres {
+        s.push_str(&crate::postgres::render(pg));
+    }
 
     if !p.smoke {
         let _ = writeln!(
@@ -627,4 +581,69 @@ pub fn write(out: &Path, block: &str, smoke: bool) -> std::io::Result<()> {
         _ => format!("# tokenwarden benchmarks\n\n{generated}\n"),
     };
     std::fs::write(out, text)
+}
+
+/// Section 1's table.
+fn render_sweeps(s: &mut String, r: &Results) {
+    let _ = writeln!(
+        s,
+        "\n### 1. Sweep cost against table size (instant endpoint, concurrency {})\n",
+        crate::CONCURRENCY
+    );
+    let _ = writeln!(
+        s,
+        "| credentials | due | `run --once` wall | sweep (its log's duration_ms) | peak RSS | runs (wall) |"
+    );
+    let _ = writeln!(s, "| ---: | ---: | ---: | ---: | ---: | --- |");
+    for row in &r.sweeps {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.1} MB | {} |",
+            fmt_rows(row.rows),
+            if row.due_count == 0 {
+                "0".to_owned()
+            } else {
+                format!("{} (1%)", row.due_count)
+            },
+            fmt_ms(row.tw.wall_ms()),
+            fmt_ms(row.tw.sweep_ms()),
+            mb(row.tw.rss_kib()),
+            row.tw.walls()
+        );
+    }
+}
+
+/// Section 2's table (the oidc-provider counters follow it in `render`).
+fn render_throughput(s: &mut String, r: &Results) {
+    let _ = writeln!(
+        s,
+        "\n### 2. Refresh throughput (one sweep of N due credentials, concurrency {})\n",
+        crate::CONCURRENCY
+    );
+    let _ = writeln!(
+        s,
+        "Credentials refreshed per second of process wall time (start to exit, both processes).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| endpoint | N | tokenwarden | bare baseline | ratio | CPU per credential (tokenwarden / baseline) | peak RSS (tokenwarden / baseline) | runs (tokenwarden / baseline, per s) |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    for t in &r.throughput {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0}/s | {:.0}/s | {:.2} | {:.0} µs / {:.0} µs | {:.1} MB / {:.1} MB | {} / {} |",
+            t.endpoint,
+            fmt_rows(t.n),
+            t.tw.rate(),
+            t.base.rate(),
+            t.tw.rate() / t.base.rate(),
+            t.tw.cpu_us_each(),
+            t.base.cpu_us_each(),
+            mb(t.tw.rss_kib()),
+            mb(t.base.rss_kib()),
+            t.tw.rates(),
+            t.base.rates()
+        );
+    }
 }

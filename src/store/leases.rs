@@ -1,5 +1,6 @@
 //! Leases seen from outside a claim: the ones held by processes on this host (so that those of a
-//! process that died can be ended at once), and how many credentials other processes hold now.
+//! process that died can be ended at once), how many credentials other processes hold now, and
+//! whether any due credential is still free to claim.
 
 use super::{Store, StoreError, on_backend};
 use crate::domain::UnixTime;
@@ -51,5 +52,16 @@ impl Store {
         due_before: UnixTime,
     ) -> Result<HeldElsewhere, StoreError> {
         on_backend!(self, db => db.held_elsewhere(me, now, due_before).await)
+    }
+
+    /// Whether an active credential due before `due_before` is claimable at `now`, row locks
+    /// ignored: on PostgreSQL a claim skips rows another transaction has locked at that moment
+    /// (`FOR UPDATE SKIP LOCKED`), so a short claim alone does not mean nothing is left.
+    pub async fn any_claimable(
+        &self,
+        now: UnixTime,
+        due_before: UnixTime,
+    ) -> Result<bool, StoreError> {
+        on_backend!(self, db => db.any_claimable(now, due_before).await)
     }
 }

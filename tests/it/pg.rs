@@ -1,7 +1,7 @@
 //! The PostgreSQL backend against a real server (`postgres::PgServer`) and the rotating
 //! oidc-provider: the CLI end to end and the views a consumer reads; several daemons, `run --once`
-//! and `refresh NAME` on one database; a replica killed mid-sweep; the server restarted, and
-//! stopped, mid-sweep.
+//! and `refresh NAME` on one database; a sweep that finds rows locked by another transaction; a
+//! replica killed mid-sweep; the server restarted, and stopped, mid-sweep.
 
 use std::time::Duration;
 
@@ -249,6 +249,66 @@ async fn three_daemons_and_run_once_refresh_500_credentials_each_once() {
         .unwrap();
     owners.extend(holders.into_iter().map(|(h,)| h));
     assert!(owners.len() >= 2, "{owners:?}");
+}
+
+/// A claim skips rows another transaction holds locked (`SKIP LOCKED`), so it can come back short
+/// while due credentials are still free to claim: the sweep claims again (after a pause) instead
+/// of ending, and refreshes them once the lock is gone.
+#[tokio::test]
+async fn a_sweep_keeps_claiming_rows_another_transaction_held_locked() {
+    const CREDENTIALS: usize = 20;
+    const LOCKED: i64 = 3;
+    let pg = PgServer::start().await;
+    let server = OauthServer::start_with_ttl(3600).await;
+    let home = Home::on_postgres(&server, &pg, "concurrency = 8");
+    assert_eq!(home.run(&["run", "--once"], "").await.code, Some(0));
+    let db = pg.pool().await;
+    insert_minted(&server, &db, CREDENTIALS).await;
+    let mut locker = db.begin().await.unwrap();
+    let held: Vec<(i64,)> = sqlx::query_as(
+        "SELECT id FROM oauth_credential WHERE name IN ('user-000', 'user-001', 'user-002') FOR UPDATE",
+    )
+    .fetch_all(&mut *locker)
+    .await
+    .unwrap();
+    assert_eq!(held.len() as i64, LOCKED);
+    let once = home.command(&["run", "--once"]).spawn().unwrap();
+    eventually(
+        Duration::from_mins(1),
+        "every credential not locked to be refreshed",
+        || async {
+            count(
+                &db,
+                "SELECT count(*) FROM oauth_credential WHERE last_refreshed_at IS NOT NULL",
+            )
+            .await
+                == CREDENTIALS as i64 - LOCKED
+        },
+    )
+    .await;
+    locker.commit().await.unwrap();
+    let out = tokio::time::timeout(Duration::from_mins(1), once.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains(&format!(
+            "due={CREDENTIALS} refreshed={CREDENTIALS} failed=0"
+        )),
+        "{log}"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM oauth_credential WHERE last_refreshed_at IS NULL"
+        )
+        .await,
+        0
+    );
+    assert_eq!(server.stats().await.refresh_reuse, 0);
+    assert_no_secrets("the sweep's log", &log, &secrets(&db).await);
 }
 
 /// Starts a daemon whose refreshes the provider holds after rotating, waits for `n` held answers.

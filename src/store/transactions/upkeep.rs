@@ -65,6 +65,25 @@ impl Db {
         Ok(HeldElsewhere { count, until })
     }
 
+    /// Whether an active credential due before `due_before` is claimable at `now` (no lease
+    /// running, no backoff): what a claim would take, row locks of other transactions ignored.
+    pub(in crate::store) async fn any_claimable(
+        &self,
+        now: UnixTime,
+        due_before: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM (SELECT 1 FROM oauth_credential \
+                WHERE status = 'active' AND refresh_due_at < $1 AND next_attempt_at <= $2 \
+                  AND (lease_expires_at IS NULL OR lease_expires_at <= $2) LIMIT 1) AS one",
+        )
+        .bind(due_before)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n > 0)
+    }
+
     /// Per stored head (the first 13 characters when they start like a sealed value, else ''),
     /// how many values of `column`.
     pub(in crate::store) async fn heads(
