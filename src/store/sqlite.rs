@@ -147,10 +147,12 @@ const RESEAL_PRAGMAS: Option<(&str, &str)> =
 include!("transactions.rs");
 
 /// Claims due credentials: `$1` owner, `$2` lease end, `$3` now, `$4` limit, `$5` sweep start.
+/// Due and out of backoff as the sweep started: a row that failed during this sweep (its backoff
+/// may end before the sweep does) waits for the next one, so one sweep sends each at most once.
 const CLAIM_DUE: &str = concat!(
     "UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 \
     WHERE id IN (SELECT id FROM oauth_credential \
-        WHERE status = 'active' AND refresh_due_at < $5 AND next_attempt_at <= $3 \
+        WHERE status = 'active' AND refresh_due_at < $5 AND next_attempt_at <= $5 \
           AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
         ORDER BY refresh_due_at LIMIT $4)",
     claim_returning!()

@@ -248,3 +248,39 @@ async fn a_claim_after_a_dead_attempt_marks_it_interrupted_and_knows() {
     assert_eq!(again.len(), 2);
     store.close().await;
 }
+
+/// A credential that failed during a sweep is not claimed again by that sweep, even once its
+/// backoff has run out: one sweep sends each credential's refresh token at most once. The next
+/// sweep takes it.
+#[tokio::test]
+async fn a_backoff_ending_during_a_sweep_waits_for_the_next_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(&dir, &["a", "b"]).await;
+    let now = domain::now();
+    let sweep_start = now - 10;
+    // `a` failed 8 s into the sweep with a 2 s backoff, which ended before `now`; `b` never ran.
+    let db = raw(&dir).await;
+    sqlx::query(
+        "UPDATE oauth_credential SET next_attempt_at = $1, refresh_due_at = $2 WHERE name = 'a'",
+    )
+    .bind(sweep_start + 4)
+    .bind(sweep_start - 60)
+    .execute(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    let claimed = store
+        .claim_due(OWNER, now, now + 120, 10, sweep_start, Trigger::Once)
+        .await
+        .unwrap();
+    let names: Vec<&str> = claimed.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["b"]);
+    assert!(!store.any_claimable(now, sweep_start).await.unwrap());
+    store.release_all(&claimed, OWNER).await.unwrap();
+    let next = store
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once)
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 2);
+    store.close().await;
+}

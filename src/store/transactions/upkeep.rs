@@ -74,7 +74,7 @@ impl Db {
     ) -> Result<bool, StoreError> {
         let (n,): (i64,) = sqlx::query_as(
             "SELECT count(*) FROM (SELECT 1 FROM oauth_credential \
-                WHERE status = 'active' AND refresh_due_at < $1 AND next_attempt_at <= $2 \
+                WHERE status = 'active' AND refresh_due_at < $1 AND next_attempt_at <= $1 \
                   AND (lease_expires_at IS NULL OR lease_expires_at <= $2) LIMIT 1) AS one",
         )
         .bind(due_before)
