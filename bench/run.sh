@@ -10,8 +10,12 @@
 # TOKENWARDEN_BIN=/path/to/tokenwarden measures that binary instead of building this checkout.
 # Section 5 (the idle footprint side by side) also measures PIZAUTH_BIN=/path/to/pizauth (its
 # commit named by PIZAUTH_COMMIT) and an earlier tokenwarden, TOKENWARDEN_BASE_BIN, when given.
+# Section 6 (PostgreSQL beside SQLite) starts the distribution's PostgreSQL (/usr/lib/postgresql/*/bin,
+# run as the postgres user, so the driver must run as root; scripts/test.sh installs it) on
+# 127.0.0.1; without it that section is skipped with one line saying so.
 # Needs Rust, Node 20 (the oidc-provider test server) and npm; nothing beyond the crates.io and npm
-# registries. Generated databases (≈1 GB for 1M credentials) are cached in target/bench/templates.
+# registries. Generated databases (≈1 GB for 1M credentials) are cached in target/bench/templates
+# (PostgreSQL's in the cluster target/bench/templates/pg-cluster).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
