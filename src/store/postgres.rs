@@ -123,22 +123,6 @@ pub(super) struct Write {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
 }
 
-impl Write {
-    fn conn(&mut self) -> &mut Conn {
-        &mut self.tx
-    }
-
-    async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
-        Ok(())
-    }
-
-    async fn rollback(self) -> Result<(), StoreError> {
-        self.tx.rollback().await?;
-        Ok(())
-    }
-}
-
 impl Db {
     /// Connects, migrates, and starts the group writer.
     pub(super) async fn open(

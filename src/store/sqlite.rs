@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use tokio::sync::{Mutex, MutexGuard, mpsc};
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
 
 use super::{OpenMode, OpenOptions, sql_reason};
 
@@ -31,25 +31,9 @@ pub(crate) struct Db {
 }
 
 /// A write transaction, holding this process's place in the write queue until it ends.
-pub(super) struct Write<'a> {
+pub(super) struct Write {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
-    _queued: MutexGuard<'a, ()>,
-}
-
-impl Write<'_> {
-    fn conn(&mut self) -> &mut Conn {
-        &mut self.tx
-    }
-
-    async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
-        Ok(())
-    }
-
-    async fn rollback(self) -> Result<(), StoreError> {
-        self.tx.rollback().await?;
-        Ok(())
-    }
+    _queued: OwnedMutexGuard<()>,
 }
 
 impl Db {
@@ -121,8 +105,8 @@ impl Db {
     }
 
     /// The one way into a write transaction: this process's queue, then `BEGIN IMMEDIATE`.
-    async fn write(&self) -> Result<Write<'_>, StoreError> {
-        let queued = self.writer.lock().await;
+    async fn write(&self) -> Result<Write, StoreError> {
+        let queued = Arc::clone(&self.writer).lock_owned().await;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(Write {
             tx,

@@ -60,6 +60,23 @@ macro_rules! for_column {
 /// (`None`: no such credential).
 pub(in crate::store) type NameClaim = Result<(ClaimRow, (i64, bool)), Option<String>>;
 
+/// Every backend's `Write` holds its transaction in `tx`.
+impl Write {
+    fn conn(&mut self) -> &mut Conn {
+        &mut self.tx
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
 include!("transactions/refresh.rs");
 include!("transactions/enroll.rs");
 include!("transactions/revocation.rs");
