@@ -17,6 +17,7 @@ mod load;
 mod migrate;
 mod oauth_server;
 mod pg;
+mod pg_rekey;
 mod pg_tls;
 mod postgres;
 mod providers;

@@ -20,7 +20,7 @@ use crate::oauth_server::{OauthServer, clients};
 const SCOPE: &str = "openid offline_access api:read";
 
 /// A fresh random key, written as base64 to `dir/name` with mode 0400.
-fn key_file(dir: &Path, name: &str) -> (PathBuf, Key, String) {
+pub fn key_file(dir: &Path, name: &str) -> (PathBuf, Key, String) {
     use base64::Engine as _;
     let bytes: [u8; 32] = rand::random();
     let text = base64::engine::general_purpose::STANDARD.encode(bytes);
@@ -31,7 +31,7 @@ fn key_file(dir: &Path, name: &str) -> (PathBuf, Key, String) {
 }
 
 /// An `[encryption]` table: `current`, then `retired`.
-fn encryption(current: &Path, retired: &[&Path], seal_access_tokens: bool) -> String {
+pub fn encryption(current: &Path, retired: &[&Path], seal_access_tokens: bool) -> String {
     let retired: Vec<String> = retired
         .iter()
         .map(|p| format!("\"{}\"", p.display()))

@@ -205,11 +205,15 @@ async fn journal_start(
     Ok((id, interrupted > 0))
 }
 
-/// Takes every job waiting (up to [`GROUP_MAX`]), applies them in one transaction, commits once,
-/// then answers each. A failed transaction fails every job in it; each caller retries its own.
+/// Takes every job waiting (up to [`GROUP_MAX`]), applies them in id order in one transaction,
+/// commits once, then answers each. A failed transaction fails every job in it; each caller
+/// retries its own.
 async fn group_writer(db: Db, mut jobs: tokio::sync::mpsc::UnboundedReceiver<StoreJob>) {
     let mut batch = Vec::with_capacity(GROUP_MAX);
     while jobs.recv_many(&mut batch, GROUP_MAX).await > 0 {
+        // Rows are written in id order, the order `rekey`'s batches lock them in (`ORDER BY id
+        // … FOR UPDATE`): two transactions that lock rows in one order cannot deadlock.
+        batch.sort_unstable_by_key(|job| job.credential_id);
         let result: Result<Vec<Stored>, StoreError> = async {
             let mut w = db.write().await?;
             let mut stored = Vec::with_capacity(batch.len());
