@@ -185,6 +185,12 @@ const RESEAL_PRAGMAS: Option<(&str, &str)> = None;
 
 include!("transactions.rs");
 
+/// Locks the rows of a group of stored refreshes, the JSON array of ids `$1`, in id order.
+const LOCK_GROUP: Option<&str> = Some(
+    "SELECT id FROM oauth_credential \
+     WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint) ORDER BY id FOR UPDATE",
+);
+
 /// Claims due credentials: `$1` owner, `$2` lease end, `$3` now, `$4` limit, `$5` sweep start.
 /// Due and out of backoff as the sweep started: a row that failed during this sweep (its backoff
 /// may end before the sweep does) waits for the next one, so one sweep sends each at most once.

@@ -130,6 +130,9 @@ const RESEAL_PRAGMAS: Option<(&str, &str)> =
 
 include!("transactions.rs");
 
+/// SQLite takes no row locks (the write lock covers the file): nothing to lock first.
+const LOCK_GROUP: Option<&str> = None;
+
 /// Claims due credentials: `$1` owner, `$2` lease end, `$3` now, `$4` limit, `$5` sweep start.
 /// Due and out of backoff as the sweep started: a row that failed during this sweep (its backoff
 /// may end before the sweep does) waits for the next one, so one sweep sends each at most once.

@@ -1,20 +1,18 @@
 //! The core, end to end: the real binary against the real oidc-provider server with refresh-token
-//! rotation on, on real SQLite files.
+//! rotation on, each test on a real SQLite file and on a real PostgreSQL server
+//! (`on_both_backends!`).
 
 use std::time::Duration;
 
-use crate::harness::{
-    Home, assert_no_secrets, count, eventually, fingerprint, finish, journal_text, stop,
-    stored_secrets,
-};
+use crate::backends::{Backend, BackendHome, on_both_backends};
+use crate::harness::{assert_no_secrets, eventually, fingerprint, finish, stop};
 use crate::oauth_server::{OauthServer, clients};
 
 const SCOPE: &str = "openid offline_access api:read";
 
-#[tokio::test]
-async fn run_once_rotates_every_client_auth_method_and_the_rotated_tokens_work() {
+async fn run_once_rotates_every_client_auth_method_and_the_rotated_tokens_work(backend: Backend) {
     let server = OauthServer::start().await;
-    let home = Home::new(&server, "");
+    let home = BackendHome::new(&server, backend, "").await;
     let mut minted = Vec::new();
     for (name, provider, client) in [
         ("sp-basic", "basic", clients::BASIC_ID),
@@ -51,23 +49,21 @@ async fn run_once_rotates_every_client_auth_method_and_the_rotated_tokens_work()
 
     let db = home.db().await;
     for (name, old) in &minted {
-        let (rt, at, status): (String, String, String) = sqlx::query_as(
-            "SELECT refresh_token, access_token, status FROM oauth_credential WHERE name = ?1",
-        )
-        .bind(name)
-        .fetch_one(&db)
-        .await
-        .unwrap();
+        let (rt, at, status): (String, String, String) = db
+            .fetch_one(
+                "SELECT refresh_token, access_token, status FROM oauth_credential WHERE name = $1",
+                &[name],
+            )
+            .await;
         assert_eq!(status, "active");
         assert_ne!(&rt, old, "{name}: the rotated refresh token was stored");
-        let (outcome, rotated, old_fp, new_fp): (String, bool, String, String) = sqlx::query_as(
-            "SELECT outcome, refresh_token_rotated, old_refresh_fingerprint, new_refresh_fingerprint \
-             FROM token_rotation WHERE credential_name = ?1",
-        )
-        .bind(name)
-        .fetch_one(&db)
-        .await
-        .unwrap();
+        let (outcome, rotated, old_fp, new_fp): (String, bool, String, String) = db
+            .fetch_one(
+                "SELECT outcome, refresh_token_rotated, old_refresh_fingerprint, new_refresh_fingerprint \
+                 FROM token_rotation WHERE credential_name = $1",
+                &[name],
+            )
+            .await;
         assert_eq!((outcome.as_str(), rotated), ("refreshed", true));
         assert_eq!(old_fp, fingerprint(old));
         assert_eq!(new_fp, fingerprint(&rt));
@@ -85,10 +81,8 @@ async fn run_once_rotates_every_client_auth_method_and_the_rotated_tokens_work()
     assert!(server.introspect_active(cc.stdout.trim()).await);
 
     // Make everything due again: the second refresh must use the rotated refresh tokens.
-    sqlx::query("UPDATE oauth_credential SET refresh_due_at = 0")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute("UPDATE oauth_credential SET refresh_due_at = 0", &[])
+        .await;
     let second = home.run(&["run", "--once"], "").await;
     assert_eq!(second.code, Some(0), "{second:?}");
     let stats = server.stats().await;
@@ -98,11 +92,8 @@ async fn run_once_rotates_every_client_auth_method_and_the_rotated_tokens_work()
     );
     assert_eq!(stats.refresh_ok, 6, "{stats:?}");
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'"
-        )
-        .await,
+        db.count("SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'")
+            .await,
         8
     );
 
@@ -113,7 +104,7 @@ async fn run_once_rotates_every_client_auth_method_and_the_rotated_tokens_work()
         status.stdout.contains("sp-jwt") && log.stdout.contains("refreshed"),
         "{status:?}\n{log:?}"
     );
-    let mut secrets = stored_secrets(&db).await;
+    let mut secrets = db.stored_secrets().await;
     secrets.extend(minted.iter().map(|(_, rt)| rt.clone()));
     for (what, run) in [
         ("first run", &first),
@@ -123,14 +114,14 @@ async fn run_once_rotates_every_client_auth_method_and_the_rotated_tokens_work()
     ] {
         assert_no_secrets(what, &run.all(), &secrets);
     }
-    assert_no_secrets("rotation journal", &journal_text(&db).await, &secrets);
+    assert_no_secrets("rotation journal", &db.journal_text().await, &secrets);
 }
+on_both_backends!(run_once_rotates_every_client_auth_method_and_the_rotated_tokens_work);
 
-#[tokio::test]
-async fn two_run_once_processes_on_one_database_never_reuse_a_refresh_token() {
+async fn two_run_once_processes_on_one_database_never_reuse_a_refresh_token(backend: Backend) {
     const CREDENTIALS: usize = 40;
     let server = OauthServer::start().await;
-    let home = Home::new(&server, "concurrency = 4");
+    let home = BackendHome::new(&server, backend, "concurrency = 4").await;
     for i in 0..CREDENTIALS {
         let (provider, client) = if i % 2 == 0 {
             ("basic", clients::BASIC_ID)
@@ -152,25 +143,25 @@ async fn two_run_once_processes_on_one_database_never_reuse_a_refresh_token() {
         "each credential refreshed exactly once: {stats:?}"
     );
     let db = home.db().await;
-    let per_credential: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT credential_name, count(*) FROM token_rotation WHERE outcome = 'refreshed' GROUP BY credential_name",
-    )
-    .fetch_all(&db)
-    .await
-    .unwrap();
+    let per_credential: Vec<(String, i64)> = db
+        .fetch_all(
+            "SELECT credential_name, count(*) FROM token_rotation WHERE outcome = 'refreshed' GROUP BY credential_name",
+            &[],
+        )
+        .await;
     assert_eq!(per_credential.len(), CREDENTIALS);
     assert!(
         per_credential.iter().all(|(_, n)| *n == 1),
         "{per_credential:?}"
     );
 }
+on_both_backends!(two_run_once_processes_on_one_database_never_reuse_a_refresh_token);
 
-#[tokio::test]
-async fn the_daemon_sweeps_on_its_schedule_and_stops_cleanly_on_sigterm() {
+async fn the_daemon_sweeps_on_its_schedule_and_stops_cleanly_on_sigterm(backend: Backend) {
     let server = OauthServer::start().await;
     // Every second: tokens living 120 s are always inside the 10-minute margin, so every
     // sweep refreshes every credential once.
-    let home = Home::new(&server, "schedule = \"* * * * * *\"");
+    let home = BackendHome::new(&server, backend, "schedule = \"* * * * * *\"").await;
     for (name, provider, client) in [
         ("a", "basic", clients::BASIC_ID),
         ("b", "jwt", clients::JWT_ID),
@@ -188,17 +179,18 @@ async fn the_daemon_sweeps_on_its_schedule_and_stops_cleanly_on_sigterm() {
         Duration::from_secs(30),
         "three sweeps' rotations",
         || async {
-            count(
-                &db,
-                "SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'",
-            )
-            .await
+            db.count("SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'")
+                .await
                 >= 6
         },
     )
     .await;
     // While it runs, the database and its -wal and -shm files are private to the owner.
-    for suffix in ["", "-wal", "-shm"] {
+    let files: &[&str] = match backend {
+        Backend::Sqlite => &["", "-wal", "-shm"],
+        Backend::Postgres => &[],
+    };
+    for suffix in files {
         use std::os::unix::fs::PermissionsExt;
         let path = format!("{}{suffix}", home.db.display());
         let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
@@ -212,29 +204,23 @@ async fn the_daemon_sweeps_on_its_schedule_and_stops_cleanly_on_sigterm() {
         "{stderr}"
     );
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM token_rotation WHERE outcome = 'pending'"
-        )
-        .await,
+        db.count("SELECT count(*) FROM token_rotation WHERE outcome = 'pending'")
+            .await,
         0
     );
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM oauth_credential WHERE lease_owner IS NOT NULL"
-        )
-        .await,
+        db.count("SELECT count(*) FROM oauth_credential WHERE lease_owner IS NOT NULL")
+            .await,
         0
     );
     assert_eq!(server.stats().await.refresh_reuse, 0);
-    assert_no_secrets("daemon output", &stderr, &stored_secrets(&db).await);
+    assert_no_secrets("daemon output", &stderr, &db.stored_secrets().await);
 }
+on_both_backends!(the_daemon_sweeps_on_its_schedule_and_stops_cleanly_on_sigterm);
 
-#[tokio::test]
-async fn a_dead_grant_is_flagged_for_reauthorization_and_not_retried() {
+async fn a_dead_grant_is_flagged_for_reauthorization_and_not_retried(backend: Backend) {
     let server = OauthServer::start().await;
-    let home = Home::new(&server, "");
+    let home = BackendHome::new(&server, backend, "").await;
     home.add("dead", "basic", "not-a-refresh-token-the-server-knows")
         .await;
     let run = home.run(&["run", "--once"], "").await;
@@ -271,26 +257,30 @@ async fn a_dead_grant_is_flagged_for_reauthorization_and_not_retried() {
         &["not-a-refresh-token-the-server-knows".to_owned()],
     );
 }
+on_both_backends!(a_dead_grant_is_flagged_for_reauthorization_and_not_retried);
 
-#[tokio::test]
-async fn a_row_written_by_another_tool_with_only_a_refresh_token_is_refreshed_at_once() {
+async fn a_row_written_by_another_tool_with_only_a_refresh_token_is_refreshed_at_once(
+    backend: Backend,
+) {
     let server = OauthServer::start().await;
-    let home = Home::new(&server, "");
+    let home = BackendHome::new(&server, backend, "").await;
     // Create the schema, then insert the way another program would.
     assert_eq!(home.run(&["run", "--once"], "").await.code, Some(0));
     let db = home.db().await;
     let rt = server.mint_refresh_token(clients::POST_ID, SCOPE).await;
-    sqlx::query("INSERT INTO oauth_credential (name, provider, refresh_token) VALUES ('imported', 'post', ?1)")
-        .bind(&rt)
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute(
+        "INSERT INTO oauth_credential (name, provider, refresh_token) VALUES ('imported', 'post', $1)",
+        &[&rt],
+    )
+    .await;
     let run = home.run(&["run", "--once"], "").await;
     assert_eq!(run.code, Some(0), "{run:?}");
-    let (seconds_left,): (i64,) =
-        sqlx::query_as("SELECT seconds_left FROM current_token WHERE name = 'imported'")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let (seconds_left,): (i64,) = db
+        .fetch_one(
+            "SELECT seconds_left FROM current_token WHERE name = 'imported'",
+            &[],
+        )
+        .await;
     assert!(seconds_left > 60, "{seconds_left}");
 }
+on_both_backends!(a_row_written_by_another_tool_with_only_a_refresh_token_is_refreshed_at_once);

@@ -61,19 +61,28 @@ impl Home {
     /// A home like [`Home::new`] whose database is `pg`'s, its password in `[postgres]
     /// password_file`.
     pub fn on_postgres(server: &OauthServer, pg: &PgServer, extra: &str) -> Self {
-        Self::build(server.token_url(), extra, Some(pg))
+        Self::build(server.token_url(), extra, Some((pg.url(), "")))
     }
 
-    fn build(token_url: &str, extra: &str, pg: Option<&PgServer>) -> Self {
+    /// A home whose providers use `token_url` and whose `database` is `url` (a server's, with
+    /// `sslmode` and the like), with `postgres` (TOML lines) added to its `[postgres]` table.
+    pub fn on_postgres_url(token_url: &str, url: String, postgres: &str, extra: &str) -> Self {
+        Self::build(token_url, extra, Some((url, postgres)))
+    }
+
+    fn build(token_url: &str, extra: &str, pg: Option<(String, &str)>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("tokenwarden.db");
         let (database, pg_table) = match pg {
             None => (db.display().to_string(), String::new()),
-            Some(pg) => {
+            Some((url, lines)) => {
                 let password = dir.path().join("pg.password");
                 write_secret(&password, &format!("{}\n", crate::postgres::PASSWORD));
-                let table = format!("[postgres]\npassword_file = \"{}\"\n", password.display());
-                (pg.url(), table)
+                let table = format!(
+                    "[postgres]\npassword_file = \"{}\"\n{lines}\n",
+                    password.display()
+                );
+                (url, table)
             }
         };
         // Not named after the secret: its path shows in messages, the secret never may.

@@ -3,6 +3,7 @@
 // End-to-end scenarios read best top to bottom, and name the outputs they compare alike.
 #![allow(clippy::too_many_lines, clippy::similar_names)]
 
+mod backends;
 mod cli;
 mod consumers;
 mod core;
@@ -17,6 +18,8 @@ mod load;
 mod migrate;
 mod oauth_server;
 mod pg;
+mod pg_rekey;
+mod pg_tls;
 mod postgres;
 mod providers;
 mod recovery;

@@ -2,6 +2,8 @@
 //! the unprivileged `postgres` user (the server refuses root), listening on 127.0.0.1 on a free
 //! port with unix sockets off, the superuser's password set (scram-sha-256, so every connection
 //! authenticates). Stopped (`-m immediate`) and removed on drop. Every wait is bounded.
+//! [`TestCa`] (the `openssl` command) makes a throwaway CA and server certificates for a server
+//! started with TLS on ([`PgServer::start_tls`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,12 +66,56 @@ fn free_port() -> u16 {
 impl PgServer {
     /// Creates a cluster and starts it.
     pub async fn start() -> Self {
-        tokio::task::spawn_blocking(Self::start_blocking)
+        tokio::task::spawn_blocking(|| Self::start_blocking(None))
             .await
             .expect("start PostgreSQL")
     }
 
-    fn start_blocking() -> Self {
+    /// Creates a cluster with TLS on (`ssl = on`), serving a certificate `ca` issues for `names`
+    /// (`subjectAltName` entries: `DNS:localhost,IP:127.0.0.1`), and starts it.
+    pub async fn start_tls(ca: &TestCa, names: &str) -> Self {
+        let (cert, key) = ca.issue(names);
+        tokio::task::spawn_blocking(move || Self::start_blocking(Some((cert, key))))
+            .await
+            .expect("start PostgreSQL")
+    }
+
+    /// Serves a certificate `ca` issues for `names` from now on (`pg_ctl reload`: new
+    /// connections get it; the reload completes asynchronously, so poll for it).
+    pub async fn serve_cert(&self, ca: &TestCa, names: &str) {
+        let (cert, key) = ca.issue(names);
+        self.install_cert(&cert, &key);
+        self.pg_ctl_async(&["reload"]).await;
+    }
+
+    /// Turns TLS off (`ssl = off`, `pg_ctl reload`; poll for it).
+    pub async fn tls_off(&self) {
+        self.append_conf("ssl = off\n");
+        self.pg_ctl_async(&["reload"]).await;
+    }
+
+    /// Copies a certificate and its key to where the configuration names them, owned by the
+    /// postgres user, the key 0600 (the server refuses a key others can read).
+    fn install_cert(&self, cert: &Path, key: &Path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        for (from, to, mode) in [(cert, "server.crt", 0o644), (key, "server.key", 0o600)] {
+            let to = self.data().join(to);
+            std::fs::copy(from, &to).expect("copy a certificate file");
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::os::unix::fs::chown(&to, Some(id("-u")), Some(id("-g"))).unwrap();
+        }
+    }
+
+    fn append_conf(&self, lines: &str) {
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data().join("postgresql.conf"))
+            .and_then(|mut f| f.write_all(lines.as_bytes()))
+            .expect("append to postgresql.conf");
+    }
+
+    fn start_blocking(tls: Option<(PathBuf, PathBuf)>) -> Self {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("tw-pg-")
@@ -103,6 +149,13 @@ impl PgServer {
             bin,
             port: free_port(),
         };
+        if let Some((cert, key)) = tls {
+            server.install_cert(&cert, &key);
+            // In the file, not on the command line: a reload can change them then.
+            server.append_conf(
+                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            );
+        }
         server.pg_ctl(&["start"]);
         server
     }
@@ -127,6 +180,25 @@ impl PgServer {
     /// The URL of database `postgres`, without the password (it comes from a file or variable).
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The URL of database `postgres` at `host` (`127.0.0.1` or `localhost`), with `query`.
+    pub fn url_at(&self, host: &str, query: &str) -> String {
+        format!("postgres://postgres@{host}:{}/postgres?{query}", self.port)
+    }
+
+    /// Whether a connection with `query` (`sslmode=verify-full&sslrootcert=…`) succeeds now.
+    pub async fn connects_with(&self, query: &str) -> bool {
+        use sqlx::ConnectOptions as _;
+        let url = format!("{}?{query}", self.url_with_password());
+        let options: sqlx::postgres::PgConnectOptions = url.parse().expect("a URL");
+        match options.connect().await {
+            Ok(conn) => {
+                let _ = sqlx::Connection::close(conn).await;
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// The URL with the password in it, for the test's own connections.
@@ -209,4 +281,124 @@ fn id(flag: &str) -> u32 {
         .trim()
         .parse()
         .expect("a numeric id")
+}
+
+/// A throwaway certificate authority made with the `openssl` command (P-256, valid for a day),
+/// and the server certificates it issues, in a temporary directory removed on drop.
+pub struct TestCa {
+    dir: tempfile::TempDir,
+    /// The CA's certificate (PEM): what a client trusts.
+    pub cert: PathBuf,
+    key: PathBuf,
+    issued: std::sync::atomic::AtomicU32,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("tw-ca-")
+            .tempdir()
+            .expect("temp dir");
+        let cert = dir.path().join("ca.crt");
+        let key = dir.path().join("ca.key");
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            path_str(&key),
+            "-out",
+            path_str(&cert),
+        ]);
+        Self {
+            dir,
+            cert,
+            key,
+            issued: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// A new server certificate and key for `names` (`subjectAltName` entries).
+    pub fn issue(&self, names: &str) -> (PathBuf, PathBuf) {
+        let n = self
+            .issued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = self.dir.path().join(format!("server-{n}"));
+        let (key, csr, cert, ext) = (
+            base.with_extension("key"),
+            base.with_extension("csr"),
+            base.with_extension("crt"),
+            base.with_extension("ext"),
+        );
+        std::fs::write(
+            &ext,
+            format!(
+                "basicConstraints = CA:FALSE\nkeyUsage = critical,digitalSignature\n\
+                 extendedKeyUsage = serverAuth\nsubjectAltName = {names}\n"
+            ),
+        )
+        .unwrap();
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=tokenwarden test server",
+            "-keyout",
+            path_str(&key),
+            "-out",
+            path_str(&csr),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            path_str(&csr),
+            "-CA",
+            path_str(&self.cert),
+            "-CAkey",
+            path_str(&self.key),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            path_str(&ext),
+            "-out",
+            path_str(&cert),
+        ]);
+        (cert, key)
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 temporary path")
+}
+
+/// Runs `openssl ARGS`, failing the test with its output if it fails.
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl (the TLS tests need the openssl command)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

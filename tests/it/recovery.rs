@@ -1,11 +1,12 @@
 //! Recovery from a crash mid-sweep against a provider that has already rotated every refresh token
 //! in flight: inside the provider's reuse grace window every credential lives on; without one,
 //! every lost credential is flagged with its reason within seconds of the restart — never when
-//! the dead daemon's lease runs out two minutes later.
+//! the dead daemon's lease runs out two minutes later. Each on SQLite and on PostgreSQL.
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Home, count, eventually, signal, stop};
+use crate::backends::{Backend, BackendHome, on_both_backends};
+use crate::harness::{Home, eventually, signal, stop};
 use crate::oauth_server::{OauthServer, ServerOptions, clients};
 
 const SCOPE: &str = "openid offline_access api:read";
@@ -37,8 +38,8 @@ async fn crash_after_rotation(server: &OauthServer, home: &Home) {
     server.release().await;
 }
 
-async fn setup(server: &OauthServer) -> (Home, Vec<String>) {
-    let home = Home::new(server, CONFIG);
+async fn setup(server: &OauthServer, backend: Backend) -> (BackendHome, Vec<String>) {
+    let home = BackendHome::new(server, backend, CONFIG).await;
     let mut minted = Vec::new();
     for i in 0..CREDENTIALS {
         let token = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
@@ -48,14 +49,13 @@ async fn setup(server: &OauthServer) -> (Home, Vec<String>) {
     (home, minted)
 }
 
-#[tokio::test]
-async fn killed_mid_sweep_inside_a_grace_window_every_credential_lives_on() {
+async fn killed_mid_sweep_inside_a_grace_window_every_credential_lives_on(backend: Backend) {
     let server = OauthServer::start_with(ServerOptions {
         rt_grace_secs: 30,
         ..ServerOptions::default()
     })
     .await;
-    let (home, minted) = setup(&server).await;
+    let (home, minted) = setup(&server, backend).await;
     crash_after_rotation(&server, &home).await;
 
     let restarted = Instant::now();
@@ -65,11 +65,8 @@ async fn killed_mid_sweep_inside_a_grace_window_every_credential_lives_on() {
         RECOVERY,
         "every credential to be refreshed again",
         || async {
-            count(
-                &db,
-                "SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'",
-            )
-            .await
+            db.count("SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'")
+                .await
                 == 20
         },
     )
@@ -89,28 +86,22 @@ async fn killed_mid_sweep_inside_a_grace_window_every_credential_lives_on() {
     );
     assert_eq!(stats.refresh_grace, CREDENTIALS, "{stats:?}");
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM oauth_credential WHERE status <> 'active'"
-        )
-        .await,
+        db.count("SELECT count(*) FROM oauth_credential WHERE status <> 'active'")
+            .await,
         0
     );
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM token_rotation WHERE outcome = 'interrupted'"
-        )
-        .await,
+        db.count("SELECT count(*) FROM token_rotation WHERE outcome = 'interrupted'")
+            .await,
         20
     );
     // Every credential works: its stored refresh token is a new one, and its access token is live.
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT name, refresh_token, access_token FROM oauth_credential ORDER BY name",
-    )
-    .fetch_all(&db)
-    .await
-    .unwrap();
+    let rows: Vec<(String, String, String)> = db
+        .fetch_all(
+            "SELECT name, refresh_token, access_token FROM oauth_credential ORDER BY name",
+            &[],
+        )
+        .await;
     for (name, refresh, access) in rows {
         assert!(
             !minted.contains(&refresh),
@@ -130,11 +121,13 @@ async fn killed_mid_sweep_inside_a_grace_window_every_credential_lives_on() {
     assert_eq!(server.stats().await.refresh_reuse, 0);
     eprintln!("recovered {CREDENTIALS} credentials in {took:?}");
 }
+on_both_backends!(killed_mid_sweep_inside_a_grace_window_every_credential_lives_on);
 
-#[tokio::test]
-async fn killed_mid_sweep_without_a_grace_window_every_lost_credential_is_flagged_at_once() {
+async fn killed_mid_sweep_without_a_grace_window_every_lost_credential_is_flagged_at_once(
+    backend: Backend,
+) {
     let server = OauthServer::start().await;
-    let (home, _minted) = setup(&server).await;
+    let (home, _minted) = setup(&server, backend).await;
     crash_after_rotation(&server, &home).await;
 
     let restarted = Instant::now();
@@ -146,11 +139,12 @@ async fn killed_mid_sweep_without_a_grace_window_every_lost_credential_is_flagge
         restarted.elapsed()
     );
     let db = home.db().await;
-    let flagged: Vec<(String, String)> =
-        sqlx::query_as("SELECT status, last_error FROM oauth_credential ORDER BY name")
-            .fetch_all(&db)
-            .await
-            .unwrap();
+    let flagged: Vec<(String, String)> = db
+        .fetch_all(
+            "SELECT status, last_error FROM oauth_credential ORDER BY name",
+            &[],
+        )
+        .await;
     assert_eq!(flagged.len(), 20);
     for (status, error) in flagged {
         assert_eq!(status, "needs_reauthorization");
@@ -167,3 +161,4 @@ async fn killed_mid_sweep_without_a_grace_window_every_lost_credential_is_flagge
         "{status:?}"
     );
 }
+on_both_backends!(killed_mid_sweep_without_a_grace_window_every_lost_credential_is_flagged_at_once);

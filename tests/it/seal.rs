@@ -1,5 +1,6 @@
 //! Sealed tokens (`[encryption]`), end to end: the real binary against the real oidc-provider
-//! server, on real SQLite files, whose bytes are searched for tokens. Values are opened here with
+//! server, on real SQLite files, whose bytes are searched for tokens (key rotation beside the
+//! daemon runs on PostgreSQL as well). Values are opened here with
 //! the library's own `Keyring`, to know which tokens to look for.
 
 use std::collections::BTreeSet;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use tokenwarden::store::seal::{Column, Key, Keyring, Place};
 
+use crate::backends::{Backend, BackendHome, on_both_backends};
 use crate::fake_endpoint::FakeEndpoint;
 use crate::fake_endpoint::Reply;
 use crate::harness::{
@@ -20,7 +22,7 @@ use crate::oauth_server::{OauthServer, clients};
 const SCOPE: &str = "openid offline_access api:read";
 
 /// A fresh random key, written as base64 to `dir/name` with mode 0400.
-fn key_file(dir: &Path, name: &str) -> (PathBuf, Key, String) {
+pub fn key_file(dir: &Path, name: &str) -> (PathBuf, Key, String) {
     use base64::Engine as _;
     let bytes: [u8; 32] = rand::random();
     let text = base64::engine::general_purpose::STANDARD.encode(bytes);
@@ -31,7 +33,7 @@ fn key_file(dir: &Path, name: &str) -> (PathBuf, Key, String) {
 }
 
 /// An `[encryption]` table: `current`, then `retired`.
-fn encryption(current: &Path, retired: &[&Path], seal_access_tokens: bool) -> String {
+pub fn encryption(current: &Path, retired: &[&Path], seal_access_tokens: bool) -> String {
     let retired: Vec<String> = retired
         .iter()
         .map(|p| format!("\"{}\"", p.display()))
@@ -459,20 +461,22 @@ async fn a_key_the_configuration_lacks_stops_every_command_before_anything_is_cl
     assert!(!run.all().contains("definitely-not-a-key"), "{run:?}");
 }
 
-#[tokio::test]
-async fn rotation_with_two_keys_while_the_daemon_runs_loses_nothing() {
+/// On both backends: rekey beside the group writer is the PostgreSQL lock-order case too.
+async fn rotation_with_two_keys_while_the_daemon_runs_loses_nothing(backend: Backend) {
     const CREDENTIALS: usize = 12;
     let server = OauthServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (k1, key1, _) = key_file(dir.path(), "k1");
     let (k2, key2, _) = key_file(dir.path(), "k2");
-    let home = Home::new(
+    let home = BackendHome::new(
         &server,
+        backend,
         &format!(
             "schedule = \"* * * * * *\"\nconcurrency = 4\n{}",
             encryption(&k1, &[], true)
         ),
-    );
+    )
+    .await;
     for i in 0..CREDENTIALS {
         let (provider, client) = if i % 2 == 0 {
             ("basic", clients::BASIC_ID)
@@ -494,12 +498,7 @@ async fn rotation_with_two_keys_while_the_daemon_runs_loses_nothing() {
     set_encryption(&home, &encryption(&k2, &[&k1], true));
     let daemon = home.command(&["run"]).spawn().unwrap();
     let db = home.db().await;
-    let refreshed = || {
-        count(
-            &db,
-            "SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'",
-        )
-    };
+    let refreshed = || db.count("SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'");
     let before = refreshed().await;
     for _ in 0..3 {
         let rekey = home.run(&["rekey"], "").await;
@@ -521,17 +520,21 @@ async fn rotation_with_two_keys_while_the_daemon_runs_loses_nothing() {
         )),
         "{rekey:?}"
     );
-    for (name, rt) in key_of_every_row(&db).await {
+    for (name, rt) in db
+        .fetch_all::<(String, Option<String>)>(
+            "SELECT name, substr(refresh_token, 1, 13) FROM oauth_credential ORDER BY name",
+            &[],
+        )
+        .await
+    {
         assert_eq!(rt, Some(head(&key2)), "{name}");
     }
     // The old key can go now; every credential still works.
     set_encryption(&home, &encryption(&k2, &[], true));
     let check = home.run(&["check-config"], "").await;
     assert_eq!(check.code, Some(0), "{check:?}");
-    sqlx::query("UPDATE oauth_credential SET refresh_due_at = 0")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute("UPDATE oauth_credential SET refresh_due_at = 0", &[])
+        .await;
     let last = home.run(&["run", "--once"], "").await;
     assert_eq!(last.code, Some(0), "{last:?}");
     let stats = server.stats().await;
@@ -541,14 +544,12 @@ async fn rotation_with_two_keys_while_the_daemon_runs_loses_nothing() {
         "{stats:?}"
     );
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM token_rotation WHERE outcome <> 'refreshed'"
-        )
-        .await,
+        db.count("SELECT count(*) FROM token_rotation WHERE outcome <> 'refreshed'")
+            .await,
         0
     );
 }
+on_both_backends!(rotation_with_two_keys_while_the_daemon_runs_loses_nothing);
 
 #[tokio::test]
 async fn rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_key() {

@@ -253,6 +253,18 @@ impl Db {
         jobs: &[StoreJob],
     ) -> Result<Vec<Stored>, StoreError> {
         let mut w = self.write().await?;
+        // Rows are locked in id order, the order `rekey`'s batches lock them in (`ORDER BY id …
+        // FOR UPDATE`): two transactions that lock rows in one order cannot deadlock. The
+        // multi-row UPDATE alone would lock them in whatever order its plan visits them.
+        if let Some(lock) = LOCK_GROUP {
+            let mut ids: Vec<i64> = jobs.iter().map(|job| job.credential_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            sqlx::query(lock)
+                .bind(batch::to_json(&ids)?)
+                .execute(w.conn())
+                .await?;
+        }
         let mut stored = Vec::with_capacity(jobs.len());
         for run in writer::distinct_runs(jobs) {
             stored.extend(store_refreshed(w.conn(), run).await?);

@@ -2,7 +2,8 @@
 // itself. Part of `transactions.rs` (`include!`d).
 
 impl Db {
-    /// Leases running at `now` whose holder's stored form starts with `prefix`, other than `me`'s.
+    /// Leases running at `now` whose holder's stored form starts with `prefix`, other than `me`'s,
+    /// in id order.
     pub(in crate::store) async fn leases_with_prefix(
         &self,
         prefix: &str,
@@ -12,7 +13,7 @@ impl Db {
         Ok(sqlx::query_as(
             "SELECT id AS credential_id, name, lease_owner, lease_expires_at FROM oauth_credential \
              WHERE lease_owner IS NOT NULL AND lease_expires_at > $1 \
-               AND substr(lease_owner, 1, length($2)) = $2 AND lease_owner <> $3",
+               AND substr(lease_owner, 1, length($2)) = $2 AND lease_owner <> $3 ORDER BY id",
         )
         .bind(now)
         .bind(prefix)
@@ -21,7 +22,8 @@ impl Db {
         .await?)
     }
 
-    /// Ends the leases of holders known to be gone, unless they changed hands meanwhile.
+    /// Ends the leases of holders known to be gone, unless they changed hands meanwhile: in the
+    /// order given, which is id order (`leases_with_prefix`), as every multi-row write locks.
     pub(in crate::store) async fn end_leases(
         &self,
         gone: &[HeldLease],
