@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::ConnectOptions;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::mpsc;
@@ -58,7 +59,9 @@ impl PgOptions {
     pub fn connect_options(&self) -> Result<PgConnectOptions, String> {
         let mut options = PgConnectOptions::from_str(&self.url)
             .map_err(|e| format!("not a usable PostgreSQL URL: {}", strip_url(&e.to_string())))?
-            .application_name("tokenwarden");
+            .application_name("tokenwarden")
+            // sqlx's own "slow statement" warnings would come before a command's one error line.
+            .disable_statement_logging();
         if let Some(password) = &self.password {
             options = options.password(password.expose());
         }

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::ConnectOptions;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
@@ -67,7 +68,10 @@ impl Db {
             // claim's sorting stay in memory: on disk, each one past 64 KiB was a temp file
             // created, written and unlinked, for every group of stored refreshes.
             .pragma("temp_store", "memory")
-            .create_if_missing(false);
+            .create_if_missing(false)
+            // sqlx's own "slow statement" warnings (a statement waiting on another process's
+            // lock) would come before a command's one error line.
+            .disable_statement_logging();
         // With a key, deleted content is zeroed where that costs no extra I/O (inside b-tree
         // pages, where tokens live); the passes that replace plaintext (`reseal_batch`) zero
         // freed pages as well, so a token once stored as plaintext leaves no copy in the file.
