@@ -17,8 +17,8 @@ use crate::schedule::Schedule;
 /// The longest single sleep. Sleeps run on the monotonic clock while the schedule is wall-clock
 /// time: after the wall clock steps forward, or the machine resumes from a suspend, a tick that
 /// came due meanwhile is seen at most this late (and a backward step only makes the sleep start
-/// again from the recomputed tick). Costs ≈ 3 timer wake-ups per sleep this long (tokio's timer
-/// wheel moves a 60 s sleep down two levels before it fires), ≈ 0.05 per second.
+/// again from the recomputed tick). Costs a few wake-ups per sleep (tokio's timer wheel moves a
+/// long sleep down its levels before it fires): 0.08 a second in all, idle (BENCHMARKS.md).
 pub const LONGEST_SLEEP: Duration = Duration::from_mins(1);
 
 /// Capacity of the scheduler's internal channels: they carry one job, added again after each tick.
