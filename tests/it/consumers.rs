@@ -1,20 +1,21 @@
 //! The consumers of tokens, end to end: `token --min-valid` (renewal under the sweep's lease,
 //! waiting for another process's refresh), `token --header`, lookup by owner, `exec`, and the
-//! migration that made room for them, against the real test server.
+//! migration that made room for them, against the real test server. Each test of the store on a
+//! real SQLite file and on a real PostgreSQL server (`on_both_backends!`); the migration of an
+//! old SQLite database on SQLite only.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::SqlitePool;
-
-use crate::harness::{Home, Run, assert_no_secrets, count, finish, journal_text, stored_secrets};
+use crate::backends::{Backend, BackendHome, Db, on_both_backends};
+use crate::harness::{Home, Run, assert_no_secrets, count, finish};
 use crate::oauth_server::{OauthServer, clients};
 
 const SCOPE: &str = "openid offline_access api:read";
 
 /// A home with credential `name` of provider `basic`, swept once: it holds an access token
 /// that lives the server's 120 s.
-async fn swept(server: &OauthServer, name: &str) -> Home {
-    let home = Home::new(server, "");
+async fn swept(server: &OauthServer, backend: Backend, name: &str) -> BackendHome {
+    let home = BackendHome::new(server, backend, "").await;
     let rt = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
     home.add(name, "basic", &rt).await;
     let once = home.run(&["run", "--once"], "").await;
@@ -24,30 +25,31 @@ async fn swept(server: &OauthServer, name: &str) -> Home {
 
 /// Makes `name`'s access token expire in 30 s: stale for a --min-valid of 90 s, which the
 /// server's 120 s tokens meet.
-async fn expire_soon(db: &SqlitePool, name: &str) {
-    sqlx::query(
-        "UPDATE oauth_credential SET access_token_expires_at = CAST(strftime('%s', 'now') AS INTEGER) + 30 \
-         WHERE name = ?1",
+async fn expire_soon(db: &Db, name: &str) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    db.execute(
+        "UPDATE oauth_credential SET access_token_expires_at = CAST($1 AS BIGINT) + 30 WHERE name = $2",
+        &[&now.to_string(), name],
     )
-    .bind(name)
-    .execute(db)
-    .await
-    .unwrap();
+    .await;
 }
 
-async fn access_token(db: &SqlitePool, name: &str) -> String {
-    let (token,): (String,) =
-        sqlx::query_as("SELECT access_token FROM oauth_credential WHERE name = ?1")
-            .bind(name)
-            .fetch_one(db)
-            .await
-            .unwrap();
+async fn access_token(db: &Db, name: &str) -> String {
+    let (token,): (String,) = db
+        .fetch_one(
+            "SELECT access_token FROM oauth_credential WHERE name = $1",
+            &[name],
+        )
+        .await;
     token
 }
 
 /// The secrets this home has seen so far, plus `more`.
-async fn secrets(db: &SqlitePool, more: &[&str]) -> Vec<String> {
-    let mut all = stored_secrets(db).await;
+async fn secrets(db: &Db, more: &[&str]) -> Vec<String> {
+    let mut all = db.stored_secrets().await;
     all.extend(more.iter().map(|s| (*s).to_owned()));
     all
 }
@@ -57,10 +59,9 @@ fn assert_quiet(what: &str, run: &Run, secrets: &[String]) {
     assert_no_secrets(&format!("{what} stderr"), &run.stderr, secrets);
 }
 
-#[tokio::test]
-async fn token_renews_when_it_expires_within_min_valid_and_journals_it() {
+async fn token_renews_when_it_expires_within_min_valid_and_journals_it(backend: Backend) {
     let server = OauthServer::start().await;
-    let home = swept(&server, "web").await;
+    let home = swept(&server, backend, "web").await;
     let db = home.db().await;
     let before = access_token(&db, "web").await;
     server.reset_stats().await;
@@ -86,8 +87,7 @@ async fn token_renews_when_it_expires_within_min_valid_and_journals_it() {
     let stats = server.stats().await;
     assert_eq!((stats.refresh_ok, stats.refresh_reuse), (1, 0), "{stats:?}");
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "SELECT count(*) FROM token_rotation WHERE trigger = 'manual' AND outcome = 'refreshed'"
         )
         .await,
@@ -114,10 +114,11 @@ async fn token_renews_when_it_expires_within_min_valid_and_journals_it() {
     );
 
     // A credential that cannot be renewed serves its token while it lasts long enough, only.
-    sqlx::query("UPDATE oauth_credential SET status = 'needs_reauthorization'")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute(
+        "UPDATE oauth_credential SET status = 'needs_reauthorization'",
+        &[],
+    )
+    .await;
     expire_soon(&db, "web").await;
     let stale = home.run(&["token", "web", "--min-valid", "90s"], "").await;
     assert_eq!(stale.code, Some(4), "{stale:?}");
@@ -142,13 +143,13 @@ async fn token_renews_when_it_expires_within_min_valid_and_journals_it() {
     ] {
         assert_quiet(what, run, &secrets);
     }
-    assert_no_secrets("journal", &journal_text(&db).await, &secrets);
+    assert_no_secrets("journal", &db.journal_text().await, &secrets);
 }
+on_both_backends!(token_renews_when_it_expires_within_min_valid_and_journals_it);
 
-#[tokio::test]
-async fn token_waits_for_a_refresh_another_process_has_in_flight() {
+async fn token_waits_for_a_refresh_another_process_has_in_flight(backend: Backend) {
     let server = OauthServer::start().await;
-    let home = swept(&server, "web").await;
+    let home = swept(&server, backend, "web").await;
     let db = home.db().await;
     let before = access_token(&db, "web").await;
     expire_soon(&db, "web").await;
@@ -194,11 +195,11 @@ async fn token_waits_for_a_refresh_another_process_has_in_flight() {
     assert_quiet("impatient", &impatient, &secrets);
     assert_quiet("patient", &patient, &secrets);
 }
+on_both_backends!(token_waits_for_a_refresh_another_process_has_in_flight);
 
-#[tokio::test]
-async fn a_renewal_that_fails_prints_nothing_and_says_why() {
+async fn a_renewal_that_fails_prints_nothing_and_says_why(backend: Backend) {
     let server = OauthServer::start().await;
-    let home = Home::new(&server, "");
+    let home = BackendHome::new(&server, backend, "").await;
     // A refresh token the provider never issued: renewing is refused for good.
     home.add("dead", "basic", "not-a-refresh-token-canary")
         .await;
@@ -223,49 +224,48 @@ async fn a_renewal_that_fails_prints_nothing_and_says_why() {
     assert_eq!(down.stdout, "");
     assert!(down.stderr.contains("was not renewed"), "{down:?}");
     let db = home.db().await;
-    let (failures, stored): (i64, Option<String>) = sqlx::query_as(
-        "SELECT consecutive_failures, refresh_token FROM oauth_credential WHERE name = 'down'",
-    )
-    .fetch_one(&db)
-    .await
-    .unwrap();
+    let (failures, stored): (i64, Option<String>) = db
+        .fetch_one(
+            "SELECT consecutive_failures, refresh_token FROM oauth_credential WHERE name = 'down'",
+            &[],
+        )
+        .await;
     assert_eq!((failures, stored.as_deref()), (1, Some(rt.as_str())));
 
     let secrets = secrets(&db, &["not-a-refresh-token-canary", &rt]).await;
     for (what, run) in [("dead", &dead), ("again", &again), ("down", &down)] {
         assert_no_secrets(what, &run.all(), &secrets);
     }
-    assert_no_secrets("journal", &journal_text(&db).await, &secrets);
+    assert_no_secrets("journal", &db.journal_text().await, &secrets);
 }
+on_both_backends!(a_renewal_that_fails_prints_nothing_and_says_why);
 
-#[tokio::test]
-async fn header_prints_an_authorization_line() {
+async fn header_prints_an_authorization_line(backend: Backend) {
     let server = OauthServer::start().await;
-    let home = swept(&server, "web").await;
+    let home = swept(&server, backend, "web").await;
     let db = home.db().await;
-    sqlx::query("UPDATE oauth_credential SET token_type = 'bearer'")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute("UPDATE oauth_credential SET token_type = 'bearer'", &[])
+        .await;
     let token = access_token(&db, "web").await;
     let run = home.run(&["token", "web", "--header"], "").await;
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(run.stdout, format!("Authorization: Bearer {token}\n"));
     // A token_type that would break the line is refused without showing anything.
-    sqlx::query("UPDATE oauth_credential SET token_type = 'Bearer x: y'")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute(
+        "UPDATE oauth_credential SET token_type = 'Bearer x: y'",
+        &[],
+    )
+    .await;
     let bad = home.run(&["token", "web", "--header"], "").await;
     assert_eq!(bad.code, Some(4), "{bad:?}");
     assert_eq!(bad.stdout, "");
     assert_no_secrets("bad header", &bad.all(), &secrets(&db, &[]).await);
 }
+on_both_backends!(header_prints_an_authorization_line);
 
-#[tokio::test]
-async fn personal_credentials_by_owner_one_per_provider_unless_asked() {
+async fn personal_credentials_by_owner_one_per_provider_unless_asked(backend: Backend) {
     let server = OauthServer::start().await;
-    let home = Home::new(&server, "");
+    let home = BackendHome::new(&server, backend, "").await;
     let add = |name: &'static str, owner: &'static str, extra: &'static [&'static str]| {
         let home = &home;
         let server = &server;
@@ -330,24 +330,25 @@ async fn personal_credentials_by_owner_one_per_provider_unless_asked() {
     assert_eq!(both.code, Some(2), "{both:?}");
 
     // current_token carries the owner for programs that read the database.
-    let (name,): (String,) = sqlx::query_as(
-        "SELECT name FROM current_token WHERE provider = 'basic' AND owner = 'bob' AND seconds_left > 60",
-    )
-    .fetch_one(&db)
-    .await
-    .unwrap();
+    let (name,): (String,) = db
+        .fetch_one(
+            "SELECT name FROM current_token WHERE provider = 'basic' AND owner = 'bob' AND seconds_left > 60",
+            &[],
+        )
+        .await;
     assert_eq!(name, "bob-mail");
 }
+on_both_backends!(personal_credentials_by_owner_one_per_provider_unless_asked);
 
-#[tokio::test]
-async fn exec_hands_the_token_to_the_command_and_passes_its_exit_code_on() {
+async fn exec_hands_the_token_to_the_command_and_passes_its_exit_code_on(backend: Backend) {
     let server = OauthServer::start().await;
-    let home = swept(&server, "web").await;
+    let home = swept(&server, backend, "web").await;
     let db = home.db().await;
-    sqlx::query("UPDATE oauth_credential SET instance_url = 'https://acme.my.salesforce.com'")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute(
+        "UPDATE oauth_credential SET instance_url = 'https://acme.my.salesforce.com'",
+        &[],
+    )
+    .await;
     let out = home.path().join("child");
     let script = format!(
         "printf '%s' \"$ACCESS_TOKEN\" > '{out}.token'; printf '%s' \"$INSTANCE_URL\" > '{out}.url'; env > '{out}.env'; exit 7",
@@ -439,7 +440,10 @@ async fn exec_hands_the_token_to_the_command_and_passes_its_exit_code_on() {
         assert_no_secrets(what, &run.all(), &secrets);
     }
 }
+on_both_backends!(exec_hands_the_token_to_the_command_and_passes_its_exit_code_on);
 
+/// SQLite only: an old SQLite database (migrations 0001-0004 of migrations/sqlite) and the
+/// table rebuild SQLite needs to widen a CHECK; PostgreSQL alters it in place.
 #[tokio::test]
 async fn the_grants_migration_keeps_every_row_of_an_old_database() {
     use sqlx::migrate::Migrator;
