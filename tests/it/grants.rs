@@ -1,12 +1,14 @@
 //! Grants beyond the refresh token, end to end against the test server: `authorize --device`
 //! (RFC 8628, the user's approval driven over oidc-provider's real device pages) and the
-//! jwt-bearer grant (RFC 7523 §2.1, the server verifying each assertion).
+//! jwt-bearer grant (RFC 7523 §2.1, the server verifying each assertion). Each test on a real
+//! SQLite file and on a real PostgreSQL server (`on_both_backends!`).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use crate::harness::{Home, Run, assert_no_secrets, count, journal_text, stored_secrets};
+use crate::backends::{Backend, BackendHome, on_both_backends};
+use crate::harness::{Home, Run, assert_no_secrets};
 use crate::oauth_server::{OauthServer, ServerOptions, clients};
 
 const SCOPE: &str = "openid offline_access api:read";
@@ -15,8 +17,8 @@ const DEADLINE: Duration = Duration::from_mins(1);
 
 /// A home with providers `device` (device-client, client_secret_basic) and `public`
 /// (device-public, client_auth = "none"), both finding their endpoints from the issuer.
-fn device_home(server: &OauthServer) -> Home {
-    let home = Home::new(server, "");
+async fn device_home(server: &OauthServer, backend: Backend) -> BackendHome {
+    let home = BackendHome::new(server, backend, "").await;
     // Named for the client, not the secret: the path may appear in messages.
     let secret = home.path().join("device-client.secret");
     crate::harness::write_secret(&secret, clients::DEVICE_SECRET);
@@ -108,10 +110,9 @@ fn fast_device_server() -> ServerOptions {
     }
 }
 
-#[tokio::test]
-async fn authorize_device_stores_the_tokens_and_the_sweep_keeps_them() {
+async fn authorize_device_stores_the_tokens_and_the_sweep_keeps_them(backend: Backend) {
     let server = OauthServer::start_with(fast_device_server()).await;
-    let home = device_home(&server);
+    let home = device_home(&server, backend).await;
     for (name, provider) in [("tv", "device"), ("kiosk", "public")] {
         let run = Device::start(
             &home,
@@ -146,12 +147,12 @@ async fn authorize_device_stores_the_tokens_and_the_sweep_keeps_them() {
         );
     }
     let db = home.db().await;
-    let rows: Vec<(String, Option<String>, String, Option<String>)> = sqlx::query_as(
-        "SELECT name, owner, grant_type, refresh_token FROM oauth_credential ORDER BY name",
-    )
-    .fetch_all(&db)
-    .await
-    .unwrap();
+    let rows: Vec<(String, Option<String>, String, Option<String>)> = db
+        .fetch_all(
+            "SELECT name, owner, grant_type, refresh_token FROM oauth_credential ORDER BY name",
+            &[],
+        )
+        .await;
     assert_eq!(rows.len(), 2);
     for (name, owner, grant, refresh) in &rows {
         assert_eq!(owner.as_deref(), Some("bob"), "{name}");
@@ -159,20 +160,15 @@ async fn authorize_device_stores_the_tokens_and_the_sweep_keeps_them() {
         assert!(refresh.is_some(), "{name} has a refresh token");
     }
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM token_rotation WHERE outcome = 'authorized'"
-        )
-        .await,
+        db.count("SELECT count(*) FROM token_rotation WHERE outcome = 'authorized'")
+            .await,
         2
     );
-    let before = stored_secrets(&db).await;
+    let before = db.stored_secrets().await;
 
     // The sweep rotates both, the public client with its client_id alone.
-    sqlx::query("UPDATE oauth_credential SET refresh_due_at = 0")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute("UPDATE oauth_credential SET refresh_due_at = 0", &[])
+        .await;
     let once = home.run(&["run", "--once"], "").await;
     assert_eq!(once.code, Some(0), "{once:?}");
     let stats = server.stats().await;
@@ -201,21 +197,21 @@ async fn authorize_device_stores_the_tokens_and_the_sweep_keeps_them() {
     assert_eq!(again.code, Some(2), "{again:?}");
     assert_eq!(again.stdout, "", "{again:?}");
 
-    let mut secrets = stored_secrets(&db).await;
+    let mut secrets = db.stored_secrets().await;
     secrets.extend(before);
     secrets.push(clients::DEVICE_SECRET.to_owned());
     assert_no_secrets("run --once", &once.all(), &secrets);
-    assert_no_secrets("journal", &journal_text(&db).await, &secrets);
+    assert_no_secrets("journal", &db.journal_text().await, &secrets);
 }
+on_both_backends!(authorize_device_stores_the_tokens_and_the_sweep_keeps_them);
 
-#[tokio::test]
-async fn a_denied_or_expired_device_code_stores_nothing() {
+async fn a_denied_or_expired_device_code_stores_nothing(backend: Backend) {
     let server = OauthServer::start_with(ServerOptions {
         device_code_ttl_secs: 3,
         ..fast_device_server()
     })
     .await;
-    let home = device_home(&server);
+    let home = device_home(&server, backend).await;
 
     let denied = Device::start(
         &home,
@@ -261,7 +257,7 @@ async fn a_denied_or_expired_device_code_stores_nothing() {
     );
 
     let db = home.db().await;
-    assert_eq!(count(&db, "SELECT count(*) FROM oauth_credential").await, 0);
+    assert_eq!(db.count("SELECT count(*) FROM oauth_credential").await, 0);
     for run in [&denied, &expired, &waited] {
         assert_no_secrets("device", &run.all(), &[clients::DEVICE_SECRET.to_owned()]);
     }
@@ -276,12 +272,13 @@ async fn a_denied_or_expired_device_code_stores_nothing() {
         "{no_endpoint:?}"
     );
 }
+on_both_backends!(a_denied_or_expired_device_code_stores_nothing);
 
 /// A home whose jwt-bearer providers sign with the test key (a copy in `rotating`'s case, so the
 /// test can take it away): `bearer` (assertion only), `bearer-basic` (client_secret_basic too),
 /// `wrong-aud` (an audience the server refuses), `bad-key` (a kid the server does not know).
-fn bearer_home(server: &OauthServer) -> Home {
-    let home = Home::new(server, "");
+async fn bearer_home(server: &OauthServer, backend: Backend) -> BackendHome {
+    let home = BackendHome::new(server, backend, "").await;
     let fixture =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt-client.key.pem");
     let copy = home.path().join("rotating.pem");
@@ -335,10 +332,9 @@ async fn add_bearer(home: &Home, name: &str, provider: &str, extra: &[&str]) -> 
     home.run(&args, "").await
 }
 
-#[tokio::test]
-async fn jwt_bearer_credentials_get_each_token_for_a_fresh_assertion() {
+async fn jwt_bearer_credentials_get_each_token_for_a_fresh_assertion(backend: Backend) {
     let server = OauthServer::start().await;
-    let home = bearer_home(&server);
+    let home = bearer_home(&server, backend).await;
     let add = add_bearer(
         &home,
         "sf-api",
@@ -359,13 +355,12 @@ async fn jwt_bearer_credentials_get_each_token_for_a_fresh_assertion() {
         "{stats:?}"
     );
     let db = home.db().await;
-    let rows: Vec<BearerRow> =
-        sqlx::query_as(
+    let rows: Vec<BearerRow> = db
+        .fetch_all(
             "SELECT name, grant_type, subject, access_token, refresh_token FROM oauth_credential ORDER BY name",
+            &[],
         )
-        .fetch_all(&db)
-        .await
-        .unwrap();
+        .await;
     assert_eq!(
         rows[0].2.as_deref(),
         Some("bob"),
@@ -382,20 +377,17 @@ async fn jwt_bearer_credentials_get_each_token_for_a_fresh_assertion() {
     }
 
     // Due again: new assertions (a reused jti would be refused), new tokens.
-    sqlx::query("UPDATE oauth_credential SET refresh_due_at = 0")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute("UPDATE oauth_credential SET refresh_due_at = 0", &[])
+        .await;
     let second = home.run(&["run", "--once"], "").await;
     assert_eq!(second.code, Some(0), "{second:?}");
     // On demand, as any other credential.
-    sqlx::query(
-        "UPDATE oauth_credential SET access_token_expires_at = CAST(strftime('%s', 'now') AS INTEGER) + 30 \
+    db.execute(
+        "UPDATE oauth_credential SET access_token_expires_at = CAST($1 AS BIGINT) + 30 \
          WHERE name = 'sf-api'",
+        &[&now().to_string()],
     )
-    .execute(&db)
-    .await
-    .unwrap();
+    .await;
     let token = home
         .run(&["token", "sf-api", "--min-valid", "90s"], "")
         .await;
@@ -408,27 +400,33 @@ async fn jwt_bearer_credentials_get_each_token_for_a_fresh_assertion() {
         "{stats:?}"
     );
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'"
-        )
-        .await,
+        db.count("SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'")
+            .await,
         5
     );
 
-    let mut secrets = stored_secrets(&db).await;
+    let mut secrets = db.stored_secrets().await;
     secrets.push(clients::BEARER_SECRET.to_owned());
     for (what, run) in [("first", &first), ("second", &second)] {
         assert_no_secrets(what, &run.all(), &secrets);
     }
     assert_no_secrets("token stderr", &token.stderr, &secrets);
-    assert_no_secrets("journal", &journal_text(&db).await, &secrets);
+    assert_no_secrets("journal", &db.journal_text().await, &secrets);
+}
+on_both_backends!(jwt_bearer_credentials_get_each_token_for_a_fresh_assertion);
+
+/// Seconds since the Unix epoch, now.
+fn now() -> i64 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    i64::try_from(secs).unwrap()
 }
 
-#[tokio::test]
-async fn refused_assertions_and_a_missing_key_fail_clearly() {
+async fn refused_assertions_and_a_missing_key_fail_clearly(backend: Backend) {
     let server = OauthServer::start().await;
-    let home = bearer_home(&server);
+    let home = bearer_home(&server, backend).await;
     for (name, provider, extra) in [
         ("aud", "wrong-aud", &["--subject", "alice"][..]),
         ("kid", "bad-key", &["--subject", "alice"][..]),
@@ -442,15 +440,13 @@ async fn refused_assertions_and_a_missing_key_fail_clearly() {
     assert_eq!(once.code, Some(1), "{once:?}");
     let db = home.db().await;
     let state = |name: &'static str| {
-        let db = db.clone();
+        let db = &db;
         async move {
-            sqlx::query_as::<_, (String, Option<String>, i64, i64)>(
-                "SELECT status, last_error, consecutive_failures, next_attempt_at FROM oauth_credential WHERE name = ?1",
+            db.fetch_one::<(String, Option<String>, i64, i64)>(
+                "SELECT status, last_error, consecutive_failures, next_attempt_at FROM oauth_credential WHERE name = $1",
+                &[name],
             )
-            .bind(name)
-            .fetch_one(&db)
             .await
-            .unwrap()
         }
     };
     // The server's refusals are the credential's: each needs fixing, and says what.
@@ -474,11 +470,12 @@ async fn refused_assertions_and_a_missing_key_fail_clearly() {
 
     // The key file goes away: that credential backs off, with one clear line; nothing is sent.
     std::fs::remove_file(home.path().join("rotating.pem")).unwrap();
-    sqlx::query("UPDATE oauth_credential SET refresh_due_at = 0 WHERE name = 'rotating'")
-        .execute(&db)
-        .await
-        .unwrap();
-    let started = crate::harness::count(&db, "SELECT CAST(strftime('%s', 'now') AS INTEGER)").await;
+    db.execute(
+        "UPDATE oauth_credential SET refresh_due_at = 0 WHERE name = 'rotating'",
+        &[],
+    )
+    .await;
+    let started = now();
     let gone = home.run(&["run", "--once"], "").await;
     assert_eq!(gone.code, Some(1), "{gone:?}");
     let (status, error, failures, next) = state("rotating").await;
@@ -533,9 +530,10 @@ async fn refused_assertions_and_a_missing_key_fail_clearly() {
         .await;
     assert_eq!(stray.code, Some(2), "{stray:?}");
 
-    let secrets = stored_secrets(&db).await;
+    let secrets = db.stored_secrets().await;
     for run in [&once, &gone, &check, &doctor] {
         assert_no_secrets("jwt-bearer failures", &run.all(), &secrets);
     }
-    assert_no_secrets("journal", &journal_text(&db).await, &secrets);
+    assert_no_secrets("journal", &db.journal_text().await, &secrets);
 }
+on_both_backends!(refused_assertions_and_a_missing_key_fail_clearly);
