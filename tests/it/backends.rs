@@ -59,6 +59,22 @@ impl BackendHome {
         Self { home, pg }
     }
 
+    /// A home like [`Home::with_token_url`] (every provider at `token_url`: a fault-injecting
+    /// fake, or nothing at all), on `backend`.
+    pub async fn with_token_url(token_url: &str, backend: Backend, extra: &str) -> Self {
+        let (home, pg) = match backend {
+            Backend::Sqlite => (Home::with_token_url(token_url, extra), None),
+            Backend::Postgres => {
+                let pg = PgServer::start().await;
+                (
+                    Home::on_postgres_url(token_url, pg.url(), "", extra),
+                    Some(pg),
+                )
+            }
+        };
+        Self { home, pg }
+    }
+
     /// The test's own connection to this home's database.
     pub async fn db(&self) -> Db {
         match &self.pg {
@@ -135,6 +151,14 @@ impl Db {
             }
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Closes the pool, its connections with it.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
     }
 
     /// `SELECT count(*) …`.

@@ -1,11 +1,14 @@
 //! Bad and odd token responses, from a fault-injecting endpoint: odd-but-valid shapes are
 //! accepted, everything else is a transient or permanent failure, and in every case the old tokens
-//! stay in the database and no token reaches the output.
+//! stay in the database and no token reaches the output. The tests of what the store keeps and
+//! records run on a real SQLite file and on a real PostgreSQL server (`on_both_backends!`); those
+//! of the HTTP client and the response parser alone, on SQLite.
 
 use std::time::Duration;
 
+use crate::backends::{Backend, BackendHome, on_both_backends};
 use crate::fake_endpoint::{FakeEndpoint, Reply};
-use crate::harness::{CLIENT_SECRETS, Home, Run};
+use crate::harness::{CLIENT_SECRETS, Run};
 
 const OLD_RT: &str = "rt-canary-5f1c2b9e0d";
 const OLD_AT: &str = "at-canary-77aa01d3c4";
@@ -15,7 +18,7 @@ const NEW_AT: &str = "at-new-canary-1e2f3a4b";
 const FAST_HTTP: &str = "[http]\nrequest_timeout = \"2s\"\nconnect_timeout = \"1s\"";
 
 struct Case {
-    home: Home,
+    home: BackendHome,
     run: Run,
     started: i64,
 }
@@ -28,19 +31,17 @@ fn now() -> i64 {
 }
 
 /// A credential holding the old tokens (access token valid 15 more minutes, but due), swept once
-/// against `token_url`.
-async fn sweep_against(token_url: &str) -> Case {
-    let home = Home::with_token_url(token_url, FAST_HTTP);
+/// against `token_url`, on `backend`.
+async fn sweep_against(token_url: &str, backend: Backend) -> Case {
+    let home = BackendHome::with_token_url(token_url, backend, FAST_HTTP).await;
     home.add("victim", "basic", OLD_RT).await;
     let db = home.db().await;
-    sqlx::query(
-        "UPDATE oauth_credential SET access_token = ?1, token_type = 'Bearer', \
-         access_token_expires_at = CAST(strftime('%s','now') AS INTEGER) + 900, refresh_due_at = 0",
+    db.execute(
+        "UPDATE oauth_credential SET access_token = $1, token_type = 'Bearer', \
+         access_token_expires_at = CAST($2 AS BIGINT) + 900, refresh_due_at = 0",
+        &[OLD_AT, &now().to_string()],
     )
-    .bind(OLD_AT)
-    .execute(&db)
-    .await
-    .unwrap();
+    .await;
     db.close().await;
     let started = now();
     let run = home.run(&["run", "--once"], "").await;
@@ -58,15 +59,14 @@ struct Row {
     last_error: Option<String>,
 }
 
-async fn row(home: &Home) -> Row {
+async fn row(home: &BackendHome) -> Row {
     let db = home.db().await;
-    sqlx::query_as(
+    db.fetch_one(
         "SELECT status, access_token, refresh_token, access_token_expires_at, token_type, next_attempt_at, last_error \
          FROM oauth_credential WHERE name = 'victim'",
+        &[],
     )
-    .fetch_one(&db)
     .await
-    .unwrap()
 }
 
 fn assert_quiet(case: &Case) {
@@ -155,20 +155,19 @@ async fn unreadable_bodies_are_transient_and_keep_the_old_tokens() {
     ];
     for (reply, error) in cases {
         let fake = FakeEndpoint::start(reply).await;
-        let case = sweep_against(&fake.token_url()).await;
+        let case = sweep_against(&fake.token_url(), Backend::Sqlite).await;
         assert_transient(&case, error).await;
         assert_eq!(fake.requests(), 1, "{error}");
     }
 }
 
-#[tokio::test]
-async fn retry_after_is_honoured() {
+async fn retry_after_is_honoured(backend: Backend) {
     let fake = FakeEndpoint::start(
         Reply::json(503, r#"{"error":"temporarily_unavailable"}"#)
             .with_header("Retry-After", "600"),
     )
     .await;
-    let case = sweep_against(&fake.token_url()).await;
+    let case = sweep_against(&fake.token_url(), backend).await;
     let r = assert_transient(&case, "temporarily_unavailable").await;
     assert!(r.next_attempt_at >= case.started + 600, "{r:?}");
     // A second run before then leaves it alone (the backoff is in the database).
@@ -176,6 +175,7 @@ async fn retry_after_is_honoured() {
     assert_eq!(again.code, Some(0), "{again:?}");
     assert_eq!(fake.requests(), 1);
 }
+on_both_backends!(retry_after_is_honoured);
 
 #[tokio::test]
 async fn hanging_dripping_and_resetting_endpoints_are_bounded() {
@@ -191,7 +191,7 @@ async fn hanging_dripping_and_resetting_endpoints_are_bounded() {
     ] {
         let fake = FakeEndpoint::start(reply).await;
         let started = std::time::Instant::now();
-        let case = sweep_against(&fake.token_url()).await;
+        let case = sweep_against(&fake.token_url(), Backend::Sqlite).await;
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "bounded by the request timeout"
@@ -202,7 +202,11 @@ async fn hanging_dripping_and_resetting_endpoints_are_bounded() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/token", closed.local_addr().unwrap());
     drop(closed);
-    assert_transient(&sweep_against(&url).await, "could not connect").await;
+    assert_transient(
+        &sweep_against(&url, Backend::Sqlite).await,
+        "could not connect",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -214,7 +218,7 @@ async fn redirects_are_never_followed() {
                 .with_header("Location", &elsewhere.token_url()),
         )
         .await;
-        let case = sweep_against(&fake.token_url()).await;
+        let case = sweep_against(&fake.token_url(), Backend::Sqlite).await;
         assert_transient(&case, &format!("redirect ({status})")).await;
         assert_eq!(
             elsewhere.requests(),
@@ -224,12 +228,11 @@ async fn redirects_are_never_followed() {
     }
 }
 
-#[tokio::test]
-async fn grant_errors_flag_the_credential_and_keep_its_tokens() {
+async fn grant_errors_flag_the_credential_and_keep_its_tokens(backend: Backend) {
     let body = r#"{"error":"invalid_grant","error_description":"AADSTS700082: The refresh token has expired due to inactivity."}"#;
     for reply in [Reply::json(400, body), Reply::json(200, body)] {
         let fake = FakeEndpoint::start(reply).await;
-        let case = sweep_against(&fake.token_url()).await;
+        let case = sweep_against(&fake.token_url(), backend).await;
         assert_eq!(case.run.code, Some(1), "{:?}", case.run);
         assert_quiet(&case);
         let r = row(&case.home).await;
@@ -248,15 +251,15 @@ async fn grant_errors_flag_the_credential_and_keep_its_tokens() {
         );
     }
 }
+on_both_backends!(grant_errors_flag_the_credential_and_keep_its_tokens);
 
-#[tokio::test]
-async fn a_rejected_client_is_blamed_on_the_provider_configuration() {
+async fn a_rejected_client_is_blamed_on_the_provider_configuration(backend: Backend) {
     let fake = FakeEndpoint::start(Reply::json(
         401,
         r#"{"error":"invalid_client","error_description":"bad secret"}"#,
     ))
     .await;
-    let case = sweep_against(&fake.token_url()).await;
+    let case = sweep_against(&fake.token_url(), backend).await;
     let r = assert_transient(&case, "provider basic rejected the client").await;
     assert!(
         r.next_attempt_at >= case.started + 3600,
@@ -270,6 +273,7 @@ async fn a_rejected_client_is_blamed_on_the_provider_configuration() {
         case.run.stderr
     );
 }
+on_both_backends!(a_rejected_client_is_blamed_on_the_provider_configuration);
 
 #[tokio::test]
 async fn odd_but_valid_token_responses_are_accepted() {
@@ -304,7 +308,7 @@ async fn odd_but_valid_token_responses_are_accepted() {
             token_response(extra).as_bytes(),
         ))
         .await;
-        let case = sweep_against(&fake.token_url()).await;
+        let case = sweep_against(&fake.token_url(), Backend::Sqlite).await;
         assert_eq!(case.run.code, Some(0), "{extra}: {:?}", case.run);
         assert_quiet(&case);
         let r = row(&case.home).await;
@@ -323,8 +327,7 @@ async fn odd_but_valid_token_responses_are_accepted() {
     }
 }
 
-#[tokio::test]
-async fn hostile_token_values_refuse_the_whole_response_and_keep_the_old_tokens() {
+async fn hostile_token_values_refuse_the_whole_response_and_keep_the_old_tokens(backend: Backend) {
     let long = "x".repeat(16 * 1024 + 1);
     let cases = [
         (
@@ -362,44 +365,42 @@ async fn hostile_token_values_refuse_the_whole_response_and_keep_the_old_tokens(
     ];
     for (body, reason) in cases {
         let fake = FakeEndpoint::start(Reply::json(200, &body)).await;
-        let case = sweep_against(&fake.token_url()).await;
+        let case = sweep_against(&fake.token_url(), backend).await;
         let reason = format!("token response refused: {reason}");
         let r = assert_transient(&case, &reason).await;
         assert_eq!(r.last_error.as_deref(), Some(reason.as_str()));
         assert_eq!(r.token_type, "Bearer", "{reason}");
         assert!(case.run.stderr.contains(&reason), "{:?}", case.run);
         let db = case.home.db().await;
-        let (outcome, description): (String, String) = sqlx::query_as(
-            "SELECT outcome, error_description FROM token_rotation ORDER BY id DESC LIMIT 1",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap();
+        let (outcome, description): (String, String) = db
+            .fetch_one(
+                "SELECT outcome, error_description FROM token_rotation ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .await;
         assert_eq!(
             (outcome.as_str(), description),
             ("refused_response", reason)
         );
-        let journal = crate::harness::journal_text(&db).await;
+        let journal = db.journal_text().await;
         assert!(
             !journal.contains(NEW_AT) && !journal.contains(NEW_RT),
             "{journal}"
         );
     }
 }
+on_both_backends!(hostile_token_values_refuse_the_whole_response_and_keep_the_old_tokens);
 
-#[tokio::test]
-async fn a_stored_token_that_is_not_visible_ascii_is_never_printed() {
-    let home = Home::with_token_url("http://127.0.0.1:9/token", "");
+async fn a_stored_token_that_is_not_visible_ascii_is_never_printed(backend: Backend) {
+    let home = BackendHome::with_token_url("http://127.0.0.1:9/token", backend, "").await;
     home.add("old", "basic", OLD_RT).await;
     let db = home.db().await;
-    sqlx::query(
-        "UPDATE oauth_credential SET access_token = ?1, token_type = 'Bearer', \
-         access_token_expires_at = CAST(strftime('%s','now') AS INTEGER) + 900",
+    db.execute(
+        "UPDATE oauth_credential SET access_token = $1, token_type = 'Bearer', \
+         access_token_expires_at = CAST($2 AS BIGINT) + 900",
+        &[&format!("{OLD_AT}\n\u{1b}[2Jrm -rf ~"), &now().to_string()],
     )
-    .bind(format!("{OLD_AT}\n\u{1b}[2Jrm -rf ~"))
-    .execute(&db)
-    .await
-    .unwrap();
+    .await;
     let run = home.run(&["token", "old"], "").await;
     assert_eq!(run.code, Some(4), "{run:?}");
     assert_eq!(run.stdout, "", "nothing is printed");
@@ -408,15 +409,17 @@ async fn a_stored_token_that_is_not_visible_ascii_is_never_printed() {
         "tokenwarden: error: credential \"old\": the stored access token holds a control character, so it is not printed; refresh or authorize the credential again"
     );
 }
+on_both_backends!(a_stored_token_that_is_not_visible_ascii_is_never_printed);
 
-#[tokio::test]
-async fn tokens_shorter_than_the_sweep_gap_are_named_in_the_log_status_and_doctor() {
+async fn tokens_shorter_than_the_sweep_gap_are_named_in_the_log_status_and_doctor(
+    backend: Backend,
+) {
     let fake = FakeEndpoint::start(Reply::json(
         200,
         &format!(r#"{{"access_token":"{NEW_AT}","expires_in":60}}"#),
     ))
     .await;
-    let case = sweep_against(&fake.token_url()).await;
+    let case = sweep_against(&fake.token_url(), backend).await;
     assert_eq!(case.run.code, Some(0), "{:?}", case.run);
     assert_quiet(&case);
     let warnings: Vec<&str> = case
@@ -458,7 +461,9 @@ async fn tokens_shorter_than_the_sweep_gap_are_named_in_the_log_status_and_docto
     );
 
     // A faster schedule makes the note go away.
-    let fast = Home::with_token_url(&fake.token_url(), "schedule = \"*/20 * * * * *\"");
+    let fast =
+        BackendHome::with_token_url(&fake.token_url(), backend, "schedule = \"*/20 * * * * *\"")
+            .await;
     fast.add("quick", "basic", OLD_RT).await;
     let run = fast.run(&["run", "--once"], "").await;
     assert_eq!(run.code, Some(0), "{run:?}");
@@ -467,6 +472,7 @@ async fn tokens_shorter_than_the_sweep_gap_are_named_in_the_log_status_and_docto
     let rows: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(rows[0]["expires_between_sweeps"], false, "{rows}");
 }
+on_both_backends!(tokens_shorter_than_the_sweep_gap_are_named_in_the_log_status_and_doctor);
 
 #[tokio::test]
 async fn the_short_lifetime_warning_comes_once_per_credential_per_process() {
@@ -477,19 +483,21 @@ async fn the_short_lifetime_warning_comes_once_per_credential_per_process() {
         &format!(r#"{{"access_token":"{expired}","expires_in":3600}}"#),
     ))
     .await;
-    let home = Home::with_token_url(&fake.token_url(), "schedule = \"*/2 * * * * *\"");
+    let home = BackendHome::with_token_url(
+        &fake.token_url(),
+        Backend::Sqlite,
+        "schedule = \"*/2 * * * * *\"",
+    )
+    .await;
     home.add("a", "basic", OLD_RT).await;
     home.add("b", "post", OLD_RT).await;
     let daemon = home.command(&["run"]).spawn().unwrap();
     let db = home.db().await;
     crate::harness::eventually(Duration::from_secs(30), "three sweeps' refreshes", || {
-        let db = db.clone();
+        let db = &db;
         async move {
-            crate::harness::count(
-                &db,
-                "SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'",
-            )
-            .await
+            db.count("SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'")
+                .await
                 >= 6
         }
     })
@@ -508,14 +516,13 @@ async fn the_short_lifetime_warning_comes_once_per_credential_per_process() {
     }
 }
 
-#[tokio::test]
-async fn a_response_without_a_refresh_token_keeps_the_old_one() {
+async fn a_response_without_a_refresh_token_keeps_the_old_one(backend: Backend) {
     let fake = FakeEndpoint::start(Reply::json(
         200,
         &format!(r#"{{"access_token":"{NEW_AT}","expires_in":3600}}"#),
     ))
     .await;
-    let case = sweep_against(&fake.token_url()).await;
+    let case = sweep_against(&fake.token_url(), backend).await;
     assert_eq!(case.run.code, Some(0), "{:?}", case.run);
     let r = row(&case.home).await;
     assert_eq!(
@@ -523,15 +530,17 @@ async fn a_response_without_a_refresh_token_keeps_the_old_one() {
         (NEW_AT, OLD_RT)
     );
 }
+on_both_backends!(a_response_without_a_refresh_token_keeps_the_old_one);
 
-#[tokio::test]
-async fn a_credential_that_keeps_failing_is_reported_and_kept() {
+async fn a_credential_that_keeps_failing_is_reported_and_kept(backend: Backend) {
     let fake =
         FakeEndpoint::start(Reply::json(503, r#"{"error":"temporarily_unavailable"}"#)).await;
-    let home = Home::with_token_url(
+    let home = BackendHome::with_token_url(
         &fake.token_url(),
+        backend,
         "[retry]\nfailing_after_failures = 2\nbase = \"1s\"",
-    );
+    )
+    .await;
     home.add("victim", "basic", OLD_RT).await;
     let first = home.run(&["run", "--once"], "").await;
     assert!(
@@ -539,10 +548,8 @@ async fn a_credential_that_keeps_failing_is_reported_and_kept() {
         "{first:?}"
     );
     let db = home.db().await;
-    sqlx::query("UPDATE oauth_credential SET next_attempt_at = 0")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute("UPDATE oauth_credential SET next_attempt_at = 0", &[])
+        .await;
     let second = home.run(&["run", "--once"], "").await;
     assert_eq!(second.code, Some(1));
     assert!(
@@ -561,38 +568,36 @@ async fn a_credential_that_keeps_failing_is_reported_and_kept() {
     let table = home.run(&["status"], "").await;
     assert!(table.stdout.contains("active (failing)"), "{table:?}");
     // Retried slowly: at least half of retry.max (1 h) away.
-    let (next,): (i64,) = sqlx::query_as("SELECT next_attempt_at FROM oauth_credential")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let (next,): (i64,) = db
+        .fetch_one("SELECT next_attempt_at FROM oauth_credential", &[])
+        .await;
     assert!(next >= now() + 1799, "{next}");
 }
+on_both_backends!(a_credential_that_keeps_failing_is_reported_and_kept);
 
-#[tokio::test]
-async fn a_credential_of_an_unconfigured_provider_is_kept_and_retried() {
-    let home = Home::with_token_url("http://127.0.0.1:9/token", "");
+async fn a_credential_of_an_unconfigured_provider_is_kept_and_retried(backend: Backend) {
+    let home = BackendHome::with_token_url("http://127.0.0.1:9/token", backend, "").await;
     home.add("orphan", "basic", OLD_RT).await;
     let db = home.db().await;
-    sqlx::query("UPDATE oauth_credential SET provider = 'gone'")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute("UPDATE oauth_credential SET provider = 'gone'", &[])
+        .await;
     let run = home.run(&["run", "--once"], "").await;
     assert_eq!(run.code, Some(1), "{run:?}");
-    let (status, error, rt): (String, String, String) =
-        sqlx::query_as("SELECT status, last_error, refresh_token FROM oauth_credential")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let (status, error, rt): (String, String, String) = db
+        .fetch_one(
+            "SELECT status, last_error, refresh_token FROM oauth_credential",
+            &[],
+        )
+        .await;
     assert_eq!((status.as_str(), rt.as_str()), ("active", OLD_RT));
     assert!(
         error.contains("provider \"gone\" is not configured"),
         "{error}"
     );
 }
+on_both_backends!(a_credential_of_an_unconfigured_provider_is_kept_and_retried);
 
-#[tokio::test]
-async fn alerts_run_on_failing_recovery_and_reauthorization_without_secrets() {
+async fn alerts_run_on_failing_recovery_and_reauthorization_without_secrets(backend: Backend) {
     let unavailable =
         FakeEndpoint::start(Reply::json(503, r#"{"error":"temporarily_unavailable"}"#)).await;
     let healthy =
@@ -604,13 +609,15 @@ async fn alerts_run_on_failing_recovery_and_reauthorization_without_secrets() {
     .await;
     let probe = tempfile::tempdir().unwrap();
     let prefix = probe.path().join("alert");
-    let home = Home::with_token_url(
+    let home = BackendHome::with_token_url(
         &unavailable.token_url(),
+        backend,
         &format!(
             "[retry]\nfailing_after_failures = 1\n[alerts]\non_event = [\"sh\", \"-c\", \"env > \\\"$0.$TOKENWARDEN_EVENT\\\"\", \"{}\"]",
             prefix.display()
         ),
-    );
+    )
+    .await;
     home.add("victim", "basic", OLD_RT).await;
     let db = home.db().await;
     let read = |event: &str| {
@@ -630,18 +637,14 @@ async fn alerts_run_on_failing_recovery_and_reauthorization_without_secrets() {
     );
 
     home.retarget(&healthy.token_url());
-    sqlx::query("UPDATE oauth_credential SET next_attempt_at = 0")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute("UPDATE oauth_credential SET next_attempt_at = 0", &[])
+        .await;
     assert_eq!(home.run(&["run", "--once"], "").await.code, Some(0));
     assert!(read("recovered").contains("TOKENWARDEN_EVENT=recovered"));
 
     home.retarget(&dead.token_url());
-    sqlx::query("UPDATE oauth_credential SET refresh_due_at = 0")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute("UPDATE oauth_credential SET refresh_due_at = 0", &[])
+        .await;
     assert_eq!(home.run(&["run", "--once"], "").await.code, Some(1));
     assert!(read("needs_reauthorization").contains("TOKENWARDEN_REASON=invalid_grant: revoked"));
 
@@ -659,3 +662,4 @@ async fn alerts_run_on_failing_recovery_and_reauthorization_without_secrets() {
         );
     }
 }
+on_both_backends!(alerts_run_on_failing_recovery_and_reauthorization_without_secrets);
