@@ -3,7 +3,8 @@
 
 impl Db {
     /// Leases running at `now` whose holder's stored form starts with `prefix`, other than `me`'s,
-    /// in id order.
+    /// in id order (`ORDER BY +id`: sorted after the lease index found them; a plain `ORDER BY id`
+    /// lets SQLite walk the whole table in id order instead, 0.5 s at 1M rows).
     pub(in crate::store) async fn leases_with_prefix(
         &self,
         prefix: &str,
@@ -13,7 +14,7 @@ impl Db {
         Ok(sqlx::query_as(
             "SELECT id AS credential_id, name, lease_owner, lease_expires_at FROM oauth_credential \
              WHERE lease_owner IS NOT NULL AND lease_expires_at > $1 \
-               AND substr(lease_owner, 1, length($2)) = $2 AND lease_owner <> $3 ORDER BY id",
+               AND substr(lease_owner, 1, length($2)) = $2 AND lease_owner <> $3 ORDER BY +id",
         )
         .bind(now)
         .bind(prefix)
