@@ -1,7 +1,7 @@
 //! The PostgreSQL backend, for several replicas on one server: migrated from
-//! `migrations/postgres` (sqlx takes an advisory lock, so replicas starting together migrate
-//! once). Write transactions enter through [`Db::write`] (a plain `BEGIN`, READ COMMITTED); the
-//! claims lock the rows they take with `FOR UPDATE SKIP LOCKED`, so replicas claiming at the same
+//! `migrations/postgres` when there is anything to migrate (`schema`: then sqlx takes an advisory
+//! lock, so replicas starting together migrate once). Write transactions enter through
+//! [`Db::write`] (a plain `BEGIN`, READ COMMITTED); the claims lock the rows they take with `FOR UPDATE SKIP LOCKED`, so replicas claiming at the same
 //! moment divide the due credentials between them instead of waiting on each other, and the lease
 //! then keeps each claimed row out of every other replica's claims until it is stored or runs
 //! out. The pool reconnects by itself: a connection that broke is tested and dropped before use.
@@ -157,10 +157,14 @@ impl Db {
             .connect_with(connect)
             .await
             .map_err(|e| open_err(strip_url(&sql_reason(&e))))?;
-        MIGRATOR
-            .run(&pool)
+        let mut conn = pool
+            .acquire()
+            .await
+            .map_err(|e| open_err(strip_url(&sql_reason(&e))))?;
+        migrate_schema(&mut conn)
             .await
             .map_err(|e| open_err(format!("cannot migrate the schema: {e}")))?;
+        drop(conn);
         let db = Self { pool };
         let (jobs, queue) = mpsc::unbounded_channel();
         tokio::spawn(group_writer(db.clone(), queue));

@@ -103,7 +103,11 @@ impl Db {
             .map_err(|e| open_err(sql_reason(&e)))?;
         let mut attempt = 1;
         loop {
-            match MIGRATOR.run(&pool).await {
+            let migrated = match pool.acquire().await {
+                Ok(mut conn) => migrate_schema(&mut conn).await,
+                Err(e) => Err(e.into()),
+            };
+            match migrated {
                 Ok(()) => break,
                 // Two processes creating one new file race on the first migration; the loser
                 // finds it applied when it looks again.

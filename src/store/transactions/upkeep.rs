@@ -1,5 +1,28 @@
-// Leases held by others, the resealing walk of `rekey`, migrations applied, and the pool
-// itself. Part of `transactions.rs` (`include!`d).
+// Leases held by others, the resealing walk of `rekey`, migrations (applied, and bringing the
+// schema up to date), and the pool itself. Part of `transactions.rs` (`include!`d).
+
+/// Brings the schema on `conn` up to date: one read of `_sqlx_migrations` when it already is
+/// (`schema::up_to_date`), else the migrator as it always ran, with its lock and its refusals.
+async fn migrate_schema(conn: &mut Conn) -> Result<(), sqlx::migrate::MigrateError> {
+    use crate::store::schema::{RECORDED, Recorded, up_to_date};
+    // Any error here (no table yet, a column of another type) leaves the decision to the migrator.
+    if let Ok(rows) = sqlx::raw_sql(RECORDED).fetch_all(&mut *conn).await {
+        let recorded: Result<Vec<Recorded>, sqlx::Error> = rows
+            .iter()
+            .map(|row| {
+                Ok(Recorded {
+                    version: sqlx::Row::try_get(row, 0)?,
+                    checksum: sqlx::Row::try_get(row, 1)?,
+                    success: sqlx::Row::try_get(row, 2)?,
+                })
+            })
+            .collect();
+        if recorded.is_ok_and(|recorded| up_to_date(&MIGRATOR, &recorded)) {
+            return Ok(());
+        }
+    }
+    MIGRATOR.run(&mut *conn).await
+}
 
 impl Db {
     /// Leases running at `now` whose holder's stored form starts with `prefix`, other than `me`'s.
