@@ -12,12 +12,18 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::mpsc;
 
 use super::{OpenOptions, sql_reason};
 
 type Conn = sqlx::PgConnection;
+
+/// Longest a statement waits for a connection on its way back to the pool before the pool opens
+/// another (`Db::await_returning`): that round trip takes well under a millisecond on a LAN, a
+/// new connection several (TCP, a server process, scram-sha-256 on both sides).
+const RETURNING_WAIT: Duration = Duration::from_millis(5);
 
 /// The schema's migrations, embedded.
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -173,9 +179,34 @@ impl Db {
 
     /// The one way into a write transaction.
     async fn write(&self) -> Result<Write, StoreError> {
+        self.await_returning().await;
         Ok(Write {
             tx: self.pool.begin().await?,
         })
+    }
+
+    /// A connection for the next statement (see [`Db::await_returning`]).
+    async fn conn(&self) -> Result<PoolConnection<sqlx::Postgres>, sqlx::Error> {
+        self.await_returning().await;
+        self.pool.acquire().await
+    }
+
+    /// sqlx gives a connection back to the pool from a task, after a round trip that tests it: the
+    /// one a statement of this process let go of a moment ago is not idle yet, and the pool would
+    /// open (connect and authenticate) another beside it for the next statement — the second
+    /// connection of every start-up, and of every sweep with nothing to do. So while the pool
+    /// holds connections, none of them idle, and it could still open more, this waits for one to
+    /// come back, [`RETURNING_WAIT`] at most; then the pool's acquire takes it (and tests it as
+    /// before), or opens one as before.
+    async fn await_returning(&self) {
+        let size = self.pool.size();
+        if size == 0 || size >= self.pool.options().get_max_connections() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + RETURNING_WAIT;
+        while self.pool.num_idle() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
     }
 
     /// The pool, for `transfer`'s copy (its own transaction, locking both tables).
@@ -187,7 +218,7 @@ impl Db {
     pub(super) async fn clock_ms(&self) -> Result<i64, StoreError> {
         let (ms,): (i64,) =
             sqlx::query_as("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.conn().await?)
                 .await?;
         Ok(ms)
     }

@@ -124,6 +124,11 @@ impl Db {
         Ok((db, jobs))
     }
 
+    /// A connection for the next statement: the pool's acquire, as it always was.
+    async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, sqlx::Error> {
+        self.pool.acquire().await
+    }
+
     /// The one way into a write transaction: this process's queue, then `BEGIN IMMEDIATE`.
     async fn write(&self) -> Result<Write<'_>, StoreError> {
         let queued = self.writer.lock().await;

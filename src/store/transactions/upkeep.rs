@@ -40,7 +40,7 @@ impl Db {
         .bind(now)
         .bind(prefix)
         .bind(me)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?)
     }
 
@@ -83,7 +83,7 @@ impl Db {
         .bind(now)
         .bind(me)
         .bind(due_before)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(HeldElsewhere { count, until })
     }
@@ -102,7 +102,7 @@ impl Db {
         )
         .bind(due_before)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(n > 0)
     }
@@ -117,7 +117,7 @@ impl Db {
             "SELECT CASE WHEN h >= 'tw1:' AND h < 'tw1;' THEN h ELSE '' END AS k, count(*) \
              FROM (SELECT substr(" c ", 1, 13) AS h FROM oauth_credential WHERE " c " IS NOT NULL) heads \
              GROUP BY k");
-        Ok(sqlx::query_as(sql).fetch_all(&self.pool).await?)
+        Ok(sqlx::query_as(sql).fetch_all(&mut *self.conn().await?).await?)
     }
 
     /// The first distinct head of `column` after `after` that starts like a sealed value: one
@@ -133,7 +133,7 @@ impl Db {
              ORDER BY substr(" c ", 1, 13) LIMIT 1");
         let row: Option<(String,)> = sqlx::query_as(sql)
             .bind(after)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
         Ok(row.map(|(h,)| h))
     }
@@ -143,7 +143,7 @@ impl Db {
         let sql = for_column!(column;
             "SELECT EXISTS (SELECT 1 FROM oauth_credential WHERE substr(" c ", 1, 13) < 'tw1:') \
                  OR EXISTS (SELECT 1 FROM oauth_credential WHERE substr(" c ", 1, 13) >= 'tw1;')");
-        let (any,): (bool,) = sqlx::query_as(sql).fetch_one(&self.pool).await?;
+        let (any,): (bool,) = sqlx::query_as(sql).fetch_one(&mut *self.conn().await?).await?;
         Ok(any)
     }
 
@@ -157,7 +157,7 @@ impl Db {
              WHERE substr(refresh_token, 1, 13) = $1 OR substr(access_token, 1, 13) = $1 ORDER BY name",
         )
         .bind(head)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(names.into_iter().map(|(n,)| n).collect())
     }
@@ -249,13 +249,13 @@ impl Db {
         Ok(sqlx::query_as(
             "SELECT version, description FROM _sqlx_migrations WHERE success ORDER BY version",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?)
     }
 
     /// Whether the database answers.
     pub(in crate::store) async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&mut *self.conn().await?).await?;
         Ok(())
     }
 
