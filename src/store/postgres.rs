@@ -9,6 +9,8 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -21,9 +23,9 @@ use super::{OpenOptions, sql_reason};
 type Conn = sqlx::PgConnection;
 
 /// Longest a statement waits for a connection on its way back to the pool before the pool opens
-/// another (`Db::await_returning`): that round trip takes well under a millisecond on a LAN, a
-/// new connection several (TCP, a server process, scram-sha-256 on both sides).
-const RETURNING_WAIT: Duration = Duration::from_millis(5);
+/// another (`Db::await_returning`): that way back is one round trip to the server, a new
+/// connection several and a server process (TCP, start-up, scram-sha-256 on both sides).
+const RETURNING_WAIT: Duration = Duration::from_millis(50);
 
 /// The schema's migrations, embedded.
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -122,11 +124,50 @@ fn strip_url(text: &str) -> String {
 #[derive(Debug, Clone)]
 pub(crate) struct Db {
     pool: PgPool,
+    /// Connections statements of this process hold right now (`Held`, `Write`).
+    in_use: Arc<AtomicU32>,
 }
 
 /// A write transaction.
 pub(super) struct Write {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    _use: InUse,
+}
+
+/// A connection a statement of this process is using (counted in `Db::in_use` until dropped).
+pub(super) struct Held {
+    conn: PoolConnection<sqlx::Postgres>,
+    _use: InUse,
+}
+
+impl std::ops::Deref for Held {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
+
+/// One connection counted as in use; the count drops with it (after the connection it guards,
+/// which is declared before it and so dropped first: from then on it is on its way back).
+pub(super) struct InUse(Arc<AtomicU32>);
+
+impl InUse {
+    fn count(in_use: &Arc<AtomicU32>) -> Self {
+        in_use.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(in_use))
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Write {
@@ -171,7 +212,10 @@ impl Db {
             .await
             .map_err(|e| open_err(format!("cannot migrate the schema: {e}")))?;
         drop(conn);
-        let db = Self { pool };
+        let db = Self {
+            pool,
+            in_use: Arc::default(),
+        };
         let (jobs, queue) = mpsc::unbounded_channel();
         tokio::spawn(group_writer(db.clone(), queue));
         Ok((db, jobs))
@@ -180,31 +224,45 @@ impl Db {
     /// The one way into a write transaction.
     async fn write(&self) -> Result<Write, StoreError> {
         self.await_returning().await;
+        let tx = self.pool.begin().await?;
         Ok(Write {
-            tx: self.pool.begin().await?,
+            tx,
+            _use: InUse::count(&self.in_use),
         })
     }
 
     /// A connection for the next statement (see [`Db::await_returning`]).
-    async fn conn(&self) -> Result<PoolConnection<sqlx::Postgres>, sqlx::Error> {
+    async fn conn(&self) -> Result<Held, sqlx::Error> {
         self.await_returning().await;
-        self.pool.acquire().await
+        let conn = self.pool.acquire().await?;
+        Ok(Held {
+            conn,
+            _use: InUse::count(&self.in_use),
+        })
     }
 
     /// sqlx gives a connection back to the pool from a task, after a round trip that tests it: the
     /// one a statement of this process let go of a moment ago is not idle yet, and the pool would
     /// open (connect and authenticate) another beside it for the next statement — the second
-    /// connection of every start-up, and of every sweep with nothing to do. So while the pool
-    /// holds connections, none of them idle, and it could still open more, this waits for one to
-    /// come back, [`RETURNING_WAIT`] at most; then the pool's acquire takes it (and tests it as
-    /// before), or opens one as before.
+    /// connection of every start-up, and of every sweep with nothing to do. So while the pool could
+    /// still open more, none of its connections is idle and some are neither idle nor in use here
+    /// (on their way back), this waits for them, [`RETURNING_WAIT`] at most; then the pool's
+    /// acquire takes one (and tests it as before), or opens one as before. When every connection
+    /// is in use, nothing is waited for.
     async fn await_returning(&self) {
-        let size = self.pool.size();
-        if size == 0 || size >= self.pool.options().get_max_connections() {
-            return;
-        }
         let deadline = tokio::time::Instant::now() + RETURNING_WAIT;
-        while self.pool.num_idle() == 0 && tokio::time::Instant::now() < deadline {
+        loop {
+            let size = self.pool.size();
+            let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+            let in_use = self.in_use.load(Ordering::Acquire);
+            let returning = size.saturating_sub(idle.saturating_add(in_use));
+            if size >= self.pool.options().get_max_connections()
+                || idle > 0
+                || returning == 0
+                || tokio::time::Instant::now() >= deadline
+            {
+                return;
+            }
             tokio::task::yield_now().await;
         }
     }
