@@ -1,6 +1,6 @@
 //! The only module that speaks SQL, behind one interface with two backends: `sqlite` (the
 //! embedded default: a file created 0600, WAL, FULL sync, a busy timeout) and `postgres` (several
-//! replicas on one server). Opening migrates the schema. `claim` holds the sweep's transactions,
+//! replicas on one server). Opening migrates the schema (`schema`: not when it is up to date). `claim` holds the sweep's transactions,
 //! `records` the reads and writes behind the CLI, `leases` the view of other holders' claims, `transfer` the copy of a SQLite database into
 //! PostgreSQL (`migrate --to`).
 //! Every token passes the store's [`Sealer`] (`seal`) on its way in and out, here, above the SQL,
@@ -19,6 +19,7 @@ mod lookup;
 mod postgres;
 mod records;
 mod rekey;
+mod schema;
 pub mod seal;
 mod sqlite;
 mod transfer;

@@ -1,7 +1,7 @@
 //! The PostgreSQL backend, for several replicas on one server: migrated from
-//! `migrations/postgres` (sqlx takes an advisory lock, so replicas starting together migrate
-//! once). Write transactions enter through [`Db::write`] (a plain `BEGIN`, READ COMMITTED); the
-//! claims lock the rows they take with `FOR UPDATE SKIP LOCKED`, so replicas claiming at the same
+//! `migrations/postgres` when there is anything to migrate (`schema`: then sqlx takes an advisory
+//! lock, so replicas starting together migrate once). Write transactions enter through
+//! [`Db::write`] (a plain `BEGIN`, READ COMMITTED); the claims lock the rows they take with `FOR UPDATE SKIP LOCKED`, so replicas claiming at the same
 //! moment divide the due credentials between them instead of waiting on each other, and the lease
 //! then keeps each claimed row out of every other replica's claims until it is stored or runs
 //! out. The pool reconnects by itself: a connection that broke is tested and dropped before use.
@@ -9,16 +9,24 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sqlx::ConnectOptions;
 use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::mpsc;
 
 use super::{OpenOptions, sql_reason};
 
 type Conn = sqlx::PgConnection;
+
+/// Longest a statement waits for a connection on its way back to the pool before the pool opens
+/// another (`Db::await_returning`): that way back is one round trip to the server, a new
+/// connection several and a server process (TCP, start-up, scram-sha-256 on both sides).
+const RETURNING_WAIT: Duration = Duration::from_millis(50);
 
 /// The schema's migrations, embedded.
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -119,11 +127,50 @@ fn strip_url(text: &str) -> String {
 #[derive(Debug, Clone)]
 pub(crate) struct Db {
     pool: PgPool,
+    /// Connections statements of this process hold right now (`Held`, `Write`).
+    in_use: Arc<AtomicU32>,
 }
 
 /// A write transaction.
 pub(super) struct Write {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    _use: InUse,
+}
+
+/// A connection a statement of this process is using (counted in `Db::in_use` until dropped).
+pub(super) struct Held {
+    conn: PoolConnection<sqlx::Postgres>,
+    _use: InUse,
+}
+
+impl std::ops::Deref for Held {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
+
+/// One connection counted as in use; the count drops with it (after the connection it guards,
+/// which is declared before it and so dropped first: from then on it is on its way back).
+pub(super) struct InUse(Arc<AtomicU32>);
+
+impl InUse {
+    fn count(in_use: &Arc<AtomicU32>) -> Self {
+        in_use.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(in_use))
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Db {
@@ -144,11 +191,18 @@ impl Db {
             .connect_with(connect)
             .await
             .map_err(|e| open_err(strip_url(&sql_reason(&e))))?;
-        MIGRATOR
-            .run(&pool)
+        let mut conn = pool
+            .acquire()
+            .await
+            .map_err(|e| open_err(strip_url(&sql_reason(&e))))?;
+        migrate_schema(&mut conn)
             .await
             .map_err(|e| open_err(format!("cannot migrate the schema: {e}")))?;
-        let db = Self { pool };
+        drop(conn);
+        let db = Self {
+            pool,
+            in_use: Arc::default(),
+        };
         let (jobs, queue) = mpsc::unbounded_channel();
         tokio::spawn(group_writer(db.clone(), queue));
         Ok((db, jobs))
@@ -156,9 +210,48 @@ impl Db {
 
     /// The one way into a write transaction.
     async fn write(&self) -> Result<Write, StoreError> {
+        self.await_returning().await;
+        let tx = self.pool.begin().await?;
         Ok(Write {
-            tx: self.pool.begin().await?,
+            tx,
+            _use: InUse::count(&self.in_use),
         })
+    }
+
+    /// A connection for the next statement (see [`Db::await_returning`]).
+    async fn conn(&self) -> Result<Held, sqlx::Error> {
+        self.await_returning().await;
+        let conn = self.pool.acquire().await?;
+        Ok(Held {
+            conn,
+            _use: InUse::count(&self.in_use),
+        })
+    }
+
+    /// sqlx gives a connection back to the pool from a task, after a round trip that tests it: the
+    /// one a statement of this process let go of a moment ago is not idle yet, and the pool would
+    /// open (connect and authenticate) another beside it for the next statement — the second
+    /// connection of every start-up, and of every sweep with nothing to do. So while the pool could
+    /// still open more, none of its connections is idle and some are neither idle nor in use here
+    /// (on their way back), this waits for them, [`RETURNING_WAIT`] at most; then the pool's
+    /// acquire takes one (and tests it as before), or opens one as before. When every connection
+    /// is in use, nothing is waited for.
+    async fn await_returning(&self) {
+        let deadline = tokio::time::Instant::now() + RETURNING_WAIT;
+        loop {
+            let size = self.pool.size();
+            let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+            let in_use = self.in_use.load(Ordering::Acquire);
+            let returning = size.saturating_sub(idle.saturating_add(in_use));
+            if size >= self.pool.options().get_max_connections()
+                || idle > 0
+                || returning == 0
+                || tokio::time::Instant::now() >= deadline
+            {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     /// The pool, for `transfer`'s copy (its own transaction, locking both tables).
@@ -170,7 +263,7 @@ impl Db {
     pub(super) async fn clock_ms(&self) -> Result<i64, StoreError> {
         let (ms,): (i64,) =
             sqlx::query_as("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.conn().await?)
                 .await?;
         Ok(ms)
     }

@@ -91,7 +91,11 @@ impl Db {
             .map_err(|e| open_err(sql_reason(&e)))?;
         let mut attempt = 1;
         loop {
-            match MIGRATOR.run(&pool).await {
+            let migrated = match pool.acquire().await {
+                Ok(mut conn) => migrate_schema(&mut conn).await,
+                Err(e) => Err(e.into()),
+            };
+            match migrated {
                 Ok(()) => break,
                 // Two processes creating one new file race on the first migration; the loser
                 // finds it applied when it looks again.
@@ -106,6 +110,11 @@ impl Db {
         let (jobs, queue) = mpsc::unbounded_channel();
         tokio::spawn(group_writer(db.clone(), queue));
         Ok((db, jobs))
+    }
+
+    /// A connection for the next statement: the pool's acquire, as it always was.
+    async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, sqlx::Error> {
+        self.pool.acquire().await
     }
 
     /// The one way into a write transaction: this process's queue, then `BEGIN IMMEDIATE`.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::backends::{Backend, BackendHome, on_both_backends};
-use crate::harness::{assert_no_secrets, eventually, fingerprint, finish, stop};
+use crate::harness::{Home, assert_no_secrets, eventually, fingerprint, finish, stop};
 use crate::oauth_server::{OauthServer, clients};
 
 const SCOPE: &str = "openid offline_access api:read";
@@ -284,3 +284,46 @@ async fn a_row_written_by_another_tool_with_only_a_refresh_token_is_refreshed_at
     assert!(seconds_left > 60, "{seconds_left}");
 }
 on_both_backends!(a_row_written_by_another_tool_with_only_a_refresh_token_is_refreshed_at_once);
+
+/// Opening skips the migrator when the file records exactly this binary's migrations; one
+/// recorded migration changed or unknown to this binary is still refused with the migrator's
+/// one-line error, and the file opens again once it is put back.
+#[tokio::test]
+async fn a_changed_or_unknown_recorded_migration_is_refused_on_sqlite() {
+    let server = OauthServer::start().await;
+    let home = Home::new(&server, "");
+    let run = home.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let db = home.db().await;
+    // Kept aside and put back after each case.
+    sqlx::query("CREATE TABLE kept AS SELECT * FROM _sqlx_migrations")
+        .execute(&db)
+        .await
+        .unwrap();
+    for (change, message) in [
+        (
+            "UPDATE _sqlx_migrations SET checksum = zeroblob(48) WHERE version = 1",
+            "migration 1 was previously applied but has been modified",
+        ),
+        (
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (9999, 'from a newer binary', 1, zeroblob(48), 0)",
+            "migration 9999 was previously applied but is missing",
+        ),
+    ] {
+        sqlx::query(change).execute(&db).await.unwrap();
+        let run = home.run(&["status"], "").await;
+        sqlx::raw_sql(
+            "DELETE FROM _sqlx_migrations; INSERT INTO _sqlx_migrations SELECT * FROM kept",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+        assert_eq!(run.code, Some(3), "{run:?}");
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
+        assert!(run.stderr.contains("cannot migrate the schema"), "{run:?}");
+        assert!(run.stderr.contains(message), "{run:?}");
+    }
+    let run = home.run(&["status"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+}

@@ -518,3 +518,57 @@ async fn metrics_aggregates_come_from_postgres_too() {
     let out = stop(daemon).await;
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// An up-to-date schema is opened with one read of `_sqlx_migrations`, without sqlx's migration
+/// lock: `status` answers while another session holds that lock. One recorded migration changed,
+/// dirty, or unknown to this binary is still refused by the migrator, with its one-line error.
+#[tokio::test]
+async fn an_up_to_date_schema_opens_without_the_migration_lock_and_a_changed_one_is_refused() {
+    use sqlx::migrate::Migrate;
+
+    let pg = PgServer::start().await;
+    let server = OauthServer::start().await;
+    let home = Home::on_postgres(&server, &pg, "");
+    let run = home.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let db = pg.pool().await;
+    let mut holder = db.acquire().await.unwrap();
+    holder.lock().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), home.run(&["status"], "")).await;
+    let run = status.expect("status waited for the migration lock");
+    assert_eq!(run.code, Some(0), "{run:?}");
+    holder.unlock().await.unwrap();
+    drop(holder);
+
+    let refused = async |change: &'static str, undo: &'static str, message: &str| {
+        sqlx::query(change).execute(&db).await.unwrap();
+        let run = home.run(&["status"], "").await;
+        sqlx::query(undo).execute(&db).await.unwrap();
+        assert_eq!(run.code, Some(3), "{run:?}");
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
+        assert!(run.stderr.contains("cannot migrate the schema"), "{run:?}");
+        assert!(run.stderr.contains(message), "{run:?}");
+        assert!(!run.all().contains(PASSWORD), "{run:?}");
+    };
+    refused(
+        "UPDATE _sqlx_migrations SET checksum = '\\x00'::bytea || checksum WHERE version = 1",
+        "UPDATE _sqlx_migrations SET checksum = substr(checksum, 2) WHERE version = 1",
+        "migration 1 was previously applied but has been modified",
+    )
+    .await;
+    refused(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from a newer binary', true, '\\x00'::bytea, 0)",
+        "DELETE FROM _sqlx_migrations WHERE version = 9999",
+        "migration 9999 was previously applied but is missing",
+    )
+    .await;
+    refused(
+        "UPDATE _sqlx_migrations SET success = false WHERE version = 6",
+        "UPDATE _sqlx_migrations SET success = true WHERE version = 6",
+        "migration 6 is partially applied",
+    )
+    .await;
+    let run = home.run(&["status"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+}

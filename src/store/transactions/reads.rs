@@ -24,7 +24,7 @@ impl Db {
         .bind(expiring_by)
         .bind(i64::from(failing.after_failures))
         .bind(failing.after_secs)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?)
     }
 
@@ -45,7 +45,7 @@ impl Db {
                   WHERE t.credential_id = c.id AND t.outcome = 'pending') AS attempt_started_at \
              FROM oauth_credential c ORDER BY name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?)
     }
 
@@ -55,7 +55,7 @@ impl Db {
             "SELECT id, status, access_token, token_type, access_token_expires_at FROM oauth_credential WHERE name = $1",
         )
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?)
     }
 
@@ -63,7 +63,7 @@ impl Db {
     pub(in crate::store) async fn exists(&self, name: &str) -> Result<bool, StoreError> {
         let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM oauth_credential WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
         Ok(row.is_some())
     }
@@ -82,7 +82,7 @@ impl Db {
         )
         .bind(name)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?)
     }
 
@@ -96,7 +96,7 @@ impl Db {
                 lease_expires_at, last_error, next_attempt_at FROM oauth_credential WHERE name = $1",
         )
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?)
     }
 
@@ -112,7 +112,7 @@ impl Db {
         )
         .bind(provider)
         .bind(owner)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(|(name,)| name).collect())
     }

@@ -1,5 +1,28 @@
-// Leases held by others, the resealing walk of `rekey`, migrations applied, and the pool
-// itself. Part of `transactions.rs` (`include!`d).
+// Leases held by others, the resealing walk of `rekey`, migrations (applied, and bringing the
+// schema up to date), and the pool itself. Part of `transactions.rs` (`include!`d).
+
+/// Brings the schema on `conn` up to date: one read of `_sqlx_migrations` when it already is
+/// (`schema::up_to_date`), else the migrator as it always ran, with its lock and its refusals.
+async fn migrate_schema(conn: &mut Conn) -> Result<(), sqlx::migrate::MigrateError> {
+    use crate::store::schema::{RECORDED, Recorded, up_to_date};
+    // Any error here (no table yet, a column of another type) leaves the decision to the migrator.
+    if let Ok(rows) = sqlx::raw_sql(RECORDED).fetch_all(&mut *conn).await {
+        let recorded: Result<Vec<Recorded>, sqlx::Error> = rows
+            .iter()
+            .map(|row| {
+                Ok(Recorded {
+                    version: sqlx::Row::try_get(row, 0)?,
+                    checksum: sqlx::Row::try_get(row, 1)?,
+                    success: sqlx::Row::try_get(row, 2)?,
+                })
+            })
+            .collect();
+        if recorded.is_ok_and(|recorded| up_to_date(&MIGRATOR, &recorded)) {
+            return Ok(());
+        }
+    }
+    MIGRATOR.run(&mut *conn).await
+}
 
 impl Db {
     /// Leases running at `now` whose holder's stored form starts with `prefix`, other than `me`'s,
@@ -19,7 +42,7 @@ impl Db {
         .bind(now)
         .bind(prefix)
         .bind(me)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?)
     }
 
@@ -63,7 +86,7 @@ impl Db {
         .bind(now)
         .bind(me)
         .bind(due_before)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(HeldElsewhere { count, until })
     }
@@ -82,7 +105,7 @@ impl Db {
         )
         .bind(due_before)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(n > 0)
     }
@@ -97,7 +120,7 @@ impl Db {
             "SELECT CASE WHEN h >= 'tw1:' AND h < 'tw1;' THEN h ELSE '' END AS k, count(*) \
              FROM (SELECT substr(" c ", 1, 13) AS h FROM oauth_credential WHERE " c " IS NOT NULL) heads \
              GROUP BY k");
-        Ok(sqlx::query_as(sql).fetch_all(&self.pool).await?)
+        Ok(sqlx::query_as(sql).fetch_all(&mut *self.conn().await?).await?)
     }
 
     /// The first distinct head of `column` after `after` that starts like a sealed value: one
@@ -113,7 +136,7 @@ impl Db {
              ORDER BY substr(" c ", 1, 13) LIMIT 1");
         let row: Option<(String,)> = sqlx::query_as(sql)
             .bind(after)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
         Ok(row.map(|(h,)| h))
     }
@@ -123,7 +146,7 @@ impl Db {
         let sql = for_column!(column;
             "SELECT EXISTS (SELECT 1 FROM oauth_credential WHERE substr(" c ", 1, 13) < 'tw1:') \
                  OR EXISTS (SELECT 1 FROM oauth_credential WHERE substr(" c ", 1, 13) >= 'tw1;')");
-        let (any,): (bool,) = sqlx::query_as(sql).fetch_one(&self.pool).await?;
+        let (any,): (bool,) = sqlx::query_as(sql).fetch_one(&mut *self.conn().await?).await?;
         Ok(any)
     }
 
@@ -137,7 +160,7 @@ impl Db {
              WHERE substr(refresh_token, 1, 13) = $1 OR substr(access_token, 1, 13) = $1 ORDER BY name",
         )
         .bind(head)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(names.into_iter().map(|(n,)| n).collect())
     }
@@ -229,13 +252,13 @@ impl Db {
         Ok(sqlx::query_as(
             "SELECT version, description FROM _sqlx_migrations WHERE success ORDER BY version",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?)
     }
 
     /// Whether the database answers.
     pub(in crate::store) async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&mut *self.conn().await?).await?;
         Ok(())
     }
 
