@@ -1,17 +1,17 @@
 //! Sealed tokens (`[encryption]`), end to end: the real binary against the real oidc-provider
-//! server, on real SQLite files, whose bytes are searched for tokens (key rotation beside the
-//! daemon runs on PostgreSQL as well). Values are opened here with
-//! the library's own `Keyring`, to know which tokens to look for.
+//! server, each test on SQLite and on PostgreSQL but for those searching the bytes of SQLite's
+//! files (the database, its -wal and -shm, a `VACUUM INTO` copy) and the one filling SQLite with
+//! a recursive query. Values are opened here with the library's own `Keyring`, to know which
+//! tokens to look for.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sqlx::SqlitePool;
 use tokenwarden::store::seal::{Column, Key, Keyring, Place};
 
-use crate::backends::{Backend, BackendHome, on_both_backends};
+use crate::backends::{Backend, BackendHome, Db, on_both_backends};
 use crate::fake_endpoint::FakeEndpoint;
 use crate::fake_endpoint::Reply;
 use crate::harness::{
@@ -62,13 +62,13 @@ fn set_encryption(home: &Home, table: &str) {
 }
 
 /// Every credential's name and its refresh and access tokens, opened with `ring` where sealed.
-async fn opened(db: &SqlitePool, ring: &Keyring) -> Vec<(String, Option<String>, Option<String>)> {
-    let rows: Vec<(i64, String, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT id, name, refresh_token, access_token FROM oauth_credential ORDER BY name",
-    )
-    .fetch_all(db)
-    .await
-    .unwrap();
+async fn opened(db: &Db, ring: &Keyring) -> Vec<(String, Option<String>, Option<String>)> {
+    let rows: Vec<(i64, String, Option<String>, Option<String>)> = db
+        .fetch_all(
+            "SELECT id, name, refresh_token, access_token FROM oauth_credential ORDER BY name",
+            &[],
+        )
+        .await;
     rows.into_iter()
         .map(|(id, name, rt, at)| {
             let open = |column, v: Option<String>| {
@@ -96,11 +96,12 @@ async fn opened(db: &SqlitePool, ring: &Keyring) -> Vec<(String, Option<String>,
 }
 
 /// The stored heads (`tw1:<key id>:`, or the first characters of plaintext) per column.
-async fn key_of_every_row(db: &SqlitePool) -> Vec<(String, Option<String>)> {
-    sqlx::query_as("SELECT name, substr(refresh_token, 1, 13) FROM oauth_credential ORDER BY name")
-        .fetch_all(db)
-        .await
-        .unwrap()
+async fn key_of_every_row(db: &Db) -> Vec<(String, Option<String>)> {
+    db.fetch_all(
+        "SELECT name, substr(refresh_token, 1, 13) FROM oauth_credential ORDER BY name",
+        &[],
+    )
+    .await
 }
 
 fn head(key: &Key) -> String {
@@ -177,11 +178,12 @@ async fn after_sealed_sweeps_no_token_is_in_the_database_its_wal_shm_or_a_vacuum
 
     let daemon = home.command(&["run"]).spawn().unwrap();
     let db = home.db().await;
+    let both = Db::Sqlite(db.clone());
     // Every token the rows held along the way, opened: the rotated refresh tokens of each sweep.
     let mut seen = BTreeSet::new();
     let started = std::time::Instant::now();
     loop {
-        for (_, rt, at) in opened(&db, &ring).await {
+        for (_, rt, at) in opened(&both, &ring).await {
             seen.extend(rt.into_iter().chain(at));
         }
         let refreshed = count(
@@ -198,11 +200,11 @@ async fn after_sealed_sweeps_no_token_is_in_the_database_its_wal_shm_or_a_vacuum
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for (_, rt, at) in opened(&db, &ring).await {
+    for (_, rt, at) in opened(&both, &ring).await {
         seen.extend(rt.into_iter().chain(at));
     }
     tokens.extend(seen);
-    let heads = key_of_every_row(&db).await;
+    let heads = key_of_every_row(&both).await;
     for (name, rt) in &heads {
         let expected = (name != "svc").then(|| head(&key));
         assert_eq!(rt, &expected, "{name}: sealed under the key");
@@ -271,12 +273,11 @@ async fn after_sealed_sweeps_no_token_is_in_the_database_its_wal_shm_or_a_vacuum
     }
 }
 
-#[tokio::test]
-async fn by_default_access_tokens_stay_readable_and_refresh_tokens_are_sealed() {
+async fn by_default_access_tokens_stay_readable_and_refresh_tokens_are_sealed(backend: Backend) {
     let server = OauthServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (path, key, _) = key_file(dir.path(), "key");
-    let home = Home::new(&server, &encryption(&path, &[], false));
+    let home = BackendHome::new(&server, backend, &encryption(&path, &[], false)).await;
     home.add(
         "c",
         "post",
@@ -286,13 +287,14 @@ async fn by_default_access_tokens_stay_readable_and_refresh_tokens_are_sealed() 
     let run = home.run(&["run", "--once"], "").await;
     assert_eq!(run.code, Some(0), "{run:?}");
     let db = home.db().await;
-    let (at, sealed, rt): (String, bool, String) = sqlx::query_as(
-        "SELECT t.access_token, t.access_token_sealed, c.refresh_token FROM current_token t \
-         JOIN oauth_credential c USING (name) WHERE name = 'c'",
-    )
-    .fetch_one(&db)
-    .await
-    .unwrap();
+    let (at, sealed, rt): (String, bool, String) = db
+        .fetch_one(
+            "SELECT t.access_token, t.access_token_sealed, c.refresh_token FROM current_token t \
+             JOIN oauth_credential c USING (name) WHERE name = 'c'",
+            &[],
+        )
+        .await;
+    db.close().await;
     assert!(!sealed && server.introspect_active(&at).await);
     assert!(rt.starts_with(&head(&key)), "the refresh token is sealed");
     let token = home.run(&["token", "c"], "").await;
@@ -307,13 +309,15 @@ async fn by_default_access_tokens_stay_readable_and_refresh_tokens_are_sealed() 
         "{check:?}"
     );
 }
+on_both_backends!(by_default_access_tokens_stay_readable_and_refresh_tokens_are_sealed);
 
-#[tokio::test]
-async fn swapped_or_truncated_ciphertexts_flag_their_credentials_and_the_rest_go_on() {
+async fn swapped_or_truncated_ciphertexts_flag_their_credentials_and_the_rest_go_on(
+    backend: Backend,
+) {
     let server = OauthServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (path, _, _) = key_file(dir.path(), "key");
-    let home = Home::new(&server, &encryption(&path, &[], false));
+    let home = BackendHome::new(&server, backend, &encryption(&path, &[], false)).await;
     let mut minted = Vec::new();
     for name in ["a", "b", "c", "d"] {
         let rt = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
@@ -321,35 +325,28 @@ async fn swapped_or_truncated_ciphertexts_flag_their_credentials_and_the_rest_go
         minted.push(rt);
     }
     let db = home.db().await;
-    let stored = |name: &'static str| {
-        let db = db.clone();
-        async move {
-            sqlx::query_as::<_, (String,)>(
-                "SELECT refresh_token FROM oauth_credential WHERE name = ?1",
-            )
-            .bind(name)
-            .fetch_one(&db)
-            .await
-            .unwrap()
-            .0
-        }
+    let stored = async |name: &str| {
+        db.fetch_one::<(String,)>(
+            "SELECT refresh_token FROM oauth_credential WHERE name = $1",
+            &[name],
+        )
+        .await
+        .0
     };
     let (a, b) = (stored("a").await, stored("b").await);
     for (name, value) in [("a", &b), ("b", &a)] {
-        sqlx::query("UPDATE oauth_credential SET refresh_token = ?1 WHERE name = ?2")
-            .bind(value)
-            .bind(name)
-            .execute(&db)
-            .await
-            .unwrap();
+        db.execute(
+            "UPDATE oauth_credential SET refresh_token = $1 WHERE name = $2",
+            &[value, name],
+        )
+        .await;
     }
-    sqlx::query(
+    db.execute(
         "UPDATE oauth_credential SET refresh_token = substr(refresh_token, 1, length(refresh_token) - 7) \
          WHERE name = 'c'",
+        &[],
     )
-    .execute(&db)
-    .await
-    .unwrap();
+    .await;
 
     let run = home.run(&["run", "--once"], "").await;
     assert_eq!(run.code, Some(1), "{run:?}");
@@ -359,11 +356,13 @@ async fn swapped_or_truncated_ciphertexts_flag_their_credentials_and_the_rest_go
         (1, 1),
         "only d's token was sent: {stats:?}"
     );
-    let rows: Vec<(String, String, Option<String>)> =
-        sqlx::query_as("SELECT name, status, last_error FROM oauth_credential ORDER BY name")
-            .fetch_all(&db)
-            .await
-            .unwrap();
+    let rows: Vec<(String, String, Option<String>)> = db
+        .fetch_all(
+            "SELECT name, status, last_error FROM oauth_credential ORDER BY name",
+            &[],
+        )
+        .await;
+    db.close().await;
     for (name, status, last_error) in &rows {
         if name == "d" {
             assert_eq!(status, "active");
@@ -383,14 +382,16 @@ async fn swapped_or_truncated_ciphertexts_flag_their_credentials_and_the_rest_go
     assert!(doctor.stdout.contains("cannot be opened"), "{doctor:?}");
     assert_no_secrets("run", &run.all(), &minted);
 }
+on_both_backends!(swapped_or_truncated_ciphertexts_flag_their_credentials_and_the_rest_go_on);
 
-#[tokio::test]
-async fn a_key_the_configuration_lacks_stops_every_command_before_anything_is_claimed() {
+async fn a_key_the_configuration_lacks_stops_every_command_before_anything_is_claimed(
+    backend: Backend,
+) {
     let server = OauthServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (k1, key1, _) = key_file(dir.path(), "k1");
     let (k2, _, _) = key_file(dir.path(), "k2");
-    let home = Home::new(&server, &encryption(&k1, &[], false));
+    let home = BackendHome::new(&server, backend, &encryption(&k1, &[], false)).await;
     for name in ["a", "b"] {
         home.add(
             name,
@@ -400,7 +401,7 @@ async fn a_key_the_configuration_lacks_stops_every_command_before_anything_is_cl
         .await;
     }
     let db = home.db().await;
-    let journal = count(&db, "SELECT count(*) FROM token_rotation").await;
+    let journal = db.count("SELECT count(*) FROM token_rotation").await;
 
     // The key replaced instead of retired: every command that needs it stops, naming the rows.
     set_encryption(&home, &encryption(&k2, &[], false));
@@ -436,17 +437,17 @@ async fn a_key_the_configuration_lacks_stops_every_command_before_anything_is_cl
     assert_eq!(add.code, Some(5), "{add:?}");
     assert_eq!(server.stats().await.token_requests, 0, "nothing was sent");
     assert_eq!(
-        count(&db, "SELECT count(*) FROM token_rotation").await,
+        db.count("SELECT count(*) FROM token_rotation").await,
         journal
     );
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "SELECT count(*) FROM oauth_credential WHERE substr(refresh_token, 1, 4) <> 'tw1:'"
         )
         .await,
         0
     );
+    db.close().await;
 
     // A key file that is missing, or not a key: a configuration error (exit 2), in one line.
     set_encryption(&home, &encryption(&dir.path().join("nope"), &[], false));
@@ -460,6 +461,7 @@ async fn a_key_the_configuration_lacks_stops_every_command_before_anything_is_cl
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(!run.all().contains("definitely-not-a-key"), "{run:?}");
 }
+on_both_backends!(a_key_the_configuration_lacks_stops_every_command_before_anything_is_claimed);
 
 /// On both backends: rekey beside the group writer is the PostgreSQL lock-order case too.
 async fn rotation_with_two_keys_while_the_daemon_runs_loses_nothing(backend: Backend) {
@@ -623,7 +625,7 @@ async fn rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_k
         "every row in one form or the other"
     );
     let ring = Keyring::new(key2.clone(), vec![key1.clone()], false).unwrap();
-    for (name, rt, _) in opened(&db, &ring).await {
+    for (name, rt, _) in opened(&Db::Sqlite(db.clone()), &ring).await {
         if let Some(n) = name.strip_prefix("filler-") {
             assert_eq!(rt.unwrap(), format!("filler-refresh-token-{n}"));
         }
@@ -649,13 +651,14 @@ async fn rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_k
     assert_eq!(stats.refresh_reuse, 0, "{stats:?}");
 }
 
-#[tokio::test]
-async fn turning_sealing_on_seals_a_plaintext_database_and_rekey_decrypt_turns_it_off() {
+async fn turning_sealing_on_seals_a_plaintext_database_and_rekey_decrypt_turns_it_off(
+    backend: Backend,
+) {
     // Hour-long access tokens: nothing is due again after a sweep.
     let server = OauthServer::start_with_ttl(3600).await;
     let dir = tempfile::tempdir().unwrap();
     let (path, key, _) = key_file(dir.path(), "key");
-    let home = Home::new(&server, "");
+    let home = BackendHome::new(&server, backend, "").await;
     for (name, provider, client) in [
         ("a", "basic", clients::BASIC_ID),
         ("b", "jwt", clients::JWT_ID),
@@ -701,7 +704,10 @@ async fn turning_sealing_on_seals_a_plaintext_database_and_rekey_decrypt_turns_i
         .collect();
     assert_eq!(before, after, "the same tokens, sealed");
     db.close().await;
-    assert_not_in_files(&file_bytes(&home.db, &[]), &before);
+    if backend == Backend::Sqlite {
+        // SQLite's files, searched byte by byte (PostgreSQL's are the server's).
+        assert_not_in_files(&file_bytes(&home.db, &[]), &before);
+    }
 
     // Off again: decrypt (with the key still configured), then drop the key.
     let decrypt = home.run(&["rekey", "--decrypt"], "").await;
@@ -709,32 +715,34 @@ async fn turning_sealing_on_seals_a_plaintext_database_and_rekey_decrypt_turns_i
     set_encryption(&home, "");
     let db = home.db().await;
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "SELECT count(*) FROM oauth_credential WHERE substr(refresh_token, 1, 4) = 'tw1:'"
         )
         .await,
         0
     );
-    sqlx::query("UPDATE oauth_credential SET refresh_due_at = 0")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute("UPDATE oauth_credential SET refresh_due_at = 0", &[])
+        .await;
+    db.close().await;
     let run = home.run(&["run", "--once"], "").await;
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(server.stats().await.refresh_reuse, 0);
 }
+on_both_backends!(turning_sealing_on_seals_a_plaintext_database_and_rekey_decrypt_turns_it_off);
 
-#[tokio::test]
-async fn two_sealed_run_once_processes_on_one_database_never_reuse_a_refresh_token() {
+async fn two_sealed_run_once_processes_on_one_database_never_reuse_a_refresh_token(
+    backend: Backend,
+) {
     const CREDENTIALS: usize = 30;
     let server = OauthServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (path, _, _) = key_file(dir.path(), "key");
-    let home = Home::new(
+    let home = BackendHome::new(
         &server,
+        backend,
         &format!("concurrency = 4\n{}", encryption(&path, &[], true)),
-    );
+    )
+    .await;
     for i in 0..CREDENTIALS {
         let rt = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
         home.add(&format!("user-{i:03}"), "basic", &rt).await;
@@ -748,14 +756,16 @@ async fn two_sealed_run_once_processes_on_one_database_never_reuse_a_refresh_tok
     assert_eq!(stats.refresh_reuse, 0, "{stats:?}");
     assert_eq!(stats.refresh_ok, CREDENTIALS as u64, "{stats:?}");
 }
+on_both_backends!(two_sealed_run_once_processes_on_one_database_never_reuse_a_refresh_token);
 
-#[tokio::test]
-async fn with_a_key_a_token_replaced_while_its_refresh_is_out_is_not_marked_dead() {
+async fn with_a_key_a_token_replaced_while_its_refresh_is_out_is_not_marked_dead(backend: Backend) {
     let dead = FakeEndpoint::start(Reply::json(400, r#"{"error":"invalid_grant"}"#)).await;
     let (proxy, gate) = FakeEndpoint::gated(&dead.token_url()).await;
     let dir = tempfile::tempdir().unwrap();
     let (path, key, _) = key_file(dir.path(), "key");
-    let home = Home::with_token_url(&proxy.token_url(), &encryption(&path, &[], false));
+    let home =
+        BackendHome::with_token_url(&proxy.token_url(), backend, &encryption(&path, &[], false))
+            .await;
     home.add("c", "basic", "rt-old-0123456789").await;
     let child = home.command(&["run", "--once"]).spawn().unwrap();
     eventually(Duration::from_secs(10), "the request to go out", || async {
@@ -784,9 +794,10 @@ async fn with_a_key_a_token_replaced_while_its_refresh_is_out_is_not_marked_dead
     let ring = Keyring::new(key, vec![], false).unwrap();
     let rows = opened(&db, &ring).await;
     assert_eq!(rows[0].1.as_deref(), Some("rt-new-0123456789"));
-    let (status,): (String,) = sqlx::query_as("SELECT status FROM oauth_credential")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let (status,): (String,) = db
+        .fetch_one("SELECT status FROM oauth_credential", &[])
+        .await;
+    db.close().await;
     assert_eq!(status, "active", "the new grant is not marked dead");
 }
+on_both_backends!(with_a_key_a_token_replaced_while_its_refresh_is_out_is_not_marked_dead);
