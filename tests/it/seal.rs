@@ -1,7 +1,6 @@
 //! Sealed tokens (`[encryption]`), end to end: the real binary against the real oidc-provider
 //! server, each test on SQLite and on PostgreSQL but for those searching the bytes of SQLite's
-//! files (the database, its -wal and -shm, a `VACUUM INTO` copy) and the one filling SQLite with
-//! a recursive query. Values are opened here with the library's own `Keyring`, to know which
+//! files (the database, its -wal and -shm, a `VACUUM INTO` copy). Values are opened here with the library's own `Keyring`, to know which
 //! tokens to look for.
 
 use std::collections::BTreeSet;
@@ -553,8 +552,9 @@ async fn rotation_with_two_keys_while_the_daemon_runs_loses_nothing(backend: Bac
 }
 on_both_backends!(rotation_with_two_keys_while_the_daemon_runs_loses_nothing);
 
-#[tokio::test]
-async fn rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_key() {
+async fn rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_key(
+    backend: Backend,
+) {
     const REAL: usize = 6;
     const FILLER: i64 = 20_000;
     // Hour-long access tokens: nothing is due again after a sweep.
@@ -562,7 +562,7 @@ async fn rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_k
     let dir = tempfile::tempdir().unwrap();
     let (k1, key1, _) = key_file(dir.path(), "k1");
     let (k2, key2, _) = key_file(dir.path(), "k2");
-    let home = Home::new(&server, &encryption(&k1, &[], false));
+    let home = BackendHome::new(&server, backend, &encryption(&k1, &[], false)).await;
     for i in 0..REAL {
         home.add(
             &format!("real-{i}"),
@@ -574,34 +574,33 @@ async fn rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_k
     // Many more rows, written as another tool would (plaintext, disabled): the first start with
     // the key seals them.
     let db = home.db().await;
-    sqlx::query(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
-         INSERT INTO oauth_credential (name, provider, status, refresh_token) \
-         SELECT printf('filler-%06d', i), 'basic', 'disabled', printf('filler-refresh-token-%06d', i) FROM n",
-    )
-    .bind(FILLER)
-    .execute(&db)
-    .await
-    .unwrap();
+    let filler = match backend {
+        Backend::Sqlite => {
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < CAST($1 AS INTEGER)) \
+             INSERT INTO oauth_credential (name, provider, status, refresh_token) \
+             SELECT printf('filler-%06d', i), 'basic', 'disabled', printf('filler-refresh-token-%06d', i) FROM n"
+        }
+        Backend::Postgres => {
+            "INSERT INTO oauth_credential (name, provider, status, refresh_token) \
+             SELECT 'filler-' || lpad(i::text, 6, '0'), 'basic', 'disabled', \
+                'filler-refresh-token-' || lpad(i::text, 6, '0') \
+             FROM generate_series(1, CAST($1 AS BIGINT)) AS i"
+        }
+    };
+    db.execute(filler, &[&FILLER.to_string()]).await;
     let first = home.run(&["run", "--once"], "").await;
     assert_eq!(first.code, Some(0), "{first:?}");
     assert!(
         first.stderr.contains("plaintext tokens sealed"),
         "{first:?}"
     );
-    let under = |key: &Key| {
-        let db = db.clone();
-        let head = head(key);
-        async move {
-            sqlx::query_as::<_, (i64,)>(
-                "SELECT count(*) FROM oauth_credential WHERE substr(refresh_token, 1, 13) = ?1",
-            )
-            .bind(head)
-            .fetch_one(&db)
-            .await
-            .unwrap()
-            .0
-        }
+    let under = async |key: &Key| {
+        db.fetch_one::<(i64,)>(
+            "SELECT count(*) FROM oauth_credential WHERE substr(refresh_token, 1, 13) = $1",
+            &[&head(key)],
+        )
+        .await
+        .0
     };
     let total = FILLER + REAL as i64;
     assert_eq!(under(&key1).await, total);
@@ -625,7 +624,7 @@ async fn rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_k
         "every row in one form or the other"
     );
     let ring = Keyring::new(key2.clone(), vec![key1.clone()], false).unwrap();
-    for (name, rt, _) in opened(&Db::Sqlite(db.clone()), &ring).await {
+    for (name, rt, _) in opened(&db, &ring).await {
         if let Some(n) = name.strip_prefix("filler-") {
             assert_eq!(rt.unwrap(), format!("filler-refresh-token-{n}"));
         }
@@ -640,16 +639,19 @@ async fn rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_k
         Some(0),
         "nothing due, the keys all there: {run:?}"
     );
-    sqlx::query("UPDATE oauth_credential SET refresh_due_at = 0 WHERE status = 'active'")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute(
+        "UPDATE oauth_credential SET refresh_due_at = 0 WHERE status = 'active'",
+        &[],
+    )
+    .await;
+    db.close().await;
     let run = home.run(&["run", "--once"], "").await;
     assert_eq!(run.code, Some(0), "{run:?}");
     let stats = server.stats().await;
     assert_eq!(stats.refresh_ok, 2 * REAL as u64, "{stats:?}");
     assert_eq!(stats.refresh_reuse, 0, "{stats:?}");
 }
+on_both_backends!(rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_key);
 
 async fn turning_sealing_on_seals_a_plaintext_database_and_rekey_decrypt_turns_it_off(
     backend: Backend,
