@@ -1,7 +1,6 @@
 //! Crashes, shutdown and concurrency against the rotating oidc-provider server: kill -9 at each
 //! point of a refresh, SIGTERM with a refresh in flight, five processes on one database. Each on
-//! SQLite and on PostgreSQL, but for a database lock outlasting the writers' `busy_timeout`
-//! (SQLite's; PostgreSQL's writers wait for a lock without one).
+//! SQLite and on PostgreSQL.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -57,11 +56,24 @@ struct RotatedBehindLock {
     proxy: FakeEndpoint,
 }
 
-async fn rotate_behind_a_write_lock(server: &OauthServer, backend: Backend) -> RotatedBehindLock {
+/// With `lock_timeout`, on PostgreSQL the role's sessions give up waiting for a lock after 1 s (a
+/// `lock_timeout` setting, standing for SQLite's `busy_timeout = "1s"`), where by default they
+/// wait for it as long as it takes.
+async fn rotate_behind_a_write_lock(
+    server: &OauthServer,
+    backend: Backend,
+    lock_timeout: bool,
+) -> RotatedBehindLock {
     let (proxy, gate) = FakeEndpoint::gated(server.token_url()).await;
     let home = BackendHome::with_token_url(&proxy.token_url(), backend, SHORT).await;
     let minted = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
     home.add("c", "basic", &minted).await;
+    if lock_timeout && backend == Backend::Postgres {
+        let db = home.db().await;
+        db.execute("ALTER ROLE CURRENT_USER SET lock_timeout = '1s'", &[])
+            .await;
+        db.close().await;
+    }
     let child = home.command(&["run", "--once"]).spawn().unwrap();
     eventually(
         Duration::from_secs(10),
@@ -229,7 +241,7 @@ async fn killed_after_the_response_but_before_the_commit_is_flagged_not_looped(b
         child,
         lock,
         proxy: _proxy,
-    } = rotate_behind_a_write_lock(&server, backend).await;
+    } = rotate_behind_a_write_lock(&server, backend, false).await;
     assert_eq!(
         server.stats().await.refresh_ok,
         1,
@@ -487,10 +499,10 @@ async fn invalid_grant_for_a_token_replaced_meanwhile_does_not_kill_the_credenti
 }
 on_both_backends!(invalid_grant_for_a_token_replaced_meanwhile_does_not_kill_the_credential);
 
-/// SQLite only: its writers give up on a lock after `busy_timeout` and try again while the claim
-/// lasts (the message this test looks for); PostgreSQL's wait for a lock without a timeout.
-#[tokio::test]
-async fn new_tokens_are_stored_after_a_long_database_lock() {
+/// The writer gives up on a lock after SQLite's `busy_timeout`, or PostgreSQL's `lock_timeout`
+/// (set for the role here: tokenwarden sets none, its PostgreSQL writers wait as long as the lock
+/// is held), and tries again while the claim lasts.
+async fn new_tokens_are_stored_after_a_long_database_lock(backend: Backend) {
     let server = OauthServer::start().await;
     let RotatedBehindLock {
         home,
@@ -498,7 +510,7 @@ async fn new_tokens_are_stored_after_a_long_database_lock() {
         child,
         lock,
         proxy: _proxy,
-    } = rotate_behind_a_write_lock(&server, Backend::Sqlite).await;
+    } = rotate_behind_a_write_lock(&server, backend, true).await;
     // Longer than five attempts at busy_timeout 1 s took before: the tokens must still land.
     tokio::time::sleep(Duration::from_secs(15)).await;
     lock.release().await;
@@ -520,3 +532,4 @@ async fn new_tokens_are_stored_after_a_long_database_lock() {
     assert_eq!(journal(&home).await, ["refreshed"]);
     assert_eq!(server.stats().await.refresh_reuse, 0);
 }
+on_both_backends!(new_tokens_are_stored_after_a_long_database_lock);
