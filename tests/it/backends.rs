@@ -75,6 +75,28 @@ impl BackendHome {
         Self { home, pg }
     }
 
+    /// A transaction holding off every write to `oauth_credential` until rolled back: SQLite's
+    /// write lock (`BEGIN IMMEDIATE`), or `LOCK TABLE oauth_credential IN EXCLUSIVE MODE` on
+    /// PostgreSQL (which waits for it without a timeout, where SQLite's writers give up after
+    /// `busy_timeout`).
+    pub async fn write_lock(&self) -> WriteLock {
+        match &self.pg {
+            None => WriteLock::Sqlite(self.home.write_lock().await),
+            Some(pg) => {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&pg.url_with_password())
+                    .await
+                    .expect("connect for the lock");
+                sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+                sqlx::query("LOCK TABLE oauth_credential IN EXCLUSIVE MODE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                WriteLock::Postgres(conn)
+            }
+        }
+    }
+
     /// The test's own connection to this home's database.
     pub async fn db(&self) -> Db {
         match &self.pg {
@@ -88,6 +110,29 @@ impl Deref for BackendHome {
     type Target = Home;
     fn deref(&self) -> &Home {
         &self.home
+    }
+}
+
+/// A connection holding off every write to `oauth_credential` (see [`BackendHome::write_lock`]).
+pub enum WriteLock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl WriteLock {
+    /// Rolls the locking transaction back and closes the connection.
+    pub async fn release(self) {
+        use sqlx::Connection;
+        match self {
+            Self::Sqlite(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+                c.close().await.unwrap();
+            }
+            Self::Postgres(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+                c.close().await.unwrap();
+            }
+        }
     }
 }
 

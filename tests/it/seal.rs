@@ -1,17 +1,16 @@
 //! Sealed tokens (`[encryption]`), end to end: the real binary against the real oidc-provider
-//! server, on real SQLite files, whose bytes are searched for tokens (key rotation beside the
-//! daemon runs on PostgreSQL as well). Values are opened here with
-//! the library's own `Keyring`, to know which tokens to look for.
+//! server, each test on SQLite and on PostgreSQL but for those searching the bytes of SQLite's
+//! files (the database, its -wal and -shm, a `VACUUM INTO` copy). Values are opened here with the library's own `Keyring`, to know which
+//! tokens to look for.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sqlx::SqlitePool;
 use tokenwarden::store::seal::{Column, Key, Keyring, Place};
 
-use crate::backends::{Backend, BackendHome, on_both_backends};
+use crate::backends::{Backend, BackendHome, Db, on_both_backends};
 use crate::fake_endpoint::FakeEndpoint;
 use crate::fake_endpoint::Reply;
 use crate::harness::{
@@ -62,13 +61,13 @@ fn set_encryption(home: &Home, table: &str) {
 }
 
 /// Every credential's name and its refresh and access tokens, opened with `ring` where sealed.
-async fn opened(db: &SqlitePool, ring: &Keyring) -> Vec<(String, Option<String>, Option<String>)> {
-    let rows: Vec<(i64, String, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT id, name, refresh_token, access_token FROM oauth_credential ORDER BY name",
-    )
-    .fetch_all(db)
-    .await
-    .unwrap();
+async fn opened(db: &Db, ring: &Keyring) -> Vec<(String, Option<String>, Option<String>)> {
+    let rows: Vec<(i64, String, Option<String>, Option<String>)> = db
+        .fetch_all(
+            "SELECT id, name, refresh_token, access_token FROM oauth_credential ORDER BY name",
+            &[],
+        )
+        .await;
     rows.into_iter()
         .map(|(id, name, rt, at)| {
             let open = |column, v: Option<String>| {
@@ -96,11 +95,12 @@ async fn opened(db: &SqlitePool, ring: &Keyring) -> Vec<(String, Option<String>,
 }
 
 /// The stored heads (`tw1:<key id>:`, or the first characters of plaintext) per column.
-async fn key_of_every_row(db: &SqlitePool) -> Vec<(String, Option<String>)> {
-    sqlx::query_as("SELECT name, substr(refresh_token, 1, 13) FROM oauth_credential ORDER BY name")
-        .fetch_all(db)
-        .await
-        .unwrap()
+async fn key_of_every_row(db: &Db) -> Vec<(String, Option<String>)> {
+    db.fetch_all(
+        "SELECT name, substr(refresh_token, 1, 13) FROM oauth_credential ORDER BY name",
+        &[],
+    )
+    .await
 }
 
 fn head(key: &Key) -> String {
@@ -177,11 +177,12 @@ async fn after_sealed_sweeps_no_token_is_in_the_database_its_wal_shm_or_a_vacuum
 
     let daemon = home.command(&["run"]).spawn().unwrap();
     let db = home.db().await;
+    let both = Db::Sqlite(db.clone());
     // Every token the rows held along the way, opened: the rotated refresh tokens of each sweep.
     let mut seen = BTreeSet::new();
     let started = std::time::Instant::now();
     loop {
-        for (_, rt, at) in opened(&db, &ring).await {
+        for (_, rt, at) in opened(&both, &ring).await {
             seen.extend(rt.into_iter().chain(at));
         }
         let refreshed = count(
@@ -198,11 +199,11 @@ async fn after_sealed_sweeps_no_token_is_in_the_database_its_wal_shm_or_a_vacuum
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for (_, rt, at) in opened(&db, &ring).await {
+    for (_, rt, at) in opened(&both, &ring).await {
         seen.extend(rt.into_iter().chain(at));
     }
     tokens.extend(seen);
-    let heads = key_of_every_row(&db).await;
+    let heads = key_of_every_row(&both).await;
     for (name, rt) in &heads {
         let expected = (name != "svc").then(|| head(&key));
         assert_eq!(rt, &expected, "{name}: sealed under the key");
@@ -271,12 +272,11 @@ async fn after_sealed_sweeps_no_token_is_in_the_database_its_wal_shm_or_a_vacuum
     }
 }
 
-#[tokio::test]
-async fn by_default_access_tokens_stay_readable_and_refresh_tokens_are_sealed() {
+async fn by_default_access_tokens_stay_readable_and_refresh_tokens_are_sealed(backend: Backend) {
     let server = OauthServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (path, key, _) = key_file(dir.path(), "key");
-    let home = Home::new(&server, &encryption(&path, &[], false));
+    let home = BackendHome::new(&server, backend, &encryption(&path, &[], false)).await;
     home.add(
         "c",
         "post",
@@ -286,13 +286,14 @@ async fn by_default_access_tokens_stay_readable_and_refresh_tokens_are_sealed() 
     let run = home.run(&["run", "--once"], "").await;
     assert_eq!(run.code, Some(0), "{run:?}");
     let db = home.db().await;
-    let (at, sealed, rt): (String, bool, String) = sqlx::query_as(
-        "SELECT t.access_token, t.access_token_sealed, c.refresh_token FROM current_token t \
-         JOIN oauth_credential c USING (name) WHERE name = 'c'",
-    )
-    .fetch_one(&db)
-    .await
-    .unwrap();
+    let (at, sealed, rt): (String, bool, String) = db
+        .fetch_one(
+            "SELECT t.access_token, t.access_token_sealed, c.refresh_token FROM current_token t \
+             JOIN oauth_credential c USING (name) WHERE name = 'c'",
+            &[],
+        )
+        .await;
+    db.close().await;
     assert!(!sealed && server.introspect_active(&at).await);
     assert!(rt.starts_with(&head(&key)), "the refresh token is sealed");
     let token = home.run(&["token", "c"], "").await;
@@ -307,13 +308,15 @@ async fn by_default_access_tokens_stay_readable_and_refresh_tokens_are_sealed() 
         "{check:?}"
     );
 }
+on_both_backends!(by_default_access_tokens_stay_readable_and_refresh_tokens_are_sealed);
 
-#[tokio::test]
-async fn swapped_or_truncated_ciphertexts_flag_their_credentials_and_the_rest_go_on() {
+async fn swapped_or_truncated_ciphertexts_flag_their_credentials_and_the_rest_go_on(
+    backend: Backend,
+) {
     let server = OauthServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (path, _, _) = key_file(dir.path(), "key");
-    let home = Home::new(&server, &encryption(&path, &[], false));
+    let home = BackendHome::new(&server, backend, &encryption(&path, &[], false)).await;
     let mut minted = Vec::new();
     for name in ["a", "b", "c", "d"] {
         let rt = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
@@ -321,35 +324,28 @@ async fn swapped_or_truncated_ciphertexts_flag_their_credentials_and_the_rest_go
         minted.push(rt);
     }
     let db = home.db().await;
-    let stored = |name: &'static str| {
-        let db = db.clone();
-        async move {
-            sqlx::query_as::<_, (String,)>(
-                "SELECT refresh_token FROM oauth_credential WHERE name = ?1",
-            )
-            .bind(name)
-            .fetch_one(&db)
-            .await
-            .unwrap()
-            .0
-        }
+    let stored = async |name: &str| {
+        db.fetch_one::<(String,)>(
+            "SELECT refresh_token FROM oauth_credential WHERE name = $1",
+            &[name],
+        )
+        .await
+        .0
     };
     let (a, b) = (stored("a").await, stored("b").await);
     for (name, value) in [("a", &b), ("b", &a)] {
-        sqlx::query("UPDATE oauth_credential SET refresh_token = ?1 WHERE name = ?2")
-            .bind(value)
-            .bind(name)
-            .execute(&db)
-            .await
-            .unwrap();
+        db.execute(
+            "UPDATE oauth_credential SET refresh_token = $1 WHERE name = $2",
+            &[value, name],
+        )
+        .await;
     }
-    sqlx::query(
+    db.execute(
         "UPDATE oauth_credential SET refresh_token = substr(refresh_token, 1, length(refresh_token) - 7) \
          WHERE name = 'c'",
+        &[],
     )
-    .execute(&db)
-    .await
-    .unwrap();
+    .await;
 
     let run = home.run(&["run", "--once"], "").await;
     assert_eq!(run.code, Some(1), "{run:?}");
@@ -359,11 +355,13 @@ async fn swapped_or_truncated_ciphertexts_flag_their_credentials_and_the_rest_go
         (1, 1),
         "only d's token was sent: {stats:?}"
     );
-    let rows: Vec<(String, String, Option<String>)> =
-        sqlx::query_as("SELECT name, status, last_error FROM oauth_credential ORDER BY name")
-            .fetch_all(&db)
-            .await
-            .unwrap();
+    let rows: Vec<(String, String, Option<String>)> = db
+        .fetch_all(
+            "SELECT name, status, last_error FROM oauth_credential ORDER BY name",
+            &[],
+        )
+        .await;
+    db.close().await;
     for (name, status, last_error) in &rows {
         if name == "d" {
             assert_eq!(status, "active");
@@ -383,14 +381,16 @@ async fn swapped_or_truncated_ciphertexts_flag_their_credentials_and_the_rest_go
     assert!(doctor.stdout.contains("cannot be opened"), "{doctor:?}");
     assert_no_secrets("run", &run.all(), &minted);
 }
+on_both_backends!(swapped_or_truncated_ciphertexts_flag_their_credentials_and_the_rest_go_on);
 
-#[tokio::test]
-async fn a_key_the_configuration_lacks_stops_every_command_before_anything_is_claimed() {
+async fn a_key_the_configuration_lacks_stops_every_command_before_anything_is_claimed(
+    backend: Backend,
+) {
     let server = OauthServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (k1, key1, _) = key_file(dir.path(), "k1");
     let (k2, _, _) = key_file(dir.path(), "k2");
-    let home = Home::new(&server, &encryption(&k1, &[], false));
+    let home = BackendHome::new(&server, backend, &encryption(&k1, &[], false)).await;
     for name in ["a", "b"] {
         home.add(
             name,
@@ -400,7 +400,7 @@ async fn a_key_the_configuration_lacks_stops_every_command_before_anything_is_cl
         .await;
     }
     let db = home.db().await;
-    let journal = count(&db, "SELECT count(*) FROM token_rotation").await;
+    let journal = db.count("SELECT count(*) FROM token_rotation").await;
 
     // The key replaced instead of retired: every command that needs it stops, naming the rows.
     set_encryption(&home, &encryption(&k2, &[], false));
@@ -436,17 +436,17 @@ async fn a_key_the_configuration_lacks_stops_every_command_before_anything_is_cl
     assert_eq!(add.code, Some(5), "{add:?}");
     assert_eq!(server.stats().await.token_requests, 0, "nothing was sent");
     assert_eq!(
-        count(&db, "SELECT count(*) FROM token_rotation").await,
+        db.count("SELECT count(*) FROM token_rotation").await,
         journal
     );
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "SELECT count(*) FROM oauth_credential WHERE substr(refresh_token, 1, 4) <> 'tw1:'"
         )
         .await,
         0
     );
+    db.close().await;
 
     // A key file that is missing, or not a key: a configuration error (exit 2), in one line.
     set_encryption(&home, &encryption(&dir.path().join("nope"), &[], false));
@@ -460,6 +460,7 @@ async fn a_key_the_configuration_lacks_stops_every_command_before_anything_is_cl
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(!run.all().contains("definitely-not-a-key"), "{run:?}");
 }
+on_both_backends!(a_key_the_configuration_lacks_stops_every_command_before_anything_is_claimed);
 
 /// On both backends: rekey beside the group writer is the PostgreSQL lock-order case too.
 async fn rotation_with_two_keys_while_the_daemon_runs_loses_nothing(backend: Backend) {
@@ -551,8 +552,9 @@ async fn rotation_with_two_keys_while_the_daemon_runs_loses_nothing(backend: Bac
 }
 on_both_backends!(rotation_with_two_keys_while_the_daemon_runs_loses_nothing);
 
-#[tokio::test]
-async fn rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_key() {
+async fn rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_key(
+    backend: Backend,
+) {
     const REAL: usize = 6;
     const FILLER: i64 = 20_000;
     // Hour-long access tokens: nothing is due again after a sweep.
@@ -560,7 +562,7 @@ async fn rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_k
     let dir = tempfile::tempdir().unwrap();
     let (k1, key1, _) = key_file(dir.path(), "k1");
     let (k2, key2, _) = key_file(dir.path(), "k2");
-    let home = Home::new(&server, &encryption(&k1, &[], false));
+    let home = BackendHome::new(&server, backend, &encryption(&k1, &[], false)).await;
     for i in 0..REAL {
         home.add(
             &format!("real-{i}"),
@@ -572,34 +574,33 @@ async fn rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_k
     // Many more rows, written as another tool would (plaintext, disabled): the first start with
     // the key seals them.
     let db = home.db().await;
-    sqlx::query(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
-         INSERT INTO oauth_credential (name, provider, status, refresh_token) \
-         SELECT printf('filler-%06d', i), 'basic', 'disabled', printf('filler-refresh-token-%06d', i) FROM n",
-    )
-    .bind(FILLER)
-    .execute(&db)
-    .await
-    .unwrap();
+    let filler = match backend {
+        Backend::Sqlite => {
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < CAST($1 AS INTEGER)) \
+             INSERT INTO oauth_credential (name, provider, status, refresh_token) \
+             SELECT printf('filler-%06d', i), 'basic', 'disabled', printf('filler-refresh-token-%06d', i) FROM n"
+        }
+        Backend::Postgres => {
+            "INSERT INTO oauth_credential (name, provider, status, refresh_token) \
+             SELECT 'filler-' || lpad(i::text, 6, '0'), 'basic', 'disabled', \
+                'filler-refresh-token-' || lpad(i::text, 6, '0') \
+             FROM generate_series(1, CAST($1 AS BIGINT)) AS i"
+        }
+    };
+    db.execute(filler, &[&FILLER.to_string()]).await;
     let first = home.run(&["run", "--once"], "").await;
     assert_eq!(first.code, Some(0), "{first:?}");
     assert!(
         first.stderr.contains("plaintext tokens sealed"),
         "{first:?}"
     );
-    let under = |key: &Key| {
-        let db = db.clone();
-        let head = head(key);
-        async move {
-            sqlx::query_as::<_, (i64,)>(
-                "SELECT count(*) FROM oauth_credential WHERE substr(refresh_token, 1, 13) = ?1",
-            )
-            .bind(head)
-            .fetch_one(&db)
-            .await
-            .unwrap()
-            .0
-        }
+    let under = async |key: &Key| {
+        db.fetch_one::<(i64,)>(
+            "SELECT count(*) FROM oauth_credential WHERE substr(refresh_token, 1, 13) = $1",
+            &[&head(key)],
+        )
+        .await
+        .0
     };
     let total = FILLER + REAL as i64;
     assert_eq!(under(&key1).await, total);
@@ -638,24 +639,28 @@ async fn rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_k
         Some(0),
         "nothing due, the keys all there: {run:?}"
     );
-    sqlx::query("UPDATE oauth_credential SET refresh_due_at = 0 WHERE status = 'active'")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute(
+        "UPDATE oauth_credential SET refresh_due_at = 0 WHERE status = 'active'",
+        &[],
+    )
+    .await;
+    db.close().await;
     let run = home.run(&["run", "--once"], "").await;
     assert_eq!(run.code, Some(0), "{run:?}");
     let stats = server.stats().await;
     assert_eq!(stats.refresh_ok, 2 * REAL as u64, "{stats:?}");
     assert_eq!(stats.refresh_reuse, 0, "{stats:?}");
 }
+on_both_backends!(rekey_killed_half_way_and_run_again_ends_with_every_row_under_the_new_key);
 
-#[tokio::test]
-async fn turning_sealing_on_seals_a_plaintext_database_and_rekey_decrypt_turns_it_off() {
+async fn turning_sealing_on_seals_a_plaintext_database_and_rekey_decrypt_turns_it_off(
+    backend: Backend,
+) {
     // Hour-long access tokens: nothing is due again after a sweep.
     let server = OauthServer::start_with_ttl(3600).await;
     let dir = tempfile::tempdir().unwrap();
     let (path, key, _) = key_file(dir.path(), "key");
-    let home = Home::new(&server, "");
+    let home = BackendHome::new(&server, backend, "").await;
     for (name, provider, client) in [
         ("a", "basic", clients::BASIC_ID),
         ("b", "jwt", clients::JWT_ID),
@@ -701,7 +706,10 @@ async fn turning_sealing_on_seals_a_plaintext_database_and_rekey_decrypt_turns_i
         .collect();
     assert_eq!(before, after, "the same tokens, sealed");
     db.close().await;
-    assert_not_in_files(&file_bytes(&home.db, &[]), &before);
+    if backend == Backend::Sqlite {
+        // SQLite's files, searched byte by byte (PostgreSQL's are the server's).
+        assert_not_in_files(&file_bytes(&home.db, &[]), &before);
+    }
 
     // Off again: decrypt (with the key still configured), then drop the key.
     let decrypt = home.run(&["rekey", "--decrypt"], "").await;
@@ -709,32 +717,34 @@ async fn turning_sealing_on_seals_a_plaintext_database_and_rekey_decrypt_turns_i
     set_encryption(&home, "");
     let db = home.db().await;
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "SELECT count(*) FROM oauth_credential WHERE substr(refresh_token, 1, 4) = 'tw1:'"
         )
         .await,
         0
     );
-    sqlx::query("UPDATE oauth_credential SET refresh_due_at = 0")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute("UPDATE oauth_credential SET refresh_due_at = 0", &[])
+        .await;
+    db.close().await;
     let run = home.run(&["run", "--once"], "").await;
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(server.stats().await.refresh_reuse, 0);
 }
+on_both_backends!(turning_sealing_on_seals_a_plaintext_database_and_rekey_decrypt_turns_it_off);
 
-#[tokio::test]
-async fn two_sealed_run_once_processes_on_one_database_never_reuse_a_refresh_token() {
+async fn two_sealed_run_once_processes_on_one_database_never_reuse_a_refresh_token(
+    backend: Backend,
+) {
     const CREDENTIALS: usize = 30;
     let server = OauthServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (path, _, _) = key_file(dir.path(), "key");
-    let home = Home::new(
+    let home = BackendHome::new(
         &server,
+        backend,
         &format!("concurrency = 4\n{}", encryption(&path, &[], true)),
-    );
+    )
+    .await;
     for i in 0..CREDENTIALS {
         let rt = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
         home.add(&format!("user-{i:03}"), "basic", &rt).await;
@@ -748,14 +758,16 @@ async fn two_sealed_run_once_processes_on_one_database_never_reuse_a_refresh_tok
     assert_eq!(stats.refresh_reuse, 0, "{stats:?}");
     assert_eq!(stats.refresh_ok, CREDENTIALS as u64, "{stats:?}");
 }
+on_both_backends!(two_sealed_run_once_processes_on_one_database_never_reuse_a_refresh_token);
 
-#[tokio::test]
-async fn with_a_key_a_token_replaced_while_its_refresh_is_out_is_not_marked_dead() {
+async fn with_a_key_a_token_replaced_while_its_refresh_is_out_is_not_marked_dead(backend: Backend) {
     let dead = FakeEndpoint::start(Reply::json(400, r#"{"error":"invalid_grant"}"#)).await;
     let (proxy, gate) = FakeEndpoint::gated(&dead.token_url()).await;
     let dir = tempfile::tempdir().unwrap();
     let (path, key, _) = key_file(dir.path(), "key");
-    let home = Home::with_token_url(&proxy.token_url(), &encryption(&path, &[], false));
+    let home =
+        BackendHome::with_token_url(&proxy.token_url(), backend, &encryption(&path, &[], false))
+            .await;
     home.add("c", "basic", "rt-old-0123456789").await;
     let child = home.command(&["run", "--once"]).spawn().unwrap();
     eventually(Duration::from_secs(10), "the request to go out", || async {
@@ -784,9 +796,10 @@ async fn with_a_key_a_token_replaced_while_its_refresh_is_out_is_not_marked_dead
     let ring = Keyring::new(key, vec![], false).unwrap();
     let rows = opened(&db, &ring).await;
     assert_eq!(rows[0].1.as_deref(), Some("rt-new-0123456789"));
-    let (status,): (String,) = sqlx::query_as("SELECT status FROM oauth_credential")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let (status,): (String,) = db
+        .fetch_one("SELECT status FROM oauth_credential", &[])
+        .await;
+    db.close().await;
     assert_eq!(status, "active", "the new grant is not marked dead");
 }
+on_both_backends!(with_a_key_a_token_replaced_while_its_refresh_is_out_is_not_marked_dead);
