@@ -17,6 +17,13 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || ! id postgres >
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
 
+# The PostgreSQL TLS tests (tests/it/pg_tls.rs) make a throwaway CA and server certificates with
+# the openssl command.
+if ! command -v openssl >/dev/null; then
+  echo "scripts/test.sh: installing openssl (the PostgreSQL TLS tests make their certificates with it)" >&2
+  apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+fi
+
 # The deployment tests (tests/it/deploy.rs) check systemd/ with systemd-analyze and systemd-sysusers
 # (offline: no running systemd needed) and the Dockerfile with hadolint.
 if ! command -v systemd-analyze >/dev/null || ! command -v systemd-sysusers >/dev/null; then
