@@ -1,6 +1,7 @@
 //! A credential's first tokens into the store: runs `lifecycle`'s grants and stores what they
 //! obtained (journaled `authorized`), as `sweep` does for `refresh`. Imports `domain`, `http`,
-//! `lifecycle`, `provider` and `store`.
+//! `lifecycle`, `provider` and `store`. `enroll/invite.rs` makes the one-time links of
+//! `tokenwarden invite`.
 
 use crate::domain::{self, UnixTime};
 use crate::http::Transport;
@@ -8,6 +9,8 @@ use crate::lifecycle::authorize::{self, AuthorizeError, DeviceRequest, Obtained,
 use crate::lifecycle::device::UserPrompt;
 pub use crate::store::AuthorizedAs;
 use crate::store::{Authorized, Store, StoreError};
+
+pub mod invite;
 
 /// Where obtained tokens go: the credential, and how its next refresh is timed.
 #[derive(Debug)]
@@ -91,6 +94,7 @@ async fn keep(
         http_status: obtained.http_status,
         duration_ms: obtained.duration_ms,
         actor: &format!("authorize-{}", std::process::id()),
+        invite: None,
     };
     let how = store.store_authorized(&authorized, now).await?;
     Ok(Authorization {

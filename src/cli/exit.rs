@@ -119,7 +119,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<StoreError>() {
             return match e {
-                StoreError::Exists(_) | StoreError::OwnerTaken { .. } => CONFIG,
+                StoreError::Exists(_)
+                | StoreError::OwnerTaken { .. }
+                | StoreError::InviteMismatch { .. } => CONFIG,
                 StoreError::KeysMissing(_) | StoreError::Unreadable { .. } => SEALING,
                 _ => DATABASE,
             };

@@ -6,7 +6,8 @@
 //
 // The statements live in `transactions/`, by what they serve: `refresh.rs` (claims, journal, the
 // group writer), `enroll.rs` (new credentials, authorized tokens), `revocation.rs`, `reads.rs`
-// (status, log, token, consumers) and `upkeep.rs` (leases, resealing, migrations, the pool).
+// (status, log, token, consumers), `upkeep.rs` (leases, resealing, migrations, the pool) and
+// `invites.rs` (one-time links; spent in `store_authorized`).
 //
 // Values arrive and leave in their stored form (sealed text, or plaintext without a key): the
 // `Store` above opens and seals them, passing in what a transaction needs done to a row between
@@ -82,3 +83,4 @@ include!("transactions/enroll.rs");
 include!("transactions/revocation.rs");
 include!("transactions/reads.rs");
 include!("transactions/upkeep.rs");
+include!("transactions/invites.rs");

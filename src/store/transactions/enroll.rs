@@ -1,5 +1,5 @@
 // Credentials entering the store: `add` for a new row, `store_authorized` for tokens obtained
-// by an authorization grant. Part of `transactions.rs` (`include!`d).
+// by an authorization grant (spending the invitation it came through, if any). Part of `transactions.rs` (`include!`d).
 
 impl Db {
     /// Imports a credential, due at once; `seal(id)` gives its refresh token's stored form.
@@ -77,6 +77,10 @@ impl Db {
     ) -> Result<AuthorizedAs, StoreError> {
         let t = a.tokens;
         let mut w = self.write().await?;
+        if let Err(e) = spend_invite(w.conn(), a, now).await {
+            w.rollback().await?;
+            return Err(e);
+        }
         let existing: Option<(i64, String, bool, Option<Secret>)> = sqlx::query_as(
             "SELECT id, status, revoke_pending, refresh_token FROM oauth_credential WHERE name = $1",
         )
@@ -148,8 +152,8 @@ impl Db {
         sqlx::query(
             "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, started_at, \
                 finished_at, duration_ms, outcome, http_status, new_expires_at, refresh_token_rotated, \
-                old_refresh_fingerprint, new_refresh_fingerprint, new_access_fingerprint) \
-             VALUES ($1, $2, $3, 'manual', $4, $5, $6, $7, 'authorized', $8, $9, $10, $11, $12, $13)",
+                old_refresh_fingerprint, new_refresh_fingerprint, new_access_fingerprint, invite_id) \
+             VALUES ($1, $2, $3, $14, $4, $5, $6, $7, 'authorized', $8, $9, $10, $11, $12, $13, $15)",
         )
         .bind(id)
         .bind(a.name)
@@ -164,6 +168,8 @@ impl Db {
         .bind(old_refresh.flatten())
         .bind(t.refresh_token.as_ref().map(Secret::fingerprint))
         .bind(t.access_token.fingerprint())
+        .bind(a.trigger())
+        .bind(a.invite)
         .execute(w.conn())
         .await?;
         w.commit().await?;
