@@ -1,8 +1,8 @@
 //! The long-running service: a sweep at start, then one per tick of the cron schedule, never two
 //! at once, until shutdown is requested; SIGTERM and SIGINT request it. Tells systemd (when it
 //! set NOTIFY_SOCKET) that it is ready, alive (watchdog) and stopping, and serves the optional
-//! /metrics and /healthz listener. Between sweeps it sleeps until the next tick (`ticker`): no
-//! timer of its own wakes it. Imports `config`, `schedule`, `domain`, `metrics` and `sweep`.
+//! /metrics and /healthz listener and the invitation pages (`[enroll]`). Between sweeps it sleeps until the next tick (`ticker`): no
+//! timer of its own wakes it. Imports `config`, `schedule`, `domain`, `enroll`, `metrics` and `sweep`.
 
 use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,12 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("enroll.listen {address}: {source}")]
+    EnrollListen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("scheduler: {0}")]
     Scheduler(#[from] JobSchedulerError),
     #[error("cannot listen for signals: {0}")]
@@ -51,6 +57,7 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let schedule = settings.schedule()?;
     let metrics = listen_for_metrics(&sweeper, settings, &schedule, &shutdown).await?;
+    listen_for_enroll(&sweeper, settings, &shutdown).await?;
     let mut ticker = Ticker::new(&schedule).await?;
     info!(schedule = schedule.six_fields(), "tokenwarden started");
     notify(&[sd_notify::NotifyState::Ready]);
@@ -107,6 +114,40 @@ async fn listen_for_metrics(
         shutdown.clone(),
     ));
     Ok(Some(metrics))
+}
+
+/// Binds the invitation pages' listener and serves it until `shutdown`, when `[enroll]` is
+/// configured.
+async fn listen_for_enroll(
+    sweeper: &Sweeper,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Result<(), DaemonError> {
+    let Some(enroll) = &settings.enroll else {
+        return Ok(());
+    };
+    let listener = crate::listener::bind_tcp(enroll.listen.as_str())
+        .await
+        .map_err(|source| DaemonError::EnrollListen {
+            address: enroll.listen.clone(),
+            source,
+        })?;
+    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let pages = crate::enroll::pages::Pages::new(
+        sweeper.store().clone(),
+        sweeper.providers().clone(),
+        sweeper.transport().clone(),
+        enroll,
+        secs(settings.refresh_margin),
+        secs(settings.max_idle),
+    );
+    info!(listen = %enroll.listen, public_url = %enroll.public_url, "serving the invitation pages");
+    tokio::spawn(crate::enroll::pages::serve(
+        listener,
+        pages,
+        shutdown.clone(),
+    ));
+    Ok(())
 }
 
 async fn sweep(sweeper: &Sweeper, shutdown: &CancellationToken, metrics: Option<&Metrics>) {

@@ -2,7 +2,8 @@
 //! obtained (journaled `authorized`), as `sweep` does for `refresh`. Imports `domain`, `http`,
 //! `lifecycle`, `provider` and `store`. `enroll/invite.rs` makes the one-time links of
 //! `tokenwarden invite`; `enroll/pages.rs` answers the requests of an owner's browser (link ->
-//! consent -> provider -> callback -> stored), `enroll/html.rs` renders its pages and headers.
+//! consent -> provider -> callback -> stored), `enroll/page.rs` is one answer (and the plain pages for what went wrong), `enroll/html.rs`
+//! renders documents and headers, `enroll/identity.rs` reads which account consented.
 
 use crate::domain::{self, UnixTime};
 use crate::http::Transport;
@@ -14,6 +15,7 @@ use crate::store::{Authorized, Store, StoreError};
 mod html;
 pub mod identity;
 pub mod invite;
+mod page;
 pub mod pages;
 
 /// Where obtained tokens go: the credential, and how its next refresh is timed.

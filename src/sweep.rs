@@ -106,6 +106,18 @@ impl Sweeper {
         &self.inner.store
     }
 
+    /// The providers it refreshes with (the invitation pages sign owners in with them too).
+    #[must_use]
+    pub fn providers(&self) -> &Providers {
+        &self.inner.providers
+    }
+
+    /// The one transport to providers.
+    #[must_use]
+    pub fn transport(&self) -> &crate::http::Transport {
+        self.inner.refresher.transport()
+    }
+
     /// Refreshes every credential due now, at most once each. Stops claiming when `cancel` fires,
     /// lets the refreshes in flight finish and store, and gives the rest back.
     pub async fn sweep_once(

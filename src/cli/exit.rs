@@ -169,8 +169,11 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
             Some(StartupError::Config(_)) => return CONFIG,
             _ => {}
         }
-        if let Some(DaemonError::Config(_) | DaemonError::MetricsListen { .. }) =
-            cause.downcast_ref::<DaemonError>()
+        if let Some(
+            DaemonError::Config(_)
+            | DaemonError::MetricsListen { .. }
+            | DaemonError::EnrollListen { .. },
+        ) = cause.downcast_ref::<DaemonError>()
         {
             return CONFIG;
         }

@@ -20,22 +20,36 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::html::{self, document, escape, facts, para};
 use super::invite::{LINK_PREFIX, looks_like_secret, secret_hash};
+use super::page::{
+    Page, exchange_failed, not_allowed, provider_gone, store_failed, unknown_link, unusable,
+};
 use super::{Target, identity};
 use crate::config::EnrollSettings;
-use crate::domain::{self, Secret, iso8601, sanitize};
+use crate::domain::{Secret, iso8601, sanitize};
 use crate::http::Transport;
-use crate::lifecycle::authorize::AuthorizeError;
 use crate::lifecycle::browser;
+use crate::listener::{self, Handler, Limits, Peer, Socket};
 use crate::provider::Providers;
-use crate::store::{Invite, InviteState, Store, StoreError};
+use crate::store::{Invite, Store, StoreError};
 
 /// Most sign-ins in progress at once; past it, a button is answered 503 until some finish or
 /// expire (a flood of button presses cannot grow the process without bound).
 pub const MAX_PENDING: usize = 256;
+
+/// The pages' listener limits: a person's browser, a few requests per sign-in.
+pub const LIMITS: Limits = Limits {
+    header_read: Duration::from_secs(10),
+    connection: Duration::from_mins(1),
+    max_connections: 128,
+    keep_alive: true,
+};
 
 /// The path of the provider's redirect back, under `public_url`.
 pub const CALLBACK: &str = "/callback";
@@ -47,39 +61,6 @@ pub struct PageRequest<'a> {
     /// The path as the listener received it (with or without `public_url`'s path in front).
     pub path: &'a str,
     pub query: Option<&'a str>,
-}
-
-/// One answer: a status and a document, or a redirect.
-#[derive(Debug)]
-pub struct Page {
-    pub status: http::StatusCode,
-    pub html: String,
-    /// `303 See Other` to here (the provider's authorization endpoint).
-    pub location: Option<String>,
-    /// An origin forms on this page may go to besides the page's own (`form-action`).
-    form_to: Option<String>,
-}
-
-impl Page {
-    fn plain(status: http::StatusCode, title: &str, text: &str) -> Self {
-        Self {
-            status,
-            html: document(title, &para(text)),
-            location: None,
-            form_to: None,
-        }
-    }
-
-    /// The headers to send with it: the security headers, the content type, the redirect.
-    #[must_use]
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let mut headers = html::security_headers(self.form_to.as_deref());
-        headers.push(("Content-Type", "text/html; charset=utf-8".to_owned()));
-        if let Some(location) = &self.location {
-            headers.push(("Location", location.clone()));
-        }
-        headers
-    }
 }
 
 /// A sign-in between the button and the provider's redirect back.
@@ -384,6 +365,16 @@ impl Pages {
                 );
             }
         };
+        self.keep(invite, &obtained, account.as_deref()).await
+    }
+
+    /// Stores what a sign-in through `invite` obtained (spending the link) and says how it went.
+    async fn keep(
+        &self,
+        invite: &Invite,
+        obtained: &crate::lifecycle::authorize::Obtained,
+        account: Option<&str>,
+    ) -> Page {
         let target = Target {
             name: &invite.name,
             provider: &invite.provider,
@@ -392,15 +383,15 @@ impl Pages {
             margin: self.inner.margin,
             max_idle: self.inner.max_idle,
         };
-        match super::keep(&self.inner.store, &target, &obtained, Some(invite.id)).await {
+        match super::keep(&self.inner.store, &target, obtained, Some(invite.id)).await {
             Ok(stored) => {
                 info!(invite = invite.id, credential = %invite.name, "credential authorized through an invitation link");
                 let mut rows = vec![
                     ("Credential", invite.name.as_str()),
                     ("Provider", invite.provider.as_str()),
                 ];
-                if let Some(account) = &account {
-                    rows.push(("Signed in as", account.as_str()));
+                if let Some(account) = account {
+                    rows.push(("Signed in as", account));
                 }
                 let refresh = if stored.has_refresh_token {
                     "tokenwarden keeps it fresh from now on. You can close this window."
@@ -447,65 +438,30 @@ impl Pages {
     }
 }
 
-/// The page for a link that can no longer be used, if it cannot.
-fn unusable(invite: &Invite) -> Option<Page> {
-    let (title, text) = match invite.state(domain::now()) {
-        InviteState::Usable => return None,
-        InviteState::Spent => (
-            "Link already used",
-            "This link was already used to authorize the credential. A link works once; ask the administrator for a new one if you need to authorize again.",
-        ),
-        InviteState::Revoked => (
-            "Link withdrawn",
-            "The administrator withdrew this link. Ask them for a new one.",
-        ),
-        InviteState::Expired => (
-            "Link expired",
-            "This link has expired. Ask the administrator for a new one.",
-        ),
-    };
-    Some(Page::plain(http::StatusCode::GONE, title, text))
+impl Handler for Pages {
+    async fn handle(
+        &self,
+        _: Peer,
+        request: http::Request<Incoming>,
+    ) -> http::Response<Full<Bytes>> {
+        let page = self
+            .answer(PageRequest {
+                method: request.method(),
+                path: request.uri().path(),
+                query: request.uri().query(),
+            })
+            .await;
+        let mut response = http::Response::builder().status(page.status);
+        for (name, value) in page.headers() {
+            response = response.header(name, value);
+        }
+        response
+            .body(Full::new(Bytes::from(page.html)))
+            .unwrap_or_default()
+    }
 }
 
-fn unknown_link() -> Page {
-    Page::plain(
-        http::StatusCode::NOT_FOUND,
-        "Unknown link",
-        "This link is not known here. Check that you opened the whole link you were sent.",
-    )
-}
-
-fn not_allowed() -> Page {
-    Page::plain(
-        http::StatusCode::METHOD_NOT_ALLOWED,
-        "Not allowed",
-        "This page is opened with a link and its button only.",
-    )
-}
-
-fn provider_gone(invite: &Invite) -> Page {
-    warn!(invite = invite.id, provider = %invite.provider, "invitation names a provider that is not configured");
-    Page::plain(
-        http::StatusCode::INTERNAL_SERVER_ERROR,
-        "Provider not configured",
-        "The provider this link is for is no longer configured here. Tell the administrator who sent you the link.",
-    )
-}
-
-fn store_failed(e: &StoreError) -> Page {
-    warn!(error = %e, "invitation pages: the database failed");
-    Page::plain(
-        http::StatusCode::SERVICE_UNAVAILABLE,
-        "Try again later",
-        "tokenwarden cannot reach its database just now. Nothing was stored. Try the link again in a few minutes.",
-    )
-}
-
-fn exchange_failed(invite: &Invite, e: &AuthorizeError) -> Page {
-    info!(invite = invite.id, credential = %invite.name, error = %e, "invitation sign-in: the code exchange failed");
-    Page::plain(
-        http::StatusCode::BAD_GATEWAY,
-        "The provider did not hand out tokens",
-        &format!("{e} The link still works: open it again to retry, or tell the administrator."),
-    )
+/// Serves the pages on `listener` until `shutdown` fires, with [`LIMITS`].
+pub async fn serve(listener: tokio::net::TcpListener, pages: Pages, shutdown: CancellationToken) {
+    listener::serve(Socket::Tcp(listener), LIMITS, "enroll", pages, shutdown).await;
 }
