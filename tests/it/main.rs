@@ -9,6 +9,7 @@ mod consumers;
 mod core;
 mod crash;
 mod deploy;
+mod enroll_pages;
 mod fake_endpoint;
 mod faults;
 mod grants;
