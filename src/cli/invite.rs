@@ -84,7 +84,7 @@ async fn run(ctx: &Ctx, action: InviteAction<'_>) -> anyhow::Result<u8> {
             let store = ctx.open_checked(OpenMode::CreateIfMissing).await?;
             let link = make_link(
                 &store,
-                settings,
+                settings.base_url(),
                 &LinkRequest {
                     name,
                     provider,

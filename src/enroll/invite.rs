@@ -1,11 +1,18 @@
 //! Invitation links: a random secret (256 bits, base64url) printed once inside a URL under
 //! `[enroll] public_url`, and kept in the store only as its SHA-256. Making one, finding the link
-//! a presented secret names. Imports `config`, `domain` and `store`.
+//! a presented secret names; the links of `needs_reauthorization` alerts ([`ReauthLinkMaker`]).
+//! Imports `alerts`, `config`, `domain` and `store`.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
+use std::future::Future;
+use std::pin::Pin;
+
+use tracing::{info, warn};
+
+use crate::alerts::ReauthLinks;
 use crate::config::EnrollSettings;
 use crate::domain::{Secret, UnixTime};
 use crate::store::{Invite, NewInvite, Store, StoreError};
@@ -37,10 +44,11 @@ pub struct Link {
     pub invite: Invite,
 }
 
-/// Makes a link and records it (its secret's hash only).
+/// Makes a link under `base_url` (`public_url` without its trailing slash) and records it (its
+/// secret's hash only).
 pub async fn make_link(
     store: &Store,
-    settings: &EnrollSettings,
+    base_url: &str,
     req: &LinkRequest<'_>,
     now: UnixTime,
 ) -> Result<Link, StoreError> {
@@ -59,12 +67,69 @@ pub async fn make_link(
             now,
         )
         .await?;
-    let url = Secret::new(format!(
-        "{}{LINK_PREFIX}{}",
-        settings.base_url(),
-        secret.expose()
-    ));
+    let url = Secret::new(format!("{base_url}{LINK_PREFIX}{}", secret.expose()));
     Ok(Link { url, invite })
+}
+
+/// Makes the re-authorization links of `needs_reauthorization` alerts: for a credential with an
+/// owner, a link bound to its provider, owner and scopes, valid for `[enroll] link_valid`.
+pub struct ReauthLinkMaker {
+    store: Store,
+    base_url: String,
+    valid_secs: i64,
+}
+
+impl ReauthLinkMaker {
+    #[must_use]
+    pub fn new(store: Store, settings: &EnrollSettings) -> Self {
+        Self {
+            store,
+            base_url: settings.base_url().to_owned(),
+            valid_secs: i64::try_from(settings.link_valid.as_secs()).unwrap_or(i64::MAX),
+        }
+    }
+
+    async fn make(&self, credential: &str) -> Option<Secret> {
+        let (provider, owner, scopes) = match self.store.credential_binding(credential).await {
+            Ok(Some(binding)) => binding,
+            Ok(None) => return None,
+            Err(e) => {
+                warn!(credential, error = %e, "no re-authorization link for the alert: the database failed");
+                return None;
+            }
+        };
+        let owner = owner?;
+        let request = LinkRequest {
+            name: credential,
+            provider: &provider,
+            owner: &owner,
+            scopes: scopes.as_deref(),
+            valid_secs: self.valid_secs,
+        };
+        match make_link(&self.store, &self.base_url, &request, crate::domain::now()).await {
+            Ok(link) => {
+                info!(
+                    credential,
+                    invite = link.invite.id,
+                    "re-authorization link made for the alert"
+                );
+                Some(link.url)
+            }
+            Err(e) => {
+                warn!(credential, error = %e, "no re-authorization link for the alert");
+                None
+            }
+        }
+    }
+}
+
+impl ReauthLinks for ReauthLinkMaker {
+    fn link_for<'a>(
+        &'a self,
+        credential: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<Secret>> + Send + 'a>> {
+        Box::pin(self.make(credential))
+    }
 }
 
 /// A fresh secret from the operating system's generator.

@@ -85,6 +85,15 @@ impl Store {
         on_backend!(self, db => db.outstanding_invites(name, now).await)
     }
 
+    /// A credential's provider, owner and scopes (what a re-authorization link is bound to);
+    /// `None`: no such credential.
+    pub async fn credential_binding(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, Option<String>, Option<String>)>, StoreError> {
+        on_backend!(self, db => db.credential_binding(name).await)
+    }
+
     /// The link whose secret hashes to `token_hash`, whatever its state.
     pub async fn invite_by_hash(&self, token_hash: &str) -> Result<Option<Invite>, StoreError> {
         on_backend!(self, db => db.invite_by_hash(token_hash).await)

@@ -294,3 +294,93 @@ async fn a_link_is_spent_exactly_once(backend: Backend) {
     store.close().await;
 }
 on_both_backends!(a_link_is_spent_exactly_once);
+
+async fn a_needs_reauthorization_alert_carries_a_fresh_link(backend: Backend) {
+    use crate::fake_endpoint::{FakeEndpoint, Reply};
+    let dead = FakeEndpoint::start(Reply::json(
+        400,
+        r#"{"error":"invalid_grant","error_description":"revoked"}"#,
+    ))
+    .await;
+    let probe = tempfile::tempdir().unwrap();
+    let prefix = probe.path().join("alert");
+    let home = BackendHome::with_token_url(
+        &dead.token_url(),
+        backend,
+        &format!(
+            "[alerts]\non_event = [\"sh\", \"-c\", \"env > \\\"$0.$TOKENWARDEN_CREDENTIAL\\\"\", \"{}\"]\n{ENROLL}",
+            prefix.display()
+        ),
+    )
+    .await;
+    for (name, owner) in [("mailbox", Some("alice@example.com")), ("shared", None)] {
+        let mut args = vec![
+            "add",
+            name,
+            "--provider",
+            "basic",
+            "--scopes",
+            "openid offline_access",
+        ];
+        if let Some(owner) = owner {
+            args.extend(["--owner", owner]);
+        }
+        let added = home.run(&args, "rt-dead-canary-1").await;
+        assert_eq!(added.code, Some(0), "{added:?}");
+    }
+    let once = home.run(&["run", "--once"], "").await;
+    assert_eq!(once.code, Some(1), "{once:?}");
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("{}.{name}", prefix.display())).unwrap_or_default()
+    };
+    let env = read("mailbox");
+    assert!(
+        env.contains("TOKENWARDEN_EVENT=needs_reauthorization"),
+        "{env}"
+    );
+    let link = env
+        .lines()
+        .find_map(|l| l.strip_prefix("TOKENWARDEN_REAUTH_URL="))
+        .unwrap_or_else(|| panic!("no link in the alert: {env}"));
+    let secret = secret_of(link).to_owned();
+    // Without an owner there is nobody to send a link to.
+    let shared = read("shared");
+    assert!(
+        shared.contains("TOKENWARDEN_EVENT=needs_reauthorization"),
+        "{shared}"
+    );
+    assert!(!shared.contains("TOKENWARDEN_REAUTH_URL"), "{shared}");
+
+    let db = home.db().await;
+    let rows: Vec<(String, String, String, Option<String>, bool, String)> = db
+        .fetch_all(
+            "SELECT name, provider, owner, scopes, reauthorize, token_hash FROM enroll_invite",
+            &[],
+        )
+        .await;
+    assert_eq!(rows.len(), 1, "one link, for the credential with an owner");
+    let (name, provider, owner, scopes, reauthorize, hash) = &rows[0];
+    assert_eq!(
+        (name.as_str(), provider.as_str(), owner.as_str()),
+        ("mailbox", "basic", "alice@example.com")
+    );
+    assert_eq!(scopes.as_deref(), Some("openid offline_access"));
+    assert!(*reauthorize);
+    assert_eq!(*hash, hex::encode(Sha256::digest(secret.as_bytes())));
+    assert!(
+        !once.all().contains(&secret),
+        "the link is in the alert only"
+    );
+
+    let status = home.run(&["status"], "").await;
+    assert_eq!(status.code, Some(0), "{status:?}");
+    assert!(
+        status.stdout.contains("outstanding invitation links")
+            && status
+                .stdout
+                .contains("mailbox: 1 link for alice@example.com"),
+        "{status:?}"
+    );
+    assert!(!status.all().contains(&secret));
+}
+on_both_backends!(a_needs_reauthorization_alert_carries_a_fresh_link);

@@ -66,6 +66,18 @@ impl Db {
         .await?)
     }
 
+    pub(in crate::store) async fn credential_binding(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, Option<String>, Option<String>)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT provider, owner, scopes FROM oauth_credential WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *self.conn().await?)
+                .await?,
+        )
+    }
+
     pub(in crate::store) async fn invite_by_hash(
         &self,
         token_hash: &str,
