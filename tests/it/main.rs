@@ -4,6 +4,7 @@
 #![allow(clippy::too_many_lines, clippy::similar_names)]
 
 mod backends;
+mod browser;
 mod cli;
 mod consumers;
 mod core;
