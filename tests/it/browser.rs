@@ -202,7 +202,7 @@ async fn an_owner_authorizes_in_a_real_browser_and_the_next_sweep_refreshes() {
     );
 
     let db = e.home.db().await;
-    eventually(Duration::from_secs(60), "the next sweep's refresh", || {
+    eventually(Duration::from_mins(1), "the next sweep's refresh", || {
         let db = db.clone();
         async move {
             count(
