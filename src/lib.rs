@@ -12,6 +12,7 @@
 //! startup: settings ─► transport, providers, store, sweeper      cli: parse, dispatch, render
 //! daemon:  schedule + signals + metrics listener around sweep     renew, exec: tokens on demand
 //! enroll: lifecycle (authorize / device grant) ─► store         doctor: checks ─► Report
+//! enroll pages: listener ─► link ─► consent ─► lifecycle::browser ─► store (link spent)
 //! ```
 //!
 //! - [`domain`] — credentials, tokens, statuses, due-time and backoff arithmetic (pure)
@@ -34,12 +35,14 @@
 //! - [`renew`] — a token valid for at least a given time, renewed now through the sweep's path
 //! - [`lifecycle`] — `authorize`: the authorization-code grant with PKCE, and the device grant;
 //!   never the store
-//! - [`enroll`] — runs those grants and stores what they obtained
+//! - [`enroll`] — runs those grants and stores what they obtained; invitation links and the
+//!   pages an owner authorizes through (link -> consent -> provider -> callback -> stored)
 //! - [`listener`] — the one way to serve a socket: timeouts, a connection cap, accept backoff,
 //!   a rate-limited warning; every listener uses it
 //! - [`metrics`] — the optional /metrics and /healthz listener: table-wide aggregates, and
 //!   per-credential series up to `metrics.per_credential_max`
-//! - [`daemon`] — the schedule, signals and metrics listener around sweeps
+//! - [`daemon`] — the schedule, signals, the metrics listener and the invitation pages around
+//!   sweeps
 //! - [`telemetry`] — logging, with text from outside escaped
 //! - [`exec`] — `tokenwarden exec`: a command run with a token in its environment
 //! - [`doctor`] — the preflight checks behind `tokenwarden doctor`, as a report
