@@ -61,6 +61,9 @@ timeout = "10s"
 
 /// The environment variable that names the configuration file; never read as a setting.
 pub const CONFIG_PATH_VAR: &str = "TOKENWARDEN_CONFIG";
+/// libpq's variables for a password or a password file: tokenwarden's PostgreSQL driver does not
+/// read them, but a `psql` that `exec` runs would.
+pub const LIBPQ_SECRET_VARS: [&str; 2] = ["PGPASSWORD", "PGPASSFILE"];
 const ENV_PREFIX: &str = "TOKENWARDEN";
 
 /// Why the configuration could not be used.
@@ -261,6 +264,31 @@ impl Settings {
             Some(dir) if !dir.is_empty() => Path::new(dir).join("tokenwarden.db"),
             _ => PathBuf::from("tokenwarden.db"),
         }
+    }
+
+    /// Every environment variable this configuration names as holding a secret: each provider's
+    /// `client_secret_env`, `[encryption]`'s `key_env` and `retired_key_envs`, `[postgres]
+    /// password_env`; and libpq's own [`LIBPQ_SECRET_VARS`]. A child process (`exec`) never
+    /// inherits them.
+    #[must_use]
+    pub fn secret_variables(&self) -> Vec<&str> {
+        let encryption = self.encryption.iter().flat_map(|e| {
+            e.key_env
+                .as_deref()
+                .into_iter()
+                .chain(e.retired_key_envs.iter().map(String::as_str))
+        });
+        self.providers
+            .values()
+            .filter_map(|p| p.client_secret_env.as_deref())
+            .chain(encryption)
+            .chain(
+                self.postgres
+                    .iter()
+                    .filter_map(|p| p.password_env.as_deref()),
+            )
+            .chain(LIBPQ_SECRET_VARS)
+            .collect()
     }
 
     /// The PostgreSQL URL, when `database` is one (`postgres://` or `postgresql://`).
