@@ -188,6 +188,23 @@ async fn start(
         .and_then(seconds)
         .map_or(DEFAULT_INTERVAL, Duration::from_secs)
         .clamp(Duration::from_secs(1), MAX_INTERVAL);
+    // Shown to a person who will open it: https (plain http only on this machine), nothing a
+    // terminal acts on.
+    for (key, value) in [
+        ("verification_uri", Some(&started.verification_uri)),
+        (
+            "verification_uri_complete",
+            started.verification_uri_complete.as_ref(),
+        ),
+    ] {
+        if let Some(value) = value
+            && let Err(flaw) = crate::untrusted::check_browser_url(value)
+        {
+            return Err(DeviceError::Start(format!(
+                "{url} answered a {key} that {flaw}"
+            )));
+        }
+    }
     let prompt = UserPrompt {
         verification_uri: started.verification_uri,
         user_code: started.user_code,
