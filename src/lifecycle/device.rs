@@ -167,9 +167,11 @@ async fn start(
                 answer.body.len()
             ),
         };
+        let redactions = provider.redactions();
+        let secrets: Vec<&Secret> = redactions.iter().collect();
         return Err(DeviceError::Start(format!(
             "{url} answered {status}: {}",
-            sanitize(&reason, &[])
+            sanitize(&reason, &secrets)
         )));
     };
     let seconds = |v: &serde_json::Value| {
@@ -231,10 +233,12 @@ async fn post(
         .collect();
     let basic = provider.authenticate_form(&mut form, assertion.as_ref());
     transport.post_form(url, &form, basic).await.map_err(|e| {
+        let redactions = provider.redactions();
         let shown: Vec<&Secret> = grant
             .iter()
             .map(|(_, v)| v)
             .chain(assertion.as_ref())
+            .chain(&redactions)
             .collect();
         sanitize(&e.to_string(), &shown)
     })
@@ -271,18 +275,23 @@ fn judge(
             answer.body.len()
         ));
     };
+    // The provider may quote the request back: the device code and the client secret in every
+    // form it was sent are blanked out of what it says.
+    let redactions = provider.redactions();
+    let mut secrets: Vec<&Secret> = vec![device_code];
+    secrets.extend(&redactions);
     match error.error.as_str() {
         "authorization_pending" => Poll::Pending,
         "slow_down" => Poll::SlowDown,
         "access_denied" => Poll::Denied,
         "expired_token" => Poll::Expired,
         "temporarily_unavailable" | "server_error" => {
-            Poll::Transient(sanitize(&error.describe(), &[device_code]))
+            Poll::Transient(sanitize(&error.describe(), &secrets))
         }
-        _ if status >= 500 => Poll::Transient(sanitize(&error.describe(), &[device_code])),
+        _ if status >= 500 => Poll::Transient(sanitize(&error.describe(), &secrets)),
         _ => Poll::Refused(format!(
             "token endpoint answered {status}: {}",
-            sanitize(&error.describe(), &[device_code])
+            sanitize(&error.describe(), &secrets)
         )),
     }
 }
