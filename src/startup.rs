@@ -151,6 +151,17 @@ impl Ctx {
                 "plaintext tokens sealed under the current key"
             );
         }
+        if let Some(scrub) = sealed.scrub {
+            if scrub.wal_truncated {
+                tracing::info!(
+                    "database file rebuilt (VACUUM) and its -wal file emptied: no plaintext token left in free space"
+                );
+            } else {
+                tracing::warn!(
+                    "database file rebuilt (VACUUM), but another process was reading it: its -wal file still holds old page versions; run `tokenwarden rekey` when nothing else reads the database"
+                );
+            }
+        }
         let policy = Policy::from_settings(settings)?;
         let alerter = Alerter::new(&settings.alerts.on_event, settings.alerts.timeout);
         Ok(Sweeper::new(store, providers, refresher, policy, alerter))

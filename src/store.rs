@@ -33,7 +33,7 @@ pub use records::{
     Aggregate, Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim,
     RevocationClaimed, RevocationResult, RotationRecord, TokenRow,
 };
-pub use rekey::{ColumnUsage, KeyUsage, Pass, Target};
+pub use rekey::{ColumnUsage, KeyUsage, Pass, Scrub, Target};
 pub use seal::Sealer;
 pub use transfer::{Copied, TransferError};
 

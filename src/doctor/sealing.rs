@@ -149,6 +149,21 @@ pub fn rekey_summary(pass: &Pass, keyring: Option<&Keyring>, decrypt: bool) -> S
             pass.unreadable.join(", ")
         );
     }
+    match pass.scrub {
+        Some(scrub) if scrub.wal_truncated => {
+            let _ = writeln!(
+                out,
+                "database file rebuilt (VACUUM) and its -wal file emptied: no old token is left in free space"
+            );
+        }
+        Some(_) => {
+            let _ = writeln!(
+                out,
+                "database file rebuilt (VACUUM); its -wal file was in use by another process and still holds old page versions until it is reused (run rekey again when nothing else reads the database)"
+            );
+        }
+        None => {}
+    }
     out
 }
 

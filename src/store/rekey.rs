@@ -79,6 +79,18 @@ pub struct Pass {
     pub leased: u64,
     /// Rows with a value that cannot be opened (altered): left as they are.
     pub unreadable: Vec<String>,
+    /// How the SQLite file was cleared of old page contents afterwards, if it was.
+    pub scrub: Option<Scrub>,
+}
+
+/// What clearing a SQLite file of the old contents of its pages did (`VACUUM`, then
+/// `wal_checkpoint(TRUNCATE)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scrub {
+    /// Whether the `-wal` file was emptied. False when another process was reading the database
+    /// at that moment: its old frames are then overwritten as the log is reused, and the next
+    /// `rekey` tries again.
+    pub wal_truncated: bool,
 }
 
 /// A row a re-sealing pass reads, values as stored.
@@ -147,7 +159,21 @@ impl Store {
         if !plaintext {
             return Ok(Pass::default());
         }
-        self.reseal_pass(Target::SealPlaintext).await
+        let mut pass = self.reseal_pass(Target::SealPlaintext).await?;
+        if pass.resealed > 0 {
+            // The plaintext just replaced still sits in free space and in the log's old frames.
+            pass.scrub = self.scrub().await?;
+        }
+        Ok(pass)
+    }
+
+    /// With SQLite, clears what old pages and log frames hold ([`Scrub`]); `None` on PostgreSQL,
+    /// whose dead row versions keep old values until the operator's `VACUUM` (see the README).
+    pub async fn scrub(&self) -> Result<Option<Scrub>, StoreError> {
+        match &self.backend {
+            super::Backend::Sqlite(db) => db.scrub().await.map(Some),
+            super::Backend::Postgres(_) => Ok(None),
+        }
     }
 
     /// Brings every row to `target`, passing again over rows another process held the lease of,
@@ -161,6 +187,11 @@ impl Store {
             total.unreadable = pass.unreadable;
             total.leased = pass.leased;
             if pass.leased == 0 || tokio::time::Instant::now() + LEASED_PAUSE > deadline {
+                // Sealed (or re-sealed) values leave their old forms in free space: with a key,
+                // every rekey ends by clearing them, plaintext from before sealing included.
+                if target != Target::Plaintext && self.sealer.keyring().is_some() {
+                    total.scrub = self.scrub().await?;
+                }
                 return Ok(total);
             }
             tokio::time::sleep(LEASED_PAUSE).await;
