@@ -7,6 +7,7 @@
 mod echo;
 mod exec_env;
 mod retry_after;
+mod sealing;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
