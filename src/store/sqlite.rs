@@ -58,6 +58,7 @@ impl Db {
             }
             create_private(path).map_err(|e| open_err(format!("cannot create: {e}")))?;
         }
+        check_ownership(path).map_err(open_err)?;
         let connect = SqliteConnectOptions::new()
             .filename(path)
             .journal_mode(SqliteJournalMode::Wal)
@@ -272,6 +273,38 @@ const JOURNAL_FINISH: &str = "UPDATE token_rotation SET finished_at = j.finished
             json_extract(value, '$.reported') AS reported \
           FROM json_each($1)) AS j \
      WHERE token_rotation.id = j.id";
+
+/// Refuses a database file, or its `-wal` or `-shm` beside it, that another user could read or
+/// change: owned by a user other than this process's and root (pre-created in a shared directory,
+/// say, to read every token written to it), or writable by anyone. Checked before SQLite opens
+/// them; a file that is not there yet is SQLite's to create, with the database's mode.
+fn check_ownership(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = rustix::process::geteuid().as_raw();
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        let meta = match std::fs::metadata(&file) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => continue,
+            Err(e) => return Err(format!("cannot inspect {}: {e}", file.display())),
+        };
+        let owner = meta.uid();
+        if owner != me && owner != 0 {
+            return Err(format!(
+                "{} belongs to another user (uid {owner}), who could read every token in it; run tokenwarden as that user, or remove the file",
+                file.display()
+            ));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o002 != 0 {
+            return Err(format!(
+                "anyone may write to {} (mode {mode:04o}); chmod 0600 it",
+                file.display()
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Creates an empty file readable by its owner only, so the -wal and -shm files SQLite makes beside
 /// it (which copy its mode) are private too, whatever the umask.
