@@ -6,6 +6,7 @@
 
 mod echo;
 mod exec_env;
+mod files;
 mod retry_after;
 mod sealing;
 
