@@ -70,6 +70,7 @@ impl Ctx {
             http.connect_timeout,
             http.request_timeout,
             http.max_response_bytes,
+            &self.env,
         )
         .map_err(StartupError::Http)?;
         Ok(Refresher::new(transport))
