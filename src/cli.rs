@@ -243,6 +243,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             .map_or(ctx.settings.log.format, LogFormat::from),
         &ctx.settings.log.level,
     );
+    ctx.log_warnings();
     for warning in ctx.settings.warnings() {
         warn!("{warning}");
     }

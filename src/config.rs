@@ -61,8 +61,8 @@ timeout = "10s"
 
 /// The environment variable that names the configuration file; never read as a setting.
 pub const CONFIG_PATH_VAR: &str = "TOKENWARDEN_CONFIG";
-/// libpq's variables for a password or a password file: tokenwarden's PostgreSQL driver does not
-/// read them, but a `psql` that `exec` runs would.
+/// libpq's variables for a password or a password file (sqlx reads them as libpq does): secrets
+/// too, never handed to a command that `exec` runs.
 pub const LIBPQ_SECRET_VARS: [&str; 2] = ["PGPASSWORD", "PGPASSFILE"];
 const ENV_PREFIX: &str = "TOKENWARDEN";
 

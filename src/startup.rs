@@ -45,6 +45,10 @@ pub struct Ctx {
     pub settings: Settings,
     pub env: BTreeMap<String, String>,
     pub location: Location,
+    /// What should change about how the database is reached (a password file others may read,
+    /// PostgreSQL without certificate checks): logged by [`Ctx::log_warnings`] once logging is
+    /// set up, shown again by `doctor`.
+    pub database_warnings: Vec<String>,
 }
 
 impl Ctx {
@@ -52,15 +56,20 @@ impl Ctx {
     pub fn load(file: Option<&Path>) -> Result<Self, StartupError> {
         let env = environment();
         let settings = Settings::load(file, &env)?;
-        let (location, warnings) = keys::database_location(&settings, &env)?;
-        for warning in warnings {
-            warn!("{warning}");
-        }
+        let (location, database_warnings) = keys::database_location(&settings, &env)?;
         Ok(Self {
             settings,
             env,
             location,
+            database_warnings,
         })
+    }
+
+    /// Logs the warnings found while loading (every command does, as soon as logging is set up).
+    pub fn log_warnings(&self) {
+        for warning in &self.database_warnings {
+            warn!("{warning}");
+        }
     }
 
     /// The one transport, wrapped for token requests.
