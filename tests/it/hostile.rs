@@ -7,6 +7,7 @@
 mod echo;
 mod exec_env;
 mod files;
+mod pg_tls;
 mod proxy;
 mod retry_after;
 mod sealing;
