@@ -4,6 +4,7 @@
 //! sealing is turned on, a recording proxy, and a device-grant provider that sends terminal
 //! escapes. Each checks that no secret reaches any output.
 
+mod device;
 mod echo;
 mod exec_env;
 mod files;
