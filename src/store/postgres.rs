@@ -1,8 +1,8 @@
 //! The PostgreSQL backend, for several replicas on one server: migrated from
 //! `migrations/postgres` when there is anything to migrate (`schema`: then sqlx takes an advisory
 //! lock, so replicas starting together migrate once). Write transactions enter through
-//! [`Db::write`] (a plain `BEGIN`, READ COMMITTED); the claims lock the rows they take with `FOR UPDATE SKIP LOCKED`, so replicas claiming at the same
-//! moment divide the due credentials between them instead of waiting on each other, and the lease
+//! [`Db::write`] (a plain `BEGIN`, READ COMMITTED); the claims (`dialect::POSTGRES`) lock the rows
+//! they take with `FOR UPDATE SKIP LOCKED`, so replicas claiming at the same moment divide the due credentials between them instead of waiting on each other, and the lease
 //! then keeps each claimed row out of every other replica's claims until it is stored or runs
 //! out. The pool reconnects by itself: a connection that broke is tested and dropped before use.
 
@@ -13,15 +13,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use super::statement::Conn;
+use super::{OpenOptions, StoreError, schema, sql_reason};
+use crate::domain::Secret;
 use sqlx::ConnectOptions;
 use sqlx::PgPool;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tokio::sync::mpsc;
-
-use super::{OpenOptions, sql_reason};
-
-type Conn = sqlx::PgConnection;
 
 /// Longest a statement waits for a connection on its way back to the pool before the pool opens
 /// another (`Db::await_returning`): that way back is one round trip to the server, a new
@@ -133,7 +131,7 @@ pub(crate) struct Db {
 
 /// A write transaction.
 pub(super) struct Write {
-    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    pub(super) tx: sqlx::Transaction<'static, sqlx::Postgres>,
     _use: InUse,
 }
 
@@ -144,14 +142,14 @@ pub(super) struct Held {
 }
 
 impl std::ops::Deref for Held {
-    type Target = Conn;
-    fn deref(&self) -> &Conn {
+    type Target = sqlx::PgConnection;
+    fn deref(&self) -> &sqlx::PgConnection {
         &self.conn
     }
 }
 
 impl std::ops::DerefMut for Held {
-    fn deref_mut(&mut self) -> &mut Conn {
+    fn deref_mut(&mut self) -> &mut sqlx::PgConnection {
         &mut self.conn
     }
 }
@@ -174,11 +172,8 @@ impl Drop for InUse {
 }
 
 impl Db {
-    /// Connects, migrates, and starts the group writer.
-    pub(super) async fn open(
-        pg: &PgOptions,
-        options: &OpenOptions,
-    ) -> Result<(Self, mpsc::UnboundedSender<StoreJob>), StoreError> {
+    /// Connects and migrates.
+    pub(super) async fn open(pg: &PgOptions, options: &OpenOptions) -> Result<Self, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: pg.shown().into(),
             reason,
@@ -195,21 +190,18 @@ impl Db {
             .acquire()
             .await
             .map_err(|e| open_err(strip_url(&sql_reason(&e))))?;
-        migrate_schema(&mut conn)
+        schema::migrate(Conn::Postgres(&mut conn), &MIGRATOR)
             .await
             .map_err(|e| open_err(format!("cannot migrate the schema: {e}")))?;
         drop(conn);
-        let db = Self {
+        Ok(Self {
             pool,
             in_use: Arc::default(),
-        };
-        let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(group_writer(db.clone(), queue));
-        Ok((db, jobs))
+        })
     }
 
     /// The one way into a write transaction.
-    async fn write(&self) -> Result<Write, StoreError> {
+    pub(super) async fn write(&self) -> Result<Write, StoreError> {
         self.await_returning().await;
         let tx = self.pool.begin().await?;
         Ok(Write {
@@ -219,7 +211,7 @@ impl Db {
     }
 
     /// A connection for the next statement (see [`Db::await_returning`]).
-    async fn conn(&self) -> Result<Held, sqlx::Error> {
+    pub(super) async fn read(&self) -> Result<Held, sqlx::Error> {
         self.await_returning().await;
         let conn = self.pool.acquire().await?;
         Ok(Held {
@@ -254,7 +246,7 @@ impl Db {
         }
     }
 
-    /// The pool, for `transfer`'s copy (its own transaction, locking both tables).
+    /// The pool (and for `transfer`'s copy: its own transaction, locking both tables).
     pub(super) fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -263,117 +255,11 @@ impl Db {
     pub(super) async fn clock_ms(&self) -> Result<i64, StoreError> {
         let (ms,): (i64,) =
             sqlx::query_as("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
-                .fetch_one(&mut *self.conn().await?)
+                .fetch_one(&mut *self.read().await?)
                 .await?;
         Ok(ms)
     }
 }
-
-/// Rows read to be rewritten are locked until the commit: a claim skips them meanwhile.
-macro_rules! lock_rows {
-    () => {
-        " FOR UPDATE"
-    };
-}
-
-/// PostgreSQL has no free-page residue to zero: nothing to run around a re-seal batch.
-const RESEAL_PRAGMAS: Option<(&str, &str)> = None;
-
-include!("transactions.rs");
-
-/// Locks the rows of a group of stored refreshes, the JSON array of ids `$1`, in id order.
-const LOCK_GROUP: Option<&str> = Some(
-    "SELECT id FROM oauth_credential \
-     WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint) ORDER BY id FOR UPDATE",
-);
-
-/// Claims due credentials: `$1` owner, `$2` lease end, `$3` now, `$4` limit, `$5` sweep start.
-/// Due and out of backoff as the sweep started: a row that failed during this sweep (its backoff
-/// may end before the sweep does) waits for the next one, so one sweep sends each at most once.
-/// Rows another replica is claiming at this moment are skipped, not waited for.
-const CLAIM_DUE: &str = concat!(
-    "WITH due AS (SELECT id AS due_id FROM oauth_credential \
-        WHERE status = 'active' AND refresh_due_at < $5 AND next_attempt_at <= $5 \
-          AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
-        ORDER BY refresh_due_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
-     UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 FROM due WHERE id = due_id",
-    claim_returning!()
-);
-
-/// Claims one active credential: `$1` owner, `$2` lease end, `$3` name, `$4` now.
-const CLAIM_BY_NAME: &str = concat!(
-    "WITH one AS (SELECT id AS one_id FROM oauth_credential \
-        WHERE name = $3 AND status = 'active' AND (lease_expires_at IS NULL OR lease_expires_at <= $4) \
-        FOR UPDATE SKIP LOCKED) \
-     UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 FROM one WHERE id = one_id",
-    claim_returning!()
-);
-
-/// Claims one credential for revocation, whatever its status: `$1` owner, `$2` lease end, `$3`
-/// name, `$4` now.
-const CLAIM_FOR_REVOCATION: &str = concat!(
-    "WITH one AS (SELECT id AS one_id FROM oauth_credential \
-        WHERE name = $3 AND (lease_expires_at IS NULL OR lease_expires_at <= $4) \
-        FOR UPDATE SKIP LOCKED) \
-     UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 FROM one WHERE id = one_id",
-    revocation_returning!()
-);
-
-/// Claims pending revocations due again: `$1` owner, `$2` lease end, `$3` now, `$4` limit.
-const CLAIM_PENDING_REVOCATIONS: &str = concat!(
-    "WITH due AS (SELECT id AS due_id FROM oauth_credential \
-        WHERE revoke_pending AND status = 'disabled' AND next_attempt_at <= $3 \
-          AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
-        ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
-     UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 FROM due WHERE id = due_id",
-    revocation_returning!()
-);
-
-/// Marks the pending journal entries of the credentials in the array `$2` (objects with an
-/// `id`, as `batch::Started`) interrupted at `$1`; returns their credentials' ids.
-const JOURNAL_INTERRUPT: &str = "UPDATE token_rotation SET outcome = 'interrupted', finished_at = $1 \
-     WHERE outcome = 'pending' \
-       AND credential_id IN (SELECT (e ->> 'id')::bigint FROM jsonb_array_elements($2::jsonb) AS e) \
-     RETURNING credential_id";
-
-/// Opens a journal entry for each of the array `$4` (`batch::Started`): `$1` trigger, `$2`
-/// owner, `$3` now. Returns each entry's id with its credential's.
-const JOURNAL_START: &str = "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, \
-        lease_owner, started_at, old_expires_at, old_refresh_fingerprint) \
-     SELECT j.id, j.name, j.provider, $1, $2, $3, j.expires_at, j.fingerprint \
-     FROM jsonb_to_recordset($4::jsonb) \
-        AS j(id bigint, name text, provider text, expires_at bigint, fingerprint text) \
-     RETURNING id, credential_id";
-
-/// Stores new tokens from the array `$1` (`batch::Tokens`, distinct ids) in every row that still
-/// holds the refresh token it was claimed with; returns the ids of the rows written.
-const STORE_TOKENS: &str = "UPDATE oauth_credential SET access_token = j.access_token, token_type = j.token_type, \
-        access_token_expires_at = j.expires_at, \
-        refresh_token = COALESCE(j.refresh_token, oauth_credential.refresh_token), \
-        refresh_token_expires_at = CASE WHEN j.rotated THEN j.refresh_expires_at \
-            ELSE COALESCE(j.refresh_expires_at, oauth_credential.refresh_token_expires_at) END, \
-        refresh_due_at = j.due_at, consecutive_failures = 0, next_attempt_at = 0, last_error = NULL, \
-        instance_url = COALESCE(j.instance_url, oauth_credential.instance_url), \
-        last_refreshed_at = j.stored_at, updated_at = j.stored_at, \
-        lease_owner = CASE WHEN oauth_credential.lease_owner = j.holder THEN NULL \
-            ELSE oauth_credential.lease_owner END, \
-        lease_expires_at = CASE WHEN oauth_credential.lease_owner = j.holder THEN NULL \
-            ELSE oauth_credential.lease_expires_at END \
-     FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, stored text, access_token text, token_type text, \
-        expires_at bigint, refresh_token text, refresh_expires_at bigint, rotated boolean, due_at bigint, \
-        stored_at bigint, holder text, instance_url text) \
-     WHERE oauth_credential.id = j.id AND oauth_credential.refresh_token IS NOT DISTINCT FROM j.stored \
-     RETURNING oauth_credential.id";
-
-/// Completes the journal entries in the array `$1` (`batch::Completed`).
-const JOURNAL_FINISH: &str = "UPDATE token_rotation SET finished_at = j.finished_at, duration_ms = j.duration_ms, \
-        outcome = j.outcome, http_status = j.http_status, new_expires_at = j.expires_at, \
-        refresh_token_rotated = j.rotated, new_refresh_fingerprint = j.refresh_fingerprint, \
-        new_access_fingerprint = j.access_fingerprint, expires_in_reported = j.reported \
-     FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, finished_at bigint, duration_ms bigint, \
-        outcome text, http_status bigint, expires_at bigint, rotated boolean, refresh_fingerprint text, \
-        access_fingerprint text, reported boolean) \
-     WHERE token_rotation.id = j.id";
 
 #[cfg(test)]
 mod tests {
