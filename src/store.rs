@@ -5,11 +5,12 @@
 //! PostgreSQL (`migrate --to`).
 //! Every token passes the store's [`Sealer`] (`seal`) on its way in and out, here, above the SQL,
 //! so both backends see only stored (sealed) text; `rekey` reports and changes which key seals
-//! which row. Below the `Store`, one interface to either database (`backend`: [`Db`] gives write
+//! which row. Below the `Store`, one interface to either database (`backend`: `Db` gives write
 //! transactions and read connections); the transactions are written once against it
 //! (`transactions`), each statement a `statement` both drivers run; the statements whose text
 //! differs sit side by side in `dialect`; `batch` carries many rows into one statement as a bound
-//! JSON array. Imports `domain` only.
+//! JSON array; `location` says where the database is (read from the settings). Imports
+//! `domain`, and `config` and `secret_file` for `location`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,6 +20,7 @@ mod batch;
 mod claim;
 mod dialect;
 mod leases;
+mod location;
 mod lookup;
 mod postgres;
 mod records;
@@ -33,8 +35,8 @@ mod writer;
 
 pub use claim::{ClaimByName, Failure, FailureDetail, Refreshed, Stored};
 pub use leases::{HeldElsewhere, HeldLease};
+pub use location::{Location, LocationError, PgOptions, postgres_options};
 pub use lookup::TokenState;
-pub use postgres::PgOptions;
 pub use records::{
     Aggregate, Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim,
     RevocationClaimed, RevocationResult, RotationRecord,
@@ -101,24 +103,6 @@ pub struct Migrations {
 pub enum OpenMode {
     CreateIfMissing,
     MustExist,
-}
-
-/// Where the database is: a SQLite file, or a PostgreSQL server.
-#[derive(Debug, Clone)]
-pub enum Location {
-    Sqlite(PathBuf),
-    Postgres(PgOptions),
-}
-
-impl Location {
-    /// How the database is named in messages: the file, or the URL without its password.
-    #[must_use]
-    pub fn shown(&self) -> String {
-        match self {
-            Self::Sqlite(path) => path.display().to_string(),
-            Self::Postgres(pg) => pg.shown(),
-        }
-    }
 }
 
 /// How a store is opened, besides where.

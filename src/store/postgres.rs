@@ -6,20 +6,17 @@
 //! then keeps each claimed row out of every other replica's claims until it is stored or runs
 //! out. The pool reconnects by itself: a connection that broke is tested and dropped before use.
 
-use std::fmt;
-use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::statement::Conn;
-use super::{OpenOptions, StoreError, schema, sql_reason};
-use crate::domain::Secret;
-use sqlx::ConnectOptions;
 use sqlx::PgPool;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
+
+use super::location::{PgOptions, strip_url};
+use super::statement::Conn;
+use super::{OpenOptions, StoreError, schema, sql_reason};
 
 /// Longest a statement waits for a connection on its way back to the pool before the pool opens
 /// another (`Db::await_returning`): that way back is one round trip to the server, a new
@@ -28,98 +25,6 @@ const RETURNING_WAIT: Duration = Duration::from_millis(50);
 
 /// The schema's migrations, embedded.
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
-/// How to reach the server: its URL (`postgres://` or `postgresql://`, with `sslmode`, host,
-/// port, user, database), and the password and CA file when they are configured apart from it.
-/// `Debug` and [`PgOptions::shown`] never show a password.
-#[derive(Clone)]
-pub struct PgOptions {
-    url: String,
-    password: Option<Secret>,
-    ssl_root_cert: Option<PathBuf>,
-}
-
-impl PgOptions {
-    /// Whether `text` names a PostgreSQL database rather than a SQLite file.
-    #[must_use]
-    pub fn is_url(text: &str) -> bool {
-        crate::domain::is_postgres_url(text)
-    }
-
-    #[must_use]
-    pub fn new(url: String, password: Option<Secret>, ssl_root_cert: Option<PathBuf>) -> Self {
-        Self {
-            url,
-            password,
-            ssl_root_cert,
-        }
-    }
-
-    /// The URL without any password (in its user part or its query), for messages.
-    #[must_use]
-    pub fn shown(&self) -> String {
-        shown_url(&self.url)
-    }
-
-    /// The connect options: the URL's, then the configured password and CA file.
-    pub fn connect_options(&self) -> Result<PgConnectOptions, String> {
-        let mut options = PgConnectOptions::from_str(&self.url)
-            .map_err(|e| format!("not a usable PostgreSQL URL: {}", strip_url(&e.to_string())))?
-            .application_name("tokenwarden")
-            // sqlx's own "slow statement" warnings would come before a command's one error line.
-            .disable_statement_logging();
-        if let Some(password) = &self.password {
-            options = options.password(password.expose());
-        }
-        if let Some(ca) = &self.ssl_root_cert {
-            options = options.ssl_root_cert(ca);
-        }
-        Ok(options)
-    }
-}
-
-impl fmt::Debug for PgOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgOptions")
-            .field("url", &self.shown())
-            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
-            .field("ssl_root_cert", &self.ssl_root_cert)
-            .finish()
-    }
-}
-
-/// `url` with the password of its user part and any `password` query parameter left out.
-fn shown_url(url: &str) -> String {
-    let Ok(mut parsed) = url::Url::parse(url) else {
-        return "postgres://(an unreadable URL)".to_owned();
-    };
-    let _ = parsed.set_password(None);
-    let kept: Vec<(String, String)> = parsed
-        .query_pairs()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case("password"))
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    if kept.is_empty() {
-        parsed.set_query(None);
-    } else {
-        parsed.query_pairs_mut().clear().extend_pairs(kept);
-    }
-    parsed.to_string()
-}
-
-/// An error text with anything URL-like cut down to its scheme (a parser's message might quote it).
-fn strip_url(text: &str) -> String {
-    text.split(' ')
-        .map(|w| {
-            if PgOptions::is_url(w) {
-                "postgres://…"
-            } else {
-                w
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 /// The pool.
 #[derive(Debug, Clone)]
@@ -258,41 +163,5 @@ impl Db {
                 .fetch_one(&mut *self.read().await?)
                 .await?;
         Ok(ms)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{PgOptions, shown_url};
-
-    #[test]
-    fn urls_are_recognised_and_shown_without_passwords() {
-        assert!(PgOptions::is_url("postgres://h/db"));
-        assert!(PgOptions::is_url("PostgreSQL://h/db"));
-        assert!(!PgOptions::is_url("/var/lib/tokenwarden/tokenwarden.db"));
-        assert!(!PgOptions::is_url("postgres.db"));
-        let shown = shown_url(
-            "postgres://tw:s3cr3t-pw@db.example:5432/tw?sslmode=verify-full&password=other-pw",
-        );
-        assert!(
-            !shown.contains("s3cr3t-pw") && !shown.contains("other-pw"),
-            "{shown}"
-        );
-        assert!(
-            shown.contains("sslmode=verify-full") && shown.contains("tw@db.example:5432/tw"),
-            "{shown}"
-        );
-        let debug = format!(
-            "{:?}",
-            PgOptions::new(
-                "postgres://u:pw-123456@h/d".into(),
-                Some(crate::domain::Secret::new("pw-abcdef")),
-                None
-            )
-        );
-        assert!(
-            !debug.contains("pw-123456") && !debug.contains("pw-abcdef"),
-            "{debug}"
-        );
     }
 }
