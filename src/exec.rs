@@ -2,8 +2,9 @@
 //! command line, where `ps` would show it — with standard input, output and error passed
 //! through, and passes its exit status on (128 + the signal's number when a signal ended it, as
 //! shells report it). The child inherits this process's environment without the secrets the
-//! configuration names (or, clean, only `PATH`, `HOME`, `LANG`). While it runs, SIGTERM and SIGHUP are forwarded to it; SIGINT and SIGQUIT,
-//! which a terminal sends to the child as well, are left to it. Imports `domain` only.
+//! configuration names (or, clean, only `PATH`, `HOME`, `LANG`). While it runs, SIGTERM and
+//! SIGHUP are forwarded to it; SIGINT and SIGQUIT, which a terminal sends to the child as well,
+//! are left to it. Imports `domain` only.
 
 use std::os::unix::process::ExitStatusExt as _;
 

@@ -1,16 +1,13 @@
 //! The keys of `[encryption]`, read from their files or environment variables and assembled into
-//! the store's [`Sealer`]; and the database's [`Location`], with a PostgreSQL password read from
-//! `[postgres] password_file` or `password_env`. A key or password file must not be writable by
-//! other users (refused) and should not be readable by them (a warning). No message carries key
-//! material or a password. Imports `config`, `secret_file` and `store`.
+//! the store's [`Sealer`]. A key file must not be writable by other users (refused) and should not
+//! be readable by them (a warning). No message carries key material. Imports `config` and
+//! `store`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{EncryptionSettings, Settings};
-use crate::domain::Secret;
+use crate::config::EncryptionSettings;
 use crate::store::seal::{Key, KeyError, Keyring, Sealer};
-use crate::store::{Location, PgOptions};
 
 /// Why the configured keys could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -21,103 +18,6 @@ pub enum KeysError {
     Env { name: String, reason: String },
     #[error("encryption: {0}")]
     Keyring(KeyError),
-    #[error("postgres.{key}: {reason}")]
-    Password { key: &'static str, reason: String },
-}
-
-/// Where the database is, and warnings about how its password is kept.
-pub fn database_location(
-    settings: &Settings,
-    env: &BTreeMap<String, String>,
-) -> Result<(Location, Vec<String>), KeysError> {
-    let Some(url) = settings.database_url() else {
-        return Ok((Location::Sqlite(settings.database_path(env)), Vec::new()));
-    };
-    let (options, warnings) = postgres_options(settings, env, url)?;
-    Ok((Location::Postgres(options), warnings))
-}
-
-/// The PostgreSQL database at `url` with `[postgres]`'s password and CA file (for `database`,
-/// and for `migrate --to`), and warnings about how the password is kept.
-pub fn postgres_options(
-    settings: &Settings,
-    env: &BTreeMap<String, String>,
-    url: &str,
-) -> Result<(PgOptions, Vec<String>), KeysError> {
-    let pg = settings.postgres.as_ref();
-    let mut warnings = Vec::new();
-    let password = match (
-        pg.and_then(|p| p.password_file.as_deref()),
-        pg.and_then(|p| p.password_env.as_deref()),
-    ) {
-        (Some(path), _) => {
-            let err = |reason: String| KeysError::Password {
-                key: "password_file",
-                reason: format!("{}: {reason}", path.display()),
-            };
-            let file = crate::secret_file::read(path).map_err(|e| err(e.to_string()))?;
-            warnings.extend(file.warning("postgres.password_file", path));
-            Some(Secret::new(file.text.clone()))
-        }
-        (None, Some(name)) => Some(Secret::new(env.get(name).cloned().ok_or_else(|| {
-            KeysError::Password {
-                key: "password_env",
-                reason: format!("the variable {name} is not set"),
-            }
-        })?)),
-        (None, None) => None,
-    };
-    warnings.extend(tls_warning(url));
-    let ca = pg.and_then(|p| p.ssl_root_cert.clone());
-    if let Some(ca) = &ca
-        && !ca.is_file()
-    {
-        return Err(KeysError::Password {
-            key: "ssl_root_cert",
-            reason: format!("{} is not a readable file", ca.display()),
-        });
-    }
-    Ok((PgOptions::new(url.to_owned(), password, ca), warnings))
-}
-
-/// A warning when the PostgreSQL connection at `url` could go without TLS or to a server whose
-/// certificate is not checked: without `sslmode`, libpq's and sqlx's default is `prefer`, which
-/// falls back to cleartext when the server (or a man in the middle) declines TLS, and sends the
-/// password there. Only `sslmode=verify-full` checks the server's name; a loopback host or a unix
-/// socket never leaves the machine.
-fn tls_warning(url: &str) -> Option<String> {
-    let parsed = url::Url::parse(url).ok()?;
-    let query = |key: &str| {
-        parsed
-            .query_pairs()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.into_owned())
-    };
-    let sslmode = query("sslmode").unwrap_or_else(|| "prefer (the default)".to_owned());
-    if sslmode == "verify-full" {
-        return None;
-    }
-    let local = match (query("host"), parsed.host()) {
-        (Some(host), _) => host.starts_with('/') || is_loopback_name(&host),
-        (None, None) => true,
-        (None, Some(url::Host::Domain(d))) => d.is_empty() || is_loopback_name(d),
-        (None, Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
-        (None, Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
-    };
-    (!local).then(|| {
-        format!(
-            "database: PostgreSQL on another host with sslmode={sslmode}: the server's certificate is not checked, and unless sslmode is require or stricter the connection (and the password) may go in clear; add sslmode=verify-full to the URL (with [postgres] ssl_root_cert for a private CA)"
-        )
-    })
-}
-
-/// `localhost` or a loopback address, as a host name or a `host=` parameter spells it.
-fn is_loopback_name(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The sealer the configuration asks for, and warnings about how its keys are kept.
@@ -261,29 +161,6 @@ mod tests {
             e.contains("is not a key") && e.contains("raw") && !e.contains("canary"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn postgres_elsewhere_without_verify_full_is_warned_about() {
-        for url in [
-            "postgres://tw@db.example.com/tw",
-            "postgres://tw@db.example.com/tw?sslmode=require",
-            "postgres://tw@10.0.0.5:5432/tw?sslmode=verify-ca",
-            "postgresql://tw@localhost/tw?host=db.example.com",
-        ] {
-            let warning = tls_warning(url).unwrap_or_else(|| panic!("{url}"));
-            assert!(warning.contains("sslmode=verify-full"), "{warning}");
-        }
-        for url in [
-            "postgres://tw@db.example.com/tw?sslmode=verify-full",
-            "postgres://tw@127.0.0.1:5432/tw",
-            "postgres://tw@localhost/tw?sslmode=disable",
-            "postgres://tw@[::1]/tw",
-            "postgresql://tw@db.example.com/tw?host=/run/postgresql",
-            "postgresql:///tw",
-        ] {
-            assert_eq!(tls_warning(url), None, "{url}");
-        }
     }
 
     #[test]

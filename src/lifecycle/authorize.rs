@@ -197,6 +197,9 @@ pub async fn authorize<T>(
                     AuthorizeError::Denied(sanitize(&reason, &secrets))
                 }
                 Rejection::NoCode => AuthorizeError::NoCode,
+                Rejection::ListenerStopped => AuthorizeError::Listen(std::io::Error::other(
+                    "the listener for the redirect stopped",
+                )),
             };
             if let Some(arrival) = arrival {
                 arrival

@@ -15,6 +15,7 @@ mod grants;
 mod harness;
 mod hostile;
 mod lifecycle;
+mod listeners;
 mod load;
 mod migrate;
 mod oauth_server;
