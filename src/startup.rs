@@ -15,7 +15,9 @@ use crate::http::{HttpError, Transport};
 use crate::keys::{self, KeysError};
 use crate::provider::{ProviderError, Providers};
 use crate::refresh::Refresher;
-use crate::store::{Location, LocationError, OpenMode, OpenOptions, Sealer, Store, StoreError};
+use crate::store::{
+    Location, LocationError, OpenMode, OpenOptions, Scrub, Sealer, Store, StoreError,
+};
 use crate::sweep::{Policy, Sweeper};
 
 /// Why the running parts could not be put together.
@@ -156,16 +158,18 @@ impl Ctx {
                 "plaintext tokens sealed under the current key"
             );
         }
-        if let Some(scrub) = sealed.scrub {
-            if scrub.wal_truncated {
-                tracing::info!(
-                    "database file rebuilt (VACUUM) and its -wal file emptied: no plaintext token left in free space"
-                );
-            } else {
-                tracing::warn!(
-                    "database file rebuilt (VACUUM), but another process was reading it: its -wal file still holds old page versions; run `tokenwarden rekey` when nothing else reads the database"
-                );
-            }
+        match &sealed.scrub {
+            Some(Scrub::Done) => tracing::info!(
+                "database file rebuilt (VACUUM) and its -wal file emptied: no plaintext token left in free space"
+            ),
+            Some(Scrub::WalInUse) => tracing::warn!(
+                "database file rebuilt (VACUUM), but another process was reading it: its -wal file still holds old page versions; run `tokenwarden rekey` when nothing else reads the database"
+            ),
+            Some(Scrub::Failed(why)) => tracing::warn!(
+                why,
+                "the database file could not be rebuilt after sealing: old plaintext may remain in free space; run `tokenwarden rekey`"
+            ),
+            None => {}
         }
         let policy = Policy::from_settings(settings)?;
         let alerter = Alerter::new(&settings.alerts.on_event, settings.alerts.timeout);

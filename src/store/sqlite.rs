@@ -16,7 +16,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::statement::Conn;
-use super::{OpenMode, OpenOptions, Scrub, StoreError, schema, sql_reason};
+use super::{OpenMode, OpenOptions, StoreError, schema, sql_reason};
 
 /// The schema's migrations, embedded.
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -118,11 +118,11 @@ impl Db {
     /// rebuilds the file from the live rows only (no free page, no freeblock inside a page keeps
     /// a deleted value, and every page of the file is rewritten), then
     /// `wal_checkpoint(TRUNCATE)` copies the rebuilt pages into the file and empties the `-wal`
-    /// file, whose old frames held earlier versions of the pages. A reader in another process
-    /// can keep the log from being emptied: [`Scrub::wal_truncated`] is then false. Holds this
+    /// file, whose old frames held earlier versions of the pages. Whether the log was emptied: a
+    /// reader in another process can keep it from being emptied. Holds this
     /// process's write queue throughout; other processes wait on the busy timeout. Cost: about
     /// 1.7 s and twice the file's size in temporary disk space per 100k credentials (200 MiB).
-    pub(super) async fn scrub(&self) -> Result<Scrub, StoreError> {
+    pub(super) async fn scrub(&self) -> Result<bool, StoreError> {
         let _queued = Arc::clone(&self.writer).lock_owned().await;
         let mut conn = self.read().await?;
         // VACUUM builds the new file in a temporary database first: on disk (the system's temp
@@ -139,9 +139,7 @@ impl Db {
             sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
                 .fetch_one(&mut *conn)
                 .await?;
-        Ok(Scrub {
-            wal_truncated: busy == 0,
-        })
+        Ok(busy == 0)
     }
 
     /// A connection for the next statement: the pool's acquire, as it always was.
