@@ -30,8 +30,8 @@ pub use leases::{HeldElsewhere, HeldLease};
 pub use lookup::TokenState;
 pub use postgres::PgOptions;
 pub use records::{
-    Aggregate, Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim,
-    RevocationClaimed, RevocationResult, RotationRecord, TokenRow,
+    Aggregate, AggregateWindow, Authorized, AuthorizedAs, CredentialSummary, NewCredential,
+    RevocationClaim, RevocationClaimed, RevocationResult, RotationRecord, TokenRow,
 };
 pub use rekey::{ColumnUsage, KeyUsage, Pass, Target};
 pub use seal::Sealer;

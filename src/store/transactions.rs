@@ -18,7 +18,7 @@ use crate::domain::{Outcome, Secret, Trigger, UnixTime};
 use crate::store::claim::ClaimRow;
 use crate::store::leases::{HeldElsewhere, HeldLease};
 use crate::store::records::{
-    Aggregate, Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim, RevocationResult,
+    Aggregate, AggregateWindow, Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim, RevocationResult,
     RotationRecord, TokenRow,
 };
 use crate::store::rekey::{Reformed, Row as RekeyRow};

@@ -15,6 +15,7 @@ mod grants;
 mod harness;
 mod lifecycle;
 mod load;
+mod metrics;
 mod migrate;
 mod oauth_server;
 mod pg;
