@@ -38,7 +38,7 @@ pub struct Family {
 }
 
 /// README.md's metrics table: sample name (counters with `_total`) -> type and labels.
-fn readme_table() -> BTreeMap<String, Family> {
+pub fn readme_table() -> BTreeMap<String, Family> {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let mut table = BTreeMap::new();
@@ -62,6 +62,20 @@ fn readme_table() -> BTreeMap<String, Family> {
     }
     assert!(table.len() > 10, "README's metrics table not found");
     table
+}
+
+/// README.md's metrics table: sample name -> scope (`table`, `credential` or `process`).
+pub fn readme_scopes() -> BTreeMap<String, String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    readme
+        .lines()
+        .filter(|l| l.starts_with("| `tokenwarden_"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            (cells[1].trim_matches('`').to_owned(), cells[4].to_owned())
+        })
+        .collect()
 }
 
 /// A scrape's families: sample name (counters with `_total`, as PromQL sees them) -> type and the
