@@ -1,5 +1,10 @@
-// Reads for status, log, token, metrics and consumers: no transaction, no lease. Part of
-// `transactions.rs` (`include!`d).
+//! Reads for status, log, metrics and consumers: no transaction, no lease.
+
+use crate::domain::UnixTime;
+use crate::store::StoreError;
+use crate::store::backend::Db;
+use crate::store::records::{Aggregate, AggregateWindow, CredentialSummary, RotationRecord};
+use crate::store::statement::sql;
 
 impl Db {
     /// Per provider and status: counts, failing, expiring by `$2`, soonest expiry, oldest
@@ -11,7 +16,7 @@ impl Db {
         window: AggregateWindow,
         failing: crate::domain::Failing,
     ) -> Result<Vec<Aggregate>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(sql(
             "SELECT provider, status, count(*) AS credentials, \
                 sum(CASE WHEN status = 'active' AND (consecutive_failures >= $3 \
                     OR (consecutive_failures > 0 AND $1 - COALESCE(last_refreshed_at, created_at) >= $4)) \
@@ -30,13 +35,13 @@ impl Db {
         .bind(i64::from(failing.after_failures))
         .bind(failing.after_secs)
         .bind(window.refresh_token_by)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(self.read().await?.conn())
         .await?)
     }
 
     /// Every credential, by name, without tokens.
     pub(in crate::store) async fn summaries(&self) -> Result<Vec<CredentialSummary>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(sql(
             "SELECT name, provider, owner, grant_type, status, access_token_expires_at, refresh_token_expires_at, \
                 refresh_due_at, last_refreshed_at, consecutive_failures, next_attempt_at, last_error, \
                 COALESCE(last_refreshed_at, created_at) AS last_success_at, instance_url, \
@@ -51,25 +56,15 @@ impl Db {
                   WHERE t.credential_id = c.id AND t.outcome = 'pending') AS attempt_started_at \
              FROM oauth_credential c ORDER BY name",
         )
-        .fetch_all(&mut *self.conn().await?)
-        .await?)
-    }
-
-    /// The stored access token of `name` (as stored), if there is such a credential.
-    pub(in crate::store) async fn token(&self, name: &str) -> Result<Option<TokenRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id, status, access_token, token_type, access_token_expires_at FROM oauth_credential WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_all(self.read().await?.conn())
         .await?)
     }
 
     /// Whether a credential called `name` exists.
     pub(in crate::store) async fn exists(&self, name: &str) -> Result<bool, StoreError> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM oauth_credential WHERE name = $1")
+        let row: Option<(i64,)> = sql("SELECT id FROM oauth_credential WHERE name = $1")
             .bind(name)
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(self.read().await?.conn())
             .await?;
         Ok(row.is_some())
     }
@@ -80,7 +75,7 @@ impl Db {
         name: Option<&str>,
         limit: u32,
     ) -> Result<Vec<RotationRecord>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(sql(
             "SELECT id, credential_name, provider, trigger, started_at, duration_ms, outcome, http_status, error_code, \
                 error_description, old_expires_at, new_expires_at, refresh_token_rotated, old_refresh_fingerprint, \
                 new_refresh_fingerprint, expires_in_reported \
@@ -88,7 +83,7 @@ impl Db {
         )
         .bind(name)
         .bind(i64::from(limit))
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(self.read().await?.conn())
         .await?)
     }
 
@@ -97,12 +92,12 @@ impl Db {
         &self,
         name: &str,
     ) -> Result<Option<crate::store::TokenState>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(sql(
             "SELECT id, name, provider, status, access_token, token_type, access_token_expires_at, instance_url, \
                 lease_expires_at, last_error, next_attempt_at FROM oauth_credential WHERE name = $1",
         )
         .bind(name)
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_optional(self.read().await?.conn())
         .await?)
     }
 
@@ -112,13 +107,11 @@ impl Db {
         provider: &str,
         owner: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT name FROM oauth_credential \
-             WHERE provider = $1 AND owner = $2 AND status <> 'disabled' ORDER BY name",
-        )
+        let rows: Vec<(String,)> = sql("SELECT name FROM oauth_credential \
+             WHERE provider = $1 AND owner = $2 AND status <> 'disabled' ORDER BY name")
         .bind(provider)
         .bind(owner)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(self.read().await?.conn())
         .await?;
         Ok(rows.into_iter().map(|(name,)| name).collect())
     }
