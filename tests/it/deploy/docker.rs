@@ -470,6 +470,8 @@ fn docker_environment_and_healthcheck_work_with_the_binary() {
         &["run"],
         &[
             ("TOKENWARDEN_DATABASE", db.to_str().unwrap()),
+            // A sweep every second: stale after two.
+            ("TOKENWARDEN_SCHEDULE", "* * * * * *"),
             metrics[0],
             metrics[1],
         ],
@@ -487,6 +489,20 @@ fn docker_environment_and_healthcheck_work_with_the_binary() {
         }
         thread::sleep(Duration::from_millis(100));
     };
+    // Sweeps that fail (the database replaced by a directory): after twice the schedule's gap
+    // (1 s here) /healthz says 503 and why, and so does the check.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    fs::create_dir(&db).unwrap();
+    let started = Instant::now();
+    let unhealthy = loop {
+        let ran = check(&metrics);
+        if ran.code != Some(0) || started.elapsed() > DEADLINE {
+            break ran;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
     let _ = daemon.kill();
     let _ = daemon.wait();
     assert_eq!(
@@ -495,6 +511,17 @@ fn docker_environment_and_healthcheck_work_with_the_binary() {
         "daemon sweeping: healthy: {healthy:?}"
     );
     assert!(healthy.output().is_empty(), "{healthy:?}");
+    assert_eq!(
+        unhealthy.code,
+        Some(1),
+        "database gone: unhealthy: {unhealthy:?}"
+    );
+    assert!(
+        unhealthy.stdout.starts_with(
+            "tokenwarden healthcheck: /healthz answered HTTP/1.0 503 Service Unavailable: "
+        ),
+        "{unhealthy:?}"
+    );
 }
 
 /// The repository file a runtime-stage `COPY SOURCE DEST` puts at `dest` in the image.
