@@ -14,7 +14,6 @@ use crate::telemetry;
 
 mod credentials;
 pub mod exit;
-mod header;
 mod inspect;
 mod invite;
 mod migrate;
@@ -79,6 +78,9 @@ enum Command {
         /// The environment variable that receives the access token.
         #[arg(long, default_value = "ACCESS_TOKEN", value_name = "VAR")]
         env: String,
+        /// Give COMMAND only PATH, HOME, LANG and the token variables, not this environment.
+        #[arg(long)]
+        clean_env: bool,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -274,7 +276,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             .map_or(ctx.settings.log.format, LogFormat::from),
         &ctx.settings.log.level,
     );
-    for warning in ctx.settings.warnings() {
+    for warning in &ctx.warnings {
         warn!("{warning}");
     }
     match cli.command {
@@ -290,8 +292,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             which,
             renew,
             env,
+            clean_env,
             command,
-        } => exec(&ctx, &which, &renew, &env, &command).await,
+        } => exec(&ctx, &which, &renew, &env, clean_env, &command).await,
         Command::Refresh { name } => refresh(&ctx, name).await,
         Command::Log { name, limit, json } => {
             let store = ctx.open(OpenMode::MustExist).await?;

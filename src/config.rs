@@ -63,6 +63,9 @@ timeout = "10s"
 
 /// The environment variable that names the configuration file; never read as a setting.
 pub const CONFIG_PATH_VAR: &str = "TOKENWARDEN_CONFIG";
+/// libpq's variables for a password or a password file (sqlx reads them as libpq does): secrets
+/// too, never handed to a command that `exec` runs.
+pub const LIBPQ_SECRET_VARS: [&str; 2] = ["PGPASSWORD", "PGPASSFILE"];
 const ENV_PREFIX: &str = "TOKENWARDEN";
 
 /// Why the configuration could not be used.
@@ -73,10 +76,37 @@ pub enum ConfigError {
         path: PathBuf,
         source: config::ConfigError,
     },
+    #[error(
+        "configuration file {path}: anyone may write to it (mode {mode:04o}), and it names the programs to run and where secrets are sent; chmod o-w it (0640 or 0600)"
+    )]
+    WorldWritable { path: PathBuf, mode: u32 },
     #[error("configuration: {0}")]
     Parse(config::ConfigError),
     #[error("configuration key {key}: {reason}")]
     Invalid { key: String, reason: String },
+}
+
+/// Reads the configuration file ourselves, so that a missing or unreadable file is named plainly,
+/// and refuses one that anyone may write to: it names programs to run (`alerts.on_event`) and
+/// where secrets are sent (`token_url`). The mode is taken from the opened file.
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let unreadable = |e: std::io::Error| ConfigError::File {
+        path: path.to_owned(),
+        source: config::ConfigError::Foreign(Box::new(e)),
+    };
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mode = file.metadata().map_err(unreadable)?.permissions().mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(ConfigError::WorldWritable {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(unreadable)?;
+    Ok(text)
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -90,8 +120,8 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// The SQLite database file (see [`Settings::database_path`] for the default), or a
-    /// `postgres://` / `postgresql://` URL (see [`Settings::database_url`]).
+    /// The SQLite database file, or a `postgres://` / `postgresql://` URL (read by
+    /// `store::Location::from_settings`, the one place that decides which, and the default file).
     pub database: Option<PathBuf>,
     /// How to reach PostgreSQL besides its URL: for a `postgres://` database, and for the
     /// destination of `migrate --to`.
@@ -219,11 +249,7 @@ impl Settings {
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(path) = file {
-            // Read it ourselves so a missing or unreadable file is named plainly.
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                path: path.to_owned(),
-                source: config::ConfigError::Foreign(Box::new(e)),
-            })?;
+            let text = read_file(path)?;
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
         let vars: config::Map<String, String> = env
@@ -252,27 +278,29 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The database file: the configured one, else `$STATE_DIRECTORY/tokenwarden.db` when systemd
-    /// sets `STATE_DIRECTORY`, else `./tokenwarden.db`.
+    /// Every environment variable this configuration names as holding a secret: each provider's
+    /// `client_secret_env`, `[encryption]`'s `key_env` and `retired_key_envs`, `[postgres]
+    /// password_env`; and libpq's own [`LIBPQ_SECRET_VARS`]. A child process (`exec`) never
+    /// inherits them.
     #[must_use]
-    pub fn database_path(&self, env: &BTreeMap<String, String>) -> PathBuf {
-        if let Some(path) = &self.database {
-            return path.clone();
-        }
-        match env
-            .get("STATE_DIRECTORY")
-            .and_then(|dirs| dirs.split(':').next())
-        {
-            Some(dir) if !dir.is_empty() => Path::new(dir).join("tokenwarden.db"),
-            _ => PathBuf::from("tokenwarden.db"),
-        }
-    }
-
-    /// The PostgreSQL URL, when `database` is one (`postgres://` or `postgresql://`).
-    #[must_use]
-    pub fn database_url(&self) -> Option<&str> {
-        let text = self.database.as_deref()?.to_str()?;
-        crate::domain::is_postgres_url(text).then_some(text)
+    pub fn secret_variables(&self) -> Vec<&str> {
+        let encryption = self.encryption.iter().flat_map(|e| {
+            e.key_env
+                .as_deref()
+                .into_iter()
+                .chain(e.retired_key_envs.iter().map(String::as_str))
+        });
+        self.providers
+            .values()
+            .filter_map(|p| p.client_secret_env.as_deref())
+            .chain(encryption)
+            .chain(
+                self.postgres
+                    .iter()
+                    .filter_map(|p| p.password_env.as_deref()),
+            )
+            .chain(LIBPQ_SECRET_VARS)
+            .collect()
     }
 
     /// The parsed sweep schedule (validated by `load`).
@@ -307,23 +335,14 @@ impl Settings {
     /// Warnings about settings that work but should change.
     #[must_use]
     pub fn warnings(&self) -> Vec<String> {
-        let inline_password = self
-            .database_url()
-            .and_then(|u| url::Url::parse(u).ok())
-            .is_some_and(|u| u.password().is_some());
-        inline_password
-            .then(|| {
-                "database: the URL holds a password; prefer [postgres] password_file or password_env (or PGPASSFILE)".to_owned()
-            })
-            .into_iter()
-            .chain(self.providers
+        self.providers
             .iter()
             .filter(|(_, p)| p.client_secret.is_some())
             .map(|(name, _)| {
                 format!(
                     "provider {name}: client_secret is inline in the configuration; prefer client_secret_env or client_secret_file"
                 )
-            }))
+            })
             .collect()
     }
 }
@@ -356,18 +375,6 @@ scopes = "offline_access https://graph.microsoft.com/.default"
         let s = Settings::load(None, &BTreeMap::new()).unwrap();
         assert_eq!(s.refresh_margin, Duration::from_mins(10));
         assert_eq!(s.schedule().unwrap().six_fields(), "0 */3 * * * *");
-        assert_eq!(
-            s.database_path(&BTreeMap::new()),
-            PathBuf::from("tokenwarden.db")
-        );
-        let env = BTreeMap::from([(
-            "STATE_DIRECTORY".to_owned(),
-            "/var/lib/tw:/other".to_owned(),
-        )]);
-        assert_eq!(
-            s.database_path(&env),
-            PathBuf::from("/var/lib/tw/tokenwarden.db")
-        );
     }
 
     #[test]

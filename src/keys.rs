@@ -1,19 +1,13 @@
 //! The keys of `[encryption]`, read from their files or environment variables and assembled into
-//! the store's [`Sealer`]; and the database's [`Location`], with a PostgreSQL password read from
-//! `[postgres] password_file` or `password_env`. A key or password file must not be writable by
-//! other users (refused) and should not be readable by them (a warning). No message carries key
-//! material or a password. Imports `config`, `secret_file` and `store`.
+//! the store's [`Sealer`]. A key file must not be writable by other users (refused) and should not
+//! be readable by them (a warning). No message carries key material. Imports `config` and
+//! `store`.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use zeroize::Zeroizing;
-
-use crate::config::{EncryptionSettings, Settings};
-use crate::domain::Secret;
+use crate::config::EncryptionSettings;
 use crate::store::seal::{Key, KeyError, Keyring, Sealer};
-use crate::store::{Location, PgOptions};
 
 /// Why the configured keys could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -24,62 +18,6 @@ pub enum KeysError {
     Env { name: String, reason: String },
     #[error("encryption: {0}")]
     Keyring(KeyError),
-    #[error("postgres.{key}: {reason}")]
-    Password { key: &'static str, reason: String },
-}
-
-/// Where the database is, and warnings about how its password is kept.
-pub fn database_location(
-    settings: &Settings,
-    env: &BTreeMap<String, String>,
-) -> Result<(Location, Vec<String>), KeysError> {
-    let Some(url) = settings.database_url() else {
-        return Ok((Location::Sqlite(settings.database_path(env)), Vec::new()));
-    };
-    let (options, warnings) = postgres_options(settings, env, url)?;
-    Ok((Location::Postgres(options), warnings))
-}
-
-/// The PostgreSQL database at `url` with `[postgres]`'s password and CA file (for `database`,
-/// and for `migrate --to`), and warnings about how the password is kept.
-pub fn postgres_options(
-    settings: &Settings,
-    env: &BTreeMap<String, String>,
-    url: &str,
-) -> Result<(PgOptions, Vec<String>), KeysError> {
-    let pg = settings.postgres.as_ref();
-    let mut warnings = Vec::new();
-    let password = match (
-        pg.and_then(|p| p.password_file.as_deref()),
-        pg.and_then(|p| p.password_env.as_deref()),
-    ) {
-        (Some(path), _) => {
-            let err = |reason: String| KeysError::Password {
-                key: "password_file",
-                reason: format!("{}: {reason}", path.display()),
-            };
-            let file = crate::secret_file::read(path).map_err(|e| err(e.to_string()))?;
-            warnings.extend(file.warning("postgres.password_file", path));
-            Some(Secret::new(file.text.clone()))
-        }
-        (None, Some(name)) => Some(Secret::new(env.get(name).cloned().ok_or_else(|| {
-            KeysError::Password {
-                key: "password_env",
-                reason: format!("the variable {name} is not set"),
-            }
-        })?)),
-        (None, None) => None,
-    };
-    let ca = pg.and_then(|p| p.ssl_root_cert.clone());
-    if let Some(ca) = &ca
-        && !ca.is_file()
-    {
-        return Err(KeysError::Password {
-            key: "ssl_root_cert",
-            reason: format!("{} is not a readable file", ca.display()),
-        });
-    }
-    Ok((PgOptions::new(url.to_owned(), password, ca), warnings))
 }
 
 /// The sealer the configuration asks for, and warnings about how its keys are kept.
@@ -114,31 +52,16 @@ pub fn load(
     Ok((Sealer::new(keyring), warnings))
 }
 
+/// A key file, read like every secret file (the mode checked on the opened file: anyone may write
+/// it, refused; group or others may read or write it, a warning).
 fn from_file(path: &Path, warnings: &mut Vec<String>) -> Result<Key, KeysError> {
     let err = |reason: String| KeysError::File {
         path: path.to_owned(),
         reason,
     };
-    let mode = std::fs::metadata(path)
-        .map_err(|e| err(format!("cannot read: {e}")))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o002 != 0 {
-        return Err(err(format!(
-            "is writable by every user (mode {mode:04o}); chmod 0400 it"
-        )));
-    }
-    if mode & 0o044 != 0 {
-        warnings.push(format!(
-            "encryption key file {} is readable by other users (mode {mode:04o}); chmod 0400 it",
-            path.display()
-        ));
-    }
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?,
-    );
-    Key::parse(&text).map_err(|e| err(e.to_string()))
+    let file = crate::secret_file::read_bytes(path).map_err(|e| err(e.to_string()))?;
+    warnings.extend(file.warning("encryption key file", path));
+    Key::from_file_bytes(&file.bytes).map_err(|e| err(e.to_string()))
 }
 
 fn from_env(name: &str, env: &BTreeMap<String, String>) -> Result<Key, KeysError> {
@@ -152,6 +75,8 @@ fn from_env(name: &str, env: &BTreeMap<String, String>) -> Result<Key, KeysError
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -193,7 +118,7 @@ mod tests {
             load(Some(&settings(Some(readable), None)), &BTreeMap::new()).unwrap();
         assert_eq!(sealer.keyring().unwrap().current_id(), id);
         assert!(
-            warnings[0].contains("readable by other users"),
+            warnings[0].contains("accessible to group or others"),
             "{warnings:?}"
         );
 
@@ -201,7 +126,24 @@ mod tests {
         let e = load(Some(&settings(Some(writable), None)), &BTreeMap::new())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("writable by every user"), "{e}");
+        assert!(e.contains("anyone may write to it"), "{e}");
+
+        let group_writable = write(dir.path(), "g", KEY, 0o620);
+        let (_, warnings) = load(
+            Some(&settings(Some(group_writable), None)),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert!(warnings[0].contains("0620"), "{warnings:?}");
+
+        let raw = dir.path().join("raw");
+        std::fs::write(&raw, [0x0a_u8; 32]).unwrap();
+        std::fs::set_permissions(&raw, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let (sealer, _) = load(Some(&settings(Some(raw), None)), &BTreeMap::new()).unwrap();
+        assert_eq!(
+            sealer.keyring().unwrap().current_id(),
+            Key::from_bytes(&[0x0a; 32]).id()
+        );
 
         let e = load(
             Some(&settings(Some(dir.path().join("missing")), None)),
@@ -215,7 +157,10 @@ mod tests {
         let e = load(Some(&settings(Some(bad), None)), &BTreeMap::new())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("is not a key") && !e.contains("canary"), "{e}");
+        assert!(
+            e.contains("is not a key") && e.contains("raw") && !e.contains("canary"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! - [`config`] — settings from defaults, file and environment, provider presets, validated
 //! - [`http`] — the one transport to providers: no redirects, timeouts, body cap, oauth2 adapter
 //! - [`discovery`] — endpoints from an issuer's metadata
+//! - [`core_dumps`] — this process made non-dumpable at start (no core file, no ptrace)
 //! - [`secret_file`] — reading a secret file, refused when anyone may write it (like ssh's keys)
 //! - [`provider`] — configured OAuth clients with their endpoints, secrets and client auth
 //! - [`keys`] — the `[encryption]` keys and the database's location and password
@@ -33,6 +34,8 @@
 //! - [`sweep`] — claim, refresh (within each provider's concurrency and rate limits), settle
 //!   (pure), store, log, alert; pending revocations
 //! - [`renew`] — a token valid for at least a given time, renewed now through the sweep's path
+//! - [`deliver`] — the consumer seam: which credential, fresh enough or renewed under the lease,
+//!   the header; `token`, `exec`, the token API and the sinks call it
 //! - [`lifecycle`] — `authorize`: the authorization-code grant with PKCE, and the device grant;
 //!   never the store
 //! - [`enroll`] — runs those grants and stores what they obtained; invitation links and the
@@ -52,7 +55,9 @@
 pub mod alerts;
 pub mod cli;
 pub mod config;
+pub mod core_dumps;
 pub mod daemon;
+pub mod deliver;
 pub mod discovery;
 pub mod doctor;
 pub mod domain;

@@ -6,7 +6,7 @@
 
 use sqlx::FromRow;
 
-use super::{Store, StoreError, on_backend};
+use super::{Store, StoreError};
 use crate::domain::UnixTime;
 
 /// A link to record: what it authorizes, and the hash of its secret.
@@ -72,7 +72,7 @@ impl Store {
         invite: &NewInvite<'_>,
         now: UnixTime,
     ) -> Result<Invite, StoreError> {
-        on_backend!(self, db => db.create_invite(invite, now).await)
+        self.db.create_invite(invite, now).await
     }
 
     /// The links not spent, revoked or expired at `now`, oldest first; of one credential when
@@ -82,7 +82,7 @@ impl Store {
         name: Option<&str>,
         now: UnixTime,
     ) -> Result<Vec<Invite>, StoreError> {
-        on_backend!(self, db => db.outstanding_invites(name, now).await)
+        self.db.outstanding_invites(name, now).await
     }
 
     /// A credential's provider, owner and scopes (what a re-authorization link is bound to);
@@ -91,12 +91,12 @@ impl Store {
         &self,
         name: &str,
     ) -> Result<Option<(String, Option<String>, Option<String>)>, StoreError> {
-        on_backend!(self, db => db.credential_binding(name).await)
+        self.db.credential_binding(name).await
     }
 
     /// The link whose secret hashes to `token_hash`, whatever its state.
     pub async fn invite_by_hash(&self, token_hash: &str) -> Result<Option<Invite>, StoreError> {
-        on_backend!(self, db => db.invite_by_hash(token_hash).await)
+        self.db.invite_by_hash(token_hash).await
     }
 
     /// Revokes link `id` if it is still outstanding; returns it and whether this revoked it
@@ -106,6 +106,6 @@ impl Store {
         id: i64,
         now: UnixTime,
     ) -> Result<Option<(Invite, bool)>, StoreError> {
-        on_backend!(self, db => db.revoke_invite(id, now).await)
+        self.db.revoke_invite(id, now).await
     }
 }

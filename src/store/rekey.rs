@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::FromRow;
 
 use super::seal::{self, Column, HEAD_LEN, Place, Sealer};
-use super::{Store, StoreError, on_backend};
+use super::{Store, StoreError};
 use crate::domain::{self, Secret};
 
 /// Rows re-sealed per transaction.
@@ -79,6 +79,23 @@ pub struct Pass {
     pub leased: u64,
     /// Rows with a value that cannot be opened (altered): left as they are.
     pub unreadable: Vec<String>,
+    /// How the SQLite file was cleared of old page contents afterwards, if it was.
+    pub scrub: Option<Scrub>,
+}
+
+/// What clearing a SQLite file of the old contents of its pages did (`VACUUM`, then
+/// `wal_checkpoint(TRUNCATE)`). Never an error of the command: the values are sealed already.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scrub {
+    /// The file rebuilt and the `-wal` file emptied: no old page content is left.
+    Done,
+    /// The file rebuilt, but another process was reading the database, so the `-wal` file could
+    /// not be emptied: its old frames are overwritten as the log is reused, and the next `rekey`
+    /// tries again.
+    WalInUse,
+    /// `VACUUM` or the checkpoint failed (another process held the write lock past the busy
+    /// timeout, the disk is full…): the next `rekey` tries again.
+    Failed(String),
 }
 
 /// A row a re-sealing pass reads, values as stored.
@@ -147,7 +164,25 @@ impl Store {
         if !plaintext {
             return Ok(Pass::default());
         }
-        self.reseal_pass(Target::SealPlaintext).await
+        let mut pass = self.reseal_pass(Target::SealPlaintext).await?;
+        if pass.resealed > 0 {
+            // The plaintext just replaced still sits in free space and in the log's old frames.
+            pass.scrub = self.scrub().await;
+        }
+        Ok(pass)
+    }
+
+    /// With SQLite, clears what old pages and log frames hold ([`Scrub`]); `None` on PostgreSQL,
+    /// whose dead row versions keep old values until the operator's `VACUUM` (see the README).
+    pub async fn scrub(&self) -> Option<Scrub> {
+        match &self.db {
+            super::backend::Db::Sqlite(db) => Some(match db.scrub().await {
+                Ok(true) => Scrub::Done,
+                Ok(false) => Scrub::WalInUse,
+                Err(e) => Scrub::Failed(e.to_string()),
+            }),
+            super::backend::Db::Postgres(_) => None,
+        }
     }
 
     /// Brings every row to `target`, passing again over rows another process held the lease of,
@@ -161,6 +196,11 @@ impl Store {
             total.unreadable = pass.unreadable;
             total.leased = pass.leased;
             if pass.leased == 0 || tokio::time::Instant::now() + LEASED_PAUSE > deadline {
+                // Sealed (or re-sealed) values leave their old forms in free space: with a key,
+                // every rekey ends by clearing them, plaintext from before sealing included.
+                if target != Target::Plaintext && self.sealer.keyring().is_some() {
+                    total.scrub = self.scrub().await;
+                }
                 return Ok(total);
             }
             tokio::time::sleep(LEASED_PAUSE).await;
@@ -176,7 +216,7 @@ impl Store {
     }
 
     async fn column_usage(&self, column: Column) -> Result<ColumnUsage, StoreError> {
-        let rows = on_backend!(self, db => db.heads(column).await)?;
+        let rows = self.db.heads(column).await?;
         let mut usage = ColumnUsage::default();
         for (head, n) in rows {
             match head_key_id(&head) {
@@ -192,7 +232,7 @@ impl Store {
     async fn key_ids_in(&self, column: Column) -> Result<Vec<String>, StoreError> {
         let mut after = seal::PREFIX.to_owned();
         let mut ids = Vec::new();
-        while let Some(head) = on_backend!(self, db => db.next_head(column, &after).await)? {
+        while let Some(head) = self.db.next_head(column, &after).await? {
             if let Some(id) = head_key_id(&head) {
                 ids.push(id.to_owned());
             }
@@ -203,13 +243,13 @@ impl Store {
 
     /// Whether any value in `column` is plaintext: two index seeks.
     async fn has_plaintext(&self, column: Column) -> Result<bool, StoreError> {
-        on_backend!(self, db => db.has_plaintext(column).await)
+        self.db.has_plaintext(column).await
     }
 
     /// "N credentials: a, b, c, …" sealed (in either column) under key `id`.
     async fn rows_under(&self, id: &str) -> Result<String, StoreError> {
         let head = format!("{}{id}:", seal::PREFIX);
-        let names = on_backend!(self, db => db.names_under(&head).await)?;
+        let names = self.db.names_under(&head).await?;
         let shown: Vec<&str> = names.iter().take(NAMED).map(String::as_str).collect();
         let more = if names.len() > NAMED { ", …" } else { "" };
         let plural = if names.len() == 1 { "" } else { "s" };
@@ -251,9 +291,10 @@ impl Store {
                 Reformed::Write { refresh, access }
             };
             let current = current.as_deref();
-            let last = on_backend!(self, db => db
+            let last = self
+                .db
                 .reseal_batch(target, after, current, seal_access, BATCH, &mut reform_row)
-                .await)?;
+                .await?;
             let Some(last) = last else {
                 return Ok(pass);
             };

@@ -118,8 +118,13 @@ async fn sweeper(dir: &tempfile::TempDir, endpoint: &Endpoint) -> Sweeper {
     )]
     .into();
     let settings = Settings::load(Some(&config), &env).unwrap();
-    let transport =
-        Transport::new(Duration::from_secs(2), Duration::from_secs(5), 1 << 20).unwrap();
+    let transport = Transport::new(
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+        1 << 20,
+        &std::collections::BTreeMap::new(),
+    )
+    .unwrap();
     let providers = Providers::resolve(&settings.providers, &env, &transport)
         .await
         .unwrap();
@@ -219,7 +224,7 @@ async fn a_transient_failure_backs_off_and_keeps_the_token() {
     let again = sweep(&sweeper).await;
     assert_eq!(again.due, 0, "{again:?}");
     assert_eq!(endpoint.requests().len(), 1);
-    let token = sweeper.store().token("c").await.unwrap().unwrap();
+    let token = sweeper.store().token_state("c").await.unwrap().unwrap();
     assert!(token.access_token.is_none());
     sweeper.store().close().await;
 }
@@ -268,7 +273,7 @@ async fn a_refused_response_stores_nothing_of_it() {
     assert!(
         sweeper
             .store()
-            .token("c")
+            .token_state("c")
             .await
             .unwrap()
             .unwrap()

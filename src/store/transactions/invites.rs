@@ -1,5 +1,12 @@
-// Invitations: recorded, listed, looked up by the hash of their secret, revoked; spent inside
-// `store_authorized` (`spend_invite`). Part of `transactions.rs` (`include!`d).
+//! Invitations: recorded, listed, looked up by the hash of their secret, revoked; spent inside
+//! `store_authorized` ([`spend_invite`]).
+
+use crate::domain::UnixTime;
+use crate::store::StoreError;
+use crate::store::backend::Db;
+use crate::store::invites::{Invite, NewInvite};
+use crate::store::records::Authorized;
+use crate::store::statement::{Conn, sql};
 
 /// The columns an `Invite` reads.
 macro_rules! invite_columns {
@@ -9,14 +16,15 @@ macro_rules! invite_columns {
 }
 
 impl Db {
+    /// Records a link; for an existing credential, only with its provider and owner.
     pub(in crate::store) async fn create_invite(
         &self,
-        i: &crate::store::NewInvite<'_>,
+        i: &NewInvite<'_>,
         now: UnixTime,
-    ) -> Result<crate::store::Invite, StoreError> {
+    ) -> Result<Invite, StoreError> {
         let mut w = self.write().await?;
         let existing: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT provider, owner FROM oauth_credential WHERE name = $1")
+            sql("SELECT provider, owner FROM oauth_credential WHERE name = $1")
                 .bind(i.name)
                 .fetch_optional(w.conn())
                 .await?;
@@ -30,7 +38,7 @@ impl Db {
                 owner: owner.clone(),
             });
         }
-        let invite = sqlx::query_as(concat!(
+        let invite = sql(concat!(
             "INSERT INTO enroll_invite (token_hash, name, provider, owner, scopes, reauthorize, \
                 created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
             invite_columns!()
@@ -49,12 +57,13 @@ impl Db {
         Ok(invite)
     }
 
+    /// The links not spent, revoked or expired at `now` (of credential `name`, when given).
     pub(in crate::store) async fn outstanding_invites(
         &self,
         name: Option<&str>,
         now: UnixTime,
-    ) -> Result<Vec<crate::store::Invite>, StoreError> {
-        Ok(sqlx::query_as(concat!(
+    ) -> Result<Vec<Invite>, StoreError> {
+        Ok(sql(concat!(
             "SELECT ",
             invite_columns!(),
             " FROM enroll_invite WHERE spent_at IS NULL AND revoked_at IS NULL AND expires_at > $1 \
@@ -62,53 +71,53 @@ impl Db {
         ))
         .bind(now)
         .bind(name)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(self.read().await?.conn())
         .await?)
     }
 
+    /// A credential's provider, owner and scopes.
     pub(in crate::store) async fn credential_binding(
         &self,
         name: &str,
     ) -> Result<Option<(String, Option<String>, Option<String>)>, StoreError> {
         Ok(
-            sqlx::query_as("SELECT provider, owner, scopes FROM oauth_credential WHERE name = $1")
+            sql("SELECT provider, owner, scopes FROM oauth_credential WHERE name = $1")
                 .bind(name)
-                .fetch_optional(&mut *self.conn().await?)
+                .fetch_optional(self.read().await?.conn())
                 .await?,
         )
     }
 
+    /// The link whose secret hashes to `token_hash`.
     pub(in crate::store) async fn invite_by_hash(
         &self,
         token_hash: &str,
-    ) -> Result<Option<crate::store::Invite>, StoreError> {
-        Ok(sqlx::query_as(concat!(
+    ) -> Result<Option<Invite>, StoreError> {
+        Ok(sql(concat!(
             "SELECT ",
             invite_columns!(),
             " FROM enroll_invite WHERE token_hash = $1"
         ))
         .bind(token_hash)
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_optional(self.read().await?.conn())
         .await?)
     }
 
+    /// Revokes link `id` if still outstanding; the link and whether this revoked it.
     pub(in crate::store) async fn revoke_invite(
         &self,
         id: i64,
         now: UnixTime,
-    ) -> Result<Option<(crate::store::Invite, bool)>, StoreError> {
+    ) -> Result<Option<(Invite, bool)>, StoreError> {
         let mut w = self.write().await?;
-        let changed = sqlx::query(
-            "UPDATE enroll_invite SET revoked_at = $1 \
-             WHERE id = $2 AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > $1",
-        )
+        let changed = sql("UPDATE enroll_invite SET revoked_at = $1 \
+             WHERE id = $2 AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > $1")
         .bind(now)
         .bind(id)
         .execute(w.conn())
         .await?
-        .rows_affected()
             > 0;
-        let invite: Option<crate::store::Invite> = sqlx::query_as(concat!(
+        let invite: Option<Invite> = sql(concat!(
             "SELECT ",
             invite_columns!(),
             " FROM enroll_invite WHERE id = $1"
@@ -121,16 +130,20 @@ impl Db {
     }
 }
 
-/// Spends `a`'s link (if it came through one) for its credential inside the caller's transaction: only a link not spent,
-/// revoked or expired at `now` ([`StoreError::InviteGone`] otherwise), so that of two
-/// transactions spending one link exactly one does (SQLite: the write lock; PostgreSQL: the second
-/// UPDATE waits on the row, then finds it spent). A credential of that name must have the
-/// provider and owner `a` names ([`StoreError::InviteMismatch`] otherwise).
-async fn spend_invite(conn: &mut Conn, a: &Authorized<'_>, now: UnixTime) -> Result<(), StoreError> {
+/// Spends `a`'s link (if it came through one) for its credential inside the caller's transaction:
+/// only a link not spent, revoked or expired at `now` ([`StoreError::InviteGone`] otherwise), so
+/// that of two transactions spending one link exactly one does (SQLite: the write lock;
+/// PostgreSQL: the second UPDATE waits on the row, then finds it spent). A credential of that name
+/// must have the provider and owner `a` names ([`StoreError::InviteMismatch`] otherwise).
+pub(in crate::store) async fn spend_invite(
+    mut conn: Conn<'_>,
+    a: &Authorized<'_>,
+    now: UnixTime,
+) -> Result<(), StoreError> {
     let Some(id) = a.invite else {
         return Ok(());
     };
-    let spent: Option<(i64,)> = sqlx::query_as(
+    let spent: Option<(i64,)> = sql(
         "UPDATE enroll_invite SET spent_at = $1 \
          WHERE id = $2 AND name = $3 AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > $1 \
          RETURNING id",
@@ -138,13 +151,13 @@ async fn spend_invite(conn: &mut Conn, a: &Authorized<'_>, now: UnixTime) -> Res
     .bind(now)
     .bind(id)
     .bind(a.name)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(conn.reborrow())
     .await?;
     if spent.is_none() {
         return Err(StoreError::InviteGone(a.name.to_owned()));
     }
     let existing: Option<(String, Option<String>)> =
-        sqlx::query_as("SELECT provider, owner FROM oauth_credential WHERE name = $1")
+        sql("SELECT provider, owner FROM oauth_credential WHERE name = $1")
             .bind(a.name)
             .fetch_optional(conn)
             .await?;
