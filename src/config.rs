@@ -136,6 +136,42 @@ pub struct Settings {
     /// the service user.
     #[serde(default)]
     pub access: Vec<AccessRule>,
+    /// Files kept holding a credential's current token (`[[sink]]` blocks).
+    #[serde(default)]
+    pub sink: Vec<SinkSettings>,
+}
+
+/// One `[[sink]]`: a credential's token kept in a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSettings {
+    pub credential: String,
+    /// An absolute path; its directory must exist.
+    pub path: PathBuf,
+    /// The file's mode, octal (`"0640"`).
+    #[serde(default = "default_sink_mode", deserialize_with = "de::octal_mode")]
+    pub mode: u32,
+    /// The file's group (the service user must be a member: `SupplementaryGroups=`).
+    pub group: Option<String>,
+    #[serde(default)]
+    pub format: SinkFormat,
+}
+
+fn default_sink_mode() -> u32 {
+    0o600
+}
+
+/// What a sink's file holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkFormat {
+    /// The access token and a newline.
+    #[default]
+    Token,
+    /// `Authorization: <type> <token>` and a newline.
+    Header,
+    /// The token API's JSON answer.
+    Json,
 }
 
 /// `[api]`: the local token API, HTTP/1.1 on a unix socket.

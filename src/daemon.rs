@@ -32,6 +32,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Api(#[from] crate::api::BindError),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
     #[error("scheduler: {0}")]
     Scheduler(#[from] JobSchedulerError),
     #[error("cannot listen for signals: {0}")]
@@ -55,6 +57,7 @@ pub async fn run(
     let schedule = settings.schedule()?;
     let metrics = listen_for_metrics(&sweeper, settings, &schedule, &shutdown).await?;
     let api = listen_for_api(&sweeper, settings, &shutdown)?;
+    let sinks = crate::sink::spawn(sweeper.store().clone(), &settings.sink, shutdown.clone())?;
     let mut ticker = Ticker::new(&schedule).await?;
     info!(schedule = schedule.six_fields(), "tokenwarden started");
     notify(&[sd_notify::NotifyState::Ready]);
@@ -80,6 +83,9 @@ pub async fn run(
     notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(watchdog) = watchdog {
         watchdog.abort();
+    }
+    if let Some(sinks) = sinks {
+        let _ = sinks.await;
     }
     if let Some((path, served)) = api {
         let _ = served.await;
