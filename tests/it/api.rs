@@ -349,6 +349,16 @@ async fn a_sink_follows_rotations_by_any_process_and_goes_when_the_token_does() 
         1,
         "one line for the unwritable sink: {log}"
     );
+    // doctor names the sink it cannot write, and fails.
+    let doctor = home.run(&["doctor"], "").await;
+    assert_eq!(doctor.code, Some(1), "{doctor:?}");
+    assert!(
+        doctor
+            .stdout
+            .contains("/nonexistent-dir/web.token: the directory /nonexistent-dir does not exist"),
+        "{doctor:?}"
+    );
     let secrets = crate::harness::stored_secrets(&db).await;
     assert_no_secrets("daemon log", &log, &secrets);
+    assert_no_secrets("doctor", &doctor.all(), &secrets);
 }
