@@ -138,6 +138,7 @@ pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> 
         store: store.as_ref(),
         database: ctx.location.shown(),
         unreachable,
+        database_warnings: &ctx.warnings,
         only,
         refresh_token_warning: i64::try_from(ctx.settings.refresh_token_warning.as_secs())
             .unwrap_or(i64::MAX),

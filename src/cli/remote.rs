@@ -45,6 +45,7 @@ pub(super) async fn exec(
     which: &Which,
     args: &RenewArgs,
     var: &str,
+    clean: bool,
     command: &[String],
 ) -> anyhow::Result<u8> {
     if !crate::exec::is_variable_name(var) {
@@ -63,8 +64,9 @@ pub(super) async fn exec(
         set.push(("INSTANCE_URL", url));
     }
     let env = crate::startup::environment();
-    // Without a configuration there are no secrets named in it to remove; tokenwarden's own
-    // variables go, and a stale INSTANCE_URL.
+    // Without a configuration there are no secrets named in it to remove; libpq's password
+    // variables go, tokenwarden's own, and a stale INSTANCE_URL (with --clean-env, everything
+    // but PATH, HOME and LANG).
     let mut remove: Vec<&str> = env
         .keys()
         .map(String::as_str)
@@ -73,6 +75,7 @@ pub(super) async fn exec(
                 && *k != crate::config::CONFIG_PATH_VAR
                 && *k != crate::config::SOCKET_VAR
         })
+        .chain(crate::config::LIBPQ_SECRET_VARS)
         .collect();
     if instance_url.is_none() {
         remove.push("INSTANCE_URL");
@@ -82,6 +85,7 @@ pub(super) async fn exec(
         args: command_args,
         set,
         remove,
+        clean,
     };
     Ok(crate::exec::run(&child).await?)
 }
