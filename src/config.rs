@@ -59,10 +59,16 @@ per_credential_max = 1000
 [alerts]
 on_event = []
 timeout = "10s"
+
+[api]
+owners_read_own = false
 "#;
 
 /// The environment variable that names the configuration file; never read as a setting.
 pub const CONFIG_PATH_VAR: &str = "TOKENWARDEN_CONFIG";
+/// The environment variable that names the token API's socket for `token`/`exec`; never read as
+/// a setting.
+pub const SOCKET_VAR: &str = "TOKENWARDEN_SOCKET";
 /// libpq's variables for a password or a password file (sqlx reads them as libpq does): secrets
 /// too, never handed to a command that `exec` runs.
 pub const LIBPQ_SECRET_VARS: [&str; 2] = ["PGPASSWORD", "PGPASSFILE"];
@@ -159,6 +165,70 @@ pub struct Settings {
     pub encryption: Option<EncryptionSettings>,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
+    /// The local token API of `tokenwarden run`.
+    pub api: ApiSettings,
+    /// Who may read which credential over the API (`[[access]]` blocks); none: only root and
+    /// the service user.
+    #[serde(default)]
+    pub access: Vec<AccessRule>,
+    /// Files kept holding a credential's current token (`[[sink]]` blocks).
+    #[serde(default)]
+    pub sink: Vec<SinkSettings>,
+}
+
+/// One `[[sink]]`: a credential's token kept in a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSettings {
+    pub credential: String,
+    /// An absolute path; its directory must exist.
+    pub path: PathBuf,
+    /// The file's mode, octal (`"0640"`).
+    #[serde(default = "default_sink_mode", deserialize_with = "de::octal_mode")]
+    pub mode: u32,
+    /// The file's group (the service user must be a member: `SupplementaryGroups=`).
+    pub group: Option<String>,
+    #[serde(default)]
+    pub format: SinkFormat,
+}
+
+fn default_sink_mode() -> u32 {
+    0o600
+}
+
+/// What a sink's file holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkFormat {
+    /// The access token and a newline.
+    #[default]
+    Token,
+    /// `Authorization: <type> <token>` and a newline.
+    Header,
+    /// The token API's JSON answer.
+    Json,
+}
+
+/// `[api]`: the local token API, HTTP/1.1 on a unix socket.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// The socket's path; absent: no API.
+    pub socket: Option<PathBuf>,
+    /// Each local user may read the credentials whose `owner` is that user's name.
+    pub owners_read_own: bool,
+}
+
+/// One `[[access]]` block: `users` and members of `groups` may read `credentials`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// Credential names, or globs (`*` any run of characters, `?` one).
+    pub credentials: Vec<String>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// `[postgres]`: the password and CA file for a `postgres://` database, kept out of its URL.
@@ -254,7 +324,11 @@ impl Settings {
         }
         let vars: config::Map<String, String> = env
             .iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")) && *k != CONFIG_PATH_VAR)
+            .filter(|(k, _)| {
+                k.starts_with(&format!("{ENV_PREFIX}_"))
+                    && *k != CONFIG_PATH_VAR
+                    && *k != SOCKET_VAR
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         builder = builder.add_source(

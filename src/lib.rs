@@ -44,8 +44,11 @@
 //!   a rate-limited warning; every listener uses it
 //! - [`metrics`] — the optional /metrics and /healthz listener: table-wide aggregates, and
 //!   per-credential series up to `metrics.per_credential_max`
-//! - [`daemon`] — the schedule, signals, the metrics listener and the invitation pages around
-//!   sweeps
+//! - [`api`] — the local token API on a unix socket: access rules from the peer's credentials,
+//!   then `deliver`; its client for `token --socket`
+//! - [`sink`] — files kept holding a credential's current token (`[[sink]]`)
+//! - [`daemon`] — the schedule, signals, the metrics listener, the token API, sinks and the
+//!   invitation pages around sweeps
 //! - [`telemetry`] — logging, with text from outside escaped
 //! - [`exec`] — `tokenwarden exec`: a command run with a token in its environment
 //! - [`doctor`] — the preflight checks behind `tokenwarden doctor`, as a report
@@ -53,6 +56,7 @@
 //! - [`cli`] — the command line: parsing, dispatch, rendering
 
 pub mod alerts;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod core_dumps;
@@ -75,6 +79,7 @@ pub mod renew;
 pub mod revoke;
 pub mod schedule;
 pub mod secret_file;
+pub mod sink;
 pub mod startup;
 pub mod store;
 pub mod sweep;

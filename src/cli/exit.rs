@@ -112,6 +112,18 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
                 _ => NOT_FOUND,
             };
         }
+        if let Some(e) = cause.downcast_ref::<crate::api::client::ClientError>() {
+            use crate::api::{client::ClientError, words};
+            return match e {
+                ClientError::Refused { word, .. } => match word.as_str() {
+                    words::RENEWAL_FAILED => REFRESH_FAILED,
+                    words::BAD_REQUEST => CONFIG,
+                    words::UNAVAILABLE => DATABASE,
+                    _ => NOT_FOUND,
+                },
+                ClientError::Connect { .. } | ClientError::Answer { .. } => DATABASE,
+            };
+        }
         if let Some(e) = cause.downcast_ref::<DeliverError>() {
             return match e {
                 // The StoreError, or what could not set the renewal up, is next in the chain.
@@ -162,7 +174,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if let Some(
             DaemonError::Config(_)
             | DaemonError::MetricsListen { .. }
-            | DaemonError::EnrollListen { .. },
+            | DaemonError::EnrollListen { .. }
+            | DaemonError::Api(_)
+            | DaemonError::Sink(_),
         ) = cause.downcast_ref::<DaemonError>()
         {
             return CONFIG;

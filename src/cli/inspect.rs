@@ -104,6 +104,9 @@ pub(super) async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
     for (_, provider) in providers.iter() {
         provider.check_grant_key()?;
     }
+    for warning in crate::api::access::warnings(&ctx.settings.access) {
+        tracing::warn!("{warning}");
+    }
     let names: Vec<&str> = providers.names().collect();
     let gap = ctx.settings.schedule()?.longest_gap(chrono::Utc::now());
     println!(
@@ -147,7 +150,11 @@ pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> 
         sweep_gap: ctx.sweep_gap()?,
         now: domain::now(),
     };
-    let report = doctor::run(&scope).await?;
+    let mut report = doctor::run(&scope).await?;
+    let sinks = doctor::sink_checks(&ctx.settings.sink);
+    if only.is_none() && !sinks.is_empty() {
+        report.sections.push(("sinks".to_owned(), sinks));
+    }
     if let Some(name) = only
         && report.credentials == 0
     {
