@@ -46,7 +46,7 @@ async fn access_token(db: &sqlx::SqlitePool, name: &str) -> String {
 }
 
 /// One raw request on the socket (as this test's user, root); the status and the body.
-async fn raw(socket: &Path, target: &str) -> (u16, serde_json::Value) {
+pub async fn raw(socket: &Path, target: &str) -> (u16, serde_json::Value) {
     let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
     stream
         .write_all(

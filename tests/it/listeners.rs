@@ -1,11 +1,16 @@
-//! Hostile clients of the daemon's listeners (the metrics listener here; the authorize callback
-//! in lifecycle.rs, the token API in api.rs): a request head never finished, and hundreds of idle
-//! connections against a lowered descriptor limit. The daemon cuts the first, never spins or
-//! floods its log on the second, and keeps refreshing throughout.
+//! Hostile clients of the daemon's listeners (the metrics listener and the token API's unix
+//! socket here; the authorize callback in lifecycle.rs): a request head never finished, and
+//! hundreds of idle connections against a lowered descriptor limit. The daemon cuts the first,
+//! never spins or floods its log on the second, keeps refreshing throughout, and answers a real
+//! request afterwards.
 
+use std::future::Future;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use sqlx::SqlitePool;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::process::{Child, ChildStderr};
+use tokio::task::JoinHandle;
 
 use crate::harness::{Home, count, eventually, stop};
 use crate::oauth_server::{OauthServer, clients};
@@ -17,6 +22,9 @@ const IDLE: usize = 300;
 /// The most log the daemon may write in the whole test (the unfixed daemon wrote 1.25 GB in ten
 /// seconds); trace level, a sweep every second.
 const LOG_BOUND: usize = 4 * 1024 * 1024;
+/// Longest a test waits for a listener to cut an unfinished request head (the metrics
+/// listener's and the token API's header-read timeouts are 10 s).
+const CUT_WITHIN: Duration = Duration::from_secs(40);
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -40,29 +48,22 @@ async fn scrape(port: u16) -> Option<String> {
     (response.status() == 200).then_some(response.text().await.ok()?)
 }
 
-#[tokio::test]
-async fn metrics_listener_cuts_slow_heads_and_survives_idle_floods_at_a_low_descriptor_limit() {
-    let server = OauthServer::start().await;
-    let port = free_port();
-    // A sweep every second, tokens living 120 s: every sweep refreshes.
-    let home = Home::new(
-        &server,
-        &format!(
-            "schedule = \"* * * * * *\"\n[metrics]\nenabled = true\nlisten = \"127.0.0.1:{port}\""
-        ),
-    );
+/// A home whose daemon sweeps every second (tokens living 120 s: every sweep refreshes), with
+/// one credential, `sharepoint`, and `extra` configuration.
+async fn refreshing_home(server: &OauthServer, extra: &str) -> Home {
+    let home = Home::new(server, &format!("schedule = \"* * * * * *\"\n{extra}"));
     let rt = server
         .mint_refresh_token(clients::BASIC_ID, "openid offline_access api:read")
         .await;
     home.add("sharepoint", "basic", &rt).await;
-    let mut daemon = home
-        .command_with_nofile(NOFILE, &["run"])
-        .spawn()
-        .expect("start daemon");
-    // Read the log as it comes (a pipe left full would slow a flood down and hide it), counting
-    // bytes and keeping at most LOG_BOUND of them.
-    let mut stderr = daemon.stderr.take().unwrap();
-    let log = tokio::spawn(async move {
+    home
+}
+
+/// Reads the daemon's log as it comes (a pipe left full would slow a flood down and hide it),
+/// counting bytes and keeping at most [`LOG_BOUND`] of them.
+fn read_log(daemon: &mut Child) -> JoinHandle<(usize, String)> {
+    let mut stderr: ChildStderr = daemon.stderr.take().unwrap();
+    tokio::spawn(async move {
         let (mut total, mut kept) = (0usize, Vec::new());
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n) = stderr.read(&mut buf).await {
@@ -75,60 +76,47 @@ async fn metrics_listener_cuts_slow_heads_and_survives_idle_floods_at_a_low_desc
             }
         }
         (total, String::from_utf8_lossy(&kept).into_owned())
-    });
-    eventually(Duration::from_secs(30), "the first scrape", || async {
-        scrape(port).await.is_some()
     })
-    .await;
+}
 
-    // A request head that is never finished is cut by the header-read timeout.
-    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        .await
-        .unwrap();
+/// Sends `head` (a request head never finished) on `stream` and asserts that the listener cuts
+/// the connection within [`CUT_WITHIN`].
+async fn assert_slow_head_cut<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, head: &[u8]) {
+    stream.write_all(head).await.unwrap();
     let mut rest = Vec::new();
-    let cut = tokio::time::timeout(Duration::from_secs(40), slow.read_to_end(&mut rest)).await;
+    let cut = tokio::time::timeout(CUT_WITHIN, stream.read_to_end(&mut rest)).await;
     assert!(cut.is_ok(), "an unfinished request head was held open");
-    drop(slow);
+}
 
-    // 300 idle connections against a limit of 64 descriptors.
+/// Opens [`IDLE`] connections with `connect` and holds them while the daemon refreshes three
+/// more times; then closes them.
+async fn hold_idle_while_refreshing<S, F, Fut>(db: &SqlitePool, mut connect: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::io::Result<S>>,
+{
     let mut idle = Vec::with_capacity(IDLE);
     for _ in 0..IDLE {
         idle.push(
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
+            connect()
                 .await
                 .expect("connect (the kernel's backlog takes what the daemon does not accept)"),
         );
     }
-    let db = home.db().await;
-    let before = count(
-        &db,
-        "SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'",
-    )
-    .await;
+    let refreshed = "SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'";
+    let before = count(db, refreshed).await;
     eventually(
         Duration::from_secs(30),
         "refreshes while the idle connections are held",
-        || async {
-            count(
-                &db,
-                "SELECT count(*) FROM token_rotation WHERE outcome = 'refreshed'",
-            )
-            .await
-                >= before + 3
-        },
+        || async { count(db, refreshed).await >= before + 3 },
     )
     .await;
     drop(idle);
-    eventually(
-        Duration::from_secs(30),
-        "a scrape after the idle connections closed",
-        || async { scrape(port).await.is_some() },
-    )
-    .await;
+}
 
+/// Stops the daemon and checks its log: bounded, no panic, the accept warning rate-limited, no
+/// secret.
+async fn stop_and_check_log(daemon: Child, log: JoinHandle<(usize, String)>, db: &SqlitePool) {
     let out = stop(daemon).await;
     assert_eq!(out.status.code(), Some(0));
     let (total, text) = log.await.unwrap();
@@ -139,6 +127,98 @@ async fn metrics_listener_cuts_slow_heads_and_survives_idle_floods_at_a_low_desc
         accept_warnings <= 2,
         "{accept_warnings} accept warnings: the warning is not rate-limited"
     );
-    let tokens = crate::harness::stored_secrets(&db).await;
+    let tokens = crate::harness::stored_secrets(db).await;
     crate::harness::assert_no_secrets("log", &text, &tokens);
+}
+
+#[tokio::test]
+async fn metrics_listener_cuts_slow_heads_and_survives_idle_floods_at_a_low_descriptor_limit() {
+    let server = OauthServer::start().await;
+    let port = free_port();
+    let home = refreshing_home(
+        &server,
+        &format!("[metrics]\nenabled = true\nlisten = \"127.0.0.1:{port}\""),
+    )
+    .await;
+    let mut daemon = home
+        .command_with_nofile(NOFILE, &["run"])
+        .spawn()
+        .expect("start daemon");
+    let log = read_log(&mut daemon);
+    eventually(Duration::from_secs(30), "the first scrape", || async {
+        scrape(port).await.is_some()
+    })
+    .await;
+
+    // A request head that is never finished is cut by the header-read timeout.
+    let slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    assert_slow_head_cut(slow, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n").await;
+
+    // 300 idle connections against a limit of 64 descriptors.
+    let db = home.db().await;
+    hold_idle_while_refreshing(&db, || tokio::net::TcpStream::connect(("127.0.0.1", port))).await;
+    eventually(
+        Duration::from_secs(30),
+        "a scrape after the idle connections closed",
+        || async { scrape(port).await.is_some() },
+    )
+    .await;
+    stop_and_check_log(daemon, log, &db).await;
+}
+
+#[tokio::test]
+async fn token_api_cuts_slow_heads_and_survives_idle_floods_at_a_low_descriptor_limit() {
+    let server = OauthServer::start().await;
+    let run_dir = tempfile::tempdir().unwrap();
+    let socket = run_dir.path().join("api.sock");
+    let home = refreshing_home(
+        &server,
+        &format!("[api]\nsocket = \"{}\"", socket.display()),
+    )
+    .await;
+    let mut daemon = home
+        .command_with_nofile(NOFILE, &["run"])
+        .spawn()
+        .expect("start daemon");
+    let log = read_log(&mut daemon);
+    let db = home.db().await;
+    eventually(
+        Duration::from_secs(30),
+        "the socket and a token",
+        || async {
+            socket.exists()
+                && count(
+                    &db,
+                    "SELECT count(*) FROM oauth_credential WHERE access_token IS NOT NULL",
+                )
+                .await
+                    == 1
+        },
+    )
+    .await;
+    // The test runs as root, whom the API serves everything.
+    let (status, _) = crate::api::raw(&socket, "/v1/token/sharepoint").await;
+    assert_eq!(status, 200);
+
+    // A request head that is never finished is cut by the API's header-read timeout.
+    let slow = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    assert_slow_head_cut(slow, b"GET /v1/token/sharepoint HTTP/1.1\r\nHost: x\r\n").await;
+
+    // 300 idle connections against a limit of 64 descriptors.
+    hold_idle_while_refreshing(&db, || tokio::net::UnixStream::connect(&socket)).await;
+
+    // A real request is answered afterwards, with the token the daemon holds now.
+    let (status, body) = crate::api::raw(&socket, "/v1/token/sharepoint").await;
+    assert_eq!(status, 200, "{body}");
+    let stored = sqlx::query_as::<_, (String,)>(
+        "SELECT access_token FROM oauth_credential WHERE name = 'sharepoint'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap()
+    .0;
+    assert_eq!(body["access_token"], stored.as_str());
+    stop_and_check_log(daemon, log, &db).await;
 }
