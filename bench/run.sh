@@ -13,6 +13,9 @@
 # Section 6 (PostgreSQL beside SQLite) starts the distribution's PostgreSQL (/usr/lib/postgresql/*/bin,
 # run as the postgres user, so the driver must run as root; scripts/test.sh installs it) on
 # 127.0.0.1; without it that section is skipped with one line saying so.
+# Section 7 (`--only api`: the token API over its unix socket beside `tokenwarden token` and
+# `sqlite3` as a process per call) needs the sqlite3 command (Debian's `sqlite3` package); run as
+# root, its clients run as `nobody`.
 # Needs Rust, Node 20 (the oidc-provider test server) and npm; nothing beyond the crates.io and npm
 # registries. Generated databases (≈1 GB for 1M credentials) are cached in target/bench/templates
 # (PostgreSQL's in the cluster target/bench/templates/pg-cluster).

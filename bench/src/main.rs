@@ -13,13 +13,18 @@
 //!    an earlier tokenwarden (`TOKENWARDEN_BASE_BIN`): RSS, wake-ups, threads, ready, binary size;
 //! 6. PostgreSQL beside SQLite (`postgres.rs`, its server `pgserver.rs`): the none-due sweeps on
 //!    both, and the throughput of one replica against three on one PostgreSQL database, with
-//!    refresh-token reuse counted; skipped with a note when PostgreSQL is not installed.
+//!    refresh-token reuse counted; skipped with a note when PostgreSQL is not installed;
+//! 7. the token API (`api.rs`): tokens per second and p50/p99 latency over the daemon's unix
+//!    socket with 1, 8 and 64 clients, beside `tokenwarden token` and `sqlite3` as a process per
+//!    call.
 //!
 //! Usage: tokenwarden-bench --bin PATH --repo DIR [--smoke] [--out FILE] [--work DIR] [--skip-oidc]
-//!            [--only sweep,throughput,oidc,footprint,sealed,side,postgres]
+//!            [--only sweep,throughput,oidc,footprint,sealed,side,postgres,api]
 //!        tokenwarden-bench baseline ... (the bare baseline; see baseline.rs)
+//!        tokenwarden-bench api-client SOCKET CLIENTS SECONDS (section 7's clients; see api.rs)
 //!        tokenwarden-bench serve [SECONDS] (the instant endpoint alone, for profiling by hand)
 
+mod api;
 mod baseline;
 mod db;
 mod instant;
@@ -105,7 +110,8 @@ struct Opts {
     work: PathBuf,
     out: PathBuf,
     skip_oidc: bool,
-    /// Sections to run (sweep, throughput, oidc, footprint, sealed, side, postgres); all when empty.
+    /// Sections to run (sweep, throughput, oidc, footprint, sealed, side, postgres, api); all when
+    /// empty.
     only: Vec<String>,
 }
 
@@ -119,6 +125,9 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("baseline") {
         std::process::exit(baseline::main(&args[1..]));
+    }
+    if args.first().map(String::as_str) == Some("api-client") {
+        std::process::exit(api::client_main(&args[1..]));
     }
     if args.first().map(String::as_str) == Some("serve") {
         std::process::exit(serve(&args[1..]));
@@ -292,6 +301,7 @@ fn drive(o: Opts) -> Result<(), Error> {
         sealing: Vec::new(),
         side: None,
         postgres: None,
+        api: None,
         total: Duration::ZERO,
     };
 
@@ -458,6 +468,11 @@ fn drive(o: Opts) -> Result<(), Error> {
     // 6. PostgreSQL beside SQLite: none due at every size, and one replica against three.
     if b.o.runs("postgres") {
         results.postgres = b.postgres()?;
+    }
+
+    // 7. The token API over its socket, beside a process per call.
+    if b.o.runs("api") {
+        results.api = Some(b.api()?);
     }
 
     results.total = started.elapsed();

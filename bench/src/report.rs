@@ -174,6 +174,8 @@ pub struct Results {
     pub side: Option<crate::side::Side>,
     /// Section 6, PostgreSQL beside SQLite (`postgres.rs`).
     pub postgres: Option<crate::postgres::Pg>,
+    /// Section 7, the token API beside a process per call (`api.rs`).
+    pub api: Option<crate::api::ApiBench>,
     pub total: Duration,
 }
 
@@ -367,7 +369,8 @@ fn targets(r: &Results) -> Vec<Target> {
     }
     let side = r.side.iter().flat_map(crate::side::targets);
     let pg = r.postgres.iter().flat_map(crate::postgres::targets);
-    for (what, measured, pass) in side.chain(pg) {
+    let api = r.api.iter().flat_map(crate::api::targets);
+    for (what, measured, pass) in side.chain(pg).chain(api) {
         t.push(Target {
             what,
             measured,
@@ -547,6 +550,9 @@ pub fn render(r: &Results) -> String {
     }
     if let Some(pg) = &r.postgres {
         s.push_str(&crate::postgres::render(pg));
+    }
+    if let Some(api) = &r.api {
+        s.push_str(&crate::api::render(api));
     }
 
     if !p.smoke {
