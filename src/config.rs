@@ -267,15 +267,6 @@ impl Settings {
         (self.busy_timeout * 10).max(Duration::from_secs(20))
     }
 
-    /// When a failing credential is reported as failing.
-    #[must_use]
-    pub fn failing(&self) -> crate::domain::Failing {
-        crate::domain::Failing {
-            after_failures: self.retry.failing_after_failures.max(1),
-            after_secs: i64::try_from(self.retry.failing_after.as_secs()).unwrap_or(i64::MAX),
-        }
-    }
-
     /// Warnings about settings that work but should change.
     #[must_use]
     pub fn warnings(&self) -> Vec<String> {

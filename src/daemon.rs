@@ -11,7 +11,6 @@ use tracing::{error, info, warn};
 use crate::config::{ConfigError, Settings};
 use crate::domain::Trigger;
 use crate::metrics::Metrics;
-use crate::schedule::Schedule;
 use crate::sweep::Sweeper;
 
 mod ticker;
@@ -50,7 +49,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let schedule = settings.schedule()?;
-    let metrics = listen_for_metrics(&sweeper, settings, &schedule, &shutdown).await?;
+    let metrics = listen_for_metrics(&sweeper, settings, &shutdown).await?;
     let mut ticker = Ticker::new(&schedule).await?;
     info!(schedule = schedule.six_fields(), "tokenwarden started");
     notify(&[sd_notify::NotifyState::Ready]);
@@ -85,7 +84,6 @@ pub async fn run(
 async fn listen_for_metrics(
     sweeper: &Sweeper,
     settings: &Settings,
-    schedule: &Schedule,
     shutdown: &CancellationToken,
 ) -> Result<Option<Metrics>, DaemonError> {
     if !settings.metrics.enabled {
@@ -99,8 +97,13 @@ async fn listen_for_metrics(
             source,
         })?;
     // Unhealthy once a sweep is twice the longest gap between ticks overdue.
-    let gap = i64::try_from(schedule.longest_gap(chrono::Utc::now()).as_secs()).unwrap_or(i64::MAX);
-    let metrics = Metrics::new(sweeper.store().clone(), gap.saturating_mul(2), settings);
+    let policy = sweeper.policy();
+    let metrics = Metrics::new(
+        sweeper.store().clone(),
+        policy.sweep_gap.saturating_mul(2),
+        policy,
+        settings,
+    );
     tokio::spawn(crate::metrics::serve(
         listener,
         metrics.clone(),

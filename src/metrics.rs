@@ -25,7 +25,7 @@ use tracing::warn;
 use crate::config::Settings;
 use crate::domain::{self, Failing, UnixTime};
 use crate::store::{Store, StoreError};
-use crate::sweep::SweepSummary;
+use crate::sweep::{Policy, SweepSummary};
 
 mod series;
 
@@ -65,7 +65,7 @@ struct Inner {
 impl Metrics {
     /// `stale_after`: seconds after which `/healthz` calls the sweeps stalled.
     #[must_use]
-    pub fn new(store: Store, stale_after: i64, settings: &Settings) -> Self {
+    pub fn new(store: Store, stale_after: i64, policy: &Policy, settings: &Settings) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -74,8 +74,8 @@ impl Metrics {
                 last_sweep: Mutex::new(None),
                 started_at: domain::now(),
                 stale_after,
-                failing: settings.failing(),
-                margin: i64::try_from(settings.refresh_margin.as_secs()).unwrap_or(i64::MAX),
+                failing: policy.failing,
+                margin: policy.margin,
                 per_credential_max: settings.metrics.per_credential_max,
             }),
         }

@@ -50,6 +50,8 @@ pub struct Ctx {
     /// Settings that work but should change (an inline secret or password, a password file
     /// others can read): logged once telemetry is up.
     pub warnings: Vec<String>,
+    /// The settings' durations in seconds, converted once, and the due-time rule.
+    pub policy: Policy,
 }
 
 impl Ctx {
@@ -59,11 +61,13 @@ impl Ctx {
         let settings = Settings::load(file, &env)?;
         let (location, mut warnings) = Location::from_settings(&settings, &env)?;
         warnings.extend(settings.warnings());
+        let policy = Policy::from_settings(&settings)?;
         Ok(Self {
             settings,
             env,
             location,
             warnings,
+            policy,
         })
     }
 
@@ -117,12 +121,6 @@ impl Ctx {
         Ok(store)
     }
 
-    /// Seconds of the schedule's longest gap between sweeps.
-    pub fn sweep_gap(&self) -> Result<i64, ConfigError> {
-        let gap = self.settings.schedule()?.longest_gap(chrono::Utc::now());
-        Ok(i64::try_from(gap.as_secs()).unwrap_or(i64::MAX))
-    }
-
     /// A sweeper on the store opened with `mode`, with every provider.
     pub async fn sweeper(&self, mode: OpenMode) -> Result<Sweeper, StartupError> {
         let store = self.open(mode).await?;
@@ -155,9 +153,14 @@ impl Ctx {
                 "plaintext tokens sealed under the current key"
             );
         }
-        let policy = Policy::from_settings(settings)?;
         let alerter = Alerter::new(&settings.alerts.on_event, settings.alerts.timeout);
-        Ok(Sweeper::new(store, providers, refresher, policy, alerter))
+        Ok(Sweeper::new(
+            store,
+            providers,
+            refresher,
+            self.policy,
+            alerter,
+        ))
     }
 }
 

@@ -106,6 +106,12 @@ impl Sweeper {
         &self.inner.store
     }
 
+    /// The tunables this sweeper runs with.
+    #[must_use]
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
     /// Refreshes every credential due now, at most once each. Stops claiming when `cancel` fires,
     /// lets the refreshes in flight finish and store, and gives the rest back.
     pub async fn sweep_once(

@@ -104,14 +104,12 @@ pub(super) async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Res
             .ensure_owner_free(args.provider, owner, args.name)
             .await?;
     }
-    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     let target = enroll::Target {
         name: args.name,
         provider: &provider.name,
         scopes: args.scopes,
         owner: args.owner,
-        margin: secs(ctx.settings.refresh_margin),
-        max_idle: secs(ctx.settings.max_idle),
+        policy: &ctx.policy,
     };
     if args.device {
         let request = lifecycle::authorize::DeviceRequest {

@@ -34,10 +34,9 @@ pub(super) async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
     let rows = ctx.open(OpenMode::MustExist).await?.summaries().await?;
     let view = render::View {
         now: domain::now(),
-        failing: ctx.settings.failing(),
-        refresh_token_warning: i64::try_from(ctx.settings.refresh_token_warning.as_secs())
-            .unwrap_or(i64::MAX),
-        sweep_gap: ctx.sweep_gap()?,
+        failing: ctx.policy.failing,
+        refresh_token_warning: ctx.policy.refresh_token_warning,
+        sweep_gap: ctx.policy.sweep_gap,
     };
     let text = if json {
         render::status_json(&rows, view)
@@ -136,9 +135,8 @@ pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> 
         database: ctx.location.shown(),
         unreachable,
         only,
-        refresh_token_warning: i64::try_from(ctx.settings.refresh_token_warning.as_secs())
-            .unwrap_or(i64::MAX),
-        sweep_gap: ctx.sweep_gap()?,
+        refresh_token_warning: ctx.policy.refresh_token_warning,
+        sweep_gap: ctx.policy.sweep_gap,
         now: domain::now(),
     };
     let report = doctor::run(&scope).await?;
