@@ -24,7 +24,7 @@ use credentials::{AuthorizeArgs, add, authorize, rekey, revoke};
 use inspect::{check_config, doctor, refresh, run_sweeps, status};
 use token::{exec, token};
 
-use exit::CommandError;
+use exit::{CommandError, Failure};
 
 /// Keeps OAuth 2.0 credentials alive: refreshes access tokens before they expire.
 #[derive(Debug, Parser)]
@@ -232,8 +232,9 @@ enum GrantArg {
     JwtBearer,
 }
 
-/// Runs the command; the result is the exit code, or an error that `exit::code_for` maps to one.
-pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+/// Runs the command; the result is the exit code, or the error with the code it says
+/// (`crate::exit::ExitStatus`).
+pub async fn run(cli: Cli) -> Result<u8, Failure> {
     let ctx = Ctx::load(cli.config.as_deref())?;
     telemetry::init(
         cli.log_format
@@ -251,13 +252,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             which,
             renew,
             header,
-        } => token(&ctx, &which, &renew, header).await,
+        } => token(&ctx, &which, &renew, header)
+            .await
+            .map_err(Failure::untyped),
         Command::Exec {
             which,
             renew,
             env,
             command,
-        } => exec(&ctx, &which, &renew, &env, &command).await,
+        } => exec(&ctx, &which, &renew, &env, &command)
+            .await
+            .map_err(Failure::untyped),
         Command::Refresh { name } => refresh(&ctx, name).await,
         Command::Log { name, limit, json } => {
             let store = ctx.open(OpenMode::MustExist).await?;

@@ -282,6 +282,12 @@ impl Settings {
     }
 }
 
+impl crate::exit::ExitStatus for ConfigError {
+    fn exit_code(&self) -> u8 {
+        crate::exit::CONFIG
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -181,3 +181,12 @@ pub fn shutdown_on_signals() -> Result<CancellationToken, DaemonError> {
     });
     Ok(token)
 }
+
+impl crate::exit::ExitStatus for DaemonError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::MetricsListen { .. } => crate::exit::CONFIG,
+            _ => crate::exit::INTERNAL,
+        }
+    }
+}

@@ -117,6 +117,12 @@ pub fn is_variable_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+impl crate::exit::ExitStatus for ExecError {
+    fn exit_code(&self) -> u8 {
+        self.shell_code().unwrap_or(crate::exit::INTERNAL)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -91,6 +91,12 @@ fn from_env(name: &str, env: &BTreeMap<String, String>) -> Result<Key, KeysError
     Key::parse(value).map_err(|e| err(&e.to_string()))
 }
 
+impl crate::exit::ExitStatus for KeysError {
+    fn exit_code(&self) -> u8 {
+        crate::exit::CONFIG
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,6 +53,7 @@ pub mod doctor;
 pub mod domain;
 pub mod enroll;
 pub mod exec;
+pub mod exit;
 pub mod holder;
 pub mod http;
 pub mod keys;

@@ -331,3 +331,16 @@ impl Providers {
             .flat_map(|p| p.warnings.iter().map(String::as_str))
     }
 }
+
+impl crate::exit::ExitStatus for ProviderError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            // The issuer may be back in a moment: not a configuration error, so systemd retries.
+            Self::Discovery {
+                source: crate::discovery::DiscoveryError::Unavailable { .. },
+                ..
+            } => crate::exit::REFRESH_FAILED,
+            _ => crate::exit::CONFIG,
+        }
+    }
+}

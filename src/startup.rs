@@ -172,3 +172,16 @@ pub fn environment() -> BTreeMap<String, String> {
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect()
 }
+
+impl crate::exit::ExitStatus for StartupError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(e) => e.exit_code(),
+            Self::Http(_) => crate::exit::INTERNAL,
+            Self::Provider(e) => e.exit_code(),
+            Self::Keys(e) => e.exit_code(),
+            Self::Location(e) => e.exit_code(),
+            Self::Store(e) => e.exit_code(),
+        }
+    }
+}

@@ -207,3 +207,14 @@ fn sql_reason(e: &sqlx::Error) -> String {
         other => other.to_string(),
     }
 }
+
+impl crate::exit::ExitStatus for StoreError {
+    fn exit_code(&self) -> u8 {
+        use crate::exit::{CONFIG, DATABASE, SEALING};
+        match self {
+            Self::Exists(_) | Self::OwnerTaken { .. } => CONFIG,
+            Self::KeysMissing(_) | Self::Unreadable { .. } => SEALING,
+            _ => DATABASE,
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::exit::{self, CommandError};
+use super::exit::{self, CommandError, Failure};
 use super::{AddArgs, GrantArg};
 use crate::doctor;
 use crate::domain::{self, GrantType, Secret};
@@ -18,7 +18,7 @@ use crate::store::{NewCredential, OpenMode, Target};
 use crate::sweep::Revoked;
 use crate::untrusted::Escaped;
 
-pub(super) async fn add(ctx: &Ctx, args: &AddArgs) -> anyhow::Result<u8> {
+pub(super) async fn add(ctx: &Ctx, args: &AddArgs) -> Result<u8, Failure> {
     let grant_type = match args.grant {
         GrantArg::RefreshToken => GrantType::RefreshToken,
         GrantArg::ClientCredentials => GrantType::ClientCredentials,
@@ -79,7 +79,7 @@ pub(super) async fn add(ctx: &Ctx, args: &AddArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-pub(super) async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
+pub(super) async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> Result<u8, Failure> {
     check_input(args.name, args.owner, args.scopes)?;
     let Some(provider_settings) = ctx.settings.providers.get(args.provider) else {
         let known = ctx.settings.providers.keys().cloned().collect();
@@ -205,7 +205,7 @@ pub(super) fn report_authorized(name: &str, done: &enroll::Authorization) -> u8 
     exit::OK
 }
 
-pub(super) async fn revoke(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
+pub(super) async fn revoke(ctx: &Ctx, name: &str) -> Result<u8, Failure> {
     let sweeper = ctx.sweeper(OpenMode::MustExist).await?;
     let result = sweeper.revoke_named(name).await;
     sweeper.store().close().await;
@@ -225,7 +225,7 @@ pub(super) async fn revoke(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
 }
 
 /// Brings every stored token under the current key (or to plaintext), then reports the keys.
-pub(super) async fn rekey(ctx: &Ctx, decrypt: bool) -> anyhow::Result<u8> {
+pub(super) async fn rekey(ctx: &Ctx, decrypt: bool) -> Result<u8, Failure> {
     let store = ctx.open_checked(OpenMode::MustExist).await?;
     if !decrypt && store.sealer().keyring().is_none() {
         store.close().await;
@@ -287,7 +287,7 @@ pub(super) fn check_input(
 }
 
 /// Reads a refresh token from `file` or standard input, never from the command line.
-pub(super) fn read_refresh_token(file: Option<&Path>) -> anyhow::Result<Secret> {
+pub(super) fn read_refresh_token(file: Option<&Path>) -> Result<Secret, CommandError> {
     use std::io::Read;
     let mut text = String::new();
     match file {
@@ -305,8 +305,7 @@ pub(super) fn read_refresh_token(file: Option<&Path>) -> anyhow::Result<Secret> 
     if token.is_empty() || token.contains(char::is_whitespace) {
         return Err(CommandError::Input(
             "expected one refresh token (on standard input or in --refresh-token-file)".to_owned(),
-        )
-        .into());
+        ));
     }
     Ok(Secret::new(token))
 }

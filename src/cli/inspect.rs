@@ -1,7 +1,7 @@
 //! The commands that run sweeps and look at how things stand: `run`, `refresh`, `status`,
 //! `check-config`, `doctor`.
 
-use super::exit::{self, CommandError};
+use super::exit::{self, CommandError, Failure};
 use super::render;
 use crate::daemon;
 use crate::doctor;
@@ -12,7 +12,7 @@ use crate::store::OpenMode;
 use crate::sweep::{Handled, NamedRefresh};
 use crate::untrusted::Escaped;
 
-pub(super) async fn run_sweeps(ctx: &Ctx, once: bool) -> anyhow::Result<u8> {
+pub(super) async fn run_sweeps(ctx: &Ctx, once: bool) -> Result<u8, Failure> {
     let sweeper = ctx.sweeper(OpenMode::CreateIfMissing).await?;
     let shutdown = daemon::shutdown_on_signals()?;
     let code = if once {
@@ -30,7 +30,7 @@ pub(super) async fn run_sweeps(ctx: &Ctx, once: bool) -> anyhow::Result<u8> {
     Ok(code)
 }
 
-pub(super) async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
+pub(super) async fn status(ctx: &Ctx, json: bool) -> Result<u8, Failure> {
     let rows = ctx.open(OpenMode::MustExist).await?.summaries().await?;
     let view = render::View {
         now: domain::now(),
@@ -47,7 +47,7 @@ pub(super) async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-pub(super) async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
+pub(super) async fn refresh(ctx: &Ctx, name: String) -> Result<u8, Failure> {
     let sweeper = ctx.sweeper(OpenMode::CreateIfMissing).await?;
     // Ctrl-C or SIGTERM mid-request must not kill the process between the provider's rotation
     // and the store: the signal is noted, and the refresh finishes first.
@@ -81,7 +81,7 @@ pub(super) async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
     }
 }
 
-pub(super) async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
+pub(super) async fn check_config(ctx: &Ctx) -> Result<u8, Failure> {
     let providers = ctx.providers(&ctx.refresher()?).await?;
     // An existing database must not need a key the configuration no longer lists.
     let exists = match &ctx.location {
@@ -113,7 +113,7 @@ pub(super) async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
 }
 
 /// Probes every provider (or NAME's) and reviews every credential (or NAME); exit 1 on a failure.
-pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> {
+pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> Result<u8, Failure> {
     let refresher = ctx.refresher()?;
     let providers = ctx.providers(&refresher).await?;
     let mut unreachable = None;

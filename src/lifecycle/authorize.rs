@@ -74,9 +74,6 @@ impl AuthorizeError {
     }
 }
 
-/// Why the caller could not keep what a grant obtained (its own error, next in the chain).
-pub type KeepError = Box<dyn std::error::Error + Send + Sync>;
-
 /// What to authorize.
 #[derive(Debug)]
 pub struct Request<'a> {
@@ -351,5 +348,44 @@ async fn exchange(
                 seen.body.len()
             )))
         }
+    }
+}
+
+impl crate::exit::ExitStatus for AuthorizeError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            // The caller's own error decides.
+            Self::Keep(e) => e.0.exit_code(),
+            e if e.is_configuration() => crate::exit::CONFIG,
+            _ => crate::exit::REFRESH_FAILED,
+        }
+    }
+}
+
+/// Why the caller could not keep what a grant obtained: its own error (next in the chain), which
+/// says its exit code.
+pub struct KeepError(pub Box<dyn crate::exit::ExitStatus + Send + Sync>);
+
+impl<E: crate::exit::ExitStatus + Send + Sync + 'static> From<E> for KeepError {
+    fn from(e: E) -> Self {
+        Self(Box::new(e))
+    }
+}
+
+impl std::fmt::Debug for KeepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for KeepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for KeepError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }

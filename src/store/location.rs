@@ -221,6 +221,12 @@ pub(super) fn strip_url(text: &str) -> String {
         .join(" ")
 }
 
+impl crate::exit::ExitStatus for LocationError {
+    fn exit_code(&self) -> u8 {
+        crate::exit::CONFIG
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

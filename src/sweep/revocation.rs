@@ -254,6 +254,17 @@ impl Sweeper {
     }
 }
 
+impl crate::exit::ExitStatus for RevokeError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Store(e) => e.exit_code(),
+            Self::NotFound(_) => crate::exit::NOT_FOUND,
+            e if e.is_configuration() => crate::exit::CONFIG,
+            _ => crate::exit::REFRESH_FAILED,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
