@@ -2,7 +2,7 @@
 //! at once, until shutdown is requested; SIGTERM and SIGINT request it. Tells systemd (when it
 //! set NOTIFY_SOCKET) that it is ready, alive (watchdog) and stopping, and serves the optional
 //! /metrics and /healthz listener. Between sweeps it sleeps until the next tick (`ticker`): no
-//! timer of its own wakes it. Imports `config`, `schedule`, `domain`, `metrics` and `sweep`.
+//! timer of its own wakes it. Imports `exit`, `config`, `schedule`, `domain`, `metrics` and `sweep`.
 
 use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;

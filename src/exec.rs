@@ -2,7 +2,7 @@
 //! command line, where `ps` would show it — with standard input, output and error passed
 //! through, and passes its exit status on (128 + the signal's number when a signal ended it, as
 //! shells report it). While it runs, SIGTERM and SIGHUP are forwarded to it; SIGINT and SIGQUIT,
-//! which a terminal sends to the child as well, are left to it. Imports `domain` only.
+//! which a terminal sends to the child as well, are left to it. Imports `domain` and `exit` only.
 
 use std::os::unix::process::ExitStatusExt as _;
 

@@ -1,6 +1,6 @@
 //! The keys of `[encryption]`, read from their files or environment variables and assembled into
 //! the store's [`Sealer`]. A key file must not be writable by other users (refused) and should not
-//! be readable by them (a warning). No message carries key material. Imports `config` and
+//! be readable by them (a warning). No message carries key material. Imports `exit`, `config` and
 //! `store`.
 
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! Providers ready to use: each configured OAuth client with its endpoints (from the block, its
 //! preset, or its issuer's metadata), its client authentication and the secrets it references
 //! (environment variables, files, private keys) resolved, and how that authentication goes into a
-//! hand-built form. Imports `config`, `preset`, `discovery`, `http`, `secret_file` and `domain`.
+//! hand-built form. Imports `exit`, `config`, `preset`, `discovery`, `http`, `secret_file` and `domain`.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,7 +1,7 @@
 //! Wiring: from the settings to the running parts every command works from — the transport and
 //! token requests, the providers (secrets and endpoints resolved), the store (opened, migrated,
 //! sealing with the configured keys) and the sweeper with its policy. Logs the warnings each part
-//! has about how it is configured. Imports `config`, `http`, `keys`, `provider`, `refresh`,
+//! has about how it is configured. Imports `exit`, `config`, `http`, `keys`, `provider`, `refresh`,
 //! `store`, `alerts` and `sweep`.
 
 use std::collections::BTreeMap;

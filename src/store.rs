@@ -10,7 +10,7 @@
 //! (`transactions`), each statement a `statement` both drivers run; the statements whose text
 //! differs sit side by side in `dialect`; `batch` carries many rows into one statement as a bound
 //! JSON array; `location` says where the database is (read from the settings). Imports
-//! `domain`, and `config` and `secret_file` for `location`.
+//! `domain` and `exit`, and `config` and `secret_file` for `location`.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! the redirect); the code is exchanged with the provider's client authentication and the tokens
 //! are handed to the caller's `keep` (which stores them) before the browser hears how it ended;
 //! `authorize_device` returns what the device grant (`device`) obtained. Never touches the store.
-//! Imports `domain`, `http`, `provider` and `refresh` (the lenient token response).
+//! Imports `exit`, `domain`, `http`, `provider` and `refresh` (the lenient token response).
 
 use std::borrow::Cow;
 use std::sync::Mutex;

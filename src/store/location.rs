@@ -3,7 +3,7 @@
 //! password read from `[postgres] password_file` or `password_env` (the file must not be writable
 //! by other users, and should not be readable by them: a warning) and its CA file. [`PgOptions`]
 //! never shows a password (`Debug`, [`PgOptions::shown`]), and no message carries one. Imports
-//! `config`, `domain` and `secret_file`.
+//! `config`, `domain`, `exit` and `secret_file`.
 
 use std::collections::BTreeMap;
 use std::fmt;

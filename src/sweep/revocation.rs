@@ -1,6 +1,6 @@
 //! Revocations around the sweep: claim one credential (`revoke NAME`) or the pending ones (each
 //! sweep) under the sweep's lease, revoke their tokens through `revoke`, and settle the outcome
-//! into the store. Deciding what to store is [`settle`], a pure function. Imports `domain`,
+//! into the store. Deciding what to store is [`settle`], a pure function. Imports `exit`, `domain`,
 //! `provider`, `revoke` and `store`.
 
 use std::time::Instant;

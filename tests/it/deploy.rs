@@ -124,4 +124,5 @@ fn assert_cli_accepts(what: &str, args: &[String]) {
 
 mod cron;
 mod docker;
+mod layout;
 mod systemd;
