@@ -10,12 +10,10 @@ use std::time::Duration;
 
 use tokenwarden::store::seal::{Column, Key, Keyring, Place};
 
-use crate::backends::{Backend, BackendHome, Db, on_both_backends};
+use crate::backends::{Backend, BackendHome, Db, count, journal_text, on_both_backends};
 use crate::fake_endpoint::FakeEndpoint;
 use crate::fake_endpoint::Reply;
-use crate::harness::{
-    Home, assert_no_secrets, count, eventually, finish, journal_text, signal, stop,
-};
+use crate::harness::{Home, assert_no_secrets, eventually, finish, signal, stop};
 use crate::oauth_server::{OauthServer, clients};
 
 const SCOPE: &str = "openid offline_access api:read";
