@@ -14,7 +14,6 @@ use crate::telemetry;
 
 mod credentials;
 pub mod exit;
-mod header;
 mod inspect;
 mod migrate;
 mod render;
@@ -252,17 +251,13 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
             which,
             renew,
             header,
-        } => token(&ctx, &which, &renew, header)
-            .await
-            .map_err(Failure::untyped),
+        } => token(&ctx, &which, &renew, header).await,
         Command::Exec {
             which,
             renew,
             env,
             command,
-        } => exec(&ctx, &which, &renew, &env, &command)
-            .await
-            .map_err(Failure::untyped),
+        } => exec(&ctx, &which, &renew, &env, &command).await,
         Command::Refresh { name } => refresh(&ctx, name).await,
         Command::Log { name, limit, json } => {
             let store = ctx.open(OpenMode::MustExist).await?;

@@ -90,20 +90,14 @@ async fn listen_for_metrics(
         return Ok(None);
     }
     let address = &settings.metrics.listen;
-    let listener = tokio::net::TcpListener::bind(address)
+    let listener = crate::listener::bind_tcp(address.as_str())
         .await
         .map_err(|source| DaemonError::MetricsListen {
             address: address.clone(),
             source,
         })?;
-    // Unhealthy once a sweep is twice the longest gap between ticks overdue.
-    let policy = sweeper.policy();
-    let metrics = Metrics::new(
-        sweeper.store().clone(),
-        policy.sweep_gap.saturating_mul(2),
-        policy,
-        settings,
-    );
+    // Unhealthy once a sweep is twice the longest gap between ticks overdue (`Metrics::new`).
+    let metrics = Metrics::new(sweeper, settings);
     tokio::spawn(crate::metrics::serve(
         listener,
         metrics.clone(),

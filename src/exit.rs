@@ -34,3 +34,32 @@ pub trait ExitStatus: std::error::Error {
     /// One of this module's codes (or, for `exec`, the shell's for a command that cannot run).
     fn exit_code(&self) -> u8;
 }
+
+/// Another layer's error, boxed, that still says its exit code: what a caller hands back through
+/// a lower module that cannot name its type (`enroll`'s store error through `lifecycle`, the CLI's
+/// set-up error through `deliver`). Display, Debug and source are the boxed error's.
+pub struct Boxed(pub Box<dyn ExitStatus + Send + Sync>);
+
+impl<E: ExitStatus + Send + Sync + 'static> From<E> for Boxed {
+    fn from(e: E) -> Self {
+        Self(Box::new(e))
+    }
+}
+
+impl std::fmt::Debug for Boxed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Boxed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for Boxed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}

@@ -38,8 +38,8 @@ pub use leases::{HeldElsewhere, HeldLease};
 pub use location::{Location, LocationError, PgOptions, postgres_options};
 pub use lookup::TokenState;
 pub use records::{
-    Aggregate, Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim,
-    RevocationClaimed, RevocationResult, RotationRecord,
+    Aggregate, AggregateWindow, Authorized, AuthorizedAs, CredentialSummary, NewCredential,
+    RevocationClaim, RevocationClaimed, RevocationResult, RotationRecord,
 };
 pub use rekey::{ColumnUsage, KeyUsage, Pass, Target};
 pub use seal::Sealer;

@@ -2,11 +2,6 @@
 //! rendering of any error, and [`Failure`]: a command's error with its exit code, which the error
 //! itself says (`crate::exit::ExitStatus`, where the codes are documented).
 
-use crate::domain::iso8601;
-use crate::exec::ExecError;
-use crate::startup::StartupError;
-use crate::store::StoreError;
-
 pub use crate::exit::{
     BUSY, CONFIG, DATABASE, ExitStatus, INTERNAL, NOT_FOUND, OK, REFRESH_FAILED, SEALING,
 };
@@ -25,33 +20,8 @@ pub enum CommandError {
     UnknownCredential(String),
     #[error("unknown provider {name:?} (configured: {})", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
     UnknownProvider { name: String, known: Vec<String> },
-    #[error("credential {name:?} has no valid access token (status {status}{})", expires_at.map(|t| if t > crate::domain::now() { format!(", it expires at {}, sooner than asked for", iso8601(t)) } else { format!(", expired at {}", iso8601(t)) }).unwrap_or_default())]
-    NoValidToken {
-        name: String,
-        status: String,
-        expires_at: Option<i64>,
-    },
     #[error("credential {name:?} is {status}; it is not refreshed until it is authorized again")]
     NotActive { name: String, status: &'static str },
-    #[error(
-        "credential {name:?}: the stored access token {flaw}, so it is not printed; refresh or authorize the credential again"
-    )]
-    UnprintableToken {
-        name: String,
-        flaw: crate::untrusted::Flaw,
-    },
-    #[error("provider {provider} has no credential of owner {owner:?}")]
-    NoOwnerCredential { provider: String, owner: String },
-    #[error("owner {owner:?} has several credentials of provider {provider} ({}); name one", names.join(", "))]
-    Ambiguous {
-        provider: String,
-        owner: String,
-        names: Vec<String>,
-    },
-    #[error("credential {name:?} was not renewed: {reason}")]
-    RenewalFailed { name: String, reason: String },
-    #[error("credential {name:?}: {why}")]
-    Unusable { name: String, why: String },
     #[error("{0}")]
     Input(String),
 }
@@ -99,26 +69,6 @@ impl Failure {
     pub fn error(&self) -> &anyhow::Error {
         &self.error
     }
-
-    /// An error of the consumer path (`token`, `exec`), which still returns `anyhow`: its code is
-    /// the first typed error's in its chain that path can end with. Goes once that path returns
-    /// a typed error of its own (it then implements [`ExitStatus`] like every other).
-    #[must_use]
-    pub fn untyped(error: anyhow::Error) -> Self {
-        fn ask<E: ExitStatus + 'static>(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
-            cause.downcast_ref::<E>().map(ExitStatus::exit_code)
-        }
-        let code = error
-            .chain()
-            .find_map(|cause| {
-                ask::<CommandError>(cause)
-                    .or_else(|| ask::<StoreError>(cause))
-                    .or_else(|| ask::<StartupError>(cause))
-                    .or_else(|| ask::<ExecError>(cause))
-            })
-            .unwrap_or(INTERNAL);
-        Self { code, error }
-    }
 }
 
 impl<E: ExitStatus + Send + Sync + 'static> From<E> for Failure {
@@ -134,7 +84,6 @@ impl ExitStatus for CommandError {
     fn exit_code(&self) -> u8 {
         match self {
             Self::UnknownProvider { .. } | Self::Input(_) => CONFIG,
-            Self::RenewalFailed { .. } => REFRESH_FAILED,
             _ => NOT_FOUND,
         }
     }

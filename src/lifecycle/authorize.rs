@@ -190,6 +190,9 @@ pub async fn authorize<T>(
                 Rejection::StateMismatch => AuthorizeError::StateMismatch,
                 Rejection::Denied(reason) => AuthorizeError::Denied(sanitize(&reason, &[])),
                 Rejection::NoCode => AuthorizeError::NoCode,
+                Rejection::ListenerStopped => AuthorizeError::Listen(std::io::Error::other(
+                    "the listener for the redirect stopped",
+                )),
             };
             if let Some(arrival) = arrival {
                 arrival
@@ -364,28 +367,4 @@ impl crate::exit::ExitStatus for AuthorizeError {
 
 /// Why the caller could not keep what a grant obtained: its own error (next in the chain), which
 /// says its exit code.
-pub struct KeepError(pub Box<dyn crate::exit::ExitStatus + Send + Sync>);
-
-impl<E: crate::exit::ExitStatus + Send + Sync + 'static> From<E> for KeepError {
-    fn from(e: E) -> Self {
-        Self(Box::new(e))
-    }
-}
-
-impl std::fmt::Debug for KeepError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl std::fmt::Display for KeepError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&*self.0, f)
-    }
-}
-
-impl std::error::Error for KeepError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
-}
+pub type KeepError = crate::exit::Boxed;

@@ -167,6 +167,23 @@ pub struct Aggregate {
     pub soonest_expiry: Option<UnixTime>,
     /// The oldest last successful refresh of those not disabled (never-refreshed ones left out).
     pub oldest_refresh: Option<UnixTime>,
+    /// Not disabled, and the refresh token's known absolute expiry is at or before the window's
+    /// `refresh_token_by`.
+    pub refresh_token_expiring: i64,
+    /// The soonest known refresh-token expiry of those not disabled.
+    pub refresh_token_soonest_expiry: Option<UnixTime>,
+    /// Claimed under a lease that has not run out: a refresh in flight (sweep or on-demand).
+    pub renewals_in_flight: i64,
+}
+
+/// The horizons of [`Store::aggregates`]' "expiring" counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggregateWindow {
+    /// Access tokens expiring at or before this count as expiring (`now + refresh_margin`).
+    pub access_token_by: UnixTime,
+    /// Refresh tokens expiring at or before this count as expiring (`now +
+    /// refresh_token_warning`).
+    pub refresh_token_by: UnixTime,
 }
 
 impl Store {
@@ -319,15 +336,15 @@ impl Store {
     }
 
     /// Figures per provider and status over the whole table, in one aggregate statement:
-    /// `expiring` counts access tokens expiring at or before `expiring_by`; `failing` is judged at
-    /// `now`.
+    /// `expiring` and `refresh_token_expiring` count tokens expiring at or before the `window`'s
+    /// horizons; `failing` and the claims in flight are judged at `now`.
     pub async fn aggregates(
         &self,
         now: UnixTime,
-        expiring_by: UnixTime,
+        window: AggregateWindow,
         failing: crate::domain::Failing,
     ) -> Result<Vec<Aggregate>, StoreError> {
-        self.db.aggregates(now, expiring_by, failing).await
+        self.db.aggregates(now, window, failing).await
     }
 
     /// Every credential, by name, without tokens.

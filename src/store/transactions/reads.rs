@@ -3,16 +3,17 @@
 use crate::domain::UnixTime;
 use crate::store::StoreError;
 use crate::store::backend::Db;
-use crate::store::records::{Aggregate, CredentialSummary, RotationRecord};
+use crate::store::records::{Aggregate, AggregateWindow, CredentialSummary, RotationRecord};
 use crate::store::statement::sql;
 
 impl Db {
     /// Per provider and status: counts, failing, expiring by `$2`, soonest expiry, oldest
-    /// refresh. One statement, however many rows.
+    /// refresh, refresh tokens expiring by `$5` and the soonest of them, claims in flight at `$1`.
+    /// One statement, however many rows.
     pub(in crate::store) async fn aggregates(
         &self,
         now: UnixTime,
-        expiring_by: UnixTime,
+        window: AggregateWindow,
         failing: crate::domain::Failing,
     ) -> Result<Vec<Aggregate>, StoreError> {
         Ok(sql(
@@ -22,13 +23,18 @@ impl Db {
                     THEN 1 ELSE 0 END) AS failing, \
                 sum(CASE WHEN status <> 'disabled' AND access_token_expires_at <= $2 THEN 1 ELSE 0 END) AS expiring, \
                 min(CASE WHEN status <> 'disabled' THEN access_token_expires_at END) AS soonest_expiry, \
-                min(CASE WHEN status <> 'disabled' THEN last_refreshed_at END) AS oldest_refresh \
+                min(CASE WHEN status <> 'disabled' THEN last_refreshed_at END) AS oldest_refresh, \
+                sum(CASE WHEN status <> 'disabled' AND refresh_token_expires_at <= $5 THEN 1 ELSE 0 END) \
+                    AS refresh_token_expiring, \
+                min(CASE WHEN status <> 'disabled' THEN refresh_token_expires_at END) AS refresh_token_soonest_expiry, \
+                sum(CASE WHEN lease_owner IS NOT NULL AND lease_expires_at > $1 THEN 1 ELSE 0 END) AS renewals_in_flight \
              FROM oauth_credential GROUP BY provider, status ORDER BY provider, status",
         )
         .bind(now)
-        .bind(expiring_by)
+        .bind(window.access_token_by)
         .bind(i64::from(failing.after_failures))
         .bind(failing.after_secs)
+        .bind(window.refresh_token_by)
         .fetch_all(self.read().await?.conn())
         .await?)
     }
