@@ -77,6 +77,9 @@ enum Command {
         /// The environment variable that receives the access token.
         #[arg(long, default_value = "ACCESS_TOKEN", value_name = "VAR")]
         env: String,
+        /// Give COMMAND only PATH, HOME, LANG and the token variables, not this environment.
+        #[arg(long)]
+        clean_env: bool,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -256,8 +259,9 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
             which,
             renew,
             env,
+            clean_env,
             command,
-        } => exec(&ctx, &which, &renew, &env, &command).await,
+        } => exec(&ctx, &which, &renew, &env, clean_env, &command).await,
         Command::Refresh { name } => refresh(&ctx, name).await,
         Command::Log { name, limit, json } => {
             let store = ctx.open(OpenMode::MustExist).await?;

@@ -134,6 +134,7 @@ pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> Result<u8, Failure>
         store: store.as_ref(),
         database: ctx.location.shown(),
         unreachable,
+        database_warnings: &ctx.warnings,
         only,
         refresh_token_warning: ctx.policy.refresh_token_warning,
         sweep_gap: ctx.policy.sweep_gap,
