@@ -3,7 +3,7 @@
 //! secrets a provider references are resolved later, by `provider`. `config/provider.rs` holds a
 //! provider block and its checks, `config/preset.rs` the known providers, `config/encryption.rs`
 //! the `[encryption]` table, `config/enroll.rs` the `[enroll]` table, `config/check.rs` the checks across settings, `config/de.rs` how
-//! durations and word lists are read. Imports `domain`, `schedule` and `untrusted`.
+//! durations and word lists are read. Imports `exit`, `domain`, `schedule` and `untrusted`.
 
 use std::collections::BTreeMap;
 
@@ -397,15 +397,6 @@ impl Settings {
         (self.busy_timeout * 10).max(Duration::from_secs(20))
     }
 
-    /// When a failing credential is reported as failing.
-    #[must_use]
-    pub fn failing(&self) -> crate::domain::Failing {
-        crate::domain::Failing {
-            after_failures: self.retry.failing_after_failures.max(1),
-            after_secs: i64::try_from(self.retry.failing_after.as_secs()).unwrap_or(i64::MAX),
-        }
-    }
-
     /// Warnings about settings that work but should change.
     #[must_use]
     pub fn warnings(&self) -> Vec<String> {
@@ -418,6 +409,12 @@ impl Settings {
                 )
             })
             .collect()
+    }
+}
+
+impl crate::exit::ExitStatus for ConfigError {
+    fn exit_code(&self) -> u8 {
+        crate::exit::CONFIG
     }
 }
 

@@ -84,8 +84,8 @@ impl Metrics {
     /// `gap`: the longest gap between two scheduled sweeps, in seconds; `/healthz` calls the
     /// sweeps stalled once the last one is twice that old.
     #[must_use]
-    pub fn new(sweeper: &Sweeper, gap: i64, settings: &Settings) -> Self {
-        let seconds = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    pub fn new(sweeper: &Sweeper, settings: &Settings) -> Self {
+        let policy = sweeper.policy();
         Self {
             inner: Arc::new(Inner {
                 store: sweeper.store().clone(),
@@ -95,11 +95,11 @@ impl Metrics {
                 sweeps: Counter::default(),
                 last_sweep: Mutex::new(None),
                 started_at: domain::now(),
-                gap,
-                stale_after: gap.saturating_mul(2),
-                failing: settings.failing(),
-                margin: seconds(settings.refresh_margin),
-                refresh_token_warning: seconds(settings.refresh_token_warning),
+                gap: policy.sweep_gap,
+                stale_after: policy.sweep_gap.saturating_mul(2),
+                failing: policy.failing,
+                margin: policy.margin,
+                refresh_token_warning: policy.refresh_token_warning,
                 per_credential_max: settings.metrics.per_credential_max,
             }),
         }

@@ -1,7 +1,7 @@
 //! Providers ready to use: each configured OAuth client with its endpoints (from the block, its
 //! preset, or its issuer's metadata), its client authentication and the secrets it references
 //! (environment variables, files, private keys) resolved, and how that authentication goes into a
-//! hand-built form. Imports `config`, `preset`, `discovery`, `http`, `secret_file` and `domain`.
+//! hand-built form. Imports `exit`, `config`, `preset`, `discovery`, `http`, `secret_file` and `domain`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -342,5 +342,18 @@ impl Providers {
         self.0
             .values()
             .flat_map(|p| p.warnings.iter().map(String::as_str))
+    }
+}
+
+impl crate::exit::ExitStatus for ProviderError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            // The issuer may be back in a moment: not a configuration error, so systemd retries.
+            Self::Discovery {
+                source: crate::discovery::DiscoveryError::Unavailable { .. },
+                ..
+            } => crate::exit::REFRESH_FAILED,
+            _ => crate::exit::CONFIG,
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! (`transactions`), each statement a `statement` both drivers run; the statements whose text
 //! differs sit side by side in `dialect`; `batch` carries many rows into one statement as a bound
 //! JSON array; `location` says where the database is (read from the settings). Imports
-//! `domain`, and `config` and `secret_file` for `location`.
+//! `domain` and `exit`, and `config` and `secret_file` for `location`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -219,5 +219,16 @@ fn sql_reason(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(db) => db.message().to_owned(),
         other => other.to_string(),
+    }
+}
+
+impl crate::exit::ExitStatus for StoreError {
+    fn exit_code(&self) -> u8 {
+        use crate::exit::{CONFIG, DATABASE, SEALING};
+        match self {
+            Self::Exists(_) | Self::OwnerTaken { .. } | Self::InviteMismatch { .. } => CONFIG,
+            Self::KeysMissing(_) | Self::Unreadable { .. } => SEALING,
+            _ => DATABASE,
+        }
     }
 }

@@ -124,6 +124,12 @@ impl Sweeper {
         self.inner.refresher.transport()
     }
 
+    /// The tunables this sweeper runs with.
+    #[must_use]
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
     /// This process's failed attempts so far, per provider and class.
     #[must_use]
     pub fn errors(&self) -> &ErrorTally {

@@ -237,13 +237,7 @@ pub(super) fn success(
             ),
         });
     SuccessDecision {
-        refresh_due_at: domain::refresh_due_at(
-            finished,
-            tokens.expires_at,
-            policy.margin,
-            policy.max_idle,
-            domain::due_spread(&claimed.name, policy.margin),
-        ),
+        refresh_due_at: policy.due_at(&claimed.name, finished, tokens.expires_at),
         rotated,
         refresh_token_expires_at,
         recovered: policy.failing.is_failing(

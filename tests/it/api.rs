@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Home, Run, assert_no_secrets, count, eventually, finish, stop};
+use crate::backends::count;
+use crate::harness::{Home, Run, assert_no_secrets, eventually, finish, stop};
 use crate::oauth_server::{OauthServer, clients};
 
 const SCOPE: &str = "openid offline_access api:read";
@@ -263,7 +264,7 @@ users = ["no-such-user-here"]
         "debug lines at trace level"
     );
     assert!(log.contains("token API: granted"));
-    let secrets = crate::harness::stored_secrets(&db).await;
+    let secrets = crate::backends::stored_secrets(&db).await;
     assert_no_secrets("daemon log", &log, &secrets);
     assert_no_secrets("refused output", &by_owner.stderr, &secrets);
 }
@@ -358,7 +359,7 @@ async fn a_sink_follows_rotations_by_any_process_and_goes_when_the_token_does() 
             .contains("/nonexistent-dir/web.token: the directory /nonexistent-dir does not exist"),
         "{doctor:?}"
     );
-    let secrets = crate::harness::stored_secrets(&db).await;
+    let secrets = crate::backends::stored_secrets(&db).await;
     assert_no_secrets("daemon log", &log, &secrets);
     assert_no_secrets("doctor", &doctor.all(), &secrets);
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Home, count, eventually, stop};
+use crate::backends::count;
+use crate::harness::{Home, eventually, stop};
 use crate::oauth_server::{OauthServer, clients};
 
 /// The daemon's descriptor limit in these tests: far below the idle connections opened.
@@ -139,6 +140,6 @@ async fn metrics_listener_cuts_slow_heads_and_survives_idle_floods_at_a_low_desc
         accept_warnings <= 2,
         "{accept_warnings} accept warnings: the warning is not rate-limited"
     );
-    let tokens = crate::harness::stored_secrets(&db).await;
+    let tokens = crate::backends::stored_secrets(&db).await;
     crate::harness::assert_no_secrets("log", &text, &tokens);
 }
