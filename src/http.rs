@@ -99,11 +99,20 @@ impl ErrorBody {
     }
 }
 
+/// A deadline noticed at least this late was passed while this process was not running (stopped
+/// by SIGSTOP, a paused VM or container, a stalled host): a timer fires within milliseconds of its
+/// deadline otherwise.
+const NOTICED_LATE: Duration = Duration::from_secs(1);
+/// How long such a request may still deliver what arrived while the process was not running: a
+/// provider's answer waiting unread is the only copy of a rotated refresh token.
+const LAST_LOOK: Duration = Duration::from_secs(2);
+
 /// Sends requests to providers; cheap to clone.
 #[derive(Clone)]
 pub struct Transport {
     client: reqwest::Client,
     max_body: usize,
+    request_timeout: Duration,
 }
 
 impl Transport {
@@ -117,10 +126,13 @@ impl Transport {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
-            .timeout(request_timeout)
             .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { client, max_body })
+        Ok(Self {
+            client,
+            max_body,
+            request_timeout,
+        })
     }
 
     /// GETs `url` and reads the whole (capped) answer.
@@ -166,8 +178,33 @@ impl Transport {
     }
 
     /// As [`Self::send`]; the status and Retry-After are noted in `head` as soon as they arrive,
-    /// so that they are known even when the body is then refused.
+    /// so that they are known even when the body is then refused. The whole exchange gives up after
+    /// `request_timeout` — unless that deadline passed while this process was not running: then
+    /// what already arrived gets [`LAST_LOOK`] to be read, rather than dropping an answer that
+    /// waits in the socket (for a rotating provider, the only copy of the new refresh token).
     async fn send_noting_head(
+        &self,
+        request: reqwest::RequestBuilder,
+        head: &mut Exchange,
+    ) -> Result<Exchange, HttpError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let exchange = self.exchange(request, head);
+        tokio::pin!(exchange);
+        tokio::select! {
+            biased;
+            result = &mut exchange => return result,
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+        if tokio::time::Instant::now() >= deadline + NOTICED_LATE
+            && let Ok(result) = tokio::time::timeout(LAST_LOOK, &mut exchange).await
+        {
+            return result;
+        }
+        Err(HttpError::Timeout)
+    }
+
+    /// The exchange itself, without a deadline.
+    async fn exchange(
         &self,
         request: reqwest::RequestBuilder,
         head: &mut Exchange,

@@ -1,7 +1,8 @@
 //! The optional operator listener: `/metrics` in the Prometheus text format (encoded by
 //! prometheus-client) and `/healthz`. At scrape time the store answers one aggregate statement
 //! (credentials per provider and status, failing, expiring within the margin, the soonest expiry,
-//! the oldest refresh: the same on every replica of one database), and, while the table holds at
+//! the oldest refresh: the same on every replica of one database), the refresh requests out past
+//! their lease (a stopped or partitioned process), and, while the table holds at
 //! most `metrics.per_credential_max` credentials, the per-credential series; counters and the
 //! last sweep come from this process's sweeps; `metrics/series.rs` registers the store's series.
 //! Imports `config`, `domain`, `store` and `sweep`.
@@ -151,6 +152,7 @@ impl Metrics {
             );
         }
         let total = self.register_aggregates(&mut registry, now).await?;
+        self.register_sent_past_lease(&mut registry, now).await?;
         let included = u64::try_from(total).unwrap_or(0) <= inner.per_credential_max;
         let shown = Gauge::<i64>::default();
         shown.set(i64::from(included));

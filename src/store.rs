@@ -26,7 +26,7 @@ mod transfer;
 mod writer;
 
 pub use claim::{ClaimByName, Failure, FailureDetail, Refreshed, Stored};
-pub use leases::{HeldElsewhere, HeldLease};
+pub use leases::{HeldElsewhere, HeldLease, PastLease};
 pub use lookup::TokenState;
 pub use postgres::PgOptions;
 pub use records::{

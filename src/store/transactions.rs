@@ -14,9 +14,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::domain::{Outcome, Secret, Trigger, UnixTime};
+use crate::domain::{Interrupted, Outcome, Secret, Trigger, UnixTime};
 use crate::store::claim::ClaimRow;
-use crate::store::leases::{HeldElsewhere, HeldLease};
+use crate::store::leases::{HeldElsewhere, HeldLease, PastLease};
 use crate::store::records::{
     Aggregate, Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim, RevocationResult,
     RotationRecord, TokenRow,
@@ -56,9 +56,12 @@ macro_rules! for_column {
     (@piece $name:literal; $text:literal) => { $text };
 }
 
+/// A claim's journal entry, and the interrupted attempt it follows, if any.
+pub(in crate::store) type Journaled = (i64, Option<Interrupted>);
+
 /// What a claim by name found: the claimed row and its journal entry, or the credential's status
 /// (`None`: no such credential).
-pub(in crate::store) type NameClaim = Result<(ClaimRow, (i64, bool)), Option<String>>;
+pub(in crate::store) type NameClaim = Result<(ClaimRow, Journaled), Option<String>>;
 
 /// Every backend's `Write` holds its transaction in `tx`.
 impl Write {
@@ -82,3 +85,4 @@ include!("transactions/enroll.rs");
 include!("transactions/revocation.rs");
 include!("transactions/reads.rs");
 include!("transactions/upkeep.rs");
+include!("transactions/sent.rs");

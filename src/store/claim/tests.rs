@@ -85,13 +85,13 @@ async fn a_group_stores_every_row_but_the_one_that_changed_and_reports_that_one_
     let store = store_with(&dir, &["a", "b", "c"]).await;
     let now = domain::now();
     let mut claimed = store
-        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once)
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[])
         .await
         .unwrap();
     claimed.sort_by(|x, y| x.name.cmp(&y.name));
     let names: Vec<&str> = claimed.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["a", "b", "c"]);
-    assert!(claimed.iter().all(|c| !c.after_interruption));
+    assert!(claimed.iter().all(|c| c.interrupted.is_none()));
     let attempts: std::collections::HashSet<i64> = claimed.iter().map(|c| c.attempt_id).collect();
     assert_eq!(attempts.len(), 3, "one journal entry per claim");
 
@@ -178,7 +178,7 @@ async fn one_credential_twice_in_a_group_is_written_in_order() {
     let store = store_with(&dir, &["a"]).await;
     let now = domain::now();
     let claimed = store
-        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once)
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[])
         .await
         .unwrap();
     let first = &claimed[0];
@@ -211,18 +211,18 @@ async fn a_claim_after_a_dead_attempt_marks_it_interrupted_and_knows() {
     let now = domain::now();
     // A process claimed "a" and died: its lease has run out, its journal entry is pending.
     let dead = store
-        .claim_by_name("a", "dead-owner", now - 200, now - 100)
+        .claim_by_name("a", "dead-owner", now - 200, now - 100, &[])
         .await
         .unwrap();
     assert!(matches!(dead, super::ClaimByName::Claimed(_)));
     let mut claimed = store
-        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once)
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[])
         .await
         .unwrap();
     claimed.sort_by(|x, y| x.name.cmp(&y.name));
     let seen: Vec<(&str, bool)> = claimed
         .iter()
-        .map(|c| (c.name.as_str(), c.after_interruption))
+        .map(|c| (c.name.as_str(), c.interrupted.is_some()))
         .collect();
     assert_eq!(seen, [("a", true), ("b", false)]);
     let journal = store.rotations(None, 10).await.unwrap();
@@ -242,7 +242,7 @@ async fn a_claim_after_a_dead_attempt_marks_it_interrupted_and_knows() {
     store.release_all(&claimed, OWNER).await.unwrap();
     assert_eq!(store.rotations(None, 10).await.unwrap().len(), 1);
     let again = store
-        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once)
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[])
         .await
         .unwrap();
     assert_eq!(again.len(), 2);
@@ -270,15 +270,15 @@ async fn a_backoff_ending_during_a_sweep_waits_for_the_next_sweep() {
     .unwrap();
     db.close().await;
     let claimed = store
-        .claim_due(OWNER, now, now + 120, 10, sweep_start, Trigger::Once)
+        .claim_due(OWNER, now, now + 120, 10, sweep_start, Trigger::Once, &[])
         .await
         .unwrap();
     let names: Vec<&str> = claimed.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["b"]);
-    assert!(!store.any_claimable(now, sweep_start).await.unwrap());
+    assert!(!store.any_claimable(now, sweep_start, &[]).await.unwrap());
     store.release_all(&claimed, OWNER).await.unwrap();
     let next = store
-        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once)
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[])
         .await
         .unwrap();
     assert_eq!(next.len(), 2);

@@ -13,7 +13,8 @@ impl Db {
         sweep_start: UnixTime,
         trigger: Trigger,
         open: &crate::store::Open<'_, ClaimRow>,
-    ) -> Result<Vec<(ClaimRow, (i64, bool))>, StoreError> {
+        skip: &[i64],
+    ) -> Result<Vec<(ClaimRow, Journaled)>, StoreError> {
         let mut w = self.write().await?;
         let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM_DUE)
             .bind(owner)
@@ -21,6 +22,7 @@ impl Db {
             .bind(now)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(sweep_start)
+            .bind(batch::to_json(skip)?)
             .fetch_all(w.conn())
             .await?;
         let rows: Vec<ClaimRow> = rows.into_iter().map(open).collect();
@@ -37,6 +39,7 @@ impl Db {
         now: UnixTime,
         lease_until: UnixTime,
         open: &crate::store::Open<'_, ClaimRow>,
+        skip: &[i64],
     ) -> Result<NameClaim, StoreError> {
         let mut w = self.write().await?;
         let row: Option<ClaimRow> = sqlx::query_as(CLAIM_BY_NAME)
@@ -44,6 +47,7 @@ impl Db {
             .bind(lease_until)
             .bind(name)
             .bind(now)
+            .bind(batch::to_json(skip)?)
             .fetch_optional(w.conn())
             .await?;
         let Some(row) = row else {
@@ -170,15 +174,15 @@ async fn release_lease(conn: &mut Conn, id: i64, owner: &str) -> Result<(), Stor
 
 /// Journals the claimed attempts before their requests, in two statements whatever their number:
 /// what is sent, never the token itself. An earlier attempt still pending belonged to a process
-/// that died (its lease ran out, or this claim could not have happened): it is marked interrupted
-/// first, and the new attempt knows it follows one.
+/// that died or stopped (its lease ran out, or this claim could not have happened): it is marked
+/// interrupted first, and the new attempt knows when it started and whether it was sent.
 async fn journal_starts(
     conn: &mut Conn,
     rows: Vec<ClaimRow>,
     owner: &str,
     now: UnixTime,
     trigger: Trigger,
-) -> Result<Vec<(ClaimRow, (i64, bool))>, StoreError> {
+) -> Result<Vec<(ClaimRow, Journaled)>, StoreError> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -193,13 +197,28 @@ async fn journal_starts(
         })
         .collect();
     let entries = batch::to_json(&entries)?;
-    let interrupted: HashSet<i64> = sqlx::query_scalar(JOURNAL_INTERRUPT)
-        .bind(now)
-        .bind(&entries)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .collect();
+    let mut interrupted: HashMap<i64, Interrupted> = HashMap::new();
+    let found: Vec<(i64, i64, i64, Option<i64>, Option<String>)> =
+        sqlx::query_as(JOURNAL_INTERRUPT)
+            .bind(now)
+            .bind(&entries)
+            .fetch_all(&mut *conn)
+            .await?;
+    for (attempt_id, credential, started_at, sent_at, holder) in found {
+        // Normally one per credential; of several, the latest, and sent if any was.
+        let entry = interrupted.entry(credential).or_insert(Interrupted {
+            attempt_id,
+            started_at,
+            sent: false,
+            holder: None,
+        });
+        if started_at >= entry.started_at {
+            entry.attempt_id = attempt_id;
+            entry.started_at = started_at;
+            entry.holder = holder;
+        }
+        entry.sent |= sent_at.is_some();
+    }
     let started: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(JOURNAL_START)
         .bind(trigger.as_str())
         .bind(owner)
@@ -215,8 +234,8 @@ async fn journal_starts(
             let attempt = *started
                 .get(&row.id)
                 .ok_or(StoreError::Sql(sqlx::Error::RowNotFound))?;
-            let after_interruption = interrupted.contains(&row.id);
-            Ok((row, (attempt, after_interruption)))
+            let after = interrupted.remove(&row.id);
+            Ok((row, (attempt, after)))
         })
         .collect()
 }

@@ -1,0 +1,83 @@
+// Requests that went out (issue 19): the mark a refresh writes immediately before its request, and
+// the attempts whose request went out but whose lease ran out before their outcome was stored.
+// Part of `transactions.rs` (`include!`d). Plain SQL both dialects accept.
+
+impl Db {
+    /// Marks the journal entry `attempt_id` sent at `now`, if it is still pending: `false` when
+    /// another process has taken the claim over meanwhile (it marked the entry `interrupted` in
+    /// its claim's transaction), and then nothing may be sent.
+    pub(in crate::store) async fn mark_sent(
+        &self,
+        attempt_id: i64,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let mut w = self.write().await?;
+        let marked = sqlx::query(
+            "UPDATE token_rotation SET sent_at = $1 WHERE id = $2 AND outcome = 'pending'",
+        )
+        .bind(now)
+        .bind(attempt_id)
+        .execute(w.conn())
+        .await?
+        .rows_affected();
+        w.commit().await?;
+        Ok(marked == 1)
+    }
+
+    /// Gives a claim back to the live process whose request was out when it was claimed (it
+    /// sent its refresh token just before this claim): its journal entry `theirs` pending again,
+    /// the lease its holder's again (run out), this claim's entry `ours` dropped.
+    pub(in crate::store) async fn give_back(
+        &self,
+        credential_id: i64,
+        me: &str,
+        ours: i64,
+        theirs: i64,
+        holder: &str,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        let mut w = self.write().await?;
+        sqlx::query("DELETE FROM token_rotation WHERE id = $1 AND outcome = 'pending'")
+            .bind(ours)
+            .execute(w.conn())
+            .await?;
+        sqlx::query(
+            "UPDATE token_rotation SET outcome = 'pending', finished_at = NULL \
+             WHERE id = $1 AND outcome = 'interrupted'",
+        )
+        .bind(theirs)
+        .execute(w.conn())
+        .await?;
+        sqlx::query(
+            "UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 \
+             WHERE id = $3 AND lease_owner = $4",
+        )
+        .bind(holder)
+        .bind(now)
+        .bind(credential_id)
+        .bind(me)
+        .execute(w.conn())
+        .await?;
+        w.commit().await?;
+        Ok(())
+    }
+
+    /// Credentials whose lease ran out by `now` while their pending attempt's request was out
+    /// (sent, no outcome stored), in id order. Pending entries are few (the pending index).
+    pub(in crate::store) async fn sent_past_lease(
+        &self,
+        now: UnixTime,
+    ) -> Result<Vec<PastLease>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT c.id AS credential_id, c.name, c.grant_type, c.lease_owner, c.lease_expires_at, \
+                t.started_at, t.sent_at \
+             FROM token_rotation t JOIN oauth_credential c ON c.id = t.credential_id \
+             WHERE t.outcome = 'pending' AND t.sent_at IS NOT NULL \
+               AND c.lease_owner IS NOT NULL AND c.lease_expires_at <= $1 \
+             ORDER BY c.id",
+        )
+        .bind(now)
+        .fetch_all(&mut *self.conn().await?)
+        .await?)
+    }
+}
