@@ -183,7 +183,20 @@ scopes = "api:read"
     /// The binary with this home's configuration and secrets in its environment, under umask 022
     /// (so the database's 0600 mode is tokenwarden's doing, not the test's).
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new("sh");
+        self.command_under(&[], args)
+    }
+
+    /// As [`Home::command`], run by `wrapper` (a program and its arguments, such as `unshare
+    /// --pid --fork`): the wrapper runs the shell that runs the binary.
+    pub fn command_under(&self, wrapper: &[&str], args: &[&str]) -> tokio::process::Command {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = tokio::process::Command::new(program);
+                cmd.args(rest).arg("sh");
+                cmd
+            }
+            None => tokio::process::Command::new("sh"),
+        };
         cmd.args([
             "-c",
             "umask 022 && exec \"$0\" \"$@\"",

@@ -11,6 +11,7 @@ mod crash;
 mod deploy;
 mod fake_endpoint;
 mod faults;
+mod frozen;
 mod grants;
 mod harness;
 mod lifecycle;
