@@ -107,6 +107,13 @@ const NOTICED_LATE: Duration = Duration::from_secs(1);
 /// provider's answer waiting unread is the only copy of a rotated refresh token.
 const LAST_LOOK: Duration = Duration::from_secs(2);
 
+/// How long an idle connection to a provider is kept for the next request: shorter than common
+/// servers' keep-alive (Node's 5 s), so a request never goes out on a connection the server is
+/// closing at that moment ("connection closed before message completed": a transient failure, and
+/// a refresh token perhaps presented for nothing). A sweep's requests follow each other closer than
+/// this; between sweeps the connections close anyway.
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
 /// Sends requests to providers; cheap to clone.
 #[derive(Clone)]
 pub struct Transport {
@@ -126,6 +133,7 @@ impl Transport {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
+            .pool_idle_timeout(POOL_IDLE)
             .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {

@@ -2,7 +2,7 @@
 //! embedded default: a file created 0600, WAL, FULL sync, a busy timeout) and `postgres` (several
 //! replicas on one server). Opening migrates the schema (`schema`: not when it is up to date). `claim` holds the sweep's transactions,
 //! `records` the reads and writes behind the CLI, `leases` the view of other holders' claims, `transfer` the copy of a SQLite database into
-//! PostgreSQL (`migrate --to`).
+//! PostgreSQL (`migrate --to`), `sent` the marks written just before requests go out.
 //! Every token passes the store's [`Sealer`] (`seal`) on its way in and out, here, above the SQL,
 //! so both backends see only stored (sealed) text; `rekey` reports and changes which key seals
 //! which row. The statements both dialects accept are written once (`transactions.rs`, compiled
@@ -21,6 +21,7 @@ mod records;
 mod rekey;
 mod schema;
 pub mod seal;
+mod sent;
 mod sqlite;
 mod transfer;
 mod writer;
@@ -147,6 +148,8 @@ pub struct Store {
     backend: Backend,
     /// Successful refreshes on their way to the backend's group commit (see `writer`).
     jobs: tokio::sync::mpsc::UnboundedSender<writer::StoreJob>,
+    /// Requests about to go out, on their way to being marked sent (see `sent`).
+    marks: tokio::sync::mpsc::UnboundedSender<sent::MarkJob>,
     /// Seals every token written and opens every token read.
     sealer: Sealer,
 }
@@ -170,9 +173,11 @@ impl Store {
                 (Backend::Postgres(db), jobs)
             }
         };
+        let marks = sent::spawn(backend.clone());
         Ok(Self {
             backend,
             jobs,
+            marks,
             sealer,
         })
     }

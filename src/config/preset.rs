@@ -81,23 +81,7 @@ pub fn shape(p: &ProviderSettings) -> Result<Shape, (&'static str, String)> {
     let d = match p.preset {
         None => Defaults::none(),
         Some(Preset::Microsoft) => microsoft(p)?,
-        Some(Preset::Google) => Defaults {
-            token_url: Some("https://oauth2.googleapis.com/token".to_owned()),
-            authorization_url: Some("https://accounts.google.com/o/oauth2/v2/auth".to_owned()),
-            revocation_url: Some("https://oauth2.googleapis.com/revoke".to_owned()),
-            device_authorization_url: Some("https://oauth2.googleapis.com/device/code".to_owned()),
-            // A refresh token only with access_type=offline, and again only with prompt=consent.
-            authorization_params: &[("access_type", "offline"), ("prompt", "consent")],
-            // Service accounts: the token endpoint is the audience, scopes are claims.
-            assertion_audience: Some("https://oauth2.googleapis.com/token".to_owned()),
-            scope_in_assertion: true,
-            // Google's refresh tokens do not rotate: a refresh answers with an access token only,
-            // and the refresh token stays valid until revoked or unused for six months
-            // (https://developers.google.com/identity/protocols/oauth2/web-server#offline,
-            // "Refresh token expiration").
-            refresh_token_reuse: RefreshTokenReuse::StaysValid,
-            ..Defaults::none()
-        },
+        Some(Preset::Google) => google(),
         Some(Preset::Salesforce) => {
             let host = p.domain.as_deref().unwrap_or("login.salesforce.com");
             host_only("domain", host)?;
@@ -201,6 +185,27 @@ pub fn shape(p: &ProviderSettings) -> Result<Shape, (&'static str, String)> {
         scope_in_assertion: d.scope_in_assertion,
         refresh_token_reuse: p.refresh_token_reuse.unwrap_or(d.refresh_token_reuse),
     })
+}
+
+/// Google's endpoints and defaults.
+fn google() -> Defaults {
+    Defaults {
+        token_url: Some("https://oauth2.googleapis.com/token".to_owned()),
+        authorization_url: Some("https://accounts.google.com/o/oauth2/v2/auth".to_owned()),
+        revocation_url: Some("https://oauth2.googleapis.com/revoke".to_owned()),
+        device_authorization_url: Some("https://oauth2.googleapis.com/device/code".to_owned()),
+        // A refresh token only with access_type=offline, and again only with prompt=consent.
+        authorization_params: &[("access_type", "offline"), ("prompt", "consent")],
+        // Service accounts: the token endpoint is the audience, scopes are claims.
+        assertion_audience: Some("https://oauth2.googleapis.com/token".to_owned()),
+        scope_in_assertion: true,
+        // Google's refresh tokens do not rotate: a refresh answers with an access token only,
+        // and the refresh token stays valid until revoked or unused for six months
+        // (https://developers.google.com/identity/protocols/oauth2/web-server#offline,
+        // "Refresh token expiration").
+        refresh_token_reuse: RefreshTokenReuse::StaysValid,
+        ..Defaults::none()
+    }
 }
 
 /// Microsoft Entra's v2.0 endpoints for `tenant` (default `common`).

@@ -7,6 +7,7 @@ use sqlx::FromRow;
 use tokio::sync::oneshot;
 
 use super::seal::{Column, Place, Sealer};
+use super::sent::MarkJob;
 use super::writer::StoreJob;
 use super::{Store, StoreError, on_backend};
 use crate::domain::{
@@ -185,7 +186,18 @@ impl Store {
     /// Marks the claimed attempt's request sent, immediately before it goes out: `false` when
     /// another process took the claim over meanwhile, and then it must not go out.
     pub async fn mark_sent(&self, claimed: &Claimed, now: UnixTime) -> Result<bool, StoreError> {
-        on_backend!(self, db => db.mark_sent(claimed.attempt_id, now).await)
+        let (reply, answer) = oneshot::channel();
+        let job = MarkJob {
+            attempt_id: claimed.attempt_id,
+            now,
+            reply,
+        };
+        if self.marks.send(job).is_err() {
+            return Err(StoreError::Sql(sqlx::Error::PoolClosed));
+        }
+        answer
+            .await
+            .unwrap_or(Err(StoreError::Sql(sqlx::Error::PoolClosed)))
     }
 
     /// Gives the claim back to the live process that made `attempt`, whose request is out: its

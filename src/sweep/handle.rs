@@ -60,43 +60,11 @@ impl Sweeper {
                     .map(Some);
             }
         };
-        if let Some(attempt) = &claimed.interrupted {
-            let owner = self.judge_owner(attempt.holder.as_deref());
-            match takeover::decide(
-                owner,
-                attempt,
-                claimed.grant_type,
-                &provider.name,
-                provider.refresh_token_reuse,
-                now,
-            ) {
-                Takeover::Leave => {
-                    warn!(
-                        "the process refreshing this credential is alive with its request out; left to it"
-                    );
-                    let inner = &self.inner;
-                    inner
-                        .store
-                        .give_back(&claimed, &inner.owner, attempt, now)
-                        .await?;
-                    return Ok(None);
-                }
-                Takeover::Send { repeat: true } => warn!(
-                    refresh_token_reuse = %provider.refresh_token_reuse,
-                    "an earlier refresh of this credential was interrupted after its request went out; the provider accepts its refresh token again, so it is sent once more"
-                ),
-                Takeover::Send { repeat: false } => warn!(
-                    "an earlier refresh of this credential was interrupted before presenting a refresh token; trying again"
-                ),
-                Takeover::Flag { reason } => {
-                    let setback =
-                        Setback::new(Action::Reauthorize, Outcome::NeedsReauthorization, reason);
-                    return self
-                        .store_setback(&claimed, setback, started)
-                        .await
-                        .map(Some);
-                }
-            }
+        if let Some(done) = self
+            .after_interruption(&claimed, provider, now, started)
+            .await?
+        {
+            return Ok(done);
         }
         let scopes = scopes_to_send(provider, &claimed);
         let grant = match (claimed.grant_type, &claimed.refresh_token) {
@@ -155,6 +123,62 @@ impl Sweeper {
         handled.map(Some)
     }
 
+    /// What an interrupted attempt before this one allows (`takeover`): `None` to go on and
+    /// send; otherwise what the claim came to without a request — given back to the live process
+    /// whose request is out, or flagged for re-authorization.
+    async fn after_interruption(
+        &self,
+        claimed: &Claimed,
+        provider: &Provider,
+        now: UnixTime,
+        started: Instant,
+    ) -> Result<Option<Option<Handled>>, StoreError> {
+        let Some(attempt) = &claimed.interrupted else {
+            return Ok(None);
+        };
+        let owner = self.judge_owner(attempt.holder.as_deref());
+        match takeover::decide(
+            owner,
+            attempt,
+            claimed.grant_type,
+            &provider.name,
+            provider.refresh_token_reuse,
+            now,
+        ) {
+            Takeover::Leave => {
+                warn!(
+                    "the process refreshing this credential is alive with its request out; left to it"
+                );
+                let inner = &self.inner;
+                inner
+                    .store
+                    .give_back(claimed, &inner.owner, attempt, now)
+                    .await?;
+                Ok(Some(None))
+            }
+            Takeover::Send { repeat: true } => {
+                warn!(
+                    refresh_token_reuse = %provider.refresh_token_reuse,
+                    "an earlier refresh of this credential was interrupted after its request went out; the provider accepts its refresh token again, so it is sent once more"
+                );
+                Ok(None)
+            }
+            Takeover::Send { repeat: false } => {
+                warn!(
+                    "an earlier refresh of this credential was interrupted before presenting a refresh token; trying again"
+                );
+                Ok(None)
+            }
+            Takeover::Flag { reason } => {
+                let setback =
+                    Setback::new(Action::Reauthorize, Outcome::NeedsReauthorization, reason);
+                self.store_setback(claimed, setback, started)
+                    .await
+                    .map(|h| Some(Some(h)))
+            }
+        }
+    }
+
     /// The one check immediately before a request: this process's claim must still cover the
     /// request and storing its outcome (after it runs out, a process that was stopped sends
     /// nothing it claimed), and a refresh token goes out only once its journal entry is marked
@@ -171,13 +195,23 @@ impl Sweeper {
             inner.store.release(claimed, &inner.owner).await?;
             return Ok(false);
         }
-        if claimed.grant_type == GrantType::RefreshToken
-            && !inner.store.mark_sent(claimed, now).await?
-        {
-            warn!("another process took this credential over meanwhile; nothing sent");
-            return Ok(false);
+        if claimed.grant_type != GrantType::RefreshToken {
+            return Ok(true);
         }
-        Ok(true)
+        match inner.store.mark_sent(claimed, now).await {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                warn!("another process took this credential over meanwhile; nothing sent");
+                Ok(false)
+            }
+            Err(e) => {
+                warn!(error = %e, "could not mark the request sent; given back unsent");
+                if let Err(e) = inner.store.release(claimed, &inner.owner).await {
+                    warn!(error = %e, "could not give back the claim; it runs out by itself");
+                }
+                Ok(false)
+            }
+        }
     }
 
     /// The credential's provider, unless it is not configured or is rejecting our client.

@@ -172,6 +172,10 @@ async fn release_lease(conn: &mut Conn, id: i64, owner: &str) -> Result<(), Stor
     Ok(())
 }
 
+/// An interrupted journal entry, as `JOURNAL_INTERRUPT` returns it: its id, its credential's, its
+/// start, when it was sent (if it was), and its holder.
+type InterruptedRow = (i64, i64, i64, Option<i64>, Option<String>);
+
 /// Journals the claimed attempts before their requests, in two statements whatever their number:
 /// what is sent, never the token itself. An earlier attempt still pending belonged to a process
 /// that died or stopped (its lease ran out, or this claim could not have happened): it is marked
@@ -198,7 +202,7 @@ async fn journal_starts(
         .collect();
     let entries = batch::to_json(&entries)?;
     let mut interrupted: HashMap<i64, Interrupted> = HashMap::new();
-    let found: Vec<(i64, i64, i64, Option<i64>, Option<String>)> =
+    let found: Vec<InterruptedRow> =
         sqlx::query_as(JOURNAL_INTERRUPT)
             .bind(now)
             .bind(&entries)

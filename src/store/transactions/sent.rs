@@ -3,25 +3,32 @@
 // Part of `transactions.rs` (`include!`d). Plain SQL both dialects accept.
 
 impl Db {
-    /// Marks the journal entry `attempt_id` sent at `now`, if it is still pending: `false` when
-    /// another process has taken the claim over meanwhile (it marked the entry `interrupted` in
-    /// its claim's transaction), and then nothing may be sent.
+    /// Marks the journal entries `attempt_ids` sent at `now`, those still pending, in one
+    /// transaction; returns the ones marked. One no longer pending was taken over by another
+    /// process meanwhile (it marked the entry `interrupted` in its claim's transaction): its
+    /// request must not go out.
     pub(in crate::store) async fn mark_sent(
         &self,
-        attempt_id: i64,
+        attempt_ids: &[i64],
         now: UnixTime,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Vec<i64>, StoreError> {
         let mut w = self.write().await?;
-        let marked = sqlx::query(
-            "UPDATE token_rotation SET sent_at = $1 WHERE id = $2 AND outcome = 'pending'",
-        )
-        .bind(now)
-        .bind(attempt_id)
-        .execute(w.conn())
-        .await?
-        .rows_affected();
+        let mut marked = Vec::with_capacity(attempt_ids.len());
+        for &id in attempt_ids {
+            let n = sqlx::query(
+                "UPDATE token_rotation SET sent_at = $1 WHERE id = $2 AND outcome = 'pending'",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(w.conn())
+            .await?
+            .rows_affected();
+            if n == 1 {
+                marked.push(id);
+            }
+        }
         w.commit().await?;
-        Ok(marked == 1)
+        Ok(marked)
     }
 
     /// Gives a claim back to the live process whose request was out when it was claimed (it
