@@ -284,3 +284,114 @@ async fn a_backoff_ending_during_a_sweep_waits_for_the_next_sweep() {
     assert_eq!(next.len(), 2);
     store.close().await;
 }
+
+/// A request marked sent whose lease ran out is seen as out past its lease; a process that took
+/// the claim over learns the attempt was sent; the late process then cannot mark (nor send)
+/// anything; giving the claim back restores the owner's pending entry and lease; the owner's
+/// answer is stored after its lease, and a credential flagged meanwhile becomes active again.
+#[tokio::test]
+async fn sent_marks_fence_a_late_process_and_its_answer_still_lands() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(&dir, &["a", "b"]).await;
+    let now = domain::now();
+    // The owner claimed both at `now - 200`; its lease ran out at `now - 100`; it sent "a" only.
+    let owned = store
+        .claim_due(
+            "owner",
+            now - 200,
+            now - 100,
+            10,
+            now - 199,
+            Trigger::Once,
+            &[],
+        )
+        .await
+        .unwrap();
+    let a = owned.iter().find(|c| c.name == "a").unwrap();
+    let b = owned.iter().find(|c| c.name == "b").unwrap();
+    assert!(store.mark_sent(a, now - 199).await.unwrap());
+    let past = store.sent_past_lease(now).await.unwrap();
+    assert_eq!(
+        past.iter()
+            .map(|p| (p.name.as_str(), p.lease_owner.as_str(), p.sent_at))
+            .collect::<Vec<_>>(),
+        [("a", "owner", now - 199)]
+    );
+    // Skipping "a" (its owner lives), another process claims only "b", never sent.
+    let skipped = store
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[a.id])
+        .await
+        .unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].name, "b");
+    let after_b = skipped[0].interrupted.clone().unwrap();
+    assert!(!after_b.sent, "b's request never went out");
+    assert!(
+        !store.mark_sent(b, now).await.unwrap(),
+        "b was taken over: the owner sends nothing"
+    );
+    assert!(!store.any_claimable(now, now + 1, &[a.id]).await.unwrap());
+    // Claimed without skipping: the taker learns "a" was sent, by whom, and gives it back.
+    let taken = store
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[])
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    let after_a = taken[0].interrupted.clone().unwrap();
+    assert!(after_a.sent);
+    assert_eq!(after_a.holder.as_deref(), Some("owner"));
+    assert_eq!(after_a.started_at, now - 200);
+    store
+        .give_back(&taken[0], OWNER, &after_a, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sent_past_lease(now).await.unwrap().len(),
+        1,
+        "the owner's again"
+    );
+    // Flagged meanwhile (as by a replica elsewhere), then the owner's answer arrives.
+    let flagged = super::Failure::Reauthorize {
+        detail: super::FailureDetail {
+            outcome: Outcome::NeedsReauthorization,
+            last_error: "refresh token already sent",
+            http_status: None,
+            error_code: None,
+            duration_ms: 0,
+        },
+    };
+    assert_eq!(
+        store
+            .store_failure(&skipped[0], OWNER, now, &flagged)
+            .await
+            .unwrap(),
+        Stored::Yes
+    );
+    let status = |name: &'static str| {
+        let dir = &dir;
+        async move {
+            let (s,): (String,) =
+                sqlx::query_as("SELECT status FROM oauth_credential WHERE name = $1")
+                    .bind(name)
+                    .fetch_one(&raw(dir).await)
+                    .await
+                    .unwrap();
+            s
+        }
+    };
+    assert_eq!(status("b").await, "needs_reauthorization");
+    let new = tokens("at-a", "rt-a-2");
+    let b_new = tokens("at-b", "rt-b-2");
+    assert_eq!(
+        store_group(&store, &[(a, &new), (b, &b_new)]).await,
+        [Stored::Yes, Stored::Yes],
+        "each row still holds the refresh token its owner sent"
+    );
+    assert_eq!(
+        status("b").await,
+        "active",
+        "flagged meanwhile, active again"
+    );
+    assert!(store.sent_past_lease(now).await.unwrap().is_empty());
+    store.close().await;
+}
