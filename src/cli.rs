@@ -14,7 +14,6 @@ use crate::telemetry;
 
 mod credentials;
 pub mod exit;
-mod header;
 mod inspect;
 mod migrate;
 mod render;
@@ -240,7 +239,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             .map_or(ctx.settings.log.format, LogFormat::from),
         &ctx.settings.log.level,
     );
-    for warning in ctx.settings.warnings() {
+    for warning in &ctx.warnings {
         warn!("{warning}");
     }
     match cli.command {

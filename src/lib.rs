@@ -32,9 +32,13 @@
 //! - [`sweep`] — claim, refresh (within each provider's concurrency and rate limits), settle
 //!   (pure), store, log, alert; pending revocations
 //! - [`renew`] — a token valid for at least a given time, renewed now through the sweep's path
+//! - [`deliver`] — the consumer seam: which credential, fresh enough or renewed under the lease,
+//!   the header; `token`, `exec`, the token API and the sinks call it
 //! - [`lifecycle`] — `authorize`: the authorization-code grant with PKCE, and the device grant;
 //!   never the store
 //! - [`enroll`] — runs those grants and stores what they obtained
+//! - [`listener`] — the one way to serve a socket: timeouts, a connection cap, accept backoff,
+//!   a rate-limited warning; every listener uses it
 //! - [`metrics`] — the optional /metrics and /healthz listener: table-wide aggregates, and
 //!   per-credential series up to `metrics.per_credential_max`
 //! - [`daemon`] — the schedule, signals and metrics listener around sweeps
@@ -48,6 +52,7 @@ pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod deliver;
 pub mod discovery;
 pub mod doctor;
 pub mod domain;
@@ -57,6 +62,7 @@ pub mod holder;
 pub mod http;
 pub mod keys;
 pub mod lifecycle;
+pub mod listener;
 pub mod metrics;
 pub mod provider;
 pub mod refresh;

@@ -1,18 +1,22 @@
 //! The optional operator listener: `/metrics` in the Prometheus text format (encoded by
 //! prometheus-client) and `/healthz`. At scrape time the store answers one aggregate statement
 //! (credentials per provider and status, failing, expiring within the margin, the soonest expiry,
-//! the oldest refresh: the same on every replica of one database), the refresh requests out past
-//! their lease (a stopped or partitioned process), and, while the table holds at
-//! most `metrics.per_credential_max` credentials, the per-credential series; counters and the
-//! last sweep come from this process's sweeps; `metrics/series.rs` registers the store's series.
-//! Imports `config`, `domain`, `store` and `sweep`.
+//! the oldest refresh, refresh tokens expiring within the warning window, renewals in flight: the
+//! same on every replica of one database), the refresh requests out past their lease (a stopped or
+//! partitioned process), and, while the table holds at most
+//! `metrics.per_credential_max` credentials, the per-credential series; counters (refreshes by
+//! outcome, failed attempts by provider and class), the last sweep and the schedule's gap come
+//! from this process; `metrics/series.rs` registers the store's series. README "Metrics and
+//! health" has the table of every series; a test compares it with a scrape. Served through
+//! `listener` (its timeouts, connection cap and accept backoff). Imports `config`, `domain`,
+//! `listener`, `store` and `sweep`.
 
-use std::convert::Infallible;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http_body_util::Full;
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,18 +25,24 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use crate::config::Settings;
 use crate::domain::{self, Failing, UnixTime};
+use crate::listener::{self, Handler, Limits, Peer, Socket};
 use crate::store::{Store, StoreError};
-use crate::sweep::SweepSummary;
+use crate::sweep::{ErrorClass, SweepSummary, Sweeper};
 
 mod series;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    provider: String,
+    class: &'static str,
 }
 
 /// The last finished sweep.
@@ -50,33 +60,47 @@ pub struct Metrics {
 
 struct Inner {
     store: Store,
+    /// The sweeper whose failed attempts are counted.
+    sweeper: Sweeper,
+    /// The configured providers: their error counters are exported from 0.
+    providers: Vec<String>,
     refreshes: Family<OutcomeLabels, Counter>,
     sweeps: Counter,
     last_sweep: Mutex<Option<LastSweep>>,
     started_at: UnixTime,
-    /// `/healthz` fails when the last sweep is older than this (seconds).
+    /// The longest gap between two scheduled sweeps (seconds).
+    gap: i64,
+    /// `/healthz` fails when the last sweep is older than this (seconds): twice `gap`.
     stale_after: i64,
     failing: Failing,
     /// Seconds of `refresh_margin`: "expiring within the margin".
     margin: i64,
+    /// Seconds of `refresh_token_warning`: refresh tokens "expiring within the warning window".
+    refresh_token_warning: i64,
     /// Most credentials for which per-credential series are exported.
     per_credential_max: u64,
 }
 
 impl Metrics {
-    /// `stale_after`: seconds after which `/healthz` calls the sweeps stalled.
+    /// `gap`: the longest gap between two scheduled sweeps, in seconds; `/healthz` calls the
+    /// sweeps stalled once the last one is twice that old.
     #[must_use]
-    pub fn new(store: Store, stale_after: i64, settings: &Settings) -> Self {
+    pub fn new(sweeper: &Sweeper, gap: i64, settings: &Settings) -> Self {
+        let seconds = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         Self {
             inner: Arc::new(Inner {
-                store,
+                store: sweeper.store().clone(),
+                sweeper: sweeper.clone(),
+                providers: settings.providers.keys().cloned().collect(),
                 refreshes: Family::default(),
                 sweeps: Counter::default(),
                 last_sweep: Mutex::new(None),
                 started_at: domain::now(),
-                stale_after,
+                gap,
+                stale_after: gap.saturating_mul(2),
                 failing: settings.failing(),
-                margin: i64::try_from(settings.refresh_margin.as_secs()).unwrap_or(i64::MAX),
+                margin: seconds(settings.refresh_margin),
+                refresh_token_warning: seconds(settings.refresh_token_warning),
                 per_credential_max: settings.metrics.per_credential_max,
             }),
         }
@@ -127,6 +151,32 @@ impl Metrics {
         (refreshes, sweeps, *last)
     }
 
+    /// This process's failed attempts by provider and class: every configured provider's
+    /// classes from 0, so that a rate over them exists before the first failure.
+    fn error_counts(&self) -> Family<ErrorLabels, Counter> {
+        let inner = &self.inner;
+        let family = Family::<ErrorLabels, Counter>::default();
+        for provider in &inner.providers {
+            for class in ErrorClass::ALL {
+                family
+                    .get_or_create(&ErrorLabels {
+                        provider: provider.clone(),
+                        class: class.as_str(),
+                    })
+                    .inc_by(0);
+            }
+        }
+        for (provider, class, n) in inner.sweeper.errors().snapshot() {
+            family
+                .get_or_create(&ErrorLabels {
+                    provider,
+                    class: class.as_str(),
+                })
+                .inc_by(n);
+        }
+        family
+    }
+
     /// The exposition text.
     async fn render(&self) -> Result<String, StoreError> {
         let inner = &self.inner;
@@ -134,13 +184,33 @@ impl Metrics {
         let mut registry = Registry::with_prefix("tokenwarden");
         let (refreshes, sweeps, last_sweep) = self.sweep_snapshot();
         registry.register("refreshes", "Refresh attempts by outcome", refreshes);
+        registry.register(
+            "refresh_errors",
+            "Failed refresh attempts of this process by provider and class (rate_limited: HTTP 429)",
+            self.error_counts(),
+        );
         registry.register("sweeps", "Sweeps finished", sweeps);
+        let started = Gauge::<i64>::default();
+        started.set(inner.started_at);
+        registry.register(
+            "start_time_seconds",
+            "When this process started (Unix time)",
+            started,
+        );
+        let gap = Gauge::<i64>::default();
+        gap.set(inner.gap);
+        registry.register(
+            "sweep_gap_seconds",
+            "The longest gap between two scheduled sweeps (seconds); /healthz fails at twice it",
+            gap,
+        );
         if let Some(last) = last_sweep {
             let at = Gauge::<i64>::default();
             at.set(last.at);
             registry.register(
                 "last_sweep_timestamp_seconds",
-                "When the last sweep finished",
+                "When the last successful sweep finished (Unix time); a sweep that failed (the \
+                 database) does not count",
                 at,
             );
             let took = Gauge::<f64, AtomicU64>::default();
@@ -190,7 +260,7 @@ impl Metrics {
         inner.store.ping().await.map_err(|e| e.to_string())
     }
 
-    async fn respond(&self, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         let reply = |status: StatusCode, content_type: &str, body: String| {
             Response::builder()
                 .status(status)
@@ -253,32 +323,23 @@ fn verdict(
     Ok(())
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` fires.
-pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                warn!(error = %e, "metrics listener could not accept a connection");
-                continue;
-            }
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(metrics.respond(&request).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
-        });
+/// The metrics listener's limits: a scrape is one short request.
+pub const LIMITS: Limits = Limits {
+    header_read: Duration::from_secs(10),
+    connection: Duration::from_mins(1),
+    max_connections: 64,
+    keep_alive: true,
+};
+
+impl Handler for Metrics {
+    async fn handle(&self, _: Peer, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        self.respond(&request).await
     }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` fires, with [`LIMITS`].
+pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) {
+    listener::serve(Socket::Tcp(listener), LIMITS, "metrics", metrics, shutdown).await;
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use super::seal::{Column, Place, Sealer};
 use super::sent::MarkJob;
 use super::writer::StoreJob;
-use super::{Store, StoreError, on_backend};
+use super::{Store, StoreError};
 use crate::domain::{
     Claimed, GrantType, Interrupted, Outcome, Secret, Status, TokenSet, Trigger, UnixTime,
     Unreadable,
@@ -150,9 +150,19 @@ impl Store {
         skip: &[i64],
     ) -> Result<Vec<Claimed>, StoreError> {
         let open = |row: ClaimRow| row.open(&self.sealer);
-        let rows = on_backend!(self, db => db
-            .claim_due(owner, now, lease_until, limit, sweep_start, trigger, &open, skip)
-            .await)?;
+        let rows = self
+            .db
+            .claim_due(
+                owner,
+                now,
+                lease_until,
+                limit,
+                sweep_start,
+                trigger,
+                &open,
+                skip,
+            )
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(row, attempt)| row.into_claimed(attempt))
@@ -169,9 +179,10 @@ impl Store {
         skip: &[i64],
     ) -> Result<ClaimByName, StoreError> {
         let open = |row: ClaimRow| row.open(&self.sealer);
-        let found = on_backend!(self, db => db
+        let found = self
+            .db
             .claim_by_name(name, owner, now, lease_until, &open, skip)
-            .await)?;
+            .await?;
         Ok(match found {
             Ok((row, attempt)) => ClaimByName::Claimed(row.into_claimed(attempt)),
             Err(None) => ClaimByName::NotFound,
@@ -212,9 +223,16 @@ impl Store {
         let Some(holder) = attempt.holder.as_deref() else {
             return self.release(claimed, owner).await;
         };
-        on_backend!(self, db => db
-            .give_back(claimed.id, owner, claimed.attempt_id, attempt.attempt_id, holder, now)
-            .await)
+        self.db
+            .give_back(
+                claimed.id,
+                owner,
+                claimed.attempt_id,
+                attempt.attempt_id,
+                holder,
+                now,
+            )
+            .await
     }
 
     /// Stores new tokens and completes the journal entry, in one transaction. The row is updated
@@ -292,9 +310,9 @@ impl Store {
         failure: &Failure<'_>,
     ) -> Result<Stored, StoreError> {
         let stored = claimed.stored_refresh_token.as_ref();
-        on_backend!(self, db => db
+        self.db
             .store_failure(claimed.id, stored, claimed.attempt_id, owner, now, failure)
-            .await)
+            .await
     }
 
     /// Gives back a claim that was never attempted (shutdown), dropping its journal entry.
@@ -309,7 +327,7 @@ impl Store {
             return Ok(());
         }
         let claims: Vec<(i64, i64)> = claimed.iter().map(|c| (c.id, c.attempt_id)).collect();
-        on_backend!(self, db => db.release(&claims, owner).await)
+        self.db.release(&claims, owner).await
     }
 }
 

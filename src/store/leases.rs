@@ -3,7 +3,7 @@
 //! stopped, partitioned or dead process), how many credentials other processes hold now, and
 //! whether any due credential is still free to claim.
 
-use super::{Store, StoreError, on_backend};
+use super::{Store, StoreError};
 use crate::domain::UnixTime;
 
 /// A lease held now.
@@ -47,7 +47,7 @@ impl Store {
         me: &str,
         now: UnixTime,
     ) -> Result<Vec<HeldLease>, StoreError> {
-        on_backend!(self, db => db.leases_with_prefix(prefix, me, now).await)
+        self.db.leases_with_prefix(prefix, me, now).await
     }
 
     /// Ends the leases of holders known to be gone, so that their credentials can be claimed now.
@@ -56,12 +56,12 @@ impl Store {
         if gone.is_empty() {
             return Ok(0);
         }
-        on_backend!(self, db => db.end_leases(gone, now).await)
+        self.db.end_leases(gone, now).await
     }
 
     /// Leases run out by `now` whose attempt's request went out and has no outcome stored.
     pub async fn sent_past_lease(&self, now: UnixTime) -> Result<Vec<PastLease>, StoreError> {
-        on_backend!(self, db => db.sent_past_lease(now).await)
+        self.db.sent_past_lease(now).await
     }
 
     /// Active credentials due before `due_before` that processes other than `me` hold at `now`.
@@ -71,7 +71,7 @@ impl Store {
         now: UnixTime,
         due_before: UnixTime,
     ) -> Result<HeldElsewhere, StoreError> {
-        on_backend!(self, db => db.held_elsewhere(me, now, due_before).await)
+        self.db.held_elsewhere(me, now, due_before).await
     }
 
     /// Whether an active credential due before `due_before`, other than those in `skip`, is
@@ -84,6 +84,6 @@ impl Store {
         due_before: UnixTime,
         skip: &[i64],
     ) -> Result<bool, StoreError> {
-        on_backend!(self, db => db.any_claimable(now, due_before, skip).await)
+        self.db.any_claimable(now, due_before, skip).await
     }
 }

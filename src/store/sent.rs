@@ -5,8 +5,9 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::StoreError;
+use super::backend::Db;
 use super::writer::GROUP_MAX;
-use super::{Backend, StoreError};
 use crate::domain::UnixTime;
 
 /// One request about to go out.
@@ -18,17 +19,14 @@ pub(super) struct MarkJob {
 }
 
 /// Starts the task that writes the marks; it ends when every sender is gone.
-pub(super) fn spawn(backend: Backend) -> mpsc::UnboundedSender<MarkJob> {
+pub(super) fn spawn(db: Db) -> mpsc::UnboundedSender<MarkJob> {
     let (marks, mut queue) = mpsc::unbounded_channel::<MarkJob>();
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(GROUP_MAX);
         while queue.recv_many(&mut batch, GROUP_MAX).await > 0 {
             let ids: Vec<i64> = batch.iter().map(|job| job.attempt_id).collect();
             let now = batch.iter().map(|job| job.now).max().unwrap_or_default();
-            let result = match &backend {
-                Backend::Sqlite(db) => db.mark_sent(&ids, now).await,
-                Backend::Postgres(db) => db.mark_sent(&ids, now).await,
-            };
+            let result = db.mark_sent(&ids, now).await;
             match result {
                 Ok(marked) => {
                     for job in batch.drain(..) {

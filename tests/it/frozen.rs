@@ -95,7 +95,7 @@ async fn frozen_past_its_lease(backend: Backend, taker: Taker) {
         Taker::SameHost => home.run(&["run", "--once"], "").await,
         Taker::OtherNamespace => {
             let child = home
-                .command_under(&["unshare", "--pid", "--fork"], &["run", "--once"])
+                .command_in_new_pid_namespace(&["run", "--once"])
                 .spawn()
                 .unwrap();
             let out = tokio::time::timeout(Duration::from_mins(1), child.wait_with_output())

@@ -1,28 +1,35 @@
-// Requests that went out (issue 19): the mark a refresh writes immediately before its request, and
-// the attempts whose request went out but whose lease ran out before their outcome was stored.
-// Part of `transactions.rs` (`include!`d). Plain SQL both dialects accept.
+//! Requests that went out (issue 19): the marks written immediately before refresh tokens go out,
+//! a claim given back to the live process whose request was out, and the attempts whose request
+//! went out but whose lease ran out before their outcome was stored. Plain SQL both dialects
+//! accept.
+
+use crate::domain::UnixTime;
+use crate::store::StoreError;
+use crate::store::backend::Db;
+use crate::store::leases::PastLease;
+use crate::store::statement::sql;
 
 impl Db {
     /// Marks the journal entries `attempt_ids` sent at `now`, those still pending, in one
-    /// transaction; returns the ones marked. One no longer pending was taken over by another
-    /// process meanwhile (it marked the entry `interrupted` in its claim's transaction): its
-    /// request must not go out.
+    /// transaction (in id order, as every multi-row write locks); returns the ones marked. One no
+    /// longer pending was taken over by another process meanwhile (it marked the entry
+    /// `interrupted` in its claim's transaction): its request must not go out.
     pub(in crate::store) async fn mark_sent(
         &self,
         attempt_ids: &[i64],
         now: UnixTime,
     ) -> Result<Vec<i64>, StoreError> {
+        let mut ids = attempt_ids.to_vec();
+        ids.sort_unstable();
         let mut w = self.write().await?;
-        let mut marked = Vec::with_capacity(attempt_ids.len());
-        for &id in attempt_ids {
-            let n = sqlx::query(
-                "UPDATE token_rotation SET sent_at = $1 WHERE id = $2 AND outcome = 'pending'",
-            )
-            .bind(now)
-            .bind(id)
-            .execute(w.conn())
-            .await?
-            .rows_affected();
+        let mut marked = Vec::with_capacity(ids.len());
+        for id in ids {
+            let n =
+                sql("UPDATE token_rotation SET sent_at = $1 WHERE id = $2 AND outcome = 'pending'")
+                    .bind(now)
+                    .bind(id)
+                    .execute(w.conn())
+                    .await?;
             if n == 1 {
                 marked.push(id);
             }
@@ -44,18 +51,18 @@ impl Db {
         now: UnixTime,
     ) -> Result<(), StoreError> {
         let mut w = self.write().await?;
-        sqlx::query("DELETE FROM token_rotation WHERE id = $1 AND outcome = 'pending'")
+        sql("DELETE FROM token_rotation WHERE id = $1 AND outcome = 'pending'")
             .bind(ours)
             .execute(w.conn())
             .await?;
-        sqlx::query(
+        sql(
             "UPDATE token_rotation SET outcome = 'pending', finished_at = NULL \
              WHERE id = $1 AND outcome = 'interrupted'",
         )
         .bind(theirs)
         .execute(w.conn())
         .await?;
-        sqlx::query(
+        sql(
             "UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 \
              WHERE id = $3 AND lease_owner = $4",
         )
@@ -75,7 +82,7 @@ impl Db {
         &self,
         now: UnixTime,
     ) -> Result<Vec<PastLease>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(sql(
             "SELECT c.id AS credential_id, c.name, c.grant_type, c.lease_owner, c.lease_expires_at, \
                 t.started_at, t.sent_at \
              FROM token_rotation t JOIN oauth_credential c ON c.id = t.credential_id \
@@ -84,7 +91,7 @@ impl Db {
              ORDER BY c.id",
         )
         .bind(now)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(self.read().await?.conn())
         .await?)
     }
 }
