@@ -235,6 +235,17 @@ impl Store {
             .await
     }
 
+    /// Keeps the sent request of the interrupted attempt this claim followed (if it was sent)
+    /// pending, after this claim ended without sending anything (given back, or a setback before
+    /// the request): the next claim weighs it again, instead of taking the refresh token for one
+    /// never presented.
+    pub async fn keep_interrupted_pending(&self, claimed: &Claimed) -> Result<(), StoreError> {
+        match &claimed.interrupted {
+            Some(attempt) if attempt.sent => self.db.keep_pending(attempt.attempt_id).await,
+            _ => Ok(()),
+        }
+    }
+
     /// Stores new tokens and completes the journal entry, in one transaction. The row is updated
     /// only if it still holds the refresh token that was sent (compare-and-swap). The transaction
     /// is shared with the other outcomes waiting at that moment (group commit, see `writer`): one
@@ -326,7 +337,13 @@ impl Store {
         if claimed.is_empty() {
             return Ok(());
         }
-        let claims: Vec<(i64, i64)> = claimed.iter().map(|c| (c.id, c.attempt_id)).collect();
+        let claims: Vec<(i64, i64, Option<i64>)> = claimed
+            .iter()
+            .map(|c| {
+                let followed = c.interrupted.as_ref().filter(|i| i.sent);
+                (c.id, c.attempt_id, followed.map(|i| i.attempt_id))
+            })
+            .collect();
         self.db.release(&claims, owner).await
     }
 }

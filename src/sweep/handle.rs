@@ -53,12 +53,7 @@ impl Sweeper {
         let now = domain::now();
         let provider = match self.provider_for(&claimed, now) {
             Ok(provider) => provider,
-            Err(setback) => {
-                return self
-                    .store_setback(&claimed, setback, started)
-                    .await
-                    .map(Some);
-            }
+            Err(setback) => return self.unsent(&claimed, setback, started).await,
         };
         if let Some(done) = self
             .after_interruption(&claimed, provider, now, started)
@@ -82,10 +77,7 @@ impl Sweeper {
             },
             (GrantType::RefreshToken, None) => {
                 let setback = record::unsendable(claimed.unreadable.as_ref());
-                return self
-                    .store_setback(&claimed, setback, started)
-                    .await
-                    .map(Some);
+                return self.unsent(&claimed, setback, started).await;
             }
         };
         if !self.may_send(&claimed).await? {
@@ -121,6 +113,19 @@ impl Sweeper {
             }
         };
         handled.map(Some)
+    }
+
+    /// Stores a setback decided before any request, keeping a sent interrupted attempt before
+    /// this claim pending for the next one to weigh.
+    async fn unsent(
+        &self,
+        claimed: &Claimed,
+        setback: Setback,
+        started: Instant,
+    ) -> Result<Option<Handled>, StoreError> {
+        let handled = self.store_setback(claimed, setback, started).await?;
+        self.inner.store.keep_interrupted_pending(claimed).await?;
+        Ok(Some(handled))
     }
 
     /// What an interrupted attempt before this one allows (`takeover`): `None` to go on and

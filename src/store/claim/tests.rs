@@ -395,3 +395,45 @@ async fn sent_marks_fence_a_late_process_and_its_answer_still_lands() {
     assert!(store.sent_past_lease(now).await.unwrap().is_empty());
     store.close().await;
 }
+
+/// A claim that followed a sent attempt and is given back unsent (or ends in a setback before
+/// its request) leaves that attempt pending: the next claim still knows the refresh token was
+/// presented.
+#[tokio::test]
+async fn a_claim_given_back_unsent_keeps_the_sent_attempt_it_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(&dir, &["a"]).await;
+    let now = domain::now();
+    let owned = store
+        .claim_due(
+            "owner",
+            now - 200,
+            now - 100,
+            10,
+            now - 199,
+            Trigger::Once,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(store.mark_sent(&owned[0], now - 199).await.unwrap());
+    for round in 0..2 {
+        let taken = store
+            .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[])
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 1, "round {round}");
+        let after = taken[0].interrupted.clone().unwrap();
+        assert!(
+            after.sent,
+            "round {round}: the first presentation is still known"
+        );
+        assert_eq!(after.started_at, now - 200, "round {round}");
+        if round == 0 {
+            store.release(&taken[0], OWNER).await.unwrap();
+        } else {
+            store.keep_interrupted_pending(&taken[0]).await.unwrap();
+        }
+    }
+    store.close().await;
+}

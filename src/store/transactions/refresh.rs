@@ -160,18 +160,31 @@ impl Db {
 
     /// Gives back claims (credential and journal entry ids) that were never attempted, dropping
     /// their journal entries.
+    ///
+    /// Each claim may name the sent attempt it followed (interrupted by this claim): that one is
+    /// made pending again, so that the next claim weighs its request instead of taking the
+    /// refresh token for one never presented — unless this claim's entry was taken over meanwhile.
     pub(in crate::store) async fn release(
         &self,
-        claims: &[(i64, i64)],
+        claims: &[(i64, i64, Option<i64>)],
         owner: &str,
     ) -> Result<(), StoreError> {
         let mut w = self.write().await?;
-        for &(id, attempt_id) in claims {
+        for &(id, attempt_id, followed) in claims {
             release_lease(w.conn(), id, owner).await?;
-            sql("DELETE FROM token_rotation WHERE id = $1 AND outcome = 'pending'")
+            let dropped = sql("DELETE FROM token_rotation WHERE id = $1 AND outcome = 'pending'")
                 .bind(attempt_id)
                 .execute(w.conn())
                 .await?;
+            if let Some(sent) = followed.filter(|_| dropped == 1) {
+                sql(
+                    "UPDATE token_rotation SET outcome = 'pending', finished_at = NULL \
+                     WHERE id = $1 AND outcome = 'interrupted'",
+                )
+                .bind(sent)
+                .execute(w.conn())
+                .await?;
+            }
         }
         w.commit().await?;
         Ok(())

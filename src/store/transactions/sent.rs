@@ -76,6 +76,21 @@ impl Db {
         Ok(())
     }
 
+    /// Makes the interrupted journal entry `attempt_id` pending again, so that the next claim
+    /// weighs its sent request again (this claim sent nothing and decided nothing about it).
+    pub(in crate::store) async fn keep_pending(&self, attempt_id: i64) -> Result<(), StoreError> {
+        let mut w = self.write().await?;
+        sql(
+            "UPDATE token_rotation SET outcome = 'pending', finished_at = NULL \
+             WHERE id = $1 AND outcome = 'interrupted'",
+        )
+        .bind(attempt_id)
+        .execute(w.conn())
+        .await?;
+        w.commit().await?;
+        Ok(())
+    }
+
     /// Credentials whose lease ran out by `now` while their pending attempt's request was out
     /// (sent, no outcome stored), in id order. Pending entries are few (the pending index).
     pub(in crate::store) async fn sent_past_lease(
