@@ -38,16 +38,18 @@ enum Taker {
     OtherNamespace,
 }
 
-/// Credentials of `status --json` whose attempt is in `state`.
-async fn attempts_in(home: &BackendHome, state: &str) -> usize {
+/// Credentials of `status --json` whose attempt is in `state`, and every attempt as shown.
+async fn attempts_in(home: &BackendHome, state: &str) -> (usize, String) {
     let run = home.run(&["status", "--json"], "").await;
     assert_eq!(run.code, Some(0), "{run:?}");
     let rows: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    rows.as_array()
-        .unwrap()
+    let rows = rows.as_array().unwrap();
+    let shown: Vec<String> = rows.iter().map(|r| r["attempt"].to_string()).collect();
+    let n = rows
         .iter()
         .filter(|r| r["attempt"]["state"] == state)
-        .count()
+        .count();
+    (n, shown.join("\n"))
 }
 
 async fn frozen_past_its_lease(backend: Backend, taker: Taker) {
@@ -64,6 +66,18 @@ async fn frozen_past_its_lease(backend: Backend, taker: Taker) {
     let daemon = home.command(&["run"]).spawn().unwrap();
     server.wait_held(8, Duration::from_secs(30)).await;
     let db = home.db().await;
+    // Frozen once every credential is claimed (no claim's transaction open: a SQLite writer
+    // frozen inside one would block every other process until it runs again).
+    eventually(
+        Duration::from_secs(30),
+        "the daemon to claim every credential",
+        || async {
+            db.count("SELECT count(*) FROM token_rotation WHERE outcome = 'pending'")
+                .await
+                == 20
+        },
+    )
+    .await;
     assert_eq!(
         db.count("SELECT count(*) FROM token_rotation WHERE sent_at IS NOT NULL")
             .await,
@@ -88,7 +102,8 @@ async fn frozen_past_its_lease(backend: Backend, taker: Taker) {
     )
     .await;
     if taker == Taker::SameHost {
-        assert_eq!(attempts_in(&home, "held_past_lease").await, 8);
+        let (held, shown) = attempts_in(&home, "held_past_lease").await;
+        assert_eq!(held, 8, "{shown}");
     }
 
     let once = match taker {
@@ -123,7 +138,8 @@ async fn frozen_past_its_lease(backend: Backend, taker: Taker) {
                 "{}",
                 once.stderr
             );
-            assert_eq!(attempts_in(&home, "held_past_lease").await, 8);
+            let (held, shown) = attempts_in(&home, "held_past_lease").await;
+            assert_eq!(held, 8, "{shown}");
             assert_eq!(
                 db.count("SELECT count(*) FROM oauth_credential WHERE status <> 'active'")
                     .await,
@@ -190,7 +206,7 @@ async fn frozen_past_its_lease(backend: Backend, taker: Taker) {
             "{name}'s access token is active"
         );
     }
-    assert_eq!(attempts_in(&home, "held_past_lease").await, 0);
+    assert_eq!(attempts_in(&home, "held_past_lease").await.0, 0);
     db.close().await;
 }
 
