@@ -15,7 +15,9 @@ use crate::telemetry;
 mod credentials;
 pub mod exit;
 mod inspect;
+mod invite;
 mod migrate;
+mod remote;
 mod render;
 mod token;
 
@@ -77,6 +79,9 @@ enum Command {
         /// The environment variable that receives the access token.
         #[arg(long, default_value = "ACCESS_TOKEN", value_name = "VAR")]
         env: String,
+        /// Give COMMAND only PATH, HOME, LANG and the token variables, not this environment.
+        #[arg(long)]
+        clean_env: bool,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -129,6 +134,11 @@ enum Command {
         #[arg(long)]
         allow_same_owner: bool,
     },
+    /// Make a one-time link (printed alone on standard output, under [enroll] public_url) with
+    /// which OWNER authorizes NAME in a browser: `tokenwarden run` serves the pages. For an
+    /// existing NAME the link re-authorizes it, only with its provider and owner. --list shows
+    /// the outstanding links, --revoke ID withdraws one.
+    Invite(InviteArgs),
     /// Revoke NAME's tokens at the provider (RFC 7009) and delete NAME. When the provider cannot
     /// be reached, NAME stays disabled and the revocation is sent again later.
     Revoke { name: String },
@@ -181,6 +191,34 @@ struct AddArgs {
     allow_same_owner: bool,
 }
 
+/// `invite`'s arguments.
+#[derive(Debug, clap::Args)]
+struct InviteArgs {
+    #[arg(required_unless_present_any = ["list", "revoke"], conflicts_with_all = ["list", "revoke"])]
+    name: Option<String>,
+    #[arg(long, required_unless_present_any = ["list", "revoke"])]
+    provider: Option<String>,
+    /// Who authorizes it (their account at the provider; an email is compared with the
+    /// account's email claim when the provider sends one).
+    #[arg(long, required_unless_present_any = ["list", "revoke"])]
+    owner: Option<String>,
+    /// Space-separated scopes; default: the provider's.
+    #[arg(long)]
+    scopes: Option<String>,
+    /// How long the link works (default: [enroll] link_valid, 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    valid: Option<Duration>,
+    /// Show the outstanding links (never their secrets).
+    #[arg(long, conflicts_with = "revoke")]
+    list: bool,
+    /// With --list: JSON.
+    #[arg(long, requires = "list")]
+    json: bool,
+    /// Withdraw the link with this id (from --list).
+    #[arg(long, value_name = "ID")]
+    revoke: Option<i64>,
+}
+
 /// Which credential: by name, or by its owner at a provider.
 #[derive(Debug, clap::Args)]
 struct Which {
@@ -205,6 +243,10 @@ struct RenewArgs {
     /// Longest wait for a refresh that another process has in flight.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     wait: Duration,
+    /// Ask the daemon's token API on this unix socket instead of reading the database; no
+    /// configuration is read.
+    #[arg(long, env = crate::config::SOCKET_VAR, value_name = "PATH")]
+    socket: Option<PathBuf>,
 }
 
 /// `--log-format`: the configuration's `log.format`, as a flag.
@@ -231,8 +273,45 @@ enum GrantArg {
     JwtBearer,
 }
 
+/// `token`/`exec` with `--socket`: over the token API, with no configuration and no database.
+async fn over_socket(cli: &Cli) -> Option<anyhow::Result<u8>> {
+    let log_format = cli.log_format.map_or(LogFormat::Text, LogFormat::from);
+    match &cli.command {
+        Command::Token {
+            which,
+            renew:
+                renew @ RenewArgs {
+                    socket: Some(socket),
+                    ..
+                },
+            header,
+        } => {
+            telemetry::init(log_format, "warn");
+            Some(remote::token(socket, which, renew, *header).await)
+        }
+        Command::Exec {
+            which,
+            renew:
+                renew @ RenewArgs {
+                    socket: Some(socket),
+                    ..
+                },
+            env,
+            clean_env,
+            command,
+        } => {
+            telemetry::init(log_format, "warn");
+            Some(remote::exec(socket, which, renew, env, *clean_env, command).await)
+        }
+        _ => None,
+    }
+}
+
 /// Runs the command; the result is the exit code, or an error that `exit::code_for` maps to one.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Some(code) = over_socket(&cli).await {
+        return code;
+    }
     let ctx = Ctx::load(cli.config.as_deref())?;
     telemetry::init(
         cli.log_format
@@ -255,8 +334,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             which,
             renew,
             env,
+            clean_env,
             command,
-        } => exec(&ctx, &which, &renew, &env, &command).await,
+        } => exec(&ctx, &which, &renew, &env, clean_env, &command).await,
         Command::Refresh { name } => refresh(&ctx, name).await,
         Command::Log { name, limit, json } => {
             let store = ctx.open(OpenMode::MustExist).await?;
@@ -300,6 +380,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             authorize(&ctx, args).await
         }
+        Command::Invite(args) => invite::invite(&ctx, &args).await,
         Command::Revoke { name } => revoke(&ctx, &name).await,
         Command::Rekey { decrypt } => rekey(&ctx, decrypt).await,
         Command::Migrate { to } => migrate::migrate(&ctx, &to).await,

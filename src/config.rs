@@ -2,7 +2,7 @@
 //! deserialized strictly (unknown keys are errors) and validated. Reads nothing but that file: the
 //! secrets a provider references are resolved later, by `provider`. `config/provider.rs` holds a
 //! provider block and its checks, `config/preset.rs` the known providers, `config/encryption.rs`
-//! the `[encryption]` table, `config/check.rs` the checks across settings, `config/de.rs` how
+//! the `[encryption]` table, `config/enroll.rs` the `[enroll]` table, `config/check.rs` the checks across settings, `config/de.rs` how
 //! durations and word lists are read. Imports `domain`, `schedule` and `untrusted`.
 
 use std::collections::BTreeMap;
@@ -17,10 +17,12 @@ use crate::schedule::Schedule;
 mod check;
 mod de;
 mod encryption;
+mod enroll;
 pub mod preset;
 mod provider;
 
 pub use encryption::EncryptionSettings;
+pub use enroll::EnrollSettings;
 pub(crate) use provider::check_endpoint;
 pub use provider::{ClientAuthMethod, MIN_RATE_LIMIT, Preset, ProviderSettings};
 
@@ -57,10 +59,19 @@ per_credential_max = 1000
 [alerts]
 on_event = []
 timeout = "10s"
+
+[api]
+owners_read_own = false
 "#;
 
 /// The environment variable that names the configuration file; never read as a setting.
 pub const CONFIG_PATH_VAR: &str = "TOKENWARDEN_CONFIG";
+/// The environment variable that names the token API's socket for `token`/`exec`; never read as
+/// a setting.
+pub const SOCKET_VAR: &str = "TOKENWARDEN_SOCKET";
+/// libpq's variables for a password or a password file (sqlx reads them as libpq does): secrets
+/// too, never handed to a command that `exec` runs.
+pub const LIBPQ_SECRET_VARS: [&str; 2] = ["PGPASSWORD", "PGPASSFILE"];
 const ENV_PREFIX: &str = "TOKENWARDEN";
 
 /// Why the configuration could not be used.
@@ -71,10 +82,37 @@ pub enum ConfigError {
         path: PathBuf,
         source: config::ConfigError,
     },
+    #[error(
+        "configuration file {path}: anyone may write to it (mode {mode:04o}), and it names the programs to run and where secrets are sent; chmod o-w it (0640 or 0600)"
+    )]
+    WorldWritable { path: PathBuf, mode: u32 },
     #[error("configuration: {0}")]
     Parse(config::ConfigError),
     #[error("configuration key {key}: {reason}")]
     Invalid { key: String, reason: String },
+}
+
+/// Reads the configuration file ourselves, so that a missing or unreadable file is named plainly,
+/// and refuses one that anyone may write to: it names programs to run (`alerts.on_event`) and
+/// where secrets are sent (`token_url`). The mode is taken from the opened file.
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let unreadable = |e: std::io::Error| ConfigError::File {
+        path: path.to_owned(),
+        source: config::ConfigError::Foreign(Box::new(e)),
+    };
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mode = file.metadata().map_err(unreadable)?.permissions().mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(ConfigError::WorldWritable {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(unreadable)?;
+    Ok(text)
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -119,11 +157,78 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub alerts: AlertSettings,
+    /// Invitation links and the pages they open; absent: none.
+    #[serde(default)]
+    pub enroll: Option<EnrollSettings>,
     /// Sealing of stored tokens; absent: stored as they are.
     #[serde(default)]
     pub encryption: Option<EncryptionSettings>,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
+    /// The local token API of `tokenwarden run`.
+    pub api: ApiSettings,
+    /// Who may read which credential over the API (`[[access]]` blocks); none: only root and
+    /// the service user.
+    #[serde(default)]
+    pub access: Vec<AccessRule>,
+    /// Files kept holding a credential's current token (`[[sink]]` blocks).
+    #[serde(default)]
+    pub sink: Vec<SinkSettings>,
+}
+
+/// One `[[sink]]`: a credential's token kept in a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSettings {
+    pub credential: String,
+    /// An absolute path; its directory must exist.
+    pub path: PathBuf,
+    /// The file's mode, octal (`"0640"`).
+    #[serde(default = "default_sink_mode", deserialize_with = "de::octal_mode")]
+    pub mode: u32,
+    /// The file's group (the service user must be a member: `SupplementaryGroups=`).
+    pub group: Option<String>,
+    #[serde(default)]
+    pub format: SinkFormat,
+}
+
+fn default_sink_mode() -> u32 {
+    0o600
+}
+
+/// What a sink's file holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkFormat {
+    /// The access token and a newline.
+    #[default]
+    Token,
+    /// `Authorization: <type> <token>` and a newline.
+    Header,
+    /// The token API's JSON answer.
+    Json,
+}
+
+/// `[api]`: the local token API, HTTP/1.1 on a unix socket.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// The socket's path; absent: no API.
+    pub socket: Option<PathBuf>,
+    /// Each local user may read the credentials whose `owner` is that user's name.
+    pub owners_read_own: bool,
+}
+
+/// One `[[access]]` block: `users` and members of `groups` may read `credentials`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// Credential names, or globs (`*` any run of characters, `?` one).
+    pub credentials: Vec<String>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// `[postgres]`: the password and CA file for a `postgres://` database, kept out of its URL.
@@ -214,16 +319,16 @@ impl Settings {
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(path) = file {
-            // Read it ourselves so a missing or unreadable file is named plainly.
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                path: path.to_owned(),
-                source: config::ConfigError::Foreign(Box::new(e)),
-            })?;
+            let text = read_file(path)?;
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
         let vars: config::Map<String, String> = env
             .iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")) && *k != CONFIG_PATH_VAR)
+            .filter(|(k, _)| {
+                k.starts_with(&format!("{ENV_PREFIX}_"))
+                    && *k != CONFIG_PATH_VAR
+                    && *k != SOCKET_VAR
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         builder = builder.add_source(
@@ -245,6 +350,31 @@ impl Settings {
             })?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Every environment variable this configuration names as holding a secret: each provider's
+    /// `client_secret_env`, `[encryption]`'s `key_env` and `retired_key_envs`, `[postgres]
+    /// password_env`; and libpq's own [`LIBPQ_SECRET_VARS`]. A child process (`exec`) never
+    /// inherits them.
+    #[must_use]
+    pub fn secret_variables(&self) -> Vec<&str> {
+        let encryption = self.encryption.iter().flat_map(|e| {
+            e.key_env
+                .as_deref()
+                .into_iter()
+                .chain(e.retired_key_envs.iter().map(String::as_str))
+        });
+        self.providers
+            .values()
+            .filter_map(|p| p.client_secret_env.as_deref())
+            .chain(encryption)
+            .chain(
+                self.postgres
+                    .iter()
+                    .filter_map(|p| p.password_env.as_deref()),
+            )
+            .chain(LIBPQ_SECRET_VARS)
+            .collect()
     }
 
     /// The parsed sweep schedule (validated by `load`).

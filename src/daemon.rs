@@ -1,8 +1,10 @@
 //! The long-running service: a sweep at start, then one per tick of the cron schedule, never two
 //! at once, until shutdown is requested; SIGTERM and SIGINT request it. Tells systemd (when it
 //! set NOTIFY_SOCKET) that it is ready, alive (watchdog) and stopping, and serves the optional
-//! /metrics and /healthz listener. Between sweeps it sleeps until the next tick (`ticker`): no
-//! timer of its own wakes it. Imports `config`, `schedule`, `domain`, `metrics` and `sweep`.
+//! /metrics and /healthz listener, the token API (`[api] socket`), file sinks and the invitation
+//! pages (`[enroll]`). Between sweeps it sleeps until the next tick (`ticker`): no timer of its own
+//! wakes it. Imports `config`, `schedule`, `domain`, `enroll`, `metrics`, `api`, `sink`, `listener`
+//! and `sweep`.
 
 use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +31,16 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("enroll.listen {address}: {source}")]
+    EnrollListen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Api(#[from] crate::api::BindError),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
     #[error("scheduler: {0}")]
     Scheduler(#[from] JobSchedulerError),
     #[error("cannot listen for signals: {0}")]
@@ -51,6 +63,9 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let schedule = settings.schedule()?;
     let metrics = listen_for_metrics(&sweeper, settings, &schedule, &shutdown).await?;
+    listen_for_enroll(&sweeper, settings, &shutdown).await?;
+    let api = listen_for_api(&sweeper, settings, &shutdown)?;
+    let sinks = crate::sink::spawn(sweeper.store().clone(), &settings.sink, shutdown.clone())?;
     let mut ticker = Ticker::new(&schedule).await?;
     info!(schedule = schedule.six_fields(), "tokenwarden started");
     notify(&[sd_notify::NotifyState::Ready]);
@@ -76,6 +91,13 @@ pub async fn run(
     notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(watchdog) = watchdog {
         watchdog.abort();
+    }
+    if let Some(sinks) = sinks {
+        let _ = sinks.await;
+    }
+    if let Some((path, served)) = api {
+        let _ = served.await;
+        let _ = std::fs::remove_file(path);
     }
     info!("tokenwarden stopped");
     Ok(())
@@ -107,6 +129,70 @@ async fn listen_for_metrics(
         shutdown.clone(),
     ));
     Ok(Some(metrics))
+}
+
+/// Binds the invitation pages' listener and serves it until `shutdown`, when `[enroll]` is
+/// configured.
+async fn listen_for_enroll(
+    sweeper: &Sweeper,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Result<(), DaemonError> {
+    let Some(enroll) = &settings.enroll else {
+        return Ok(());
+    };
+    let listener = crate::listener::bind_tcp(enroll.listen.as_str())
+        .await
+        .map_err(|source| DaemonError::EnrollListen {
+            address: enroll.listen.clone(),
+            source,
+        })?;
+    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let pages = crate::enroll::pages::Pages::new(
+        sweeper.store().clone(),
+        sweeper.providers().clone(),
+        sweeper.transport().clone(),
+        enroll,
+        secs(settings.refresh_margin),
+        secs(settings.max_idle),
+    );
+    info!(listen = %enroll.listen, public_url = %enroll.public_url, "serving the invitation pages");
+    tokio::spawn(crate::enroll::pages::serve(
+        listener,
+        pages,
+        shutdown.clone(),
+    ));
+    Ok(())
+}
+
+/// Binds the token API's socket and serves it until `shutdown`, when `[api] socket` is set.
+fn listen_for_api(
+    sweeper: &Sweeper,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Result<Option<(std::path::PathBuf, tokio::task::JoinHandle<()>)>, DaemonError> {
+    let Some(path) = &settings.api.socket else {
+        return Ok(None);
+    };
+    let socket = crate::api::bind(path)?;
+    for warning in crate::api::access::warnings(&settings.access) {
+        warn!("{warning}");
+    }
+    let rules = crate::api::access::Rules::new(
+        settings.access.clone(),
+        settings.api.owners_read_own,
+        rustix::process::geteuid().as_raw(),
+    );
+    let api = crate::api::Api::new(sweeper.clone(), rules, settings.token_min_valid);
+    info!(socket = %path.display(), rules = settings.access.len(), "token API listening");
+    let served = tokio::spawn(crate::listener::serve(
+        crate::listener::Socket::Unix(socket),
+        crate::api::LIMITS,
+        "api",
+        api,
+        shutdown.clone(),
+    ));
+    Ok(Some((path.clone(), served)))
 }
 
 async fn sweep(sweeper: &Sweeper, shutdown: &CancellationToken, metrics: Option<&Metrics>) {

@@ -12,6 +12,7 @@
 //! startup: settings ─► transport, providers, store, sweeper      cli: parse, dispatch, render
 //! daemon:  schedule + signals + metrics listener around sweep     renew, exec: tokens on demand
 //! enroll: lifecycle (authorize / device grant) ─► store         doctor: checks ─► Report
+//! enroll pages: listener ─► link ─► consent ─► lifecycle::browser ─► store (link spent)
 //! ```
 //!
 //! - [`domain`] — credentials, tokens, statuses, due-time and backoff arithmetic (pure)
@@ -21,6 +22,7 @@
 //! - [`config`] — settings from defaults, file and environment, provider presets, validated
 //! - [`http`] — the one transport to providers: no redirects, timeouts, body cap, oauth2 adapter
 //! - [`discovery`] — endpoints from an issuer's metadata
+//! - [`core_dumps`] — this process made non-dumpable at start (no core file, no ptrace)
 //! - [`secret_file`] — reading a secret file, refused when anyone may write it (like ssh's keys)
 //! - [`provider`] — configured OAuth clients with their endpoints, secrets and client auth
 //! - [`keys`] — the `[encryption]` keys and the database's location and password
@@ -36,12 +38,17 @@
 //!   the header; `token`, `exec`, the token API and the sinks call it
 //! - [`lifecycle`] — `authorize`: the authorization-code grant with PKCE, and the device grant;
 //!   never the store
-//! - [`enroll`] — runs those grants and stores what they obtained
+//! - [`enroll`] — runs those grants and stores what they obtained; invitation links and the
+//!   pages an owner authorizes through (link -> consent -> provider -> callback -> stored)
 //! - [`listener`] — the one way to serve a socket: timeouts, a connection cap, accept backoff,
 //!   a rate-limited warning; every listener uses it
 //! - [`metrics`] — the optional /metrics and /healthz listener: table-wide aggregates, and
 //!   per-credential series up to `metrics.per_credential_max`
-//! - [`daemon`] — the schedule, signals and metrics listener around sweeps
+//! - [`api`] — the local token API on a unix socket: access rules from the peer's credentials,
+//!   then `deliver`; its client for `token --socket`
+//! - [`sink`] — files kept holding a credential's current token (`[[sink]]`)
+//! - [`daemon`] — the schedule, signals, the metrics listener, the token API, sinks and the
+//!   invitation pages around sweeps
 //! - [`telemetry`] — logging, with text from outside escaped
 //! - [`exec`] — `tokenwarden exec`: a command run with a token in its environment
 //! - [`doctor`] — the preflight checks behind `tokenwarden doctor`, as a report
@@ -49,8 +56,10 @@
 //! - [`cli`] — the command line: parsing, dispatch, rendering
 
 pub mod alerts;
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod core_dumps;
 pub mod daemon;
 pub mod deliver;
 pub mod discovery;
@@ -70,6 +79,7 @@ pub mod renew;
 pub mod revoke;
 pub mod schedule;
 pub mod secret_file;
+pub mod sink;
 pub mod startup;
 pub mod store;
 pub mod sweep;

@@ -5,6 +5,7 @@ use crate::daemon::DaemonError;
 use crate::deliver::DeliverError;
 use crate::discovery::DiscoveryError;
 use crate::exec::ExecError;
+use crate::http::HttpError;
 use crate::keys::KeysError;
 use crate::lifecycle::AuthorizeError;
 use crate::provider::ProviderError;
@@ -98,7 +99,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<StoreError>() {
             return match e {
-                StoreError::Exists(_) | StoreError::OwnerTaken { .. } => CONFIG,
+                StoreError::Exists(_)
+                | StoreError::OwnerTaken { .. }
+                | StoreError::InviteMismatch { .. } => CONFIG,
                 StoreError::KeysMissing(_) | StoreError::Unreadable { .. } => SEALING,
                 _ => DATABASE,
             };
@@ -107,6 +110,18 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
             return match e {
                 CommandError::UnknownProvider { .. } | CommandError::Input(_) => CONFIG,
                 _ => NOT_FOUND,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<crate::api::client::ClientError>() {
+            use crate::api::{client::ClientError, words};
+            return match e {
+                ClientError::Refused { word, .. } => match word.as_str() {
+                    words::RENEWAL_FAILED => REFRESH_FAILED,
+                    words::BAD_REQUEST => CONFIG,
+                    words::UNAVAILABLE => DATABASE,
+                    _ => NOT_FOUND,
+                },
+                ClientError::Connect { .. } | ClientError::Answer { .. } => DATABASE,
             };
         }
         if let Some(e) = cause.downcast_ref::<DeliverError>() {
@@ -148,13 +163,21 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
             }
         }
         match cause.downcast_ref::<StartupError>() {
+            // Boxed (it is large), so the chain holds the box: decided here. A proxy variable
+            // that is not a URL is the operator's to fix as well.
+            Some(StartupError::Config(_) | StartupError::Http(HttpError::Proxy(_))) => {
+                return CONFIG;
+            }
             Some(StartupError::Http(_)) => return INTERNAL,
-            // Boxed (it is large), so the chain holds the box: decided here.
-            Some(StartupError::Config(_)) => return CONFIG,
             _ => {}
         }
-        if let Some(DaemonError::Config(_) | DaemonError::MetricsListen { .. }) =
-            cause.downcast_ref::<DaemonError>()
+        if let Some(
+            DaemonError::Config(_)
+            | DaemonError::MetricsListen { .. }
+            | DaemonError::EnrollListen { .. }
+            | DaemonError::Api(_)
+            | DaemonError::Sink(_),
+        ) = cause.downcast_ref::<DaemonError>()
         {
             return CONFIG;
         }

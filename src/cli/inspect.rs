@@ -31,7 +31,9 @@ pub(super) async fn run_sweeps(ctx: &Ctx, once: bool) -> anyhow::Result<u8> {
 }
 
 pub(super) async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
-    let rows = ctx.open(OpenMode::MustExist).await?.summaries().await?;
+    let store = ctx.open(OpenMode::MustExist).await?;
+    let rows = store.summaries().await?;
+    let invites = store.outstanding_invites(None, domain::now()).await?;
     let view = render::View {
         now: domain::now(),
         failing: ctx.settings.failing(),
@@ -45,6 +47,9 @@ pub(super) async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
         render::status_table(&rows, view)
     };
     print!("{text}");
+    if !json && !invites.is_empty() {
+        print!("{}", render::invites_by_credential(&invites));
+    }
     Ok(exit::OK)
 }
 
@@ -99,6 +104,9 @@ pub(super) async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
     for (_, provider) in providers.iter() {
         provider.check_grant_key()?;
     }
+    for warning in crate::api::access::warnings(&ctx.settings.access) {
+        tracing::warn!("{warning}");
+    }
     let names: Vec<&str> = providers.names().collect();
     let gap = ctx.settings.schedule()?.longest_gap(chrono::Utc::now());
     println!(
@@ -135,13 +143,18 @@ pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> 
         store: store.as_ref(),
         database: ctx.location.shown(),
         unreachable,
+        database_warnings: &ctx.warnings,
         only,
         refresh_token_warning: i64::try_from(ctx.settings.refresh_token_warning.as_secs())
             .unwrap_or(i64::MAX),
         sweep_gap: ctx.sweep_gap()?,
         now: domain::now(),
     };
-    let report = doctor::run(&scope).await?;
+    let mut report = doctor::run(&scope).await?;
+    let sinks = doctor::sink_checks(&ctx.settings.sink);
+    if only.is_none() && !sinks.is_empty() {
+        report.sections.push(("sinks".to_owned(), sinks));
+    }
     if let Some(name) = only
         && report.credentials == 0
     {
