@@ -309,6 +309,7 @@ mod tests {
             lease_owner: None,
             lease_expires_at: None,
             attempt_started_at: None,
+            attempt_sent_at: None,
             refresh_token_key: None,
             access_token_key: None,
         }

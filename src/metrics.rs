@@ -2,7 +2,8 @@
 //! prometheus-client) and `/healthz`. At scrape time the store answers one aggregate statement
 //! (credentials per provider and status, failing, expiring within the margin, the soonest expiry,
 //! the oldest refresh, refresh tokens expiring within the warning window, renewals in flight: the
-//! same on every replica of one database), and, while the table holds at most
+//! same on every replica of one database), the refresh requests out past their lease (a stopped or
+//! partitioned process), and, while the table holds at most
 //! `metrics.per_credential_max` credentials, the per-credential series; counters (refreshes by
 //! outcome, failed attempts by provider and class), the last sweep and the schedule's gap come
 //! from this process; `metrics/series.rs` registers the store's series. README "Metrics and
@@ -221,6 +222,7 @@ impl Metrics {
             );
         }
         let total = self.register_aggregates(&mut registry, now).await?;
+        self.register_sent_past_lease(&mut registry, now).await?;
         let included = u64::try_from(total).unwrap_or(0) <= inner.per_credential_max;
         let shown = Gauge::<i64>::default();
         shown.set(i64::from(included));

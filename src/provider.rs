@@ -17,7 +17,7 @@ pub mod redaction;
 mod secrets;
 
 use crate::discovery::DiscoveryError;
-use crate::domain::{Secret, UnixTime};
+use crate::domain::{RefreshTokenReuse, Secret, UnixTime};
 use crate::http::{CLIENT_ASSERTION_TYPE, Transport};
 use crate::secret_file::SecretFileError;
 pub use grant_assertion::GrantKey;
@@ -117,6 +117,9 @@ pub struct Provider {
     pub rate_limit: Option<f64>,
     /// Most token requests in flight at once from this process's sweeps (`max_concurrency`).
     pub max_concurrency: Option<usize>,
+    /// Whether a refresh token may be presented again after an interrupted attempt
+    /// (`refresh_token_reuse`, or the preset's).
+    pub refresh_token_reuse: RefreshTokenReuse,
 }
 
 impl Provider {
@@ -196,6 +199,7 @@ impl Provider {
                 .clone()
                 .unwrap_or_else(|| token_url.clone()),
             scope_in_assertion: shape.scope_in_assertion,
+            refresh_token_reuse: shape.refresh_token_reuse,
             rate_limit: settings.rate_limit,
             max_concurrency: settings.max_concurrency,
             name: name.to_owned(),

@@ -320,6 +320,7 @@ mod tests {
             grant_key: None,
             assertion_audience: "https://p/token".to_owned(),
             scope_in_assertion: false,
+            refresh_token_reuse: crate::domain::RefreshTokenReuse::None,
             rate_limit: None,
             max_concurrency: None,
             warnings: vec![],

@@ -195,6 +195,12 @@ scopes = "api:read"
         )
     }
 
+    /// As [`Home::command`], in a PID namespace of its own (`unshare --pid --fork`, as root): a
+    /// process there cannot see this host's other processes, as one on another host could not.
+    pub fn command_in_new_pid_namespace(&self, args: &[&str]) -> tokio::process::Command {
+        self.command_in("umask 022 && exec unshare --pid --fork \"$0\" \"$@\"", args)
+    }
+
     fn command_in(&self, script: &str, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new("sh");
         cmd.args(["-c", script, env!("CARGO_BIN_EXE_tokenwarden")])

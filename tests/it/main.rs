@@ -14,6 +14,7 @@ mod deploy;
 mod enroll_pages;
 mod fake_endpoint;
 mod faults;
+mod frozen;
 mod grants;
 mod harness;
 mod hostile;

@@ -83,6 +83,10 @@ pub struct Stats {
     /// `refresh_token` grants that presented an already consumed refresh token inside the
     /// grace window ([`ServerOptions::rt_grace_secs`]) and were accepted.
     pub refresh_grace: u64,
+    /// `refresh_token` grants that presented a refresh token an earlier `refresh_token` grant had
+    /// already presented, whatever either's outcome, inside the grace window or not: refresh
+    /// tokens presented twice. A request whose answer was lost counts as presented.
+    pub refresh_repeated: u64,
     /// `refresh_token` grants answered with an error (reuses included).
     pub refresh_failed: u64,
     /// Grants revoked (by reuse detection or by the revocation endpoint).
@@ -1023,6 +1027,7 @@ mod tests {
             Stats {
                 refresh_ok: 9,
                 refresh_reuse: 1,
+                refresh_repeated: 1,
                 refresh_failed: 2,
                 grants_revoked: 1,
                 token_requests: 12,

@@ -320,7 +320,8 @@ async fn daemon_with_held_refreshes(
 }
 
 /// kill -9 of one replica mid-sweep, its refresh answers lost: another replica takes its claims
-/// over and, inside the provider's grace window, every credential lives on; the journal says
+/// over and, inside the provider's declared grace window (`refresh_token_reuse`), every
+/// credential lives on; the journal says
 /// which replica started each attempt (interrupted) and which finished it.
 #[tokio::test]
 async fn a_replica_killed_mid_sweep_is_covered_by_another() {
@@ -332,6 +333,9 @@ async fn a_replica_killed_mid_sweep_is_covered_by_another() {
     })
     .await;
     let home = Home::on_postgres(&server, &pg, "concurrency = 20");
+    for provider in ["basic", "post", "jwt"] {
+        home.append_to_provider(provider, "refresh_token_reuse = \"60s\"");
+    }
     assert_eq!(home.run(&["run", "--once"], "").await.code, Some(0));
     let db = pg.pool().await;
     insert_minted(&server, &db, CREDENTIALS as usize).await;

@@ -30,7 +30,7 @@
 //
 // Test routes (mounted in front of the provider's routes, same port):
 //   POST /test/mint         {"client_id","scope"?,"account_id"?} -> {"refresh_token","access_token",...}
-//   GET  /test/stats        -> {"refresh_ok","refresh_reuse","refresh_grace","refresh_failed",
+//   GET  /test/stats        -> {"refresh_ok","refresh_reuse","refresh_grace","refresh_repeated","refresh_failed",
 //                               "grants_revoked","token_requests","jwt_bearer_ok",
 //                               "jwt_bearer_failed","held"}
 //   POST /test/reset-stats  -> zeroes the counters (not `held`, a live gauge)
@@ -113,6 +113,10 @@ const epochTime = () => Math.floor(Date.now() / 1000);
 //                   RT_GRACE window; any outcome
 // refresh_grace     refresh_token grants presenting an already consumed refresh token
 //                   inside the RT_GRACE window, accepted (answered 200)
+// refresh_repeated  refresh_token grants presenting a refresh token that an earlier
+//                   refresh_token grant already presented, whatever either's outcome, inside the
+//                   RT_GRACE window or not: "refresh tokens presented twice" (a request whose
+//                   answer was lost counts as presented)
 // refresh_failed    refresh_token grants answered with an error (reuses included)
 // grants_revoked    grants revoked: reuse detection, revocation endpoint
 // token_requests    every POST /token, any grant type, any outcome
@@ -124,6 +128,7 @@ function zeroStats() {
     refresh_ok: 0,
     refresh_reuse: 0,
     refresh_grace: 0,
+    refresh_repeated: 0,
     refresh_failed: 0,
     grants_revoked: 0,
     token_requests: 0,
@@ -132,6 +137,9 @@ function zeroStats() {
   };
 }
 let stats = zeroStats();
+// Every refresh token presented by a refresh_token grant so far (for refresh_repeated; not reset
+// with the counters).
+const presentedRefreshTokens = new Set();
 
 // ---------------------------------------------------------------------------
 // Adapter: plain Maps, nothing evicted before it expires.
@@ -787,6 +795,11 @@ function recordTokenRequest(ctx) {
   const grantType = ctx.oidc?.params?.grant_type;
   const ok = ctx.status === 200;
   if (grantType === 'refresh_token') {
+    const presented = ctx.oidc?.params?.refresh_token;
+    if (typeof presented === 'string') {
+      if (presentedRefreshTokens.has(presented)) stats.refresh_repeated += 1;
+      presentedRefreshTokens.add(presented);
+    }
     if (ok) {
       stats.refresh_ok += 1;
     } else {
