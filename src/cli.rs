@@ -14,7 +14,7 @@ use crate::telemetry;
 
 mod credentials;
 pub mod exit;
-mod header;
+pub(crate) mod header;
 mod inspect;
 mod migrate;
 mod render;

@@ -2,7 +2,8 @@
 //! deserialized strictly (unknown keys are errors) and validated. Reads nothing but that file: the
 //! secrets a provider references are resolved later, by `provider`. `config/provider.rs` holds a
 //! provider block and its checks, `config/preset.rs` the known providers, `config/encryption.rs`
-//! the `[encryption]` table, `config/check.rs` the checks across settings, `config/de.rs` how
+//! the `[encryption]` table, `config/proxy.rs` a `[[proxy]]` route, `config/check.rs` the checks
+//! across settings, `config/de.rs` how
 //! durations and word lists are read. Imports `domain`, `schedule` and `untrusted`.
 
 use std::collections::BTreeMap;
@@ -19,10 +20,14 @@ mod de;
 mod encryption;
 pub mod preset;
 mod provider;
+mod proxy;
 
 pub use encryption::EncryptionSettings;
 pub(crate) use provider::check_endpoint;
 pub use provider::{ClientAuthMethod, MIN_RATE_LIMIT, Preset, ProviderSettings};
+pub use proxy::{
+    ProxyCredential, ProxyListen, ProxySettings, ProxyUpstream, UPSTREAM_INSTANCE_URL,
+};
 
 /// The defaults every key falls back to; `config/tokenwarden.example.toml` documents them.
 const DEFAULTS: &str = r#"
@@ -124,6 +129,9 @@ pub struct Settings {
     pub encryption: Option<EncryptionSettings>,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
+    /// `[[proxy]]` routes `run` serves: the credential's header added to each forwarded request.
+    #[serde(default)]
+    pub proxy: Vec<ProxySettings>,
 }
 
 /// `[postgres]`: the password and CA file for a `postgres://` database, kept out of its URL.

@@ -2,7 +2,8 @@
 //! at once, until shutdown is requested; SIGTERM and SIGINT request it. Tells systemd (when it
 //! set NOTIFY_SOCKET) that it is ready, alive (watchdog) and stopping, and serves the optional
 //! /metrics and /healthz listener. Between sweeps it sleeps until the next tick (`ticker`): no
-//! timer of its own wakes it. Imports `config`, `schedule`, `domain`, `metrics` and `sweep`.
+//! timer of its own wakes it. Serves the `[[proxy]]` routes meanwhile. Imports `config`,
+//! `schedule`, `domain`, `metrics`, `proxy` and `sweep`.
 
 use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Proxy(#[from] crate::proxy::ProxyError),
     #[error("scheduler: {0}")]
     Scheduler(#[from] JobSchedulerError),
     #[error("cannot listen for signals: {0}")]
@@ -51,6 +54,12 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let schedule = settings.schedule()?;
     let metrics = listen_for_metrics(&sweeper, settings, &schedule, &shutdown).await?;
+    let proxy_stats = crate::proxy::ProxyStats::default();
+    let routes = crate::proxy::bind(&sweeper, settings, &proxy_stats).await?;
+    if let Some(metrics) = &metrics {
+        metrics.add_proxy(proxy_stats);
+    }
+    let proxies = tokio::spawn(crate::proxy::serve(routes, shutdown.clone()));
     let mut ticker = Ticker::new(&schedule).await?;
     info!(schedule = schedule.six_fields(), "tokenwarden started");
     notify(&[sd_notify::NotifyState::Ready]);
@@ -77,6 +86,8 @@ pub async fn run(
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
+    // The routes finish the requests in flight (the listener's grace period).
+    let _ = proxies.await;
     info!("tokenwarden stopped");
     Ok(())
 }

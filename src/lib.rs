@@ -35,6 +35,9 @@
 //! - [`lifecycle`] — `authorize`: the authorization-code grant with PKCE, and the device grant;
 //!   never the store
 //! - [`enroll`] — runs those grants and stores what they obtained
+//! - [`listener`] — the one way to serve a socket: timeouts, a connection cap, accept backoff
+//! - [`proxy`] — `[[proxy]]` routes: requests forwarded upstream with the credential's header,
+//!   renewed before expiry and once after a 401
 //! - [`metrics`] — the optional /metrics and /healthz listener: table-wide aggregates, and
 //!   per-credential series up to `metrics.per_credential_max`
 //! - [`daemon`] — the schedule, signals and metrics listener around sweeps
@@ -57,8 +60,10 @@ pub mod holder;
 pub mod http;
 pub mod keys;
 pub mod lifecycle;
+pub mod listener;
 pub mod metrics;
 pub mod provider;
+pub mod proxy;
 pub mod refresh;
 pub mod renew;
 pub mod revoke;

@@ -60,6 +60,8 @@ struct Inner {
     margin: i64,
     /// Most credentials for which per-credential series are exported.
     per_credential_max: u64,
+    /// The `[[proxy]]` routes' series, when the daemon serves routes.
+    proxy: std::sync::OnceLock<crate::proxy::ProxyStats>,
 }
 
 impl Metrics {
@@ -77,8 +79,14 @@ impl Metrics {
                 failing: settings.failing(),
                 margin: i64::try_from(settings.refresh_margin.as_secs()).unwrap_or(i64::MAX),
                 per_credential_max: settings.metrics.per_credential_max,
+                proxy: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Exports the proxy routes' series too (set once, at start).
+    pub fn add_proxy(&self, stats: crate::proxy::ProxyStats) {
+        let _ = self.inner.proxy.set(stats);
     }
 
     /// Counts a finished sweep.
@@ -149,6 +157,9 @@ impl Metrics {
                 "How long the last sweep took",
                 took,
             );
+        }
+        if let Some(proxy) = inner.proxy.get() {
+            proxy.register(&mut registry);
         }
         let total = self.register_aggregates(&mut registry, now).await?;
         let included = u64::try_from(total).unwrap_or(0) <= inner.per_credential_max;
