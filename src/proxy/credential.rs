@@ -55,8 +55,9 @@ pub enum Unavailable {
 /// How a renewal after a 401 went.
 #[derive(Debug)]
 pub enum AfterRejection {
-    /// A token other than the rejected one: send again with it.
-    Renewed(Current),
+    /// A token other than the rejected one: send again with it. `shared`: another request's
+    /// renewal (after the same 401) got it; this one waited for it.
+    Renewed { current: Current, shared: bool },
     /// The rejected token was itself renewed after a 401 moments ago: pass the 401 through.
     RecentlyRenewed,
 }
@@ -152,14 +153,20 @@ impl Credentials {
             && current.token != rejected.token
         {
             // A request that met the 401 first renewed it while this one waited.
-            return Ok(AfterRejection::Renewed(current));
+            return Ok(AfterRejection::Renewed {
+                current,
+                shared: true,
+            });
         }
         if renewing.is_some_and(|at| at.elapsed() < RENEWAL_AFTER_401_EVERY) {
             return Ok(AfterRejection::RecentlyRenewed);
         }
         let state = self.rejected(name, &rejected.token).await?;
         *renewing = Some(Instant::now());
-        slot.keep(&state).map(AfterRejection::Renewed)
+        slot.keep(&state).map(|current| AfterRejection::Renewed {
+            current,
+            shared: false,
+        })
     }
 
     async fn read(&self, name: &str) -> Result<TokenState, Unavailable> {

@@ -327,9 +327,14 @@ impl Route {
                         .await
                         .map_err(Problem::Unavailable)?
                     {
-                        AfterRejection::Renewed(renewed) => {
-                            route.stats.renewed_after_401(&self.inner.name);
-                            exchange.renewed = true;
+                        AfterRejection::Renewed {
+                            current: renewed,
+                            shared,
+                        } => {
+                            if !shared {
+                                route.stats.renewed_after_401(&self.inner.name);
+                                exchange.renewed = true;
+                            }
                             let base = self.base(&name, &renewed)?;
                             let url = forward::target(&base, &target)
                                 .map_err(|e| Problem::BadRequest(e.to_string()))?;
@@ -358,20 +363,30 @@ impl Route {
                 }
             }
         }
-        exchange.status = answer.status().as_u16();
-        exchange.note = not_retried.map(|_| "401 passed through");
-        let answer: http::Response<reqwest::Body> = answer.into();
-        let (head, body) = answer.into_parts();
-        let mut response = Response::new(());
-        *response.status_mut() = head.status;
-        *response.headers_mut() = forward::response_headers(&head.headers);
-        if let Some(why) = not_retried {
-            response
-                .headers_mut()
-                .insert(RETRY_HEADER, HeaderValue::from_static(why));
-        }
-        Ok(response.map(|()| body))
+        Ok(passed_back(answer, not_retried, exchange))
     }
+}
+
+/// The upstream's answer as the client gets it: its status, its end-to-end headers (and why a
+/// 401 was not retried), its body streamed.
+fn passed_back(
+    answer: reqwest::Response,
+    not_retried: Option<&'static str>,
+    exchange: &mut Exchange,
+) -> Response<reqwest::Body> {
+    exchange.status = answer.status().as_u16();
+    exchange.note = not_retried.map(|_| "401 passed through");
+    let answer: http::Response<reqwest::Body> = answer.into();
+    let (head, body) = answer.into_parts();
+    let mut response = Response::new(body);
+    *response.status_mut() = head.status;
+    *response.headers_mut() = forward::response_headers(&head.headers);
+    if let Some(why) = not_retried {
+        response
+            .headers_mut()
+            .insert(RETRY_HEADER, HeaderValue::from_static(why));
+    }
+    response
 }
 
 impl StreamHandler for Route {

@@ -22,6 +22,7 @@ mod pg_rekey;
 mod pg_tls;
 mod postgres;
 mod providers;
+mod proxy;
 mod recovery;
 mod seal;
 mod service;
