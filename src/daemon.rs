@@ -103,7 +103,7 @@ async fn listen_for_metrics(
         return Ok(None);
     }
     let address = &settings.metrics.listen;
-    let listener = tokio::net::TcpListener::bind(address)
+    let listener = crate::listener::bind_tcp(address.as_str())
         .await
         .map_err(|source| DaemonError::MetricsListen {
             address: address.clone(),

@@ -35,7 +35,8 @@
 //! - [`lifecycle`] — `authorize`: the authorization-code grant with PKCE, and the device grant;
 //!   never the store
 //! - [`enroll`] — runs those grants and stores what they obtained
-//! - [`listener`] — the one way to serve a socket: timeouts, a connection cap, accept backoff
+//! - [`listener`] — the one way to serve a socket: timeouts, a connection cap, accept backoff,
+//!   a rate-limited warning; every listener uses it
 //! - [`proxy`] — `[[proxy]]` routes: requests forwarded upstream with the credential's header,
 //!   renewed before expiry and once after a 401
 //! - [`metrics`] — the optional /metrics and /healthz listener: table-wide aggregates, and

@@ -17,7 +17,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,33 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Descriptors kept for the rest of the process: a listener's connections take at most this
 /// fraction (1/N) of the descriptor limit, so refreshes and the database still get theirs.
 const DESCRIPTOR_SHARE: u64 = 4;
+
+/// Connections the kernel completes and holds for a listener at its cap (tokio's own bind asks
+/// for 128: a crowd past that waits on SYN retries, seconds each).
+pub const BACKLOG: u32 = 1024;
+
+/// Binds a TCP listener on the first of `address`'s addresses that binds, with [`BACKLOG`].
+pub async fn bind_tcp(address: impl tokio::net::ToSocketAddrs) -> io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(address).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if let Err(e) = socket.bind(addr) {
+            last = Some(e);
+            continue;
+        }
+        match socket.listen(BACKLOG) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to listen on")))
+}
 
 /// How long a client may take and how many may be connected.
 #[derive(Debug, Clone, Copy)]

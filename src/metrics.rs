@@ -4,14 +4,15 @@
 //! the oldest refresh: the same on every replica of one database), and, while the table holds at
 //! most `metrics.per_credential_max` credentials, the per-credential series; counters and the
 //! last sweep come from this process's sweeps; `metrics/series.rs` registers the store's series.
-//! Imports `config`, `domain`, `store` and `sweep`.
+//! Served through `listener` (its timeouts, connection cap and accept backoff). Imports
+//! `config`, `domain`, `listener`, `store` and `sweep`.
 
-use std::convert::Infallible;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http_body_util::Full;
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -20,10 +21,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use crate::config::Settings;
 use crate::domain::{self, Failing, UnixTime};
+use crate::listener::{self, Handler, Limits, Peer, Socket};
 use crate::store::{Store, StoreError};
 use crate::sweep::SweepSummary;
 
@@ -199,7 +200,7 @@ impl Metrics {
         inner.store.ping().await.map_err(|e| e.to_string())
     }
 
-    async fn respond(&self, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         let reply = |status: StatusCode, content_type: &str, body: String| {
             Response::builder()
                 .status(status)
@@ -262,32 +263,23 @@ fn verdict(
     Ok(())
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` fires.
-pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                warn!(error = %e, "metrics listener could not accept a connection");
-                continue;
-            }
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(metrics.respond(&request).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
-        });
+/// The metrics listener's limits: a scrape is one short request.
+pub const LIMITS: Limits = Limits {
+    header_read: Duration::from_secs(10),
+    connection: Duration::from_mins(1),
+    max_connections: 64,
+    keep_alive: true,
+};
+
+impl Handler for Metrics {
+    async fn handle(&self, _: Peer, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        self.respond(&request).await
     }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` fires, with [`LIMITS`].
+pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) {
+    listener::serve(Socket::Tcp(listener), LIMITS, "metrics", metrics, shutdown).await;
 }
 
 #[cfg(test)]

@@ -81,11 +81,9 @@ async fn bind_one(
         source,
     };
     let socket = match block.listen(key)? {
-        ProxyListen::Tcp(address) => Socket::Tcp(
-            tokio::net::TcpListener::bind(address)
-                .await
-                .map_err(listen_error)?,
-        ),
+        ProxyListen::Tcp(address) => {
+            Socket::Tcp(listener::bind_tcp(address).await.map_err(listen_error)?)
+        }
         ProxyListen::Unix(path) => Socket::Unix(bind_unix(&path).map_err(listen_error)?),
     };
     let client = reqwest::Client::builder()

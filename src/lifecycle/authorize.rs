@@ -193,6 +193,9 @@ pub async fn authorize<T>(
                 Rejection::StateMismatch => AuthorizeError::StateMismatch,
                 Rejection::Denied(reason) => AuthorizeError::Denied(sanitize(&reason, &[])),
                 Rejection::NoCode => AuthorizeError::NoCode,
+                Rejection::ListenerStopped => AuthorizeError::Listen(std::io::Error::other(
+                    "the listener for the redirect stopped",
+                )),
             };
             if let Some(arrival) = arrival {
                 arrival

@@ -1,19 +1,26 @@
 //! Where the authorization code arrives: a minimal HTTP listener on 127.0.0.1 for the browser's
 //! redirect (one GET per connection, answered with `Connection: close`), or a redirect URL (or a
-//! bare code) pasted on standard input, whichever comes first. Validates `state`. Imports nothing
-//! from the crate.
+//! bare code) pasted on standard input, whichever comes first. Validates `state`: a redirect at
+//! the listener with another state (stale or forged) is answered 400 and the real one is still
+//! waited for. Connections are accepted through `listener::Acceptor` (a cap, backoff after accept
+//! errors such as EMFILE). Imports `listener`.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::JoinSet;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::listener::{Accepted, Acceptor, Socket, Stream, bind_tcp};
 
 /// Longest a browser connection may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head read from the browser.
 const MAX_HEAD: usize = 16 * 1024;
+/// Most browser connections at once; others wait in the backlog.
+const MAX_CONNECTIONS: usize = 16;
 
 /// The parameters of a redirect to the callback.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -52,6 +59,8 @@ pub enum Rejection {
     Denied(String),
     /// Neither a code nor an error.
     NoCode,
+    /// The listener stopped and nothing else can bring the redirect.
+    ListenerStopped,
 }
 
 impl Params {
@@ -105,6 +114,8 @@ pub struct Arrival {
     pub path: String,
     pub params: Params,
     stream: TcpStream,
+    /// The connection counts against the listener's cap until it is answered.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Arrival {
@@ -137,6 +148,7 @@ impl Arrival {
 pub struct Listener {
     arrivals: mpsc::Receiver<Arrival>,
     _tasks: JoinSet<()>,
+    _stop: DropGuard,
 }
 
 impl Listener {
@@ -145,14 +157,20 @@ impl Listener {
     pub fn start(listener: TcpListener) -> Self {
         let (tx, rx) = mpsc::channel(8);
         let mut tasks = JoinSet::new();
+        let stop = CancellationToken::new();
+        let mut acceptor = Acceptor::new(Socket::Tcp(listener), MAX_CONNECTIONS, "authorize");
+        let shutdown = stop.clone();
         tasks.spawn(async move {
             // Connections live in this set: dropping the listener aborts them all.
             let mut connections = JoinSet::new();
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Some(Accepted { stream, permit, .. }) = acceptor.next(&shutdown).await {
+                let Stream::Tcp(stream) = stream else {
+                    continue;
+                };
                 let tx = tx.clone();
                 connections.spawn(async move {
                     if let Ok(Some(arrival)) =
-                        tokio::time::timeout(HEAD_TIMEOUT, read_request(stream)).await
+                        tokio::time::timeout(HEAD_TIMEOUT, read_request(stream, permit)).await
                     {
                         let _ = tx.send(arrival).await;
                     }
@@ -163,6 +181,7 @@ impl Listener {
         Self {
             arrivals: rx,
             _tasks: tasks,
+            _stop: stop.drop_guard(),
         }
     }
 
@@ -173,7 +192,7 @@ impl Listener {
 }
 
 /// Reads one request head and splits its target; `None` for anything that is not a GET.
-async fn read_request(mut stream: TcpStream) -> Option<Arrival> {
+async fn read_request(mut stream: TcpStream, permit: OwnedSemaphorePermit) -> Option<Arrival> {
     let mut head = Vec::new();
     let mut buf = [0u8; 2048];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -194,6 +213,7 @@ async fn read_request(mut stream: TcpStream) -> Option<Arrival> {
         path: url.path().to_owned(),
         params: Params::from_query(url.query_pairs()),
         stream,
+        _permit: permit,
     })
 }
 
@@ -225,9 +245,7 @@ pub(super) async fn listen(
     configured: Option<&str>,
 ) -> Result<(Option<TcpListener>, String, String), Listen> {
     let Some(uri) = configured else {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(Listen::Io)?;
+        let listener = bind_tcp(("127.0.0.1", 0)).await.map_err(Listen::Io)?;
         let port = listener.local_addr().map_err(Listen::Io)?.port();
         let uri = format!("http://127.0.0.1:{port}{CALLBACK_PATH}");
         return Ok((Some(listener), uri, CALLBACK_PATH.to_owned()));
@@ -247,11 +265,13 @@ pub(super) async fn listen(
         .unwrap_or("127.0.0.1")
         .trim_matches(['[', ']']);
     let port = url.port().unwrap_or(80);
-    let listener = TcpListener::bind((host, port)).await.map_err(Listen::Io)?;
+    let listener = bind_tcp((host, port)).await.map_err(Listen::Io)?;
     Ok((Some(listener), uri.to_owned(), url.path().to_owned()))
 }
 
-/// Waits for the first usable redirect: at the listener, or pasted on standard input.
+/// Waits for the first usable redirect: at the listener, or pasted on standard input. A redirect
+/// at the listener whose state does not match is answered 400 and the wait goes on (said once on
+/// the log): a forged one must not end the flow the real one is on its way to.
 pub(super) async fn wait(
     listener: Option<TcpListener>,
     reading_stdin: bool,
@@ -260,19 +280,34 @@ pub(super) async fn wait(
 ) -> Result<(String, Option<Arrival>), (Rejection, Option<Arrival>)> {
     let mut listener = listener.map(Listener::start);
     let mut pasted = reading_stdin.then(read_stdin_lines);
+    let mut refused = 0u64;
     loop {
         tokio::select! {
-            Some(arrival) = async { listener.as_mut()?.next().await }, if listener.is_some() => {
+            arrival = async { listener.as_mut()?.next().await }, if listener.is_some() => {
+                let Some(arrival) = arrival else {
+                    listener = None;
+                    if pasted.is_none() {
+                        return Err((Rejection::ListenerStopped, None));
+                    }
+                    continue;
+                };
                 if arrival.path != path {
                     arrival.answer(404, "Not found", "This is tokenwarden's authorization callback.").await;
                     continue;
                 }
                 let mut arrival = arrival;
                 let params = std::mem::take(&mut arrival.params);
-                return match params.check(state, false) {
-                    Ok(code) => Ok((code, Some(arrival))),
-                    Err(rejection) => Err((rejection, Some(arrival))),
-                };
+                match params.check(state, false) {
+                    Ok(code) => return Ok((code, Some(arrival))),
+                    Err(Rejection::StateMismatch) => {
+                        refused += 1;
+                        if refused == 1 {
+                            tracing::warn!("a redirect whose state does not match this authorization request (stale or forged) was refused; still waiting for the real one");
+                        }
+                        arrival.answer(400, "Authorization failed", "This redirect does not belong to the authorization in progress (its state does not match); nothing was stored.").await;
+                    }
+                    Err(rejection) => return Err((rejection, Some(arrival))),
+                }
             }
             line = async { pasted.as_mut()?.recv().await }, if pasted.is_some() => {
                 let Some(line) = line else {
@@ -287,6 +322,7 @@ pub(super) async fn wait(
                 let bare = params.state.is_none() && params.error.is_none() && !line.contains('=');
                 return params.check(state, bare).map(|code| (code, None)).map_err(|r| (r, None));
             }
+            else => return Err((Rejection::ListenerStopped, None)),
         }
     }
 }

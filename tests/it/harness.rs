@@ -183,23 +183,32 @@ scopes = "api:read"
     /// The binary with this home's configuration and secrets in its environment, under umask 022
     /// (so the database's 0600 mode is tokenwarden's doing, not the test's).
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        self.command_in("umask 022 && exec \"$0\" \"$@\"", args)
+    }
+
+    /// As [`Home::command`], with the process's descriptor limit (soft and hard) lowered to
+    /// `nofile` by `prlimit`: a daemon whose `ulimit -n` a hostile client can reach.
+    pub fn command_with_nofile(&self, nofile: u32, args: &[&str]) -> tokio::process::Command {
+        self.command_in(
+            &format!("umask 022 && exec prlimit --nofile={nofile}:{nofile} \"$0\" \"$@\""),
+            args,
+        )
+    }
+
+    fn command_in(&self, script: &str, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new("sh");
-        cmd.args([
-            "-c",
-            "umask 022 && exec \"$0\" \"$@\"",
-            env!("CARGO_BIN_EXE_tokenwarden"),
-        ])
-        .args(args)
-        .current_dir(self.dir.path())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("TOKENWARDEN_CONFIG", &self.config)
-        .env("TW_TEST_BASIC_SECRET", clients::BASIC_SECRET)
-        .env("TW_TEST_CC_SECRET", clients::CC_SECRET)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        cmd.args(["-c", script, env!("CARGO_BIN_EXE_tokenwarden")])
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TOKENWARDEN_CONFIG", &self.config)
+            .env("TW_TEST_BASIC_SECRET", clients::BASIC_SECRET)
+            .env("TW_TEST_CC_SECRET", clients::CC_SECRET)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         cmd
     }
 

@@ -42,7 +42,11 @@ struct Authorizing {
 
 impl Authorizing {
     async fn start(home: &Home, args: &[&str]) -> Self {
-        let mut child = home.command(args).spawn().expect("spawn tokenwarden");
+        Self::spawn(home.command(args)).await
+    }
+
+    async fn spawn(mut command: tokio::process::Command) -> Self {
+        let mut child = command.spawn().expect("spawn tokenwarden");
         let stderr = drain(child.stderr.take().expect("stderr piped"));
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
         let mut url = String::new();
@@ -336,19 +340,119 @@ async fn authorize_in_a_browser_then_serve_refresh_and_revoke() {
 }
 
 #[tokio::test]
-async fn a_redirect_with_another_state_stores_nothing() {
+async fn a_forged_redirect_is_refused_and_the_real_one_still_completes() {
     let server = OauthServer::start().await;
     let home = home(&server);
-    let run = Authorizing::start(&home, &["authorize", "forged", "--provider", "post"]).await;
+    let run = Authorizing::start(
+        &home,
+        &[
+            "authorize",
+            "forged",
+            "--provider",
+            "basic",
+            "--scopes",
+            "openid offline_access api:read",
+        ],
+    )
+    .await;
     let redirect = run.param("redirect_uri");
-    let status = visit(&format!("{redirect}?code=stolen-code&state=not-the-state")).await;
+    for _ in 0..3 {
+        let status = visit(&format!("{redirect}?code=stolen-code&state=not-the-state")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(
+        visit(&format!("{redirect}?code=x&state=forged")).await,
+        StatusCode::BAD_REQUEST
+    );
+    // The flow is still waiting: the real redirect completes it.
+    let callback = sign_in(&server, &run.url).await;
+    let status = visit(&callback).await;
+    let done = run.finish().await;
+    assert_eq!(status, StatusCode::OK, "{done:?}");
+    assert_eq!(done.code, Some(0), "{done:?}");
+    assert_eq!(
+        done.stderr.matches("was refused").count(),
+        1,
+        "said once: {done:?}"
+    );
+    let db = home.db().await;
+    assert_eq!(count(&db, "SELECT count(*) FROM oauth_credential").await, 1);
+    assert_no_secrets("stderr", &done.all(), &stored_secrets(&db).await);
+}
+
+#[tokio::test]
+async fn a_forged_redirect_alone_stores_nothing_and_the_flow_times_out() {
+    let server = OauthServer::start().await;
+    let home = home(&server);
+    let run = Authorizing::start(
+        &home,
+        &[
+            "authorize",
+            "forged",
+            "--provider",
+            "post",
+            "--timeout",
+            "3s",
+        ],
+    )
+    .await;
+    let redirect = run.param("redirect_uri");
+    let status = visit(&format!("{redirect}?code=x&state=forged")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let done = run.finish().await;
     assert_eq!(done.code, Some(1), "{done:?}");
-    assert!(done.stderr.contains("state does not match"), "{done:?}");
+    assert!(
+        done.stderr.contains("no redirect arrived within 3s"),
+        "{done:?}"
+    );
+    assert!(done.stderr.contains("was refused"), "{done:?}");
     assert_eq!(
         count(&home.db().await, "SELECT count(*) FROM oauth_credential").await,
         0
+    );
+}
+
+#[tokio::test]
+async fn the_callback_listener_survives_descriptor_exhaustion() {
+    let server = OauthServer::start().await;
+    let home = home(&server);
+    // 48 descriptors, 200 idle connections: the unfixed listener ran out, its accept loop ended
+    // and the flow panicked (exit 101).
+    let run = Authorizing::spawn(home.command_with_nofile(
+        48,
+        &[
+            "authorize",
+            "crowded",
+            "--provider",
+            "basic",
+            "--scopes",
+            "openid offline_access api:read",
+        ],
+    ))
+    .await;
+    let redirect = url::Url::parse(&run.param("redirect_uri")).unwrap();
+    let address = (
+        redirect.host_str().unwrap().to_owned(),
+        redirect.port().unwrap(),
+    );
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(
+            tokio::net::TcpStream::connect((address.0.as_str(), address.1))
+                .await
+                .expect("connect"),
+        );
+    }
+    drop(idle);
+    let callback = sign_in(&server, &run.url).await;
+    let status = visit(&callback).await;
+    let done = run.finish().await;
+    assert_eq!(status, StatusCode::OK, "{done:?}");
+    assert_eq!(done.code, Some(0), "{done:?}");
+    assert!(!done.stderr.contains("internal error"), "{done:?}");
+    assert_eq!(
+        count(&home.db().await, "SELECT count(*) FROM oauth_credential").await,
+        1
     );
 }
 

@@ -14,6 +14,7 @@ mod faults;
 mod grants;
 mod harness;
 mod lifecycle;
+mod listeners;
 mod load;
 mod migrate;
 mod oauth_server;
