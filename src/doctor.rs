@@ -14,9 +14,11 @@ use crate::store::{CredentialSummary, RotationRecord};
 use crate::untrusted::Escaped;
 
 mod database;
+mod proxy;
 mod report;
 mod sealing;
 pub use database::database_checks;
+pub use proxy::proxy_checks;
 pub use report::{Report, Scope, run};
 pub use sealing::{encryption_checks, rekey_summary, sealing_summary};
 

@@ -110,6 +110,22 @@ pub(super) async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
         humantime::format_duration(ctx.settings.refresh_margin),
     );
     println!("{}", doctor::sealing_summary(sealer.keyring()));
+    for route in &ctx.settings.proxy {
+        println!(
+            "proxy route {}: {} -> {} with credential {}",
+            route.route_name(),
+            route.listen,
+            route.upstream,
+            route
+                .credential
+                .clone()
+                .or_else(|| route
+                    .provider
+                    .as_ref()
+                    .map(|p| format!("of the unix peer at provider {p}")))
+                .unwrap_or_default()
+        );
+    }
     Ok(exit::OK)
 }
 
@@ -136,6 +152,7 @@ pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> 
         database: ctx.location.shown(),
         unreachable,
         only,
+        proxies: &ctx.settings.proxy,
         refresh_token_warning: i64::try_from(ctx.settings.refresh_token_warning.as_secs())
             .unwrap_or(i64::MAX),
         sweep_gap: ctx.sweep_gap()?,

@@ -647,3 +647,51 @@ async fn a_flood_of_slow_clients_does_not_take_the_route_down() {
     );
     stop(daemon).await;
 }
+
+#[tokio::test]
+async fn check_config_and_doctor_review_the_routes() {
+    let server = OauthServer::start_with_ttl(3600).await;
+    let resource = Resource::start(server.introspection_url(), None).await;
+    let (port, dead_port) = (free_port(), free_port());
+    let home = Home::new(&server, "");
+    home.append_config(&route(port, &resource.url(), ""));
+    home.append_config(&format!(
+        "[[proxy]]\nname = \"dead\"\nlisten = \"127.0.0.1:{}\"\ncredential = \"missing\"\nupstream = \"http://127.0.0.1:{dead_port}\"\n",
+        free_port()
+    ));
+    let rt = server
+        .mint_refresh_token(clients::BASIC_ID, "openid offline_access api:read")
+        .await;
+    home.add("graph", "basic", &rt).await;
+    let run = home.run(&["check-config"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stdout.contains(&format!(
+            "proxy route graph: 127.0.0.1:{port} -> {} with credential graph",
+            resource.url()
+        )),
+        "{run:?}"
+    );
+    let run = home.run(&["doctor"], "").await;
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let text = &run.stdout;
+    assert!(text.contains("proxy route graph"), "{text}");
+    assert!(text.contains("graph is active"), "{text}");
+    assert!(text.contains("accepts connections"), "{text}");
+    assert!(text.contains("missing is not stored"), "{text}");
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{dead_port}/: ")),
+        "{text}"
+    );
+
+    // A route that may not listen where it says is refused before anything runs.
+    home.append_config(
+        "[[proxy]]\nname = \"wide\"\nlisten = \"0.0.0.0:1\"\ncredential = \"graph\"\nupstream = \"https://a.example\"\n",
+    );
+    let run = home.run(&["check-config"], "").await;
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(
+        run.stderr.contains("proxy[2].listen") && run.stderr.contains("allow_remote"),
+        "{run:?}"
+    );
+}
