@@ -14,7 +14,6 @@ use crate::telemetry;
 
 mod credentials;
 pub mod exit;
-pub(crate) mod header;
 mod inspect;
 mod migrate;
 mod render;

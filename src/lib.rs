@@ -32,6 +32,8 @@
 //! - [`sweep`] — claim, refresh (within each provider's concurrency and rate limits), settle
 //!   (pure), store, log, alert; pending revocations
 //! - [`renew`] — a token valid for at least a given time, renewed now through the sweep's path
+//! - [`deliver`] — the consumer seam: which credential, fresh enough or renewed under the lease,
+//!   the header; `token`, `exec`, the token API and the sinks call it
 //! - [`lifecycle`] — `authorize`: the authorization-code grant with PKCE, and the device grant;
 //!   never the store
 //! - [`enroll`] — runs those grants and stores what they obtained
@@ -52,6 +54,7 @@ pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod deliver;
 pub mod discovery;
 pub mod doctor;
 pub mod domain;

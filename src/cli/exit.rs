@@ -2,8 +2,8 @@
 
 use crate::config::ConfigError;
 use crate::daemon::DaemonError;
+use crate::deliver::DeliverError;
 use crate::discovery::DiscoveryError;
-use crate::domain::iso8601;
 use crate::exec::ExecError;
 use crate::keys::KeysError;
 use crate::lifecycle::AuthorizeError;
@@ -48,33 +48,8 @@ pub enum CommandError {
     UnknownCredential(String),
     #[error("unknown provider {name:?} (configured: {})", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
     UnknownProvider { name: String, known: Vec<String> },
-    #[error("credential {name:?} has no valid access token (status {status}{})", expires_at.map(|t| if t > crate::domain::now() { format!(", it expires at {}, sooner than asked for", iso8601(t)) } else { format!(", expired at {}", iso8601(t)) }).unwrap_or_default())]
-    NoValidToken {
-        name: String,
-        status: String,
-        expires_at: Option<i64>,
-    },
     #[error("credential {name:?} is {status}; it is not refreshed until it is authorized again")]
     NotActive { name: String, status: &'static str },
-    #[error(
-        "credential {name:?}: the stored access token {flaw}, so it is not printed; refresh or authorize the credential again"
-    )]
-    UnprintableToken {
-        name: String,
-        flaw: crate::untrusted::Flaw,
-    },
-    #[error("provider {provider} has no credential of owner {owner:?}")]
-    NoOwnerCredential { provider: String, owner: String },
-    #[error("owner {owner:?} has several credentials of provider {provider} ({}); name one", names.join(", "))]
-    Ambiguous {
-        provider: String,
-        owner: String,
-        names: Vec<String>,
-    },
-    #[error("credential {name:?} was not renewed: {reason}")]
-    RenewalFailed { name: String, reason: String },
-    #[error("credential {name:?}: {why}")]
-    Unusable { name: String, why: String },
     #[error("{0}")]
     Input(String),
 }
@@ -127,7 +102,14 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<CommandError>() {
             return match e {
                 CommandError::UnknownProvider { .. } | CommandError::Input(_) => CONFIG,
-                CommandError::RenewalFailed { .. } => REFRESH_FAILED,
+                _ => NOT_FOUND,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<DeliverError>() {
+            return match e {
+                // The StoreError, or what could not set the renewal up, is next in the chain.
+                DeliverError::Store(_) | DeliverError::Setup(_) => continue,
+                DeliverError::RenewalFailed { .. } => REFRESH_FAILED,
                 _ => NOT_FOUND,
             };
         }

@@ -1,7 +1,8 @@
 //! The header a route adds, per credential: kept in memory while it stays valid for `min_valid`,
-//! read again from the store or renewed (under the sweep's lease, `renew`) when it does not, and
-//! renewed after the upstream rejected it. One renewal at a time per credential in this process:
-//! requests that meet a 401 together share it. Imports `domain`, `renew`, `store` and `sweep`.
+//! else asked of `deliver` (the stored token when fresh enough, else renewed under the sweep's
+//! lease, waiting for another process's renewal), and renewed after the upstream rejected it.
+//! One store read or renewal at a time per credential in this process: requests that meet a 401
+//! together share one renewal. Imports `deliver`, `domain`, `renew`, `store` and `sweep`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
+use crate::deliver::{self, DeliverError, Want, Which};
 use crate::domain::{self, Secret, Status, UnixTime};
-use crate::renew::{self, Renewal};
+use crate::renew;
 use crate::store::TokenState;
 use crate::sweep::{Handled, NamedRefresh, Sweeper};
 
@@ -50,6 +52,9 @@ pub enum Unavailable {
     Unusable { name: String, why: String },
     #[error("credential {0}: the database could not be read")]
     Store(String),
+    /// `deliver`'s own one-line reason.
+    #[error("{0}")]
+    Delivery(String),
 }
 
 /// How a renewal after a 401 went.
@@ -115,8 +120,7 @@ impl Credentials {
             .clone()
     }
 
-    /// `name`'s header, valid for at least `min_valid`: from memory, else from the store, else
-    /// renewed now (waiting for another process's renewal rather than racing it).
+    /// `name`'s header, valid for at least `min_valid`: from memory, else through `deliver`.
     pub async fn current(&self, name: &str) -> Result<Current, Unavailable> {
         let slot = self.slot(name);
         if let Some(current) = slot.cached(domain::now(), self.min_valid) {
@@ -126,18 +130,15 @@ impl Credentials {
         if let Some(current) = slot.cached(domain::now(), self.min_valid) {
             return Ok(current);
         }
-        let state = self.read(name).await?;
-        let state = if renew::fresh_enough(&state, domain::now(), self.min_valid) {
-            state
-        } else if state.status == Status::Active {
-            self.renewed(name, self.min_valid).await?
-        } else if renew::fresh_enough(&state, domain::now(), 0) {
-            // Not renewable (needs re-authorization), but still valid: send it while it lasts.
-            state
-        } else {
-            return Err(not_active(&state));
+        let want = Want {
+            min_valid: Duration::from_secs(u64::try_from(self.min_valid).unwrap_or(0)),
+            wait: self.wait,
         };
-        slot.keep(&state)
+        let which = Which::Name(name.to_owned());
+        let delivered = deliver::deliver(self.sweeper.store(), &which, &want, &self.sweeper)
+            .await
+            .map_err(|e| unavailable(name, e))?;
+        slot.keep(&delivered.state)
     }
 
     /// After the upstream answered 401 to `rejected`: a different token, renewed now under the
@@ -176,32 +177,6 @@ impl Credentials {
             .await
             .map_err(|_| Unavailable::Store(name.to_owned()))?
             .ok_or_else(|| Unavailable::NotFound(name.to_owned()))
-    }
-
-    /// Renewed through `renew::renew` until valid for `min_valid`.
-    async fn renewed(&self, name: &str, min_valid: i64) -> Result<TokenState, Unavailable> {
-        let renewal = renew::renew(&self.sweeper, name, min_valid, self.wait)
-            .await
-            .map_err(|_| Unavailable::Store(name.to_owned()))?;
-        match renewal {
-            // A token shorter-lived than asked is still the freshest there is: send it.
-            Renewal::Fresh(state) | Renewal::TooShort(state) => Ok(state),
-            Renewal::NotFound => Err(Unavailable::NotFound(name.to_owned())),
-            Renewal::NotActive(state) => Err(not_active(&state)),
-            Renewal::Failed { state, .. } => Err(failed(name, state.last_error.as_deref())),
-            Renewal::BackingOff(state) => Err(Unavailable::RenewalFailed {
-                name: name.to_owned(),
-                reason: format!(
-                    "an earlier attempt failed ({}); not tried again before {}",
-                    state
-                        .last_error
-                        .as_deref()
-                        .unwrap_or("see tokenwarden status"),
-                    domain::iso8601(state.next_attempt_at)
-                ),
-            }),
-            Renewal::GaveUp { waited } => Err(gave_up(name, waited)),
-        }
     }
 
     /// A token other than `rejected`: the stored one if another process already replaced it,
@@ -270,7 +245,7 @@ impl Slot {
         let Some(token) = state.access_token.clone() else {
             return Err(not_active(state));
         };
-        let line = crate::cli::header::authorization_header(state.token_type.as_deref(), &token)
+        let line = deliver::header::authorization_header(state.token_type.as_deref(), &token)
             .map_err(|why| Unavailable::Unusable {
                 name: self.name.clone(),
                 why,
@@ -293,6 +268,26 @@ impl Slot {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(current.clone());
         Ok(current)
+    }
+}
+
+/// What a client is told when `deliver` hands out no token: its one-line reason, except for the
+/// database's own errors (a path, a driver's words), which only the log gets.
+fn unavailable(name: &str, e: DeliverError) -> Unavailable {
+    match e {
+        DeliverError::UnknownCredential(_) => Unavailable::NotFound(name.to_owned()),
+        DeliverError::Store(e) => {
+            tracing::warn!(credential = name, error = %e, "proxy: the database could not be read");
+            Unavailable::Store(name.to_owned())
+        }
+        DeliverError::Setup(e) => {
+            tracing::warn!(credential = name, error = %e, "proxy: renewal could not be set up");
+            Unavailable::RenewalFailed {
+                name: name.to_owned(),
+                reason: "the renewal could not be set up (see the daemon's log)".to_owned(),
+            }
+        }
+        other => Unavailable::Delivery(other.to_string()),
     }
 }
 

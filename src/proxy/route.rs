@@ -186,19 +186,18 @@ impl Route {
                 let Some(user) = super::peer::user_name(uid) else {
                     return Err(Problem::Forbidden);
                 };
-                let store = parts.credentials.store();
-                let names = store.owned_by(provider, &user).await.map_err(|_| {
-                    Problem::Unavailable(Unavailable::Store(format!("of {user} at {provider}")))
-                })?;
-                match names.as_slice() {
-                    [one] => Ok(one.clone()),
-                    [] => Err(Problem::NoCredential(format!(
-                        "no credential of provider {provider} is owned by {user}"
-                    ))),
-                    _ => Err(Problem::NoCredential(format!(
-                        "{user} owns several credentials of provider {provider}; this route cannot choose"
-                    ))),
-                }
+                let which = crate::deliver::Which::Owner {
+                    provider: provider.clone(),
+                    owner: user,
+                };
+                crate::deliver::resolve(parts.credentials.store(), &which)
+                    .await
+                    .map_err(|e| match e {
+                        crate::deliver::DeliverError::Store(_) => Problem::Unavailable(
+                            Unavailable::Store(format!("of the peer at {provider}")),
+                        ),
+                        other => Problem::NoCredential(other.to_string()),
+                    })
             }
         }
     }

@@ -1,4 +1,5 @@
-//! `token --header`: the access token as an HTTP Authorization header line, for `curl -H @-`.
+//! The access token as an HTTP Authorization header line (`token --header`, a sink of format
+//! `header`, the proxy). Imports `domain`.
 
 use crate::domain::Secret;
 
