@@ -3,8 +3,8 @@
 //! secrets a provider references are resolved later, by `provider`. `config/provider.rs` holds a
 //! provider block and its checks, `config/preset.rs` the known providers, `config/encryption.rs`
 //! the `[encryption]` table, `config/proxy.rs` a `[[proxy]]` route, `config/check.rs` the checks
-//! across settings, `config/de.rs` how
-//! durations and word lists are read. Imports `domain`, `schedule` and `untrusted`.
+//! across settings, `config/de.rs` how durations and word lists are read. Imports `domain`,
+//! `schedule` and `untrusted`.
 
 use std::collections::BTreeMap;
 
