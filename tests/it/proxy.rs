@@ -695,3 +695,123 @@ async fn check_config_and_doctor_review_the_routes() {
         "{run:?}"
     );
 }
+
+/// `curl --unix-socket SOCKET http://route/PATH` as `uid` (root, or `nobody`): status and body.
+async fn curl_as(uid: u32, socket: &std::path::Path, path: &str) -> (u16, String) {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-m",
+        "20",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--unix-socket",
+    ])
+    .arg(socket)
+    .arg(format!("http://route{path}"))
+    .env_clear()
+    .uid(uid)
+    .kill_on_drop(true);
+    let output = cmd.output().await.expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("curl's status line");
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[tokio::test]
+async fn unix_routes_decide_by_the_peer_and_serve_each_user_their_own_credential() {
+    use std::os::unix::fs::PermissionsExt as _;
+    const NOBODY: u32 = 65534;
+    let server = OauthServer::start_with_ttl(3600).await;
+    let resource = Resource::start(server.introspection_url(), None).await;
+    let home = Home::new(&server, "");
+    // The sockets sit in the home: nobody must be able to reach them (not the database, 0600).
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (named, own) = (home.path().join("named.sock"), home.path().join("own.sock"));
+    home.append_config(&format!(
+        "[[proxy]]\nname = \"named\"\nlisten = \"unix:{}\"\ncredential = \"graph\"\nupstream = \"{up}\"\n\n\
+         [[proxy]]\nname = \"own\"\nlisten = \"unix:{}\"\nprovider = \"basic\"\nupstream = \"{up}\"\n",
+        named.display(),
+        own.display(),
+        up = resource.url()
+    ));
+    for (name, owner) in [("graph", None), ("nobody-graph", Some("nobody"))] {
+        let rt = server
+            .mint_refresh_token(clients::BASIC_ID, "openid offline_access api:read")
+            .await;
+        let mut args = vec!["add", name, "--provider", "basic"];
+        if let Some(owner) = owner {
+            args.extend(["--owner", owner]);
+        }
+        let run = home.run(&args, &rt).await;
+        assert_eq!(run.code, Some(0), "{run:?}");
+    }
+    let daemon = home.command(&["run"]).spawn().unwrap();
+    let db = home.db().await;
+    eventually(Duration::from_secs(30), "the first sweep", || {
+        let db = db.clone();
+        async move {
+            crate::harness::count(
+                &db,
+                "SELECT count(*) FROM oauth_credential WHERE access_token IS NOT NULL",
+            )
+            .await
+                == 2
+        }
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the sockets", || {
+        let ready = named.exists() && own.exists();
+        async move { ready }
+    })
+    .await;
+    let token_of = |name: &'static str| {
+        let db = db.clone();
+        async move {
+            let (t,): (String,) =
+                sqlx::query_as("SELECT access_token FROM oauth_credential WHERE name = $1")
+                    .bind(name)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+            t
+        }
+    };
+    let (graph, nobodys) = (token_of("graph").await, token_of("nobody-graph").await);
+
+    // A named credential's route: root (and the service's user) only.
+    let (status, body) = curl_as(0, &named, "/echo").await;
+    assert_eq!(status, 200, "{body}");
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["token_sha256"], sha(graph.as_bytes()));
+    let (status, body) = curl_as(NOBODY, &named, "/echo").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        "forbidden"
+    );
+
+    // A provider's route: each user their own credential; a user with none, 404.
+    let (status, body) = curl_as(NOBODY, &own, "/echo").await;
+    assert_eq!(status, 200, "{body}");
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["token_sha256"], sha(nobodys.as_bytes()));
+    let (status, body) = curl_as(0, &own, "/echo").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("no credential of owner \\\"root\\\""),
+        "{body}"
+    );
+
+    let mut secrets = stored_secrets(&db).await;
+    secrets.extend([graph, nobodys]);
+    let output = stop(daemon).await;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_no_secrets("daemon log", &log, &secrets);
+}
