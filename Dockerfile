@@ -11,6 +11,9 @@
 #     tokenwarden
 #   docker exec tokenwarden tokenwarden token sharepoint
 #
+# Add -e TOKENWARDEN_METRICS__ENABLED=true (and -e TOKENWARDEN_METRICS__LISTEN=0.0.0.0:9464
+# -p 9464:9464 to scrape it) for /metrics, and for a health check that asks /healthz.
+#
 # The sealing key ([encryption], README "Encryption at rest") comes from a file mounted read-only,
 # never from the image or the volume: 32 random bytes as base64, readable by UID 10001 only
 # (`head -c 32 /dev/urandom | base64 > encryption.key; chown 10001 encryption.key; chmod 0400
@@ -39,13 +42,18 @@ RUN mkdir src \
     && cargo build --release --locked \
     && rm -rf src
 
-# The crate itself. The migrations are compiled into the binary (sqlx::migrate!). COPY keeps the
-# files' modification times, which can be older than the placeholder build: touch them so cargo
-# does rebuild the crate.
+# The crate itself. The migrations are compiled into the binary (sqlx::migrate!); the example
+# configuration into tokenwarden-assets, which then writes what the Debian package installs
+# beside the binary: man pages (gzipped), completions and the configuration (README "Install").
+# COPY keeps the files' modification times, which can be older than the placeholder build: touch
+# them so cargo does rebuild the crate.
 COPY src ./src
 COPY migrations ./migrations
+COPY config/tokenwarden.example.toml ./config/
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked
+    && cargo build --release --locked --bins \
+    && target/release/tokenwarden-assets target/assets \
+    && gzip -9n target/assets/man/*
 
 # ---- runtime ---------------------------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -67,6 +75,17 @@ RUN apt-get update \
     && install -d -o 10001 -g 10001 -m 0700 /var/lib/tokenwarden
 
 COPY --from=builder /build/target/release/tokenwarden /usr/local/bin/tokenwarden
+# The Debian package's layout: man pages, completions, the configuration (the example with
+# `database` set to the volume's file; mount yours over it and set TOKENWARDEN_CONFIG), the
+# example itself, and the health check.
+COPY --from=builder /build/target/assets/man/*.1.gz /usr/share/man/man1/
+COPY --from=builder /build/target/assets/man/*.5.gz /usr/share/man/man5/
+COPY --from=builder /build/target/assets/completions/tokenwarden.bash /usr/share/bash-completion/completions/tokenwarden
+COPY --from=builder /build/target/assets/completions/_tokenwarden /usr/share/zsh/vendor-completions/_tokenwarden
+COPY --from=builder /build/target/assets/completions/tokenwarden.fish /usr/share/fish/vendor_completions.d/tokenwarden.fish
+COPY --from=builder /build/target/assets/tokenwarden.toml /etc/tokenwarden/tokenwarden.toml
+COPY --from=builder /build/config/tokenwarden.example.toml /usr/share/doc/tokenwarden/examples/tokenwarden.example.toml
+COPY deploy/container/healthcheck /usr/local/lib/tokenwarden/healthcheck
 
 # The database lives in the volume (the configuration key `database`, set through the
 # environment). Logs are JSON lines on standard error, for `docker logs` and log shippers; set
@@ -80,14 +99,18 @@ USER 10001:10001
 WORKDIR /var/lib/tokenwarden
 VOLUME /var/lib/tokenwarden
 
-# Healthy while the configuration is valid and the database opens and reads: `status` exits 0,
-# 2 for a configuration error, 3 when the database is missing, corrupt, unreadable or locked past
-# busy_timeout. Docker reserves exit 2 of a health check, so any failure becomes 1. The daemon
-# creates the database before its first sweep, within the start period. A provider that refuses
-# refreshes does not make the container unhealthy: a restart would not fix it (see
-# `tokenwarden status` and the logs).
+# With the metrics listener on (-e TOKENWARDEN_METRICS__ENABLED=true, and
+# -e TOKENWARDEN_METRICS__LISTEN=0.0.0.0:9464 -p 9464:9464 to scrape it from outside), healthy
+# while /healthz answers 200: the last sweep is no older than twice the schedule's longest gap
+# and the database answers. Without it, healthy while the configuration is valid and the
+# database opens and reads: `status` exits 0, 2 for a configuration error, 3 when the database is
+# missing, corrupt, unreadable or locked past busy_timeout. Docker reserves exit 2 of a health
+# check, so any failure becomes 1 (deploy/container/healthcheck). The daemon creates the
+# database and finishes its first sweep within the start period. A provider that refuses
+# refreshes does not make the container unhealthy: a restart would not fix it (see the metrics'
+# alerts, `tokenwarden status` and the logs).
 HEALTHCHECK --interval=60s --timeout=15s --start-period=30s --retries=3 \
-    CMD ["/bin/sh", "-c", "tokenwarden status --json > /dev/null || exit 1"]
+    CMD ["/usr/local/lib/tokenwarden/healthcheck"]
 
 # SIGTERM (docker stop) ends the daemon after the refreshes in flight are stored; give it up to
 # http.request_timeout plus storing time with `docker run --stop-timeout 90` (the default is 10 s).

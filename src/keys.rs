@@ -1,8 +1,7 @@
 //! The keys of `[encryption]`, read from their files or environment variables and assembled into
-//! the store's [`Sealer`]; and the database's [`Location`], with a PostgreSQL password read from
-//! `[postgres] password_file` or `password_env`. A key or password file must not be writable by
-//! other users (refused) and should not be readable by them (a warning). No message carries key
-//! material or a password. Imports `config`, `secret_file` and `store`.
+//! the store's [`Sealer`]. A key file must not be writable by other users (refused) and should not
+//! be readable by them (a warning). No message carries key material. Imports `config` and
+//! `store`.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -10,10 +9,8 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use crate::config::{EncryptionSettings, Settings};
-use crate::domain::Secret;
+use crate::config::EncryptionSettings;
 use crate::store::seal::{Key, KeyError, Keyring, Sealer};
-use crate::store::{Location, PgOptions};
 
 /// Why the configured keys could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -24,62 +21,6 @@ pub enum KeysError {
     Env { name: String, reason: String },
     #[error("encryption: {0}")]
     Keyring(KeyError),
-    #[error("postgres.{key}: {reason}")]
-    Password { key: &'static str, reason: String },
-}
-
-/// Where the database is, and warnings about how its password is kept.
-pub fn database_location(
-    settings: &Settings,
-    env: &BTreeMap<String, String>,
-) -> Result<(Location, Vec<String>), KeysError> {
-    let Some(url) = settings.database_url() else {
-        return Ok((Location::Sqlite(settings.database_path(env)), Vec::new()));
-    };
-    let (options, warnings) = postgres_options(settings, env, url)?;
-    Ok((Location::Postgres(options), warnings))
-}
-
-/// The PostgreSQL database at `url` with `[postgres]`'s password and CA file (for `database`,
-/// and for `migrate --to`), and warnings about how the password is kept.
-pub fn postgres_options(
-    settings: &Settings,
-    env: &BTreeMap<String, String>,
-    url: &str,
-) -> Result<(PgOptions, Vec<String>), KeysError> {
-    let pg = settings.postgres.as_ref();
-    let mut warnings = Vec::new();
-    let password = match (
-        pg.and_then(|p| p.password_file.as_deref()),
-        pg.and_then(|p| p.password_env.as_deref()),
-    ) {
-        (Some(path), _) => {
-            let err = |reason: String| KeysError::Password {
-                key: "password_file",
-                reason: format!("{}: {reason}", path.display()),
-            };
-            let file = crate::secret_file::read(path).map_err(|e| err(e.to_string()))?;
-            warnings.extend(file.warning("postgres.password_file", path));
-            Some(Secret::new(file.text.clone()))
-        }
-        (None, Some(name)) => Some(Secret::new(env.get(name).cloned().ok_or_else(|| {
-            KeysError::Password {
-                key: "password_env",
-                reason: format!("the variable {name} is not set"),
-            }
-        })?)),
-        (None, None) => None,
-    };
-    let ca = pg.and_then(|p| p.ssl_root_cert.clone());
-    if let Some(ca) = &ca
-        && !ca.is_file()
-    {
-        return Err(KeysError::Password {
-            key: "ssl_root_cert",
-            reason: format!("{} is not a readable file", ca.display()),
-        });
-    }
-    Ok((PgOptions::new(url.to_owned(), password, ca), warnings))
 }
 
 /// The sealer the configuration asks for, and warnings about how its keys are kept.

@@ -1,11 +1,14 @@
 //! The optional operator listener: `/metrics` in the Prometheus text format (encoded by
 //! prometheus-client) and `/healthz`. At scrape time the store answers one aggregate statement
 //! (credentials per provider and status, failing, expiring within the margin, the soonest expiry,
-//! the oldest refresh: the same on every replica of one database), and, while the table holds at
-//! most `metrics.per_credential_max` credentials, the per-credential series; counters and the
-//! last sweep come from this process's sweeps; `metrics/series.rs` registers the store's series.
-//! Served through `listener` (its timeouts, connection cap and accept backoff). Imports
-//! `config`, `domain`, `listener`, `store` and `sweep`.
+//! the oldest refresh, refresh tokens expiring within the warning window, renewals in flight: the
+//! same on every replica of one database), and, while the table holds at most
+//! `metrics.per_credential_max` credentials, the per-credential series; counters (refreshes by
+//! outcome, failed attempts by provider and class), the last sweep and the schedule's gap come
+//! from this process; `metrics/series.rs` registers the store's series. README "Metrics and
+//! health" has the table of every series; a test compares it with a scrape. Served through
+//! `listener` (its timeouts, connection cap and accept backoff). Imports `config`, `domain`,
+//! `listener`, `store` and `sweep`.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -26,13 +29,19 @@ use crate::config::Settings;
 use crate::domain::{self, Failing, UnixTime};
 use crate::listener::{self, Handler, Limits, Peer, Socket};
 use crate::store::{Store, StoreError};
-use crate::sweep::SweepSummary;
+use crate::sweep::{ErrorClass, SweepSummary, Sweeper};
 
 mod series;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    provider: String,
+    class: &'static str,
 }
 
 /// The last finished sweep.
@@ -50,15 +59,23 @@ pub struct Metrics {
 
 struct Inner {
     store: Store,
+    /// The sweeper whose failed attempts are counted.
+    sweeper: Sweeper,
+    /// The configured providers: their error counters are exported from 0.
+    providers: Vec<String>,
     refreshes: Family<OutcomeLabels, Counter>,
     sweeps: Counter,
     last_sweep: Mutex<Option<LastSweep>>,
     started_at: UnixTime,
-    /// `/healthz` fails when the last sweep is older than this (seconds).
+    /// The longest gap between two scheduled sweeps (seconds).
+    gap: i64,
+    /// `/healthz` fails when the last sweep is older than this (seconds): twice `gap`.
     stale_after: i64,
     failing: Failing,
     /// Seconds of `refresh_margin`: "expiring within the margin".
     margin: i64,
+    /// Seconds of `refresh_token_warning`: refresh tokens "expiring within the warning window".
+    refresh_token_warning: i64,
     /// Most credentials for which per-credential series are exported.
     per_credential_max: u64,
     /// The `[[proxy]]` routes' series, when the daemon serves routes.
@@ -66,19 +83,25 @@ struct Inner {
 }
 
 impl Metrics {
-    /// `stale_after`: seconds after which `/healthz` calls the sweeps stalled.
+    /// `gap`: the longest gap between two scheduled sweeps, in seconds; `/healthz` calls the
+    /// sweeps stalled once the last one is twice that old.
     #[must_use]
-    pub fn new(store: Store, stale_after: i64, settings: &Settings) -> Self {
+    pub fn new(sweeper: &Sweeper, gap: i64, settings: &Settings) -> Self {
+        let seconds = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         Self {
             inner: Arc::new(Inner {
-                store,
+                store: sweeper.store().clone(),
+                sweeper: sweeper.clone(),
+                providers: settings.providers.keys().cloned().collect(),
                 refreshes: Family::default(),
                 sweeps: Counter::default(),
                 last_sweep: Mutex::new(None),
                 started_at: domain::now(),
-                stale_after,
+                gap,
+                stale_after: gap.saturating_mul(2),
                 failing: settings.failing(),
-                margin: i64::try_from(settings.refresh_margin.as_secs()).unwrap_or(i64::MAX),
+                margin: seconds(settings.refresh_margin),
+                refresh_token_warning: seconds(settings.refresh_token_warning),
                 per_credential_max: settings.metrics.per_credential_max,
                 proxy: std::sync::OnceLock::new(),
             }),
@@ -135,6 +158,32 @@ impl Metrics {
         (refreshes, sweeps, *last)
     }
 
+    /// This process's failed attempts by provider and class: every configured provider's
+    /// classes from 0, so that a rate over them exists before the first failure.
+    fn error_counts(&self) -> Family<ErrorLabels, Counter> {
+        let inner = &self.inner;
+        let family = Family::<ErrorLabels, Counter>::default();
+        for provider in &inner.providers {
+            for class in ErrorClass::ALL {
+                family
+                    .get_or_create(&ErrorLabels {
+                        provider: provider.clone(),
+                        class: class.as_str(),
+                    })
+                    .inc_by(0);
+            }
+        }
+        for (provider, class, n) in inner.sweeper.errors().snapshot() {
+            family
+                .get_or_create(&ErrorLabels {
+                    provider,
+                    class: class.as_str(),
+                })
+                .inc_by(n);
+        }
+        family
+    }
+
     /// The exposition text.
     async fn render(&self) -> Result<String, StoreError> {
         let inner = &self.inner;
@@ -142,13 +191,33 @@ impl Metrics {
         let mut registry = Registry::with_prefix("tokenwarden");
         let (refreshes, sweeps, last_sweep) = self.sweep_snapshot();
         registry.register("refreshes", "Refresh attempts by outcome", refreshes);
+        registry.register(
+            "refresh_errors",
+            "Failed refresh attempts of this process by provider and class (rate_limited: HTTP 429)",
+            self.error_counts(),
+        );
         registry.register("sweeps", "Sweeps finished", sweeps);
+        let started = Gauge::<i64>::default();
+        started.set(inner.started_at);
+        registry.register(
+            "start_time_seconds",
+            "When this process started (Unix time)",
+            started,
+        );
+        let gap = Gauge::<i64>::default();
+        gap.set(inner.gap);
+        registry.register(
+            "sweep_gap_seconds",
+            "The longest gap between two scheduled sweeps (seconds); /healthz fails at twice it",
+            gap,
+        );
         if let Some(last) = last_sweep {
             let at = Gauge::<i64>::default();
             at.set(last.at);
             registry.register(
                 "last_sweep_timestamp_seconds",
-                "When the last sweep finished",
+                "When the last successful sweep finished (Unix time); a sweep that failed (the \
+                 database) does not count",
                 at,
             );
             let took = Gauge::<f64, AtomicU64>::default();

@@ -15,7 +15,7 @@ use crate::http::{HttpError, Transport};
 use crate::keys::{self, KeysError};
 use crate::provider::{ProviderError, Providers};
 use crate::refresh::Refresher;
-use crate::store::{Location, OpenMode, OpenOptions, Sealer, Store, StoreError};
+use crate::store::{Location, LocationError, OpenMode, OpenOptions, Sealer, Store, StoreError};
 use crate::sweep::{Policy, Sweeper};
 
 /// Why the running parts could not be put together.
@@ -29,6 +29,8 @@ pub enum StartupError {
     Provider(#[from] ProviderError),
     #[error("{0}")]
     Keys(#[from] KeysError),
+    #[error("{0}")]
+    Location(#[from] LocationError),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -45,6 +47,9 @@ pub struct Ctx {
     pub settings: Settings,
     pub env: BTreeMap<String, String>,
     pub location: Location,
+    /// Settings that work but should change (an inline secret or password, a password file
+    /// others can read): logged once telemetry is up.
+    pub warnings: Vec<String>,
 }
 
 impl Ctx {
@@ -52,14 +57,13 @@ impl Ctx {
     pub fn load(file: Option<&Path>) -> Result<Self, StartupError> {
         let env = environment();
         let settings = Settings::load(file, &env)?;
-        let (location, warnings) = keys::database_location(&settings, &env)?;
-        for warning in warnings {
-            warn!("{warning}");
-        }
+        let (location, mut warnings) = Location::from_settings(&settings, &env)?;
+        warnings.extend(settings.warnings());
         Ok(Self {
             settings,
             env,
             location,
+            warnings,
         })
     }
 

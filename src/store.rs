@@ -5,16 +5,22 @@
 //! PostgreSQL (`migrate --to`).
 //! Every token passes the store's [`Sealer`] (`seal`) on its way in and out, here, above the SQL,
 //! so both backends see only stored (sealed) text; `rekey` reports and changes which key seals
-//! which row. The statements both dialects accept are written once (`transactions.rs`, compiled
-//! into each backend); `batch` carries many rows into one statement as a bound JSON array.
-//! Imports `domain` only.
+//! which row. Below the `Store`, one interface to either database (`backend`: `Db` gives write
+//! transactions and read connections); the transactions are written once against it
+//! (`transactions`), each statement a `statement` both drivers run; the statements whose text
+//! differs sit side by side in `dialect`; `batch` carries many rows into one statement as a bound
+//! JSON array; `location` says where the database is (read from the settings). Imports
+//! `domain`, and `config` and `secret_file` for `location`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod backend;
 mod batch;
 mod claim;
+mod dialect;
 mod leases;
+mod location;
 mod lookup;
 mod postgres;
 mod records;
@@ -22,36 +28,28 @@ mod rekey;
 mod schema;
 pub mod seal;
 mod sqlite;
+mod statement;
+mod transactions;
 mod transfer;
 mod writer;
 
 pub use claim::{ClaimByName, Failure, FailureDetail, Refreshed, Stored};
 pub use leases::{HeldElsewhere, HeldLease};
+pub use location::{Location, LocationError, PgOptions, postgres_options};
 pub use lookup::TokenState;
-pub use postgres::PgOptions;
 pub use records::{
-    Aggregate, Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim,
-    RevocationClaimed, RevocationResult, RotationRecord, TokenRow,
+    Aggregate, AggregateWindow, Authorized, AuthorizedAs, CredentialSummary, NewCredential,
+    RevocationClaim, RevocationClaimed, RevocationResult, RotationRecord,
 };
 pub use rekey::{ColumnUsage, KeyUsage, Pass, Target};
 pub use seal::Sealer;
 pub use transfer::{Copied, TransferError};
 
 use crate::domain::Unreadable;
+use backend::Db;
 
 /// What a transaction asks the store to do to a row it read (open its tokens) before going on.
 pub(crate) type Open<'a, T> = dyn Fn(T) -> T + Sync + 'a;
-
-/// Runs `$body` with `$db` bound to whichever backend `$store` has.
-macro_rules! on_backend {
-    ($store:expr, $db:ident => $body:expr) => {
-        match &$store.backend {
-            $crate::store::Backend::Sqlite($db) => $body,
-            $crate::store::Backend::Postgres($db) => $body,
-        }
-    };
-}
-pub(crate) use on_backend;
 
 /// Why the database could not be used. Messages never carry a token: every value is bound.
 #[derive(Debug, thiserror::Error)]
@@ -107,24 +105,6 @@ pub enum OpenMode {
     MustExist,
 }
 
-/// Where the database is: a SQLite file, or a PostgreSQL server.
-#[derive(Debug, Clone)]
-pub enum Location {
-    Sqlite(PathBuf),
-    Postgres(PgOptions),
-}
-
-impl Location {
-    /// How the database is named in messages: the file, or the URL without its password.
-    #[must_use]
-    pub fn shown(&self) -> String {
-        match self {
-            Self::Sqlite(path) => path.display().to_string(),
-            Self::Postgres(pg) => pg.shown(),
-        }
-    }
-}
-
 /// How a store is opened, besides where.
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
@@ -134,17 +114,10 @@ pub struct OpenOptions {
     pub connections: u32,
 }
 
-/// One of the two implementations of the store's SQL.
-#[derive(Debug, Clone)]
-pub(crate) enum Backend {
-    Sqlite(sqlite::Db),
-    Postgres(postgres::Db),
-}
-
 /// A handle on the database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    backend: Backend,
+    db: Db,
     /// Successful refreshes on their way to the backend's group commit (see `writer`).
     jobs: tokio::sync::mpsc::UnboundedSender<writer::StoreJob>,
     /// Seals every token written and opens every token read.
@@ -159,22 +132,9 @@ impl Store {
         options: &OpenOptions,
         sealer: Sealer,
     ) -> Result<Self, StoreError> {
-        let (backend, jobs) = match location {
-            Location::Sqlite(path) => {
-                let secure_delete = sealer.keyring().is_some();
-                let (db, jobs) = sqlite::Db::open(path, options, secure_delete).await?;
-                (Backend::Sqlite(db), jobs)
-            }
-            Location::Postgres(pg) => {
-                let (db, jobs) = postgres::Db::open(pg, options).await?;
-                (Backend::Postgres(db), jobs)
-            }
-        };
-        Ok(Self {
-            backend,
-            jobs,
-            sealer,
-        })
+        let secure_delete = sealer.keyring().is_some();
+        let (db, jobs) = Db::open(location, options, secure_delete).await?;
+        Ok(Self { db, jobs, sealer })
     }
 
     /// The keys tokens are sealed with, if any.
@@ -186,16 +146,13 @@ impl Store {
     /// Which backend this is: `sqlite` or `postgres`.
     #[must_use]
     pub fn backend(&self) -> &'static str {
-        match self.backend {
-            Backend::Sqlite(_) => "sqlite",
-            Backend::Postgres(_) => "postgres",
-        }
+        self.db.name()
     }
 
     /// Milliseconds this host's clock is ahead of the database server's (negative: behind),
     /// measured against the middle of the round trip. 0 for SQLite: its file has no clock.
     pub async fn clock_skew_ms(&self) -> Result<i64, StoreError> {
-        let Backend::Postgres(db) = &self.backend else {
+        let Db::Postgres(db) = &self.db else {
             return Ok(0);
         };
         let before = crate::domain::now_ms();
@@ -216,33 +173,31 @@ impl Store {
 
     /// The migrations this binary knows and those the database has applied.
     pub async fn migrations(&self) -> Result<Migrations, StoreError> {
-        let migrator = match self.backend {
-            Backend::Sqlite(_) => &sqlite::MIGRATOR,
-            Backend::Postgres(_) => &postgres::MIGRATOR,
-        };
-        let known = migrator
+        let known = self
+            .db
+            .migrator()
             .iter()
             .map(|m| (m.version, m.description.to_string()))
             .collect();
-        let applied = on_backend!(self, db => db.applied_migrations().await)?;
+        let applied = self.db.applied_migrations().await?;
         Ok(Migrations { known, applied })
     }
 
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        on_backend!(self, db => db.ping().await)
+        self.db.ping().await
     }
 
     /// Closes the connections sitting idle in the pool; the next query opens one again. Each holds
     /// resources (for SQLite a thread and a page cache, and the WAL is checkpointed when the last
     /// one closes): the daemon calls this after every sweep, so that between sweeps it holds none.
     pub async fn close_idle(&self) {
-        on_backend!(self, db => db.close_idle().await);
+        self.db.close_idle().await;
     }
 
     /// Closes every connection (for SQLite, checkpointing the WAL).
     pub async fn close(&self) {
-        on_backend!(self, db => db.close().await);
+        self.db.close().await;
     }
 }
 

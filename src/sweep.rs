@@ -3,8 +3,9 @@
 //! claim leaves none free to claim: `claiming`), refresh each with bounded concurrency (and each
 //! provider's `max_concurrency` and `rate_limit`: `limits`, `handle`), decide what each outcome
 //! comes to (`settle`, pure), store, log and alert it (`record`); then retry pending revocations
-//! (`revocation`). Its tunables are `policy`, its counts `summary`. Imports `config`, `domain`,
-//! `holder`, `provider`, `refresh`, `revoke`, `store` and `alerts`.
+//! (`revocation`). Its tunables are `policy`, its counts `summary`, its failed attempts per provider
+//! and class `errors`. Imports `config`, `domain`, `holder`, `provider`, `refresh`, `revoke`,
+//! `store` and `alerts`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use tracing::{error, info, warn};
 
 mod claim_size;
 mod claiming;
+mod errors;
 mod handle;
 mod holders;
 mod limits;
@@ -25,6 +27,7 @@ mod revocation;
 mod settle;
 mod summary;
 
+pub use errors::{ErrorClass, ErrorTally};
 pub use policy::Policy;
 pub use revocation::{RetrySummary, RevokeError, Revoked, Settled};
 pub use summary::{Handled, NamedRefresh, SweepSummary};
@@ -70,6 +73,8 @@ struct Inner {
     warned_short_lived: Mutex<HashSet<i64>>,
     /// Each provider's `max_concurrency` and `rate_limit` for the sweep's requests.
     limits: limits::Limits,
+    /// Failed attempts per provider and class, for the metrics.
+    errors: ErrorTally,
 }
 
 impl Sweeper {
@@ -97,6 +102,7 @@ impl Sweeper {
                 alerter,
                 warned_short_lived: Mutex::default(),
                 limits,
+                errors: ErrorTally::default(),
             }),
         }
     }
@@ -104,6 +110,12 @@ impl Sweeper {
     #[must_use]
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// This process's failed attempts so far, per provider and class.
+    #[must_use]
+    pub fn errors(&self) -> &ErrorTally {
+        &self.inner.errors
     }
 
     /// Refreshes every credential due now, at most once each. Stops claiming when `cancel` fires,

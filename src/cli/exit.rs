@@ -9,7 +9,7 @@ use crate::keys::KeysError;
 use crate::lifecycle::AuthorizeError;
 use crate::provider::ProviderError;
 use crate::startup::StartupError;
-use crate::store::{StoreError, TransferError};
+use crate::store::{LocationError, StoreError, TransferError};
 use crate::sweep::RevokeError;
 
 /// Success.
@@ -89,7 +89,11 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
             // The issuer may be back in a moment: not a configuration error, so systemd retries.
             return REFRESH_FAILED;
         }
-        if cause.is::<ConfigError>() || cause.is::<ProviderError>() || cause.is::<KeysError>() {
+        if cause.is::<ConfigError>()
+            || cause.is::<ProviderError>()
+            || cause.is::<KeysError>()
+            || cause.is::<LocationError>()
+        {
             return CONFIG;
         }
         if let Some(e) = cause.downcast_ref::<StoreError>() {

@@ -4,7 +4,6 @@ use tracing::warn;
 
 use super::exit;
 use crate::domain;
-use crate::keys;
 use crate::startup::Ctx;
 use crate::store::{Location, OpenMode, OpenOptions, PgOptions, Sealer, Store, TransferError};
 
@@ -15,7 +14,7 @@ pub(super) async fn migrate(ctx: &Ctx, to: &str) -> anyhow::Result<u8> {
     if !PgOptions::is_url(to) || url::Url::parse(to).is_err() {
         return Err(TransferError::NotPostgresUrl.into());
     }
-    let (pg, warnings) = keys::postgres_options(&ctx.settings, &ctx.env, to)?;
+    let (pg, warnings) = crate::store::postgres_options(&ctx.settings, &ctx.env, to)?;
     for warning in warnings {
         warn!("{warning}");
     }

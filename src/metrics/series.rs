@@ -2,13 +2,15 @@
 //! replica of one database) and, up to `metrics.per_credential_max` credentials, one set per
 //! credential.
 
+use std::collections::BTreeMap;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::domain::{Status, UnixTime};
-use crate::store::StoreError;
+use crate::store::{Aggregate, AggregateWindow, StoreError};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CredentialLabels {
@@ -34,6 +36,56 @@ struct StatusLabels {
     status: String,
 }
 
+/// A per-provider series of the aggregate statement: name, help, its figure in one row.
+type Series<T> = (&'static str, &'static str, fn(&Aggregate) -> T);
+
+/// The per-provider counts of the aggregate statement: name, help, the figure (summed over
+/// statuses).
+const COUNTS: [Series<i64>; 4] = [
+    (
+        "credentials_failing",
+        "Active credentials counted as failing (retry.failing_after_failures / failing_after)",
+        |a| a.failing,
+    ),
+    (
+        "credentials_expiring_within_margin",
+        "Credentials not disabled whose access token expires within refresh_margin (or expired)",
+        |a| a.expiring,
+    ),
+    (
+        "refresh_tokens_expiring_within_warning",
+        "Credentials not disabled whose refresh token's known absolute expiry falls within \
+         refresh_token_warning (or passed): re-authorize them",
+        |a| a.refresh_token_expiring,
+    ),
+    (
+        "renewals_in_flight",
+        "Credentials claimed under a lease that has not run out: refreshes in flight, by any \
+         replica or CLI process",
+        |a| a.renewals_in_flight,
+    ),
+];
+
+/// The per-provider earliest times of the aggregate statement: name, help, the time (the
+/// earliest over statuses).
+const TIMES: [Series<Option<UnixTime>>; 3] = [
+    (
+        "access_token_soonest_expiry_timestamp_seconds",
+        "The soonest access-token expiry among credentials not disabled (Unix time)",
+        |a| a.soonest_expiry,
+    ),
+    (
+        "oldest_refresh_timestamp_seconds",
+        "The oldest last successful refresh among credentials not disabled (Unix time)",
+        |a| a.oldest_refresh,
+    ),
+    (
+        "refresh_token_soonest_expiry_timestamp_seconds",
+        "The soonest known refresh-token absolute expiry among credentials not disabled (Unix time)",
+        |a| a.refresh_token_soonest_expiry,
+    ),
+];
+
 impl super::Metrics {
     /// The table-wide series, from one aggregate statement; returns how many credentials there
     /// are.
@@ -45,16 +97,20 @@ impl super::Metrics {
         let inner = &self.inner;
         let rows = inner
             .store
-            .aggregates(now, now.saturating_add(inner.margin), inner.failing)
+            .aggregates(
+                now,
+                AggregateWindow {
+                    access_token_by: now.saturating_add(inner.margin),
+                    refresh_token_by: now.saturating_add(inner.refresh_token_warning),
+                },
+                inner.failing,
+            )
             .await?;
         let credentials = Family::<ProviderStatusLabels, Gauge>::default();
-        let failing = Family::<ProviderLabels, Gauge>::default();
-        let expiring = Family::<ProviderLabels, Gauge>::default();
-        let soonest = Family::<ProviderLabels, Gauge>::default();
-        let oldest = Family::<ProviderLabels, Gauge>::default();
+        let counts = COUNTS.map(|_| Family::<ProviderLabels, Gauge>::default());
+        let times = TIMES.map(|_| Family::<ProviderLabels, Gauge>::default());
         let mut total = 0;
-        let mut firsts: std::collections::BTreeMap<&str, (Option<i64>, Option<i64>)> =
-            std::collections::BTreeMap::new();
+        let mut firsts: BTreeMap<&str, [Option<UnixTime>; TIMES.len()]> = BTreeMap::new();
         for row in &rows {
             total += row.credentials;
             let provider = ProviderLabels {
@@ -66,21 +122,22 @@ impl super::Metrics {
                     status: row.status.clone(),
                 })
                 .set(row.credentials);
-            failing.get_or_create(&provider).inc_by(row.failing);
-            expiring.get_or_create(&provider).inc_by(row.expiring);
+            for ((_, _, count), family) in COUNTS.iter().zip(&counts) {
+                family.get_or_create(&provider).inc_by(count(row));
+            }
             let entry = firsts.entry(&row.provider).or_default();
-            entry.0 = earliest(entry.0, row.soonest_expiry);
-            entry.1 = earliest(entry.1, row.oldest_refresh);
+            for ((_, _, time), first) in TIMES.iter().zip(entry.iter_mut()) {
+                *first = earliest(*first, time(row));
+            }
         }
-        for (provider, (expiry, refresh)) in firsts {
+        for (provider, firsts) in firsts {
             let labels = ProviderLabels {
                 provider: provider.to_owned(),
             };
-            if let Some(at) = expiry {
-                soonest.get_or_create(&labels).set(at);
-            }
-            if let Some(at) = refresh {
-                oldest.get_or_create(&labels).set(at);
+            for (at, family) in firsts.into_iter().zip(&times) {
+                if let Some(at) = at {
+                    family.get_or_create(&labels).set(at);
+                }
             }
         }
         registry.register(
@@ -88,26 +145,12 @@ impl super::Metrics {
             "Credentials by provider and stored status (table-wide: the same on every replica)",
             credentials,
         );
-        registry.register(
-            "credentials_failing",
-            "Active credentials counted as failing (retry.failing_after_failures / failing_after)",
-            failing,
-        );
-        registry.register(
-            "credentials_expiring_within_margin",
-            "Credentials not disabled whose access token expires within refresh_margin (or expired)",
-            expiring,
-        );
-        registry.register(
-            "access_token_soonest_expiry_timestamp_seconds",
-            "The soonest access-token expiry among credentials not disabled (Unix time)",
-            soonest,
-        );
-        registry.register(
-            "oldest_refresh_timestamp_seconds",
-            "The oldest last successful refresh among credentials not disabled (Unix time)",
-            oldest,
-        );
+        for ((name, help, _), family) in COUNTS.iter().zip(counts) {
+            registry.register(*name, *help, family);
+        }
+        for ((name, help, _), family) in TIMES.iter().zip(times) {
+            registry.register(*name, *help, family);
+        }
         Ok(total)
     }
 

@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use super::seal::{Column, Place, Sealer};
 use super::writer::StoreJob;
-use super::{Store, StoreError, on_backend};
+use super::{Store, StoreError};
 use crate::domain::{
     Claimed, GrantType, Outcome, Secret, Status, TokenSet, Trigger, UnixTime, Unreadable,
 };
@@ -145,9 +145,10 @@ impl Store {
         trigger: Trigger,
     ) -> Result<Vec<Claimed>, StoreError> {
         let open = |row: ClaimRow| row.open(&self.sealer);
-        let rows = on_backend!(self, db => db
+        let rows = self
+            .db
             .claim_due(owner, now, lease_until, limit, sweep_start, trigger, &open)
-            .await)?;
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(row, attempt)| row.into_claimed(attempt))
@@ -163,9 +164,10 @@ impl Store {
         lease_until: UnixTime,
     ) -> Result<ClaimByName, StoreError> {
         let open = |row: ClaimRow| row.open(&self.sealer);
-        let found = on_backend!(self, db => db
+        let found = self
+            .db
             .claim_by_name(name, owner, now, lease_until, &open)
-            .await)?;
+            .await?;
         Ok(match found {
             Ok((row, attempt)) => ClaimByName::Claimed(row.into_claimed(attempt)),
             Err(None) => ClaimByName::NotFound,
@@ -252,9 +254,9 @@ impl Store {
         failure: &Failure<'_>,
     ) -> Result<Stored, StoreError> {
         let stored = claimed.stored_refresh_token.as_ref();
-        on_backend!(self, db => db
+        self.db
             .store_failure(claimed.id, stored, claimed.attempt_id, owner, now, failure)
-            .await)
+            .await
     }
 
     /// Gives back a claim that was never attempted (shutdown), dropping its journal entry.
@@ -269,7 +271,7 @@ impl Store {
             return Ok(());
         }
         let claims: Vec<(i64, i64)> = claimed.iter().map(|c| (c.id, c.attempt_id)).collect();
-        on_backend!(self, db => db.release(&claims, owner).await)
+        self.db.release(&claims, owner).await
     }
 }
 

@@ -2,7 +2,7 @@
 //! process that died can be ended at once), how many credentials other processes hold now, and
 //! whether any due credential is still free to claim.
 
-use super::{Store, StoreError, on_backend};
+use super::{Store, StoreError};
 use crate::domain::UnixTime;
 
 /// A lease held now.
@@ -32,7 +32,7 @@ impl Store {
         me: &str,
         now: UnixTime,
     ) -> Result<Vec<HeldLease>, StoreError> {
-        on_backend!(self, db => db.leases_with_prefix(prefix, me, now).await)
+        self.db.leases_with_prefix(prefix, me, now).await
     }
 
     /// Ends the leases of holders known to be gone, so that their credentials can be claimed now.
@@ -41,7 +41,7 @@ impl Store {
         if gone.is_empty() {
             return Ok(0);
         }
-        on_backend!(self, db => db.end_leases(gone, now).await)
+        self.db.end_leases(gone, now).await
     }
 
     /// Active credentials due before `due_before` that processes other than `me` hold at `now`.
@@ -51,7 +51,7 @@ impl Store {
         now: UnixTime,
         due_before: UnixTime,
     ) -> Result<HeldElsewhere, StoreError> {
-        on_backend!(self, db => db.held_elsewhere(me, now, due_before).await)
+        self.db.held_elsewhere(me, now, due_before).await
     }
 
     /// Whether an active credential due before `due_before` is claimable at `now`, row locks
@@ -62,6 +62,6 @@ impl Store {
         now: UnixTime,
         due_before: UnixTime,
     ) -> Result<bool, StoreError> {
-        on_backend!(self, db => db.any_claimable(now, due_before).await)
+        self.db.any_claimable(now, due_before).await
     }
 }

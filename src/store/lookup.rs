@@ -3,7 +3,7 @@
 
 use sqlx::FromRow;
 
-use super::{Store, StoreError, on_backend};
+use super::{Store, StoreError};
 use crate::domain::{Secret, Status, UnixTime};
 
 /// A credential's current access token, and what decides whether it must be renewed first.
@@ -31,7 +31,7 @@ pub struct TokenState {
 impl Store {
     /// The current token of `name`, opened (when sealed), if there is such a credential.
     pub async fn token_state(&self, name: &str) -> Result<Option<TokenState>, StoreError> {
-        let row = on_backend!(self, db => db.token_state(name).await)?;
+        let row = self.db.token_state(name).await?;
         let Some(mut row) = row else {
             return Ok(None);
         };
@@ -43,7 +43,7 @@ impl Store {
 
     /// The names of `owner`'s credentials at `provider` that are not disabled, by name.
     pub async fn owned_by(&self, provider: &str, owner: &str) -> Result<Vec<String>, StoreError> {
-        on_backend!(self, db => db.owned_by(provider, owner).await)
+        self.db.owned_by(provider, owner).await
     }
 
     /// Refuses a credential for `owner` at `provider` when another one (not named `name`, not

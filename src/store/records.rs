@@ -5,7 +5,7 @@
 use sqlx::FromRow;
 
 use super::seal::{Column, Place};
-use super::{Store, StoreError, on_backend};
+use super::{Store, StoreError};
 use crate::domain::{GrantType, Outcome, Secret, Status, TokenSet, UnixTime, Unreadable};
 
 /// A credential to import.
@@ -53,17 +53,6 @@ pub struct CredentialSummary {
     pub refresh_token_key: Option<String>,
     /// The same for the access token.
     pub access_token_key: Option<String>,
-}
-
-/// The current access token of one credential.
-#[derive(Debug, FromRow)]
-pub struct TokenRow {
-    pub(super) id: i64,
-    pub status: String,
-    /// Opened, when it was sealed.
-    pub access_token: Option<Secret>,
-    pub token_type: Option<String>,
-    pub access_token_expires_at: Option<i64>,
 }
 
 /// One journaled refresh attempt.
@@ -178,6 +167,23 @@ pub struct Aggregate {
     pub soonest_expiry: Option<UnixTime>,
     /// The oldest last successful refresh of those not disabled (never-refreshed ones left out).
     pub oldest_refresh: Option<UnixTime>,
+    /// Not disabled, and the refresh token's known absolute expiry is at or before the window's
+    /// `refresh_token_by`.
+    pub refresh_token_expiring: i64,
+    /// The soonest known refresh-token expiry of those not disabled.
+    pub refresh_token_soonest_expiry: Option<UnixTime>,
+    /// Claimed under a lease that has not run out: a refresh in flight (sweep or on-demand).
+    pub renewals_in_flight: i64,
+}
+
+/// The horizons of [`Store::aggregates`]' "expiring" counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggregateWindow {
+    /// Access tokens expiring at or before this count as expiring (`now + refresh_margin`).
+    pub access_token_by: UnixTime,
+    /// Refresh tokens expiring at or before this count as expiring (`now +
+    /// refresh_token_warning`).
+    pub refresh_token_by: UnixTime,
 }
 
 impl Store {
@@ -191,7 +197,7 @@ impl Store {
     ) -> Result<AuthorizedAs, StoreError> {
         let seal = |id| self.stored_pair(id, a.name, a.tokens);
         let fingerprint = |id, stored: &Secret| self.fingerprint_of(id, a.name, stored);
-        on_backend!(self, db => db.store_authorized(a, now, &seal, &fingerprint).await)
+        self.db.store_authorized(a, now, &seal, &fingerprint).await
     }
 
     /// A token set's access and refresh tokens in their stored form for credential `id`/`name`.
@@ -230,9 +236,10 @@ impl Store {
         lease_until: UnixTime,
     ) -> Result<RevocationClaimed, StoreError> {
         let open = |claim| self.open_revocation(claim);
-        let found = on_backend!(self, db => db
+        let found = self
+            .db
             .claim_for_revocation(name, owner, now, lease_until, &open)
-            .await)?;
+            .await?;
         Ok(match found {
             Ok(claim) => RevocationClaimed::Claimed(claim),
             Err(true) => RevocationClaimed::Busy,
@@ -249,9 +256,9 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<RevocationClaim>, StoreError> {
         let open = |claim| self.open_revocation(claim);
-        on_backend!(self, db => db
+        self.db
             .claim_pending_revocations(owner, now, lease_until, limit, &open)
-            .await)
+            .await
     }
 
     /// Opens a revocation claim's tokens, keeping what was stored for the compare-and-swap. A
@@ -291,7 +298,7 @@ impl Store {
         claim: &RevocationClaim,
         owner: &str,
     ) -> Result<(), StoreError> {
-        on_backend!(self, db => db.release_revocation(claim.id, owner).await)
+        self.db.release_revocation(claim.id, owner).await
     }
 
     /// Stores how a revocation ended and journals it (trigger `trigger`), in one transaction.
@@ -304,9 +311,9 @@ impl Store {
         duration_ms: i64,
         result: RevocationResult<'_>,
     ) -> Result<(), StoreError> {
-        on_backend!(self, db => db
+        self.db
             .settle_revocation(claim, owner, trigger, now, duration_ms, result)
-            .await)
+            .await
     }
 
     /// Imports a credential, due at once. With `replace`, an existing credential of that name gets
@@ -325,36 +332,24 @@ impl Store {
             };
             c.refresh_token.map(|t| self.sealer.to_stored(place, t))
         };
-        on_backend!(self, db => db.add(c, replace, now, &seal).await)
+        self.db.add(c, replace, now, &seal).await
     }
 
     /// Figures per provider and status over the whole table, in one aggregate statement:
-    /// `expiring` counts access tokens expiring at or before `expiring_by`; `failing` is judged at
-    /// `now`.
+    /// `expiring` and `refresh_token_expiring` count tokens expiring at or before the `window`'s
+    /// horizons; `failing` and the claims in flight are judged at `now`.
     pub async fn aggregates(
         &self,
         now: UnixTime,
-        expiring_by: UnixTime,
+        window: AggregateWindow,
         failing: crate::domain::Failing,
     ) -> Result<Vec<Aggregate>, StoreError> {
-        on_backend!(self, db => db.aggregates(now, expiring_by, failing).await)
+        self.db.aggregates(now, window, failing).await
     }
 
     /// Every credential, by name, without tokens.
     pub async fn summaries(&self) -> Result<Vec<CredentialSummary>, StoreError> {
-        on_backend!(self, db => db.summaries().await)
-    }
-
-    /// The stored access token of `name` (opened), if there is such a credential.
-    pub async fn token(&self, name: &str) -> Result<Option<TokenRow>, StoreError> {
-        let row = on_backend!(self, db => db.token(name).await)?;
-        let Some(mut row) = row else {
-            return Ok(None);
-        };
-        if let Some(stored) = row.access_token.take() {
-            row.access_token = Some(self.open_access_token(row.id, name, &stored)?);
-        }
-        Ok(Some(row))
+        self.db.summaries().await
     }
 
     /// The access token of row `id` (credential `name`), opened from its stored form.
@@ -380,7 +375,7 @@ impl Store {
 
     /// Whether a credential called `name` exists.
     pub async fn exists(&self, name: &str) -> Result<bool, StoreError> {
-        on_backend!(self, db => db.exists(name).await)
+        self.db.exists(name).await
     }
 
     /// The newest `limit` journal entries, of one credential or all, oldest first.
@@ -389,7 +384,7 @@ impl Store {
         name: Option<&str>,
         limit: u32,
     ) -> Result<Vec<RotationRecord>, StoreError> {
-        let mut rows = on_backend!(self, db => db.rotations(name, limit).await)?;
+        let mut rows = self.db.rotations(name, limit).await?;
         rows.reverse();
         Ok(rows)
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::FromRow;
 
 use super::seal::{self, Column, HEAD_LEN, Place, Sealer};
-use super::{Store, StoreError, on_backend};
+use super::{Store, StoreError};
 use crate::domain::{self, Secret};
 
 /// Rows re-sealed per transaction.
@@ -176,7 +176,7 @@ impl Store {
     }
 
     async fn column_usage(&self, column: Column) -> Result<ColumnUsage, StoreError> {
-        let rows = on_backend!(self, db => db.heads(column).await)?;
+        let rows = self.db.heads(column).await?;
         let mut usage = ColumnUsage::default();
         for (head, n) in rows {
             match head_key_id(&head) {
@@ -192,7 +192,7 @@ impl Store {
     async fn key_ids_in(&self, column: Column) -> Result<Vec<String>, StoreError> {
         let mut after = seal::PREFIX.to_owned();
         let mut ids = Vec::new();
-        while let Some(head) = on_backend!(self, db => db.next_head(column, &after).await)? {
+        while let Some(head) = self.db.next_head(column, &after).await? {
             if let Some(id) = head_key_id(&head) {
                 ids.push(id.to_owned());
             }
@@ -203,13 +203,13 @@ impl Store {
 
     /// Whether any value in `column` is plaintext: two index seeks.
     async fn has_plaintext(&self, column: Column) -> Result<bool, StoreError> {
-        on_backend!(self, db => db.has_plaintext(column).await)
+        self.db.has_plaintext(column).await
     }
 
     /// "N credentials: a, b, c, …" sealed (in either column) under key `id`.
     async fn rows_under(&self, id: &str) -> Result<String, StoreError> {
         let head = format!("{}{id}:", seal::PREFIX);
-        let names = on_backend!(self, db => db.names_under(&head).await)?;
+        let names = self.db.names_under(&head).await?;
         let shown: Vec<&str> = names.iter().take(NAMED).map(String::as_str).collect();
         let more = if names.len() > NAMED { ", …" } else { "" };
         let plural = if names.len() == 1 { "" } else { "s" };
@@ -251,9 +251,10 @@ impl Store {
                 Reformed::Write { refresh, access }
             };
             let current = current.as_deref();
-            let last = on_backend!(self, db => db
+            let last = self
+                .db
                 .reseal_batch(target, after, current, seal_access, BATCH, &mut reform_row)
-                .await)?;
+                .await?;
             let Some(last) = last else {
                 return Ok(pass);
             };

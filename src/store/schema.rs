@@ -6,9 +6,12 @@
 //! unlock, about ten round trips before the first statement of the command. In every other case
 //! (a new database, a migration to apply, one recorded dirty, changed or unknown, a table that
 //! cannot be read) it runs as before, under its lock, and decides: applies what is missing, or
-//! refuses with its own error. Imports nothing of the crate.
+//! refuses with its own error. Imports `statement` only.
 
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::{Decode, Row, Type};
+
+use super::statement::Conn;
 
 /// One row of `_sqlx_migrations`, as the fast path reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,10 +21,56 @@ pub(super) struct Recorded {
     pub success: bool,
 }
 
+/// Brings the schema on `conn` up to date: one read of `_sqlx_migrations` when it already is
+/// ([`up_to_date`]), else the migrator as it always ran, with its lock and its refusals.
+pub(super) async fn migrate(conn: Conn<'_>, migrator: &Migrator) -> Result<(), MigrateError> {
+    // Any error here (no table yet, a column of another type) leaves the decision to the migrator.
+    match conn {
+        Conn::Sqlite(conn) => {
+            let rows = sqlx::raw_sql(RECORDED).fetch_all(&mut *conn).await;
+            if rows_up_to_date(migrator, rows) {
+                return Ok(());
+            }
+            migrator.run(conn).await
+        }
+        Conn::Postgres(conn) => {
+            let rows = sqlx::raw_sql(RECORDED).fetch_all(&mut *conn).await;
+            if rows_up_to_date(migrator, rows) {
+                return Ok(());
+            }
+            migrator.run(conn).await
+        }
+    }
+}
+
+/// Whether `rows` (of [`RECORDED`]) could be read and say [`up_to_date`].
+fn rows_up_to_date<R>(migrator: &Migrator, rows: Result<Vec<R>, sqlx::Error>) -> bool
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let Ok(rows) = rows else {
+        return false;
+    };
+    let recorded: Result<Vec<Recorded>, sqlx::Error> = rows
+        .iter()
+        .map(|row| {
+            Ok(Recorded {
+                version: row.try_get(0)?,
+                checksum: row.try_get(1)?,
+                success: row.try_get(2)?,
+            })
+        })
+        .collect();
+    recorded.is_ok_and(|recorded| up_to_date(migrator, &recorded))
+}
+
 /// Reads every recorded migration, oldest first; `$1`-free, so that it goes in one round trip
 /// (PostgreSQL's simple protocol: nothing to prepare).
-pub(super) const RECORDED: &str =
-    "SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version";
+const RECORDED: &str = "SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version";
 
 /// Whether the migrator has nothing to do with a database that records `recorded`: exactly this
 /// binary's migrations (the up ones), each successful and with the same checksum.

@@ -2,8 +2,9 @@
 //! timeout, foreign keys; migrated from `migrations/sqlite`. Every write transaction of this
 //! process enters through [`Db::write`]: it queues on one mutex, then `BEGIN IMMEDIATE`, so that
 //! transactions of this process wait in order instead of in SQLite's sleeping busy handler
-//! (`busy_timeout` is then only ever spent on other processes). The claims are plain `UPDATE …
-//! RETURNING`: the write lock already makes each claim exclusive.
+//! (`busy_timeout` is then only ever spent on other processes). Its statements where the
+//! dialects differ are `dialect::SQLITE`: the claims are plain `UPDATE … RETURNING`, the write
+//! lock already makes each claim exclusive.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,11 +13,10 @@ use std::time::Duration;
 use sqlx::ConnectOptions;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::{OpenMode, OpenOptions, sql_reason};
-
-type Conn = sqlx::SqliteConnection;
+use super::statement::Conn;
+use super::{OpenMode, OpenOptions, StoreError, schema, sql_reason};
 
 /// The schema's migrations, embedded.
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -33,19 +33,18 @@ pub(crate) struct Db {
 
 /// A write transaction, holding this process's place in the write queue until it ends.
 pub(super) struct Write {
-    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    pub(super) tx: sqlx::Transaction<'static, sqlx::Sqlite>,
     _queued: OwnedMutexGuard<()>,
 }
 
 impl Db {
-    /// Opens (creating it 0600 when allowed) and migrates the file at `path`, and starts the
-    /// group writer. `secure_delete` zeroes deleted content (with a key, so that a token once
+    /// Opens (creating it 0600 when allowed) and migrates the file at `path`. `secure_delete` zeroes deleted content (with a key, so that a token once
     /// stored as plaintext leaves no copy in the file's free space).
     pub(super) async fn open(
         path: &Path,
         options: &OpenOptions,
         secure_delete: bool,
-    ) -> Result<(Self, mpsc::UnboundedSender<StoreJob>), StoreError> {
+    ) -> Result<Self, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: path.to_owned(),
             reason,
@@ -92,7 +91,7 @@ impl Db {
         let mut attempt = 1;
         loop {
             let migrated = match pool.acquire().await {
-                Ok(mut conn) => migrate_schema(&mut conn).await,
+                Ok(mut conn) => schema::migrate(Conn::Sqlite(&mut conn), &MIGRATOR).await,
                 Err(e) => Err(e.into()),
             };
             match migrated {
@@ -103,22 +102,26 @@ impl Db {
                 Err(e) => return Err(open_err(format!("cannot migrate the schema: {e}"))),
             }
         }
-        let db = Self {
+        Ok(Self {
             pool,
             writer: Arc::default(),
-        };
-        let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(group_writer(db.clone(), queue));
-        Ok((db, jobs))
+        })
+    }
+
+    /// The pool.
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     /// A connection for the next statement: the pool's acquire, as it always was.
-    async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, sqlx::Error> {
+    pub(super) async fn read(
+        &self,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, sqlx::Error> {
         self.pool.acquire().await
     }
 
     /// The one way into a write transaction: this process's queue, then `BEGIN IMMEDIATE`.
-    async fn write(&self) -> Result<Write, StoreError> {
+    pub(super) async fn write(&self) -> Result<Write, StoreError> {
         let queued = Arc::clone(&self.writer).lock_owned().await;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(Write {
@@ -127,121 +130,6 @@ impl Db {
         })
     }
 }
-
-/// SQLite takes no row locks: the transaction's write lock already keeps every row read in it
-/// from changing before the commit.
-macro_rules! lock_rows {
-    () => {
-        ""
-    };
-}
-
-/// Run before and after a batch that replaces stored values: plaintext replaced there is zeroed
-/// wherever it was, freed overflow pages included; then back to the steady state's FAST.
-const RESEAL_PRAGMAS: Option<(&str, &str)> =
-    Some(("PRAGMA secure_delete = ON", "PRAGMA secure_delete = FAST"));
-
-include!("transactions.rs");
-
-/// SQLite takes no row locks (the write lock covers the file): nothing to lock first.
-const LOCK_GROUP: Option<&str> = None;
-
-/// Claims due credentials: `$1` owner, `$2` lease end, `$3` now, `$4` limit, `$5` sweep start.
-/// Due and out of backoff as the sweep started: a row that failed during this sweep (its backoff
-/// may end before the sweep does) waits for the next one, so one sweep sends each at most once.
-const CLAIM_DUE: &str = concat!(
-    "UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 \
-    WHERE id IN (SELECT id FROM oauth_credential \
-        WHERE status = 'active' AND refresh_due_at < $5 AND next_attempt_at <= $5 \
-          AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
-        ORDER BY refresh_due_at LIMIT $4)",
-    claim_returning!()
-);
-
-/// Claims one active credential: `$1` owner, `$2` lease end, `$3` name, `$4` now.
-const CLAIM_BY_NAME: &str = concat!(
-    "UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 \
-    WHERE name = $3 AND status = 'active' AND (lease_expires_at IS NULL OR lease_expires_at <= $4)",
-    claim_returning!()
-);
-
-/// Claims one credential for revocation, whatever its status: `$1` owner, `$2` lease end, `$3`
-/// name, `$4` now.
-const CLAIM_FOR_REVOCATION: &str = concat!(
-    "UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 \
-     WHERE name = $3 AND (lease_expires_at IS NULL OR lease_expires_at <= $4)",
-    revocation_returning!()
-);
-
-/// Claims pending revocations due again: `$1` owner, `$2` lease end, `$3` now, `$4` limit.
-/// `revoke_pending = 1`, as the partial index says, so that SQLite uses it.
-const CLAIM_PENDING_REVOCATIONS: &str = concat!(
-    "UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 \
-     WHERE id IN (SELECT id FROM oauth_credential \
-        WHERE revoke_pending = 1 AND status = 'disabled' AND next_attempt_at <= $3 \
-          AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
-        ORDER BY next_attempt_at LIMIT $4)",
-    revocation_returning!()
-);
-
-/// Marks the pending journal entries of the credentials in the array `$2` (objects with an
-/// `id`, as `batch::Started`) interrupted at `$1`; returns their credentials' ids. `+outcome`
-/// keeps SQLite on the per-credential index: after a crash the pending entries can be many.
-const JOURNAL_INTERRUPT: &str = "UPDATE token_rotation SET outcome = 'interrupted', finished_at = $1 \
-     WHERE +outcome = 'pending' \
-       AND credential_id IN (SELECT json_extract(value, '$.id') FROM json_each($2)) \
-     RETURNING credential_id";
-
-/// Opens a journal entry for each of the array `$4` (`batch::Started`): `$1` trigger, `$2`
-/// owner, `$3` now. Returns each entry's id with its credential's.
-const JOURNAL_START: &str = "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, \
-        lease_owner, started_at, old_expires_at, old_refresh_fingerprint) \
-     SELECT json_extract(value, '$.id'), json_extract(value, '$.name'), json_extract(value, '$.provider'), \
-        $1, $2, $3, json_extract(value, '$.expires_at'), json_extract(value, '$.fingerprint') \
-     FROM json_each($4) \
-     RETURNING id, credential_id";
-
-/// Stores new tokens from the array `$1` (`batch::Tokens`, distinct ids) in every row that still
-/// holds the refresh token it was claimed with; returns the ids of the rows written.
-const STORE_TOKENS: &str = "UPDATE oauth_credential SET access_token = j.access_token, token_type = j.token_type, \
-        access_token_expires_at = j.expires_at, \
-        refresh_token = COALESCE(j.refresh_token, oauth_credential.refresh_token), \
-        refresh_token_expires_at = CASE WHEN j.rotated THEN j.refresh_expires_at \
-            ELSE COALESCE(j.refresh_expires_at, oauth_credential.refresh_token_expires_at) END, \
-        refresh_due_at = j.due_at, consecutive_failures = 0, next_attempt_at = 0, last_error = NULL, \
-        instance_url = COALESCE(j.instance_url, oauth_credential.instance_url), \
-        last_refreshed_at = j.stored_at, updated_at = j.stored_at, \
-        lease_owner = CASE WHEN oauth_credential.lease_owner = j.holder THEN NULL \
-            ELSE oauth_credential.lease_owner END, \
-        lease_expires_at = CASE WHEN oauth_credential.lease_owner = j.holder THEN NULL \
-            ELSE oauth_credential.lease_expires_at END \
-     FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.stored') AS stored, \
-            json_extract(value, '$.access_token') AS access_token, \
-            json_extract(value, '$.token_type') AS token_type, \
-            json_extract(value, '$.expires_at') AS expires_at, \
-            json_extract(value, '$.refresh_token') AS refresh_token, \
-            json_extract(value, '$.refresh_expires_at') AS refresh_expires_at, \
-            json_extract(value, '$.rotated') AS rotated, json_extract(value, '$.due_at') AS due_at, \
-            json_extract(value, '$.stored_at') AS stored_at, json_extract(value, '$.holder') AS holder, \
-            json_extract(value, '$.instance_url') AS instance_url \
-          FROM json_each($1)) AS j \
-     WHERE oauth_credential.id = j.id AND oauth_credential.refresh_token IS NOT DISTINCT FROM j.stored \
-     RETURNING oauth_credential.id";
-
-/// Completes the journal entries in the array `$1` (`batch::Completed`).
-const JOURNAL_FINISH: &str = "UPDATE token_rotation SET finished_at = j.finished_at, duration_ms = j.duration_ms, \
-        outcome = j.outcome, http_status = j.http_status, new_expires_at = j.expires_at, \
-        refresh_token_rotated = j.rotated, new_refresh_fingerprint = j.refresh_fingerprint, \
-        new_access_fingerprint = j.access_fingerprint, expires_in_reported = j.reported \
-     FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.finished_at') AS finished_at, \
-            json_extract(value, '$.duration_ms') AS duration_ms, json_extract(value, '$.outcome') AS outcome, \
-            json_extract(value, '$.http_status') AS http_status, \
-            json_extract(value, '$.expires_at') AS expires_at, json_extract(value, '$.rotated') AS rotated, \
-            json_extract(value, '$.refresh_fingerprint') AS refresh_fingerprint, \
-            json_extract(value, '$.access_fingerprint') AS access_fingerprint, \
-            json_extract(value, '$.reported') AS reported \
-          FROM json_each($1)) AS j \
-     WHERE token_rotation.id = j.id";
 
 /// Creates an empty file readable by its owner only, so the -wal and -shm files SQLite makes beside
 /// it (which copy its mode) are private too, whatever the umask.

@@ -1,84 +1,22 @@
-// The transactions and reads both backends run, written once and compiled against each driver:
-// this file is `include!`d by `sqlite.rs` and `postgres.rs` (never declared as a module). Each of
-// them defines `Db` (its pool and `write()`, the one way into a write transaction), `Conn` (its
-// connection type) and the statements whose dialects differ (the claims). Every statement here is
-// accepted by both: `$n` parameters, `IS [NOT] DISTINCT FROM`, `true`/`false`.
-//
-// The statements live in `transactions/`, by what they serve: `refresh.rs` (claims, journal, the
-// group writer), `enroll.rs` (new credentials, authorized tokens), `revocation.rs`, `reads.rs`
-// (status, log, token, consumers) and `upkeep.rs` (leases, resealing, migrations, the pool).
-//
-// Values arrive and leave in their stored form (sealed text, or plaintext without a key): the
-// `Store` above opens and seals them, passing in what a transaction needs done to a row between
-// its statements (`open`, `seal`).
+//! The transactions and reads both backends run, written once against [`Db`](super::backend::Db)
+//! (`backend`): each statement is a [`sql`](super::statement::sql) text with its values bound,
+//! run on the connection `Db::write` or `Db::read` gives. Every statement here is accepted by both
+//! dialects (`$n` parameters, `IS [NOT] DISTINCT FROM`, `true`/`false`); the ones that differ come
+//! from the connection's `dialect()`.
+//!
+//! By what they serve: `refresh` (claims, journal, the group writer), `enroll` (new credentials,
+//! authorized tokens), `revocation`, `reads` (status, log, consumers) and `upkeep` (leases,
+//! resealing, migrations, the pool). Adding a statement: a method on `Db` in the module it serves,
+//! with its `///`, and the `Store` method that calls it.
+//!
+//! Values arrive and leave in their stored form (sealed text, or plaintext without a key): the
+//! `Store` above opens and seals them, passing in what a transaction needs done to a row between
+//! its statements (`open`, `seal`). Imports `domain` and the store's own modules.
 
-use std::collections::{HashMap, HashSet};
+mod enroll;
+mod reads;
+mod refresh;
+mod revocation;
+mod upkeep;
 
-use crate::domain::{Outcome, Secret, Trigger, UnixTime};
-use crate::store::claim::ClaimRow;
-use crate::store::leases::{HeldElsewhere, HeldLease};
-use crate::store::records::{
-    Aggregate, Authorized, AuthorizedAs, CredentialSummary, NewCredential, RevocationClaim, RevocationResult,
-    RotationRecord, TokenRow,
-};
-use crate::store::rekey::{Reformed, Row as RekeyRow};
-use crate::store::seal::Column;
-use crate::store::writer::{self, GROUP_MAX, StoreJob};
-use crate::store::{Failure, StoreError, Stored, batch};
-
-/// The columns a claim returns, as `ClaimRow` reads them.
-macro_rules! claim_returning {
-    () => {
-        " RETURNING id, name, provider, grant_type, scopes, refresh_token, access_token_expires_at, \
-          consecutive_failures, COALESCE(last_refreshed_at, created_at) AS last_success_at, \
-          refresh_token_expires_at, lease_expires_at, subject"
-    };
-}
-
-/// The columns a revocation claim returns, as `RevocationClaim` reads them.
-macro_rules! revocation_returning {
-    () => {
-        " RETURNING id, name, provider, status, access_token, refresh_token, access_token_expires_at, \
-          consecutive_failures"
-    };
-}
-
-/// The same statement for either token column, `c` standing for the column's name: SQL is never
-/// assembled at run time.
-macro_rules! for_column {
-    ($column:expr; $($piece:tt)*) => {
-        match $column {
-            Column::RefreshToken => concat!($(for_column!(@piece "refresh_token"; $piece)),*),
-            Column::AccessToken => concat!($(for_column!(@piece "access_token"; $piece)),*),
-        }
-    };
-    (@piece $name:literal; c) => { $name };
-    (@piece $name:literal; $text:literal) => { $text };
-}
-
-/// What a claim by name found: the claimed row and its journal entry, or the credential's status
-/// (`None`: no such credential).
-pub(in crate::store) type NameClaim = Result<(ClaimRow, (i64, bool)), Option<String>>;
-
-/// Every backend's `Write` holds its transaction in `tx`.
-impl Write {
-    fn conn(&mut self) -> &mut Conn {
-        &mut self.tx
-    }
-
-    async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
-        Ok(())
-    }
-
-    async fn rollback(self) -> Result<(), StoreError> {
-        self.tx.rollback().await?;
-        Ok(())
-    }
-}
-
-include!("transactions/refresh.rs");
-include!("transactions/enroll.rs");
-include!("transactions/revocation.rs");
-include!("transactions/reads.rs");
-include!("transactions/upkeep.rs");
+pub(in crate::store) use refresh::group_writer;

@@ -16,7 +16,7 @@ mod rows;
 
 use rows::{Rows, TABLES, Value, check_columns, column_list, compare, pg_columns, read_rows};
 
-use super::{Backend, Store, StoreError, sql_reason};
+use super::{Db, Store, StoreError, sql_reason};
 use crate::domain::UnixTime;
 
 /// Rows per INSERT statement (25 columns: far below PostgreSQL's 65,535 parameters).
@@ -90,7 +90,7 @@ impl Store {
         busy_timeout: Duration,
         now: UnixTime,
     ) -> Result<Copied, TransferError> {
-        let Backend::Postgres(db) = &self.backend else {
+        let Db::Postgres(db) = &self.db else {
             return Err(TransferError::NotPostgresUrl);
         };
         let tables = read_source(source, busy_timeout, now).await?;

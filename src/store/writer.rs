@@ -1,5 +1,5 @@
 //! Group commit for new tokens: successful refreshes queue here, and one task per backend
-//! (`group_writer` in `transactions.rs`) applies every outcome waiting at that moment in a single
+//! (`group_writer` in `transactions/refresh.rs`) applies every outcome waiting at that moment in a single
 //! transaction with a single commit (one fsync), then answers each.
 
 use tokio::sync::oneshot;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use super::settle::{self, Action, FailureWrite, Setback};
-use super::{Handled, STORE_ATTEMPTS, Sweeper, elapsed_ms};
+use super::{ErrorClass, Handled, STORE_ATTEMPTS, Sweeper, elapsed_ms};
 use crate::alerts::Event;
 use crate::domain::{self, Claimed, Outcome, TokenSet, UnixTime, Unreadable, iso8601};
 use crate::store::{Failure, FailureDetail, Refreshed, StoreError, Stored};
@@ -138,6 +138,9 @@ impl Sweeper {
         started: Instant,
     ) -> Result<Handled, StoreError> {
         let inner = &self.inner;
+        if let Some(class) = ErrorClass::of(setback.outcome, setback.http_status) {
+            inner.errors.count(&claimed.provider, class);
+        }
         let now = domain::now();
         let decided = settle::failure(
             claimed,

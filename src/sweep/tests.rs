@@ -219,7 +219,7 @@ async fn a_transient_failure_backs_off_and_keeps_the_token() {
     let again = sweep(&sweeper).await;
     assert_eq!(again.due, 0, "{again:?}");
     assert_eq!(endpoint.requests().len(), 1);
-    let token = sweeper.store().token("c").await.unwrap().unwrap();
+    let token = sweeper.store().token_state("c").await.unwrap().unwrap();
     assert!(token.access_token.is_none());
     sweeper.store().close().await;
 }
@@ -268,7 +268,7 @@ async fn a_refused_response_stores_nothing_of_it() {
     assert!(
         sweeper
             .store()
-            .token("c")
+            .token_state("c")
             .await
             .unwrap()
             .unwrap()

@@ -1,5 +1,5 @@
 //! Deployment artifacts: the systemd units and sysusers file (systemd/), the cron example, the
-//! Dockerfile and its .dockerignore. Each is checked by the tool that reads it (systemd-analyze,
+//! Dockerfile and its .dockerignore, the generated man pages and completions (`pages`), the Debian package (`debian`), the Prometheus rules and dashboard (`prometheus`). Each is checked by the tool that reads it (systemd-analyze,
 //! systemd-sysusers, hadolint) and against the real binary: the command lines they run parse, the
 //! environment they set is understood, the health check and the cron job exit and print what they
 //! promise. Nothing here needs a running systemd, cron or Docker engine. A missing tool fails its
@@ -123,5 +123,8 @@ fn assert_cli_accepts(what: &str, args: &[String]) {
 }
 
 mod cron;
+mod debian;
 mod docker;
+mod pages;
+mod prometheus;
 mod systemd;

@@ -16,6 +16,7 @@ mod harness;
 mod lifecycle;
 mod listeners;
 mod load;
+mod metrics;
 mod migrate;
 mod oauth_server;
 mod pg;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{Refreshed, Stored};
 use crate::domain::{self, Claimed, GrantType, Outcome, Secret, TokenSet, Trigger};
-use crate::store::{Location, NewCredential, OpenMode, OpenOptions, Sealer, Store, on_backend};
+use crate::store::{Location, NewCredential, OpenMode, OpenOptions, Sealer, Store};
 
 const OWNER: &str = "unit-test-owner";
 
@@ -76,7 +76,7 @@ async fn store_group(store: &Store, refreshes: &[(&Claimed, &TokenSet)]) -> Vec<
             store.store_job(claimed, OWNER, now, &r).0
         })
         .collect();
-    on_backend!(store, db => db.store_group(&jobs).await).unwrap()
+    store.db.store_group(&jobs).await.unwrap()
 }
 
 #[tokio::test]

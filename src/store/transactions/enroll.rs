@@ -1,5 +1,11 @@
-// Credentials entering the store: `add` for a new row, `store_authorized` for tokens obtained
-// by an authorization grant. Part of `transactions.rs` (`include!`d).
+//! Credentials entering the store: `add` for a new row, `store_authorized` for tokens obtained
+//! by an authorization grant.
+
+use crate::domain::{Secret, UnixTime};
+use crate::store::StoreError;
+use crate::store::backend::Db;
+use crate::store::records::{Authorized, AuthorizedAs, NewCredential};
+use crate::store::statement::sql;
 
 impl Db {
     /// Imports a credential, due at once; `seal(id)` gives its refresh token's stored form.
@@ -11,18 +17,17 @@ impl Db {
         seal: &(dyn Fn(i64) -> Option<Secret> + Sync),
     ) -> Result<(), StoreError> {
         let mut w = self.write().await?;
-        let exists: Option<(i64,)> =
-            sqlx::query_as("SELECT id FROM oauth_credential WHERE name = $1")
-                .bind(c.name)
-                .fetch_optional(w.conn())
-                .await?;
+        let exists: Option<(i64,)> = sql("SELECT id FROM oauth_credential WHERE name = $1")
+            .bind(c.name)
+            .fetch_optional(w.conn())
+            .await?;
         match (exists, replace) {
             (Some(_), false) => {
                 w.rollback().await?;
                 return Err(StoreError::Exists(c.name.to_owned()));
             }
             (Some((id,)), true) => {
-                sqlx::query(
+                sql(
                     "UPDATE oauth_credential SET provider = $1, grant_type = $2, scopes = $3, owner = $4, \
                         refresh_token = $5, access_token = NULL, token_type = NULL, access_token_expires_at = NULL, \
                         refresh_token_expires_at = NULL, status = 'active', refresh_due_at = 0, consecutive_failures = 0, \
@@ -42,7 +47,7 @@ impl Db {
             }
             (None, _) => {
                 // The row id is part of what seals the token: insert, then store it.
-                let (id,): (i64,) = sqlx::query_as(
+                let (id,): (i64,) = sql(
                     "INSERT INTO oauth_credential (name, provider, grant_type, scopes, owner, subject, \
                         refresh_due_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $7, 0, $6, $6) RETURNING id",
                 )
@@ -55,7 +60,7 @@ impl Db {
                 .bind(c.subject)
                 .fetch_one(w.conn())
                 .await?;
-                sqlx::query("UPDATE oauth_credential SET refresh_token = $1 WHERE id = $2")
+                sql("UPDATE oauth_credential SET refresh_token = $1 WHERE id = $2")
                     .bind(seal(id))
                     .bind(id)
                     .execute(w.conn())
@@ -77,7 +82,7 @@ impl Db {
     ) -> Result<AuthorizedAs, StoreError> {
         let t = a.tokens;
         let mut w = self.write().await?;
-        let existing: Option<(i64, String, bool, Option<Secret>)> = sqlx::query_as(
+        let existing: Option<(i64, String, bool, Option<Secret>)> = sql(
             "SELECT id, status, revoke_pending, refresh_token FROM oauth_credential WHERE name = $1",
         )
         .bind(a.name)
@@ -86,7 +91,7 @@ impl Db {
         let (id, how, old_refresh) = if let Some((id, status, revoke_pending, old)) = existing {
             let (access, refresh) = seal(id);
             let old = old.map(|o| fingerprint(id, &o));
-            sqlx::query(
+            sql(
                 "UPDATE oauth_credential SET provider = $1, grant_type = 'refresh_token', scopes = $2, \
                     owner = COALESCE($3, owner), access_token = $4, token_type = $5, access_token_expires_at = $6, \
                     refresh_token = CASE WHEN $7 IS NULL AND provider = $1 THEN refresh_token ELSE $7 END, \
@@ -116,7 +121,7 @@ impl Db {
             (id, how, old)
         } else {
             // The row id is part of what seals the tokens: insert, then store them.
-            let (id,): (i64,) = sqlx::query_as(
+            let (id,): (i64,) = sql(
                 "INSERT INTO oauth_credential (name, provider, grant_type, scopes, owner, token_type, \
                     access_token_expires_at, refresh_token_expires_at, refresh_due_at, \
                     last_refreshed_at, created_at, updated_at, instance_url) \
@@ -135,17 +140,15 @@ impl Db {
             .fetch_one(w.conn())
             .await?;
             let (access, refresh) = seal(id);
-            sqlx::query(
-                "UPDATE oauth_credential SET access_token = $1, refresh_token = $2 WHERE id = $3",
-            )
-            .bind(access)
-            .bind(refresh)
-            .bind(id)
-            .execute(w.conn())
-            .await?;
+            sql("UPDATE oauth_credential SET access_token = $1, refresh_token = $2 WHERE id = $3")
+                .bind(access)
+                .bind(refresh)
+                .bind(id)
+                .execute(w.conn())
+                .await?;
             (id, AuthorizedAs::Created, None)
         };
-        sqlx::query(
+        sql(
             "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, started_at, \
                 finished_at, duration_ms, outcome, http_status, new_expires_at, refresh_token_rotated, \
                 old_refresh_fingerprint, new_refresh_fingerprint, new_access_fingerprint) \

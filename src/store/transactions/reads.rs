@@ -1,36 +1,47 @@
-// Reads for status, log, token, metrics and consumers: no transaction, no lease. Part of
-// `transactions.rs` (`include!`d).
+//! Reads for status, log, metrics and consumers: no transaction, no lease.
+
+use crate::domain::UnixTime;
+use crate::store::StoreError;
+use crate::store::backend::Db;
+use crate::store::records::{Aggregate, AggregateWindow, CredentialSummary, RotationRecord};
+use crate::store::statement::sql;
 
 impl Db {
     /// Per provider and status: counts, failing, expiring by `$2`, soonest expiry, oldest
-    /// refresh. One statement, however many rows.
+    /// refresh, refresh tokens expiring by `$5` and the soonest of them, claims in flight at `$1`.
+    /// One statement, however many rows.
     pub(in crate::store) async fn aggregates(
         &self,
         now: UnixTime,
-        expiring_by: UnixTime,
+        window: AggregateWindow,
         failing: crate::domain::Failing,
     ) -> Result<Vec<Aggregate>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(sql(
             "SELECT provider, status, count(*) AS credentials, \
                 sum(CASE WHEN status = 'active' AND (consecutive_failures >= $3 \
                     OR (consecutive_failures > 0 AND $1 - COALESCE(last_refreshed_at, created_at) >= $4)) \
                     THEN 1 ELSE 0 END) AS failing, \
                 sum(CASE WHEN status <> 'disabled' AND access_token_expires_at <= $2 THEN 1 ELSE 0 END) AS expiring, \
                 min(CASE WHEN status <> 'disabled' THEN access_token_expires_at END) AS soonest_expiry, \
-                min(CASE WHEN status <> 'disabled' THEN last_refreshed_at END) AS oldest_refresh \
+                min(CASE WHEN status <> 'disabled' THEN last_refreshed_at END) AS oldest_refresh, \
+                sum(CASE WHEN status <> 'disabled' AND refresh_token_expires_at <= $5 THEN 1 ELSE 0 END) \
+                    AS refresh_token_expiring, \
+                min(CASE WHEN status <> 'disabled' THEN refresh_token_expires_at END) AS refresh_token_soonest_expiry, \
+                sum(CASE WHEN lease_owner IS NOT NULL AND lease_expires_at > $1 THEN 1 ELSE 0 END) AS renewals_in_flight \
              FROM oauth_credential GROUP BY provider, status ORDER BY provider, status",
         )
         .bind(now)
-        .bind(expiring_by)
+        .bind(window.access_token_by)
         .bind(i64::from(failing.after_failures))
         .bind(failing.after_secs)
-        .fetch_all(&mut *self.conn().await?)
+        .bind(window.refresh_token_by)
+        .fetch_all(self.read().await?.conn())
         .await?)
     }
 
     /// Every credential, by name, without tokens.
     pub(in crate::store) async fn summaries(&self) -> Result<Vec<CredentialSummary>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(sql(
             "SELECT name, provider, owner, grant_type, status, access_token_expires_at, refresh_token_expires_at, \
                 refresh_due_at, last_refreshed_at, consecutive_failures, next_attempt_at, last_error, \
                 COALESCE(last_refreshed_at, created_at) AS last_success_at, instance_url, \
@@ -45,25 +56,15 @@ impl Db {
                   WHERE t.credential_id = c.id AND t.outcome = 'pending') AS attempt_started_at \
              FROM oauth_credential c ORDER BY name",
         )
-        .fetch_all(&mut *self.conn().await?)
-        .await?)
-    }
-
-    /// The stored access token of `name` (as stored), if there is such a credential.
-    pub(in crate::store) async fn token(&self, name: &str) -> Result<Option<TokenRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id, status, access_token, token_type, access_token_expires_at FROM oauth_credential WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_all(self.read().await?.conn())
         .await?)
     }
 
     /// Whether a credential called `name` exists.
     pub(in crate::store) async fn exists(&self, name: &str) -> Result<bool, StoreError> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM oauth_credential WHERE name = $1")
+        let row: Option<(i64,)> = sql("SELECT id FROM oauth_credential WHERE name = $1")
             .bind(name)
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(self.read().await?.conn())
             .await?;
         Ok(row.is_some())
     }
@@ -74,7 +75,7 @@ impl Db {
         name: Option<&str>,
         limit: u32,
     ) -> Result<Vec<RotationRecord>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(sql(
             "SELECT id, credential_name, provider, trigger, started_at, duration_ms, outcome, http_status, error_code, \
                 error_description, old_expires_at, new_expires_at, refresh_token_rotated, old_refresh_fingerprint, \
                 new_refresh_fingerprint, expires_in_reported \
@@ -82,7 +83,7 @@ impl Db {
         )
         .bind(name)
         .bind(i64::from(limit))
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(self.read().await?.conn())
         .await?)
     }
 
@@ -91,12 +92,12 @@ impl Db {
         &self,
         name: &str,
     ) -> Result<Option<crate::store::TokenState>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(sql(
             "SELECT id, name, provider, status, access_token, token_type, access_token_expires_at, instance_url, \
                 lease_expires_at, last_error, next_attempt_at FROM oauth_credential WHERE name = $1",
         )
         .bind(name)
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_optional(self.read().await?.conn())
         .await?)
     }
 
@@ -106,13 +107,11 @@ impl Db {
         provider: &str,
         owner: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT name FROM oauth_credential \
-             WHERE provider = $1 AND owner = $2 AND status <> 'disabled' ORDER BY name",
-        )
+        let rows: Vec<(String,)> = sql("SELECT name FROM oauth_credential \
+             WHERE provider = $1 AND owner = $2 AND status <> 'disabled' ORDER BY name")
         .bind(provider)
         .bind(owner)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(self.read().await?.conn())
         .await?;
         Ok(rows.into_iter().map(|(name,)| name).collect())
     }

@@ -1,5 +1,18 @@
-// Claiming due credentials, journaling each attempt, and storing what it brought: the group
-// writer applies many refreshes in one transaction. Part of `transactions.rs` (`include!`d).
+//! Claiming due credentials, journaling each attempt, and storing what it brought: the group
+//! writer applies many refreshes in one transaction.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::domain::{Outcome, Secret, Trigger, UnixTime};
+use crate::store::backend::Db;
+use crate::store::claim::ClaimRow;
+use crate::store::statement::{Conn, sql};
+use crate::store::writer::{self, GROUP_MAX, StoreJob};
+use crate::store::{Failure, StoreError, Stored, batch};
+
+/// What a claim by name found: the claimed row and its journal entry, or the credential's status
+/// (`None`: no such credential).
+pub(in crate::store) type NameClaim = Result<(ClaimRow, (i64, bool)), Option<String>>;
 
 impl Db {
     /// Claims up to `limit` due credentials and journals an attempt for each, in one transaction.
@@ -15,7 +28,7 @@ impl Db {
         open: &crate::store::Open<'_, ClaimRow>,
     ) -> Result<Vec<(ClaimRow, (i64, bool))>, StoreError> {
         let mut w = self.write().await?;
-        let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM_DUE)
+        let rows: Vec<ClaimRow> = sql(self.dialect().claim_due)
             .bind(owner)
             .bind(lease_until)
             .bind(now)
@@ -39,7 +52,7 @@ impl Db {
         open: &crate::store::Open<'_, ClaimRow>,
     ) -> Result<NameClaim, StoreError> {
         let mut w = self.write().await?;
-        let row: Option<ClaimRow> = sqlx::query_as(CLAIM_BY_NAME)
+        let row: Option<ClaimRow> = sql(self.dialect().claim_by_name)
             .bind(owner)
             .bind(lease_until)
             .bind(name)
@@ -48,14 +61,15 @@ impl Db {
             .await?;
         let Some(row) = row else {
             let status: Option<(String,)> =
-                sqlx::query_as("SELECT status FROM oauth_credential WHERE name = $1")
+                sql("SELECT status FROM oauth_credential WHERE name = $1")
                     .bind(name)
                     .fetch_optional(w.conn())
                     .await?;
             w.rollback().await?;
             return Ok(Err(status.map(|(s,)| s)));
         };
-        let mut claimed = journal_starts(w.conn(), vec![open(row)], owner, now, Trigger::Manual).await?;
+        let mut claimed =
+            journal_starts(w.conn(), vec![open(row)], owner, now, Trigger::Manual).await?;
         w.commit().await?;
         claimed
             .pop()
@@ -79,7 +93,7 @@ impl Db {
                 next_attempt_at,
                 detail,
             } => {
-                let n = sqlx::query(
+                let n = sql(
                     "UPDATE oauth_credential SET consecutive_failures = consecutive_failures + 1, \
                         next_attempt_at = $1, last_error = $2, updated_at = $3, lease_owner = NULL, lease_expires_at = NULL \
                      WHERE id = $4 AND lease_owner = $5",
@@ -91,12 +105,12 @@ impl Db {
                 .bind(owner)
                 .execute(w.conn())
                 .await?
-                .rows_affected();
+                ;
                 (detail, n)
             }
             Failure::Reauthorize { detail } => {
                 // Race-aware: a refresh token that changed while the request was out is not dead.
-                let n = sqlx::query(
+                let n = sql(
                     "UPDATE oauth_credential SET status = 'needs_reauthorization', \
                         consecutive_failures = consecutive_failures + 1, last_error = $1, updated_at = $2, \
                         lease_owner = NULL, lease_expires_at = NULL \
@@ -108,7 +122,7 @@ impl Db {
                 .bind(stored_refresh_token)
                 .execute(w.conn())
                 .await?
-                .rows_affected();
+                ;
                 (detail, n)
             }
         };
@@ -120,7 +134,7 @@ impl Db {
         if stored == Stored::Superseded {
             release_lease(w.conn(), id, owner).await?;
         }
-        sqlx::query(
+        sql(
             "UPDATE token_rotation SET finished_at = $1, duration_ms = $2, outcome = $3, http_status = $4, \
                 error_code = $5, error_description = $6 WHERE id = $7",
         )
@@ -147,7 +161,7 @@ impl Db {
         let mut w = self.write().await?;
         for &(id, attempt_id) in claims {
             release_lease(w.conn(), id, owner).await?;
-            sqlx::query("DELETE FROM token_rotation WHERE id = $1 AND outcome = 'pending'")
+            sql("DELETE FROM token_rotation WHERE id = $1 AND outcome = 'pending'")
                 .bind(attempt_id)
                 .execute(w.conn())
                 .await?;
@@ -157,13 +171,18 @@ impl Db {
     }
 }
 
-async fn release_lease(conn: &mut Conn, id: i64, owner: &str) -> Result<(), StoreError> {
-    sqlx::query(
+/// Ends `owner`'s lease on credential `id`, if it still holds it.
+pub(in crate::store) async fn release_lease(
+    conn: Conn<'_>,
+    id: i64,
+    owner: &str,
+) -> Result<(), StoreError> {
+    sql(
         "UPDATE oauth_credential SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2",
     )
     .bind(id)
     .bind(owner)
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -173,7 +192,7 @@ async fn release_lease(conn: &mut Conn, id: i64, owner: &str) -> Result<(), Stor
 /// that died (its lease ran out, or this claim could not have happened): it is marked interrupted
 /// first, and the new attempt knows it follows one.
 async fn journal_starts(
-    conn: &mut Conn,
+    mut conn: Conn<'_>,
     rows: Vec<ClaimRow>,
     owner: &str,
     now: UnixTime,
@@ -193,19 +212,21 @@ async fn journal_starts(
         })
         .collect();
     let entries = batch::to_json(&entries)?;
-    let interrupted: HashSet<i64> = sqlx::query_scalar(JOURNAL_INTERRUPT)
+    let dialect = conn.dialect();
+    let interrupted: HashSet<i64> = sql(dialect.journal_interrupt)
         .bind(now)
         .bind(&entries)
-        .fetch_all(&mut *conn)
+        .fetch_all::<(i64,)>(conn.reborrow())
         .await?
         .into_iter()
+        .map(|(id,)| id)
         .collect();
-    let started: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(JOURNAL_START)
+    let started: HashMap<i64, i64> = sql(dialect.journal_start)
         .bind(trigger.as_str())
         .bind(owner)
         .bind(now)
         .bind(&entries)
-        .fetch_all(&mut *conn)
+        .fetch_all::<(i64, i64)>(conn)
         .await?
         .into_iter()
         .map(|(attempt, credential)| (credential, attempt))
@@ -223,7 +244,10 @@ async fn journal_starts(
 
 /// Takes every job waiting (up to [`GROUP_MAX`]), applies them in one transaction, commits once,
 /// then answers each. A failed transaction fails every job in it; each caller retries its own.
-async fn group_writer(db: Db, mut jobs: tokio::sync::mpsc::UnboundedReceiver<StoreJob>) {
+pub(in crate::store) async fn group_writer(
+    db: Db,
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<StoreJob>,
+) {
     let mut batch = Vec::with_capacity(GROUP_MAX);
     while jobs.recv_many(&mut batch, GROUP_MAX).await > 0 {
         let result = db.store_group(&batch).await;
@@ -256,11 +280,11 @@ impl Db {
         // Rows are locked in id order, the order `rekey`'s batches lock them in (`ORDER BY id …
         // FOR UPDATE`): two transactions that lock rows in one order cannot deadlock. The
         // multi-row UPDATE alone would lock them in whatever order its plan visits them.
-        if let Some(lock) = LOCK_GROUP {
+        if let Some(lock) = self.dialect().lock_group {
             let mut ids: Vec<i64> = jobs.iter().map(|job| job.credential_id).collect();
             ids.sort_unstable();
             ids.dedup();
-            sqlx::query(lock)
+            sql(lock)
                 .bind(batch::to_json(&ids)?)
                 .execute(w.conn())
                 .await?;
@@ -278,7 +302,7 @@ impl Db {
 /// inside the group's transaction, in two statements whatever their number (a third for each
 /// superseded one, rare). Each row is written only if it still holds the refresh token that was
 /// sent (compare-and-swap): the ones that changed meanwhile are reported `Superseded`, alone.
-async fn store_refreshed(conn: &mut Conn, jobs: &[StoreJob]) -> Result<Vec<Stored>, StoreError> {
+async fn store_refreshed(mut conn: Conn<'_>, jobs: &[StoreJob]) -> Result<Vec<Stored>, StoreError> {
     let tokens: Vec<batch::Tokens<'_>> = jobs
         .iter()
         .map(|job| batch::Tokens {
@@ -296,11 +320,13 @@ async fn store_refreshed(conn: &mut Conn, jobs: &[StoreJob]) -> Result<Vec<Store
             instance_url: job.tokens.instance_url.as_deref(),
         })
         .collect();
-    let written: HashSet<i64> = sqlx::query_scalar(STORE_TOKENS)
+    let dialect = conn.dialect();
+    let written: HashSet<i64> = sql(dialect.store_tokens)
         .bind(batch::to_json(&tokens)?)
-        .fetch_all(&mut *conn)
+        .fetch_all::<(i64,)>(conn.reborrow())
         .await?
         .into_iter()
+        .map(|(id,)| id)
         .collect();
     let stored: Vec<Stored> = jobs
         .iter()
@@ -332,13 +358,13 @@ async fn store_refreshed(conn: &mut Conn, jobs: &[StoreJob]) -> Result<Vec<Store
             reported: job.tokens.lifetime_reported,
         })
         .collect();
-    sqlx::query(JOURNAL_FINISH)
+    sql(dialect.journal_finish)
         .bind(batch::to_json(&finished)?)
-        .execute(&mut *conn)
+        .execute(conn.reborrow())
         .await?;
     for (job, stored) in jobs.iter().zip(&stored) {
         if *stored == Stored::Superseded {
-            release_lease(conn, job.credential_id, &job.owner).await?;
+            release_lease(conn.reborrow(), job.credential_id, &job.owner).await?;
         }
     }
     Ok(stored)

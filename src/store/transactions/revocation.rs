@@ -1,5 +1,12 @@
-// Revocation's claims and settlement, shaped like refresh's: claim, journal, settle in one
-// transaction. Part of `transactions.rs` (`include!`d).
+//! Revocation's claims and settlement, shaped like refresh's: claim, journal, settle in one
+//! transaction.
+
+use super::refresh::release_lease;
+use crate::domain::{Secret, UnixTime};
+use crate::store::StoreError;
+use crate::store::backend::Db;
+use crate::store::records::{RevocationClaim, RevocationResult};
+use crate::store::statement::sql;
 
 impl Db {
     /// Claims credential `name`, whatever its status, for revocation. `Ok(Err(found))`: not
@@ -13,7 +20,7 @@ impl Db {
         open: &(dyn Fn(RevocationClaim) -> Result<RevocationClaim, StoreError> + Sync),
     ) -> Result<Result<RevocationClaim, bool>, StoreError> {
         let mut w = self.write().await?;
-        let claim: Option<RevocationClaim> = sqlx::query_as(CLAIM_FOR_REVOCATION)
+        let claim: Option<RevocationClaim> = sql(self.dialect().claim_for_revocation)
             .bind(owner)
             .bind(lease_until)
             .bind(name)
@@ -24,11 +31,10 @@ impl Db {
             // An error rolls the claim back.
             Ok(open(claim)?)
         } else {
-            let row: Option<(i64,)> =
-                sqlx::query_as("SELECT id FROM oauth_credential WHERE name = $1")
-                    .bind(name)
-                    .fetch_optional(w.conn())
-                    .await?;
+            let row: Option<(i64,)> = sql("SELECT id FROM oauth_credential WHERE name = $1")
+                .bind(name)
+                .fetch_optional(w.conn())
+                .await?;
             Err(row.is_some())
         };
         w.commit().await?;
@@ -45,7 +51,7 @@ impl Db {
         open: &(dyn Fn(RevocationClaim) -> Result<RevocationClaim, StoreError> + Sync),
     ) -> Result<Vec<RevocationClaim>, StoreError> {
         let mut w = self.write().await?;
-        let claims: Vec<RevocationClaim> = sqlx::query_as(CLAIM_PENDING_REVOCATIONS)
+        let claims: Vec<RevocationClaim> = sql(self.dialect().claim_pending_revocations)
             .bind(owner)
             .bind(lease_until)
             .bind(now)
@@ -86,7 +92,7 @@ impl Db {
         let (outcome, http_status, error_code, error_description) = match result {
             RevocationResult::Revoked { http_status } => {
                 // Only the tokens that were revoked: a credential authorized again meanwhile stays.
-                sqlx::query(
+                sql(
                     "DELETE FROM oauth_credential WHERE id = $1 AND refresh_token IS NOT DISTINCT FROM $2 \
                         AND access_token IS NOT DISTINCT FROM $3",
                 )
@@ -103,7 +109,7 @@ impl Db {
                 error_code,
                 http_status,
             } => {
-                sqlx::query(
+                sql(
                     "UPDATE oauth_credential SET status = 'disabled', revoke_pending = true, \
                         consecutive_failures = consecutive_failures + 1, next_attempt_at = $1, last_error = $2, \
                         updated_at = $3, \
@@ -142,7 +148,7 @@ impl Db {
                 )
             }
         };
-        sqlx::query(
+        sql(
             "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, started_at, \
                 finished_at, duration_ms, outcome, http_status, error_code, error_description, old_expires_at, \
                 old_refresh_fingerprint) \

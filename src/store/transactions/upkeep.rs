@@ -1,27 +1,25 @@
-// Leases held by others, the resealing walk of `rekey`, migrations (applied, and bringing the
-// schema up to date), and the pool itself. Part of `transactions.rs` (`include!`d).
+//! Leases held by others, the resealing walk of `rekey`, migrations applied, and whether the
+//! database answers.
 
-/// Brings the schema on `conn` up to date: one read of `_sqlx_migrations` when it already is
-/// (`schema::up_to_date`), else the migrator as it always ran, with its lock and its refusals.
-async fn migrate_schema(conn: &mut Conn) -> Result<(), sqlx::migrate::MigrateError> {
-    use crate::store::schema::{RECORDED, Recorded, up_to_date};
-    // Any error here (no table yet, a column of another type) leaves the decision to the migrator.
-    if let Ok(rows) = sqlx::raw_sql(RECORDED).fetch_all(&mut *conn).await {
-        let recorded: Result<Vec<Recorded>, sqlx::Error> = rows
-            .iter()
-            .map(|row| {
-                Ok(Recorded {
-                    version: sqlx::Row::try_get(row, 0)?,
-                    checksum: sqlx::Row::try_get(row, 1)?,
-                    success: sqlx::Row::try_get(row, 2)?,
-                })
-            })
-            .collect();
-        if recorded.is_ok_and(|recorded| up_to_date(&MIGRATOR, &recorded)) {
-            return Ok(());
+use crate::domain::UnixTime;
+use crate::store::StoreError;
+use crate::store::backend::Db;
+use crate::store::leases::{HeldElsewhere, HeldLease};
+use crate::store::rekey::{Reformed, Row as RekeyRow};
+use crate::store::seal::Column;
+use crate::store::statement::sql;
+
+/// The same statement for either token column, `c` standing for the column's name: SQL is never
+/// assembled at run time.
+macro_rules! for_column {
+    ($column:expr; $($piece:tt)*) => {
+        match $column {
+            Column::RefreshToken => concat!($(for_column!(@piece "refresh_token"; $piece)),*),
+            Column::AccessToken => concat!($(for_column!(@piece "access_token"; $piece)),*),
         }
-    }
-    MIGRATOR.run(&mut *conn).await
+    };
+    (@piece $name:literal; c) => { $name };
+    (@piece $name:literal; $text:literal) => { $text };
 }
 
 impl Db {
@@ -34,7 +32,7 @@ impl Db {
         me: &str,
         now: UnixTime,
     ) -> Result<Vec<HeldLease>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(sql(
             "SELECT id AS credential_id, name, lease_owner, lease_expires_at FROM oauth_credential \
              WHERE lease_owner IS NOT NULL AND lease_expires_at > $1 \
                AND substr(lease_owner, 1, length($2)) = $2 AND lease_owner <> $3 ORDER BY +id",
@@ -42,7 +40,7 @@ impl Db {
         .bind(now)
         .bind(prefix)
         .bind(me)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(self.read().await?.conn())
         .await?)
     }
 
@@ -56,16 +54,13 @@ impl Db {
         let mut w = self.write().await?;
         let mut ended = 0;
         for lease in gone {
-            ended += sqlx::query(
-                "UPDATE oauth_credential SET lease_expires_at = $1 \
-                 WHERE id = $2 AND lease_owner = $3 AND lease_expires_at > $1",
-            )
+            ended += sql("UPDATE oauth_credential SET lease_expires_at = $1 \
+                 WHERE id = $2 AND lease_owner = $3 AND lease_expires_at > $1")
             .bind(now)
             .bind(lease.credential_id)
             .bind(&lease.lease_owner)
             .execute(w.conn())
-            .await?
-            .rows_affected();
+            .await?;
         }
         w.commit().await?;
         Ok(ended)
@@ -78,7 +73,7 @@ impl Db {
         now: UnixTime,
         due_before: UnixTime,
     ) -> Result<HeldElsewhere, StoreError> {
-        let (count, until): (i64, Option<i64>) = sqlx::query_as(
+        let (count, until): (i64, Option<i64>) = sql(
             "SELECT count(*), max(lease_expires_at) FROM oauth_credential \
              WHERE lease_owner IS NOT NULL AND lease_expires_at > $1 AND lease_owner <> $2 \
                AND status = 'active' AND refresh_due_at < $3",
@@ -86,7 +81,7 @@ impl Db {
         .bind(now)
         .bind(me)
         .bind(due_before)
-        .fetch_one(&mut *self.conn().await?)
+        .fetch_one(self.read().await?.conn())
         .await?;
         Ok(HeldElsewhere { count, until })
     }
@@ -98,14 +93,12 @@ impl Db {
         now: UnixTime,
         due_before: UnixTime,
     ) -> Result<bool, StoreError> {
-        let (n,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM (SELECT 1 FROM oauth_credential \
+        let (n,): (i64,) = sql("SELECT count(*) FROM (SELECT 1 FROM oauth_credential \
                 WHERE status = 'active' AND refresh_due_at < $1 AND next_attempt_at <= $1 \
-                  AND (lease_expires_at IS NULL OR lease_expires_at <= $2) LIMIT 1) AS one",
-        )
+                  AND (lease_expires_at IS NULL OR lease_expires_at <= $2) LIMIT 1) AS one")
         .bind(due_before)
         .bind(now)
-        .fetch_one(&mut *self.conn().await?)
+        .fetch_one(self.read().await?.conn())
         .await?;
         Ok(n > 0)
     }
@@ -116,11 +109,11 @@ impl Db {
         &self,
         column: Column,
     ) -> Result<Vec<(String, i64)>, StoreError> {
-        let sql = for_column!(column;
+        let text = for_column!(column;
             "SELECT CASE WHEN h >= 'tw1:' AND h < 'tw1;' THEN h ELSE '' END AS k, count(*) \
              FROM (SELECT substr(" c ", 1, 13) AS h FROM oauth_credential WHERE " c " IS NOT NULL) heads \
              GROUP BY k");
-        Ok(sqlx::query_as(sql).fetch_all(&mut *self.conn().await?).await?)
+        Ok(sql(text).fetch_all(self.read().await?.conn()).await?)
     }
 
     /// The first distinct head of `column` after `after` that starts like a sealed value: one
@@ -130,23 +123,23 @@ impl Db {
         column: Column,
         after: &str,
     ) -> Result<Option<String>, StoreError> {
-        let sql = for_column!(column;
+        let text = for_column!(column;
             "SELECT substr(" c ", 1, 13) FROM oauth_credential \
              WHERE substr(" c ", 1, 13) > $1 AND substr(" c ", 1, 13) < 'tw1;' \
              ORDER BY substr(" c ", 1, 13) LIMIT 1");
-        let row: Option<(String,)> = sqlx::query_as(sql)
+        let row: Option<(String,)> = sql(text)
             .bind(after)
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(self.read().await?.conn())
             .await?;
         Ok(row.map(|(h,)| h))
     }
 
     /// Whether any value in `column` is plaintext: two index seeks.
     pub(in crate::store) async fn has_plaintext(&self, column: Column) -> Result<bool, StoreError> {
-        let sql = for_column!(column;
+        let text = for_column!(column;
             "SELECT EXISTS (SELECT 1 FROM oauth_credential WHERE substr(" c ", 1, 13) < 'tw1:') \
                  OR EXISTS (SELECT 1 FROM oauth_credential WHERE substr(" c ", 1, 13) >= 'tw1;')");
-        let (any,): (bool,) = sqlx::query_as(sql).fetch_one(&mut *self.conn().await?).await?;
+        let (any,): (bool,) = sql(text).fetch_one(self.read().await?.conn()).await?;
         Ok(any)
     }
 
@@ -155,12 +148,12 @@ impl Db {
         &self,
         head: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let names: Vec<(String,)> = sqlx::query_as(
+        let names: Vec<(String,)> = sql(
             "SELECT name FROM oauth_credential \
              WHERE substr(refresh_token, 1, 13) = $1 OR substr(access_token, 1, 13) = $1 ORDER BY name",
         )
         .bind(head)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(self.read().await?.conn())
         .await?;
         Ok(names.into_iter().map(|(n,)| n).collect())
     }
@@ -181,37 +174,18 @@ impl Db {
         reform: &mut (dyn FnMut(&RekeyRow) -> Reformed + Send),
     ) -> Result<Option<i64>, StoreError> {
         use crate::store::Target;
-        macro_rules! rows_where {
-            ($wanted:literal) => {
-                concat!(
-                    "SELECT id, name, refresh_token, access_token, lease_expires_at FROM oauth_credential \
-                     WHERE id > $1 AND (",
-                    $wanted,
-                    ") ORDER BY id LIMIT $4",
-                    lock_rows!()
-                )
-            };
-        }
+        let dialect = self.dialect();
         // The rows not yet in the target form ($2: the current key's head, $3: seal access tokens).
-        let sql = match target {
-            Target::SealPlaintext => rows_where!(
-                "(refresh_token IS NOT NULL AND substr(refresh_token, 1, 4) <> 'tw1:') \
-                 OR ($3 AND access_token IS NOT NULL AND substr(access_token, 1, 4) <> 'tw1:')"
-            ),
-            Target::Current => rows_where!(
-                "(refresh_token IS NOT NULL AND substr(refresh_token, 1, 13) IS DISTINCT FROM $2) \
-                 OR (access_token IS NOT NULL AND CASE WHEN $3 THEN substr(access_token, 1, 13) IS DISTINCT FROM $2 \
-                     ELSE substr(access_token, 1, 4) = 'tw1:' END)"
-            ),
-            Target::Plaintext => rows_where!(
-                "substr(refresh_token, 1, 4) = 'tw1:' OR substr(access_token, 1, 4) = 'tw1:'"
-            ),
+        let sql_text = match target {
+            Target::SealPlaintext => dialect.reseal_rows.seal_plaintext,
+            Target::Current => dialect.reseal_rows.current,
+            Target::Plaintext => dialect.reseal_rows.plaintext,
         };
         let mut w = self.write().await?;
-        if let Some((before, _)) = RESEAL_PRAGMAS {
-            sqlx::query(before).execute(w.conn()).await?;
+        if let Some((before, _)) = dialect.reseal_pragmas {
+            sql(before).execute(w.conn()).await?;
         }
-        let rows: Vec<RekeyRow> = sqlx::query_as(sql)
+        let rows: Vec<RekeyRow> = sql(sql_text)
             .bind(after)
             .bind(current)
             .bind(seal_access)
@@ -226,7 +200,7 @@ impl Db {
             let Reformed::Write { refresh, access } = reform(&row) else {
                 continue;
             };
-            sqlx::query(
+            sql(
                 "UPDATE oauth_credential SET refresh_token = $1, access_token = $2 \
                  WHERE id = $3 AND refresh_token IS NOT DISTINCT FROM $4 AND access_token IS NOT DISTINCT FROM $5",
             )
@@ -238,8 +212,8 @@ impl Db {
             .execute(w.conn())
             .await?;
         }
-        if let Some((_, after)) = RESEAL_PRAGMAS {
-            sqlx::query(after).execute(w.conn()).await?;
+        if let Some((_, after)) = dialect.reseal_pragmas {
+            sql(after).execute(w.conn()).await?;
         }
         w.commit().await?;
         Ok(Some(last))
@@ -249,38 +223,16 @@ impl Db {
     pub(in crate::store) async fn applied_migrations(
         &self,
     ) -> Result<Vec<(i64, String)>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT version, description FROM _sqlx_migrations WHERE success ORDER BY version",
+        Ok(
+            sql("SELECT version, description FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(self.read().await?.conn())
+                .await?,
         )
-        .fetch_all(&mut *self.conn().await?)
-        .await?)
     }
 
     /// Whether the database answers.
     pub(in crate::store) async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&mut *self.conn().await?).await?;
+        sql("SELECT 1").execute(self.read().await?.conn()).await?;
         Ok(())
-    }
-
-    /// Closes every connection.
-    pub(in crate::store) async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    /// Closes the pool's idle connections. A connection given back goes idle a moment later (sqlx
-    /// returns it from a task): those still on their way are waited for this long at most.
-    pub(in crate::store) async fn close_idle(&self) {
-        const RETURNING: std::time::Duration = std::time::Duration::from_millis(500);
-        const STEP: std::time::Duration = std::time::Duration::from_millis(5);
-        let started = std::time::Instant::now();
-        loop {
-            while let Some(conn) = self.pool.try_acquire() {
-                let _ = conn.close().await;
-            }
-            if self.pool.size() == 0 || started.elapsed() >= RETURNING {
-                break;
-            }
-            tokio::time::sleep(STEP).await;
-        }
     }
 }

@@ -150,6 +150,8 @@ fn dockerignore_sends_only_the_build_inputs() {
         "src/main.rs",
         "src/store.rs",
         "migrations/sqlite/0001_init.sql",
+        "config/tokenwarden.example.toml",
+        "deploy/container/healthcheck",
     ] {
         assert!(!dockerignored(kept), "{kept} must reach the builder");
     }
@@ -233,7 +235,15 @@ fn dockerfile_builds_and_ships_the_package_binary() {
             "COPY {source}: .dockerignore leaves it out"
         );
     }
-    for input in ["Cargo.toml", "Cargo.lock", "src", "migrations", "build.rs"] {
+    // The example configuration: tokenwarden-assets embeds it.
+    for input in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "src",
+        "migrations",
+        "build.rs",
+        "config/tokenwarden.example.toml",
+    ] {
         if repo(input).exists() {
             assert!(
                 copied.iter().any(|(s, to)| s == input && to == input),
@@ -334,12 +344,14 @@ fn copy_targets(args: &str, workdir: &str) -> Vec<(String, String)> {
         .iter()
         .map(|source| {
             let name = source.trim_end_matches('/');
+            // A file copied into a directory keeps its own name, not its path.
+            let file_name = Path::new(name).file_name().unwrap().to_string_lossy();
             let lands = if repo(name).is_dir() || !into_dir && !dest.is_empty() {
                 dest.to_owned()
             } else if dest.is_empty() {
-                name.to_owned()
+                file_name.into_owned()
             } else {
-                format!("{dest}/{name}")
+                format!("{dest}/{file_name}")
             };
             (name.to_owned(), lands)
         })
@@ -392,12 +404,13 @@ fn docker_environment_and_healthcheck_work_with_the_binary() {
             .expect("HEALTHCHECK … CMD [...]")
             .1,
     );
+    let script = image_file_source(runtime, &argv[0]);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("tokenwarden.db");
     let bin_dir = Path::new(BIN).parent().unwrap();
     let path = format!("{}:/usr/local/bin:/usr/bin:/bin", bin_dir.display());
     let check = |extra: &[(&str, &str)]| {
-        let mut cmd = Command::new(&argv[0]);
+        let mut cmd = Command::new(&script);
         cmd.args(&argv[1..])
             .env_clear()
             .envs(env.iter())
@@ -434,4 +447,139 @@ fn docker_environment_and_healthcheck_work_with_the_binary() {
     fs::write(&db, "not a database").unwrap();
     let ran = check(&[]);
     assert_eq!(ran.code, Some(1), "corrupt database: unhealthy: {ran:?}");
+    fs::remove_file(&db).unwrap();
+
+    // With the metrics listener on, the check asks the daemon's /healthz.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("0.0.0.0:{port}");
+    let metrics = [
+        ("TOKENWARDEN_METRICS__ENABLED", "true"),
+        ("TOKENWARDEN_METRICS__LISTEN", listen.as_str()),
+    ];
+    let ran = check(&metrics);
+    assert_eq!(ran.code, Some(1), "no daemon: unhealthy: {ran:?}");
+    assert!(
+        ran.stdout.contains("nothing listens on 127.0.0.1:"),
+        "{ran:?}"
+    );
+    let mut daemon = tokenwarden(
+        &["run"],
+        &[
+            ("TOKENWARDEN_DATABASE", db.to_str().unwrap()),
+            // A sweep every second: stale after two.
+            ("TOKENWARDEN_SCHEDULE", "* * * * * *"),
+            metrics[0],
+            metrics[1],
+        ],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let started = Instant::now();
+    let healthy = loop {
+        let ran = check(&metrics);
+        if ran.code == Some(0) || started.elapsed() > DEADLINE {
+            break ran;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    // Sweeps that fail (the database replaced by a directory): after twice the schedule's gap
+    // (1 s here) /healthz says 503 and why, and so does the check.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    fs::create_dir(&db).unwrap();
+    let started = Instant::now();
+    let unhealthy = loop {
+        let ran = check(&metrics);
+        if ran.code != Some(0) || started.elapsed() > DEADLINE {
+            break ran;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_eq!(
+        healthy.code,
+        Some(0),
+        "daemon sweeping: healthy: {healthy:?}"
+    );
+    assert!(healthy.output().is_empty(), "{healthy:?}");
+    assert_eq!(
+        unhealthy.code,
+        Some(1),
+        "database gone: unhealthy: {unhealthy:?}"
+    );
+    assert!(
+        unhealthy.stdout.starts_with(
+            "tokenwarden healthcheck: /healthz answered HTTP/1.0 503 Service Unavailable: "
+        ),
+        "{unhealthy:?}"
+    );
+}
+
+/// The repository file a runtime-stage `COPY SOURCE DEST` puts at `dest` in the image.
+fn image_file_source(runtime: &[Instruction], dest: &str) -> PathBuf {
+    let copy = runtime
+        .iter()
+        .filter(|i| i.keyword == "COPY" && !i.args.starts_with("--"))
+        .find(|i| i.args.split_whitespace().nth(1) == Some(dest))
+        .unwrap_or_else(|| panic!("no COPY puts {dest} into the image"));
+    let source = copy.args.split_whitespace().next().unwrap();
+    assert!(
+        !dockerignored(source),
+        "COPY {source}: .dockerignore leaves it out"
+    );
+    repo(source)
+}
+
+#[test]
+fn the_image_has_the_debian_packages_files() {
+    let stages = stages();
+    let runtime = &stages.last().unwrap().2;
+    let copies: Vec<(String, String)> = runtime
+        .iter()
+        .filter(|i| i.keyword == "COPY" && i.args.starts_with("--from="))
+        .map(|i| {
+            let words: Vec<&str> = i.args.split_whitespace().collect();
+            (words[1].to_owned(), words[2].to_owned())
+        })
+        .collect();
+    let cargo = read("Cargo.toml");
+    // (what tokenwarden-assets wrote, where the package puts it)
+    for (asset, dest) in [
+        ("man/*.1.gz", "usr/share/man/man1/"),
+        ("man/*.5.gz", "usr/share/man/man5/"),
+        (
+            "completions/tokenwarden.bash",
+            "usr/share/bash-completion/completions/tokenwarden",
+        ),
+        (
+            "completions/_tokenwarden",
+            "usr/share/zsh/vendor-completions/_tokenwarden",
+        ),
+        (
+            "completions/tokenwarden.fish",
+            "usr/share/fish/vendor_completions.d/tokenwarden.fish",
+        ),
+        ("tokenwarden.toml", "etc/tokenwarden/tokenwarden.toml"),
+    ] {
+        assert!(
+            cargo.contains(&format!("[\"target/assets/{asset}\", \"{dest}\"")),
+            "the package installs target/assets/{asset} as {dest}"
+        );
+        assert!(
+            copies.iter().any(
+                |(from, to)| from.ends_with(&format!("/target/assets/{asset}"))
+                    && to == &format!("/{dest}")
+            ),
+            "the image lacks /{dest} ({copies:?})"
+        );
+    }
 }

@@ -60,7 +60,7 @@ pub(super) fn exec_start(unit: &str) -> Vec<String> {
 }
 
 /// Copies a directory tree, symlinks as symlinks.
-fn copy_tree(from: &Path, to: &Path) {
+pub(super) fn copy_tree(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for entry in fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
