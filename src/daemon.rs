@@ -56,7 +56,9 @@ pub async fn run(
     let metrics = listen_for_metrics(&sweeper, settings, &schedule, &shutdown).await?;
     let proxy_stats = crate::proxy::ProxyStats::default();
     let routes = crate::proxy::bind(&sweeper, settings, &proxy_stats).await?;
-    if let Some(metrics) = &metrics {
+    if let Some(metrics) = &metrics
+        && !settings.proxy.is_empty()
+    {
         metrics.add_proxy(proxy_stats);
     }
     let proxies = tokio::spawn(crate::proxy::serve(routes, shutdown.clone()));
