@@ -159,6 +159,16 @@ impl Credentials {
                 shared: true,
             });
         }
+        // Another process (the sweep, `token`, a replica) may have stored a newer token already.
+        let stored = self.read(name).await?;
+        if stored.access_token.as_ref() != Some(&rejected.token)
+            && renew::fresh_enough(&stored, domain::now(), 0)
+        {
+            return slot.keep(&stored).map(|current| AfterRejection::Renewed {
+                current,
+                shared: true,
+            });
+        }
         if renewing.is_some_and(|at| at.elapsed() < RENEWAL_AFTER_401_EVERY) {
             return Ok(AfterRejection::RecentlyRenewed);
         }
@@ -193,6 +203,21 @@ impl Credentials {
             }
             if state.status != Status::Active {
                 return Err(not_active(&state));
+            }
+            // A provider that failed moments ago is not asked again on every 401 (backoff, its
+            // Retry-After), as on-demand renewals never are.
+            if state.next_attempt_at > now && !renew::held(&state, now) {
+                return Err(Unavailable::RenewalFailed {
+                    name: name.to_owned(),
+                    reason: format!(
+                        "an earlier attempt failed ({}); not tried again before {}",
+                        state
+                            .last_error
+                            .as_deref()
+                            .unwrap_or("see tokenwarden status"),
+                        domain::iso8601(state.next_attempt_at)
+                    ),
+                });
             }
             if !renew::held(&state, now) {
                 let refreshed = self

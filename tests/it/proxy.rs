@@ -815,3 +815,40 @@ async fn unix_routes_decide_by_the_peer_and_serve_each_user_their_own_credential
     );
     assert_no_secrets("daemon log", &log, &secrets);
 }
+
+#[tokio::test]
+async fn a_token_another_process_renewed_is_used_without_a_second_refresh() {
+    let server = OauthServer::start_with_ttl(3600).await;
+    let resource = Resource::start(server.introspection_url(), None).await;
+    let port = free_port();
+    let (home, daemon) = daemon(&server, &route(port, &resource.url(), "")).await;
+    wait_listening(port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = client();
+    // The route has the first token in memory.
+    assert_eq!(
+        http.get(format!("{base}/warm"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let first = access_token(&home).await;
+    revoke_at_peer(&server, &first).await;
+    server.reset_stats().await;
+    // Another process renews it (`tokenwarden refresh`, under the same lease rules).
+    let run = home.run(&["refresh", "graph"], "").await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let second = access_token(&home).await;
+    assert_ne!(first, second);
+    // The route's remembered token meets a 401; the stored one is newer: sent again with it,
+    // and the provider saw only the other process's refresh.
+    let answer = http.get(format!("{base}/after")).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let echo: Value = answer.json().await.unwrap();
+    assert_eq!(echo["token_sha256"], sha(second.as_bytes()));
+    let stats = server.stats().await;
+    assert_eq!((stats.refresh_ok, stats.refresh_reuse), (1, 0), "{stats:?}");
+    stop(daemon).await;
+}
