@@ -16,6 +16,7 @@ mod credentials;
 pub mod exit;
 mod inspect;
 mod migrate;
+mod remote;
 mod render;
 mod token;
 
@@ -205,6 +206,10 @@ struct RenewArgs {
     /// Longest wait for a refresh that another process has in flight.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     wait: Duration,
+    /// Ask the daemon's token API on this unix socket instead of reading the database; no
+    /// configuration is read.
+    #[arg(long, env = crate::config::SOCKET_VAR, value_name = "PATH")]
+    socket: Option<PathBuf>,
 }
 
 /// `--log-format`: the configuration's `log.format`, as a flag.
@@ -231,8 +236,44 @@ enum GrantArg {
     JwtBearer,
 }
 
+/// `token`/`exec` with `--socket`: over the token API, with no configuration and no database.
+async fn over_socket(cli: &Cli) -> Option<anyhow::Result<u8>> {
+    let log_format = cli.log_format.map_or(LogFormat::Text, LogFormat::from);
+    match &cli.command {
+        Command::Token {
+            which,
+            renew:
+                renew @ RenewArgs {
+                    socket: Some(socket),
+                    ..
+                },
+            header,
+        } => {
+            telemetry::init(log_format, "warn");
+            Some(remote::token(socket, which, renew, *header).await)
+        }
+        Command::Exec {
+            which,
+            renew:
+                renew @ RenewArgs {
+                    socket: Some(socket),
+                    ..
+                },
+            env,
+            command,
+        } => {
+            telemetry::init(log_format, "warn");
+            Some(remote::exec(socket, which, renew, env, command).await)
+        }
+        _ => None,
+    }
+}
+
 /// Runs the command; the result is the exit code, or an error that `exit::code_for` maps to one.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Some(code) = over_socket(&cli).await {
+        return code;
+    }
     let ctx = Ctx::load(cli.config.as_deref())?;
     telemetry::init(
         cli.log_format

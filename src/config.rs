@@ -62,10 +62,16 @@ per_credential_max = 1000
 [alerts]
 on_event = []
 timeout = "10s"
+
+[api]
+owners_read_own = false
 "#;
 
 /// The environment variable that names the configuration file; never read as a setting.
 pub const CONFIG_PATH_VAR: &str = "TOKENWARDEN_CONFIG";
+/// The environment variable that names the token API's socket for `token`/`exec`; never read as
+/// a setting.
+pub const SOCKET_VAR: &str = "TOKENWARDEN_SOCKET";
 const ENV_PREFIX: &str = "TOKENWARDEN";
 
 /// Why the configuration could not be used.
@@ -132,6 +138,34 @@ pub struct Settings {
     /// `[[proxy]]` routes `run` serves: the credential's header added to each forwarded request.
     #[serde(default)]
     pub proxy: Vec<ProxySettings>,
+    /// The local token API of `tokenwarden run`.
+    pub api: ApiSettings,
+    /// Who may read which credential over the API (`[[access]]` blocks); none: only root and
+    /// the service user.
+    #[serde(default)]
+    pub access: Vec<AccessRule>,
+}
+
+/// `[api]`: the local token API, HTTP/1.1 on a unix socket.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// The socket's path; absent: no API.
+    pub socket: Option<PathBuf>,
+    /// Each local user may read the credentials whose `owner` is that user's name.
+    pub owners_read_own: bool,
+}
+
+/// One `[[access]]` block: `users` and members of `groups` may read `credentials`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// Credential names, or globs (`*` any run of characters, `?` one).
+    pub credentials: Vec<String>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// `[postgres]`: the password and CA file for a `postgres://` database, kept out of its URL.
@@ -231,7 +265,11 @@ impl Settings {
         }
         let vars: config::Map<String, String> = env
             .iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")) && *k != CONFIG_PATH_VAR)
+            .filter(|(k, _)| {
+                k.starts_with(&format!("{ENV_PREFIX}_"))
+                    && *k != CONFIG_PATH_VAR
+                    && *k != SOCKET_VAR
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         builder = builder.add_source(

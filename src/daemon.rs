@@ -2,8 +2,8 @@
 //! at once, until shutdown is requested; SIGTERM and SIGINT request it. Tells systemd (when it
 //! set NOTIFY_SOCKET) that it is ready, alive (watchdog) and stopping, and serves the optional
 //! /metrics and /healthz listener. Between sweeps it sleeps until the next tick (`ticker`): no
-//! timer of its own wakes it. Serves the `[[proxy]]` routes meanwhile. Imports `config`,
-//! `schedule`, `domain`, `metrics`, `proxy` and `sweep`.
+//! timer of its own wakes it. Serves the token API (`[api] socket`) and the `[[proxy]]` routes
+//! too. Imports `config`, `schedule`, `domain`, `metrics`, `api`, `listener`, `proxy` and `sweep`.
 
 use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,8 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Proxy(#[from] crate::proxy::ProxyError),
+    #[error(transparent)]
+    Api(#[from] crate::api::BindError),
     #[error("scheduler: {0}")]
     Scheduler(#[from] JobSchedulerError),
     #[error("cannot listen for signals: {0}")]
@@ -62,6 +64,7 @@ pub async fn run(
         metrics.add_proxy(proxy_stats);
     }
     let proxies = tokio::spawn(crate::proxy::serve(routes, shutdown.clone()));
+    let api = listen_for_api(&sweeper, settings, &shutdown)?;
     let mut ticker = Ticker::new(&schedule).await?;
     info!(schedule = schedule.six_fields(), "tokenwarden started");
     notify(&[sd_notify::NotifyState::Ready]);
@@ -90,6 +93,10 @@ pub async fn run(
     }
     // The routes finish the requests in flight (the listener's grace period).
     let _ = proxies.await;
+    if let Some((path, served)) = api {
+        let _ = served.await;
+        let _ = std::fs::remove_file(path);
+    }
     info!("tokenwarden stopped");
     Ok(())
 }
@@ -120,6 +127,36 @@ async fn listen_for_metrics(
         shutdown.clone(),
     ));
     Ok(Some(metrics))
+}
+
+/// Binds the token API's socket and serves it until `shutdown`, when `[api] socket` is set.
+fn listen_for_api(
+    sweeper: &Sweeper,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Result<Option<(std::path::PathBuf, tokio::task::JoinHandle<()>)>, DaemonError> {
+    let Some(path) = &settings.api.socket else {
+        return Ok(None);
+    };
+    let socket = crate::api::bind(path)?;
+    for warning in crate::api::access::warnings(&settings.access) {
+        warn!("{warning}");
+    }
+    let rules = crate::api::access::Rules::new(
+        settings.access.clone(),
+        settings.api.owners_read_own,
+        rustix::process::geteuid().as_raw(),
+    );
+    let api = crate::api::Api::new(sweeper.clone(), rules, settings.token_min_valid);
+    info!(socket = %path.display(), rules = settings.access.len(), "token API listening");
+    let served = tokio::spawn(crate::listener::serve(
+        crate::listener::Socket::Unix(socket),
+        crate::api::LIMITS,
+        "api",
+        api,
+        shutdown.clone(),
+    ));
+    Ok(Some((path.clone(), served)))
 }
 
 async fn sweep(sweeper: &Sweeper, shutdown: &CancellationToken, metrics: Option<&Metrics>) {

@@ -66,6 +66,9 @@ pub enum Notice {
     /// Still valid, but the credential is not refreshed (needs re-authorization, …): the token
     /// is not renewed after `until`.
     NotRenewed { status: Status, until: UnixTime },
+    /// Its provider grants access tokens of about `granted` seconds, less than asked for: the
+    /// freshest one is handed out, and not renewed again while it is young.
+    ShortLived { granted: i64 },
 }
 
 impl std::fmt::Display for Notice {
@@ -75,6 +78,13 @@ impl std::fmt::Display for Notice {
                 f,
                 "is {status}; this access token is not renewed after {}",
                 iso8601(*until)
+            ),
+            Self::ShortLived { granted } => write!(
+                f,
+                "gets access tokens of at most {} from its provider, less than asked for; this is the freshest one",
+                humantime::format_duration(Duration::from_secs(
+                    u64::try_from(*granted).unwrap_or(0)
+                ))
             ),
         }
     }
@@ -162,23 +172,26 @@ pub async fn deliver(
         .ok_or_else(|| DeliverError::UnknownCredential(name.clone()))?;
     let min_secs = i64::try_from(want.min_valid.as_secs()).unwrap_or(i64::MAX);
     let now = domain::now();
+    let mut notices = Vec::new();
     let state = if renew::fresh_enough(&state, now, min_secs) {
         state
     } else if state.status != Status::Active {
         return Err(no_valid_token(name, &state));
+    } else if let Some(granted) = as_fresh_as_it_gets(store, &state, now, min_secs).await? {
+        // Asked for more than this provider ever grants, and the token is still young: another
+        // rotation would buy nothing.
+        notices.push(Notice::ShortLived { granted });
+        state
     } else {
         let sweeper = renewer
             .sweeper(&state.provider)
             .await
             .map_err(DeliverError::Setup)?;
-        renewed(
-            renew::renew(&sweeper, &name, min_secs, want.wait).await?,
-            name,
-            want.min_valid,
-            now,
-        )?
+        let renewal = renew::renew(&sweeper, &name, min_secs, want.wait).await?;
+        let (state, notice) = renewed(renewal, name, want.min_valid, domain::now())?;
+        notices.extend(notice);
+        state
     };
-    let mut notices = Vec::new();
     if state.status != Status::Active {
         notices.push(Notice::NotRenewed {
             status: state.status,
@@ -223,16 +236,50 @@ fn no_valid_token(name: String, state: &TokenState) -> DeliverError {
     }
 }
 
-/// What a renewal came to, for the consumer.
+/// When `min_valid` is more than the provider grants and the stored token still has at least
+/// half the life its provider gave it: that lifetime (seconds). It is read from the journal row
+/// of the rotation that brought the current token.
+async fn as_fresh_as_it_gets(
+    store: &Store,
+    state: &TokenState,
+    now: UnixTime,
+    min_valid: i64,
+) -> Result<Option<i64>, StoreError> {
+    let Some(expires_at) = state.access_token_expires_at else {
+        return Ok(None);
+    };
+    let rows = store
+        .rotations(Some(&state.name), JOURNAL_LOOK_BACK)
+        .await?;
+    let Some(row) = rows.iter().find(|r| r.new_expires_at == Some(expires_at)) else {
+        return Ok(None);
+    };
+    let obtained = row.started_at + row.duration_ms.unwrap_or(0) / 1000;
+    let lifetime = expires_at - obtained;
+    Ok(
+        (lifetime > 0 && lifetime < min_valid && (expires_at - now) * 2 >= lifetime)
+            .then_some(lifetime),
+    )
+}
+
+/// Journal rows looked through for the rotation that brought the current token.
+const JOURNAL_LOOK_BACK: u32 = 5;
+
+/// What a renewal came to, for the consumer: the token, and a notice when it lives shorter
+/// than asked for (the provider grants no more: the freshest token is still handed out).
 fn renewed(
     renewal: Renewal,
     name: String,
     min_valid: Duration,
     now: UnixTime,
-) -> Result<TokenState, DeliverError> {
+) -> Result<(TokenState, Option<Notice>), DeliverError> {
     let failed = |name: String, reason: String| DeliverError::RenewalFailed { name, reason };
     match renewal {
-        Renewal::Fresh(state) => Ok(state),
+        Renewal::Fresh(state) => Ok((state, None)),
+        Renewal::TooShort(state) if state.access_token_expires_at.is_some_and(|t| t > now) => {
+            let granted = state.access_token_expires_at.unwrap_or(now) - now;
+            Ok((state, Some(Notice::ShortLived { granted })))
+        }
         Renewal::NotFound => Err(DeliverError::UnknownCredential(name)),
         Renewal::NotActive(state) => Err(no_valid_token(name, &state)),
         Renewal::Failed { state, .. } => {

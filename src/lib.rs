@@ -43,6 +43,8 @@
 //!   renewed before expiry and once after a 401
 //! - [`metrics`] — the optional /metrics and /healthz listener: table-wide aggregates, and
 //!   per-credential series up to `metrics.per_credential_max`
+//! - [`api`] — the local token API on a unix socket: access rules from the peer's credentials,
+//!   then `deliver`; its client for `token --socket`
 //! - [`daemon`] — the schedule, signals and metrics listener around sweeps
 //! - [`telemetry`] — logging, with text from outside escaped
 //! - [`exec`] — `tokenwarden exec`: a command run with a token in its environment
@@ -51,6 +53,7 @@
 //! - [`cli`] — the command line: parsing, dispatch, rendering
 
 pub mod alerts;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -3,9 +3,10 @@
 //! header added, renewed before it expires and once more when the upstream answers 401.
 //! `proxy/forward.rs` (target URL and headers: pure), `proxy/credential.rs` (the header per
 //! credential, renewals shared in this process), `proxy/route.rs` (one request), `proxy/tally.rs`
-//! (the answer's body counted into the request's log line), `proxy/stats.rs` (per-route series),
-//! `proxy/peer.rs` (a unix peer's user name). Served through `listener`. Imports `config`,
-//! `domain`, `http`, `listener`, `renew`, `store` and `sweep`.
+//! (the answer's body counted into the request's log line), `proxy/stats.rs` (per-route series).
+//! Served through `listener`; a unix peer is decided by the token API's access rules
+//! (`api::access`, `api::users`). Imports `api`, `config`, `deliver`, `domain`, `http`,
+//! `listener`, `renew`, `store` and `sweep`.
 
 use std::path::Path;
 
@@ -17,7 +18,6 @@ use crate::sweep::Sweeper;
 
 pub mod credential;
 pub mod forward;
-mod peer;
 pub mod route;
 pub mod stats;
 mod tally;
@@ -63,13 +63,14 @@ pub async fn bind(
 ) -> Result<Vec<Bound>, ProxyError> {
     let mut bound = Vec::with_capacity(settings.proxy.len());
     for (i, block) in settings.proxy.iter().enumerate() {
-        bound.push(bind_one(sweeper, block, &format!("proxy[{i}]"), stats).await?);
+        bound.push(bind_one(sweeper, settings, block, &format!("proxy[{i}]"), stats).await?);
     }
     Ok(bound)
 }
 
 async fn bind_one(
     sweeper: &Sweeper,
+    settings: &Settings,
     block: &ProxySettings,
     key: &str,
     stats: &ProxyStats,
@@ -114,6 +115,11 @@ async fn bind_one(
         client,
         credentials,
         stats: stats.clone(),
+        rules: crate::api::access::Rules::new(
+            settings.access.clone(),
+            settings.api.owners_read_own,
+            rustix::process::geteuid().as_raw(),
+        ),
     });
     let limits = Limits {
         header_read: block.header_read_timeout,

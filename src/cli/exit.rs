@@ -109,6 +109,18 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
                 _ => NOT_FOUND,
             };
         }
+        if let Some(e) = cause.downcast_ref::<crate::api::client::ClientError>() {
+            use crate::api::{client::ClientError, words};
+            return match e {
+                ClientError::Refused { word, .. } => match word.as_str() {
+                    words::RENEWAL_FAILED => REFRESH_FAILED,
+                    words::BAD_REQUEST => CONFIG,
+                    words::UNAVAILABLE => DATABASE,
+                    _ => NOT_FOUND,
+                },
+                ClientError::Connect { .. } | ClientError::Answer { .. } => DATABASE,
+            };
+        }
         if let Some(e) = cause.downcast_ref::<DeliverError>() {
             return match e {
                 // The StoreError, or what could not set the renewal up, is next in the chain.
@@ -153,8 +165,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
             Some(StartupError::Config(_)) => return CONFIG,
             _ => {}
         }
-        if let Some(DaemonError::Config(_) | DaemonError::MetricsListen { .. }) =
-            cause.downcast_ref::<DaemonError>()
+        if let Some(
+            DaemonError::Config(_) | DaemonError::MetricsListen { .. } | DaemonError::Api(_),
+        ) = cause.downcast_ref::<DaemonError>()
         {
             return CONFIG;
         }

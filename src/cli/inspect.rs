@@ -99,6 +99,9 @@ pub(super) async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
     for (_, provider) in providers.iter() {
         provider.check_grant_key()?;
     }
+    for warning in crate::api::access::warnings(&ctx.settings.access) {
+        tracing::warn!("{warning}");
+    }
     let names: Vec<&str> = providers.names().collect();
     let gap = ctx.settings.schedule()?.longest_gap(chrono::Utc::now());
     println!(

@@ -56,6 +56,28 @@ impl Settings {
                 ),
             ));
         }
+        for (i, rule) in self.access.iter().enumerate() {
+            if rule.credentials.is_empty() || rule.credentials.iter().any(String::is_empty) {
+                return Err(invalid(
+                    format!("access[{i}].credentials"),
+                    "name at least one credential (or a glob such as \"sf-*\")",
+                ));
+            }
+            if rule.users.is_empty() && rule.groups.is_empty() {
+                return Err(invalid(
+                    format!("access[{i}]"),
+                    "name users or groups: a rule for nobody grants nothing",
+                ));
+            }
+        }
+        if let Some(socket) = &self.api.socket
+            && !socket.is_absolute()
+        {
+            return Err(invalid(
+                "api.socket",
+                format!("{} is not an absolute path", socket.display()),
+            ));
+        }
         if let Some(encryption) = &self.encryption {
             encryption.validate()?;
         }

@@ -39,13 +39,13 @@ pub struct RouteParts {
     pub client: reqwest::Client,
     pub credentials: Credentials,
     pub stats: ProxyStats,
+    /// Who may use a unix route's named credential: the token API's `[[access]]` rules.
+    pub rules: crate::api::access::Rules,
 }
 
 struct Inner {
     name: Arc<str>,
     parts: RouteParts,
-    /// This process's user: on a unix socket, it and root may always use the route.
-    service_uid: u32,
 }
 
 /// Why the proxy answers by itself.
@@ -146,7 +146,6 @@ impl Route {
             inner: Arc::new(Inner {
                 name: Arc::from(parts.name.as_str()),
                 parts,
-                service_uid: rustix::process::geteuid().as_raw(),
             }),
         }
     }
@@ -165,39 +164,51 @@ impl Route {
         }
     }
 
-    /// The credential for `peer`: the route's, or (by provider) the one the peer's user owns.
+    /// The credential for `peer`: the route's (a unix peer needs a grant of the `[[access]]`
+    /// rules: root, the service user, or a block naming it), or (by provider) the one the peer's
+    /// user owns. Each decision on a unix socket is logged at debug with the peer's uid and pid.
     async fn credential(&self, peer: Peer) -> Result<String, Problem> {
         let parts = &self.inner.parts;
-        let uid = match peer {
-            Peer::Tcp(_) => None,
-            Peer::Unix { uid, .. } => Some(uid),
+        let route = &*self.inner.name;
+        let (uid, gid, pid) = match peer {
+            Peer::Tcp(_) => {
+                return match &parts.which {
+                    ProxyCredential::Named(name) => Ok(name.clone()),
+                    ProxyCredential::OwnedAt(_) => Err(Problem::Forbidden),
+                };
+            }
+            Peer::Unix { uid, gid, pid } => (uid, gid, pid),
         };
+        let who = crate::api::users::identify(uid, gid);
         match &parts.which {
             ProxyCredential::Named(name) => {
-                if uid.is_some_and(|uid| uid != 0 && uid != self.inner.service_uid) {
-                    return Err(Problem::Forbidden);
+                if let Some(grant) = parts.rules.grant(&who, name) {
+                    tracing::debug!(route, uid, pid, credential = %name, %grant, "proxy: allowed");
+                    Ok(name.clone())
+                } else {
+                    tracing::debug!(route, uid, pid, credential = %name, "proxy: refused");
+                    Err(Problem::Forbidden)
                 }
-                Ok(name.clone())
             }
             ProxyCredential::OwnedAt(provider) => {
-                let Some(uid) = uid else {
-                    return Err(Problem::Forbidden);
-                };
-                let Some(user) = super::peer::user_name(uid) else {
+                let Some(user) = who.name else {
+                    tracing::debug!(route, uid, pid, "proxy: refused, the uid has no user name");
                     return Err(Problem::Forbidden);
                 };
                 let which = crate::deliver::Which::Owner {
                     provider: provider.clone(),
                     owner: user,
                 };
-                crate::deliver::resolve(parts.credentials.store(), &which)
+                let name = crate::deliver::resolve(parts.credentials.store(), &which)
                     .await
                     .map_err(|e| match e {
                         crate::deliver::DeliverError::Store(_) => Problem::Unavailable(
                             Unavailable::Store(format!("of the peer at {provider}")),
                         ),
                         other => Problem::NoCredential(other.to_string()),
-                    })
+                    })?;
+                tracing::debug!(route, uid, pid, credential = %name, "proxy: allowed, owner");
+                Ok(name)
             }
         }
     }

@@ -3,6 +3,7 @@
 // End-to-end scenarios read best top to bottom, and name the outputs they compare alike.
 #![allow(clippy::too_many_lines, clippy::similar_names)]
 
+mod api;
 mod backends;
 mod cli;
 mod consumers;

@@ -729,12 +729,19 @@ async fn unix_routes_decide_by_the_peer_and_serve_each_user_their_own_credential
     let home = Home::new(&server, "");
     // The sockets sit in the home: nobody must be able to reach them (not the database, 0600).
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (named, own) = (home.path().join("named.sock"), home.path().join("own.sock"));
+    let (named, own, granted) = (
+        home.path().join("named.sock"),
+        home.path().join("own.sock"),
+        home.path().join("granted.sock"),
+    );
     home.append_config(&format!(
         "[[proxy]]\nname = \"named\"\nlisten = \"unix:{}\"\ncredential = \"graph\"\nupstream = \"{up}\"\n\n\
-         [[proxy]]\nname = \"own\"\nlisten = \"unix:{}\"\nprovider = \"basic\"\nupstream = \"{up}\"\n",
+         [[proxy]]\nname = \"own\"\nlisten = \"unix:{}\"\nprovider = \"basic\"\nupstream = \"{up}\"\n\n\
+         [[proxy]]\nname = \"granted\"\nlisten = \"unix:{}\"\ncredential = \"nobody-graph\"\nupstream = \"{up}\"\n\n\
+         [[access]]\ncredentials = [\"nobody-*\"]\nusers = [\"nobody\"]\n",
         named.display(),
         own.display(),
+        granted.display(),
         up = resource.url()
     ));
     for (name, owner) in [("graph", None), ("nobody-graph", Some("nobody"))] {
@@ -763,7 +770,7 @@ async fn unix_routes_decide_by_the_peer_and_serve_each_user_their_own_credential
     })
     .await;
     eventually(Duration::from_secs(30), "the sockets", || {
-        let ready = named.exists() && own.exists();
+        let ready = named.exists() && own.exists() && granted.exists();
         async move { ready }
     })
     .await;
@@ -781,7 +788,7 @@ async fn unix_routes_decide_by_the_peer_and_serve_each_user_their_own_credential
     };
     let (graph, nobodys) = (token_of("graph").await, token_of("nobody-graph").await);
 
-    // A named credential's route: root (and the service's user) only.
+    // A named credential's route without a rule for the peer: root (and the service's user) only.
     let (status, body) = curl_as(0, &named, "/echo").await;
     assert_eq!(status, 200, "{body}");
     let echo: Value = serde_json::from_str(&body).unwrap();
@@ -792,6 +799,10 @@ async fn unix_routes_decide_by_the_peer_and_serve_each_user_their_own_credential
         serde_json::from_str::<Value>(&body).unwrap()["error"],
         "forbidden"
     );
+
+    // An [[access]] block grants nobody the credentials nobody-*: that route serves it.
+    let (status, body) = curl_as(NOBODY, &granted, "/echo").await;
+    assert_eq!(status, 200, "{body}");
 
     // A provider's route: each user their own credential; a user with none, 404.
     let (status, body) = curl_as(NOBODY, &own, "/echo").await;

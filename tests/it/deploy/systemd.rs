@@ -194,7 +194,8 @@ fn systemd_services_run_the_cli_as_documented() {
 #[test]
 fn once_unit_shares_the_daemons_user_state_and_sandbox() {
     // Settings that describe how the daemon runs rather than what it may touch.
-    const DAEMON_ONLY: [&str; 9] = [
+    // RuntimeDirectory: the token API's socket, which `run --once` does not serve.
+    const DAEMON_ONLY: [&str; 11] = [
         "Type",
         "NotifyAccess",
         "WatchdogSec",
@@ -204,6 +205,8 @@ fn once_unit_shares_the_daemons_user_state_and_sandbox() {
         "RestartPreventExitStatus",
         "TimeoutStopSec",
         "TimeoutStartSec",
+        "RuntimeDirectory",
+        "RuntimeDirectoryMode",
     ];
     let once = unit_settings(&unit_text(ONCE_UNIT));
     for (section, key, value) in unit_settings(&unit_text(DAEMON_UNIT)) {

@@ -1,0 +1,87 @@
+//! `token --socket` and `exec --socket`: the token from the daemon's token API instead of the
+//! database, for a user who may read neither the configuration's secrets nor the database. No
+//! configuration is read; output and exit codes are those of the local commands.
+
+use std::path::Path;
+
+use super::exit::{self, CommandError};
+use super::{RenewArgs, Which};
+use crate::api::client::{self, Answer};
+use crate::domain::Secret;
+
+/// Longest a request to the API may take beyond `--wait`.
+const SLACK: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn fetch(socket: &Path, which: &Which, args: &RenewArgs) -> anyhow::Result<Answer> {
+    let which = super::token::which(which)?;
+    let route = client::route(&which, args.min_valid, args.wait);
+    let answer = client::fetch(socket, &route, args.wait + SLACK).await?;
+    for notice in &answer.notices {
+        eprintln!(
+            "tokenwarden: warning: {}",
+            crate::untrusted::Escaped(notice)
+        );
+    }
+    Ok(answer)
+}
+
+pub(super) async fn token(
+    socket: &Path,
+    which: &Which,
+    args: &RenewArgs,
+    header: bool,
+) -> anyhow::Result<u8> {
+    let answer = fetch(socket, which, args).await?;
+    if header {
+        println!("{}", answer.header()?.expose());
+    } else {
+        println!("{}", answer.token.expose());
+    }
+    Ok(exit::OK)
+}
+
+pub(super) async fn exec(
+    socket: &Path,
+    which: &Which,
+    args: &RenewArgs,
+    var: &str,
+    command: &[String],
+) -> anyhow::Result<u8> {
+    if !crate::exec::is_variable_name(var) {
+        return Err(CommandError::Input(format!(
+            "--env {var:?} is not an environment variable name (letters, digits and _)"
+        ))
+        .into());
+    }
+    let Some((program, command_args)) = command.split_first() else {
+        return Err(CommandError::Input("no command given after --".to_owned()).into());
+    };
+    let answer = fetch(socket, which, args).await?;
+    let instance_url = answer.instance_url.clone().map(Secret::new);
+    let mut set = vec![(var, &answer.token)];
+    if let Some(url) = &instance_url {
+        set.push(("INSTANCE_URL", url));
+    }
+    let env = crate::startup::environment();
+    // Without a configuration there are no secrets named in it to remove; tokenwarden's own
+    // variables go, and a stale INSTANCE_URL.
+    let mut remove: Vec<&str> = env
+        .keys()
+        .map(String::as_str)
+        .filter(|k| {
+            k.starts_with("TOKENWARDEN_")
+                && *k != crate::config::CONFIG_PATH_VAR
+                && *k != crate::config::SOCKET_VAR
+        })
+        .collect();
+    if instance_url.is_none() {
+        remove.push("INSTANCE_URL");
+    }
+    let child = crate::exec::Child {
+        program,
+        args: command_args,
+        set,
+        remove,
+    };
+    Ok(crate::exec::run(&child).await?)
+}
