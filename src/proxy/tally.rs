@@ -76,6 +76,8 @@ where
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
                 }
+                // hyper stops polling once a known length is sent: that was the end too.
+                this.ended |= this.body.is_end_stream();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {

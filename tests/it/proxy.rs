@@ -863,3 +863,58 @@ async fn a_token_another_process_renewed_is_used_without_a_second_refresh() {
     assert_eq!((stats.refresh_ok, stats.refresh_reuse), (1, 0), "{stats:?}");
     stop(daemon).await;
 }
+
+#[tokio::test]
+async fn a_token_about_to_expire_is_renewed_before_it_is_sent() {
+    // Access tokens live 75 s (tokenwarden counts at least a minute); the route wants 65 s left:
+    // within seconds of the first sweep's token, a request would carry a token about to lapse.
+    // The route renews first: the upstream never answers 401, no renewal after one is needed.
+    let server = OauthServer::start_with_ttl(75).await;
+    let resource = Resource::start(server.introspection_url(), None).await;
+    let port = free_port();
+    let (home, daemon) = daemon(
+        &server,
+        &route(port, &resource.url(), "min_valid = \"65s\""),
+    )
+    .await;
+    wait_listening(port).await;
+    let first = access_token(&home).await;
+    let http = client();
+    let url = format!("http://127.0.0.1:{port}/poll");
+    let renewed = Arc::new(std::sync::Mutex::new(None));
+    eventually(
+        Duration::from_mins(1),
+        "a request sent with a renewed token",
+        || {
+            let (http, url, first, renewed) =
+                (http.clone(), url.clone(), first.clone(), renewed.clone());
+            async move {
+                let answer = http.get(url).send().await.unwrap();
+                assert_eq!(answer.status(), StatusCode::OK);
+                let echo: Value = answer.json().await.unwrap();
+                let changed = echo["token_sha256"] != sha(first.as_bytes());
+                if changed {
+                    *renewed.lock().unwrap() = Some(echo["token_sha256"].clone());
+                }
+                changed
+            }
+        },
+    )
+    .await;
+    let stats = server.stats().await;
+    let output = stop(daemon).await;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        resource.rejected.load(Ordering::SeqCst),
+        0,
+        "a dead token reached the upstream: {log}"
+    );
+    assert!(
+        stats.refresh_ok >= 2 && stats.refresh_reuse == 0,
+        "{stats:?}"
+    );
+}
