@@ -78,6 +78,9 @@ enum Command {
         /// The environment variable that receives the access token.
         #[arg(long, default_value = "ACCESS_TOKEN", value_name = "VAR")]
         env: String,
+        /// Give COMMAND only PATH, HOME, LANG and the token variables, not this environment.
+        #[arg(long)]
+        clean_env: bool,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -260,10 +263,11 @@ async fn over_socket(cli: &Cli) -> Option<anyhow::Result<u8>> {
                     ..
                 },
             env,
+            clean_env,
             command,
         } => {
             telemetry::init(log_format, "warn");
-            Some(remote::exec(socket, which, renew, env, command).await)
+            Some(remote::exec(socket, which, renew, env, *clean_env, command).await)
         }
         _ => None,
     }
@@ -296,8 +300,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             which,
             renew,
             env,
+            clean_env,
             command,
-        } => exec(&ctx, &which, &renew, &env, &command).await,
+        } => exec(&ctx, &which, &renew, &env, clean_env, &command).await,
         Command::Refresh { name } => refresh(&ctx, name).await,
         Command::Log { name, limit, json } => {
             let store = ctx.open(OpenMode::MustExist).await?;

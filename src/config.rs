@@ -72,6 +72,10 @@ pub const CONFIG_PATH_VAR: &str = "TOKENWARDEN_CONFIG";
 /// The environment variable that names the token API's socket for `token`/`exec`; never read as
 /// a setting.
 pub const SOCKET_VAR: &str = "TOKENWARDEN_SOCKET";
+
+/// libpq's variables for a password or a password file (sqlx reads them as libpq does): secrets
+/// too, never handed to a command that `exec` runs.
+pub const LIBPQ_SECRET_VARS: [&str; 2] = ["PGPASSWORD", "PGPASSFILE"];
 const ENV_PREFIX: &str = "TOKENWARDEN";
 
 /// Why the configuration could not be used.
@@ -82,10 +86,37 @@ pub enum ConfigError {
         path: PathBuf,
         source: config::ConfigError,
     },
+    #[error(
+        "configuration file {path}: anyone may write to it (mode {mode:04o}), and it names the programs to run and where secrets are sent; chmod o-w it (0640 or 0600)"
+    )]
+    WorldWritable { path: PathBuf, mode: u32 },
     #[error("configuration: {0}")]
     Parse(config::ConfigError),
     #[error("configuration key {key}: {reason}")]
     Invalid { key: String, reason: String },
+}
+
+/// Reads the configuration file ourselves, so that a missing or unreadable file is named plainly,
+/// and refuses one that anyone may write to: it names programs to run (`alerts.on_event`) and
+/// where secrets are sent (`token_url`). The mode is taken from the opened file.
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let unreadable = |e: std::io::Error| ConfigError::File {
+        path: path.to_owned(),
+        source: config::ConfigError::Foreign(Box::new(e)),
+    };
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mode = file.metadata().map_err(unreadable)?.permissions().mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(ConfigError::WorldWritable {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(unreadable)?;
+    Ok(text)
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -256,11 +287,7 @@ impl Settings {
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(path) = file {
-            // Read it ourselves so a missing or unreadable file is named plainly.
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                path: path.to_owned(),
-                source: config::ConfigError::Foreign(Box::new(e)),
-            })?;
+            let text = read_file(path)?;
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
         let vars: config::Map<String, String> = env
@@ -291,6 +318,31 @@ impl Settings {
             })?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Every environment variable this configuration names as holding a secret: each provider's
+    /// `client_secret_env`, `[encryption]`'s `key_env` and `retired_key_envs`, `[postgres]
+    /// password_env`; and libpq's own [`LIBPQ_SECRET_VARS`]. A child process (`exec`) never
+    /// inherits them.
+    #[must_use]
+    pub fn secret_variables(&self) -> Vec<&str> {
+        let encryption = self.encryption.iter().flat_map(|e| {
+            e.key_env
+                .as_deref()
+                .into_iter()
+                .chain(e.retired_key_envs.iter().map(String::as_str))
+        });
+        self.providers
+            .values()
+            .filter_map(|p| p.client_secret_env.as_deref())
+            .chain(encryption)
+            .chain(
+                self.postgres
+                    .iter()
+                    .filter_map(|p| p.password_env.as_deref()),
+            )
+            .chain(LIBPQ_SECRET_VARS)
+            .collect()
     }
 
     /// The parsed sweep schedule (validated by `load`).

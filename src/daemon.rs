@@ -57,7 +57,13 @@ pub async fn run(
     let schedule = settings.schedule()?;
     let metrics = listen_for_metrics(&sweeper, settings, &schedule, &shutdown).await?;
     let proxy_stats = crate::proxy::ProxyStats::default();
-    let routes = crate::proxy::bind(&sweeper, settings, &proxy_stats).await?;
+    let routes = crate::proxy::bind(
+        &sweeper,
+        settings,
+        &crate::startup::environment(),
+        &proxy_stats,
+    )
+    .await?;
     if let Some(metrics) = &metrics
         && !settings.proxy.is_empty()
     {

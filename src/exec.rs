@@ -1,8 +1,10 @@
 //! `tokenwarden exec`: runs a command with an access token in its environment — never on its
 //! command line, where `ps` would show it — with standard input, output and error passed
 //! through, and passes its exit status on (128 + the signal's number when a signal ended it, as
-//! shells report it). While it runs, SIGTERM and SIGHUP are forwarded to it; SIGINT and SIGQUIT,
-//! which a terminal sends to the child as well, are left to it. Imports `domain` only.
+//! shells report it). The child inherits this process's environment without the secrets the
+//! configuration names (or, clean, only `PATH`, `HOME`, `LANG`). While it runs, SIGTERM and
+//! SIGHUP are forwarded to it; SIGINT and SIGQUIT, which a terminal sends to the child as well,
+//! are left to it. Imports `domain` only.
 
 use std::os::unix::process::ExitStatusExt as _;
 
@@ -14,6 +16,9 @@ use crate::domain::Secret;
 pub const NOT_FOUND: u8 = 127;
 /// The exit code when the command exists but cannot be run (as shells use it).
 pub const CANNOT_RUN: u8 = 126;
+/// What a clean environment (`exec --clean-env`) keeps of this process's, beside the variables
+/// set for the child.
+pub const CLEAN_KEEPS: [&str; 3] = ["PATH", "HOME", "LANG"];
 
 /// Why the command did not run.
 #[derive(Debug, thiserror::Error)]
@@ -50,14 +55,25 @@ pub struct Child<'a> {
     pub args: &'a [String],
     /// Variables set for the child only (the token among them).
     pub set: Vec<(&'a str, &'a Secret)>,
-    /// Variables of this process that the child must not inherit (client secrets).
+    /// Variables of this process that the child must not inherit (the secrets the configuration
+    /// names, tokenwarden's own settings).
     pub remove: Vec<&'a str>,
+    /// Start from an empty environment: only [`CLEAN_KEEPS`] and `set` reach the child.
+    pub clean: bool,
 }
 
 /// Runs `child` to its end and returns its exit code.
 pub async fn run(child: &Child<'_>) -> Result<u8, ExecError> {
     let mut command = tokio::process::Command::new(child.program);
     command.args(child.args);
+    if child.clean {
+        command.env_clear();
+        for var in CLEAN_KEEPS {
+            if let Some(value) = std::env::var_os(var) {
+                command.env(var, value);
+            }
+        }
+    }
     for var in &child.remove {
         command.env_remove(var);
     }

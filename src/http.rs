@@ -4,10 +4,13 @@
 //! provider — token, revocation, metadata — goes through [`Transport`]. Imports nothing from the
 //! crate.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+pub mod proxy;
 
 /// `client_assertion_type` of a private_key_jwt client assertion (RFC 7523 §2.2).
 pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -25,6 +28,9 @@ pub enum HttpError {
     TooLarge(usize),
     #[error("{0}")]
     Transport(String),
+    /// An environment variable names a proxy that cannot be used (a configuration error).
+    #[error("{0} is not a usable proxy URL")]
+    Proxy(&'static str),
 }
 
 impl From<reqwest::Error> for HttpError {
@@ -109,18 +115,27 @@ pub struct Transport {
 impl Transport {
     /// A client that follows no redirects, gives up connecting after `connect_timeout` and on the
     /// whole request after `request_timeout`, and refuses bodies larger than `max_body` bytes.
+    /// It goes through the proxies `env` names ([`proxy::from_env`]), never for loopback.
     pub fn new(
         connect_timeout: Duration,
         request_timeout: Duration,
         max_body: usize,
+        env: &BTreeMap<String, String>,
     ) -> Result<Self, HttpError> {
-        let client = reqwest::Client::builder()
+        // `no_proxy` first: reqwest's own reading of the environment would proxy loopback too.
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
-            .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { client, max_body })
+            .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")));
+        for proxy in proxy::from_env(env)? {
+            builder = builder.proxy(proxy);
+        }
+        Ok(Self {
+            client: builder.build()?,
+            max_body,
+        })
     }
 
     /// GETs `url` and reads the whole (capped) answer.

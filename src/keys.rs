@@ -4,10 +4,7 @@
 //! `store`.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-
-use zeroize::Zeroizing;
 
 use crate::config::EncryptionSettings;
 use crate::store::seal::{Key, KeyError, Keyring, Sealer};
@@ -55,31 +52,16 @@ pub fn load(
     Ok((Sealer::new(keyring), warnings))
 }
 
+/// A key file, read like every secret file (the mode checked on the opened file: anyone may write
+/// it, refused; group or others may read or write it, a warning).
 fn from_file(path: &Path, warnings: &mut Vec<String>) -> Result<Key, KeysError> {
     let err = |reason: String| KeysError::File {
         path: path.to_owned(),
         reason,
     };
-    let mode = std::fs::metadata(path)
-        .map_err(|e| err(format!("cannot read: {e}")))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o002 != 0 {
-        return Err(err(format!(
-            "is writable by every user (mode {mode:04o}); chmod 0400 it"
-        )));
-    }
-    if mode & 0o044 != 0 {
-        warnings.push(format!(
-            "encryption key file {} is readable by other users (mode {mode:04o}); chmod 0400 it",
-            path.display()
-        ));
-    }
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?,
-    );
-    Key::parse(&text).map_err(|e| err(e.to_string()))
+    let file = crate::secret_file::read_bytes(path).map_err(|e| err(e.to_string()))?;
+    warnings.extend(file.warning("encryption key file", path));
+    Key::from_file_bytes(&file.bytes).map_err(|e| err(e.to_string()))
 }
 
 fn from_env(name: &str, env: &BTreeMap<String, String>) -> Result<Key, KeysError> {
@@ -93,6 +75,8 @@ fn from_env(name: &str, env: &BTreeMap<String, String>) -> Result<Key, KeysError
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -134,7 +118,7 @@ mod tests {
             load(Some(&settings(Some(readable), None)), &BTreeMap::new()).unwrap();
         assert_eq!(sealer.keyring().unwrap().current_id(), id);
         assert!(
-            warnings[0].contains("readable by other users"),
+            warnings[0].contains("accessible to group or others"),
             "{warnings:?}"
         );
 
@@ -142,7 +126,24 @@ mod tests {
         let e = load(Some(&settings(Some(writable), None)), &BTreeMap::new())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("writable by every user"), "{e}");
+        assert!(e.contains("anyone may write to it"), "{e}");
+
+        let group_writable = write(dir.path(), "g", KEY, 0o620);
+        let (_, warnings) = load(
+            Some(&settings(Some(group_writable), None)),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert!(warnings[0].contains("0620"), "{warnings:?}");
+
+        let raw = dir.path().join("raw");
+        std::fs::write(&raw, [0x0a_u8; 32]).unwrap();
+        std::fs::set_permissions(&raw, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let (sealer, _) = load(Some(&settings(Some(raw), None)), &BTreeMap::new()).unwrap();
+        assert_eq!(
+            sealer.keyring().unwrap().current_id(),
+            Key::from_bytes(&[0x0a; 32]).id()
+        );
 
         let e = load(
             Some(&settings(Some(dir.path().join("missing")), None)),
@@ -156,7 +157,10 @@ mod tests {
         let e = load(Some(&settings(Some(bad), None)), &BTreeMap::new())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("is not a key") && !e.contains("canary"), "{e}");
+        assert!(
+            e.contains("is not a key") && e.contains("raw") && !e.contains("canary"),
+            "{e}"
+        );
     }
 
     #[test]

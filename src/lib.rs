@@ -21,6 +21,7 @@
 //! - [`config`] — settings from defaults, file and environment, provider presets, validated
 //! - [`http`] — the one transport to providers: no redirects, timeouts, body cap, oauth2 adapter
 //! - [`discovery`] — endpoints from an issuer's metadata
+//! - [`core_dumps`] — this process made non-dumpable at start (no core file, no ptrace)
 //! - [`secret_file`] — reading a secret file, refused when anyone may write it (like ssh's keys)
 //! - [`provider`] — configured OAuth clients with their endpoints, secrets and client auth
 //! - [`keys`] — the `[encryption]` keys and the database's location and password
@@ -56,6 +57,7 @@ pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod core_dumps;
 pub mod daemon;
 pub mod deliver;
 pub mod discovery;

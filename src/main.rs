@@ -22,6 +22,10 @@ fn main() -> ExitCode {
             .unwrap_or_default();
         eprintln!("tokenwarden: error: internal error{place} (a bug: please report it)");
     }));
+    // Before any secret is read: a process full of them leaves no core file behind.
+    if let Err(e) = tokenwarden::core_dumps::forbid() {
+        eprintln!("tokenwarden: warning: cannot turn core dumps off: {e}");
+    }
     let cli = match tokenwarden::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),

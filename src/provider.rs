@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use crate::config::ProviderSettings;
 
 mod grant_assertion;
+pub mod redaction;
 mod secrets;
 
 use crate::discovery::DiscoveryError;
@@ -219,7 +220,18 @@ impl Provider {
         })
     }
 
-    /// A signed client assertion for `private_key_jwt`, or `None` for the secret-based methods.
+    /// This client's secret in every form a request carries it ([`redaction::secret_forms`]):
+    /// what must be blanked out of anything the provider answers. Empty without a secret.
+    #[must_use]
+    pub fn redactions(&self) -> Vec<Secret> {
+        match &self.auth {
+            ClientAuth::SecretBasic(secret) | ClientAuth::SecretPost(secret) => {
+                redaction::secret_forms(&self.client_id, secret)
+            }
+            ClientAuth::PrivateKeyJwt { .. } | ClientAuth::None => Vec::new(),
+        }
+    }
+
     /// This client's authentication for a form posted by hand (revocation): the fields to add to
     /// `form`, and the id and secret for HTTP Basic when that is the method. `assertion` is
     /// [`Self::client_assertion`]'s, for private_key_jwt.
@@ -265,6 +277,7 @@ impl Provider {
             .unwrap_or_default()
     }
 
+    /// A signed client assertion for `private_key_jwt`, or `None` for the secret-based methods.
     pub fn client_assertion(&self, now: UnixTime) -> Result<Option<Secret>, ProviderError> {
         let ClientAuth::PrivateKeyJwt { key, alg, kid } = &self.auth else {
             return Ok(None);

@@ -56,14 +56,18 @@ pub struct Bound {
 }
 
 /// Binds every `[[proxy]]` route (all or none: the first that cannot listen is the error).
+/// The upstreams are reached through the HTTP proxies `env` names, as the token endpoints are
+/// (`http::proxy`: never for loopback).
 pub async fn bind(
     sweeper: &Sweeper,
     settings: &Settings,
+    env: &std::collections::BTreeMap<String, String>,
     stats: &ProxyStats,
 ) -> Result<Vec<Bound>, ProxyError> {
     let mut bound = Vec::with_capacity(settings.proxy.len());
     for (i, block) in settings.proxy.iter().enumerate() {
-        bound.push(bind_one(sweeper, settings, block, &format!("proxy[{i}]"), stats).await?);
+        let key = format!("proxy[{i}]");
+        bound.push(bind_one(sweeper, settings, env, block, &key, stats).await?);
     }
     Ok(bound)
 }
@@ -71,6 +75,7 @@ pub async fn bind(
 async fn bind_one(
     sweeper: &Sweeper,
     settings: &Settings,
+    env: &std::collections::BTreeMap<String, String>,
     block: &ProxySettings,
     key: &str,
     stats: &ProxyStats,
@@ -87,16 +92,23 @@ async fn bind_one(
         }
         ProxyListen::Unix(path) => Socket::Unix(bind_unix(&path).map_err(listen_error)?),
     };
-    let client = reqwest::Client::builder()
+    let client_error = |e: crate::http::HttpError| ProxyError::Client {
+        route: name.clone(),
+        reason: e.to_string(),
+    };
+    // `no_proxy` first: reqwest's own reading of the environment would proxy loopback too.
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(block.connect_timeout)
         .read_timeout(block.idle_timeout)
-        .timeout(block.request_timeout)
+        .timeout(block.request_timeout);
+    for proxy in crate::http::proxy::from_env(env).map_err(client_error)? {
+        builder = builder.proxy(proxy);
+    }
+    let client = builder
         .build()
-        .map_err(|e| ProxyError::Client {
-            route: name.clone(),
-            reason: crate::http::HttpError::from(e).to_string(),
-        })?;
+        .map_err(|e| client_error(crate::http::HttpError::from(e)))?;
     let credentials = credential::Credentials::new(
         sweeper.clone(),
         block.min_valid,

@@ -129,9 +129,8 @@ impl Refresher {
             Grant::ClientCredentials { .. } | Grant::JwtBearer { .. } => vec![],
         };
         secrets.extend(assertion.as_ref());
-        if let ClientAuth::SecretBasic(secret) | ClientAuth::SecretPost(secret) = &provider.auth {
-            secrets.push(secret);
-        }
+        let redactions = provider.redactions();
+        secrets.extend(&redactions);
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(failure) => classify(failure, &exchange, &secrets),

@@ -118,7 +118,13 @@ async fn revoke_token(
     let basic = provider.authenticate_form(&mut form, assertion.as_ref());
     let answer = transport.post_form(url, &form, basic).await;
     let status = answer.as_ref().ok().and_then(|e| e.status);
-    (classify(answer, hint, &[token]), status)
+    // The provider may quote the request back: the token, the assertion and the client secret in
+    // every form it was sent are blanked out of what it says.
+    let redactions = provider.redactions();
+    let mut secrets: Vec<&Secret> = vec![token];
+    secrets.extend(assertion.as_ref());
+    secrets.extend(&redactions);
+    (classify(answer, hint, &secrets), status)
 }
 
 /// Classifies a revocation endpoint's answer (RFC 7009 §2.2): 200 is revoked (also for a token the
@@ -134,7 +140,7 @@ fn classify(
         Ok(exchange) => exchange,
         Err(e @ HttpError::Redirect(_)) => {
             return TokenRevocation::Refused {
-                reason: format!("revocation endpoint: {e}"),
+                reason: sanitize(&format!("revocation endpoint: {e}"), secrets),
                 code: None,
                 status: None,
             };

@@ -35,14 +35,38 @@ impl SecretFile {
     /// A warning line about a file that is [`too_open`](Self::too_open), naming `what` and `path`.
     #[must_use]
     pub fn warning(&self, what: &str, path: &Path) -> Option<String> {
-        self.too_open().then(|| {
-            format!(
-                "{what} {} is accessible to group or others (mode {:04o}); chmod 0600 it (0400 or 0640 for a service group)",
-                path.display(),
-                self.mode
-            )
-        })
+        warning(self.mode, what, path)
     }
+}
+
+/// A secret file's bytes as they are (an encryption key may be 32 raw bytes), wiped when dropped.
+pub struct RawSecretFile {
+    pub bytes: zeroize::Zeroizing<Vec<u8>>,
+    /// The file's permission bits (`0o600`).
+    pub mode: u32,
+}
+
+impl std::fmt::Debug for RawSecretFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawSecretFile([redacted], mode {:04o})", self.mode)
+    }
+}
+
+impl RawSecretFile {
+    /// As [`SecretFile::warning`].
+    #[must_use]
+    pub fn warning(&self, what: &str, path: &Path) -> Option<String> {
+        warning(self.mode, what, path)
+    }
+}
+
+fn warning(mode: u32, what: &str, path: &Path) -> Option<String> {
+    (mode & OTHERS_MAY_ACCESS != 0).then(|| {
+        format!(
+            "{what} {} is accessible to group or others (mode {mode:04o}); chmod 0600 it (0400 or 0640 for a service group)",
+            path.display(),
+        )
+    })
 }
 
 /// Why a secret file cannot be used. Messages never carry its contents.
@@ -62,6 +86,26 @@ pub enum SecretFileError {
 /// from the opened file (following a symlink, as systemd's credentials may be), not from the path,
 /// so the checked file is the one read.
 pub fn read(path: &Path) -> Result<SecretFile, SecretFileError> {
+    let raw = read_bytes(path)?;
+    let text = std::str::from_utf8(&raw.bytes).map_err(|_| {
+        SecretFileError::Unreadable(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "it is not text (UTF-8)",
+        ))
+    })?;
+    let trimmed = text.trim_end_matches(['\r', '\n']);
+    if trimmed.is_empty() {
+        return Err(SecretFileError::Empty);
+    }
+    Ok(SecretFile {
+        text: trimmed.to_owned(),
+        mode: raw.mode,
+    })
+}
+
+/// As [`read`], the bytes as they are: nothing trimmed, no encoding demanded (only emptiness is
+/// refused).
+pub fn read_bytes(path: &Path) -> Result<RawSecretFile, SecretFileError> {
     let mut file = std::fs::File::open(path).map_err(SecretFileError::Unreadable)?;
     let mode = file
         .metadata()
@@ -72,17 +116,13 @@ pub fn read(path: &Path) -> Result<SecretFile, SecretFileError> {
     if mode & WORLD_WRITABLE != 0 {
         return Err(SecretFileError::WorldWritable { mode });
     }
-    let mut text = String::new();
-    file.read_to_string(&mut text)
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    file.read_to_end(&mut bytes)
         .map_err(SecretFileError::Unreadable)?;
-    let trimmed = text.trim_end_matches(['\r', '\n']);
-    if trimmed.is_empty() {
+    if bytes.is_empty() {
         return Err(SecretFileError::Empty);
     }
-    Ok(SecretFile {
-        text: trimmed.to_owned(),
-        mode,
-    })
+    Ok(RawSecretFile { bytes, mode })
 }
 
 #[cfg(test)]
@@ -127,5 +167,20 @@ mod tests {
         assert!(e.contains("mode 0666") && !e.contains("s3cr3t"), "{e}");
         let empty = file_with(0o600, "\n");
         assert!(matches!(read(empty.path()), Err(SecretFileError::Empty)));
+    }
+
+    #[test]
+    fn raw_bytes_are_read_as_they_are() {
+        let file = file_with(0o620, "");
+        std::fs::write(file.path(), [0xff, b'\n', 0, 7]).unwrap();
+        let raw = read_bytes(file.path()).unwrap();
+        assert_eq!(raw.bytes.as_slice(), &[0xff, b'\n', 0, 7]);
+        assert!(
+            raw.warning("key_file", file.path())
+                .unwrap()
+                .contains("0620")
+        );
+        let e = read(file.path()).unwrap_err().to_string();
+        assert!(e.contains("not text"), "{e}");
     }
 }

@@ -15,7 +15,9 @@ use crate::http::{HttpError, Transport};
 use crate::keys::{self, KeysError};
 use crate::provider::{ProviderError, Providers};
 use crate::refresh::Refresher;
-use crate::store::{Location, LocationError, OpenMode, OpenOptions, Sealer, Store, StoreError};
+use crate::store::{
+    Location, LocationError, OpenMode, OpenOptions, Scrub, Sealer, Store, StoreError,
+};
 use crate::sweep::{Policy, Sweeper};
 
 /// Why the running parts could not be put together.
@@ -48,7 +50,7 @@ pub struct Ctx {
     pub env: BTreeMap<String, String>,
     pub location: Location,
     /// Settings that work but should change (an inline secret or password, a password file
-    /// others can read): logged once telemetry is up.
+    /// others can read): logged once telemetry is up, and shown by `doctor`.
     pub warnings: Vec<String>,
 }
 
@@ -74,6 +76,7 @@ impl Ctx {
             http.connect_timeout,
             http.request_timeout,
             http.max_response_bytes,
+            &self.env,
         )
         .map_err(StartupError::Http)?;
         Ok(Refresher::new(transport))
@@ -154,6 +157,19 @@ impl Ctx {
                 unreadable = sealed.unreadable.len(),
                 "plaintext tokens sealed under the current key"
             );
+        }
+        match &sealed.scrub {
+            Some(Scrub::Done) => tracing::info!(
+                "database file rebuilt (VACUUM) and its -wal file emptied: no plaintext token left in free space"
+            ),
+            Some(Scrub::WalInUse) => tracing::warn!(
+                "database file rebuilt (VACUUM), but another process was reading it: its -wal file still holds old page versions; run `tokenwarden rekey` when nothing else reads the database"
+            ),
+            Some(Scrub::Failed(why)) => tracing::warn!(
+                why,
+                "the database file could not be rebuilt after sealing: old plaintext may remain in free space; run `tokenwarden rekey`"
+            ),
+            None => {}
         }
         let policy = Policy::from_settings(settings)?;
         let alerter = Alerter::new(&settings.alerts.on_event, settings.alerts.timeout);

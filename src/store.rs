@@ -41,7 +41,7 @@ pub use records::{
     Aggregate, AggregateWindow, Authorized, AuthorizedAs, CredentialSummary, NewCredential,
     RevocationClaim, RevocationClaimed, RevocationResult, RotationRecord,
 };
-pub use rekey::{ColumnUsage, KeyUsage, Pass, Target};
+pub use rekey::{ColumnUsage, KeyUsage, Pass, Scrub, Target};
 pub use seal::Sealer;
 pub use transfer::{Copied, TransferError};
 

@@ -25,6 +25,8 @@ pub enum Flaw {
     Space,
     NonAscii,
     NotHttpsUrl,
+    /// Neither https nor plain http to a loopback host.
+    NotHttpsOrLoopbackUrl,
 }
 
 impl fmt::Display for Flaw {
@@ -37,6 +39,9 @@ impl fmt::Display for Flaw {
             Self::Space => f.write_str("holds a space"),
             Self::NonAscii => f.write_str("holds a character outside ASCII"),
             Self::NotHttpsUrl => f.write_str("is not an https URL"),
+            Self::NotHttpsOrLoopbackUrl => {
+                f.write_str("is not an https URL (plain http only to 127.0.0.1, ::1 or localhost)")
+            }
         }
     }
 }
@@ -76,6 +81,29 @@ pub fn check_https_url(value: &str) -> Result<(), Flaw> {
     match url::Url::parse(value) {
         Ok(url) if url.scheme() == "https" && url.host().is_some() => Ok(()),
         _ => Err(Flaw::NotHttpsUrl),
+    }
+}
+
+/// Checks a URL a provider tells a person to open (the device grant's `verification_uri`):
+/// visible ASCII, at most [`MAX_URL_BYTES`], `https` with a host, or plain `http` to a loopback
+/// host (a provider on this machine).
+pub fn check_browser_url(value: &str) -> Result<(), Flaw> {
+    check_visible_ascii(value, MAX_URL_BYTES)?;
+    match url::Url::parse(value) {
+        Ok(url) if url.scheme() == "https" && url.host().is_some() => Ok(()),
+        Ok(url) if url.scheme() == "http" && is_loopback(&url) => Ok(()),
+        _ => Err(Flaw::NotHttpsOrLoopbackUrl),
+    }
+}
+
+/// Whether `url`'s host is this machine: 127.0.0.0/8, `::1` or `localhost`.
+#[must_use]
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }
 
@@ -152,6 +180,28 @@ impl fmt::Display for Escaped<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn browser_urls_are_https_or_loopback_http() {
+        for good in [
+            "https://microsoft.com/devicelogin",
+            "http://127.0.0.1:8080/device",
+            "http://[::1]/device",
+            "http://localhost/device",
+        ] {
+            assert_eq!(check_browser_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "http://example.com/device",
+            "https://ex\u{1b}[2Jample.com",
+            "javascript:alert(1)",
+            "file:///etc/passwd",
+            "",
+        ] {
+            let bad = bad.replace("\\u{1b}", "\u{1b}");
+            assert!(check_browser_url(&bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn tokens_are_visible_ascii_within_the_cap() {

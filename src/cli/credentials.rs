@@ -120,10 +120,11 @@ pub(super) async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Res
             timeout: args.timeout.unwrap_or(Duration::MAX),
         };
         let show = |prompt: &lifecycle::device::UserPrompt| {
+            // The provider's words, escaped: nothing in them may act on the terminal.
             eprintln!(
                 "tokenwarden: on any device with a browser, open {} and enter the code {} (valid for {}){}",
-                prompt.verification_uri,
-                prompt.user_code,
+                Escaped(&prompt.verification_uri),
+                Escaped(&prompt.user_code),
                 humantime::format_duration(prompt.expires_in),
                 if prompt.verification_uri_complete.is_some() {
                     ", or open this URL, which carries the code:"
@@ -133,10 +134,12 @@ pub(super) async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Res
             );
             println!(
                 "{}",
-                prompt
-                    .verification_uri_complete
-                    .as_deref()
-                    .unwrap_or(&prompt.verification_uri)
+                Escaped(
+                    prompt
+                        .verification_uri_complete
+                        .as_deref()
+                        .unwrap_or(&prompt.verification_uri)
+                )
             );
         };
         let result = enroll::authorize_device(&store, transport, &request, &target, show).await;

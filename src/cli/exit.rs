@@ -5,6 +5,7 @@ use crate::daemon::DaemonError;
 use crate::deliver::DeliverError;
 use crate::discovery::DiscoveryError;
 use crate::exec::ExecError;
+use crate::http::HttpError;
 use crate::keys::KeysError;
 use crate::lifecycle::AuthorizeError;
 use crate::provider::ProviderError;
@@ -160,9 +161,12 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
             }
         }
         match cause.downcast_ref::<StartupError>() {
+            // Boxed (it is large), so the chain holds the box: decided here. A proxy variable
+            // that is not a URL is the operator's to fix as well.
+            Some(StartupError::Config(_) | StartupError::Http(HttpError::Proxy(_))) => {
+                return CONFIG;
+            }
             Some(StartupError::Http(_)) => return INTERNAL,
-            // Boxed (it is large), so the chain holds the box: decided here.
-            Some(StartupError::Config(_)) => return CONFIG,
             _ => {}
         }
         if let Some(

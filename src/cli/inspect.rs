@@ -154,6 +154,7 @@ pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> 
         store: store.as_ref(),
         database: ctx.location.shown(),
         unreachable,
+        database_warnings: &ctx.warnings,
         only,
         proxies: &ctx.settings.proxy,
         refresh_token_warning: i64::try_from(ctx.settings.refresh_token_warning.as_secs())

@@ -45,6 +45,7 @@ pub(super) async fn exec(
     which: &Which,
     args: &RenewArgs,
     var: &str,
+    clean: bool,
     command: &[String],
 ) -> anyhow::Result<u8> {
     if !crate::exec::is_variable_name(var) {
@@ -82,6 +83,7 @@ pub(super) async fn exec(
         args: command_args,
         set,
         remove,
+        clean,
     };
     Ok(crate::exec::run(&child).await?)
 }

@@ -99,6 +99,7 @@ pub(super) async fn exec(
     which: &Which,
     args: &RenewArgs,
     var: &str,
+    clean: bool,
     command: &[String],
 ) -> anyhow::Result<u8> {
     if !crate::exec::is_variable_name(var) {
@@ -116,13 +117,13 @@ pub(super) async fn exec(
     if let Some(url) = &instance_url {
         set.push(("INSTANCE_URL", url));
     }
-    // The child gets this process's environment without the client secrets it names, and
-    // without a stale INSTANCE_URL.
+    // The child gets this process's environment without the secrets the configuration names
+    // (client secrets, sealing keys, the database password, libpq's), tokenwarden's settings, and
+    // a stale INSTANCE_URL.
     let mut remove: Vec<&str> =
         ctx.settings
-            .providers
-            .values()
-            .filter_map(|p| p.client_secret_env.as_deref())
+            .secret_variables()
+            .into_iter()
             .chain(
                 ctx.env.keys().map(String::as_str).filter(|k| {
                     k.starts_with("TOKENWARDEN_") && *k != crate::config::CONFIG_PATH_VAR
@@ -137,6 +138,7 @@ pub(super) async fn exec(
         args: command_args,
         set,
         remove,
+        clean,
     };
     Ok(crate::exec::run(&child).await?)
 }

@@ -219,7 +219,7 @@ pub(crate) fn check_endpoint(
         url::Url::parse(value).map_err(|e| invalid(key, format!("{value:?} is not a URL: {e}")))?;
     match url.scheme() {
         "https" => Ok(()),
-        "http" if allow_insecure_http || is_loopback(&url) => Ok(()),
+        "http" if allow_insecure_http || crate::untrusted::is_loopback(&url) => Ok(()),
         "http" => Err(invalid(
             key,
             format!(
@@ -230,14 +230,5 @@ pub(crate) fn check_endpoint(
             key,
             format!("{value:?} has scheme {other:?}; expected https"),
         )),
-    }
-}
-
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
     }
 }

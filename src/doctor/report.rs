@@ -22,6 +22,8 @@ pub struct Scope<'a> {
     pub database: String,
     /// Why a database server that should be there did not answer: a finding of its own.
     pub unreachable: Option<String>,
+    /// What should change about how the database is reached (shown as warnings).
+    pub database_warnings: &'a [String],
     /// One credential and its provider, or everything.
     pub only: Option<&'a str>,
     /// The `[[proxy]]` routes (checked when `only` is not given).
@@ -88,11 +90,17 @@ pub async fn run(scope: &Scope<'_>) -> Result<Report, StoreError> {
         credentials: rows.len(),
         ..Report::default()
     };
-    let database = match (scope.store, &scope.unreachable) {
+    let mut database = match (scope.store, &scope.unreachable) {
         (Some(store), _) => database_checks(store).await,
         (None, Some(reason)) => vec![failed("connection", reason.clone())],
         (None, None) => Vec::new(),
     };
+    database.extend(
+        scope
+            .database_warnings
+            .iter()
+            .map(|w| super::check(Verdict::Warn, "access", w.clone())),
+    );
     if !database.is_empty() {
         report
             .sections

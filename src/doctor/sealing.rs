@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use super::{Check, Verdict, check};
 use crate::store::seal::Keyring;
-use crate::store::{ColumnUsage, KeyUsage, Pass};
+use crate::store::{ColumnUsage, KeyUsage, Pass, Scrub};
 
 fn counts(usage: &KeyUsage, pick: impl Fn(&ColumnUsage) -> i64) -> String {
     let (r, a) = (pick(&usage.refresh_tokens), pick(&usage.access_tokens));
@@ -148,6 +148,27 @@ pub fn rekey_summary(pass: &Pass, keyring: Option<&Keyring>, decrypt: bool) -> S
             "rows with a token that cannot be opened (left as they are; authorize them again): {}",
             pass.unreadable.join(", ")
         );
+    }
+    match &pass.scrub {
+        Some(Scrub::Done) => {
+            let _ = writeln!(
+                out,
+                "database file rebuilt (VACUUM) and its -wal file emptied: no old token is left in free space"
+            );
+        }
+        Some(Scrub::WalInUse) => {
+            let _ = writeln!(
+                out,
+                "database file rebuilt (VACUUM); its -wal file was in use by another process and still holds old page versions until it is reused (run rekey again when nothing else reads the database)"
+            );
+        }
+        Some(Scrub::Failed(why)) => {
+            let _ = writeln!(
+                out,
+                "the database file could not be rebuilt ({why}): old page contents may remain in free space; run rekey again"
+            );
+        }
+        None => {}
     }
     out
 }

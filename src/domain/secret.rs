@@ -6,7 +6,8 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 
 /// A token or other secret value. `Debug` prints `[redacted]` and there is no `Display`: the only
-/// way to the value is [`Secret::expose`], so a secret never reaches a log line by accident.
+/// way to the value is [`Secret::expose`], so a secret never reaches a log line by accident. Its
+/// memory is overwritten with zeros when it is dropped (copies made from `expose` are not).
 #[derive(Clone, PartialEq, Eq, sqlx::Type)]
 #[sqlx(transparent)]
 pub struct Secret(String);
@@ -28,6 +29,12 @@ impl Secret {
     pub fn fingerprint(&self) -> String {
         let digest = Sha256::digest(self.0.as_bytes());
         hex::encode(&digest[..8])
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

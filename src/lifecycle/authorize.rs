@@ -191,7 +191,11 @@ pub async fn authorize<T>(
         Err((rejection, arrival)) => {
             let error = match rejection {
                 Rejection::StateMismatch => AuthorizeError::StateMismatch,
-                Rejection::Denied(reason) => AuthorizeError::Denied(sanitize(&reason, &[])),
+                Rejection::Denied(reason) => {
+                    let redactions = req.provider.redactions();
+                    let secrets: Vec<&Secret> = redactions.iter().collect();
+                    AuthorizeError::Denied(sanitize(&reason, &secrets))
+                }
                 Rejection::NoCode => AuthorizeError::NoCode,
                 Rejection::ListenerStopped => AuthorizeError::Listen(std::io::Error::other(
                     "the listener for the redirect stopped",
@@ -321,7 +325,12 @@ async fn exchange(
     let seen = recorded
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let secrets = [code, &secret_verifier];
+    // The provider may quote the request back: code, verifier, assertion and the client secret in
+    // every form it was sent are blanked out of what it says (stderr, the browser page).
+    let redactions = provider.redactions();
+    let mut secrets: Vec<&Secret> = vec![code, &secret_verifier];
+    secrets.extend(assertion.as_ref());
+    secrets.extend(&redactions);
     match result {
         Ok(response) => Ok((
             response

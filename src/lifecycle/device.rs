@@ -167,9 +167,11 @@ async fn start(
                 answer.body.len()
             ),
         };
+        let redactions = provider.redactions();
+        let secrets: Vec<&Secret> = redactions.iter().collect();
         return Err(DeviceError::Start(format!(
             "{url} answered {status}: {}",
-            sanitize(&reason, &[])
+            sanitize(&reason, &secrets)
         )));
     };
     let seconds = |v: &serde_json::Value| {
@@ -188,6 +190,23 @@ async fn start(
         .and_then(seconds)
         .map_or(DEFAULT_INTERVAL, Duration::from_secs)
         .clamp(Duration::from_secs(1), MAX_INTERVAL);
+    // Shown to a person who will open it: https (plain http only on this machine), nothing a
+    // terminal acts on.
+    for (key, value) in [
+        ("verification_uri", Some(&started.verification_uri)),
+        (
+            "verification_uri_complete",
+            started.verification_uri_complete.as_ref(),
+        ),
+    ] {
+        if let Some(value) = value
+            && let Err(flaw) = crate::untrusted::check_browser_url(value)
+        {
+            return Err(DeviceError::Start(format!(
+                "{url} answered a {key} that {flaw}"
+            )));
+        }
+    }
     let prompt = UserPrompt {
         verification_uri: started.verification_uri,
         user_code: started.user_code,
@@ -214,10 +233,12 @@ async fn post(
         .collect();
     let basic = provider.authenticate_form(&mut form, assertion.as_ref());
     transport.post_form(url, &form, basic).await.map_err(|e| {
+        let redactions = provider.redactions();
         let shown: Vec<&Secret> = grant
             .iter()
             .map(|(_, v)| v)
             .chain(assertion.as_ref())
+            .chain(&redactions)
             .collect();
         sanitize(&e.to_string(), &shown)
     })
@@ -254,18 +275,23 @@ fn judge(
             answer.body.len()
         ));
     };
+    // The provider may quote the request back: the device code and the client secret in every
+    // form it was sent are blanked out of what it says.
+    let redactions = provider.redactions();
+    let mut secrets: Vec<&Secret> = vec![device_code];
+    secrets.extend(&redactions);
     match error.error.as_str() {
         "authorization_pending" => Poll::Pending,
         "slow_down" => Poll::SlowDown,
         "access_denied" => Poll::Denied,
         "expired_token" => Poll::Expired,
         "temporarily_unavailable" | "server_error" => {
-            Poll::Transient(sanitize(&error.describe(), &[device_code]))
+            Poll::Transient(sanitize(&error.describe(), &secrets))
         }
-        _ if status >= 500 => Poll::Transient(sanitize(&error.describe(), &[device_code])),
+        _ if status >= 500 => Poll::Transient(sanitize(&error.describe(), &secrets)),
         _ => Poll::Refused(format!(
             "token endpoint answered {status}: {}",
-            sanitize(&error.describe(), &[device_code])
+            sanitize(&error.describe(), &secrets)
         )),
     }
 }

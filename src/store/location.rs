@@ -2,7 +2,8 @@
 //! the settings (`database`, `[postgres]`, systemd's `STATE_DIRECTORY`), with the PostgreSQL
 //! password read from `[postgres] password_file` or `password_env` (the file must not be writable
 //! by other users, and should not be readable by them: a warning) and its CA file. [`PgOptions`]
-//! never shows a password (`Debug`, [`PgOptions::shown`]), and no message carries one. Imports
+//! never shows a password (`Debug`, [`PgOptions::shown`]), and no message carries one. A URL to
+//! another host without `sslmode=verify-full` draws a warning. Imports
 //! `config`, `domain` and `secret_file`.
 
 use std::collections::BTreeMap;
@@ -115,6 +116,7 @@ pub fn postgres_options(
         })?)),
         (None, None) => None,
     };
+    warnings.extend(tls_warning(url));
     let ca = pg.and_then(|p| p.ssl_root_cert.clone());
     if let Some(ca) = &ca
         && !ca.is_file()
@@ -125,6 +127,46 @@ pub fn postgres_options(
         });
     }
     Ok((PgOptions::new(url.to_owned(), password, ca), warnings))
+}
+
+/// A warning when the PostgreSQL connection at `url` could go without TLS or to a server whose
+/// certificate is not checked: without `sslmode`, libpq's and sqlx's default is `prefer`, which
+/// falls back to cleartext when the server (or a man in the middle) declines TLS, and sends the
+/// password there. Only `sslmode=verify-full` checks the server's name; a loopback host or a unix
+/// socket never leaves the machine.
+fn tls_warning(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let query = |key: &str| {
+        parsed
+            .query_pairs()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    };
+    let sslmode = query("sslmode").unwrap_or_else(|| "prefer (the default)".to_owned());
+    if sslmode == "verify-full" {
+        return None;
+    }
+    let local = match (query("host"), parsed.host()) {
+        (Some(host), _) => host.starts_with('/') || is_loopback_name(&host),
+        (None, None) => true,
+        (None, Some(url::Host::Domain(d))) => d.is_empty() || is_loopback_name(d),
+        (None, Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
+        (None, Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
+    };
+    (!local).then(|| {
+        format!(
+            "database: PostgreSQL on another host with sslmode={sslmode}: the server's certificate is not checked, and unless sslmode is require or stricter the connection (and the password) may go in clear; add sslmode=verify-full to the URL (with [postgres] ssl_root_cert for a private CA)"
+        )
+    })
+}
+
+/// `localhost` or a loopback address, as a host name or a `host=` parameter spells it.
+fn is_loopback_name(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// How to reach the server: its URL (`postgres://` or `postgresql://`, with `sslmode`, host,
@@ -226,8 +268,31 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
-    use super::{Location, PgOptions, shown_url};
+    use super::{Location, PgOptions, shown_url, tls_warning};
     use crate::config::Settings;
+
+    #[test]
+    fn postgres_elsewhere_without_verify_full_is_warned_about() {
+        for url in [
+            "postgres://tw@db.example.com/tw",
+            "postgres://tw@db.example.com/tw?sslmode=require",
+            "postgres://tw@10.0.0.5:5432/tw?sslmode=verify-ca",
+            "postgresql://tw@localhost/tw?host=db.example.com",
+        ] {
+            let warning = tls_warning(url).unwrap_or_else(|| panic!("{url}"));
+            assert!(warning.contains("sslmode=verify-full"), "{warning}");
+        }
+        for url in [
+            "postgres://tw@db.example.com/tw?sslmode=verify-full",
+            "postgres://tw@127.0.0.1:5432/tw",
+            "postgres://tw@localhost/tw?sslmode=disable",
+            "postgres://tw@[::1]/tw",
+            "postgresql://tw@db.example.com/tw?host=/run/postgresql",
+            "postgresql:///tw",
+        ] {
+            assert_eq!(tls_warning(url), None, "{url}");
+        }
+    }
 
     #[test]
     fn urls_are_recognised_and_shown_without_passwords() {

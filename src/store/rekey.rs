@@ -79,6 +79,23 @@ pub struct Pass {
     pub leased: u64,
     /// Rows with a value that cannot be opened (altered): left as they are.
     pub unreadable: Vec<String>,
+    /// How the SQLite file was cleared of old page contents afterwards, if it was.
+    pub scrub: Option<Scrub>,
+}
+
+/// What clearing a SQLite file of the old contents of its pages did (`VACUUM`, then
+/// `wal_checkpoint(TRUNCATE)`). Never an error of the command: the values are sealed already.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scrub {
+    /// The file rebuilt and the `-wal` file emptied: no old page content is left.
+    Done,
+    /// The file rebuilt, but another process was reading the database, so the `-wal` file could
+    /// not be emptied: its old frames are overwritten as the log is reused, and the next `rekey`
+    /// tries again.
+    WalInUse,
+    /// `VACUUM` or the checkpoint failed (another process held the write lock past the busy
+    /// timeout, the disk is full…): the next `rekey` tries again.
+    Failed(String),
 }
 
 /// A row a re-sealing pass reads, values as stored.
@@ -147,7 +164,25 @@ impl Store {
         if !plaintext {
             return Ok(Pass::default());
         }
-        self.reseal_pass(Target::SealPlaintext).await
+        let mut pass = self.reseal_pass(Target::SealPlaintext).await?;
+        if pass.resealed > 0 {
+            // The plaintext just replaced still sits in free space and in the log's old frames.
+            pass.scrub = self.scrub().await;
+        }
+        Ok(pass)
+    }
+
+    /// With SQLite, clears what old pages and log frames hold ([`Scrub`]); `None` on PostgreSQL,
+    /// whose dead row versions keep old values until the operator's `VACUUM` (see the README).
+    pub async fn scrub(&self) -> Option<Scrub> {
+        match &self.db {
+            super::backend::Db::Sqlite(db) => Some(match db.scrub().await {
+                Ok(true) => Scrub::Done,
+                Ok(false) => Scrub::WalInUse,
+                Err(e) => Scrub::Failed(e.to_string()),
+            }),
+            super::backend::Db::Postgres(_) => None,
+        }
     }
 
     /// Brings every row to `target`, passing again over rows another process held the lease of,
@@ -161,6 +196,11 @@ impl Store {
             total.unreadable = pass.unreadable;
             total.leased = pass.leased;
             if pass.leased == 0 || tokio::time::Instant::now() + LEASED_PAUSE > deadline {
+                // Sealed (or re-sealed) values leave their old forms in free space: with a key,
+                // every rekey ends by clearing them, plaintext from before sealing included.
+                if target != Target::Plaintext && self.sealer.keyring().is_some() {
+                    total.scrub = self.scrub().await;
+                }
                 return Ok(total);
             }
             tokio::time::sleep(LEASED_PAUSE).await;

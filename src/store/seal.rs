@@ -32,9 +32,13 @@ const TAG_LEN: usize = 16;
 /// Why key material was refused. Never carries the material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
-    #[error("is not a key: expected 32 bytes as base64 (44 characters) or hex (64 digits)")]
+    #[error(
+        "is not a key: a key is 32 bytes as base64 (44 characters) or hex (64 digits), or in a file also the 32 raw bytes"
+    )]
     Encoding,
-    #[error("holds {0} bytes; a key is exactly 32 (head -c 32 /dev/urandom | base64)")]
+    #[error(
+        "holds {0} bytes; a key is exactly 32, as base64 or hex, or in a file also raw (head -c 32 /dev/urandom)"
+    )]
     Length(usize),
     #[error("key {0} is listed twice")]
     Duplicate(String),
@@ -98,6 +102,16 @@ impl Key {
             id,
             cipher: XChaCha20Poly1305::new(bytes.into()),
         }
+    }
+
+    /// A key file's contents: exactly [`KEY_LEN`] bytes are the key itself (`head -c 32
+    /// /dev/urandom`; 32 bytes cannot be the base64 or hex of a 32-byte key, so nothing is
+    /// ambiguous), anything else is text for [`Key::parse`].
+    pub fn from_file_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        if let Ok(raw) = <&[u8; KEY_LEN]>::try_from(bytes) {
+            return Ok(Self::from_bytes(raw));
+        }
+        Self::parse(std::str::from_utf8(bytes).map_err(|_| KeyError::Encoding)?)
     }
 
     /// A key written as base64 (standard or URL-safe, padded or not) or as 64 hex digits;
@@ -482,6 +496,26 @@ mod tests {
         assert_eq!(Key::parse("not a key!").unwrap_err(), KeyError::Encoding);
         assert_eq!(Key::parse("").unwrap_err(), KeyError::Length(0));
         assert!(!format!("{b64:?}").contains(A));
+    }
+
+    #[test]
+    fn a_key_file_may_hold_the_32_raw_bytes() {
+        let raw: [u8; 32] = std::array::from_fn(|i| if i == 31 { b'\n' } else { 0xf0 ^ i as u8 });
+        assert_eq!(
+            Key::from_file_bytes(&raw).unwrap().id(),
+            Key::from_bytes(&raw).id(),
+            "all 32 bytes, a final newline byte included"
+        );
+        let text = format!("{A}\n");
+        assert_eq!(
+            Key::from_file_bytes(text.as_bytes()).unwrap().id(),
+            Key::parse(A).unwrap().id()
+        );
+        assert_eq!(
+            Key::from_file_bytes(&[0xff; 33]).unwrap_err(),
+            KeyError::Encoding
+        );
+        assert!(KeyError::Encoding.to_string().contains("raw"));
     }
 
     #[test]

@@ -133,7 +133,7 @@ pub(super) struct FailureDecision {
 }
 
 /// Decides what `action` stores: a retry after exponential backoff with full jitter (`jitter` in
-/// `[0, 1)`), never before a provider's Retry-After — in the upper half of the longest backoff once
+/// `[0, 1)`), never before a provider's Retry-After (itself clamped to `retry.max`) — in the upper half of the longest backoff once
 /// the credential is failing; re-authorization; or a rejected client's quarantine.
 pub(super) fn failure(
     claimed: &Claimed,
@@ -155,9 +155,13 @@ pub(super) fn failure(
                 (failures, jitter)
             };
             let delay = policy.backoff.delay(exponent, jitter, None);
+            // A provider's Retry-After is honoured up to `retry.max`, as revocation does: an
+            // absurd one (years) must not park the credential past any use.
+            let not_before =
+                not_before.map_or(0, |t| t.min(now.saturating_add(policy.backoff.cap)));
             FailureDecision {
                 write: FailureWrite::Retry {
-                    next_attempt_at: (now + delay).max(not_before.unwrap_or(0)),
+                    next_attempt_at: (now + delay).max(not_before),
                 },
                 handled: Handled::Retrying,
                 event: failing.then_some(Event::Failing),
@@ -439,6 +443,22 @@ mod tests {
             FailureWrite::Retry {
                 next_attempt_at: NOW + 900
             }
+        );
+        let absurd = failure(
+            &c,
+            Action::Retry {
+                not_before: Some(NOW.saturating_add(99_999_999_999)),
+            },
+            &policy(),
+            NOW,
+            0.0,
+        );
+        assert_eq!(
+            absurd.write,
+            FailureWrite::Retry {
+                next_attempt_at: NOW + 3600
+            },
+            "Retry-After is clamped to retry.max"
         );
         let failing = failure(
             &Claimed {

@@ -118,8 +118,13 @@ async fn sweeper(dir: &tempfile::TempDir, endpoint: &Endpoint) -> Sweeper {
     )]
     .into();
     let settings = Settings::load(Some(&config), &env).unwrap();
-    let transport =
-        Transport::new(Duration::from_secs(2), Duration::from_secs(5), 1 << 20).unwrap();
+    let transport = Transport::new(
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+        1 << 20,
+        &std::collections::BTreeMap::new(),
+    )
+    .unwrap();
     let providers = Providers::resolve(&settings.providers, &env, &transport)
         .await
         .unwrap();

@@ -23,6 +23,9 @@ pub enum Reply {
         headers: Vec<(String, String)>,
         body: Vec<u8>,
     },
+    /// An OAuth error whose `error_description` quotes the request back (its Authorization
+    /// header and its body), as a careless or hostile provider does.
+    Echo { status: u16, error: &'static str },
     /// Reads the request and never answers.
     Hang,
     /// Sends headers promising a body, then one byte every `every`.
@@ -212,6 +215,10 @@ async fn serve(
         requests.fetch_add(1, Ordering::SeqCst);
         let forwarded;
         let reply = match reply {
+            Reply::Echo { status, error } => {
+                forwarded = echo(&request, *status, error);
+                &forwarded
+            }
             Reply::Forward { upstream, gate } => {
                 let _permit = gate.acquire().await.map_err(std::io::Error::other)?;
                 forwarded = forward(&request, upstream).await?;
@@ -237,7 +244,9 @@ async fn serve(
                 stream.flush().await?;
                 answered.fetch_add(1, Ordering::SeqCst);
             }
-            Reply::Forward { .. } => unreachable!("replaced by the upstream's answer"),
+            Reply::Forward { .. } | Reply::Echo { .. } => {
+                unreachable!("replaced by the upstream's answer or the echo")
+            }
             Reply::Hang => {
                 tokio::time::sleep(MAX_CONNECTION).await;
                 return Ok(());
@@ -264,6 +273,27 @@ async fn serve(
 struct Request {
     head: String,
     body: Vec<u8>,
+}
+
+/// An OAuth error quoting `request`'s Authorization header and body back.
+fn echo(request: &Request, status: u16, error: &str) -> Reply {
+    let authorization = request
+        .head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("authorization")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let body = serde_json::json!({
+        "error": error,
+        "error_description": format!(
+            "you sent [{authorization}] and [{}]",
+            String::from_utf8_lossy(&request.body)
+        ),
+    });
+    Reply::json(status, &body.to_string())
 }
 
 /// Sends `request` on to `upstream` and turns its answer into a reply.

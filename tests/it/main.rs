@@ -14,6 +14,7 @@ mod fake_endpoint;
 mod faults;
 mod grants;
 mod harness;
+mod hostile;
 mod lifecycle;
 mod listeners;
 mod load;

@@ -108,7 +108,7 @@ fn head(key: &Key) -> String {
 }
 
 /// The bytes of the database and its -wal and -shm files, and of `extra` files.
-fn file_bytes(db: &Path, extra: &[&Path]) -> Vec<(String, Vec<u8>)> {
+pub fn file_bytes(db: &Path, extra: &[&Path]) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for suffix in ["", "-wal", "-shm"] {
         let path = PathBuf::from(format!("{}{suffix}", db.display()));
@@ -123,7 +123,7 @@ fn file_bytes(db: &Path, extra: &[&Path]) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Fails if any of `tokens` occurs in any of `files`.
-fn assert_not_in_files(files: &[(String, Vec<u8>)], tokens: &BTreeSet<String>) {
+pub fn assert_not_in_files(files: &[(String, Vec<u8>)], tokens: &BTreeSet<String>) {
     assert!(!files.is_empty());
     for (path, bytes) in files {
         for token in tokens {
