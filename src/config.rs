@@ -72,7 +72,6 @@ pub const CONFIG_PATH_VAR: &str = "TOKENWARDEN_CONFIG";
 /// The environment variable that names the token API's socket for `token`/`exec`; never read as
 /// a setting.
 pub const SOCKET_VAR: &str = "TOKENWARDEN_SOCKET";
-
 /// libpq's variables for a password or a password file (sqlx reads them as libpq does): secrets
 /// too, never handed to a command that `exec` runs.
 pub const LIBPQ_SECRET_VARS: [&str; 2] = ["PGPASSWORD", "PGPASSFILE"];
@@ -175,6 +174,42 @@ pub struct Settings {
     /// the service user.
     #[serde(default)]
     pub access: Vec<AccessRule>,
+    /// Files kept holding a credential's current token (`[[sink]]` blocks).
+    #[serde(default)]
+    pub sink: Vec<SinkSettings>,
+}
+
+/// One `[[sink]]`: a credential's token kept in a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSettings {
+    pub credential: String,
+    /// An absolute path; its directory must exist.
+    pub path: PathBuf,
+    /// The file's mode, octal (`"0640"`).
+    #[serde(default = "default_sink_mode", deserialize_with = "de::octal_mode")]
+    pub mode: u32,
+    /// The file's group (the service user must be a member: `SupplementaryGroups=`).
+    pub group: Option<String>,
+    #[serde(default)]
+    pub format: SinkFormat,
+}
+
+fn default_sink_mode() -> u32 {
+    0o600
+}
+
+/// What a sink's file holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkFormat {
+    /// The access token and a newline.
+    #[default]
+    Token,
+    /// `Authorization: <type> <token>` and a newline.
+    Header,
+    /// The token API's JSON answer.
+    Json,
 }
 
 /// `[api]`: the local token API, HTTP/1.1 on a unix socket.

@@ -2,8 +2,9 @@
 //! at once, until shutdown is requested; SIGTERM and SIGINT request it. Tells systemd (when it
 //! set NOTIFY_SOCKET) that it is ready, alive (watchdog) and stopping, and serves the optional
 //! /metrics and /healthz listener. Between sweeps it sleeps until the next tick (`ticker`): no
-//! timer of its own wakes it. Serves the token API (`[api] socket`) and the `[[proxy]]` routes
-//! too. Imports `config`, `schedule`, `domain`, `metrics`, `api`, `listener`, `proxy` and `sweep`.
+//! timer of its own wakes it. Serves the token API (`[api] socket`) and the `[[proxy]]` routes,
+//! and keeps the `[[sink]]` files, too. Imports `config`, `schedule`, `domain`, `metrics`, `api`,
+//! `listener`, `proxy`, `sink` and `sweep`.
 
 use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,8 @@ pub enum DaemonError {
     Proxy(#[from] crate::proxy::ProxyError),
     #[error(transparent)]
     Api(#[from] crate::api::BindError),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
     #[error("scheduler: {0}")]
     Scheduler(#[from] JobSchedulerError),
     #[error("cannot listen for signals: {0}")]
@@ -71,6 +74,7 @@ pub async fn run(
     }
     let proxies = tokio::spawn(crate::proxy::serve(routes, shutdown.clone()));
     let api = listen_for_api(&sweeper, settings, &shutdown)?;
+    let sinks = crate::sink::spawn(sweeper.store().clone(), &settings.sink, shutdown.clone())?;
     let mut ticker = Ticker::new(&schedule).await?;
     info!(schedule = schedule.six_fields(), "tokenwarden started");
     notify(&[sd_notify::NotifyState::Ready]);
@@ -99,6 +103,9 @@ pub async fn run(
     }
     // The routes finish the requests in flight (the listener's grace period).
     let _ = proxies.await;
+    if let Some(sinks) = sinks {
+        let _ = sinks.await;
+    }
     if let Some((path, served)) = api {
         let _ = served.await;
         let _ = std::fs::remove_file(path);

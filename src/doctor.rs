@@ -17,10 +17,13 @@ mod database;
 mod proxy;
 mod report;
 mod sealing;
+mod sinks;
+
 pub use database::database_checks;
 pub use proxy::proxy_checks;
 pub use report::{Report, Scope, run};
 pub use sealing::{encryption_checks, rekey_summary, sealing_summary};
+pub use sinks::sink_checks;
 
 /// The refresh token sent by the probe; no provider has issued it.
 const PROBE_TOKEN: &str = "tokenwarden-doctor-probe-not-a-real-token";

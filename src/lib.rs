@@ -46,6 +46,7 @@
 //!   per-credential series up to `metrics.per_credential_max`
 //! - [`api`] — the local token API on a unix socket: access rules from the peer's credentials,
 //!   then `deliver`; its client for `token --socket`
+//! - [`sink`] — files kept holding a credential's current token (`[[sink]]`)
 //! - [`daemon`] — the schedule, signals and metrics listener around sweeps
 //! - [`telemetry`] — logging, with text from outside escaped
 //! - [`exec`] — `tokenwarden exec`: a command run with a token in its environment
@@ -78,6 +79,7 @@ pub mod renew;
 pub mod revoke;
 pub mod schedule;
 pub mod secret_file;
+pub mod sink;
 pub mod startup;
 pub mod store;
 pub mod sweep;

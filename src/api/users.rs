@@ -83,6 +83,14 @@ pub fn user_exists(name: &str) -> bool {
     passwd_entries(&read(PASSWD)).any(|(n, _, _)| n == name)
 }
 
+/// The gid of the group of that name in this machine's files.
+#[must_use]
+pub fn group_id(name: &str) -> Option<u32> {
+    group_entries(&read(GROUP))
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, gid, _)| gid)
+}
+
 /// Whether a group of that name exists in this machine's files.
 #[must_use]
 pub fn group_exists(name: &str) -> bool {

@@ -170,7 +170,10 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
             _ => {}
         }
         if let Some(
-            DaemonError::Config(_) | DaemonError::MetricsListen { .. } | DaemonError::Api(_),
+            DaemonError::Config(_)
+            | DaemonError::MetricsListen { .. }
+            | DaemonError::Api(_)
+            | DaemonError::Sink(_),
         ) = cause.downcast_ref::<DaemonError>()
         {
             return CONFIG;

@@ -162,7 +162,11 @@ pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> 
         sweep_gap: ctx.sweep_gap()?,
         now: domain::now(),
     };
-    let report = doctor::run(&scope).await?;
+    let mut report = doctor::run(&scope).await?;
+    let sinks = doctor::sink_checks(&ctx.settings.sink);
+    if only.is_none() && !sinks.is_empty() {
+        report.sections.push(("sinks".to_owned(), sinks));
+    }
     if let Some(name) = only
         && report.credentials == 0
     {

@@ -64,8 +64,9 @@ pub(super) async fn exec(
         set.push(("INSTANCE_URL", url));
     }
     let env = crate::startup::environment();
-    // Without a configuration there are no secrets named in it to remove; tokenwarden's own
-    // variables go, and a stale INSTANCE_URL.
+    // Without a configuration there are no secrets named in it to remove; libpq's password
+    // variables go, tokenwarden's own, and a stale INSTANCE_URL (with --clean-env, everything
+    // but PATH, HOME and LANG).
     let mut remove: Vec<&str> = env
         .keys()
         .map(String::as_str)
@@ -74,6 +75,7 @@ pub(super) async fn exec(
                 && *k != crate::config::CONFIG_PATH_VAR
                 && *k != crate::config::SOCKET_VAR
         })
+        .chain(crate::config::LIBPQ_SECRET_VARS)
         .collect();
     if instance_url.is_none() {
         remove.push("INSTANCE_URL");

@@ -6,6 +6,47 @@ use std::time::Duration;
 use super::{ConfigError, Settings, invalid};
 
 impl Settings {
+    /// The token API, its access rules and the file sinks.
+    fn validate_consumers(&self) -> Result<(), ConfigError> {
+        for (i, rule) in self.access.iter().enumerate() {
+            if rule.credentials.is_empty() || rule.credentials.iter().any(String::is_empty) {
+                return Err(invalid(
+                    format!("access[{i}].credentials"),
+                    "name at least one credential (or a glob such as \"sf-*\")",
+                ));
+            }
+            if rule.users.is_empty() && rule.groups.is_empty() {
+                return Err(invalid(
+                    format!("access[{i}]"),
+                    "name users or groups: a rule for nobody grants nothing",
+                ));
+            }
+        }
+        for (i, sink) in self.sink.iter().enumerate() {
+            if !sink.path.is_absolute() {
+                return Err(invalid(
+                    format!("sink[{i}].path"),
+                    format!("{} is not an absolute path", sink.path.display()),
+                ));
+            }
+            if sink.mode & 0o002 != 0 {
+                return Err(invalid(
+                    format!("sink[{i}].mode"),
+                    "a token file anyone may write is refused",
+                ));
+            }
+        }
+        if let Some(socket) = &self.api.socket
+            && !socket.is_absolute()
+        {
+            return Err(invalid(
+                "api.socket",
+                format!("{} is not an absolute path", socket.display()),
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let schedule = self.schedule()?;
         let gap = schedule.longest_gap(chrono::Utc::now());
@@ -56,28 +97,7 @@ impl Settings {
                 ),
             ));
         }
-        for (i, rule) in self.access.iter().enumerate() {
-            if rule.credentials.is_empty() || rule.credentials.iter().any(String::is_empty) {
-                return Err(invalid(
-                    format!("access[{i}].credentials"),
-                    "name at least one credential (or a glob such as \"sf-*\")",
-                ));
-            }
-            if rule.users.is_empty() && rule.groups.is_empty() {
-                return Err(invalid(
-                    format!("access[{i}]"),
-                    "name users or groups: a rule for nobody grants nothing",
-                ));
-            }
-        }
-        if let Some(socket) = &self.api.socket
-            && !socket.is_absolute()
-        {
-            return Err(invalid(
-                "api.socket",
-                format!("{} is not an absolute path", socket.display()),
-            ));
-        }
+        self.validate_consumers()?;
         if let Some(encryption) = &self.encryption {
             encryption.validate()?;
         }

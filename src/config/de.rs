@@ -55,3 +55,14 @@ pub(super) fn words<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::E
         Scopes::Many(v) => v,
     })
 }
+
+/// A file mode as an octal string (`"0640"`, `"640"`), at most `0777`.
+pub fn octal_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let text = String::deserialize(d)?;
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!("{text:?} is not a file mode such as \"0640\""))
+        })
+}

@@ -267,3 +267,98 @@ users = ["no-such-user-here"]
     assert_no_secrets("daemon log", &log, &secrets);
     assert_no_secrets("refused output", &by_owner.stderr, &secrets);
 }
+
+#[tokio::test]
+async fn a_sink_follows_rotations_by_any_process_and_goes_when_the_token_does() {
+    use std::os::unix::fs::MetadataExt;
+    let server = OauthServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("web.token");
+    let json = dir.path().join("web.json");
+    let home = Home::new(
+        &server,
+        &format!(
+            "[[sink]]\ncredential = \"web\"\npath = \"{}\"\nmode = \"0640\"\ngroup = \"nogroup\"\n\n\
+             [[sink]]\ncredential = \"web\"\npath = \"{}\"\nformat = \"json\"\n\n\
+             [[sink]]\ncredential = \"web\"\npath = \"/nonexistent-dir/web.token\"\n",
+            path.display(),
+            json.display()
+        ),
+    );
+    let rt = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
+    home.add("web", "basic", &rt).await;
+    let daemon = home.command(&["run"]).spawn().unwrap();
+    let db = home.db().await;
+    let holds = |token: String| {
+        let path = path.clone();
+        async move { std::fs::read_to_string(&path).is_ok_and(|t| t == format!("{token}\n")) }
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the sink after the first sweep",
+        || async {
+            let token = sqlx::query_as::<_, (Option<String>,)>(
+                "SELECT access_token FROM oauth_credential WHERE name = 'web'",
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap()
+            .0;
+            match token {
+                Some(token) => holds(token).await,
+                None => false,
+            }
+        },
+    )
+    .await;
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o640);
+    assert_eq!(meta.gid(), 65534, "group nogroup");
+    let first = access_token(&db, "web").await;
+    let body: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(body["access_token"], first.as_str());
+
+    // Rotated by another process (`refresh`): the sink follows within seconds.
+    let refreshed = home.run(&["refresh", "web"], "").await;
+    assert_eq!(refreshed.code, Some(0), "{refreshed:?}");
+    let second = access_token(&db, "web").await;
+    assert_ne!(first, second);
+    eventually(
+        Duration::from_secs(20),
+        "the sink after the rotation",
+        || holds(second.clone()),
+    )
+    .await;
+
+    // No valid token (needs re-authorization): the file goes, so a consumer fails fast.
+    sqlx::query("UPDATE oauth_credential SET status = 'needs_reauthorization' WHERE name = 'web'")
+        .execute(&db)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "the sink removed", || async {
+        !path.exists() && !json.exists()
+    })
+    .await;
+
+    let out = stop(daemon).await;
+    assert_eq!(out.status.code(), Some(0));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        log.matches("cannot write the sink").count(),
+        1,
+        "one line for the unwritable sink: {log}"
+    );
+    // doctor names the sink it cannot write, and fails.
+    let doctor = home.run(&["doctor"], "").await;
+    assert_eq!(doctor.code, Some(1), "{doctor:?}");
+    assert!(
+        doctor
+            .stdout
+            .contains("/nonexistent-dir/web.token: the directory /nonexistent-dir does not exist"),
+        "{doctor:?}"
+    );
+    let secrets = crate::harness::stored_secrets(&db).await;
+    assert_no_secrets("daemon log", &log, &secrets);
+    assert_no_secrets("doctor", &doctor.all(), &secrets);
+}

@@ -426,6 +426,7 @@ async fn exec_hands_the_token_to_the_command_and_passes_its_exit_code_on(backend
 
     // A renewal that fails runs nothing.
     home.retarget("http://127.0.0.1:9/token");
+    expire_soon(&db, "web").await;
     let marker = home.path().join("ran");
     let failed = home
         .run(
@@ -433,7 +434,7 @@ async fn exec_hands_the_token_to_the_command_and_passes_its_exit_code_on(backend
                 "exec",
                 "web",
                 "--min-valid",
-                "1h",
+                "90s",
                 "--",
                 "touch",
                 &marker.display().to_string(),
