@@ -65,4 +65,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The invitation pages' browser test (tests/it/browser.rs) drives headless Chromium through
+# WebDriver (chromedriver).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "scripts/test.sh: installing chromium and chromium-driver (the invitation pages' browser test)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 cargo test --locked --all-targets "$@"

@@ -1,9 +1,16 @@
 //! Alerts: the operator's `on_event` command, run when a credential needs re-authorization, is
 //! failing, recovers, or its refresh token nears its absolute expiry. It gets the event in `TOKENWARDEN_*` variables and nothing else of this
-//! process's environment (which holds client secrets); never a token. Imports `domain` only.
+//! process's environment (which holds client secrets); never a token. With `[enroll]`, a
+//! `needs_reauthorization` alert for a credential with an owner also gets a fresh one-time
+//! re-authorization link in `TOKENWARDEN_REAUTH_URL` (made through [`ReauthLinks`], which
+//! `enroll` implements), for the hook to send to the owner. Imports `domain` only.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::domain::Secret;
 
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -33,12 +40,22 @@ impl Event {
     }
 }
 
+/// Makes a fresh re-authorization link for a credential, when one can be made (the credential
+/// exists and has an owner).
+pub trait ReauthLinks: Send + Sync {
+    fn link_for<'a>(
+        &'a self,
+        credential: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<Secret>> + Send + 'a>>;
+}
+
 /// Runs the `on_event` command; cheap to clone. Without a command it does nothing.
 #[derive(Clone, Default)]
 pub struct Alerter {
     command: Option<Arc<[String]>>,
     timeout: Duration,
     running: Arc<Mutex<JoinSet<()>>>,
+    reauth: Option<Arc<dyn ReauthLinks>>,
 }
 
 impl Alerter {
@@ -49,7 +66,15 @@ impl Alerter {
             command: (!command.is_empty()).then(|| command.into()),
             timeout,
             running: Arc::default(),
+            reauth: None,
         }
+    }
+
+    /// Adds a re-authorization link to `needs_reauthorization` alerts.
+    #[must_use]
+    pub fn with_reauth_links(mut self, links: Arc<dyn ReauthLinks>) -> Self {
+        self.reauth = Some(links);
+        self
     }
 
     /// Starts the command for one event; `drain` waits for it.
@@ -58,6 +83,10 @@ impl Alerter {
             return;
         };
         let timeout = self.timeout;
+        let reauth = self
+            .reauth
+            .clone()
+            .filter(|_| event == Event::NeedsReauthorization);
         let vars = [
             ("TOKENWARDEN_EVENT", event.as_str().to_owned()),
             ("TOKENWARDEN_CREDENTIAL", credential.to_owned()),
@@ -70,6 +99,10 @@ impl Alerter {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         running.spawn(async move {
+            let link = match &reauth {
+                Some(links) => links.link_for(&credential).await,
+                None => None,
+            };
             let mut cmd = tokio::process::Command::new(&argv[0]);
             cmd.args(&argv[1..])
                 .env_clear()
@@ -78,6 +111,10 @@ impl Alerter {
                     std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
                 )
                 .envs(vars)
+                .envs(
+                    link.as_ref()
+                        .map(|l| ("TOKENWARDEN_REAUTH_URL", l.expose())),
+                )
                 .stdin(std::process::Stdio::null())
                 .kill_on_drop(true);
             let outcome = match cmd.spawn() {

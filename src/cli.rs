@@ -15,6 +15,7 @@ use crate::telemetry;
 mod credentials;
 pub mod exit;
 mod inspect;
+mod invite;
 mod migrate;
 mod remote;
 mod render;
@@ -133,6 +134,11 @@ enum Command {
         #[arg(long)]
         allow_same_owner: bool,
     },
+    /// Make a one-time link (printed alone on standard output, under [enroll] public_url) with
+    /// which OWNER authorizes NAME in a browser: `tokenwarden run` serves the pages. For an
+    /// existing NAME the link re-authorizes it, only with its provider and owner. --list shows
+    /// the outstanding links, --revoke ID withdraws one.
+    Invite(InviteArgs),
     /// Revoke NAME's tokens at the provider (RFC 7009) and delete NAME. When the provider cannot
     /// be reached, NAME stays disabled and the revocation is sent again later.
     Revoke { name: String },
@@ -183,6 +189,34 @@ struct AddArgs {
     /// Add it even though --owner already has a credential of this provider.
     #[arg(long)]
     allow_same_owner: bool,
+}
+
+/// `invite`'s arguments.
+#[derive(Debug, clap::Args)]
+struct InviteArgs {
+    #[arg(required_unless_present_any = ["list", "revoke"], conflicts_with_all = ["list", "revoke"])]
+    name: Option<String>,
+    #[arg(long, required_unless_present_any = ["list", "revoke"])]
+    provider: Option<String>,
+    /// Who authorizes it (their account at the provider; an email is compared with the
+    /// account's email claim when the provider sends one).
+    #[arg(long, required_unless_present_any = ["list", "revoke"])]
+    owner: Option<String>,
+    /// Space-separated scopes; default: the provider's.
+    #[arg(long)]
+    scopes: Option<String>,
+    /// How long the link works (default: [enroll] link_valid, 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    valid: Option<Duration>,
+    /// Show the outstanding links (never their secrets).
+    #[arg(long, conflicts_with = "revoke")]
+    list: bool,
+    /// With --list: JSON.
+    #[arg(long, requires = "list")]
+    json: bool,
+    /// Withdraw the link with this id (from --list).
+    #[arg(long, value_name = "ID")]
+    revoke: Option<i64>,
 }
 
 /// Which credential: by name, or by its owner at a provider.
@@ -346,6 +380,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             authorize(&ctx, args).await
         }
+        Command::Invite(args) => invite::invite(&ctx, &args).await,
         Command::Revoke { name } => revoke(&ctx, &name).await,
         Command::Rekey { decrypt } => rekey(&ctx, decrypt).await,
         Command::Migrate { to } => migrate::migrate(&ctx, &to).await,

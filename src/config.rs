@@ -2,9 +2,9 @@
 //! deserialized strictly (unknown keys are errors) and validated. Reads nothing but that file: the
 //! secrets a provider references are resolved later, by `provider`. `config/provider.rs` holds a
 //! provider block and its checks, `config/preset.rs` the known providers, `config/encryption.rs`
-//! the `[encryption]` table, `config/proxy.rs` a `[[proxy]]` route, `config/check.rs` the checks
-//! across settings, `config/de.rs` how durations and word lists are read. Imports `domain`,
-//! `schedule` and `untrusted`.
+//! the `[encryption]` table, `config/enroll.rs` the `[enroll]` table, `config/proxy.rs` a
+//! `[[proxy]]` route, `config/check.rs` the checks across settings, `config/de.rs` how durations
+//! and word lists are read. Imports `domain`, `schedule` and `untrusted`.
 
 use std::collections::BTreeMap;
 
@@ -18,11 +18,13 @@ use crate::schedule::Schedule;
 mod check;
 mod de;
 mod encryption;
+mod enroll;
 pub mod preset;
 mod provider;
 mod proxy;
 
 pub use encryption::EncryptionSettings;
+pub use enroll::EnrollSettings;
 pub(crate) use provider::check_endpoint;
 pub use provider::{ClientAuthMethod, MIN_RATE_LIMIT, Preset, ProviderSettings};
 pub use proxy::{
@@ -160,6 +162,9 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub alerts: AlertSettings,
+    /// Invitation links and the pages they open; absent: none.
+    #[serde(default)]
+    pub enroll: Option<EnrollSettings>,
     /// Sealing of stored tokens; absent: stored as they are.
     #[serde(default)]
     pub encryption: Option<EncryptionSettings>,

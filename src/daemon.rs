@@ -1,10 +1,10 @@
 //! The long-running service: a sweep at start, then one per tick of the cron schedule, never two
 //! at once, until shutdown is requested; SIGTERM and SIGINT request it. Tells systemd (when it
 //! set NOTIFY_SOCKET) that it is ready, alive (watchdog) and stopping, and serves the optional
-//! /metrics and /healthz listener. Between sweeps it sleeps until the next tick (`ticker`): no
-//! timer of its own wakes it. Serves the token API (`[api] socket`) and the `[[proxy]]` routes,
-//! and keeps the `[[sink]]` files, too. Imports `config`, `schedule`, `domain`, `metrics`, `api`,
-//! `listener`, `proxy`, `sink` and `sweep`.
+//! /metrics and /healthz listener, the token API (`[api] socket`), file sinks, the invitation
+//! pages (`[enroll]`) and the `[[proxy]]` routes. Between sweeps it sleeps until the next tick
+//! (`ticker`): no timer of its own wakes it. Imports `config`, `schedule`, `domain`, `enroll`,
+//! `metrics`, `api`, `sink`, `listener`, `proxy` and `sweep`.
 
 use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,12 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Proxy(#[from] crate::proxy::ProxyError),
+    #[error("enroll.listen {address}: {source}")]
+    EnrollListen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Api(#[from] crate::api::BindError),
     #[error(transparent)]
@@ -73,6 +79,7 @@ pub async fn run(
         metrics.add_proxy(proxy_stats);
     }
     let proxies = tokio::spawn(crate::proxy::serve(routes, shutdown.clone()));
+    listen_for_enroll(&sweeper, settings, &shutdown).await?;
     let api = listen_for_api(&sweeper, settings, &shutdown)?;
     let sinks = crate::sink::spawn(sweeper.store().clone(), &settings.sink, shutdown.clone())?;
     let mut ticker = Ticker::new(&schedule).await?;
@@ -140,6 +147,40 @@ async fn listen_for_metrics(
         shutdown.clone(),
     ));
     Ok(Some(metrics))
+}
+
+/// Binds the invitation pages' listener and serves it until `shutdown`, when `[enroll]` is
+/// configured.
+async fn listen_for_enroll(
+    sweeper: &Sweeper,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Result<(), DaemonError> {
+    let Some(enroll) = &settings.enroll else {
+        return Ok(());
+    };
+    let listener = crate::listener::bind_tcp(enroll.listen.as_str())
+        .await
+        .map_err(|source| DaemonError::EnrollListen {
+            address: enroll.listen.clone(),
+            source,
+        })?;
+    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let pages = crate::enroll::pages::Pages::new(
+        sweeper.store().clone(),
+        sweeper.providers().clone(),
+        sweeper.transport().clone(),
+        enroll,
+        secs(settings.refresh_margin),
+        secs(settings.max_idle),
+    );
+    info!(listen = %enroll.listen, public_url = %enroll.public_url, "serving the invitation pages");
+    tokio::spawn(crate::enroll::pages::serve(
+        listener,
+        pages,
+        shutdown.clone(),
+    ));
+    Ok(())
 }
 
 /// Binds the token API's socket and serves it until `shutdown`, when `[api] socket` is set.

@@ -1,6 +1,9 @@
 //! A credential's first tokens into the store: runs `lifecycle`'s grants and stores what they
 //! obtained (journaled `authorized`), as `sweep` does for `refresh`. Imports `domain`, `http`,
-//! `lifecycle`, `provider` and `store`.
+//! `lifecycle`, `provider` and `store`. `enroll/invite.rs` makes the one-time links of
+//! `tokenwarden invite`; `enroll/pages.rs` answers the requests of an owner's browser (link ->
+//! consent -> provider -> callback -> stored), `enroll/page.rs` is one answer (and the plain pages for what went wrong), `enroll/html.rs`
+//! renders documents and headers, `enroll/identity.rs` reads which account consented.
 
 use crate::domain::{self, UnixTime};
 use crate::http::Transport;
@@ -8,6 +11,12 @@ use crate::lifecycle::authorize::{self, AuthorizeError, DeviceRequest, Obtained,
 use crate::lifecycle::device::UserPrompt;
 pub use crate::store::AuthorizedAs;
 use crate::store::{Authorized, Store, StoreError};
+
+mod html;
+pub mod identity;
+pub mod invite;
+mod page;
+pub mod pages;
 
 /// Where obtained tokens go: the credential, and how its next refresh is timed.
 #[derive(Debug)]
@@ -45,7 +54,7 @@ pub async fn authorize(
     show: impl FnOnce(&Prompt),
 ) -> Result<Authorization, AuthorizeError> {
     authorize::authorize(transport, grant, show, async |obtained| {
-        keep(store, to, &obtained).await.map_err(Into::into)
+        keep(store, to, &obtained, None).await.map_err(Into::into)
     })
     .await
 }
@@ -62,16 +71,18 @@ pub async fn authorize_device(
     show: impl FnOnce(&UserPrompt),
 ) -> Result<Authorization, AuthorizeError> {
     let obtained = authorize::authorize_device(transport, grant, show).await?;
-    keep(store, to, &obtained)
+    keep(store, to, &obtained, None)
         .await
         .map_err(|e| AuthorizeError::Keep(e.into()))
 }
 
-/// Stores tokens an authorization obtained (journaled `authorized`), the one way both grants do.
-async fn keep(
+/// Stores tokens an authorization obtained (journaled `authorized`), the one way every grant
+/// does; through invitation `invite` (spent in the same transaction), by the pages.
+pub(crate) async fn keep(
     store: &Store,
     to: &Target<'_>,
     obtained: &Obtained,
+    invite: Option<i64>,
 ) -> Result<Authorization, StoreError> {
     let now = domain::now();
     let tokens = &obtained.tokens;
@@ -90,7 +101,16 @@ async fn keep(
         ),
         http_status: obtained.http_status,
         duration_ms: obtained.duration_ms,
-        actor: &format!("authorize-{}", std::process::id()),
+        actor: &format!(
+            "{}-{}",
+            if invite.is_some() {
+                "invite"
+            } else {
+                "authorize"
+            },
+            std::process::id()
+        ),
+        invite,
     };
     let how = store.store_authorized(&authorized, now).await?;
     Ok(Authorization {

@@ -12,6 +12,7 @@
 //! startup: settings ─► transport, providers, store, sweeper      cli: parse, dispatch, render
 //! daemon:  schedule + signals + metrics listener around sweep     renew, exec: tokens on demand
 //! enroll: lifecycle (authorize / device grant) ─► store         doctor: checks ─► Report
+//! enroll pages: listener ─► link ─► consent ─► lifecycle::browser ─► store (link spent)
 //! ```
 //!
 //! - [`domain`] — credentials, tokens, statuses, due-time and backoff arithmetic (pure)
@@ -37,7 +38,8 @@
 //!   the header; `token`, `exec`, the token API and the sinks call it
 //! - [`lifecycle`] — `authorize`: the authorization-code grant with PKCE, and the device grant;
 //!   never the store
-//! - [`enroll`] — runs those grants and stores what they obtained
+//! - [`enroll`] — runs those grants and stores what they obtained; invitation links and the
+//!   pages an owner authorizes through (link -> consent -> provider -> callback -> stored)
 //! - [`listener`] — the one way to serve a socket: timeouts, a connection cap, accept backoff,
 //!   a rate-limited warning; every listener uses it
 //! - [`proxy`] — `[[proxy]]` routes: requests forwarded upstream with the credential's header,
@@ -47,7 +49,8 @@
 //! - [`api`] — the local token API on a unix socket: access rules from the peer's credentials,
 //!   then `deliver`; its client for `token --socket`
 //! - [`sink`] — files kept holding a credential's current token (`[[sink]]`)
-//! - [`daemon`] — the schedule, signals and metrics listener around sweeps
+//! - [`daemon`] — the schedule, signals, the metrics listener, the token API, sinks and the
+//!   invitation pages around sweeps
 //! - [`telemetry`] — logging, with text from outside escaped
 //! - [`exec`] — `tokenwarden exec`: a command run with a token in its environment
 //! - [`doctor`] — the preflight checks behind `tokenwarden doctor`, as a report

@@ -172,7 +172,11 @@ impl Ctx {
             None => {}
         }
         let policy = Policy::from_settings(settings)?;
-        let alerter = Alerter::new(&settings.alerts.on_event, settings.alerts.timeout);
+        let mut alerter = Alerter::new(&settings.alerts.on_event, settings.alerts.timeout);
+        if let Some(enroll) = &settings.enroll {
+            let links = crate::enroll::invite::ReauthLinkMaker::new(store.clone(), enroll);
+            alerter = alerter.with_reauth_links(std::sync::Arc::new(links));
+        }
         Ok(Sweeper::new(store, providers, refresher, policy, alerter))
     }
 }

@@ -2,7 +2,7 @@
 //! embedded default: a file created 0600, WAL, FULL sync, a busy timeout) and `postgres` (several
 //! replicas on one server). Opening migrates the schema (`schema`: not when it is up to date). `claim` holds the sweep's transactions,
 //! `records` the reads and writes behind the CLI, `leases` the view of other holders' claims, `transfer` the copy of a SQLite database into
-//! PostgreSQL (`migrate --to`).
+//! PostgreSQL (`migrate --to`), `invites` the one-time links of `tokenwarden invite`.
 //! Every token passes the store's [`Sealer`] (`seal`) on its way in and out, here, above the SQL,
 //! so both backends see only stored (sealed) text; `rekey` reports and changes which key seals
 //! which row. Below the `Store`, one interface to either database (`backend`: `Db` gives write
@@ -19,6 +19,7 @@ mod backend;
 mod batch;
 mod claim;
 mod dialect;
+mod invites;
 mod leases;
 mod location;
 mod lookup;
@@ -34,6 +35,7 @@ mod transfer;
 mod writer;
 
 pub use claim::{ClaimByName, Failure, FailureDetail, Refreshed, Stored};
+pub use invites::{Invite, InviteState, NewInvite};
 pub use leases::{HeldElsewhere, HeldLease};
 pub use location::{Location, LocationError, PgOptions, postgres_options};
 pub use lookup::TokenState;
@@ -84,6 +86,18 @@ pub enum StoreError {
         max = MAX_CLOCK_SKEW_MS / 1000
     )]
     ClockSkew { skew_ms: i64 },
+    /// An invitation for an existing credential names another provider or owner than it has.
+    #[error("credential {name:?} exists with provider {provider} and owner {}; a link re-authorizes it only with those", owner.as_deref().unwrap_or("(none)"))]
+    InviteMismatch {
+        name: String,
+        provider: String,
+        owner: Option<String>,
+    },
+    /// The invitation was spent, revoked or expired before its tokens could be stored.
+    #[error(
+        "the link for credential {0:?} was used, revoked or expired meanwhile; nothing was stored"
+    )]
+    InviteGone(String),
 }
 
 /// Most milliseconds this host's clock may differ from the database server's before claims are

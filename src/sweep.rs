@@ -112,6 +112,18 @@ impl Sweeper {
         &self.inner.store
     }
 
+    /// The providers it refreshes with (the invitation pages sign owners in with them too).
+    #[must_use]
+    pub fn providers(&self) -> &Providers {
+        &self.inner.providers
+    }
+
+    /// The one transport to providers.
+    #[must_use]
+    pub fn transport(&self) -> &crate::http::Transport {
+        self.inner.refresher.transport()
+    }
+
     /// This process's failed attempts so far, per provider and class.
     #[must_use]
     pub fn errors(&self) -> &ErrorTally {

@@ -99,7 +99,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<StoreError>() {
             return match e {
-                StoreError::Exists(_) | StoreError::OwnerTaken { .. } => CONFIG,
+                StoreError::Exists(_)
+                | StoreError::OwnerTaken { .. }
+                | StoreError::InviteMismatch { .. } => CONFIG,
                 StoreError::KeysMissing(_) | StoreError::Unreadable { .. } => SEALING,
                 _ => DATABASE,
             };
@@ -172,6 +174,7 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if let Some(
             DaemonError::Config(_)
             | DaemonError::MetricsListen { .. }
+            | DaemonError::EnrollListen { .. }
             | DaemonError::Api(_)
             | DaemonError::Sink(_),
         ) = cause.downcast_ref::<DaemonError>()

@@ -31,7 +31,9 @@ pub(super) async fn run_sweeps(ctx: &Ctx, once: bool) -> anyhow::Result<u8> {
 }
 
 pub(super) async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
-    let rows = ctx.open(OpenMode::MustExist).await?.summaries().await?;
+    let store = ctx.open(OpenMode::MustExist).await?;
+    let rows = store.summaries().await?;
+    let invites = store.outstanding_invites(None, domain::now()).await?;
     let view = render::View {
         now: domain::now(),
         failing: ctx.settings.failing(),
@@ -45,6 +47,9 @@ pub(super) async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
         render::status_table(&rows, view)
     };
     print!("{text}");
+    if !json && !invites.is_empty() {
+        print!("{}", render::invites_by_credential(&invites));
+    }
     Ok(exit::OK)
 }
 

@@ -312,6 +312,30 @@ fn align<const N: usize>(table: &[[String; N]]) -> String {
     out
 }
 
+/// `status`'s closing lines: the outstanding invitation links per credential (never their
+/// secrets).
+pub fn invites_by_credential(invites: &[crate::store::Invite]) -> String {
+    let mut by_name: std::collections::BTreeMap<&str, Vec<&crate::store::Invite>> =
+        std::collections::BTreeMap::new();
+    for invite in invites {
+        by_name.entry(&invite.name).or_default().push(invite);
+    }
+    let mut out = String::from("\noutstanding invitation links (tokenwarden invite --list):\n");
+    for (name, links) in by_name {
+        let latest = links.iter().map(|i| i.expires_at).max().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {}: {} link{} for {}, valid until {}",
+            escape(name),
+            links.len(),
+            if links.len() == 1 { "" } else { "s" },
+            escape(&links[0].owner),
+            iso8601(latest)
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

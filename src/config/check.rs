@@ -101,6 +101,9 @@ impl Settings {
         if let Some(encryption) = &self.encryption {
             encryption.validate()?;
         }
+        if let Some(enroll) = &self.enroll {
+            enroll.validate()?;
+        }
         // With a SQLite database, `[postgres]` is what `migrate --to postgres://…` connects with.
         if let Some(pg) = &self.postgres
             && pg.password_file.is_some()

@@ -112,14 +112,22 @@ pub struct Obtained {
     pub http_status: Option<u16>,
     /// From the token request's start to its answer.
     pub duration_ms: i64,
+    /// The OpenID Connect ID token of a code exchange, when the provider sent one (never stored:
+    /// it says which account consented).
+    pub id_token: Option<Secret>,
 }
 
 impl Obtained {
-    fn new(tokens: domain::TokenSet, http_status: Option<u16>, started: Instant) -> Self {
+    pub(super) fn new(
+        tokens: domain::TokenSet,
+        http_status: Option<u16>,
+        started: Instant,
+    ) -> Self {
         Self {
             tokens,
             http_status,
             duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            id_token: None,
         }
     }
 }
@@ -262,7 +270,7 @@ pub async fn authorize_device(
 }
 
 /// Exchanges the code for tokens, timed from the request's start.
-async fn exchange_timed(
+pub(super) async fn exchange_timed(
     transport: &Transport,
     client: &CodeClient,
     provider: &Provider,
@@ -270,12 +278,14 @@ async fn exchange_timed(
     verifier: oauth2::PkceCodeVerifier,
 ) -> Result<Obtained, AuthorizeError> {
     let started = Instant::now();
-    let (tokens, http_status) =
+    let (tokens, http_status, id_token) =
         exchange(transport, client, provider, &code, verifier, domain::now()).await?;
-    Ok(Obtained::new(tokens, http_status, started))
+    let mut obtained = Obtained::new(tokens, http_status, started);
+    obtained.id_token = id_token;
+    Ok(obtained)
 }
 
-fn code_client(
+pub(super) fn code_client(
     provider: &Provider,
     auth_url: &str,
     redirect_uri: &str,
@@ -308,7 +318,7 @@ async fn exchange(
     code: &Secret,
     verifier: oauth2::PkceCodeVerifier,
     now: UnixTime,
-) -> Result<(domain::TokenSet, Option<u16>), AuthorizeError> {
+) -> Result<(domain::TokenSet, Option<u16>, Option<Secret>), AuthorizeError> {
     let assertion = provider.client_assertion(now)?;
     let secret_verifier = Secret::new(verifier.secret().clone());
     let mut request = client
@@ -332,16 +342,17 @@ async fn exchange(
     secrets.extend(assertion.as_ref());
     secrets.extend(&redactions);
     match result {
-        Ok(response) => Ok((
-            response
+        Ok(response) => {
+            let id_token = response.id_token().map(Secret::new);
+            let tokens = response
                 .into_token_set(
                     now,
                     provider.default_expires_in,
                     provider.refresh_token_lifetime,
                 )
-                .map_err(|refused| AuthorizeError::Exchange(refused.to_string()))?,
-            seen.status,
-        )),
+                .map_err(|refused| AuthorizeError::Exchange(refused.to_string()))?;
+            Ok((tokens, seen.status, id_token))
+        }
         Err(RequestTokenError::Request(e)) => {
             Err(AuthorizeError::Exchange(sanitize(&e.to_string(), &secrets)))
         }

@@ -25,6 +25,10 @@ pub struct LenientTokenResponse {
     scope: Option<Vec<Scope>>,
     /// Salesforce's API host for this grant.
     instance_url: Option<String>,
+    /// An OpenID Connect ID token, when the provider sent one (a string within the token cap):
+    /// the invitation pages read which account consented from it. Never stored.
+    #[serde(skip_serializing)]
+    id_token: Option<String>,
     /// The first member that failed its check, if any.
     #[serde(skip_serializing)]
     refused: Option<Refused>,
@@ -57,6 +61,8 @@ struct RawResponse {
     scope: Option<Vec<Scope>>,
     #[serde(default)]
     instance_url: Option<serde_json::Value>,
+    #[serde(default)]
+    id_token: Option<serde_json::Value>,
 }
 
 impl From<RawResponse> for LenientTokenResponse {
@@ -103,8 +109,19 @@ impl From<RawResponse> for LenientTokenResponse {
             refresh_token_expires_in: raw.refresh_token_expires_in,
             scope: raw.scope,
             instance_url,
+            id_token: raw
+                .id_token
+                .and_then(|v| checked(v, untrusted::check_token).ok()),
             refused,
         }
+    }
+}
+
+impl LenientTokenResponse {
+    /// The ID token, when the provider sent a usable one.
+    #[must_use]
+    pub fn id_token(&self) -> Option<&str> {
+        self.id_token.as_deref()
     }
 }
 

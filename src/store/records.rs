@@ -93,6 +93,21 @@ pub struct Authorized<'a> {
     pub duration_ms: i64,
     /// Names this process in the journal's `lease_owner` column.
     pub actor: &'a str,
+    /// The invitation this authorization came through (its id): spent in the same transaction
+    /// (refused with [`StoreError::InviteGone`] when it no longer can be), an existing credential
+    /// replaced only when its provider and owner are the link's, journaled with trigger `invite`.
+    pub invite: Option<i64>,
+}
+
+impl Authorized<'_> {
+    /// The journal's trigger: `invite` through a link, `manual` otherwise.
+    pub(super) fn trigger(&self) -> &'static str {
+        if self.invite.is_some() {
+            "invite"
+        } else {
+            "manual"
+        }
+    }
 }
 
 /// What an authorization did to the table.
@@ -189,7 +204,7 @@ pub struct AggregateWindow {
 impl Store {
     /// Stores an authorization: a new credential, or new tokens for an existing one, which becomes
     /// active again (failures, backoff, last error and any pending revocation cleared). Journaled
-    /// as outcome `authorized`, trigger `manual`, in the same transaction.
+    /// as outcome `authorized`, trigger `manual` (`invite` through a link), in the same transaction.
     pub async fn store_authorized(
         &self,
         a: &Authorized<'_>,

@@ -6,7 +6,8 @@
 //!
 //! By what they serve: `refresh` (claims, journal, the group writer), `enroll` (new credentials,
 //! authorized tokens), `revocation`, `reads` (status, log, consumers) and `upkeep` (leases,
-//! resealing, migrations, the pool). Adding a statement: a method on `Db` in the module it serves,
+//! resealing, migrations, the pool) and `invites` (one-time links; spent in `store_authorized`,
+//! `spend_invite`). Adding a statement: a method on `Db` in the module it serves,
 //! with its `///`, and the `Store` method that calls it.
 //!
 //! Values arrive and leave in their stored form (sealed text, or plaintext without a key): the
@@ -14,6 +15,7 @@
 //! its statements (`open`, `seal`). Imports `domain` and the store's own modules.
 
 mod enroll;
+mod invites;
 mod reads;
 mod refresh;
 mod revocation;

@@ -97,6 +97,24 @@ impl BackendHome {
         }
     }
 
+    /// The library's own store on this home's database (plaintext sealing), for store-level
+    /// checks the binary offers no command for.
+    pub async fn store(&self) -> tokenwarden::store::Store {
+        use tokenwarden::store::{Location, OpenMode, OpenOptions, PgOptions, Sealer, Store};
+        let location = match &self.pg {
+            None => Location::Sqlite(self.home.db.clone()),
+            Some(pg) => Location::Postgres(PgOptions::new(pg.url_with_password(), None, None)),
+        };
+        let options = OpenOptions {
+            mode: OpenMode::CreateIfMissing,
+            busy_timeout: std::time::Duration::from_secs(5),
+            connections: 4,
+        };
+        Store::open(&location, &options, Sealer::plaintext())
+            .await
+            .expect("open the store")
+    }
+
     /// The test's own connection to this home's database.
     pub async fn db(&self) -> Db {
         match &self.pg {

@@ -114,6 +114,12 @@ fn drain(mut stderr: ChildStderr) -> tokio::task::JoinHandle<String> {
 /// and consent pages, carrying cookies, until a redirect leaves the server. Returns that URL (the
 /// callback with code and state), not yet visited.
 async fn sign_in(server: &OauthServer, url: &str) -> String {
+    walk(server, url, Some("alice@example.com")).await
+}
+
+/// As [`sign_in`], signing in as `login`; with `None`, pressing the login page's "[ Cancel ]"
+/// instead (the callback then carries `error=access_denied`).
+pub(crate) async fn walk(server: &OauthServer, url: &str, login: Option<&str>) -> String {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
@@ -156,10 +162,22 @@ async fn sign_in(server: &OauthServer, url: &str) -> String {
         }
         let page = response.text().await.unwrap();
         assert_eq!(status, StatusCode::OK, "unexpected page: {page}");
+        let Some(login) = login else {
+            let cancel = page
+                .split("<a href=\"")
+                .skip(1)
+                .find_map(|a| {
+                    let (href, rest) = a.split_once('"')?;
+                    rest.starts_with(">[ Cancel ]").then(|| href.to_owned())
+                })
+                .unwrap_or_else(|| panic!("no [ Cancel ] link on the page: {page}"));
+            next = http.get(base.join(&cancel).unwrap());
+            continue;
+        };
         let (action, mut fields) = form(&page);
         if fields.iter().any(|(k, _)| k == "login") || page.contains("name=\"login\"") {
             fields.retain(|(k, _)| k != "login" && k != "password");
-            fields.push(("login".to_owned(), "alice@example.com".to_owned()));
+            fields.push(("login".to_owned(), login.to_owned()));
             fields.push(("password".to_owned(), "anything".to_owned()));
         }
         next = http.post(base.join(&action).unwrap()).form(&fields);

@@ -5,16 +5,19 @@
 
 mod api;
 mod backends;
+mod browser;
 mod cli;
 mod consumers;
 mod core;
 mod crash;
 mod deploy;
+mod enroll_pages;
 mod fake_endpoint;
 mod faults;
 mod grants;
 mod harness;
 mod hostile;
+mod invite;
 mod lifecycle;
 mod listeners;
 mod load;

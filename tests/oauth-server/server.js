@@ -89,7 +89,8 @@ const PORT = (() => {
 
 const SCOPES = ['openid', 'offline_access', 'api:read', 'api:write'];
 const ALL_SCOPES = SCOPES.join(' ');
-const REDIRECT_URIS = ['http://127.0.0.1/callback'];
+// The second is the invitation pages' (`[enroll] public_url = "http://127.0.0.1:PORT/enroll"`).
+const REDIRECT_URIS = ['http://127.0.0.1/callback', 'http://127.0.0.1/enroll/callback'];
 const DEFAULT_MINT_SCOPE = 'openid offline_access api:read';
 const DEFAULT_ACCOUNT_ID = 'test-account';
 const REFRESH_TOKEN_REUSED = 'refresh token already used'; // oidc-provider's error_detail wording

@@ -1,5 +1,5 @@
 //! Credentials entering the store: `add` for a new row, `store_authorized` for tokens obtained
-//! by an authorization grant.
+//! by an authorization grant (spending the invitation it came through, if any).
 
 use crate::domain::{Secret, UnixTime};
 use crate::store::StoreError;
@@ -82,6 +82,10 @@ impl Db {
     ) -> Result<AuthorizedAs, StoreError> {
         let t = a.tokens;
         let mut w = self.write().await?;
+        if let Err(e) = super::invites::spend_invite(w.conn(), a, now).await {
+            w.rollback().await?;
+            return Err(e);
+        }
         let existing: Option<(i64, String, bool, Option<Secret>)> = sql(
             "SELECT id, status, revoke_pending, refresh_token FROM oauth_credential WHERE name = $1",
         )
@@ -151,8 +155,8 @@ impl Db {
         sql(
             "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, started_at, \
                 finished_at, duration_ms, outcome, http_status, new_expires_at, refresh_token_rotated, \
-                old_refresh_fingerprint, new_refresh_fingerprint, new_access_fingerprint) \
-             VALUES ($1, $2, $3, 'manual', $4, $5, $6, $7, 'authorized', $8, $9, $10, $11, $12, $13)",
+                old_refresh_fingerprint, new_refresh_fingerprint, new_access_fingerprint, invite_id) \
+             VALUES ($1, $2, $3, $14, $4, $5, $6, $7, 'authorized', $8, $9, $10, $11, $12, $13, $15)",
         )
         .bind(id)
         .bind(a.name)
@@ -167,6 +171,8 @@ impl Db {
         .bind(old_refresh.flatten())
         .bind(t.refresh_token.as_ref().map(Secret::fingerprint))
         .bind(t.access_token.fingerprint())
+        .bind(a.trigger())
+        .bind(a.invite)
         .execute(w.conn())
         .await?;
         w.commit().await?;
