@@ -1,10 +1,10 @@
 //! The long-running service: a sweep at start, then one per tick of the cron schedule, never two
 //! at once, until shutdown is requested; SIGTERM and SIGINT request it. Tells systemd (when it
 //! set NOTIFY_SOCKET) that it is ready, alive (watchdog) and stopping, and serves the optional
-//! /metrics and /healthz listener, the token API (`[api] socket`), file sinks and the invitation
-//! pages (`[enroll]`). Between sweeps it sleeps until the next tick (`ticker`): no timer of its own
-//! wakes it. Imports `exit`, `config`, `schedule`, `domain`, `enroll`, `metrics`, `api`, `sink`, `listener`
-//! and `sweep`.
+//! /metrics and /healthz listener, the token API (`[api] socket`), file sinks, the invitation
+//! pages (`[enroll]`) and the `[[proxy]]` routes. Between sweeps it sleeps until the next tick
+//! (`ticker`): no timer of its own wakes it. Imports `exit`, `config`, `schedule`, `domain`, `enroll`,
+//! `metrics`, `api`, `sink`, `listener`, `proxy` and `sweep`.
 
 use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Proxy(#[from] crate::proxy::ProxyError),
     #[error("enroll.listen {address}: {source}")]
     EnrollListen {
         address: String,
@@ -62,6 +64,20 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let schedule = settings.schedule()?;
     let metrics = listen_for_metrics(&sweeper, settings, &shutdown).await?;
+    let proxy_stats = crate::proxy::ProxyStats::default();
+    let routes = crate::proxy::bind(
+        &sweeper,
+        settings,
+        &crate::startup::environment(),
+        &proxy_stats,
+    )
+    .await?;
+    if let Some(metrics) = &metrics
+        && !settings.proxy.is_empty()
+    {
+        metrics.add_proxy(proxy_stats);
+    }
+    let proxies = tokio::spawn(crate::proxy::serve(routes, shutdown.clone()));
     listen_for_enroll(&sweeper, settings, &shutdown).await?;
     let api = listen_for_api(&sweeper, settings, &shutdown)?;
     let sinks = crate::sink::spawn(sweeper.store().clone(), &settings.sink, shutdown.clone())?;
@@ -91,6 +107,8 @@ pub async fn run(
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
+    // The routes finish the requests in flight (the listener's grace period).
+    let _ = proxies.await;
     if let Some(sinks) = sinks {
         let _ = sinks.await;
     }
@@ -267,7 +285,8 @@ impl crate::exit::ExitStatus for DaemonError {
             | Self::MetricsListen { .. }
             | Self::EnrollListen { .. }
             | Self::Api(_)
-            | Self::Sink(_) => crate::exit::CONFIG,
+            | Self::Sink(_)
+            | Self::Proxy(_) => crate::exit::CONFIG,
             Self::Scheduler(_) | Self::Signals(_) => crate::exit::INTERNAL,
         }
     }

@@ -44,6 +44,8 @@
 //!   pages an owner authorizes through (link -> consent -> provider -> callback -> stored)
 //! - [`listener`] — the one way to serve a socket: timeouts, a connection cap, accept backoff,
 //!   a rate-limited warning; every listener uses it
+//! - [`proxy`] — `[[proxy]]` routes: requests forwarded upstream with the credential's header,
+//!   renewed before expiry and once after a 401
 //! - [`metrics`] — the optional /metrics and /healthz listener: table-wide aggregates, and
 //!   per-credential series up to `metrics.per_credential_max`
 //! - [`api`] — the local token API on a unix socket: access rules from the peer's credentials,
@@ -77,6 +79,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod provider;
+pub mod proxy;
 pub mod refresh;
 pub mod renew;
 pub mod revoke;

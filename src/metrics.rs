@@ -79,6 +79,8 @@ struct Inner {
     refresh_token_warning: i64,
     /// Most credentials for which per-credential series are exported.
     per_credential_max: u64,
+    /// The `[[proxy]]` routes' series, when the daemon serves routes.
+    proxy: std::sync::OnceLock<crate::proxy::ProxyStats>,
 }
 
 impl Metrics {
@@ -102,8 +104,14 @@ impl Metrics {
                 margin: policy.margin,
                 refresh_token_warning: policy.refresh_token_warning,
                 per_credential_max: settings.metrics.per_credential_max,
+                proxy: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Exports the proxy routes' series too (set once, at start).
+    pub fn add_proxy(&self, stats: crate::proxy::ProxyStats) {
+        let _ = self.inner.proxy.set(stats);
     }
 
     /// Counts a finished sweep.
@@ -220,6 +228,9 @@ impl Metrics {
                 "How long the last sweep took",
                 took,
             );
+        }
+        if let Some(proxy) = inner.proxy.get() {
+            proxy.register(&mut registry);
         }
         let total = self.register_aggregates(&mut registry, now).await?;
         self.register_sent_past_lease(&mut registry, now).await?;

@@ -117,6 +117,22 @@ pub(super) async fn check_config(ctx: &Ctx) -> Result<u8, Failure> {
         humantime::format_duration(ctx.settings.refresh_margin),
     );
     println!("{}", doctor::sealing_summary(sealer.keyring()));
+    for route in &ctx.settings.proxy {
+        println!(
+            "proxy route {}: {} -> {} with credential {}",
+            route.route_name(),
+            route.listen,
+            route.upstream,
+            route
+                .credential
+                .clone()
+                .or_else(|| route
+                    .provider
+                    .as_ref()
+                    .map(|p| format!("of the unix peer at provider {p}")))
+                .unwrap_or_default()
+        );
+    }
     Ok(exit::OK)
 }
 
@@ -144,6 +160,7 @@ pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> Result<u8, Failure>
         unreachable,
         database_warnings: &ctx.warnings,
         only,
+        proxies: &ctx.settings.proxy,
         refresh_token_warning: ctx.policy.refresh_token_warning,
         sweep_gap: ctx.policy.sweep_gap,
         now: domain::now(),

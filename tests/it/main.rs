@@ -30,6 +30,7 @@ mod pg_rekey;
 mod pg_tls;
 mod postgres;
 mod providers;
+mod proxy;
 mod recovery;
 mod seal;
 mod service;

@@ -410,6 +410,21 @@ impl OauthServer {
         self.mint(client_id, scope).await.refresh_token
     }
 
+    /// Destroys one access token at the server (`POST /test/revoke-access-token`): introspection
+    /// then calls it inactive, while its grant and refresh token stay valid (the revocation
+    /// endpoint would revoke the whole grant). Whether the token existed.
+    pub async fn revoke_access_token(&self, token: &str) -> bool {
+        let body = json!({ "token": token });
+        let response = self
+            .test_route(
+                reqwest::Method::POST,
+                "/test/revoke-access-token",
+                Some(&body),
+            )
+            .await;
+        response["revoked"] == true
+    }
+
     /// Asks the real introspection endpoint (as the `introspector` client) whether `token`
     /// (access, client-credentials or refresh token) is active.
     pub async fn introspect_active(&self, token: &str) -> bool {

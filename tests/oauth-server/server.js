@@ -37,6 +37,10 @@
 //   POST /test/hold         {"seconds"} -> refresh_token grants are still processed (rotated),
 //                              but their HTTP answers wait until /test/release or `seconds` pass
 //   POST /test/release      -> answers every held response now; {"released": n}
+//   POST /test/revoke-access-token {"token"} -> that access token alone is destroyed (introspection
+//                              says inactive); unlike /token/revocation, which oidc-provider makes
+//                              revoke every token of the grant, the refresh token stays valid:
+//                              {"revoked": true|false}
 
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -889,6 +893,23 @@ async function mint(ctx) {
   });
 }
 
+// One access token invalidated while its grant and refresh token live on (an upstream that stops
+// accepting a token early): oidc-provider's revocation endpoint would revoke the whole grant.
+async function revokeAccessToken(ctx) {
+  let body;
+  try {
+    body = await readJson(ctx);
+  } catch {
+    return reply(ctx, 400, { error: 'invalid_request', error_description: 'body must be JSON' });
+  }
+  if (typeof body.token !== 'string') {
+    return reply(ctx, 400, { error: 'invalid_request', error_description: 'token (string) required' });
+  }
+  const token = await provider.AccessToken.find(body.token);
+  if (token) await token.destroy();
+  return reply(ctx, 200, { revoked: Boolean(token) });
+}
+
 async function holdRoute(ctx) {
   let body;
   try {
@@ -920,6 +941,8 @@ async function testRoutes(ctx) {
       return holdRoute(ctx);
     case 'POST /test/release':
       return reply(ctx, 200, { released: releaseHeld() });
+    case 'POST /test/revoke-access-token':
+      return revokeAccessToken(ctx);
     default:
       return reply(ctx, 404, { error: 'not_found', error_description: `no test route ${route}` });
   }
