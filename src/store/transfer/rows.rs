@@ -42,7 +42,7 @@ pub(super) const CREDENTIAL_COLUMNS: &[(&str, Kind)] = &[
     ("subject", Kind::Text),
 ];
 
-/// Every column of `token_rotation`, as of migration 0011.
+/// Every column of `token_rotation`, as of migration 0008.
 pub(super) const ROTATION_COLUMNS: &[(&str, Kind)] = &[
     ("id", Kind::Int),
     ("credential_id", Kind::Int),
