@@ -316,9 +316,22 @@ async fn a_sink_follows_rotations_by_any_process_and_goes_when_the_token_does() 
     assert_eq!(meta.mode() & 0o777, 0o640);
     assert_eq!(meta.gid(), 65534, "group nogroup");
     let first = access_token(&db, "web").await;
-    let body: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(body["access_token"], first.as_str());
+    // The sinks are written one after another: the JSON one may follow the first by a moment.
+    let json_holds = |token: String| {
+        let json = json.clone();
+        async move {
+            std::fs::read_to_string(&json)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .is_some_and(|body| body["access_token"] == token.as_str())
+        }
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the JSON sink after the first sweep",
+        || json_holds(first.clone()),
+    )
+    .await;
 
     // Rotated by another process (`refresh`): the sink follows within seconds.
     let refreshed = home.run(&["refresh", "web"], "").await;
