@@ -25,7 +25,7 @@ use credentials::{AuthorizeArgs, add, authorize, rekey, revoke};
 use inspect::{check_config, doctor, refresh, run_sweeps, status};
 use token::{exec, token};
 
-use exit::CommandError;
+use exit::{CommandError, Failure};
 
 /// Keeps OAuth 2.0 credentials alive: refreshes access tokens before they expire.
 #[derive(Debug, Parser)]
@@ -274,7 +274,7 @@ enum GrantArg {
 }
 
 /// `token`/`exec` with `--socket`: over the token API, with no configuration and no database.
-async fn over_socket(cli: &Cli) -> Option<anyhow::Result<u8>> {
+async fn over_socket(cli: &Cli) -> Option<Result<u8, Failure>> {
     let log_format = cli.log_format.map_or(LogFormat::Text, LogFormat::from);
     match &cli.command {
         Command::Token {
@@ -307,8 +307,9 @@ async fn over_socket(cli: &Cli) -> Option<anyhow::Result<u8>> {
     }
 }
 
-/// Runs the command; the result is the exit code, or an error that `exit::code_for` maps to one.
-pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+/// Runs the command; the result is the exit code, or the error with the code it says
+/// (`crate::exit::ExitStatus`).
+pub async fn run(cli: Cli) -> Result<u8, Failure> {
     if let Some(code) = over_socket(&cli).await {
         return code;
     }

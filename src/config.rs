@@ -2,8 +2,9 @@
 //! deserialized strictly (unknown keys are errors) and validated. Reads nothing but that file: the
 //! secrets a provider references are resolved later, by `provider`. `config/provider.rs` holds a
 //! provider block and its checks, `config/preset.rs` the known providers, `config/encryption.rs`
-//! the `[encryption]` table, `config/enroll.rs` the `[enroll]` table, `config/check.rs` the checks across settings, `config/de.rs` how
-//! durations and word lists are read. Imports `domain`, `schedule` and `untrusted`.
+//! the `[encryption]` table, `config/enroll.rs` the `[enroll]` table, `config/proxy.rs` a
+//! `[[proxy]]` route, `config/check.rs` the checks across settings, `config/de.rs` how durations
+//! and word lists are read. Imports `exit`, `domain`, `schedule` and `untrusted`.
 
 use std::collections::BTreeMap;
 
@@ -20,11 +21,15 @@ mod encryption;
 mod enroll;
 pub mod preset;
 mod provider;
+mod proxy;
 
 pub use encryption::EncryptionSettings;
 pub use enroll::EnrollSettings;
 pub(crate) use provider::check_endpoint;
 pub use provider::{ClientAuthMethod, MIN_RATE_LIMIT, Preset, ProviderSettings};
+pub use proxy::{
+    ProxyCredential, ProxyListen, ProxySettings, ProxyUpstream, UPSTREAM_INSTANCE_URL,
+};
 
 /// The defaults every key falls back to; `config/tokenwarden.example.toml` documents them.
 const DEFAULTS: &str = r#"
@@ -165,6 +170,9 @@ pub struct Settings {
     pub encryption: Option<EncryptionSettings>,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
+    /// `[[proxy]]` routes `run` serves: the credential's header added to each forwarded request.
+    #[serde(default)]
+    pub proxy: Vec<ProxySettings>,
     /// The local token API of `tokenwarden run`.
     pub api: ApiSettings,
     /// Who may read which credential over the API (`[[access]]` blocks); none: only root and
@@ -397,15 +405,6 @@ impl Settings {
         (self.busy_timeout * 10).max(Duration::from_secs(20))
     }
 
-    /// When a failing credential is reported as failing.
-    #[must_use]
-    pub fn failing(&self) -> crate::domain::Failing {
-        crate::domain::Failing {
-            after_failures: self.retry.failing_after_failures.max(1),
-            after_secs: i64::try_from(self.retry.failing_after.as_secs()).unwrap_or(i64::MAX),
-        }
-    }
-
     /// Warnings about settings that work but should change.
     #[must_use]
     pub fn warnings(&self) -> Vec<String> {
@@ -418,6 +417,12 @@ impl Settings {
                 )
             })
             .collect()
+    }
+}
+
+impl crate::exit::ExitStatus for ConfigError {
+    fn exit_code(&self) -> u8 {
+        crate::exit::CONFIG
     }
 }
 

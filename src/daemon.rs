@@ -1,10 +1,10 @@
 //! The long-running service: a sweep at start, then one per tick of the cron schedule, never two
 //! at once, until shutdown is requested; SIGTERM and SIGINT request it. Tells systemd (when it
 //! set NOTIFY_SOCKET) that it is ready, alive (watchdog) and stopping, and serves the optional
-//! /metrics and /healthz listener, the token API (`[api] socket`), file sinks and the invitation
-//! pages (`[enroll]`). Between sweeps it sleeps until the next tick (`ticker`): no timer of its own
-//! wakes it. Imports `config`, `schedule`, `domain`, `enroll`, `metrics`, `api`, `sink`, `listener`
-//! and `sweep`.
+//! /metrics and /healthz listener, the token API (`[api] socket`), file sinks, the invitation
+//! pages (`[enroll]`) and the `[[proxy]]` routes. Between sweeps it sleeps until the next tick
+//! (`ticker`): no timer of its own wakes it. Imports `exit`, `config`, `schedule`, `domain`, `enroll`,
+//! `metrics`, `api`, `sink`, `listener`, `proxy` and `sweep`.
 
 use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +13,6 @@ use tracing::{error, info, warn};
 use crate::config::{ConfigError, Settings};
 use crate::domain::Trigger;
 use crate::metrics::Metrics;
-use crate::schedule::Schedule;
 use crate::sweep::Sweeper;
 
 mod ticker;
@@ -31,6 +30,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Proxy(#[from] crate::proxy::ProxyError),
     #[error("enroll.listen {address}: {source}")]
     EnrollListen {
         address: String,
@@ -62,7 +63,21 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let schedule = settings.schedule()?;
-    let metrics = listen_for_metrics(&sweeper, settings, &schedule, &shutdown).await?;
+    let metrics = listen_for_metrics(&sweeper, settings, &shutdown).await?;
+    let proxy_stats = crate::proxy::ProxyStats::default();
+    let routes = crate::proxy::bind(
+        &sweeper,
+        settings,
+        &crate::startup::environment(),
+        &proxy_stats,
+    )
+    .await?;
+    if let Some(metrics) = &metrics
+        && !settings.proxy.is_empty()
+    {
+        metrics.add_proxy(proxy_stats);
+    }
+    let proxies = tokio::spawn(crate::proxy::serve(routes, shutdown.clone()));
     listen_for_enroll(&sweeper, settings, &shutdown).await?;
     let api = listen_for_api(&sweeper, settings, &shutdown)?;
     let sinks = crate::sink::spawn(sweeper.store().clone(), &settings.sink, shutdown.clone())?;
@@ -92,6 +107,8 @@ pub async fn run(
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
+    // The routes finish the requests in flight (the listener's grace period).
+    let _ = proxies.await;
     if let Some(sinks) = sinks {
         let _ = sinks.await;
     }
@@ -107,7 +124,6 @@ pub async fn run(
 async fn listen_for_metrics(
     sweeper: &Sweeper,
     settings: &Settings,
-    schedule: &Schedule,
     shutdown: &CancellationToken,
 ) -> Result<Option<Metrics>, DaemonError> {
     if !settings.metrics.enabled {
@@ -120,9 +136,8 @@ async fn listen_for_metrics(
             address: address.clone(),
             source,
         })?;
-    // Unhealthy once a sweep is twice the longest gap between ticks overdue.
-    let gap = i64::try_from(schedule.longest_gap(chrono::Utc::now()).as_secs()).unwrap_or(i64::MAX);
-    let metrics = Metrics::new(sweeper, gap, settings);
+    // Unhealthy once a sweep is twice the longest gap between ticks overdue (`Metrics::new`).
+    let metrics = Metrics::new(sweeper, settings);
     tokio::spawn(crate::metrics::serve(
         listener,
         metrics.clone(),
@@ -147,14 +162,12 @@ async fn listen_for_enroll(
             address: enroll.listen.clone(),
             source,
         })?;
-    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     let pages = crate::enroll::pages::Pages::new(
         sweeper.store().clone(),
         sweeper.providers().clone(),
         sweeper.transport().clone(),
         enroll,
-        secs(settings.refresh_margin),
-        secs(settings.max_idle),
+        *sweeper.policy(),
     );
     info!(listen = %enroll.listen, public_url = %enroll.public_url, "serving the invitation pages");
     tokio::spawn(crate::enroll::pages::serve(
@@ -263,4 +276,18 @@ pub fn shutdown_on_signals() -> Result<CancellationToken, DaemonError> {
         cancel.cancel();
     });
     Ok(token)
+}
+
+impl crate::exit::ExitStatus for DaemonError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_)
+            | Self::MetricsListen { .. }
+            | Self::EnrollListen { .. }
+            | Self::Api(_)
+            | Self::Sink(_)
+            | Self::Proxy(_) => crate::exit::CONFIG,
+            Self::Scheduler(_) | Self::Signals(_) => crate::exit::INTERNAL,
+        }
+    }
 }

@@ -14,8 +14,8 @@ use crate::sweep::Sweeper;
 
 pub mod header;
 
-/// An error from setting up a renewal, of whatever type its maker has.
-pub type SetupError = Box<dyn std::error::Error + Send + Sync + 'static>;
+/// An error from setting up a renewal, of whatever type its maker has (it says its exit code).
+pub type SetupError = crate::exit::Boxed;
 
 /// Which credential a consumer asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,5 +316,16 @@ fn renewed(
                 waited.as_secs()
             ),
         )),
+    }
+}
+
+impl crate::exit::ExitStatus for DeliverError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Store(e) => e.exit_code(),
+            Self::Setup(e) => e.0.exit_code(),
+            Self::RenewalFailed { .. } => crate::exit::REFRESH_FAILED,
+            _ => crate::exit::NOT_FOUND,
+        }
     }
 }

@@ -14,11 +14,13 @@ use crate::store::{CredentialSummary, RotationRecord};
 use crate::untrusted::Escaped;
 
 mod database;
+mod proxy;
 mod report;
 mod sealing;
 mod sinks;
 
 pub use database::database_checks;
+pub use proxy::proxy_checks;
 pub use report::{Report, Scope, run};
 pub use sealing::{encryption_checks, rekey_summary, sealing_summary};
 pub use sinks::sink_checks;
@@ -309,6 +311,7 @@ mod tests {
             lease_owner: None,
             lease_expires_at: None,
             attempt_started_at: None,
+            attempt_sent_at: None,
             refresh_token_key: None,
             access_token_key: None,
         }

@@ -54,9 +54,10 @@ pub struct Claimed {
     pub consecutive_failures: u32,
     /// The journal row written for this attempt before the request.
     pub attempt_id: i64,
-    /// An earlier attempt on this credential was journaled but never completed: its process died
-    /// between claiming and storing, so whether the provider rotated the refresh token is unknown.
-    pub after_interruption: bool,
+    /// An earlier attempt on this credential was journaled but never completed (its process died
+    /// or stopped between claiming and storing): when it started, and whether its request went
+    /// out. If it did, whether the provider rotated the refresh token is unknown.
+    pub interrupted: Option<Interrupted>,
     /// The last successful refresh, or when the credential was added.
     pub last_success_at: UnixTime,
     /// When the stored refresh token expires for good, when known.
@@ -65,6 +66,44 @@ pub struct Claimed {
     pub lease_expires_at: UnixTime,
     /// jwt_bearer: the assertion's `sub`, if any.
     pub subject: Option<String>,
+}
+
+/// An attempt that was journaled but never completed, as the claim that followed it found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interrupted {
+    /// Its journal entry (`token_rotation.id`), now `interrupted`.
+    pub attempt_id: i64,
+    /// When it was journaled (claimed): a grace window is counted from here.
+    pub started_at: UnixTime,
+    /// Whether its request was sent (`token_rotation.sent_at`): only then may the provider have
+    /// seen the refresh token, and sending it again would present it twice.
+    pub sent: bool,
+    /// The process that made it, in its stored form (`token_rotation.lease_owner`).
+    pub holder: Option<String>,
+}
+
+/// Whether a provider accepts a refresh token presented a second time: `refresh_token_reuse` in
+/// a provider block, or its preset's. A rotating provider that sees a consumed refresh token again
+/// takes it for theft and revokes the whole grant, unless it declares a grace window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RefreshTokenReuse {
+    /// Never (`"none"`, the default): each refresh token is presented at most once.
+    #[default]
+    None,
+    /// Within this many seconds of its first presentation (`"30s"`: a grace window).
+    Within(i64),
+    /// Always (`"stays-valid"`): refresh tokens stay valid after use, or do not rotate.
+    StaysValid,
+}
+
+impl fmt::Display for RefreshTokenReuse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Within(secs) => write!(f, "{secs}s"),
+            Self::StaysValid => f.write_str("stays-valid"),
+        }
+    }
 }
 
 /// New tokens from a successful token response, with expiry resolved against `now`.

@@ -1,8 +1,9 @@
 //! A credential's first tokens into the store: runs `lifecycle`'s grants and stores what they
-//! obtained (journaled `authorized`), as `sweep` does for `refresh`. Imports `domain`, `http`,
-//! `lifecycle`, `provider` and `store`. `enroll/invite.rs` makes the one-time links of
-//! `tokenwarden invite`; `enroll/pages.rs` answers the requests of an owner's browser (link ->
-//! consent -> provider -> callback -> stored), `enroll/page.rs` is one answer (and the plain pages for what went wrong), `enroll/html.rs`
+//! obtained (journaled `authorized`), as `sweep` does for `refresh`, due again by the sweep's
+//! rule (`Policy::due_at`). Imports `domain`, `http`, `lifecycle`, `provider`, `store` and `sweep`.
+//! `enroll/invite.rs` makes the one-time links of `tokenwarden invite`; `enroll/pages.rs` answers
+//! the requests of an owner's browser (link -> consent -> provider -> callback -> stored),
+//! `enroll/page.rs` is one answer (and the plain pages for what went wrong), `enroll/html.rs`
 //! renders documents and headers, `enroll/identity.rs` reads which account consented.
 
 use crate::domain::{self, UnixTime};
@@ -11,6 +12,7 @@ use crate::lifecycle::authorize::{self, AuthorizeError, DeviceRequest, Obtained,
 use crate::lifecycle::device::UserPrompt;
 pub use crate::store::AuthorizedAs;
 use crate::store::{Authorized, Store, StoreError};
+use crate::sweep::Policy;
 
 mod html;
 pub mod identity;
@@ -26,9 +28,8 @@ pub struct Target<'a> {
     /// `--scopes`; `None`: the provider's scopes.
     pub scopes: Option<&'a str>,
     pub owner: Option<&'a str>,
-    /// Refresh margin and max idle, seconds: the stored due time is computed from them.
-    pub margin: i64,
-    pub max_idle: i64,
+    /// Says when the credential is next due (`Policy::due_at`, as the sweep does).
+    pub policy: &'a Policy,
 }
 
 /// A stored authorization.
@@ -92,13 +93,7 @@ pub(crate) async fn keep(
         scopes: to.scopes,
         owner: to.owner,
         tokens,
-        refresh_due_at: domain::refresh_due_at(
-            now,
-            tokens.expires_at,
-            to.margin,
-            to.max_idle,
-            domain::due_spread(to.name, to.margin),
-        ),
+        refresh_due_at: to.policy.due_at(to.name, now, tokens.expires_at),
         http_status: obtained.http_status,
         duration_ms: obtained.duration_ms,
         actor: &format!(

@@ -4,7 +4,7 @@
 //! shells report it). The child inherits this process's environment without the secrets the
 //! configuration names (or, clean, only `PATH`, `HOME`, `LANG`). While it runs, SIGTERM and
 //! SIGHUP are forwarded to it; SIGINT and SIGQUIT, which a terminal sends to the child as well,
-//! are left to it. Imports `domain` only.
+//! are left to it. Imports `domain` and `exit` only.
 
 use std::os::unix::process::ExitStatusExt as _;
 
@@ -131,6 +131,12 @@ pub fn is_variable_name(name: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl crate::exit::ExitStatus for ExecError {
+    fn exit_code(&self) -> u8 {
+        self.shell_code().unwrap_or(crate::exit::INTERNAL)
+    }
 }
 
 #[cfg(test)]

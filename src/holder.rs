@@ -5,8 +5,9 @@
 //! A claim is normally resolved when its lease runs out, because a process cannot tell a dead
 //! holder on another host from a slow one. On its own host it can: a holder whose boot, pid
 //! namespace and pid match ours but whose process is gone (or is another process that reused the
-//! pid) is dead, and its claims can be taken over at once — inside a provider's grace window for
-//! retrying with a rotated-away refresh token.
+//! pid) is dead, and its claims can be taken over at once; one whose process still runs (stopped,
+//! say) keeps a claim whose request it sent even past its lease, since taking it over would present
+//! its refresh token twice.
 
 use std::fmt;
 
@@ -135,6 +136,16 @@ impl Holder {
         }
     }
 
+    /// Whether `other` is this very process (any of its holders).
+    #[must_use]
+    pub fn same_process(&self, other: &Holder) -> bool {
+        !self.boot.is_empty()
+            && self.boot == other.boot
+            && self.pidns == other.pidns
+            && self.pid == other.pid
+            && self.start == other.start
+    }
+
     /// How `status` names it: `host pid 1234`.
     #[must_use]
     pub fn describe(stored: &str) -> String {
@@ -172,8 +183,18 @@ pub enum AttemptState {
         since: Option<i64>,
         until: i64,
     },
+    /// A process alive on this host sent its request and was stopped (SIGSTOP, a paused VM or
+    /// container) past its lease `lease_ended`: nobody takes the credential over, since that would
+    /// present its refresh token twice; the process stores the answer when it runs again.
+    HeldPastLease {
+        holder: String,
+        since: Option<i64>,
+        lease_ended: i64,
+    },
     /// The attempt's process died (or its lease ran out) before it finished; the next sweep or
-    /// `refresh` retries it `at` the latest (now, for a holder known to be gone).
+    /// `refresh` resolves it `at` the latest (now, for a holder known to be gone): it sends the
+    /// stored refresh token if it was never sent or the provider accepts a repeat, and flags the
+    /// credential otherwise.
     Interrupted {
         holder: Option<String>,
         since: Option<i64>,
@@ -181,13 +202,15 @@ pub enum AttemptState {
     },
 }
 
-/// Judges a credential's lease and pending journal entry from this process at `now`.
+/// Judges a credential's lease and pending journal entry (started `pending_since`, its request
+/// sent or not: `pending_sent`) from this process at `now`.
 #[must_use]
 pub fn attempt_state(
     me: &Holder,
     lease_owner: Option<&str>,
     lease_expires_at: Option<i64>,
     pending_since: Option<i64>,
+    pending_sent: bool,
     now: i64,
 ) -> AttemptState {
     match (lease_owner, lease_expires_at) {
@@ -204,6 +227,22 @@ pub fn attempt_state(
                     holder: Holder::describe(owner),
                     since: pending_since,
                     until,
+                }
+            }
+        }
+        (Some(owner), Some(ended)) if pending_since.is_some() && pending_sent => {
+            let alive = Holder::parse(owner).is_some_and(|h| me.judge(&h) == Liveness::Alive);
+            if alive {
+                AttemptState::HeldPastLease {
+                    holder: Holder::describe(owner),
+                    since: pending_since,
+                    lease_ended: ended,
+                }
+            } else {
+                AttemptState::Interrupted {
+                    holder: Some(Holder::describe(owner)),
+                    since: pending_since,
+                    at: now,
                 }
             }
         }
@@ -314,11 +353,11 @@ mod tests {
         gone.pid = 4_194_304 + 7;
         let (me_s, gone_s) = (me.to_string(), gone.to_string());
         assert_eq!(
-            attempt_state(&me, None, None, None, 100),
+            attempt_state(&me, None, None, None, false, 100),
             AttemptState::Idle
         );
         assert_eq!(
-            attempt_state(&me, Some(&me_s), Some(200), Some(90), 100),
+            attempt_state(&me, Some(&me_s), Some(200), Some(90), true, 100),
             AttemptState::InFlight {
                 holder: Holder::describe(&me_s),
                 since: Some(90),
@@ -326,7 +365,7 @@ mod tests {
             }
         );
         assert_eq!(
-            attempt_state(&me, Some("1234-abcd"), Some(200), Some(90), 100),
+            attempt_state(&me, Some("1234-abcd"), Some(200), Some(90), true, 100),
             AttemptState::InFlight {
                 holder: "process 1234-abcd".to_owned(),
                 since: Some(90),
@@ -335,7 +374,7 @@ mod tests {
             "an unparsable holder keeps its lease"
         );
         assert_eq!(
-            attempt_state(&me, Some(&gone_s), Some(200), Some(90), 100),
+            attempt_state(&me, Some(&gone_s), Some(200), Some(90), true, 100),
             AttemptState::Interrupted {
                 holder: Some(Holder::describe(&gone_s)),
                 since: Some(90),
@@ -343,13 +382,40 @@ mod tests {
             }
         );
         assert_eq!(
-            attempt_state(&me, Some(&me_s), Some(50), Some(40), 100),
+            attempt_state(&me, Some(&me_s), Some(50), Some(40), false, 100),
             AttemptState::Interrupted {
                 holder: Some(Holder::describe(&me_s)),
                 since: Some(40),
                 at: 100
             },
-            "a lease that ran out with its attempt pending"
+            "a lease that ran out with its attempt pending, never sent"
+        );
+        assert_eq!(
+            attempt_state(&me, Some(&me_s), Some(50), Some(40), true, 100),
+            AttemptState::HeldPastLease {
+                holder: Holder::describe(&me_s),
+                since: Some(40),
+                lease_ended: 50
+            },
+            "a live holder's request is out past its lease"
+        );
+        assert_eq!(
+            attempt_state(&me, Some(&gone_s), Some(50), Some(40), true, 100),
+            AttemptState::Interrupted {
+                holder: Some(Holder::describe(&gone_s)),
+                since: Some(40),
+                at: 100
+            },
+            "a gone holder's sent attempt is interrupted"
+        );
+        assert_eq!(
+            attempt_state(&me, Some("1234-abcd"), Some(50), Some(40), true, 100),
+            AttemptState::Interrupted {
+                holder: Some("process 1234-abcd".to_owned()),
+                since: Some(40),
+                at: 100
+            },
+            "a holder that cannot be judged is not presumed alive past its lease"
         );
     }
 

@@ -105,11 +105,27 @@ impl ErrorBody {
     }
 }
 
+/// A deadline noticed at least this late was passed while this process was not running (stopped
+/// by SIGSTOP, a paused VM or container, a stalled host): a timer fires within milliseconds of its
+/// deadline otherwise.
+const NOTICED_LATE: Duration = Duration::from_secs(1);
+/// How long such a request may still deliver what arrived while the process was not running: a
+/// provider's answer waiting unread is the only copy of a rotated refresh token.
+const LAST_LOOK: Duration = Duration::from_secs(2);
+
+/// How long an idle connection to a provider is kept for the next request: shorter than common
+/// servers' keep-alive (Node's 5 s), so a request never goes out on a connection the server is
+/// closing at that moment ("connection closed before message completed": a transient failure, and
+/// a refresh token perhaps presented for nothing). A sweep's requests follow each other closer than
+/// this; between sweeps the connections close anyway.
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
 /// Sends requests to providers; cheap to clone.
 #[derive(Clone)]
 pub struct Transport {
     client: reqwest::Client,
     max_body: usize,
+    request_timeout: Duration,
 }
 
 impl Transport {
@@ -127,7 +143,7 @@ impl Transport {
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
-            .timeout(request_timeout)
+            .pool_idle_timeout(POOL_IDLE)
             .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")));
         for proxy in proxy::from_env(env)? {
             builder = builder.proxy(proxy);
@@ -135,6 +151,7 @@ impl Transport {
         Ok(Self {
             client: builder.build()?,
             max_body,
+            request_timeout,
         })
     }
 
@@ -181,8 +198,33 @@ impl Transport {
     }
 
     /// As [`Self::send`]; the status and Retry-After are noted in `head` as soon as they arrive,
-    /// so that they are known even when the body is then refused.
+    /// so that they are known even when the body is then refused. The whole exchange gives up after
+    /// `request_timeout` — unless that deadline passed while this process was not running: then
+    /// what already arrived gets [`LAST_LOOK`] to be read, rather than dropping an answer that
+    /// waits in the socket (for a rotating provider, the only copy of the new refresh token).
     async fn send_noting_head(
+        &self,
+        request: reqwest::RequestBuilder,
+        head: &mut Exchange,
+    ) -> Result<Exchange, HttpError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let exchange = self.exchange(request, head);
+        tokio::pin!(exchange);
+        tokio::select! {
+            biased;
+            result = &mut exchange => return result,
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+        if tokio::time::Instant::now() >= deadline + NOTICED_LATE
+            && let Ok(result) = tokio::time::timeout(LAST_LOOK, &mut exchange).await
+        {
+            return result;
+        }
+        Err(HttpError::Timeout)
+    }
+
+    /// The exchange itself, without a deadline.
+    async fn exchange(
         &self,
         request: reqwest::RequestBuilder,
         head: &mut Exchange,

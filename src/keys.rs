@@ -1,6 +1,6 @@
 //! The keys of `[encryption]`, read from their files or environment variables and assembled into
 //! the store's [`Sealer`]. A key file must not be writable by other users (refused) and should not
-//! be readable by them (a warning). No message carries key material. Imports `config` and
+//! be readable by them (a warning). No message carries key material. Imports `exit`, `config` and
 //! `store`.
 
 use std::collections::BTreeMap;
@@ -71,6 +71,12 @@ fn from_env(name: &str, env: &BTreeMap<String, String>) -> Result<Key, KeysError
     };
     let value = env.get(name).ok_or_else(|| err("is not set"))?;
     Key::parse(value).map_err(|e| err(&e.to_string()))
+}
+
+impl crate::exit::ExitStatus for KeysError {
+    fn exit_code(&self) -> u8 {
+        crate::exit::CONFIG
+    }
 }
 
 #[cfg(test)]

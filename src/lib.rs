@@ -15,6 +15,7 @@
 //! enroll pages: listener ─► link ─► consent ─► lifecycle::browser ─► store (link spent)
 //! ```
 //!
+//! - [`exit`] — the exit codes, and `ExitStatus`: each error a command ends with says its code
 //! - [`domain`] — credentials, tokens, statuses, due-time and backoff arithmetic (pure)
 //! - [`holder`] — this process as a lease holder, and whether a holder on this host still runs
 //! - [`untrusted`] — the rules text from outside must pass before it is stored or shown (pure)
@@ -25,9 +26,10 @@
 //! - [`core_dumps`] — this process made non-dumpable at start (no core file, no ptrace)
 //! - [`secret_file`] — reading a secret file, refused when anyone may write it (like ssh's keys)
 //! - [`provider`] — configured OAuth clients with their endpoints, secrets and client auth
-//! - [`keys`] — the `[encryption]` keys and the database's location and password
+//! - [`keys`] — the `[encryption]` keys
 //! - [`store`] — the only module that speaks SQL: one interface, SQLite and PostgreSQL behind it;
-//!   copies a SQLite database into PostgreSQL (`migrate --to`)
+//!   where the database is (its location and password); copies a SQLite database into PostgreSQL
+//!   (`migrate --to`)
 //! - [`refresh`] — one token request (refresh, client credentials, jwt-bearer) and its outcome
 //! - [`revoke`] — one revocation request (RFC 7009) and its outcome
 //! - [`alerts`] — the operator's command on credential events
@@ -42,6 +44,8 @@
 //!   pages an owner authorizes through (link -> consent -> provider -> callback -> stored)
 //! - [`listener`] — the one way to serve a socket: timeouts, a connection cap, accept backoff,
 //!   a rate-limited warning; every listener uses it
+//! - [`proxy`] — `[[proxy]]` routes: requests forwarded upstream with the credential's header,
+//!   renewed before expiry and once after a 401
 //! - [`metrics`] — the optional /metrics and /healthz listener: table-wide aggregates, and
 //!   per-credential series up to `metrics.per_credential_max`
 //! - [`api`] — the local token API on a unix socket: access rules from the peer's credentials,
@@ -67,6 +71,7 @@ pub mod doctor;
 pub mod domain;
 pub mod enroll;
 pub mod exec;
+pub mod exit;
 pub mod holder;
 pub mod http;
 pub mod keys;
@@ -74,6 +79,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod provider;
+pub mod proxy;
 pub mod refresh;
 pub mod renew;
 pub mod revoke;

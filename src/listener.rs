@@ -104,6 +104,30 @@ pub trait Handler: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
 }
 
+/// A [`Handler`] whose answers are streamed (the proxy's): its own body type. Every `Handler` is
+/// one, with a `Full` body.
+pub trait StreamHandler: Clone + Send + Sync + 'static {
+    type Body: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static;
+    fn handle(
+        &self,
+        peer: Peer,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
+}
+
+impl<H: Handler> StreamHandler for H {
+    type Body = Full<Bytes>;
+    fn handle(
+        &self,
+        peer: Peer,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<Full<Bytes>>> + Send {
+        Handler::handle(self, peer, request)
+    }
+}
+
 /// The pause after `failures` failed accepts in a row (1 for the first): doubling from
 /// [`BACKOFF_FIRST`] up to [`BACKOFF_MAX`].
 #[must_use]
@@ -247,7 +271,7 @@ impl Acceptor {
 
 /// Serves `socket` with `handler` until `shutdown` fires, then lets the connections in flight
 /// finish (at most [`SHUTDOWN_GRACE`]). `name` names the listener in log lines.
-pub async fn serve<H: Handler>(
+pub async fn serve<H: StreamHandler>(
     socket: Socket,
     limits: Limits,
     name: &'static str,
@@ -313,11 +337,13 @@ async fn connection<S, H>(
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Handler,
+    H: StreamHandler,
 {
     let service = hyper::service::service_fn(move |request| {
         let handler = handler.clone();
-        async move { Ok::<_, std::convert::Infallible>(handler.handle(peer, request).await) }
+        async move {
+            Ok::<_, std::convert::Infallible>(StreamHandler::handle(&handler, peer, request).await)
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

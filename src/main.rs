@@ -46,14 +46,14 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(tokenwarden::cli::run(cli)) {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
+        Err(failure) => {
             // One line, whatever a name or a provider's message in the chain holds.
-            let line = tokenwarden::cli::exit::one_line(&e);
+            let line = tokenwarden::cli::exit::one_line(failure.error());
             eprintln!(
                 "tokenwarden: error: {}",
                 tokenwarden::untrusted::Escaped(&line)
             );
-            ExitCode::from(tokenwarden::cli::exit::code_for(&e))
+            ExitCode::from(failure.code())
         }
     }
 }

@@ -2,7 +2,8 @@
 //! prometheus-client) and `/healthz`. At scrape time the store answers one aggregate statement
 //! (credentials per provider and status, failing, expiring within the margin, the soonest expiry,
 //! the oldest refresh, refresh tokens expiring within the warning window, renewals in flight: the
-//! same on every replica of one database), and, while the table holds at most
+//! same on every replica of one database), the refresh requests out past their lease (a stopped or
+//! partitioned process), and, while the table holds at most
 //! `metrics.per_credential_max` credentials, the per-credential series; counters (refreshes by
 //! outcome, failed attempts by provider and class), the last sweep and the schedule's gap come
 //! from this process; `metrics/series.rs` registers the store's series. README "Metrics and
@@ -78,14 +79,16 @@ struct Inner {
     refresh_token_warning: i64,
     /// Most credentials for which per-credential series are exported.
     per_credential_max: u64,
+    /// The `[[proxy]]` routes' series, when the daemon serves routes.
+    proxy: std::sync::OnceLock<crate::proxy::ProxyStats>,
 }
 
 impl Metrics {
     /// `gap`: the longest gap between two scheduled sweeps, in seconds; `/healthz` calls the
     /// sweeps stalled once the last one is twice that old.
     #[must_use]
-    pub fn new(sweeper: &Sweeper, gap: i64, settings: &Settings) -> Self {
-        let seconds = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    pub fn new(sweeper: &Sweeper, settings: &Settings) -> Self {
+        let policy = sweeper.policy();
         Self {
             inner: Arc::new(Inner {
                 store: sweeper.store().clone(),
@@ -95,14 +98,20 @@ impl Metrics {
                 sweeps: Counter::default(),
                 last_sweep: Mutex::new(None),
                 started_at: domain::now(),
-                gap,
-                stale_after: gap.saturating_mul(2),
-                failing: settings.failing(),
-                margin: seconds(settings.refresh_margin),
-                refresh_token_warning: seconds(settings.refresh_token_warning),
+                gap: policy.sweep_gap,
+                stale_after: policy.sweep_gap.saturating_mul(2),
+                failing: policy.failing,
+                margin: policy.margin,
+                refresh_token_warning: policy.refresh_token_warning,
                 per_credential_max: settings.metrics.per_credential_max,
+                proxy: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Exports the proxy routes' series too (set once, at start).
+    pub fn add_proxy(&self, stats: crate::proxy::ProxyStats) {
+        let _ = self.inner.proxy.set(stats);
     }
 
     /// Counts a finished sweep.
@@ -220,7 +229,11 @@ impl Metrics {
                 took,
             );
         }
+        if let Some(proxy) = inner.proxy.get() {
+            proxy.register(&mut registry);
+        }
         let total = self.register_aggregates(&mut registry, now).await?;
+        self.register_sent_past_lease(&mut registry, now).await?;
         let included = u64::try_from(total).unwrap_or(0) <= inner.per_credential_max;
         let shown = Gauge::<i64>::default();
         shown.set(i64::from(included));

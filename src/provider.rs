@@ -1,7 +1,7 @@
 //! Providers ready to use: each configured OAuth client with its endpoints (from the block, its
 //! preset, or its issuer's metadata), its client authentication and the secrets it references
 //! (environment variables, files, private keys) resolved, and how that authentication goes into a
-//! hand-built form. Imports `config`, `preset`, `discovery`, `http`, `secret_file` and `domain`.
+//! hand-built form. Imports `exit`, `config`, `preset`, `discovery`, `http`, `secret_file` and `domain`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,7 +17,7 @@ pub mod redaction;
 mod secrets;
 
 use crate::discovery::DiscoveryError;
-use crate::domain::{Secret, UnixTime};
+use crate::domain::{RefreshTokenReuse, Secret, UnixTime};
 use crate::http::{CLIENT_ASSERTION_TYPE, Transport};
 use crate::secret_file::SecretFileError;
 pub use grant_assertion::GrantKey;
@@ -117,6 +117,9 @@ pub struct Provider {
     pub rate_limit: Option<f64>,
     /// Most token requests in flight at once from this process's sweeps (`max_concurrency`).
     pub max_concurrency: Option<usize>,
+    /// Whether a refresh token may be presented again after an interrupted attempt
+    /// (`refresh_token_reuse`, or the preset's).
+    pub refresh_token_reuse: RefreshTokenReuse,
 }
 
 impl Provider {
@@ -196,6 +199,7 @@ impl Provider {
                 .clone()
                 .unwrap_or_else(|| token_url.clone()),
             scope_in_assertion: shape.scope_in_assertion,
+            refresh_token_reuse: shape.refresh_token_reuse,
             rate_limit: settings.rate_limit,
             max_concurrency: settings.max_concurrency,
             name: name.to_owned(),
@@ -342,5 +346,18 @@ impl Providers {
         self.0
             .values()
             .flat_map(|p| p.warnings.iter().map(String::as_str))
+    }
+}
+
+impl crate::exit::ExitStatus for ProviderError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            // The issuer may be back in a moment: not a configuration error, so systemd retries.
+            Self::Discovery {
+                source: crate::discovery::DiscoveryError::Unavailable { .. },
+                ..
+            } => crate::exit::REFRESH_FAILED,
+            _ => crate::exit::CONFIG,
+        }
     }
 }

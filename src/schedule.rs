@@ -1,5 +1,16 @@
 //! The sweep schedule: a cron expression in 5 fields (crontab) or 6 (with seconds), normalised to
 //! the 6-field form tokio-cron-scheduler wants, and the longest gap between two of its ticks.
+//!
+//! tokio-cron-scheduler owns the schedule while the daemon runs (`daemon::ticker`: its job names
+//! every next tick). This module also parses the expression with croner, for two things the
+//! scheduler does not offer: an error that says what is wrong with an expression (the scheduler
+//! only answers `ParseSchedule`), given when the configuration is loaded, before any scheduler
+//! exists; and the ticks beyond the next one, which [`Schedule::longest_gap`] walks (the
+//! scheduler names only the next). It is not a second cron dialect: croner is the parser
+//! tokio-cron-scheduler itself runs (its dependency, the same major version, pinned by
+//! Cargo.lock), with the scheduler's own parser settings (seconds required, day-of-month AND
+//! day-of-week), and a test checks that the scheduler takes every expression this accepts and
+//! names the same next tick. Imports nothing of the crate.
 
 use std::fmt;
 use std::str::FromStr;
@@ -96,6 +107,37 @@ mod tests {
     fn irregular_schedules_report_the_longest_gap() {
         let s: Schedule = "0 9,17 * * *".parse().unwrap();
         assert_eq!(s.longest_gap(Utc::now()), Duration::from_hours(16));
+    }
+
+    /// The contract the module header states: what this accepts, tokio-cron-scheduler runs, to
+    /// the same next tick.
+    #[test]
+    fn the_scheduler_takes_every_expression_and_names_the_same_next_tick() {
+        use tokio_cron_scheduler::Job;
+        for expr in [
+            "*/3 * * * *",
+            "0 9,17 * * *",
+            "*/20 * * * * *",
+            "0 0 1 1 *",
+            "30 2 * * 1-5",
+            "0 0 12 1 * MON",
+        ] {
+            let s: Schedule = expr.parse().unwrap();
+            let before = Utc::now();
+            let mut job = Job::new_async(s.six_fields(), |_, _| Box::pin(async {})).unwrap();
+            let after = Utc::now();
+            let next = job
+                .job_data()
+                .unwrap()
+                .next_tick_utc()
+                .expect("a next tick");
+            // Either side of a tick boundary that passed while the job was made.
+            let ours = [before, after].map(|t| s.cron.iter_after(t).next().unwrap().timestamp());
+            assert!(
+                ours.contains(&next.timestamp()),
+                "{expr}: {next} not in {ours:?}"
+            );
+        }
     }
 
     #[test]

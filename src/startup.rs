@@ -1,7 +1,7 @@
 //! Wiring: from the settings to the running parts every command works from — the transport and
 //! token requests, the providers (secrets and endpoints resolved), the store (opened, migrated,
 //! sealing with the configured keys) and the sweeper with its policy. Logs the warnings each part
-//! has about how it is configured. Imports `config`, `http`, `keys`, `provider`, `refresh`,
+//! has about how it is configured. Imports `exit`, `config`, `http`, `keys`, `provider`, `refresh`,
 //! `store`, `alerts` and `sweep`.
 
 use std::collections::BTreeMap;
@@ -52,6 +52,8 @@ pub struct Ctx {
     /// Settings that work but should change (an inline secret or password, a password file
     /// others can read): logged once telemetry is up, and shown by `doctor`.
     pub warnings: Vec<String>,
+    /// The settings' durations in seconds, converted once, and the due-time rule.
+    pub policy: Policy,
 }
 
 impl Ctx {
@@ -61,11 +63,13 @@ impl Ctx {
         let settings = Settings::load(file, &env)?;
         let (location, mut warnings) = Location::from_settings(&settings, &env)?;
         warnings.extend(settings.warnings());
+        let policy = Policy::from_settings(&settings)?;
         Ok(Self {
             settings,
             env,
             location,
             warnings,
+            policy,
         })
     }
 
@@ -120,12 +124,6 @@ impl Ctx {
         Ok(store)
     }
 
-    /// Seconds of the schedule's longest gap between sweeps.
-    pub fn sweep_gap(&self) -> Result<i64, ConfigError> {
-        let gap = self.settings.schedule()?.longest_gap(chrono::Utc::now());
-        Ok(i64::try_from(gap.as_secs()).unwrap_or(i64::MAX))
-    }
-
     /// A sweeper on the store opened with `mode`, with every provider.
     pub async fn sweeper(&self, mode: OpenMode) -> Result<Sweeper, StartupError> {
         let store = self.open(mode).await?;
@@ -171,13 +169,18 @@ impl Ctx {
             ),
             None => {}
         }
-        let policy = Policy::from_settings(settings)?;
         let mut alerter = Alerter::new(&settings.alerts.on_event, settings.alerts.timeout);
         if let Some(enroll) = &settings.enroll {
             let links = crate::enroll::invite::ReauthLinkMaker::new(store.clone(), enroll);
             alerter = alerter.with_reauth_links(std::sync::Arc::new(links));
         }
-        Ok(Sweeper::new(store, providers, refresher, policy, alerter))
+        Ok(Sweeper::new(
+            store,
+            providers,
+            refresher,
+            self.policy,
+            alerter,
+        ))
     }
 }
 
@@ -188,4 +191,19 @@ pub fn environment() -> BTreeMap<String, String> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect()
+}
+
+impl crate::exit::ExitStatus for StartupError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(e) => e.exit_code(),
+            // A proxy variable that is not a URL is the operator's to fix.
+            Self::Http(HttpError::Proxy(_)) => crate::exit::CONFIG,
+            Self::Http(_) => crate::exit::INTERNAL,
+            Self::Provider(e) => e.exit_code(),
+            Self::Keys(e) => e.exit_code(),
+            Self::Location(e) => e.exit_code(),
+            Self::Store(e) => e.exit_code(),
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! embedded default: a file created 0600, WAL, FULL sync, a busy timeout) and `postgres` (several
 //! replicas on one server). Opening migrates the schema (`schema`: not when it is up to date). `claim` holds the sweep's transactions,
 //! `records` the reads and writes behind the CLI, `leases` the view of other holders' claims, `transfer` the copy of a SQLite database into
-//! PostgreSQL (`migrate --to`), `invites` the one-time links of `tokenwarden invite`.
+//! PostgreSQL (`migrate --to`), `invites` the one-time links of `tokenwarden invite`, `sent` the
+//! marks written just before requests go out.
 //! Every token passes the store's [`Sealer`] (`seal`) on its way in and out, here, above the SQL,
 //! so both backends see only stored (sealed) text; `rekey` reports and changes which key seals
 //! which row. Below the `Store`, one interface to either database (`backend`: `Db` gives write
@@ -10,7 +11,7 @@
 //! (`transactions`), each statement a `statement` both drivers run; the statements whose text
 //! differs sit side by side in `dialect`; `batch` carries many rows into one statement as a bound
 //! JSON array; `location` says where the database is (read from the settings). Imports
-//! `domain`, and `config` and `secret_file` for `location`.
+//! `domain` and `exit`, and `config` and `secret_file` for `location`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +29,7 @@ mod records;
 mod rekey;
 mod schema;
 pub mod seal;
+mod sent;
 mod sqlite;
 mod statement;
 mod transactions;
@@ -36,7 +38,7 @@ mod writer;
 
 pub use claim::{ClaimByName, Failure, FailureDetail, Refreshed, Stored};
 pub use invites::{Invite, InviteState, NewInvite};
-pub use leases::{HeldElsewhere, HeldLease};
+pub use leases::{HeldElsewhere, HeldLease, PastLease};
 pub use location::{Location, LocationError, PgOptions, postgres_options};
 pub use lookup::TokenState;
 pub use records::{
@@ -134,6 +136,8 @@ pub struct Store {
     db: Db,
     /// Successful refreshes on their way to the backend's group commit (see `writer`).
     jobs: tokio::sync::mpsc::UnboundedSender<writer::StoreJob>,
+    /// Requests about to go out, on their way to being marked sent (see `sent`).
+    marks: tokio::sync::mpsc::UnboundedSender<sent::MarkJob>,
     /// Seals every token written and opens every token read.
     sealer: Sealer,
 }
@@ -148,7 +152,13 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let secure_delete = sealer.keyring().is_some();
         let (db, jobs) = Db::open(location, options, secure_delete).await?;
-        Ok(Self { db, jobs, sealer })
+        let marks = sent::spawn(db.clone());
+        Ok(Self {
+            db,
+            jobs,
+            marks,
+            sealer,
+        })
     }
 
     /// The keys tokens are sealed with, if any.
@@ -219,5 +229,16 @@ fn sql_reason(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(db) => db.message().to_owned(),
         other => other.to_string(),
+    }
+}
+
+impl crate::exit::ExitStatus for StoreError {
+    fn exit_code(&self) -> u8 {
+        use crate::exit::{CONFIG, DATABASE, SEALING};
+        match self {
+            Self::Exists(_) | Self::OwnerTaken { .. } | Self::InviteMismatch { .. } => CONFIG,
+            Self::KeysMissing(_) | Self::Unreadable { .. } => SEALING,
+            _ => DATABASE,
+        }
     }
 }

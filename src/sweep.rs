@@ -1,4 +1,5 @@
-//! One sweep: take over the claims of processes that died on this host (`holders`), claim the due
+//! One sweep: take over the claims of processes that died on this host, and leave those of live
+//! ones whose request is out past their lease (`holders`, deciding with `takeover`), claim the due
 //! credentials in batches under a lease (as many as start within it: `claim_size`; until a short
 //! claim leaves none free to claim: `claiming`), refresh each with bounded concurrency (and each
 //! provider's `max_concurrency` and `rate_limit`: `limits`, `handle`), decide what each outcome
@@ -13,7 +14,7 @@ use std::time::Instant;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 mod claim_size;
 mod claiming;
@@ -26,6 +27,7 @@ mod record;
 mod revocation;
 mod settle;
 mod summary;
+mod takeover;
 
 pub use errors::{ErrorClass, ErrorTally};
 pub use policy::Policy;
@@ -124,6 +126,12 @@ impl Sweeper {
         self.inner.refresher.transport()
     }
 
+    /// The tunables this sweeper runs with.
+    #[must_use]
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
     /// This process's failed attempts so far, per provider and class.
     #[must_use]
     pub fn errors(&self) -> &ErrorTally {
@@ -150,6 +158,7 @@ impl Sweeper {
         let mut claiming = Claiming::default();
         let mut first_error = None;
         self.take_over_from_gone_holders(sweep_start).await?;
+        claiming.skip = self.left_to_live_holders(sweep_start).await?;
         self.report_held_elsewhere(sweep_start).await;
         loop {
             while in_flight.len() < batch + AHEAD && !cancel.is_cancelled() && first_error.is_none()
@@ -173,17 +182,10 @@ impl Sweeper {
                     }
                     break;
                 };
-                // A claim that waited here too long to finish its request and store the result
-                // before its lease ends is given back, not started: its refresh token must never
-                // be out while another process may claim it.
-                let needed = inner.policy.request_timeout + inner.policy.store_window;
-                if domain::now() + needed > claimed.lease_expires_at {
-                    if let Err(e) = inner.store.release(&claimed, &inner.owner).await {
-                        warn!(error = %e, credential = %claimed.name, "could not give back a claim; it runs out by itself");
-                    }
-                    summary.released += 1;
-                    continue;
-                }
+                // A claim that waited too long to finish its request and store the result before
+                // its lease ends is given back unsent by the check before the request
+                // (`handle::may_send`): its refresh token is never out while another process may
+                // claim it.
                 let (me, cancel) = (self.clone(), cancel.clone());
                 in_flight.spawn(async move { me.handle_within_limits(claimed, &cancel).await });
             }
@@ -235,16 +237,19 @@ impl Sweeper {
     pub async fn refresh_named(&self, name: &str) -> Result<NamedRefresh, StoreError> {
         let now = domain::now();
         self.take_over_from_gone_holders(now).await?;
+        let skip = self.left_to_live_holders(now).await?;
         let inner = &self.inner;
         Ok(
             match inner
                 .store
-                .claim_by_name(name, &inner.owner, now, now + inner.policy.lease)
+                .claim_by_name(name, &inner.owner, now, now + inner.policy.lease, &skip)
                 .await?
             {
-                ClaimByName::Claimed(claimed) => {
-                    NamedRefresh::Done(self.handle(claimed, None).await?)
-                }
+                ClaimByName::Claimed(claimed) => match self.handle(claimed, None).await? {
+                    Some(handled) => NamedRefresh::Done(handled),
+                    // Left to the live process whose request is out, or taken over meanwhile.
+                    None => NamedRefresh::Busy,
+                },
                 ClaimByName::NotFound => NamedRefresh::NotFound,
                 ClaimByName::NotActive(status) => NamedRefresh::NotActive(status),
                 ClaimByName::Busy => NamedRefresh::Busy,

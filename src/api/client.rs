@@ -50,6 +50,24 @@ pub enum ClientError {
     Answer { path: PathBuf, reason: String },
 }
 
+impl crate::exit::ExitStatus for ClientError {
+    /// The codes the local `token`/`exec` end with for the same failure: the API's word decides;
+    /// a socket that cannot be reached or answers nonsense is the database's code (the store is
+    /// out of reach for this user).
+    fn exit_code(&self) -> u8 {
+        use crate::exit::{CONFIG, DATABASE, NOT_FOUND, REFRESH_FAILED};
+        match self {
+            Self::Refused { word, .. } => match word.as_str() {
+                words::RENEWAL_FAILED => REFRESH_FAILED,
+                words::BAD_REQUEST => CONFIG,
+                words::UNAVAILABLE => DATABASE,
+                _ => NOT_FOUND,
+            },
+            Self::Connect { .. } | Self::Answer { .. } => DATABASE,
+        }
+    }
+}
+
 /// Asks the API at `socket` for `route` (`/v1/token/NAME?…`), bounded by `deadline`.
 pub async fn fetch(socket: &Path, route: &str, deadline: Duration) -> Result<Answer, ClientError> {
     let connect = |reason: String| ClientError::Connect {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::exit::{self, CommandError};
+use super::exit::{self, CommandError, Failure};
 use super::{AddArgs, GrantArg};
 use crate::doctor;
 use crate::domain::{self, GrantType, Secret};
@@ -18,7 +18,7 @@ use crate::store::{NewCredential, OpenMode, Target};
 use crate::sweep::Revoked;
 use crate::untrusted::Escaped;
 
-pub(super) async fn add(ctx: &Ctx, args: &AddArgs) -> anyhow::Result<u8> {
+pub(super) async fn add(ctx: &Ctx, args: &AddArgs) -> Result<u8, Failure> {
     let grant_type = match args.grant {
         GrantArg::RefreshToken => GrantType::RefreshToken,
         GrantArg::ClientCredentials => GrantType::ClientCredentials,
@@ -79,7 +79,7 @@ pub(super) async fn add(ctx: &Ctx, args: &AddArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-pub(super) async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Result<u8> {
+pub(super) async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> Result<u8, Failure> {
     check_input(args.name, args.owner, args.scopes)?;
     let Some(provider_settings) = ctx.settings.providers.get(args.provider) else {
         let known = ctx.settings.providers.keys().cloned().collect();
@@ -104,14 +104,12 @@ pub(super) async fn authorize(ctx: &Ctx, args: AuthorizeArgs<'_>) -> anyhow::Res
             .ensure_owner_free(args.provider, owner, args.name)
             .await?;
     }
-    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     let target = enroll::Target {
         name: args.name,
         provider: &provider.name,
         scopes: args.scopes,
         owner: args.owner,
-        margin: secs(ctx.settings.refresh_margin),
-        max_idle: secs(ctx.settings.max_idle),
+        policy: &ctx.policy,
     };
     if args.device {
         let request = lifecycle::authorize::DeviceRequest {
@@ -210,7 +208,7 @@ pub(super) fn report_authorized(name: &str, done: &enroll::Authorization) -> u8 
     exit::OK
 }
 
-pub(super) async fn revoke(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
+pub(super) async fn revoke(ctx: &Ctx, name: &str) -> Result<u8, Failure> {
     let sweeper = ctx.sweeper(OpenMode::MustExist).await?;
     let result = sweeper.revoke_named(name).await;
     sweeper.store().close().await;
@@ -230,7 +228,7 @@ pub(super) async fn revoke(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
 }
 
 /// Brings every stored token under the current key (or to plaintext), then reports the keys.
-pub(super) async fn rekey(ctx: &Ctx, decrypt: bool) -> anyhow::Result<u8> {
+pub(super) async fn rekey(ctx: &Ctx, decrypt: bool) -> Result<u8, Failure> {
     let store = ctx.open_checked(OpenMode::MustExist).await?;
     if !decrypt && store.sealer().keyring().is_none() {
         store.close().await;
@@ -292,7 +290,7 @@ pub(super) fn check_input(
 }
 
 /// Reads a refresh token from `file` or standard input, never from the command line.
-pub(super) fn read_refresh_token(file: Option<&Path>) -> anyhow::Result<Secret> {
+pub(super) fn read_refresh_token(file: Option<&Path>) -> Result<Secret, CommandError> {
     use std::io::Read;
     let mut text = String::new();
     match file {
@@ -310,8 +308,7 @@ pub(super) fn read_refresh_token(file: Option<&Path>) -> anyhow::Result<Secret> 
     if token.is_empty() || token.contains(char::is_whitespace) {
         return Err(CommandError::Input(
             "expected one refresh token (on standard input or in --refresh-token-file)".to_owned(),
-        )
-        .into());
+        ));
     }
     Ok(Secret::new(token))
 }

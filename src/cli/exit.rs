@@ -1,39 +1,10 @@
-//! Exit codes, and the errors a command reports about what the user asked for.
+//! The errors a command reports about what the user asked for ([`CommandError`]), the one-line
+//! rendering of any error, and [`Failure`]: a command's error with its exit code, which the error
+//! itself says (`crate::exit::ExitStatus`, where the codes are documented).
 
-use crate::config::ConfigError;
-use crate::daemon::DaemonError;
-use crate::deliver::DeliverError;
-use crate::discovery::DiscoveryError;
-use crate::exec::ExecError;
-use crate::http::HttpError;
-use crate::keys::KeysError;
-use crate::lifecycle::AuthorizeError;
-use crate::provider::ProviderError;
-use crate::startup::StartupError;
-use crate::store::{LocationError, StoreError, TransferError};
-use crate::sweep::RevokeError;
-
-/// Success.
-pub const OK: u8 = 0;
-/// A refresh failed: `run --once` or `refresh` could not refresh every credential it tried,
-/// `token`/`exec` could not renew a token that expires too soon; or a provider's issuer metadata
-/// could not be fetched.
-pub const REFRESH_FAILED: u8 = 1;
-/// Bad usage or configuration: a flag, the TOML, a missing secret or key file, an unknown provider.
-pub const CONFIG: u8 = 2;
-/// The database cannot be opened, read or written (missing, corrupt, read-only, locked).
-pub const DATABASE: u8 = 3;
-/// No such credential (by name, or by owner: none or several), or it has no valid access token
-/// (`token`; a stored one that is not visible ASCII is not printed), or it is not active.
-pub const NOT_FOUND: u8 = 4;
-/// Stored tokens are sealed under a key the configuration does not list (or it lists none), or a
-/// stored token does not open: nothing was claimed or sent.
-pub const SEALING: u8 = 5;
-/// `migrate`: claims run in the source database (a daemon or a command is using it); stop them
-/// and run it again.
-pub const BUSY: u8 = 6;
-/// Anything else (the runtime or the scheduler failed).
-pub const INTERNAL: u8 = 70;
+pub use crate::exit::{
+    BUSY, CONFIG, DATABASE, ExitStatus, INTERNAL, NOT_FOUND, OK, REFRESH_FAILED, SEALING,
+};
 
 /// The table shown at the end of `--help`.
 pub const HELP: &str = "Exit codes: 0 ok; 1 a refresh or renewal failed; 2 usage or configuration \
@@ -78,114 +49,44 @@ pub fn one_line(error: &anyhow::Error) -> String {
     line
 }
 
-/// The exit code for an error, from the first typed error in its chain.
-#[must_use]
-pub fn code_for(error: &anyhow::Error) -> u8 {
-    for cause in error.chain() {
-        if let Some(ProviderError::Discovery {
-            source: DiscoveryError::Unavailable { .. },
-            ..
-        }) = cause.downcast_ref::<ProviderError>()
-        {
-            // The issuer may be back in a moment: not a configuration error, so systemd retries.
-            return REFRESH_FAILED;
-        }
-        if cause.is::<ConfigError>()
-            || cause.is::<ProviderError>()
-            || cause.is::<KeysError>()
-            || cause.is::<LocationError>()
-        {
-            return CONFIG;
-        }
-        if let Some(e) = cause.downcast_ref::<StoreError>() {
-            return match e {
-                StoreError::Exists(_)
-                | StoreError::OwnerTaken { .. }
-                | StoreError::InviteMismatch { .. } => CONFIG,
-                StoreError::KeysMissing(_) | StoreError::Unreadable { .. } => SEALING,
-                _ => DATABASE,
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<CommandError>() {
-            return match e {
-                CommandError::UnknownProvider { .. } | CommandError::Input(_) => CONFIG,
-                _ => NOT_FOUND,
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<crate::api::client::ClientError>() {
-            use crate::api::{client::ClientError, words};
-            return match e {
-                ClientError::Refused { word, .. } => match word.as_str() {
-                    words::RENEWAL_FAILED => REFRESH_FAILED,
-                    words::BAD_REQUEST => CONFIG,
-                    words::UNAVAILABLE => DATABASE,
-                    _ => NOT_FOUND,
-                },
-                ClientError::Connect { .. } | ClientError::Answer { .. } => DATABASE,
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<DeliverError>() {
-            return match e {
-                // The StoreError, or what could not set the renewal up, is next in the chain.
-                DeliverError::Store(_) | DeliverError::Setup(_) => continue,
-                DeliverError::RenewalFailed { .. } => REFRESH_FAILED,
-                _ => NOT_FOUND,
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<TransferError>() {
-            return match e {
-                // The StoreError is next in the chain.
-                TransferError::Store(_) => continue,
-                TransferError::Claimed { .. } => BUSY,
-                TransferError::SourceNotSqlite(_)
-                | TransferError::NotPostgresUrl
-                | TransferError::NotEmpty { .. } => CONFIG,
-                _ => DATABASE,
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<ExecError>() {
-            return e.shell_code().unwrap_or(INTERNAL);
-        }
-        if let Some(e) = cause.downcast_ref::<AuthorizeError>() {
-            match e {
-                // The StoreError is next in the chain.
-                AuthorizeError::Keep(_) => continue,
-                e if e.is_configuration() => return CONFIG,
-                _ => return REFRESH_FAILED,
-            }
-        }
-        if let Some(e) = cause.downcast_ref::<RevokeError>() {
-            match e {
-                RevokeError::Store(_) => continue,
-                RevokeError::NotFound(_) => return NOT_FOUND,
-                e if e.is_configuration() => return CONFIG,
-                _ => return REFRESH_FAILED,
-            }
-        }
-        match cause.downcast_ref::<StartupError>() {
-            // Boxed (it is large), so the chain holds the box: decided here. A proxy variable
-            // that is not a URL is the operator's to fix as well.
-            Some(StartupError::Config(_) | StartupError::Http(HttpError::Proxy(_))) => {
-                return CONFIG;
-            }
-            Some(StartupError::Http(_)) => return INTERNAL,
-            _ => {}
-        }
-        if let Some(
-            DaemonError::Config(_)
-            | DaemonError::MetricsListen { .. }
-            | DaemonError::EnrollListen { .. }
-            | DaemonError::Api(_)
-            | DaemonError::Sink(_),
-        ) = cause.downcast_ref::<DaemonError>()
-        {
-            return CONFIG;
-        }
-        if cause.is::<DaemonError>() {
-            return INTERNAL;
+/// A command's error, with the exit code it ends with: decided where the typed error became a
+/// `Failure` (`?` in a command), by that error's own [`ExitStatus`].
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    /// The exit code.
+    #[must_use]
+    pub fn code(&self) -> u8 {
+        self.code
+    }
+
+    /// The error, with its chain of causes.
+    #[must_use]
+    pub fn error(&self) -> &anyhow::Error {
+        &self.error
+    }
+}
+
+impl<E: ExitStatus + Send + Sync + 'static> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Self {
+            code: error.exit_code(),
+            error: error.into(),
         }
     }
-    INTERNAL
+}
+
+impl ExitStatus for CommandError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::UnknownProvider { .. } | Self::Input(_) => CONFIG,
+            _ => NOT_FOUND,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The commands that run sweeps and look at how things stand: `run`, `refresh`, `status`,
 //! `check-config`, `doctor`.
 
-use super::exit::{self, CommandError};
+use super::exit::{self, CommandError, Failure};
 use super::render;
 use crate::daemon;
 use crate::doctor;
@@ -12,7 +12,7 @@ use crate::store::OpenMode;
 use crate::sweep::{Handled, NamedRefresh};
 use crate::untrusted::Escaped;
 
-pub(super) async fn run_sweeps(ctx: &Ctx, once: bool) -> anyhow::Result<u8> {
+pub(super) async fn run_sweeps(ctx: &Ctx, once: bool) -> Result<u8, Failure> {
     let sweeper = ctx.sweeper(OpenMode::CreateIfMissing).await?;
     let shutdown = daemon::shutdown_on_signals()?;
     let code = if once {
@@ -30,16 +30,15 @@ pub(super) async fn run_sweeps(ctx: &Ctx, once: bool) -> anyhow::Result<u8> {
     Ok(code)
 }
 
-pub(super) async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
+pub(super) async fn status(ctx: &Ctx, json: bool) -> Result<u8, Failure> {
     let store = ctx.open(OpenMode::MustExist).await?;
     let rows = store.summaries().await?;
     let invites = store.outstanding_invites(None, domain::now()).await?;
     let view = render::View {
         now: domain::now(),
-        failing: ctx.settings.failing(),
-        refresh_token_warning: i64::try_from(ctx.settings.refresh_token_warning.as_secs())
-            .unwrap_or(i64::MAX),
-        sweep_gap: ctx.sweep_gap()?,
+        failing: ctx.policy.failing,
+        refresh_token_warning: ctx.policy.refresh_token_warning,
+        sweep_gap: ctx.policy.sweep_gap,
     };
     let text = if json {
         render::status_json(&rows, view)
@@ -53,7 +52,7 @@ pub(super) async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-pub(super) async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
+pub(super) async fn refresh(ctx: &Ctx, name: String) -> Result<u8, Failure> {
     let sweeper = ctx.sweeper(OpenMode::CreateIfMissing).await?;
     // Ctrl-C or SIGTERM mid-request must not kill the process between the provider's rotation
     // and the store: the signal is noted, and the refresh finishes first.
@@ -87,7 +86,7 @@ pub(super) async fn refresh(ctx: &Ctx, name: String) -> anyhow::Result<u8> {
     }
 }
 
-pub(super) async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
+pub(super) async fn check_config(ctx: &Ctx) -> Result<u8, Failure> {
     let providers = ctx.providers(&ctx.refresher()?).await?;
     // An existing database must not need a key the configuration no longer lists.
     let exists = match &ctx.location {
@@ -118,11 +117,27 @@ pub(super) async fn check_config(ctx: &Ctx) -> anyhow::Result<u8> {
         humantime::format_duration(ctx.settings.refresh_margin),
     );
     println!("{}", doctor::sealing_summary(sealer.keyring()));
+    for route in &ctx.settings.proxy {
+        println!(
+            "proxy route {}: {} -> {} with credential {}",
+            route.route_name(),
+            route.listen,
+            route.upstream,
+            route
+                .credential
+                .clone()
+                .or_else(|| route
+                    .provider
+                    .as_ref()
+                    .map(|p| format!("of the unix peer at provider {p}")))
+                .unwrap_or_default()
+        );
+    }
     Ok(exit::OK)
 }
 
 /// Probes every provider (or NAME's) and reviews every credential (or NAME); exit 1 on a failure.
-pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> {
+pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> Result<u8, Failure> {
     let refresher = ctx.refresher()?;
     let providers = ctx.providers(&refresher).await?;
     let mut unreachable = None;
@@ -145,9 +160,9 @@ pub(super) async fn doctor(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<u8> 
         unreachable,
         database_warnings: &ctx.warnings,
         only,
-        refresh_token_warning: i64::try_from(ctx.settings.refresh_token_warning.as_secs())
-            .unwrap_or(i64::MAX),
-        sweep_gap: ctx.sweep_gap()?,
+        proxies: &ctx.settings.proxy,
+        refresh_token_warning: ctx.policy.refresh_token_warning,
+        sweep_gap: ctx.policy.sweep_gap,
         now: domain::now(),
     };
     let mut report = doctor::run(&scope).await?;

@@ -2,12 +2,12 @@
 
 use tracing::warn;
 
-use super::exit;
+use super::exit::{self, Failure};
 use crate::domain;
 use crate::startup::Ctx;
 use crate::store::{Location, OpenMode, OpenOptions, PgOptions, Sealer, Store, TransferError};
 
-pub(super) async fn migrate(ctx: &Ctx, to: &str) -> anyhow::Result<u8> {
+pub(super) async fn migrate(ctx: &Ctx, to: &str) -> Result<u8, Failure> {
     let Location::Sqlite(source) = &ctx.location else {
         return Err(TransferError::SourceNotSqlite(ctx.location.shown()).into());
     };

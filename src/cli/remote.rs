@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::exit::{self, CommandError};
+use super::exit::{self, CommandError, Failure};
 use super::{RenewArgs, Which};
 use crate::api::client::{self, Answer};
 use crate::domain::Secret;
@@ -12,7 +12,7 @@ use crate::domain::Secret;
 /// Longest a request to the API may take beyond `--wait`.
 const SLACK: std::time::Duration = std::time::Duration::from_secs(30);
 
-async fn fetch(socket: &Path, which: &Which, args: &RenewArgs) -> anyhow::Result<Answer> {
+async fn fetch(socket: &Path, which: &Which, args: &RenewArgs) -> Result<Answer, Failure> {
     let which = super::token::which(which)?;
     let route = client::route(&which, args.min_valid, args.wait);
     let answer = client::fetch(socket, &route, args.wait + SLACK).await?;
@@ -30,7 +30,7 @@ pub(super) async fn token(
     which: &Which,
     args: &RenewArgs,
     header: bool,
-) -> anyhow::Result<u8> {
+) -> Result<u8, Failure> {
     let answer = fetch(socket, which, args).await?;
     if header {
         println!("{}", answer.header()?.expose());
@@ -47,7 +47,7 @@ pub(super) async fn exec(
     var: &str,
     clean: bool,
     command: &[String],
-) -> anyhow::Result<u8> {
+) -> Result<u8, Failure> {
     if !crate::exec::is_variable_name(var) {
         return Err(CommandError::Input(format!(
             "--env {var:?} is not an environment variable name (letters, digits and _)"

@@ -114,6 +114,7 @@ fn attempt(me: &Holder, r: &CredentialSummary, now: UnixTime) -> AttemptState {
         r.lease_owner.as_deref(),
         r.lease_expires_at,
         r.attempt_started_at,
+        r.attempt_sent_at.is_some(),
         now,
     )
 }
@@ -131,6 +132,16 @@ fn attempt_json(state: &AttemptState) -> serde_json::Value {
             "holder": holder,
             "since": since.map(iso8601),
             "resolved_by": iso8601(*until),
+        }),
+        AttemptState::HeldPastLease {
+            holder,
+            since,
+            lease_ended,
+        } => serde_json::json!({
+            "state": "held_past_lease",
+            "holder": holder,
+            "since": since.map(iso8601),
+            "lease_ended": iso8601(*lease_ended),
         }),
         AttemptState::Interrupted { holder, since, at } => serde_json::json!({
             "state": "interrupted",
@@ -158,10 +169,19 @@ fn attempt_note(state: &AttemptState) -> Option<String> {
             since(s),
             iso8601(*until)
         )),
+        AttemptState::HeldPastLease {
+            holder,
+            since: s,
+            lease_ended,
+        } => Some(format!(
+            "held past its lease: {holder}{}, alive but not running since its lease ended at {}; left to it",
+            since(s),
+            iso8601(*lease_ended)
+        )),
         AttemptState::Interrupted {
             holder, since: s, ..
         } => Some(format!(
-            "interrupted: {}{}, retried by the next sweep",
+            "interrupted: {}{}, resolved by the next sweep",
             holder.as_deref().unwrap_or("a process that is gone"),
             since(s)
         )),

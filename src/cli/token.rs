@@ -1,7 +1,7 @@
 //! `token` and `exec`: parse which credential, ask `deliver` for its token (renewed there when it
 //! expires too soon), print it (or the header) or hand it to a command's environment.
 
-use super::exit::{self, CommandError};
+use super::exit::{self, CommandError, Failure};
 use super::{RenewArgs, Which};
 use crate::daemon;
 use crate::deliver::{self, Delivered, Renewer, SetupError, Want};
@@ -55,7 +55,7 @@ pub(super) async fn fresh_token(
     ctx: &Ctx,
     which_args: &Which,
     args: &RenewArgs,
-) -> anyhow::Result<Delivered> {
+) -> Result<Delivered, Failure> {
     let which = which(which_args)?;
     let store = ctx.open(OpenMode::MustExist).await?;
     let want = Want {
@@ -84,7 +84,7 @@ pub(super) async fn token(
     which: &Which,
     args: &RenewArgs,
     header: bool,
-) -> anyhow::Result<u8> {
+) -> Result<u8, Failure> {
     let delivered = fresh_token(ctx, which, args).await?;
     if header {
         println!("{}", delivered.header()?.expose());
@@ -101,7 +101,7 @@ pub(super) async fn exec(
     var: &str,
     clean: bool,
     command: &[String],
-) -> anyhow::Result<u8> {
+) -> Result<u8, Failure> {
     if !crate::exec::is_variable_name(var) {
         return Err(CommandError::Input(format!(
             "--env {var:?} is not an environment variable name (letters, digits and _)"

@@ -123,6 +123,7 @@ impl Settings {
             }
             provider.validate(&format!("providers.{name}"))?;
         }
+        super::proxy::validate_all(&self.proxy, &self.providers)?;
         Ok(())
     }
 }

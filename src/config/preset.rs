@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::config::{Preset, ProviderSettings};
+use crate::domain::RefreshTokenReuse;
 
 /// Lifetime assumed when neither the response nor the configuration gives one.
 const DEFAULT_EXPIRES_IN: Duration = Duration::from_hours(1);
@@ -31,6 +32,8 @@ pub struct Shape {
     /// Whether jwt-bearer scopes go into the assertion's `scope` claim (Google) instead of the
     /// form.
     pub scope_in_assertion: bool,
+    /// Whether a refresh token may be presented a second time (after an interrupted attempt).
+    pub refresh_token_reuse: RefreshTokenReuse,
 }
 
 /// What a preset contributes.
@@ -48,6 +51,9 @@ struct Defaults {
     needs_issuer: bool,
     assertion_audience: Option<String>,
     scope_in_assertion: bool,
+    /// What the provider documents about presenting a refresh token twice; `None` (strict)
+    /// wherever it documents nothing.
+    refresh_token_reuse: RefreshTokenReuse,
 }
 
 impl Defaults {
@@ -65,6 +71,7 @@ impl Defaults {
             needs_issuer: false,
             assertion_audience: None,
             scope_in_assertion: false,
+            refresh_token_reuse: RefreshTokenReuse::None,
         }
     }
 }
@@ -74,18 +81,7 @@ pub fn shape(p: &ProviderSettings) -> Result<Shape, (&'static str, String)> {
     let d = match p.preset {
         None => Defaults::none(),
         Some(Preset::Microsoft) => microsoft(p)?,
-        Some(Preset::Google) => Defaults {
-            token_url: Some("https://oauth2.googleapis.com/token".to_owned()),
-            authorization_url: Some("https://accounts.google.com/o/oauth2/v2/auth".to_owned()),
-            revocation_url: Some("https://oauth2.googleapis.com/revoke".to_owned()),
-            device_authorization_url: Some("https://oauth2.googleapis.com/device/code".to_owned()),
-            // A refresh token only with access_type=offline, and again only with prompt=consent.
-            authorization_params: &[("access_type", "offline"), ("prompt", "consent")],
-            // Service accounts: the token endpoint is the audience, scopes are claims.
-            assertion_audience: Some("https://oauth2.googleapis.com/token".to_owned()),
-            scope_in_assertion: true,
-            ..Defaults::none()
-        },
+        Some(Preset::Google) => google(),
         Some(Preset::Salesforce) => {
             let host = p.domain.as_deref().unwrap_or("login.salesforce.com");
             host_only("domain", host)?;
@@ -97,6 +93,8 @@ pub fn shape(p: &ProviderSettings) -> Result<Shape, (&'static str, String)> {
                 // Salesforce sends no expires_in; its sessions last the org's session timeout
                 // (2 hours by default). Assume less, so a shorter org setting is still covered.
                 default_expires_in: Duration::from_hours(1),
+                // Salesforce reuses refresh tokens unless a connected app turns "refresh token
+                // rotation" on, and documents no grace window for that: strict.
                 // The JWT bearer flow's audience is the login host, not the My Domain.
                 assertion_audience: Some(if host == "test.salesforce.com" {
                     "https://test.salesforce.com".to_owned()
@@ -122,10 +120,26 @@ pub fn shape(p: &ProviderSettings) -> Result<Shape, (&'static str, String)> {
                 // ServiceNow's defaults for a new application registry entry.
                 default_expires_in: Duration::from_mins(30),
                 refresh_token_lifetime: Some(Duration::from_hours(100 * 24)),
+                // ServiceNow's refresh tokens do not rotate: one is used again until its
+                // "Refresh Token Lifespan" ends (Application Registry, docs.servicenow.com:
+                // "OAuth tokens" / "Create an endpoint for clients to access the instance").
+                refresh_token_reuse: RefreshTokenReuse::StaysValid,
                 ..Defaults::none()
             }
         }
-        Some(Preset::Okta | Preset::Auth0) => Defaults {
+        Some(Preset::Okta) => Defaults {
+            required_scopes: &["offline_access"],
+            needs_issuer: true,
+            // Okta's rotating refresh tokens have a grace period of 30 s by default (0 to 60 s,
+            // per app: https://developer.okta.com/docs/guides/refresh-tokens/main/
+            // #refresh-token-rotation). An app set to 0 needs `refresh_token_reuse = "none"`.
+            refresh_token_reuse: RefreshTokenReuse::Within(30),
+            ..Defaults::none()
+        },
+        // Auth0's reuse interval is 0 unless the tenant sets one
+        // (https://auth0.com/docs/secure/tokens/refresh-tokens/configure-refresh-token-rotation):
+        // strict, like every provider that documents nothing else.
+        Some(Preset::Auth0) => Defaults {
             required_scopes: &["offline_access"],
             needs_issuer: true,
             ..Defaults::none()
@@ -169,7 +183,29 @@ pub fn shape(p: &ProviderSettings) -> Result<Shape, (&'static str, String)> {
         authorization_params,
         assertion_audience: p.assertion_audience.clone().or(d.assertion_audience),
         scope_in_assertion: d.scope_in_assertion,
+        refresh_token_reuse: p.refresh_token_reuse.unwrap_or(d.refresh_token_reuse),
     })
+}
+
+/// Google's endpoints and defaults.
+fn google() -> Defaults {
+    Defaults {
+        token_url: Some("https://oauth2.googleapis.com/token".to_owned()),
+        authorization_url: Some("https://accounts.google.com/o/oauth2/v2/auth".to_owned()),
+        revocation_url: Some("https://oauth2.googleapis.com/revoke".to_owned()),
+        device_authorization_url: Some("https://oauth2.googleapis.com/device/code".to_owned()),
+        // A refresh token only with access_type=offline, and again only with prompt=consent.
+        authorization_params: &[("access_type", "offline"), ("prompt", "consent")],
+        // Service accounts: the token endpoint is the audience, scopes are claims.
+        assertion_audience: Some("https://oauth2.googleapis.com/token".to_owned()),
+        scope_in_assertion: true,
+        // Google's refresh tokens do not rotate: a refresh answers with an access token only,
+        // and the refresh token stays valid until revoked or unused for six months
+        // (https://developers.google.com/identity/protocols/oauth2/web-server#offline,
+        // "Refresh token expiration").
+        refresh_token_reuse: RefreshTokenReuse::StaysValid,
+        ..Defaults::none()
+    }
 }
 
 /// Microsoft Entra's v2.0 endpoints for `tenant` (default `common`).
@@ -191,6 +227,10 @@ fn microsoft(p: &ProviderSettings) -> Result<Defaults, (&'static str, String)> {
         // without scope (AADSTS900144).
         required_scopes: &["offline_access"],
         scope_on_refresh: true,
+        // Entra does not revoke a refresh token when it is used: the new one replaces it, and the
+        // old one stays valid until it expires
+        // (https://learn.microsoft.com/entra/identity-platform/refresh-tokens).
+        refresh_token_reuse: RefreshTokenReuse::StaysValid,
         ..Defaults::none()
     })
 }
@@ -329,6 +369,51 @@ mod tests {
         assert_eq!(
             own.assertion_audience.as_deref(),
             Some("https://acme.my.site.com/customers")
+        );
+    }
+
+    #[test]
+    fn presets_declare_what_their_provider_documents_about_reuse() {
+        let reuse = |toml: &str| shape(&block(toml)).unwrap().refresh_token_reuse;
+        let issuer = "issuer = \"https://id.example.com\"";
+        assert_eq!(
+            reuse("preset = \"microsoft\""),
+            RefreshTokenReuse::StaysValid
+        );
+        assert_eq!(reuse("preset = \"google\""), RefreshTokenReuse::StaysValid);
+        assert_eq!(
+            reuse("preset = \"servicenow\"\ninstance = \"dev1\""),
+            RefreshTokenReuse::StaysValid
+        );
+        assert_eq!(
+            reuse(&format!("preset = \"okta\"\n{issuer}")),
+            RefreshTokenReuse::Within(30)
+        );
+        assert_eq!(
+            reuse(&format!("preset = \"auth0\"\n{issuer}")),
+            RefreshTokenReuse::None
+        );
+        assert_eq!(reuse("preset = \"salesforce\""), RefreshTokenReuse::None);
+        let url = "token_url = \"https://id.example.com/token\"";
+        assert_eq!(reuse(url), RefreshTokenReuse::None, "no preset: strict");
+        assert_eq!(
+            reuse(&format!("{url}\nrefresh_token_reuse = \"45s\"")),
+            RefreshTokenReuse::Within(45)
+        );
+        assert_eq!(
+            reuse(&format!("{url}\nrefresh_token_reuse = 0")),
+            RefreshTokenReuse::None
+        );
+        assert_eq!(
+            reuse(&format!(
+                "preset = \"okta\"\n{issuer}\nrefresh_token_reuse = \"none\""
+            )),
+            RefreshTokenReuse::None,
+            "the block wins over its preset"
+        );
+        assert_eq!(
+            reuse(&format!("{url}\nrefresh_token_reuse = \"stays-valid\"")),
+            RefreshTokenReuse::StaysValid
         );
     }
 

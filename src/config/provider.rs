@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::de::{optional_duration, words};
+use super::de::{optional_duration, reuse, words};
 use super::{ConfigError, invalid, preset};
+use crate::domain::RefreshTokenReuse;
 
 /// How the client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -76,6 +77,12 @@ pub struct ProviderSettings {
     /// A refresh token's absolute lifetime when the provider does not report one.
     #[serde(default, deserialize_with = "optional_duration")]
     pub refresh_token_lifetime: Option<Duration>,
+    /// Whether the provider accepts a refresh token presented a second time (after a crash or a
+    /// takeover, when its answer to the first was lost): `"none"` (the default without a preset),
+    /// a grace window such as `"30s"`, or `"stays-valid"`. A preset fills in what its provider
+    /// documents.
+    #[serde(default, deserialize_with = "reuse")]
+    pub refresh_token_reuse: Option<RefreshTokenReuse>,
     /// Extra query parameters on the authorization URL (`access_type = "offline"` for Google).
     #[serde(default)]
     pub authorization_params: BTreeMap<String, String>,

@@ -26,6 +26,8 @@ pub struct Scope<'a> {
     pub database_warnings: &'a [String],
     /// One credential and its provider, or everything.
     pub only: Option<&'a str>,
+    /// The `[[proxy]]` routes (checked when `only` is not given).
+    pub proxies: &'a [crate::config::ProxySettings],
     /// Seconds before a refresh token's expiry to warn (`refresh_token_warning`).
     pub refresh_token_warning: i64,
     /// Seconds of the schedule's longest gap between sweeps.
@@ -121,6 +123,20 @@ pub async fn run(scope: &Scope<'_>) -> Result<Report, StoreError> {
     {
         let checks = encryption_checks(usage, store.sealer().keyring());
         report.sections.push(("encryption".to_owned(), checks));
+    }
+    if scope.only.is_none() && !scope.proxies.is_empty() {
+        let stored = match scope.store {
+            Some(store) => Some(store.summaries().await?),
+            None => None,
+        };
+        for (i, route) in scope.proxies.iter().enumerate() {
+            let checks =
+                super::proxy_checks(&format!("proxy[{i}]"), route, stored.as_deref()).await;
+            report.sections.push((
+                format!("proxy route {} ({})", route.route_name(), route.listen),
+                checks,
+            ));
+        }
     }
     for (row, last) in &rows {
         let mut checks = credential_checks(

@@ -86,22 +86,21 @@ struct Inner {
     base_path: String,
     callback_url: String,
     sign_in_timeout: Duration,
-    margin: i64,
-    max_idle: i64,
+    /// Times the stored credential's next refresh, as the sweep does.
+    policy: crate::sweep::Policy,
     /// Sign-ins in progress, by their state.
     pending: Mutex<HashMap<String, Flow>>,
 }
 
 impl Pages {
-    /// `margin` and `max_idle` (seconds) time the stored credential's next refresh.
+    /// `policy` times the stored credential's next refresh, as the sweep does.
     #[must_use]
     pub fn new(
         store: Store,
         providers: Providers,
         transport: Transport,
         settings: &EnrollSettings,
-        margin: i64,
-        max_idle: i64,
+        policy: crate::sweep::Policy,
     ) -> Self {
         let base_path = url::Url::parse(settings.base_url())
             .map(|u| u.path().trim_end_matches('/').to_owned())
@@ -114,8 +113,7 @@ impl Pages {
                 base_path,
                 callback_url: settings.callback_url(),
                 sign_in_timeout: settings.sign_in_timeout,
-                margin,
-                max_idle,
+                policy,
                 pending: Mutex::new(HashMap::new()),
             }),
         }
@@ -380,8 +378,7 @@ impl Pages {
             provider: &invite.provider,
             scopes: invite.scopes.as_deref(),
             owner: Some(&invite.owner),
-            margin: self.inner.margin,
-            max_idle: self.inner.max_idle,
+            policy: &self.inner.policy,
         };
         match super::keep(&self.inner.store, &target, obtained, Some(invite.id)).await {
             Ok(stored) => {

@@ -3,7 +3,7 @@
 //! the redirect); the code is exchanged with the provider's client authentication and the tokens
 //! are handed to the caller's `keep` (which stores them) before the browser hears how it ended;
 //! `authorize_device` returns what the device grant (`device`) obtained. Never touches the store.
-//! Imports `domain`, `http`, `provider` and `refresh` (the lenient token response).
+//! Imports `exit`, `domain`, `http`, `provider` and `refresh` (the lenient token response).
 
 use std::borrow::Cow;
 use std::sync::Mutex;
@@ -73,9 +73,6 @@ impl AuthorizeError {
         )
     }
 }
-
-/// Why the caller could not keep what a grant obtained (its own error, next in the chain).
-pub type KeepError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What to authorize.
 #[derive(Debug)]
@@ -376,3 +373,18 @@ async fn exchange(
         }
     }
 }
+
+impl crate::exit::ExitStatus for AuthorizeError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            // The caller's own error decides.
+            Self::Keep(e) => e.0.exit_code(),
+            e if e.is_configuration() => crate::exit::CONFIG,
+            _ => crate::exit::REFRESH_FAILED,
+        }
+    }
+}
+
+/// Why the caller could not keep what a grant obtained: its own error (next in the chain), which
+/// says its exit code.
+pub type KeepError = crate::exit::Boxed;

@@ -3,7 +3,7 @@
 //! poll the token endpoint at the interval the provider gave — 5 s slower after each `slow_down` —
 //! until the user approves or denies, the code expires or the caller's time is up. Sends through
 //! `http`, with the provider's client authentication; never touches the store. Imports
-//! `domain`, `provider` and `refresh` (the lenient token response).
+//! `domain`, `http`, `provider` and `refresh` (the lenient token response).
 
 use std::time::{Duration, Instant};
 
@@ -320,6 +320,7 @@ mod tests {
             grant_key: None,
             assertion_audience: "https://p/token".to_owned(),
             scope_in_assertion: false,
+            refresh_token_reuse: crate::domain::RefreshTokenReuse::None,
             rate_limit: None,
             max_concurrency: None,
             warnings: vec![],

@@ -154,6 +154,27 @@ impl super::Metrics {
         Ok(total)
     }
 
+    /// How many refresh requests went out whose lease ran out before their outcome was stored
+    /// (table-wide): a process stopped (SIGSTOP, a paused VM or container) or cut off from the
+    /// database with its request out — or dead, until a sweep takes its claim over.
+    pub(super) async fn register_sent_past_lease(
+        &self,
+        registry: &mut Registry,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        let held = self.inner.store.sent_past_lease(now).await?;
+        let gauge = Gauge::<i64>::default();
+        gauge.set(i64::try_from(held.len()).unwrap_or(i64::MAX));
+        registry.register(
+            "requests_out_past_lease",
+            "Refresh requests sent whose lease ran out before their outcome was stored: a process \
+             stopped or cut off from the database with its request out (or dead, until a sweep \
+             takes its claim over); table-wide",
+            gauge,
+        );
+        Ok(())
+    }
+
     /// The series per credential (labels `credential`, `provider`).
     pub(super) async fn register_per_credential(
         &self,

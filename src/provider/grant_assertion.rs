@@ -100,6 +100,7 @@ mod tests {
             grant_key: key,
             assertion_audience: "https://login.salesforce.com".to_owned(),
             scope_in_assertion,
+            refresh_token_reuse: crate::domain::RefreshTokenReuse::None,
             rate_limit: None,
             max_concurrency: None,
             warnings: vec![],

@@ -4,7 +4,7 @@
 //! of its dialect (`dialect`), its migrations, and its pool's upkeep. Statements run on a
 //! [`Conn`] (`statement`), the same code for both drivers. A new backend is a module with `open`,
 //! `write` and `read`, a variant in each enum here, and a [`Dialect`](super::dialect::Dialect)
-//! value. Imports `domain` only.
+//! value. Imports nothing outside the store.
 
 use std::time::{Duration, Instant};
 

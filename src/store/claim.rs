@@ -7,10 +7,12 @@ use sqlx::FromRow;
 use tokio::sync::oneshot;
 
 use super::seal::{Column, Place, Sealer};
+use super::sent::MarkJob;
 use super::writer::StoreJob;
 use super::{Store, StoreError};
 use crate::domain::{
-    Claimed, GrantType, Outcome, Secret, Status, TokenSet, Trigger, UnixTime, Unreadable,
+    Claimed, GrantType, Interrupted, Outcome, Secret, Status, TokenSet, Trigger, UnixTime,
+    Unreadable,
 };
 
 /// A claimed row, as the backends' claims return it.
@@ -104,7 +106,7 @@ impl ClaimRow {
         self.opened.as_ref().and_then(|t| t.as_ref().ok())
     }
 
-    fn into_claimed(self, (attempt_id, after_interruption): (i64, bool)) -> Claimed {
+    fn into_claimed(self, (attempt_id, interrupted): (i64, Option<Interrupted>)) -> Claimed {
         let (refresh_token, unreadable) = match self.opened {
             Some(Ok(token)) => (Some(token), None),
             Some(Err(why)) => (None, Some(why)),
@@ -122,7 +124,7 @@ impl ClaimRow {
             access_token_expires_at: self.access_token_expires_at,
             consecutive_failures: u32::try_from(self.consecutive_failures).unwrap_or(u32::MAX),
             attempt_id,
-            after_interruption,
+            interrupted,
             last_success_at: self.last_success_at,
             refresh_token_expires_at: self.refresh_token_expires_at,
             lease_expires_at: self.lease_expires_at,
@@ -135,6 +137,8 @@ impl Store {
     /// Claims up to `limit` due credentials for `owner` until `lease_until` and journals an attempt
     /// for each, in one transaction. Only credentials due before `sweep_start` are claimed; since a
     /// refresh never sets a due time earlier than itself, one sweep refreshes each at most once.
+    /// The credentials in `skip` are left alone (a live process's request is out on them).
+    #[allow(clippy::too_many_arguments)]
     pub async fn claim_due(
         &self,
         owner: &str,
@@ -143,11 +147,21 @@ impl Store {
         limit: usize,
         sweep_start: UnixTime,
         trigger: Trigger,
+        skip: &[i64],
     ) -> Result<Vec<Claimed>, StoreError> {
         let open = |row: ClaimRow| row.open(&self.sealer);
         let rows = self
             .db
-            .claim_due(owner, now, lease_until, limit, sweep_start, trigger, &open)
+            .claim_due(
+                owner,
+                now,
+                lease_until,
+                limit,
+                sweep_start,
+                trigger,
+                &open,
+                skip,
+            )
             .await?;
         Ok(rows
             .into_iter()
@@ -155,18 +169,19 @@ impl Store {
             .collect())
     }
 
-    /// Claims one credential by name, due or not (a manual refresh).
+    /// Claims one credential by name, due or not (a manual refresh); one in `skip` is `Busy`.
     pub async fn claim_by_name(
         &self,
         name: &str,
         owner: &str,
         now: UnixTime,
         lease_until: UnixTime,
+        skip: &[i64],
     ) -> Result<ClaimByName, StoreError> {
         let open = |row: ClaimRow| row.open(&self.sealer);
         let found = self
             .db
-            .claim_by_name(name, owner, now, lease_until, &open)
+            .claim_by_name(name, owner, now, lease_until, &open, skip)
             .await?;
         Ok(match found {
             Ok((row, attempt)) => ClaimByName::Claimed(row.into_claimed(attempt)),
@@ -177,6 +192,58 @@ impl Store {
                 Err(_) => ClaimByName::NotActive(Status::Disabled),
             },
         })
+    }
+
+    /// Marks the claimed attempt's request sent, immediately before it goes out: `false` when
+    /// another process took the claim over meanwhile, and then it must not go out.
+    pub async fn mark_sent(&self, claimed: &Claimed, now: UnixTime) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = MarkJob {
+            attempt_id: claimed.attempt_id,
+            now,
+            reply,
+        };
+        if self.marks.send(job).is_err() {
+            return Err(StoreError::Sql(sqlx::Error::PoolClosed));
+        }
+        answer
+            .await
+            .unwrap_or(Err(StoreError::Sql(sqlx::Error::PoolClosed)))
+    }
+
+    /// Gives the claim back to the live process that made `attempt`, whose request is out: its
+    /// journal entry pending again and the lease its holder's, as before this claim.
+    pub async fn give_back(
+        &self,
+        claimed: &Claimed,
+        owner: &str,
+        attempt: &Interrupted,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        let Some(holder) = attempt.holder.as_deref() else {
+            return self.release(claimed, owner).await;
+        };
+        self.db
+            .give_back(
+                claimed.id,
+                owner,
+                claimed.attempt_id,
+                attempt.attempt_id,
+                holder,
+                now,
+            )
+            .await
+    }
+
+    /// Keeps the sent request of the interrupted attempt this claim followed (if it was sent)
+    /// pending, after this claim ended without sending anything (given back, or a setback before
+    /// the request): the next claim weighs it again, instead of taking the refresh token for one
+    /// never presented.
+    pub async fn keep_interrupted_pending(&self, claimed: &Claimed) -> Result<(), StoreError> {
+        match &claimed.interrupted {
+            Some(attempt) if attempt.sent => self.db.keep_pending(attempt.attempt_id).await,
+            _ => Ok(()),
+        }
     }
 
     /// Stores new tokens and completes the journal entry, in one transaction. The row is updated
@@ -270,7 +337,13 @@ impl Store {
         if claimed.is_empty() {
             return Ok(());
         }
-        let claims: Vec<(i64, i64)> = claimed.iter().map(|c| (c.id, c.attempt_id)).collect();
+        let claims: Vec<(i64, i64, Option<i64>)> = claimed
+            .iter()
+            .map(|c| {
+                let followed = c.interrupted.as_ref().filter(|i| i.sent);
+                (c.id, c.attempt_id, followed.map(|i| i.attempt_id))
+            })
+            .collect();
         self.db.release(&claims, owner).await
     }
 }

@@ -12,11 +12,12 @@
 #[derive(Debug)]
 pub(in crate::store) struct Dialect {
     /// Claims due credentials: `$1` owner, `$2` lease end, `$3` now, `$4` limit, `$5` sweep
-    /// start. Due and out of backoff as the sweep started: a row that failed during this sweep (its
+    /// start, `$6` a JSON array of ids to leave alone (held by a live process past its lease). Due and out of backoff as the sweep started: a row that failed during this sweep (its
     /// backoff may end before the sweep does) waits for the next one, so one sweep sends each at
     /// most once. Returns the columns `ClaimRow` reads (both dialects: `claim_returning!`).
     pub claim_due: &'static str,
-    /// Claims one active credential: `$1` owner, `$2` lease end, `$3` name, `$4` now.
+    /// Claims one active credential: `$1` owner, `$2` lease end, `$3` name, `$4` now, `$5` a JSON
+    /// array of ids to leave alone.
     pub claim_by_name: &'static str,
     /// Claims one credential for revocation, whatever its status: `$1` owner, `$2` lease end, `$3`
     /// name, `$4` now. Returns the columns `RevocationClaim` reads (`revocation_returning!`).
@@ -24,13 +25,16 @@ pub(in crate::store) struct Dialect {
     /// Claims pending revocations due again: `$1` owner, `$2` lease end, `$3` now, `$4` limit.
     pub claim_pending_revocations: &'static str,
     /// Marks the pending journal entries of the credentials in the array `$2` (objects with an
-    /// `id`, as `batch::Started`) interrupted at `$1`; returns their credentials' ids.
+    /// `id`, as `batch::Started`) interrupted at `$1`; returns their ids and their credentials',
+    /// when each started, whether and when it was sent, and by whom.
     pub journal_interrupt: &'static str,
     /// Opens a journal entry for each of the array `$4` (`batch::Started`): `$1` trigger, `$2`
     /// owner, `$3` now. Returns each entry's id with its credential's.
     pub journal_start: &'static str,
     /// Stores new tokens from the array `$1` (`batch::Tokens`, distinct ids) in every row that
-    /// still holds the refresh token it was claimed with; returns the ids of the rows written.
+    /// still holds the refresh token it was claimed with, lease or not (a process that stopped past
+    /// its lease: nobody else sent that token meanwhile); a row flagged `needs_reauthorization`
+    /// meanwhile becomes active again. Returns the ids of the rows written.
     pub store_tokens: &'static str,
     /// Completes the journal entries in the array `$1` (`batch::Completed`).
     pub journal_finish: &'static str,
@@ -79,6 +83,7 @@ const SQLITE_CLAIM_DUE: &str = concat!(
     WHERE id IN (SELECT id FROM oauth_credential \
         WHERE status = 'active' AND refresh_due_at < $5 AND next_attempt_at <= $5 \
           AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
+          AND id NOT IN (SELECT value FROM json_each($6)) \
         ORDER BY refresh_due_at LIMIT $4)",
     claim_returning!()
 );
@@ -87,6 +92,7 @@ const POSTGRES_CLAIM_DUE: &str = concat!(
     "WITH due AS (SELECT id AS due_id FROM oauth_credential \
         WHERE status = 'active' AND refresh_due_at < $5 AND next_attempt_at <= $5 \
           AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
+          AND id NOT IN (SELECT jsonb_array_elements_text($6::jsonb)::bigint) \
         ORDER BY refresh_due_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
      UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 FROM due WHERE id = due_id",
     claim_returning!()
@@ -96,13 +102,15 @@ const POSTGRES_CLAIM_DUE: &str = concat!(
 
 const SQLITE_CLAIM_BY_NAME: &str = concat!(
     "UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 \
-    WHERE name = $3 AND status = 'active' AND (lease_expires_at IS NULL OR lease_expires_at <= $4)",
+    WHERE name = $3 AND status = 'active' AND (lease_expires_at IS NULL OR lease_expires_at <= $4) \
+      AND id NOT IN (SELECT value FROM json_each($5))",
     claim_returning!()
 );
 
 const POSTGRES_CLAIM_BY_NAME: &str = concat!(
     "WITH one AS (SELECT id AS one_id FROM oauth_credential \
         WHERE name = $3 AND status = 'active' AND (lease_expires_at IS NULL OR lease_expires_at <= $4) \
+          AND id NOT IN (SELECT jsonb_array_elements_text($5::jsonb)::bigint) \
         FOR UPDATE SKIP LOCKED) \
      UPDATE oauth_credential SET lease_owner = $1, lease_expires_at = $2 FROM one WHERE id = one_id",
     claim_returning!()
@@ -151,12 +159,12 @@ const POSTGRES_CLAIM_PENDING_REVOCATIONS: &str = concat!(
 const SQLITE_JOURNAL_INTERRUPT: &str = "UPDATE token_rotation SET outcome = 'interrupted', finished_at = $1 \
      WHERE +outcome = 'pending' \
        AND credential_id IN (SELECT json_extract(value, '$.id') FROM json_each($2)) \
-     RETURNING credential_id";
+     RETURNING id, credential_id, started_at, sent_at, lease_owner";
 
 const POSTGRES_JOURNAL_INTERRUPT: &str = "UPDATE token_rotation SET outcome = 'interrupted', finished_at = $1 \
      WHERE outcome = 'pending' \
        AND credential_id IN (SELECT (e ->> 'id')::bigint FROM jsonb_array_elements($2::jsonb) AS e) \
-     RETURNING credential_id";
+     RETURNING id, credential_id, started_at, sent_at, lease_owner";
 
 // Opens the claim's journal entries.
 
@@ -180,6 +188,8 @@ macro_rules! store_tokens {
     ($rows:literal) => {
         concat!(
             "UPDATE oauth_credential SET access_token = j.access_token, token_type = j.token_type, \
+                status = CASE WHEN oauth_credential.status = 'needs_reauthorization' THEN 'active' \
+                    ELSE oauth_credential.status END, \
                 access_token_expires_at = j.expires_at, \
                 refresh_token = COALESCE(j.refresh_token, oauth_credential.refresh_token), \
                 refresh_token_expires_at = CASE WHEN j.rotated THEN j.refresh_expires_at \

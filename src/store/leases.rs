@@ -1,5 +1,6 @@
 //! Leases seen from outside a claim: the ones held by processes on this host (so that those of a
-//! process that died can be ended at once), how many credentials other processes hold now, and
+//! process that died can be ended at once), the ones that ran out while their request was out (a
+//! stopped, partitioned or dead process), how many credentials other processes hold now, and
 //! whether any due credential is still free to claim.
 
 use super::{Store, StoreError};
@@ -13,6 +14,20 @@ pub struct HeldLease {
     /// The holder's stored form (see `holder::Holder`).
     pub lease_owner: String,
     pub lease_expires_at: UnixTime,
+}
+
+/// A lease that ran out while its attempt's request was out: sent, and no outcome stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PastLease {
+    pub credential_id: i64,
+    pub name: String,
+    pub grant_type: String,
+    /// The holder's stored form (see `holder::Holder`).
+    pub lease_owner: String,
+    pub lease_expires_at: UnixTime,
+    /// When the attempt was journaled, and when its request went out.
+    pub started_at: UnixTime,
+    pub sent_at: UnixTime,
 }
 
 /// Credentials held by other processes.
@@ -44,6 +59,11 @@ impl Store {
         self.db.end_leases(gone, now).await
     }
 
+    /// Leases run out by `now` whose attempt's request went out and has no outcome stored.
+    pub async fn sent_past_lease(&self, now: UnixTime) -> Result<Vec<PastLease>, StoreError> {
+        self.db.sent_past_lease(now).await
+    }
+
     /// Active credentials due before `due_before` that processes other than `me` hold at `now`.
     pub async fn held_elsewhere(
         &self,
@@ -54,14 +74,16 @@ impl Store {
         self.db.held_elsewhere(me, now, due_before).await
     }
 
-    /// Whether an active credential due before `due_before` is claimable at `now`, row locks
-    /// ignored: on PostgreSQL a claim skips rows another transaction has locked at that moment
-    /// (`FOR UPDATE SKIP LOCKED`), so a short claim alone does not mean nothing is left.
+    /// Whether an active credential due before `due_before`, other than those in `skip`, is
+    /// claimable at `now`, row locks ignored: on PostgreSQL a claim skips rows another
+    /// transaction has locked at that moment (`FOR UPDATE SKIP LOCKED`), so a short claim alone
+    /// does not mean nothing is left.
     pub async fn any_claimable(
         &self,
         now: UnixTime,
         due_before: UnixTime,
+        skip: &[i64],
     ) -> Result<bool, StoreError> {
-        self.db.any_claimable(now, due_before).await
+        self.db.any_claimable(now, due_before, skip).await
     }
 }

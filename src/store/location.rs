@@ -4,7 +4,7 @@
 //! by other users, and should not be readable by them: a warning) and its CA file. [`PgOptions`]
 //! never shows a password (`Debug`, [`PgOptions::shown`]), and no message carries one. A URL to
 //! another host without `sslmode=verify-full` draws a warning. Imports
-//! `config`, `domain` and `secret_file`.
+//! `config`, `domain`, `exit` and `secret_file`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -261,6 +261,12 @@ pub(super) fn strip_url(text: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+impl crate::exit::ExitStatus for LocationError {
+    fn exit_code(&self) -> u8 {
+        crate::exit::CONFIG
+    }
 }
 
 #[cfg(test)]

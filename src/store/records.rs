@@ -48,6 +48,8 @@ pub struct CredentialSummary {
     /// When the newest attempt still pending in the journal started: one is in flight, or was
     /// interrupted.
     pub attempt_started_at: Option<i64>,
+    /// When that attempt's request was sent, if it was.
+    pub attempt_sent_at: Option<i64>,
     /// How the refresh token is stored: the id of the key that seals it, `plaintext`, or
     /// `malformed`; `None` when there is none.
     pub refresh_token_key: Option<String>,

@@ -5,9 +5,10 @@
 //! from the connection's `dialect()`.
 //!
 //! By what they serve: `refresh` (claims, journal, the group writer), `enroll` (new credentials,
-//! authorized tokens), `revocation`, `reads` (status, log, consumers) and `upkeep` (leases,
-//! resealing, migrations, the pool) and `invites` (one-time links; spent in `store_authorized`,
-//! `spend_invite`). Adding a statement: a method on `Db` in the module it serves,
+//! authorized tokens), `revocation`, `reads` (status, log, consumers), `upkeep` (leases,
+//! resealing, migrations, the pool), `invites` (one-time links; spent in `store_authorized`,
+//! `spend_invite`) and `sent` (requests marked sent, and those out past their lease). Adding a
+//! statement: a method on `Db` in the module it serves,
 //! with its `///`, and the `Store` method that calls it.
 //!
 //! Values arrive and leave in their stored form (sealed text, or plaintext without a key): the
@@ -19,6 +20,7 @@ mod invites;
 mod reads;
 mod refresh;
 mod revocation;
+mod sent;
 mod upkeep;
 
 pub(in crate::store) use refresh::group_writer;

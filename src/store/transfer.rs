@@ -224,6 +224,18 @@ async fn read_source(
     result
 }
 
+impl crate::exit::ExitStatus for TransferError {
+    fn exit_code(&self) -> u8 {
+        use crate::exit::{BUSY, CONFIG, DATABASE};
+        match self {
+            Self::Store(e) => e.exit_code(),
+            Self::Claimed { .. } => BUSY,
+            Self::SourceNotSqlite(_) | Self::NotPostgresUrl | Self::NotEmpty { .. } => CONFIG,
+            _ => DATABASE,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::rows::Kind;

@@ -27,6 +27,8 @@ pub(super) struct Claiming {
     reclaims: u32,
     /// When to claim next, after such a claim.
     claim_at: Option<tokio::time::Instant>,
+    /// Credentials left to live processes whose request is out past their lease.
+    pub(super) skip: Vec<i64>,
 }
 
 impl Claiming {
@@ -66,6 +68,7 @@ impl Sweeper {
                 want,
                 sweep_start,
                 trigger,
+                &claiming.skip,
             )
             .await?;
         if claimed.len() == want {
@@ -74,7 +77,11 @@ impl Sweeper {
         }
         // The claimed rows are queued whatever this finds: their leases are held now.
         let left = claiming.reclaims < RECLAIM_ROUNDS
-            && match inner.store.any_claimable(now, sweep_start).await {
+            && match inner
+                .store
+                .any_claimable(now, sweep_start, &claiming.skip)
+                .await
+            {
                 Ok(left) => left,
                 Err(e) => {
                     warn!(error = %e, "could not tell whether due credentials are left to claim; this sweep claims no more");

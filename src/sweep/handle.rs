@@ -1,4 +1,5 @@
-//! One claimed credential: its request once the provider's limits let it go, the outcome
+//! One claimed credential: what an interrupted attempt before it allows (`takeover`), its
+//! request once the provider's limits let it go and the one check before it is sent, the outcome
 //! settled (`settle`), stored and logged (`record`).
 
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::settle::{Action, Setback};
+use super::takeover::{self, Takeover};
 use super::{Handled, Sweeper, limits, record, settle};
 use crate::domain::{self, Claimed, GrantType, Outcome, UnixTime, iso8601};
 use crate::provider::Provider;
@@ -34,33 +36,30 @@ impl Sweeper {
                 return Ok(None);
             }
         };
-        let needed = inner.policy.request_timeout + inner.policy.store_window;
-        if domain::now() + needed > claimed.lease_expires_at {
-            warn!(credential = %claimed.name, "waited for the provider's rate or concurrency limit until too little of the claim was left; given back");
-            inner.store.release(&claimed, &inner.owner).await?;
-            return Ok(None);
-        }
-        self.handle(claimed, Some(slot)).await.map(Some)
+        self.handle(claimed, Some(slot)).await
     }
 
-    /// Refreshes one claimed credential and stores the outcome. `slot`, its place in the limits,
-    /// is given up as soon as the request is answered: storing the outcome is no request.
+    /// Refreshes one claimed credential and stores the outcome; `None` when the claim is given
+    /// back unsent (too little of it left, taken over meanwhile, or left to the live process
+    /// whose request is out). `slot`, its place in the limits, is given up as soon as the
+    /// request is answered: storing the outcome is no request.
     #[tracing::instrument(skip_all, fields(credential = %claimed.name, provider = %claimed.provider))]
     pub(super) async fn handle(
         &self,
         claimed: Claimed,
         slot: Option<limits::Slot>,
-    ) -> Result<Handled, StoreError> {
+    ) -> Result<Option<Handled>, StoreError> {
         let started = Instant::now();
         let now = domain::now();
         let provider = match self.provider_for(&claimed, now) {
             Ok(provider) => provider,
-            Err(setback) => return self.store_setback(&claimed, setback, started).await,
+            Err(setback) => return self.unsent(&claimed, setback, started).await,
         };
-        if claimed.after_interruption {
-            warn!(
-                "an earlier refresh of this credential was interrupted; trying once more with the stored refresh token"
-            );
+        if let Some(done) = self
+            .after_interruption(&claimed, provider, now, started)
+            .await?
+        {
+            return Ok(done);
         }
         let scopes = scopes_to_send(provider, &claimed);
         let grant = match (claimed.grant_type, &claimed.refresh_token) {
@@ -78,16 +77,19 @@ impl Sweeper {
             },
             (GrantType::RefreshToken, None) => {
                 let setback = record::unsendable(claimed.unreadable.as_ref());
-                return self.store_setback(&claimed, setback, started).await;
+                return self.unsent(&claimed, setback, started).await;
             }
         };
+        if !self.may_send(&claimed).await? {
+            return Ok(None);
+        }
         let Attempt {
             outcome,
             http_status,
         } = self.inner.refresher.request(provider, grant, now).await;
         drop(slot);
         let policy = &self.inner.policy;
-        match settle::setback(
+        let handled = match settle::setback(
             &claimed,
             outcome,
             http_status,
@@ -108,6 +110,111 @@ impl Sweeper {
                         .insert(provider.name.clone(), until);
                 }
                 self.store_setback(&claimed, setback, started).await
+            }
+        };
+        handled.map(Some)
+    }
+
+    /// Stores a setback decided before any request, keeping a sent interrupted attempt before
+    /// this claim pending for the next one to weigh.
+    async fn unsent(
+        &self,
+        claimed: &Claimed,
+        setback: Setback,
+        started: Instant,
+    ) -> Result<Option<Handled>, StoreError> {
+        let handled = self.store_setback(claimed, setback, started).await?;
+        self.inner.store.keep_interrupted_pending(claimed).await?;
+        Ok(Some(handled))
+    }
+
+    /// What an interrupted attempt before this one allows (`takeover`): `None` to go on and
+    /// send; otherwise what the claim came to without a request — given back to the live process
+    /// whose request is out, or flagged for re-authorization.
+    async fn after_interruption(
+        &self,
+        claimed: &Claimed,
+        provider: &Provider,
+        now: UnixTime,
+        started: Instant,
+    ) -> Result<Option<Option<Handled>>, StoreError> {
+        let Some(attempt) = &claimed.interrupted else {
+            return Ok(None);
+        };
+        let owner = self.judge_owner(attempt.holder.as_deref());
+        match takeover::decide(
+            owner,
+            attempt,
+            claimed.grant_type,
+            &provider.name,
+            provider.refresh_token_reuse,
+            now,
+        ) {
+            Takeover::Leave => {
+                warn!(
+                    "the process refreshing this credential is alive with its request out; left to it"
+                );
+                let inner = &self.inner;
+                inner
+                    .store
+                    .give_back(claimed, &inner.owner, attempt, now)
+                    .await?;
+                Ok(Some(None))
+            }
+            Takeover::Send { repeat: true } => {
+                warn!(
+                    refresh_token_reuse = %provider.refresh_token_reuse,
+                    "an earlier refresh of this credential was interrupted after its request went out; the provider accepts its refresh token again, so it is sent once more"
+                );
+                Ok(None)
+            }
+            Takeover::Send { repeat: false } => {
+                warn!(
+                    "an earlier refresh of this credential was interrupted before presenting a refresh token; trying again"
+                );
+                Ok(None)
+            }
+            Takeover::Flag { reason } => {
+                let setback =
+                    Setback::new(Action::Reauthorize, Outcome::NeedsReauthorization, reason);
+                self.store_setback(claimed, setback, started)
+                    .await
+                    .map(|h| Some(Some(h)))
+            }
+        }
+    }
+
+    /// The one check immediately before a request: this process's claim must still cover the
+    /// request and storing its outcome (after it runs out, a process that was stopped sends
+    /// nothing it claimed), and a refresh token goes out only once its journal entry is marked
+    /// sent — which fails if another process took the claim over meanwhile. The claim is given
+    /// back when it may not go.
+    async fn may_send(&self, claimed: &Claimed) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let needed = inner.policy.request_timeout + inner.policy.store_window;
+        let now = domain::now();
+        if now + needed > claimed.lease_expires_at {
+            warn!(
+                "too little of the claim is left to send the request and store its outcome (the process waited for a rate or concurrency limit, or was stopped); given back unsent"
+            );
+            inner.store.release(claimed, &inner.owner).await?;
+            return Ok(false);
+        }
+        if claimed.grant_type != GrantType::RefreshToken {
+            return Ok(true);
+        }
+        match inner.store.mark_sent(claimed, now).await {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                warn!("another process took this credential over meanwhile; nothing sent");
+                Ok(false)
+            }
+            Err(e) => {
+                warn!(error = %e, "could not mark the request sent; given back unsent");
+                if let Err(e) = inner.store.release(claimed, &inner.owner).await {
+                    warn!(error = %e, "could not give back the claim; it runs out by itself");
+                }
+                Ok(false)
             }
         }
     }

@@ -1,10 +1,13 @@
 //! Claims held by other processes: the ones whose holder died on this host are taken over at once;
-//! the others are counted and logged. Imports `domain`, `holder` and `store`.
+//! the ones whose holder still lives on this host with its request out are left to it, even past
+//! its lease (`takeover`); the others are counted and logged. Imports `domain`, `holder` and
+//! `store`.
 
 use tracing::{info, warn};
 
 use super::Sweeper;
-use crate::domain::{UnixTime, iso8601};
+use super::takeover::{self, Takeover};
+use crate::domain::{GrantType, Interrupted, RefreshTokenReuse, UnixTime, iso8601};
 use crate::holder::{Holder, Liveness};
 use crate::store::{HeldLease, StoreError};
 
@@ -47,6 +50,48 @@ impl Sweeper {
             "took over the claims of processes that died on this host"
         );
         Ok(())
+    }
+
+    /// The credentials a live process on this host is refreshing past its lease (stopped with its
+    /// request out: SIGSTOP, a paused VM or container): not to be claimed, since taking them over
+    /// would present their refresh tokens a second time. Logged, one line each.
+    pub(super) async fn left_to_live_holders(&self, now: UnixTime) -> Result<Vec<i64>, StoreError> {
+        let inner = &self.inner;
+        let mut left = Vec::new();
+        for lease in inner.store.sent_past_lease(now).await? {
+            let owner = self.judge_owner(Some(&lease.lease_owner));
+            let attempt = Interrupted {
+                attempt_id: 0,
+                started_at: lease.started_at,
+                sent: true,
+                holder: Some(lease.lease_owner.clone()),
+            };
+            let grant = lease.grant_type.parse().unwrap_or(GrantType::RefreshToken);
+            // The provider's tolerance does not matter to a live owner: its request is out.
+            let decided =
+                takeover::decide(owner, &attempt, grant, "", RefreshTokenReuse::None, now);
+            if decided == Takeover::Leave {
+                warn!(
+                    credential = %lease.name,
+                    holder = %Holder::describe(&lease.lease_owner),
+                    lease_expired_at = %iso8601(lease.lease_expires_at),
+                    "the process refreshing this credential is alive but stopped past its lease with its request out; left to it (it stores the answer when it runs again)"
+                );
+                left.push(lease.credential_id);
+            }
+        }
+        Ok(left)
+    }
+
+    /// How the process that made an interrupted attempt (its stored form) is judged from here.
+    /// This very process is not waiting for an answer it gave up storing: judged gone.
+    pub(super) fn judge_owner(&self, stored: Option<&str>) -> Liveness {
+        let me = &self.inner.holder;
+        match stored.and_then(Holder::parse) {
+            Some(h) if me.same_process(&h) => Liveness::Gone,
+            Some(h) => me.judge(&h),
+            None => Liveness::Unknown,
+        }
     }
 
     /// Logs how many due credentials other processes are refreshing, and until when at most.

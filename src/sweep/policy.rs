@@ -1,10 +1,12 @@
-//! The sweep's tunables, read once from the settings: concurrency, lease, request timeout and
-//! store window, margin and idle limit, backoff, when a credential counts as failing.
+//! The sweep's tunables, read once from the settings (every duration converted to seconds here,
+//! once): concurrency, lease, request timeout and store window, margin and idle limit, backoff,
+//! when a credential counts as failing; and [`Policy::due_at`], the one rule for when a credential
+//! is next due, which the sweep and `enroll` both store. Imports `config` and `domain`.
 
 use std::time::Duration;
 
 use crate::config::{ConfigError, Settings};
-use crate::domain::{Backoff, Failing};
+use crate::domain::{self, Backoff, Failing, UnixTime};
 
 /// The sweep's tunables, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +43,10 @@ impl Policy {
                 base: secs(settings.retry.base),
                 cap: secs(settings.retry.max),
             },
-            failing: settings.failing(),
+            failing: Failing {
+                after_failures: settings.retry.failing_after_failures.max(1),
+                after_secs: secs(settings.retry.failing_after),
+            },
             refresh_token_warning: secs(settings.refresh_token_warning),
             concurrency: settings.concurrency,
             lease: secs(settings.lease()),
@@ -49,5 +54,19 @@ impl Policy {
             store_window: secs(settings.store_window()),
             sweep_gap: secs(gap),
         })
+    }
+
+    /// When credential `name`, whose access token expires at `expires_at`, is next due as of
+    /// `now`: the margin and the credential's spread before the expiry, no later than `max_idle`
+    /// from now, never earlier than now (`domain::refresh_due_at`, `domain::due_spread`).
+    #[must_use]
+    pub fn due_at(&self, name: &str, now: UnixTime, expires_at: UnixTime) -> UnixTime {
+        domain::refresh_due_at(
+            now,
+            expires_at,
+            self.margin,
+            self.max_idle,
+            domain::due_spread(name, self.margin),
+        )
     }
 }

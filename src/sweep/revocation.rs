@@ -1,6 +1,6 @@
 //! Revocations around the sweep: claim one credential (`revoke NAME`) or the pending ones (each
 //! sweep) under the sweep's lease, revoke their tokens through `revoke`, and settle the outcome
-//! into the store. Deciding what to store is [`settle`], a pure function. Imports `domain`,
+//! into the store. Deciding what to store is [`settle`], a pure function. Imports `exit`, `domain`,
 //! `provider`, `revoke` and `store`.
 
 use std::time::Instant;
@@ -251,6 +251,17 @@ impl Sweeper {
             .settle_revocation(claim, &inner.owner, trigger, now, duration_ms, result)
             .await?;
         Ok(settled)
+    }
+}
+
+impl crate::exit::ExitStatus for RevokeError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Store(e) => e.exit_code(),
+            Self::NotFound(_) => crate::exit::NOT_FOUND,
+            e if e.is_configuration() => crate::exit::CONFIG,
+            _ => crate::exit::REFRESH_FAILED,
+        }
     }
 }
 

@@ -46,7 +46,8 @@ impl Setback {
 }
 
 /// New tokens, or the setback an outcome without them is. A rejected grant after an interrupted
-/// attempt says that the provider may have rotated the token whose answer was lost; a rejected
+/// attempt that was sent (a repeat the provider declared it accepts) says that the provider may
+/// have rotated the token whose answer was lost; a rejected
 /// client quarantines `provider` until the longest backoff from `now`.
 pub(super) fn setback(
     claimed: &Claimed,
@@ -79,7 +80,7 @@ pub(super) fn setback(
             reason,
         ),
         RefreshOutcome::GrantRejected { code, reason } => {
-            let reason = if claimed.after_interruption {
+            let reason = if claimed.interrupted.as_ref().is_some_and(|i| i.sent) {
                 format!("refresh outcome unknown after interruption: {reason}")
             } else {
                 reason
@@ -237,13 +238,7 @@ pub(super) fn success(
             ),
         });
     SuccessDecision {
-        refresh_due_at: domain::refresh_due_at(
-            finished,
-            tokens.expires_at,
-            policy.margin,
-            policy.max_idle,
-            domain::due_spread(&claimed.name, policy.margin),
-        ),
+        refresh_due_at: policy.due_at(&claimed.name, finished, tokens.expires_at),
         rotated,
         refresh_token_expires_at,
         recovered: policy.failing.is_failing(
@@ -297,7 +292,7 @@ mod tests {
             access_token_expires_at: Some(NOW + 100),
             consecutive_failures: 0,
             attempt_id: 7,
-            after_interruption: false,
+            interrupted: None,
             last_success_at: NOW - 3000,
             refresh_token_expires_at: None,
             lease_expires_at: NOW + 120,
@@ -395,7 +390,12 @@ mod tests {
     #[test]
     fn a_rejection_after_an_interruption_says_the_outcome_was_unknown() {
         let c = Claimed {
-            after_interruption: true,
+            interrupted: Some(crate::domain::Interrupted {
+                attempt_id: 6,
+                started_at: NOW - 10,
+                sent: true,
+                holder: None,
+            }),
             ..claimed()
         };
         let rejected = setback_of(

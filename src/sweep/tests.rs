@@ -1,12 +1,10 @@
 //! `sweep_once` stepped directly: a real temporary SQLite database, real providers from a real
-//! configuration, and an in-process token endpoint on 127.0.0.1 that answers each request with
-//! the next canned reply. No sleeping: each test drives one sweep at a time.
+//! configuration, and the integration tests' fake token endpoint on 127.0.0.1 answering a
+//! scripted reply. No sleeping: each test drives one sweep at a time.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{Policy, SweepSummary, Sweeper};
@@ -18,97 +16,23 @@ use crate::provider::Providers;
 use crate::refresh::Refresher;
 use crate::store::{Location, NewCredential, OpenMode, OpenOptions, Sealer, Store};
 
-/// Longest any one request to the fake endpoint may take to be read.
-const READ_DEADLINE: Duration = Duration::from_secs(5);
+/// The integration tests' fake token endpoint (tests/it/fake_endpoint.rs), the one fake both
+/// kinds of test use; only part of it is needed here.
+#[path = "../../tests/it/fake_endpoint.rs"]
+#[allow(dead_code)]
+mod fake_endpoint;
 
-/// A token endpoint that answers each request with the next of its replies (the last repeats),
-/// and counts what it was asked.
-struct Endpoint {
-    url: String,
-    requests: Arc<Mutex<Vec<String>>>,
-    stop: CancellationToken,
-}
-
-impl Endpoint {
-    async fn start(replies: Vec<(u16, &'static str)>) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/token", listener.local_addr().unwrap());
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = CancellationToken::new();
-        let (seen, done) = (Arc::clone(&requests), stop.clone());
-        tokio::spawn(async move {
-            for n in 0.. {
-                let accepted = tokio::select! {
-                    () = done.cancelled() => break,
-                    accepted = listener.accept() => accepted,
-                };
-                let Ok((mut socket, _)) = accepted else { break };
-                let (status, body) = replies[n.min(replies.len() - 1)];
-                let request = tokio::time::timeout(READ_DEADLINE, read_request(&mut socket))
-                    .await
-                    .unwrap_or_default();
-                seen.lock().unwrap().push(request);
-                let response = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-            }
-        });
-        Self {
-            url,
-            requests,
-            stop,
-        }
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// Reads one HTTP/1.1 request: the head, then a body of its Content-Length.
-async fn read_request(socket: &mut tokio::net::TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0_u8; 4096];
-    while let Ok(n) = socket.read(&mut chunk).await {
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf);
-        if let Some(head_end) = text.find("\r\n\r\n") {
-            let length = text[..head_end]
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if buf.len() >= head_end + 4 + length {
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
+use fake_endpoint::{FakeEndpoint, Reply};
 
 /// A sweeper on a fresh database in `dir` whose provider `p` posts to `endpoint`, with one
 /// credential `c` holding refresh token `rt-1`.
-async fn sweeper(dir: &tempfile::TempDir, endpoint: &Endpoint) -> Sweeper {
+async fn sweeper(dir: &tempfile::TempDir, endpoint: &FakeEndpoint) -> Sweeper {
     let config = dir.path().join("tokenwarden.toml");
     std::fs::write(
         &config,
         format!(
             "[providers.p]\ntoken_url = \"{}\"\nclient_id = \"client\"\nclient_secret_env = \"TW_UNIT_SECRET\"\n",
-            endpoint.url
+            endpoint.token_url()
         ),
     )
     .unwrap();
@@ -162,10 +86,10 @@ async fn sweep(sweeper: &Sweeper) -> SweepSummary {
 
 #[tokio::test]
 async fn a_due_credential_is_refreshed_once_and_left_alone_until_due() {
-    let endpoint = Endpoint::start(vec![(
+    let endpoint = FakeEndpoint::start(Reply::json(
         200,
         r#"{"access_token":"at-2","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-2"}"#,
-    )])
+    ))
     .await;
     let dir = tempfile::tempdir().unwrap();
     let sweeper = sweeper(&dir, &endpoint).await;
@@ -177,7 +101,7 @@ async fn a_due_credential_is_refreshed_once_and_left_alone_until_due() {
         "{first:?}"
     );
     assert!(first.all_refreshed());
-    let requests = endpoint.requests();
+    let requests = endpoint.bodies();
     assert_eq!(requests.len(), 1);
     assert!(
         requests[0].contains("grant_type=refresh_token&refresh_token=rt-1"),
@@ -196,7 +120,7 @@ async fn a_due_credential_is_refreshed_once_and_left_alone_until_due() {
     // Nothing is due now: the next sweep sends nothing.
     let second = sweep(&sweeper).await;
     assert_eq!((second.due, second.refreshed), (0, 0), "{second:?}");
-    assert_eq!(endpoint.requests().len(), 1);
+    assert_eq!(endpoint.requests(), 1);
     let journal = sweeper.store().rotations(Some("c"), 10).await.unwrap();
     assert_eq!(journal.len(), 1);
     assert_eq!(journal[0].outcome, Outcome::Refreshed);
@@ -206,7 +130,8 @@ async fn a_due_credential_is_refreshed_once_and_left_alone_until_due() {
 
 #[tokio::test]
 async fn a_transient_failure_backs_off_and_keeps_the_token() {
-    let endpoint = Endpoint::start(vec![(503, r#"{"error":"temporarily_unavailable"}"#)]).await;
+    let endpoint =
+        FakeEndpoint::start(Reply::json(503, r#"{"error":"temporarily_unavailable"}"#)).await;
     let dir = tempfile::tempdir().unwrap();
     let sweeper = sweeper(&dir, &endpoint).await;
 
@@ -223,7 +148,7 @@ async fn a_transient_failure_backs_off_and_keeps_the_token() {
     // Backing off: the next sweep leaves it alone.
     let again = sweep(&sweeper).await;
     assert_eq!(again.due, 0, "{again:?}");
-    assert_eq!(endpoint.requests().len(), 1);
+    assert_eq!(endpoint.requests(), 1);
     let token = sweeper.store().token_state("c").await.unwrap().unwrap();
     assert!(token.access_token.is_none());
     sweeper.store().close().await;
@@ -231,10 +156,10 @@ async fn a_transient_failure_backs_off_and_keeps_the_token() {
 
 #[tokio::test]
 async fn a_rejected_grant_needs_reauthorization_and_is_not_retried() {
-    let endpoint = Endpoint::start(vec![(
+    let endpoint = FakeEndpoint::start(Reply::json(
         400,
         r#"{"error":"invalid_grant","error_description":"AADSTS70008: expired"}"#,
-    )])
+    ))
     .await;
     let dir = tempfile::tempdir().unwrap();
     let sweeper = sweeper(&dir, &endpoint).await;
@@ -252,16 +177,13 @@ async fn a_rejected_grant_needs_reauthorization_and_is_not_retried() {
         Some("invalid_grant: AADSTS70008: expired")
     );
     assert_eq!(sweep(&sweeper).await.due, 0);
-    assert_eq!(endpoint.requests().len(), 1);
+    assert_eq!(endpoint.requests(), 1);
     sweeper.store().close().await;
 }
 
 #[tokio::test]
 async fn a_refused_response_stores_nothing_of_it() {
-    let endpoint = Endpoint::start(vec![(
-        200,
-        r#"{"access_token":"at bad","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-2"}"#,
-    )])
+    let endpoint = FakeEndpoint::start(Reply::json(200, r#"{"access_token":"at bad","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-2"}"#))
     .await;
     let dir = tempfile::tempdir().unwrap();
     let sweeper = sweeper(&dir, &endpoint).await;

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Home, Run, assert_no_secrets, count, eventually, finish, stop};
+use crate::backends::count;
+use crate::harness::{Home, Run, assert_no_secrets, eventually, finish, stop};
 use crate::oauth_server::{OauthServer, clients};
 
 const SCOPE: &str = "openid offline_access api:read";
@@ -263,7 +264,7 @@ users = ["no-such-user-here"]
         "debug lines at trace level"
     );
     assert!(log.contains("token API: granted"));
-    let secrets = crate::harness::stored_secrets(&db).await;
+    let secrets = crate::backends::stored_secrets(&db).await;
     assert_no_secrets("daemon log", &log, &secrets);
     assert_no_secrets("refused output", &by_owner.stderr, &secrets);
 }
@@ -315,9 +316,22 @@ async fn a_sink_follows_rotations_by_any_process_and_goes_when_the_token_does() 
     assert_eq!(meta.mode() & 0o777, 0o640);
     assert_eq!(meta.gid(), 65534, "group nogroup");
     let first = access_token(&db, "web").await;
-    let body: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(body["access_token"], first.as_str());
+    // The sinks are written one after another: the JSON one may follow the first by a moment.
+    let json_holds = |token: String| {
+        let json = json.clone();
+        async move {
+            std::fs::read_to_string(&json)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .is_some_and(|body| body["access_token"] == token.as_str())
+        }
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the JSON sink after the first sweep",
+        || json_holds(first.clone()),
+    )
+    .await;
 
     // Rotated by another process (`refresh`): the sink follows within seconds.
     let refreshed = home.run(&["refresh", "web"], "").await;
@@ -358,7 +372,7 @@ async fn a_sink_follows_rotations_by_any_process_and_goes_when_the_token_does() 
             .contains("/nonexistent-dir/web.token: the directory /nonexistent-dir does not exist"),
         "{doctor:?}"
     );
-    let secrets = crate::harness::stored_secrets(&db).await;
+    let secrets = crate::backends::stored_secrets(&db).await;
     assert_no_secrets("daemon log", &log, &secrets);
     assert_no_secrets("doctor", &doctor.all(), &secrets);
 }

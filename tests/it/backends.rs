@@ -261,3 +261,32 @@ impl Db {
             .join("\n")
     }
 }
+
+impl From<&SqlitePool> for Db {
+    fn from(pool: &SqlitePool) -> Self {
+        Self::Sqlite(pool.clone())
+    }
+}
+
+impl From<&PgPool> for Db {
+    fn from(pool: &PgPool) -> Self {
+        Self::Postgres(pool.clone())
+    }
+}
+
+/// `SELECT count(*) …` on a test database of either backend (a pool, or a [`Db`]).
+pub async fn count(db: impl Into<Db>, sql: &'static str) -> i64 {
+    db.into().count(sql).await
+}
+
+/// Every token value stored in a test database of either backend now, the client secrets and the
+/// PostgreSQL password.
+pub async fn stored_secrets(db: impl Into<Db>) -> Vec<String> {
+    db.into().stored_secrets().await
+}
+
+/// Every text value of the rotation journal of a test database of either backend, one row per
+/// line.
+pub async fn journal_text(db: impl Into<Db>) -> String {
+    db.into().journal_text().await
+}

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 
+use crate::backends::count;
 use crate::enroll_pages::Enrolling;
-use crate::harness::{count, eventually};
+use crate::harness::eventually;
 use crate::oauth_server::OauthServer;
 
 /// Longest any one page may take to appear.

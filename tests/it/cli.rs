@@ -434,7 +434,7 @@ async fn a_database_locked_beyond_the_busy_timeout_exits_3_and_keeps_everything(
         [("kept".to_owned(), "rt-kept-0123456789".to_owned())]
     );
     assert_eq!(
-        crate::harness::count(&db, "SELECT count(*) FROM token_rotation").await,
+        crate::backends::count(&db, "SELECT count(*) FROM token_rotation").await,
         0,
         "nothing half-written"
     );

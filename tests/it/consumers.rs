@@ -6,8 +6,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::backends::{Backend, BackendHome, Db, on_both_backends};
-use crate::harness::{Home, Run, assert_no_secrets, count, finish};
+use crate::backends::{Backend, BackendHome, Db, count, on_both_backends};
+use crate::harness::{Home, Run, assert_no_secrets, finish};
 use crate::oauth_server::{OauthServer, clients};
 
 const SCOPE: &str = "openid offline_access api:read";

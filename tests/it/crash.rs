@@ -115,10 +115,13 @@ async fn journal(home: &BackendHome) -> Vec<String> {
     rows.into_iter().map(|(o,)| o).collect()
 }
 
+/// The request went out (to an endpoint that never answers) before the kill: sending the refresh
+/// token again is a repeat, made because the provider declares a grace window.
 async fn killed_before_the_provider_answered_the_stored_token_still_works(backend: Backend) {
     let server = OauthServer::start().await;
     let hang = FakeEndpoint::start(Reply::Hang).await;
     let home = BackendHome::with_token_url(&hang.token_url(), backend, SHORT).await;
+    home.append_to_provider("basic", "refresh_token_reuse = \"30s\"");
     let minted = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
     home.add("c", "basic", &minted).await;
 
@@ -173,11 +176,62 @@ async fn killed_before_the_provider_answered_the_stored_token_still_works(backen
     );
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.stderr.contains("was interrupted"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the provider accepts its refresh token again"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(journal(&home).await, ["interrupted", "refreshed"]);
     assert_ne!(refresh_token(&home).await, minted);
     assert_eq!(server.stats().await.refresh_reuse, 0);
 }
 on_both_backends!(killed_before_the_provider_answered_the_stored_token_still_works);
+
+/// The same kill against a provider that declares nothing (strict): the refresh token it may
+/// have seen is never sent again; the credential is flagged with what happened and what to do.
+async fn killed_with_a_request_out_to_a_strict_provider_is_flagged_not_replayed(backend: Backend) {
+    let server = OauthServer::start().await;
+    let hang = FakeEndpoint::start(Reply::Hang).await;
+    let home = BackendHome::with_token_url(&hang.token_url(), backend, SHORT).await;
+    let minted = server.mint_refresh_token(clients::BASIC_ID, SCOPE).await;
+    home.add("c", "basic", &minted).await;
+    let child = home.command(&["run", "--once"]).spawn().unwrap();
+    eventually(Duration::from_secs(10), "the request to go out", || async {
+        hang.requests() == 1
+    })
+    .await;
+    kill9(child).await;
+    home.retarget(server.token_url());
+    let run = home.run(&["run", "--once"], "").await;
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(
+        server.stats().await.token_requests,
+        0,
+        "nothing was sent again"
+    );
+    let db = home.db().await;
+    let (status, error, rt): (String, String, String) = db
+        .fetch_one(
+            "SELECT status, last_error, refresh_token FROM oauth_credential WHERE name = 'c'",
+            &[],
+        )
+        .await;
+    db.close().await;
+    assert_eq!(status, "needs_reauthorization");
+    assert_eq!(rt, minted, "the stored refresh token is kept");
+    assert!(
+        error.starts_with("refresh token already sent by an attempt started at ")
+            && error.contains("provider basic does not accept a refresh token twice")
+            && error.contains("authorize again"),
+        "{error}"
+    );
+    assert_eq!(
+        journal(&home).await,
+        ["interrupted", "needs_reauthorization"]
+    );
+}
+on_both_backends!(killed_with_a_request_out_to_a_strict_provider_is_flagged_not_replayed);
 
 async fn a_holder_on_another_host_keeps_its_lease_until_it_runs_out(backend: Backend) {
     let server = OauthServer::start().await;
@@ -252,9 +306,17 @@ async fn killed_after_the_response_but_before_the_commit_is_flagged_not_looped(b
     assert_eq!(refresh_token(&home).await, minted, "nothing was committed");
 
     home.retarget(server.token_url());
-    // Taken over at once (the holder died on this host), not when its lease runs out.
+    // Taken over at once (the holder died on this host), not when its lease runs out; the
+    // provider is strict, so the refresh token it rotated is not presented again.
+    let requests = server.stats().await.token_requests;
     let run = home.run(&["run", "--once"], "").await;
     assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(
+        server.stats().await.token_requests,
+        requests,
+        "nothing sent"
+    );
+    assert_eq!(server.stats().await.refresh_repeated, 0);
     let db = home.db().await;
     let (status, error): (String, String) = db
         .fetch_one(
@@ -265,7 +327,7 @@ async fn killed_after_the_response_but_before_the_commit_is_flagged_not_looped(b
     db.close().await;
     assert_eq!(status, "needs_reauthorization");
     assert!(
-        error.starts_with("refresh outcome unknown after interruption"),
+        error.starts_with("refresh token already sent by an attempt started at "),
         "{error}"
     );
     assert_eq!(

@@ -125,6 +125,7 @@ fn assert_cli_accepts(what: &str, args: &[String]) {
 mod cron;
 mod debian;
 mod docker;
+mod layout;
 mod pages;
 mod prometheus;
 mod systemd;

@@ -10,7 +10,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use tokio::process::Child;
 
-use crate::harness::{Home, assert_no_secrets, count, eventually, stop, stored_secrets};
+use crate::backends::{count, stored_secrets};
+use crate::harness::{Home, assert_no_secrets, eventually, stop};
 use crate::lifecycle::walk;
 use crate::oauth_server::OauthServer;
 
@@ -242,7 +243,7 @@ async fn an_owner_authorizes_through_the_link_and_it_works_once() {
     secrets.push(secret.clone());
     assert_no_secrets("the daemon's log", &log, &secrets);
     assert_no_secrets("the result page", &page, &secrets);
-    let journal = crate::harness::journal_text(&db).await;
+    let journal = crate::backends::journal_text(&db).await;
     assert_no_secrets("the journal", &journal, &secrets);
     assert!(
         log.contains("credential authorized through an invitation link"),

@@ -195,6 +195,12 @@ scopes = "api:read"
         )
     }
 
+    /// As [`Home::command`], in a PID namespace of its own (`unshare --pid --fork`, as root): a
+    /// process there cannot see this host's other processes, as one on another host could not.
+    pub fn command_in_new_pid_namespace(&self, args: &[&str]) -> tokio::process::Command {
+        self.command_in("umask 022 && exec unshare --pid --fork \"$0\" \"$@\"", args)
+    }
+
     fn command_in(&self, script: &str, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new("sh");
         cmd.args(["-c", script, env!("CARGO_BIN_EXE_tokenwarden")])
@@ -277,15 +283,6 @@ where
     }
 }
 
-/// `SELECT count(*) …` on the test database.
-pub async fn count(db: &SqlitePool, sql: &'static str) -> i64 {
-    sqlx::query_as::<_, (i64,)>(sql)
-        .fetch_one(db)
-        .await
-        .unwrap()
-        .0
-}
-
 /// Sends `signal` (`-TERM`, `-KILL`) to a running child.
 pub fn signal(child: &tokio::process::Child, signal: &str) {
     let pid = child.id().expect("child still running").to_string();
@@ -344,33 +341,4 @@ pub fn assert_no_secrets(what: &str, text: &str, secrets: &[String]) {
             "{what} contains a secret value"
         );
     }
-}
-
-/// Every token value stored in the database now, plus the client secrets.
-pub async fn stored_secrets(db: &SqlitePool) -> Vec<String> {
-    let rows: Vec<(Option<String>, Option<String>)> =
-        sqlx::query_as("SELECT access_token, refresh_token FROM oauth_credential")
-            .fetch_all(db)
-            .await
-            .unwrap();
-    rows.into_iter()
-        .flat_map(|(a, r)| [a, r])
-        .flatten()
-        .chain(CLIENT_SECRETS.iter().map(|s| (*s).to_owned()))
-        .collect()
-}
-
-/// Every text value of the rotation journal, one row per line.
-pub async fn journal_text(db: &SqlitePool) -> String {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT concat_ws('|', credential_name, provider, trigger, lease_owner, outcome, error_code, error_description, \
-            old_refresh_fingerprint, new_refresh_fingerprint, new_access_fingerprint) FROM token_rotation",
-    )
-    .fetch_all(db)
-    .await
-    .unwrap();
-    rows.into_iter()
-        .map(|(r,)| r)
-        .collect::<Vec<_>>()
-        .join("\n")
 }

@@ -10,8 +10,9 @@ use sqlx::SqlitePool;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStderr};
 
+use crate::backends::{count, journal_text, stored_secrets};
 use crate::fake_endpoint::{FakeEndpoint, Reply};
-use crate::harness::{Home, Run, assert_no_secrets, count, stored_secrets};
+use crate::harness::{Home, Run, assert_no_secrets};
 use crate::oauth_server::{OauthServer, clients};
 
 /// Longest an `authorize` run may take in a test.
@@ -350,11 +351,7 @@ async fn authorize_in_a_browser_then_serve_refresh_and_revoke() {
     ] {
         assert_no_secrets(what, &text, &secrets);
     }
-    assert_no_secrets(
-        "journal",
-        &crate::harness::journal_text(&db).await,
-        &secrets,
-    );
+    assert_no_secrets("journal", &journal_text(&db).await, &secrets);
 }
 
 #[tokio::test]

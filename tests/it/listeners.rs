@@ -12,7 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr};
 use tokio::task::JoinHandle;
 
-use crate::harness::{Home, count, eventually, stop};
+use crate::backends::count;
+use crate::harness::{Home, eventually, stop};
 use crate::oauth_server::{OauthServer, clients};
 
 /// The daemon's descriptor limit in these tests: far below the idle connections opened.
@@ -127,7 +128,7 @@ async fn stop_and_check_log(daemon: Child, log: JoinHandle<(usize, String)>, db:
         accept_warnings <= 2,
         "{accept_warnings} accept warnings: the warning is not rate-limited"
     );
-    let tokens = crate::harness::stored_secrets(db).await;
+    let tokens = crate::backends::stored_secrets(db).await;
     crate::harness::assert_no_secrets("log", &text, &tokens);
 }
 

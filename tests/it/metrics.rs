@@ -167,7 +167,7 @@ pub async fn live_scrape() -> (String, Vec<String>) {
     .await;
     let out = stop(daemon).await;
     assert_eq!(out.status.code(), Some(0));
-    let secrets = crate::harness::stored_secrets(&db).await;
+    let secrets = crate::backends::stored_secrets(&db).await;
     (scrape, secrets)
 }
 

@@ -11,7 +11,8 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use crate::harness::{Home, assert_no_secrets, stored_secrets, write_secret};
+use crate::backends::stored_secrets;
+use crate::harness::{Home, assert_no_secrets, write_secret};
 use crate::oauth_server::{OauthServer, clients};
 use crate::postgres::{PASSWORD, PgServer};
 

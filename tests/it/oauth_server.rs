@@ -83,6 +83,10 @@ pub struct Stats {
     /// `refresh_token` grants that presented an already consumed refresh token inside the
     /// grace window ([`ServerOptions::rt_grace_secs`]) and were accepted.
     pub refresh_grace: u64,
+    /// `refresh_token` grants that presented a refresh token an earlier `refresh_token` grant had
+    /// already presented, whatever either's outcome, inside the grace window or not: refresh
+    /// tokens presented twice. A request whose answer was lost counts as presented.
+    pub refresh_repeated: u64,
     /// `refresh_token` grants answered with an error (reuses included).
     pub refresh_failed: u64,
     /// Grants revoked (by reuse detection or by the revocation endpoint).
@@ -404,6 +408,21 @@ impl OauthServer {
     /// [`Self::mint`], refresh token only.
     pub async fn mint_refresh_token(&self, client_id: &str, scope: &str) -> String {
         self.mint(client_id, scope).await.refresh_token
+    }
+
+    /// Destroys one access token at the server (`POST /test/revoke-access-token`): introspection
+    /// then calls it inactive, while its grant and refresh token stay valid (the revocation
+    /// endpoint would revoke the whole grant). Whether the token existed.
+    pub async fn revoke_access_token(&self, token: &str) -> bool {
+        let body = json!({ "token": token });
+        let response = self
+            .test_route(
+                reqwest::Method::POST,
+                "/test/revoke-access-token",
+                Some(&body),
+            )
+            .await;
+        response["revoked"] == true
     }
 
     /// Asks the real introspection endpoint (as the `introspector` client) whether `token`
@@ -1023,6 +1042,7 @@ mod tests {
             Stats {
                 refresh_ok: 9,
                 refresh_reuse: 1,
+                refresh_repeated: 1,
                 refresh_failed: 2,
                 grants_revoked: 1,
                 token_requests: 12,

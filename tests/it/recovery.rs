@@ -1,7 +1,9 @@
 //! Recovery from a crash mid-sweep against a provider that has already rotated every refresh token
-//! in flight: inside the provider's reuse grace window every credential lives on; without one,
-//! every lost credential is flagged with its reason within seconds of the restart — never when
-//! the dead daemon's lease runs out two minutes later. Each on SQLite and on PostgreSQL.
+//! in flight: where the provider declares a grace window (`refresh_token_reuse`, and the server's
+//! own) every credential lives on by a repeat inside it; without one, no refresh token is
+//! presented twice, and every lost credential is flagged with its reason within seconds of the
+//! restart — never when the dead daemon's lease runs out two minutes later. Each on SQLite and on
+//! PostgreSQL.
 
 use std::time::{Duration, Instant};
 
@@ -56,6 +58,7 @@ async fn killed_mid_sweep_inside_a_grace_window_every_credential_lives_on(backen
     })
     .await;
     let (home, minted) = setup(&server, backend).await;
+    home.append_to_provider("basic", "refresh_token_reuse = \"30s\"");
     crash_after_rotation(&server, &home).await;
 
     let restarted = Instant::now();
@@ -85,6 +88,14 @@ async fn killed_mid_sweep_inside_a_grace_window_every_credential_lives_on(backen
         "no reuse outside the window: {stats:?}"
     );
     assert_eq!(stats.refresh_grace, CREDENTIALS, "{stats:?}");
+    assert_eq!(
+        stats.refresh_repeated, CREDENTIALS,
+        "each repeated once, inside the declared window: {stats:?}"
+    );
+    assert!(
+        stderr.contains("the provider accepts its refresh token again"),
+        "{stderr}"
+    );
     assert_eq!(
         db.count("SELECT count(*) FROM oauth_credential WHERE status <> 'active'")
             .await,
@@ -123,12 +134,13 @@ async fn killed_mid_sweep_inside_a_grace_window_every_credential_lives_on(backen
 }
 on_both_backends!(killed_mid_sweep_inside_a_grace_window_every_credential_lives_on);
 
-async fn killed_mid_sweep_without_a_grace_window_every_lost_credential_is_flagged_at_once(
+async fn killed_mid_sweep_against_a_strict_provider_nothing_is_replayed_and_all_are_flagged(
     backend: Backend,
 ) {
     let server = OauthServer::start().await;
     let (home, _minted) = setup(&server, backend).await;
     crash_after_rotation(&server, &home).await;
+    let requests = server.stats().await.token_requests;
 
     let restarted = Instant::now();
     let run = home.run(&["run", "--once"], "").await;
@@ -149,16 +161,27 @@ async fn killed_mid_sweep_without_a_grace_window_every_lost_credential_is_flagge
     for (status, error) in flagged {
         assert_eq!(status, "needs_reauthorization");
         assert!(
-            error.starts_with("refresh outcome unknown after interruption: invalid_grant"),
+            error.starts_with("refresh token already sent by an attempt started at ")
+                && error.contains("does not accept a refresh token twice")
+                && error.contains("authorize again"),
             "{error}"
         );
     }
+    let stats = server.stats().await;
+    assert_eq!(stats.token_requests, requests, "nothing sent: {stats:?}");
+    assert_eq!(stats.refresh_repeated, 0, "{stats:?}");
+    assert_eq!(stats.refresh_reuse, 0, "{stats:?}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM token_rotation WHERE outcome = 'needs_reauthorization'")
+            .await,
+        20
+    );
     let status = home.run(&["status"], "").await;
     assert!(
-        status
-            .stdout
-            .contains("refresh outcome unknown after interruption"),
+        status.stdout.contains("refresh token already sent"),
         "{status:?}"
     );
 }
-on_both_backends!(killed_mid_sweep_without_a_grace_window_every_lost_credential_is_flagged_at_once);
+on_both_backends!(
+    killed_mid_sweep_against_a_strict_provider_nothing_is_replayed_and_all_are_flagged
+);

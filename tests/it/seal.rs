@@ -10,12 +10,10 @@ use std::time::Duration;
 
 use tokenwarden::store::seal::{Column, Key, Keyring, Place};
 
-use crate::backends::{Backend, BackendHome, Db, on_both_backends};
+use crate::backends::{Backend, BackendHome, Db, count, journal_text, on_both_backends};
 use crate::fake_endpoint::FakeEndpoint;
 use crate::fake_endpoint::Reply;
-use crate::harness::{
-    Home, assert_no_secrets, count, eventually, finish, journal_text, signal, stop,
-};
+use crate::harness::{Home, assert_no_secrets, eventually, finish, signal, stop};
 use crate::oauth_server::{OauthServer, clients};
 
 const SCOPE: &str = "openid offline_access api:read";
@@ -736,7 +734,10 @@ async fn two_sealed_run_once_processes_on_one_database_never_reuse_a_refresh_tok
     backend: Backend,
 ) {
     const CREDENTIALS: usize = 30;
-    let server = OauthServer::start().await;
+    // Hour-long tokens: once refreshed, a credential is not due again in the other process's
+    // sweep, however much later it starts (120 s ones are due again at once: shorter than the
+    // margin), so each is refreshed exactly once.
+    let server = OauthServer::start_with_ttl(3600).await;
     let dir = tempfile::tempdir().unwrap();
     let (path, _, _) = key_file(dir.path(), "key");
     let home = BackendHome::new(

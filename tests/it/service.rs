@@ -174,7 +174,7 @@ async fn metrics_and_healthz_report_credentials_and_sweeps() {
         404
     );
     let db = home.db().await;
-    let tokens = crate::harness::stored_secrets(&db).await;
+    let tokens = crate::backends::stored_secrets(&db).await;
     crate::harness::assert_no_secrets("metrics", &metrics, &tokens);
 
     let out = stop(daemon).await;
@@ -276,7 +276,7 @@ async fn metrics_at_scale_are_aggregates_and_per_credential_series_stop_at_the_c
     ] {
         assert!(!metrics.contains(series), "{series} left out: {metrics}");
     }
-    let tokens = crate::harness::stored_secrets(&db).await;
+    let tokens = crate::backends::stored_secrets(&db).await;
     crate::harness::assert_no_secrets("metrics", &metrics, &tokens);
     let out = stop(daemon).await;
     assert_eq!(out.status.code(), Some(0));

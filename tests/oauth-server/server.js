@@ -30,13 +30,17 @@
 //
 // Test routes (mounted in front of the provider's routes, same port):
 //   POST /test/mint         {"client_id","scope"?,"account_id"?} -> {"refresh_token","access_token",...}
-//   GET  /test/stats        -> {"refresh_ok","refresh_reuse","refresh_grace","refresh_failed",
+//   GET  /test/stats        -> {"refresh_ok","refresh_reuse","refresh_grace","refresh_repeated","refresh_failed",
 //                               "grants_revoked","token_requests","jwt_bearer_ok",
 //                               "jwt_bearer_failed","held"}
 //   POST /test/reset-stats  -> zeroes the counters (not `held`, a live gauge)
 //   POST /test/hold         {"seconds"} -> refresh_token grants are still processed (rotated),
 //                              but their HTTP answers wait until /test/release or `seconds` pass
 //   POST /test/release      -> answers every held response now; {"released": n}
+//   POST /test/revoke-access-token {"token"} -> that access token alone is destroyed (introspection
+//                              says inactive); unlike /token/revocation, which oidc-provider makes
+//                              revoke every token of the grant, the refresh token stays valid:
+//                              {"revoked": true|false}
 
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -113,6 +117,10 @@ const epochTime = () => Math.floor(Date.now() / 1000);
 //                   RT_GRACE window; any outcome
 // refresh_grace     refresh_token grants presenting an already consumed refresh token
 //                   inside the RT_GRACE window, accepted (answered 200)
+// refresh_repeated  refresh_token grants presenting a refresh token that an earlier
+//                   refresh_token grant already presented, whatever either's outcome, inside the
+//                   RT_GRACE window or not: "refresh tokens presented twice" (a request whose
+//                   answer was lost counts as presented)
 // refresh_failed    refresh_token grants answered with an error (reuses included)
 // grants_revoked    grants revoked: reuse detection, revocation endpoint
 // token_requests    every POST /token, any grant type, any outcome
@@ -124,6 +132,7 @@ function zeroStats() {
     refresh_ok: 0,
     refresh_reuse: 0,
     refresh_grace: 0,
+    refresh_repeated: 0,
     refresh_failed: 0,
     grants_revoked: 0,
     token_requests: 0,
@@ -132,6 +141,9 @@ function zeroStats() {
   };
 }
 let stats = zeroStats();
+// Every refresh token presented by a refresh_token grant so far (for refresh_repeated; not reset
+// with the counters).
+const presentedRefreshTokens = new Set();
 
 // ---------------------------------------------------------------------------
 // Adapter: plain Maps, nothing evicted before it expires.
@@ -787,6 +799,11 @@ function recordTokenRequest(ctx) {
   const grantType = ctx.oidc?.params?.grant_type;
   const ok = ctx.status === 200;
   if (grantType === 'refresh_token') {
+    const presented = ctx.oidc?.params?.refresh_token;
+    if (typeof presented === 'string') {
+      if (presentedRefreshTokens.has(presented)) stats.refresh_repeated += 1;
+      presentedRefreshTokens.add(presented);
+    }
     if (ok) {
       stats.refresh_ok += 1;
     } else {
@@ -876,6 +893,23 @@ async function mint(ctx) {
   });
 }
 
+// One access token invalidated while its grant and refresh token live on (an upstream that stops
+// accepting a token early): oidc-provider's revocation endpoint would revoke the whole grant.
+async function revokeAccessToken(ctx) {
+  let body;
+  try {
+    body = await readJson(ctx);
+  } catch {
+    return reply(ctx, 400, { error: 'invalid_request', error_description: 'body must be JSON' });
+  }
+  if (typeof body.token !== 'string') {
+    return reply(ctx, 400, { error: 'invalid_request', error_description: 'token (string) required' });
+  }
+  const token = await provider.AccessToken.find(body.token);
+  if (token) await token.destroy();
+  return reply(ctx, 200, { revoked: Boolean(token) });
+}
+
 async function holdRoute(ctx) {
   let body;
   try {
@@ -907,6 +941,8 @@ async function testRoutes(ctx) {
       return holdRoute(ctx);
     case 'POST /test/release':
       return reply(ctx, 200, { released: releaseHeld() });
+    case 'POST /test/revoke-access-token':
+      return revokeAccessToken(ctx);
     default:
       return reply(ctx, 404, { error: 'not_found', error_description: `no test route ${route}` });
   }

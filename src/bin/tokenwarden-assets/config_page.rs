@@ -136,10 +136,20 @@ impl Page {
 
 /// `[name]` or `[name.sub]`: the table's name.
 fn table_header(body: &str) -> Option<String> {
-    let name = body.strip_prefix('[')?.strip_suffix(']')?;
+    // `[[proxy]]`: an array of tables, shown as written.
+    let (name, array) = match body.strip_prefix("[[").and_then(|b| b.strip_suffix("]]")) {
+        Some(name) => (name, true),
+        None => (body.strip_prefix('[')?.strip_suffix(']')?, false),
+    };
     name.chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_'))
-        .then(|| format!("[{name}]"))
+        .then(|| {
+            if array {
+                format!("[[{name}]]")
+            } else {
+                format!("[{name}]")
+            }
+        })
 }
 
 /// `key = value  # comment`: the key, the value and the comment beside it.

@@ -85,13 +85,13 @@ async fn a_group_stores_every_row_but_the_one_that_changed_and_reports_that_one_
     let store = store_with(&dir, &["a", "b", "c"]).await;
     let now = domain::now();
     let mut claimed = store
-        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once)
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[])
         .await
         .unwrap();
     claimed.sort_by(|x, y| x.name.cmp(&y.name));
     let names: Vec<&str> = claimed.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["a", "b", "c"]);
-    assert!(claimed.iter().all(|c| !c.after_interruption));
+    assert!(claimed.iter().all(|c| c.interrupted.is_none()));
     let attempts: std::collections::HashSet<i64> = claimed.iter().map(|c| c.attempt_id).collect();
     assert_eq!(attempts.len(), 3, "one journal entry per claim");
 
@@ -178,7 +178,7 @@ async fn one_credential_twice_in_a_group_is_written_in_order() {
     let store = store_with(&dir, &["a"]).await;
     let now = domain::now();
     let claimed = store
-        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once)
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[])
         .await
         .unwrap();
     let first = &claimed[0];
@@ -211,18 +211,18 @@ async fn a_claim_after_a_dead_attempt_marks_it_interrupted_and_knows() {
     let now = domain::now();
     // A process claimed "a" and died: its lease has run out, its journal entry is pending.
     let dead = store
-        .claim_by_name("a", "dead-owner", now - 200, now - 100)
+        .claim_by_name("a", "dead-owner", now - 200, now - 100, &[])
         .await
         .unwrap();
     assert!(matches!(dead, super::ClaimByName::Claimed(_)));
     let mut claimed = store
-        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once)
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[])
         .await
         .unwrap();
     claimed.sort_by(|x, y| x.name.cmp(&y.name));
     let seen: Vec<(&str, bool)> = claimed
         .iter()
-        .map(|c| (c.name.as_str(), c.after_interruption))
+        .map(|c| (c.name.as_str(), c.interrupted.is_some()))
         .collect();
     assert_eq!(seen, [("a", true), ("b", false)]);
     let journal = store.rotations(None, 10).await.unwrap();
@@ -242,7 +242,7 @@ async fn a_claim_after_a_dead_attempt_marks_it_interrupted_and_knows() {
     store.release_all(&claimed, OWNER).await.unwrap();
     assert_eq!(store.rotations(None, 10).await.unwrap().len(), 1);
     let again = store
-        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once)
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[])
         .await
         .unwrap();
     assert_eq!(again.len(), 2);
@@ -270,17 +270,170 @@ async fn a_backoff_ending_during_a_sweep_waits_for_the_next_sweep() {
     .unwrap();
     db.close().await;
     let claimed = store
-        .claim_due(OWNER, now, now + 120, 10, sweep_start, Trigger::Once)
+        .claim_due(OWNER, now, now + 120, 10, sweep_start, Trigger::Once, &[])
         .await
         .unwrap();
     let names: Vec<&str> = claimed.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["b"]);
-    assert!(!store.any_claimable(now, sweep_start).await.unwrap());
+    assert!(!store.any_claimable(now, sweep_start, &[]).await.unwrap());
     store.release_all(&claimed, OWNER).await.unwrap();
     let next = store
-        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once)
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[])
         .await
         .unwrap();
     assert_eq!(next.len(), 2);
+    store.close().await;
+}
+
+/// A request marked sent whose lease ran out is seen as out past its lease; a process that took
+/// the claim over learns the attempt was sent; the late process then cannot mark (nor send)
+/// anything; giving the claim back restores the owner's pending entry and lease; the owner's
+/// answer is stored after its lease, and a credential flagged meanwhile becomes active again.
+#[tokio::test]
+async fn sent_marks_fence_a_late_process_and_its_answer_still_lands() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(&dir, &["a", "b"]).await;
+    let now = domain::now();
+    // The owner claimed both at `now - 200`; its lease ran out at `now - 100`; it sent "a" only.
+    let owned = store
+        .claim_due(
+            "owner",
+            now - 200,
+            now - 100,
+            10,
+            now - 199,
+            Trigger::Once,
+            &[],
+        )
+        .await
+        .unwrap();
+    let a = owned.iter().find(|c| c.name == "a").unwrap();
+    let b = owned.iter().find(|c| c.name == "b").unwrap();
+    assert!(store.mark_sent(a, now - 199).await.unwrap());
+    let past = store.sent_past_lease(now).await.unwrap();
+    assert_eq!(
+        past.iter()
+            .map(|p| (p.name.as_str(), p.lease_owner.as_str(), p.sent_at))
+            .collect::<Vec<_>>(),
+        [("a", "owner", now - 199)]
+    );
+    // Skipping "a" (its owner lives), another process claims only "b", never sent.
+    let skipped = store
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[a.id])
+        .await
+        .unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].name, "b");
+    let after_b = skipped[0].interrupted.clone().unwrap();
+    assert!(!after_b.sent, "b's request never went out");
+    assert!(
+        !store.mark_sent(b, now).await.unwrap(),
+        "b was taken over: the owner sends nothing"
+    );
+    assert!(!store.any_claimable(now, now + 1, &[a.id]).await.unwrap());
+    // Claimed without skipping: the taker learns "a" was sent, by whom, and gives it back.
+    let taken = store
+        .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[])
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    let after_a = taken[0].interrupted.clone().unwrap();
+    assert!(after_a.sent);
+    assert_eq!(after_a.holder.as_deref(), Some("owner"));
+    assert_eq!(after_a.started_at, now - 200);
+    store
+        .give_back(&taken[0], OWNER, &after_a, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sent_past_lease(now).await.unwrap().len(),
+        1,
+        "the owner's again"
+    );
+    // Flagged meanwhile (as by a replica elsewhere), then the owner's answer arrives.
+    let flagged = super::Failure::Reauthorize {
+        detail: super::FailureDetail {
+            outcome: Outcome::NeedsReauthorization,
+            last_error: "refresh token already sent",
+            http_status: None,
+            error_code: None,
+            duration_ms: 0,
+        },
+    };
+    assert_eq!(
+        store
+            .store_failure(&skipped[0], OWNER, now, &flagged)
+            .await
+            .unwrap(),
+        Stored::Yes
+    );
+    let status = |name: &'static str| {
+        let dir = &dir;
+        async move {
+            let (s,): (String,) =
+                sqlx::query_as("SELECT status FROM oauth_credential WHERE name = $1")
+                    .bind(name)
+                    .fetch_one(&raw(dir).await)
+                    .await
+                    .unwrap();
+            s
+        }
+    };
+    assert_eq!(status("b").await, "needs_reauthorization");
+    let new = tokens("at-a", "rt-a-2");
+    let b_new = tokens("at-b", "rt-b-2");
+    assert_eq!(
+        store_group(&store, &[(a, &new), (b, &b_new)]).await,
+        [Stored::Yes, Stored::Yes],
+        "each row still holds the refresh token its owner sent"
+    );
+    assert_eq!(
+        status("b").await,
+        "active",
+        "flagged meanwhile, active again"
+    );
+    assert!(store.sent_past_lease(now).await.unwrap().is_empty());
+    store.close().await;
+}
+
+/// A claim that followed a sent attempt and is given back unsent (or ends in a setback before
+/// its request) leaves that attempt pending: the next claim still knows the refresh token was
+/// presented.
+#[tokio::test]
+async fn a_claim_given_back_unsent_keeps_the_sent_attempt_it_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(&dir, &["a"]).await;
+    let now = domain::now();
+    let owned = store
+        .claim_due(
+            "owner",
+            now - 200,
+            now - 100,
+            10,
+            now - 199,
+            Trigger::Once,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(store.mark_sent(&owned[0], now - 199).await.unwrap());
+    for round in 0..2 {
+        let taken = store
+            .claim_due(OWNER, now, now + 120, 10, now + 1, Trigger::Once, &[])
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 1, "round {round}");
+        let after = taken[0].interrupted.clone().unwrap();
+        assert!(
+            after.sent,
+            "round {round}: the first presentation is still known"
+        );
+        assert_eq!(after.started_at, now - 200, "round {round}");
+        if round == 0 {
+            store.release(&taken[0], OWNER).await.unwrap();
+        } else {
+            store.keep_interrupted_pending(&taken[0]).await.unwrap();
+        }
+    }
     store.close().await;
 }

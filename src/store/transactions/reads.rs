@@ -53,7 +53,9 @@ impl Db {
                     WHEN substr(access_token, 13, 1) = ':' THEN substr(access_token, 5, 8) ELSE 'malformed' END \
                     AS access_token_key, \
                 (SELECT max(started_at) FROM token_rotation t \
-                  WHERE t.credential_id = c.id AND t.outcome = 'pending') AS attempt_started_at \
+                  WHERE t.credential_id = c.id AND t.outcome = 'pending') AS attempt_started_at, \
+                (SELECT max(sent_at) FROM token_rotation t \
+                  WHERE t.credential_id = c.id AND t.outcome = 'pending') AS attempt_sent_at \
              FROM oauth_credential c ORDER BY name",
         )
         .fetch_all(self.read().await?.conn())

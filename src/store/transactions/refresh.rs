@@ -3,16 +3,19 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::domain::{Outcome, Secret, Trigger, UnixTime};
+use crate::domain::{Interrupted, Outcome, Secret, Trigger, UnixTime};
 use crate::store::backend::Db;
 use crate::store::claim::ClaimRow;
 use crate::store::statement::{Conn, sql};
 use crate::store::writer::{self, GROUP_MAX, StoreJob};
 use crate::store::{Failure, StoreError, Stored, batch};
 
+/// A claim's journal entry, and the interrupted attempt it follows, if any.
+pub(in crate::store) type Journaled = (i64, Option<Interrupted>);
+
 /// What a claim by name found: the claimed row and its journal entry, or the credential's status
 /// (`None`: no such credential).
-pub(in crate::store) type NameClaim = Result<(ClaimRow, (i64, bool)), Option<String>>;
+pub(in crate::store) type NameClaim = Result<(ClaimRow, Journaled), Option<String>>;
 
 impl Db {
     /// Claims up to `limit` due credentials and journals an attempt for each, in one transaction.
@@ -26,7 +29,8 @@ impl Db {
         sweep_start: UnixTime,
         trigger: Trigger,
         open: &crate::store::Open<'_, ClaimRow>,
-    ) -> Result<Vec<(ClaimRow, (i64, bool))>, StoreError> {
+        skip: &[i64],
+    ) -> Result<Vec<(ClaimRow, Journaled)>, StoreError> {
         let mut w = self.write().await?;
         let rows: Vec<ClaimRow> = sql(self.dialect().claim_due)
             .bind(owner)
@@ -34,6 +38,7 @@ impl Db {
             .bind(now)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(sweep_start)
+            .bind(batch::to_json(skip)?)
             .fetch_all(w.conn())
             .await?;
         let rows: Vec<ClaimRow> = rows.into_iter().map(open).collect();
@@ -50,6 +55,7 @@ impl Db {
         now: UnixTime,
         lease_until: UnixTime,
         open: &crate::store::Open<'_, ClaimRow>,
+        skip: &[i64],
     ) -> Result<NameClaim, StoreError> {
         let mut w = self.write().await?;
         let row: Option<ClaimRow> = sql(self.dialect().claim_by_name)
@@ -57,6 +63,7 @@ impl Db {
             .bind(lease_until)
             .bind(name)
             .bind(now)
+            .bind(batch::to_json(skip)?)
             .fetch_optional(w.conn())
             .await?;
         let Some(row) = row else {
@@ -153,18 +160,31 @@ impl Db {
 
     /// Gives back claims (credential and journal entry ids) that were never attempted, dropping
     /// their journal entries.
+    ///
+    /// Each claim may name the sent attempt it followed (interrupted by this claim): that one is
+    /// made pending again, so that the next claim weighs its request instead of taking the
+    /// refresh token for one never presented — unless this claim's entry was taken over meanwhile.
     pub(in crate::store) async fn release(
         &self,
-        claims: &[(i64, i64)],
+        claims: &[(i64, i64, Option<i64>)],
         owner: &str,
     ) -> Result<(), StoreError> {
         let mut w = self.write().await?;
-        for &(id, attempt_id) in claims {
+        for &(id, attempt_id, followed) in claims {
             release_lease(w.conn(), id, owner).await?;
-            sql("DELETE FROM token_rotation WHERE id = $1 AND outcome = 'pending'")
+            let dropped = sql("DELETE FROM token_rotation WHERE id = $1 AND outcome = 'pending'")
                 .bind(attempt_id)
                 .execute(w.conn())
                 .await?;
+            if let Some(sent) = followed.filter(|_| dropped == 1) {
+                sql(
+                    "UPDATE token_rotation SET outcome = 'pending', finished_at = NULL \
+                     WHERE id = $1 AND outcome = 'interrupted'",
+                )
+                .bind(sent)
+                .execute(w.conn())
+                .await?;
+            }
         }
         w.commit().await?;
         Ok(())
@@ -187,17 +207,21 @@ pub(in crate::store) async fn release_lease(
     Ok(())
 }
 
+/// An interrupted journal entry, as `JOURNAL_INTERRUPT` returns it: its id, its credential's, its
+/// start, when it was sent (if it was), and its holder.
+type InterruptedRow = (i64, i64, i64, Option<i64>, Option<String>);
+
 /// Journals the claimed attempts before their requests, in two statements whatever their number:
 /// what is sent, never the token itself. An earlier attempt still pending belonged to a process
-/// that died (its lease ran out, or this claim could not have happened): it is marked interrupted
-/// first, and the new attempt knows it follows one.
+/// that died or stopped (its lease ran out, or this claim could not have happened): it is marked
+/// interrupted first, and the new attempt knows when it started and whether it was sent.
 async fn journal_starts(
     mut conn: Conn<'_>,
     rows: Vec<ClaimRow>,
     owner: &str,
     now: UnixTime,
     trigger: Trigger,
-) -> Result<Vec<(ClaimRow, (i64, bool))>, StoreError> {
+) -> Result<Vec<(ClaimRow, Journaled)>, StoreError> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -213,14 +237,27 @@ async fn journal_starts(
         .collect();
     let entries = batch::to_json(&entries)?;
     let dialect = conn.dialect();
-    let interrupted: HashSet<i64> = sql(dialect.journal_interrupt)
+    let mut interrupted: HashMap<i64, Interrupted> = HashMap::new();
+    let found: Vec<InterruptedRow> = sql(dialect.journal_interrupt)
         .bind(now)
         .bind(&entries)
-        .fetch_all::<(i64,)>(conn.reborrow())
-        .await?
-        .into_iter()
-        .map(|(id,)| id)
-        .collect();
+        .fetch_all(conn.reborrow())
+        .await?;
+    for (attempt_id, credential, started_at, sent_at, holder) in found {
+        // Normally one per credential; of several, the latest, and sent if any was.
+        let entry = interrupted.entry(credential).or_insert(Interrupted {
+            attempt_id,
+            started_at,
+            sent: false,
+            holder: None,
+        });
+        if started_at >= entry.started_at {
+            entry.attempt_id = attempt_id;
+            entry.started_at = started_at;
+            entry.holder = holder;
+        }
+        entry.sent |= sent_at.is_some();
+    }
     let started: HashMap<i64, i64> = sql(dialect.journal_start)
         .bind(trigger.as_str())
         .bind(owner)
@@ -236,8 +273,8 @@ async fn journal_starts(
             let attempt = *started
                 .get(&row.id)
                 .ok_or(StoreError::Sql(sqlx::Error::RowNotFound))?;
-            let after_interruption = interrupted.contains(&row.id);
-            Ok((row, (attempt, after_interruption)))
+            let after = interrupted.remove(&row.id);
+            Ok((row, (attempt, after)))
         })
         .collect()
 }

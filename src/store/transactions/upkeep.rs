@@ -86,21 +86,24 @@ impl Db {
         Ok(HeldElsewhere { count, until })
     }
 
-    /// Whether an active credential due before `due_before` is claimable at `now` (no lease
-    /// running, no backoff): what a claim would take, row locks of other transactions ignored.
+    /// Whether an active credential due before `due_before`, other than those in `skip`, is
+    /// claimable at `now` (no lease running, no backoff): what a claim would take, row locks of
+    /// other transactions ignored. Reads at most one row more than `skip` holds.
     pub(in crate::store) async fn any_claimable(
         &self,
         now: UnixTime,
         due_before: UnixTime,
+        skip: &[i64],
     ) -> Result<bool, StoreError> {
-        let (n,): (i64,) = sql("SELECT count(*) FROM (SELECT 1 FROM oauth_credential \
+        let ids: Vec<(i64,)> = sql("SELECT id FROM oauth_credential \
                 WHERE status = 'active' AND refresh_due_at < $1 AND next_attempt_at <= $1 \
-                  AND (lease_expires_at IS NULL OR lease_expires_at <= $2) LIMIT 1) AS one")
+                  AND (lease_expires_at IS NULL OR lease_expires_at <= $2) LIMIT $3")
         .bind(due_before)
         .bind(now)
-        .fetch_one(self.read().await?.conn())
+        .bind(i64::try_from(skip.len()).unwrap_or(i64::MAX - 1) + 1)
+        .fetch_all(self.read().await?.conn())
         .await?;
-        Ok(n > 0)
+        Ok(ids.iter().any(|(id,)| !skip.contains(id)))
     }
 
     /// Per stored head (the first 13 characters when they start like a sealed value, else ''),

@@ -42,7 +42,7 @@ pub(super) const CREDENTIAL_COLUMNS: &[(&str, Kind)] = &[
     ("subject", Kind::Text),
 ];
 
-/// Every column of `token_rotation`, as of migration 0010.
+/// Every column of `token_rotation`, as of migration 0008.
 pub(super) const ROTATION_COLUMNS: &[(&str, Kind)] = &[
     ("id", Kind::Int),
     ("credential_id", Kind::Int),
@@ -65,6 +65,7 @@ pub(super) const ROTATION_COLUMNS: &[(&str, Kind)] = &[
     ("new_access_fingerprint", Kind::Text),
     ("expires_in_reported", Kind::Bool),
     ("invite_id", Kind::Int),
+    ("sent_at", Kind::Int),
 ];
 
 /// The two tables copied, in the order they are written.

@@ -111,6 +111,7 @@ fn every_configuration_key_is_in_the_configuration_page() {
         "alerts",
         "encryption",
         "providers.NAME",
+        "[proxy]",
     ] {
         assert!(
             page.contains(&format!(".SS \"[{table}]\"")),

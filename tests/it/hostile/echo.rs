@@ -9,8 +9,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
+use crate::backends::journal_text;
 use crate::fake_endpoint::{FakeEndpoint, Reply};
-use crate::harness::{Home, Run, assert_no_secrets, journal_text};
+use crate::harness::{Home, Run, assert_no_secrets};
 use crate::oauth_server::clients;
 
 /// A client secret whose encoded forms differ from it (`+`, `/`, space, `&`, `=`).

@@ -1,6 +1,5 @@
 -- Invitations (`tokenwarden invite`): one-time links with which an owner authorizes their own
--- credential in a browser. Numbered 0010, apart from 0007-0009, which other work in progress
--- may take.
+-- credential in a browser.
 --
 -- The link's secret is never stored: only its SHA-256 (hex). A link is spent at most once: the
 -- transaction that stores the tokens it obtained sets `spent_at` where it is still NULL, and only
@@ -8,7 +7,7 @@
 -- authorizations made through one. SQLite cannot alter a CHECK constraint, so token_rotation is
 -- rebuilt (https://sqlite.org/lang_altertable.html#otheralter), every column of 0001-0006 copied
 -- by name; the view that reads it is recreated as it was. A later migration that adds a column to
--- token_rotation must come after this one.
+-- token_rotation must come after this one (0008 does).
 
 CREATE TABLE enroll_invite (
     id          INTEGER PRIMARY KEY,

@@ -1,0 +1,255 @@
+//! What a forwarded request and its answer carry: the upstream URL for a request target, the
+//! headers sent upstream (hop-by-hop dropped per RFC 9110 §7.6.1, the client's Authorization and
+//! Host replaced) and the headers passed back. Pure.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1, plus the `Proxy-*` and `Keep-Alive` fields of older
+/// practice): meaningful for one connection only, never forwarded either way.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Why a request target cannot be forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("the request target must be a path starting with /")]
+    NotOriginForm,
+    #[error("the request path leaves the route's upstream base path")]
+    OutsideBase,
+}
+
+/// `base` (an upstream base URL, its path a prefix) joined with a request's `path_and_query`
+/// (origin form, `/v1.0/sites/root?x=1`). Dot segments that would climb out of the base path
+/// are refused, whatever their spelling.
+pub fn target(base: &url::Url, path_and_query: &str) -> Result<url::Url, TargetError> {
+    if !path_and_query.starts_with('/') {
+        return Err(TargetError::NotOriginForm);
+    }
+    let prefix = base.path().trim_end_matches('/');
+    let mut joined = base.clone();
+    joined.set_query(None);
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    joined.set_path(&format!("{prefix}{path}"));
+    joined.set_query(query);
+    let stays = joined.path() == prefix
+        || joined.path().starts_with(&format!("{prefix}/"))
+        || (prefix.is_empty() && joined.path().starts_with('/'));
+    if !stays || has_dot_segment(path) {
+        return Err(TargetError::OutsideBase);
+    }
+    Ok(joined)
+}
+
+/// Whether a path has a `.` or `..` segment, percent-encoded or not.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let lower = segment.to_ascii_lowercase().replace("%2e", ".");
+        lower == "." || lower == ".."
+    })
+}
+
+/// Whether the request asks to switch protocols (WebSocket and the like), which is not proxied.
+#[must_use]
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) || connection_tokens(headers).any(|t| t == "upgrade")
+}
+
+/// The field names listed in `Connection` (lower case): hop-by-hop for this message.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+}
+
+/// `headers` without the hop-by-hop fields and those `Connection` names.
+fn end_to_end(headers: &HeaderMap) -> HeaderMap {
+    let named: Vec<String> = connection_tokens(headers).collect();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if HOP_BY_HOP.contains(name) || named.iter().any(|n| n == name.as_str()) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// What `X-Forwarded-*` says, when a route is configured to add it.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// The client's address (`X-Forwarded-For`); none for a unix socket peer.
+    pub client: Option<std::net::IpAddr>,
+    /// The Host the client asked for (`X-Forwarded-Host`).
+    pub host: Option<HeaderValue>,
+}
+
+/// The headers sent upstream: the client's end-to-end fields without its `Authorization` and
+/// `Host` (the client sets Host from the upstream URL), with `authorization` set, and
+/// `X-Forwarded-For/-Proto/-Host` only when `forwarded` is given.
+#[must_use]
+pub fn request_headers(
+    client: &HeaderMap,
+    authorization: HeaderValue,
+    forwarded: Option<&Forwarded>,
+) -> HeaderMap {
+    let mut out = end_to_end(client);
+    out.remove(header::AUTHORIZATION);
+    out.remove(header::HOST);
+    let mut authorization = authorization;
+    authorization.set_sensitive(true);
+    out.insert(header::AUTHORIZATION, authorization);
+    if let Some(forwarded) = forwarded {
+        if let Some(ip) = forwarded.client {
+            let value = match client.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(earlier) => format!("{earlier}, {ip}"),
+                None => ip.to_string(),
+            };
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                out.insert("x-forwarded-for", value);
+            }
+        }
+        out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if let Some(host) = &forwarded.host {
+            out.insert("x-forwarded-host", host.clone());
+        }
+    }
+    out
+}
+
+/// The headers passed back to the client: the upstream's end-to-end fields.
+#[must_use]
+pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
+    end_to_end(upstream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> url::Url {
+        url::Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn targets_join_the_base_path() {
+        let graph = url("https://graph.microsoft.com");
+        assert_eq!(
+            target(&graph, "/v1.0/sites/root?$select=id")
+                .unwrap()
+                .as_str(),
+            "https://graph.microsoft.com/v1.0/sites/root?$select=id"
+        );
+        let api = url("https://example.com/api/");
+        assert_eq!(
+            target(&api, "/v2/x").unwrap().as_str(),
+            "https://example.com/api/v2/x"
+        );
+        assert_eq!(
+            target(&url("http://127.0.0.1:9/base"), "/")
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:9/base/"
+        );
+    }
+
+    #[test]
+    fn targets_never_leave_the_base() {
+        let api = url("https://example.com/api");
+        for bad in ["/../admin", "/x/%2e%2E/../y", "/./x", "/a/%2e/b"] {
+            assert_eq!(target(&api, bad), Err(TargetError::OutsideBase), "{bad}");
+        }
+        for bad in ["http://evil.example/", "*", "", "evil.example:443"] {
+            assert_eq!(target(&api, bad), Err(TargetError::NotOriginForm), "{bad}");
+        }
+        // A host in the path stays a path.
+        assert_eq!(
+            target(&api, "//evil.example/x").unwrap().host_str(),
+            Some("example.com")
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_and_the_clients_authorization_are_dropped() {
+        let mut client = HeaderMap::new();
+        client.insert(header::AUTHORIZATION, "Bearer client-own".parse().unwrap());
+        client.insert(header::HOST, "127.0.0.1:8081".parse().unwrap());
+        client.insert(
+            header::CONNECTION,
+            "keep-alive, X-Secret-Hop".parse().unwrap(),
+        );
+        client.insert("x-secret-hop", "1".parse().unwrap());
+        client.insert(header::TE, "trailers".parse().unwrap());
+        client.insert("proxy-authorization", "Basic x".parse().unwrap());
+        client.insert(header::ACCEPT, "application/json".parse().unwrap());
+        client.append("x-multi", "a".parse().unwrap());
+        client.append("x-multi", "b".parse().unwrap());
+        let out = request_headers(&client, "Bearer ours".parse().unwrap(), None);
+        assert_eq!(out[header::AUTHORIZATION], "Bearer ours");
+        assert!(out[header::AUTHORIZATION].is_sensitive());
+        for gone in [
+            "host",
+            "connection",
+            "x-secret-hop",
+            "te",
+            "proxy-authorization",
+        ] {
+            assert!(!out.contains_key(gone), "{gone}");
+        }
+        assert_eq!(out[header::ACCEPT], "application/json");
+        assert_eq!(out.get_all("x-multi").iter().count(), 2);
+        assert!(!out.keys().any(|k| k.as_str().starts_with("x-forwarded")));
+    }
+
+    #[test]
+    fn x_forwarded_only_when_configured() {
+        let mut client = HeaderMap::new();
+        client.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        let forwarded = Forwarded {
+            client: Some("127.0.0.1".parse().unwrap()),
+            host: Some("localhost:8081".parse().unwrap()),
+        };
+        let out = request_headers(&client, "Bearer t".parse().unwrap(), Some(&forwarded));
+        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(out["x-forwarded-proto"], "http");
+        assert_eq!(out["x-forwarded-host"], "localhost:8081");
+    }
+
+    #[test]
+    fn upgrades_are_recognized() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_upgrade(&h));
+        h.insert(header::CONNECTION, "Upgrade".parse().unwrap());
+        assert!(wants_upgrade(&h));
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(wants_upgrade(&h));
+    }
+
+    #[test]
+    fn answers_lose_their_hop_by_hop_fields() {
+        let mut up = HeaderMap::new();
+        up.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        up.insert(header::LOCATION, "https://elsewhere/".parse().unwrap());
+        up.insert("keep-alive", "timeout=5".parse().unwrap());
+        let out = response_headers(&up);
+        assert!(!out.contains_key(header::TRANSFER_ENCODING));
+        assert!(!out.contains_key("keep-alive"));
+        assert_eq!(out[header::LOCATION], "https://elsewhere/");
+    }
+}

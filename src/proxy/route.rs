@@ -1,0 +1,427 @@
+//! One route's requests: who may use it (unix peers), which credential, its header, the request
+//! sent upstream (body kept when small enough to send again, streamed otherwise), one renewal and
+//! one retry after a 401, and the answer streamed back — or the proxy's own short JSON error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+
+use super::credential::{AfterRejection, Credentials, Current, Unavailable};
+use super::forward::{self, Forwarded};
+use super::stats::ProxyStats;
+use super::tally::{self, Exchange, ProxyBody};
+use crate::config::{ProxyCredential, ProxyUpstream};
+use crate::listener::{Peer, StreamHandler};
+
+/// The header on a 401 passed through without a retry, saying why.
+pub const RETRY_HEADER: &str = "tokenwarden-retry";
+
+/// A route, ready to serve; cheap to clone.
+#[derive(Clone)]
+pub struct Route {
+    inner: Arc<Inner>,
+}
+
+/// What a route is told at start.
+pub struct RouteParts {
+    pub name: String,
+    pub which: ProxyCredential,
+    pub upstream: ProxyUpstream,
+    pub allow_insecure_http: bool,
+    pub x_forwarded: bool,
+    pub retry_body_max: usize,
+    pub body_timeout: Duration,
+    pub client: reqwest::Client,
+    pub credentials: Credentials,
+    pub stats: ProxyStats,
+    /// Who may use a unix route's named credential: the token API's `[[access]]` rules.
+    pub rules: crate::api::access::Rules,
+}
+
+struct Inner {
+    name: Arc<str>,
+    parts: RouteParts,
+}
+
+/// Why the proxy answers by itself.
+#[derive(Debug)]
+enum Problem {
+    BadRequest(String),
+    Forbidden,
+    NoCredential(String),
+    Upgrade,
+    Unavailable(Unavailable),
+    BodyTimeout,
+    Upstream(crate::http::HttpError),
+    NoInstanceUrl(String),
+}
+
+impl Problem {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NoCredential(_) => StatusCode::NOT_FOUND,
+            Self::Upgrade => StatusCode::NOT_IMPLEMENTED,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Upstream(crate::http::HttpError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(_) | Self::NoInstanceUrl(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Forbidden => "forbidden",
+            Self::NoCredential(_) => "no_credential",
+            Self::Upgrade => "upgrade_not_supported",
+            Self::Unavailable(_) => "credential_unavailable",
+            Self::BodyTimeout => "request_body_timeout",
+            Self::Upstream(crate::http::HttpError::Timeout) => "upstream_timeout",
+            Self::Upstream(_) => "upstream_unreachable",
+            Self::NoInstanceUrl(_) => "no_instance_url",
+        }
+    }
+
+    /// One line; never a token or a header value.
+    fn reason(&self) -> String {
+        match self {
+            Self::BadRequest(why) | Self::NoCredential(why) => why.clone(),
+            Self::Forbidden => "this route is not open to your user".to_owned(),
+            Self::Upgrade => {
+                "protocol upgrades (WebSocket) and CONNECT are not proxied by tokenwarden"
+                    .to_owned()
+            }
+            Self::Unavailable(why) => why.to_string(),
+            Self::BodyTimeout => "the request body was not received in time".to_owned(),
+            Self::Upstream(e) => format!("upstream: {e}"),
+            Self::NoInstanceUrl(name) => format!(
+                "credential {name} has no instance_url to forward to (upstream = \"instance_url\")"
+            ),
+        }
+    }
+
+    fn note(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "no token to send: renewal failed or not possible",
+            Self::Upstream(_) | Self::NoInstanceUrl(_) => "upstream failed",
+            _ => "refused",
+        }
+    }
+}
+
+/// `{"error":…,"route":…,"reason":…}` on one line.
+fn json_error(route: &str, problem: &Problem) -> String {
+    let reason = crate::untrusted::Escaped(&problem.reason()).to_string();
+    serde_json::json!({"error": problem.code(), "route": route, "reason": reason}).to_string()
+}
+
+/// The request body as sent upstream: kept (and sendable again) or streamed.
+enum Outgoing {
+    Kept(Bytes),
+    Streamed(Option<Incoming>),
+}
+
+impl Outgoing {
+    fn take(&mut self) -> reqwest::Body {
+        match self {
+            Self::Kept(bytes) => reqwest::Body::from(bytes.clone()),
+            Self::Streamed(body) => body
+                .take()
+                .map_or_else(|| reqwest::Body::from(Bytes::new()), reqwest::Body::wrap),
+        }
+    }
+}
+
+impl Route {
+    #[must_use]
+    pub fn new(parts: RouteParts) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                name: Arc::from(parts.name.as_str()),
+                parts,
+            }),
+        }
+    }
+
+    fn exchange(&self, method: Method, path: String, started: Instant) -> Exchange {
+        Exchange {
+            route: self.inner.name.clone(),
+            method,
+            path,
+            started,
+            status: 0,
+            renewed: false,
+            retried: false,
+            note: None,
+            stats: self.inner.parts.stats.clone(),
+        }
+    }
+
+    /// The credential for `peer`: the route's (a unix peer needs a grant of the `[[access]]`
+    /// rules: root, the service user, or a block naming it), or (by provider) the one the peer's
+    /// user owns. Each decision on a unix socket is logged at debug with the peer's uid and pid.
+    async fn credential(&self, peer: Peer) -> Result<String, Problem> {
+        let parts = &self.inner.parts;
+        let route = &*self.inner.name;
+        let (uid, gid, pid) = match peer {
+            Peer::Tcp(_) => {
+                return match &parts.which {
+                    ProxyCredential::Named(name) => Ok(name.clone()),
+                    ProxyCredential::OwnedAt(_) => Err(Problem::Forbidden),
+                };
+            }
+            Peer::Unix { uid, gid, pid } => (uid, gid, pid),
+        };
+        let who = crate::api::users::identify(uid, gid);
+        match &parts.which {
+            ProxyCredential::Named(name) => {
+                if let Some(grant) = parts.rules.grant(&who, name) {
+                    tracing::debug!(route, uid, pid, credential = %name, %grant, "proxy: allowed");
+                    Ok(name.clone())
+                } else {
+                    tracing::debug!(route, uid, pid, credential = %name, "proxy: refused");
+                    Err(Problem::Forbidden)
+                }
+            }
+            ProxyCredential::OwnedAt(provider) => {
+                let Some(user) = who.name else {
+                    tracing::debug!(route, uid, pid, "proxy: refused, the uid has no user name");
+                    return Err(Problem::Forbidden);
+                };
+                let which = crate::deliver::Which::Owner {
+                    provider: provider.clone(),
+                    owner: user,
+                };
+                let name = crate::deliver::resolve(parts.credentials.store(), &which)
+                    .await
+                    .map_err(|e| match e {
+                        crate::deliver::DeliverError::Store(_) => Problem::Unavailable(
+                            Unavailable::Store(format!("of the peer at {provider}")),
+                        ),
+                        other => Problem::NoCredential(other.to_string()),
+                    })?;
+                tracing::debug!(route, uid, pid, credential = %name, "proxy: allowed, owner");
+                Ok(name)
+            }
+        }
+    }
+
+    /// The upstream base for `current`'s credential.
+    fn base(&self, name: &str, current: &Current) -> Result<url::Url, Problem> {
+        let parts = &self.inner.parts;
+        match &parts.upstream {
+            ProxyUpstream::Url(url) => Ok(url.clone()),
+            ProxyUpstream::InstanceUrl => {
+                let text = current
+                    .instance_url
+                    .as_deref()
+                    .ok_or_else(|| Problem::NoInstanceUrl(name.to_owned()))?;
+                crate::config::check_endpoint("instance_url", text, parts.allow_insecure_http)
+                    .map_err(|_| Problem::NoInstanceUrl(name.to_owned()))?;
+                url::Url::parse(text).map_err(|_| Problem::NoInstanceUrl(name.to_owned()))
+            }
+        }
+    }
+
+    /// The body kept when its declared length is small enough, streamed otherwise.
+    async fn outgoing(
+        &self,
+        headers: &http::HeaderMap,
+        body: Incoming,
+    ) -> Result<Outgoing, Problem> {
+        let parts = &self.inner.parts;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+        let small = declared.is_none_or(|n| n <= parts.retry_body_max as u64);
+        if chunked || !small {
+            return Ok(Outgoing::Streamed(Some(body)));
+        }
+        let read = Limited::new(body, parts.retry_body_max).collect();
+        match tokio::time::timeout(parts.body_timeout, read).await {
+            Err(_) => Err(Problem::BodyTimeout),
+            Ok(Err(_)) => Err(Problem::BadRequest(
+                "the request body could not be read".to_owned(),
+            )),
+            Ok(Ok(collected)) => Ok(Outgoing::Kept(collected.to_bytes())),
+        }
+    }
+
+    async fn send(
+        &self,
+        parts: &http::request::Parts,
+        url: &url::Url,
+        authorization: &HeaderValue,
+        forwarded: Option<&Forwarded>,
+        body: reqwest::Body,
+    ) -> Result<reqwest::Response, Problem> {
+        let route = &self.inner.parts;
+        let headers = forward::request_headers(&parts.headers, authorization.clone(), forwarded);
+        let sent = Instant::now();
+        let answer = route
+            .client
+            .request(parts.method.clone(), url.clone())
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Problem::Upstream(crate::http::HttpError::from(e)))?;
+        route
+            .stats
+            .upstream_latency(&self.inner.name, sent.elapsed().as_secs_f64());
+        Ok(answer)
+    }
+
+    async fn forward(
+        &self,
+        peer: Peer,
+        request: Request<Incoming>,
+        exchange: &mut Exchange,
+    ) -> Result<Response<reqwest::Body>, Problem> {
+        if request.method() == Method::CONNECT || forward::wants_upgrade(request.headers()) {
+            return Err(Problem::Upgrade);
+        }
+        let name = self.credential(peer).await?;
+        let route = &self.inner.parts;
+        let current = route
+            .credentials
+            .current(&name)
+            .await
+            .map_err(Problem::Unavailable)?;
+        let base = self.base(&name, &current)?;
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str)
+            .to_owned();
+        let url =
+            forward::target(&base, &target).map_err(|e| Problem::BadRequest(e.to_string()))?;
+        let (parts, body) = request.into_parts();
+        let forwarded = route.x_forwarded.then(|| Forwarded {
+            client: match peer {
+                Peer::Tcp(address) => Some(address.ip()),
+                Peer::Unix { .. } => None,
+            },
+            host: parts.headers.get(header::HOST).cloned(),
+        });
+        let mut outgoing = self.outgoing(&parts.headers, body).await?;
+        let mut answer = self
+            .send(
+                &parts,
+                &url,
+                &current.authorization,
+                forwarded.as_ref(),
+                outgoing.take(),
+            )
+            .await?;
+        let mut not_retried = None;
+        if answer.status() == StatusCode::UNAUTHORIZED {
+            match &outgoing {
+                Outgoing::Streamed(_) => {
+                    route.stats.rejected_after_renewal(&self.inner.name);
+                    not_retried = Some("not retried: the request body was streamed");
+                }
+                Outgoing::Kept(_) => {
+                    match route
+                        .credentials
+                        .after_rejection(&name, &current)
+                        .await
+                        .map_err(Problem::Unavailable)?
+                    {
+                        AfterRejection::Renewed {
+                            current: renewed,
+                            shared,
+                        } => {
+                            if !shared {
+                                route.stats.renewed_after_401(&self.inner.name);
+                                exchange.renewed = true;
+                            }
+                            let base = self.base(&name, &renewed)?;
+                            let url = forward::target(&base, &target)
+                                .map_err(|e| Problem::BadRequest(e.to_string()))?;
+                            drop(answer);
+                            route.stats.retried(&self.inner.name);
+                            exchange.retried = true;
+                            answer = self
+                                .send(
+                                    &parts,
+                                    &url,
+                                    &renewed.authorization,
+                                    forwarded.as_ref(),
+                                    outgoing.take(),
+                                )
+                                .await?;
+                            if answer.status() == StatusCode::UNAUTHORIZED {
+                                route.stats.rejected_after_renewal(&self.inner.name);
+                                not_retried = Some("not retried again: rejected after a renewal");
+                            }
+                        }
+                        AfterRejection::RecentlyRenewed => {
+                            route.stats.rejected_after_renewal(&self.inner.name);
+                            not_retried = Some("not retried: the token was renewed moments ago");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(passed_back(answer, not_retried, exchange))
+    }
+}
+
+/// The upstream's answer as the client gets it: its status, its end-to-end headers (and why a
+/// 401 was not retried), its body streamed.
+fn passed_back(
+    answer: reqwest::Response,
+    not_retried: Option<&'static str>,
+    exchange: &mut Exchange,
+) -> Response<reqwest::Body> {
+    exchange.status = answer.status().as_u16();
+    exchange.note = not_retried.map(|_| "401 passed through");
+    let answer: http::Response<reqwest::Body> = answer.into();
+    let (head, body) = answer.into_parts();
+    let mut response = Response::new(body);
+    *response.status_mut() = head.status;
+    *response.headers_mut() = forward::response_headers(&head.headers);
+    if let Some(why) = not_retried {
+        response
+            .headers_mut()
+            .insert(RETRY_HEADER, HeaderValue::from_static(why));
+    }
+    response
+}
+
+impl StreamHandler for Route {
+    type Body = ProxyBody;
+
+    async fn handle(&self, peer: Peer, request: Request<Incoming>) -> Response<ProxyBody> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let mut exchange = self.exchange(method, path, Instant::now());
+        match self.forward(peer, request, &mut exchange).await {
+            Ok(response) => response.map(|body| tally::counted(body, exchange)),
+            Err(problem) => {
+                let status = problem.status();
+                exchange.status = status.as_u16();
+                exchange.note = Some(problem.note());
+                let body = json_error(&self.inner.name, &problem) + "\n";
+                let mut response =
+                    Response::new(tally::counted(Full::new(Bytes::from(body)), exchange));
+                *response.status_mut() = status;
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+        }
+    }
+}
