@@ -17,11 +17,15 @@
 //! 7. the token API (`api.rs`): tokens per second and p50/p99 latency over the daemon's unix
 //!    socket with 1, 8 and 64 clients, beside `tokenwarden token` and `sqlite3` as a process per
 //!    call.
+//! 8. the proxy route (`proxy.rs`): requests per second and p50/p99 latency of small GETs at 1, 16
+//!    and 64 keep-alive clients through a `[[proxy]]` route, through nginx and direct; only with
+//!    `--only proxy` (not part of the default run or `--smoke`).
 //!
 //! Usage: tokenwarden-bench --bin PATH --repo DIR [--smoke] [--out FILE] [--work DIR] [--skip-oidc]
-//!            [--only sweep,throughput,oidc,footprint,sealed,side,postgres,api]
+//!            [--only sweep,throughput,oidc,footprint,sealed,side,postgres,api,proxy]
 //!        tokenwarden-bench baseline ... (the bare baseline; see baseline.rs)
 //!        tokenwarden-bench api-client SOCKET CLIENTS SECONDS (section 7's clients; see api.rs)
+//!        tokenwarden-bench proxy-client ADDR CLIENTS SECONDS (section 8's clients; see proxy.rs)
 //!        tokenwarden-bench serve [SECONDS] (the instant endpoint alone, for profiling by hand)
 
 mod api;
@@ -32,6 +36,7 @@ mod oidc;
 mod pgserver;
 mod postgres;
 mod proc;
+mod proxy;
 mod report;
 mod side;
 
@@ -128,6 +133,9 @@ fn main() {
     }
     if args.first().map(String::as_str) == Some("api-client") {
         std::process::exit(api::client_main(&args[1..]));
+    }
+    if args.first().map(String::as_str) == Some("proxy-client") {
+        std::process::exit(proxy::client_main(&args[1..]));
     }
     if args.first().map(String::as_str) == Some("serve") {
         std::process::exit(serve(&args[1..]));
@@ -302,6 +310,7 @@ fn drive(o: Opts) -> Result<(), Error> {
         side: None,
         postgres: None,
         api: None,
+        proxy: None,
         total: Duration::ZERO,
     };
 
@@ -473,6 +482,11 @@ fn drive(o: Opts) -> Result<(), Error> {
     // 7. The token API over its socket, beside a process per call.
     if b.o.runs("api") {
         results.api = Some(b.api()?);
+    }
+
+    // 8. The proxy route beside nginx and direct: only when named (`--only proxy`).
+    if b.o.only.iter().any(|s| s == "proxy") {
+        results.proxy = b.proxy()?;
     }
 
     results.total = started.elapsed();

@@ -176,6 +176,8 @@ pub struct Results {
     pub postgres: Option<crate::postgres::Pg>,
     /// Section 7, the token API beside a process per call (`api.rs`).
     pub api: Option<crate::api::ApiBench>,
+    /// Section 8, the proxy route beside nginx and direct (`proxy.rs`).
+    pub proxy: Option<crate::proxy::ProxyBench>,
     pub total: Duration,
 }
 
@@ -370,7 +372,8 @@ fn targets(r: &Results) -> Vec<Target> {
     let side = r.side.iter().flat_map(crate::side::targets);
     let pg = r.postgres.iter().flat_map(crate::postgres::targets);
     let api = r.api.iter().flat_map(crate::api::targets);
-    for (what, measured, pass) in side.chain(pg).chain(api) {
+    let proxy = r.proxy.iter().flat_map(crate::proxy::targets);
+    for (what, measured, pass) in side.chain(pg).chain(api).chain(proxy) {
         t.push(Target {
             what,
             measured,
@@ -553,6 +556,9 @@ pub fn render(r: &Results) -> String {
     }
     if let Some(api) = &r.api {
         s.push_str(&crate::api::render(api));
+    }
+    if let Some(proxy) = &r.proxy {
+        s.push_str(&crate::proxy::render(proxy));
     }
 
     if !p.smoke {
