@@ -313,26 +313,13 @@ pub struct BindError {
     pub reason: String,
 }
 
-/// Binds the API socket at `path`: a stale socket left there is replaced (anything else is
-/// not), and the socket is made 0666 so that the access rules, not the file mode, decide. The
-/// directory is the operator's (systemd's `RuntimeDirectory=`).
+/// Binds the API socket at `path` (`listener::bind_unix`: a stale socket is replaced, one in
+/// use refused, 0666 so that the access rules, not the file mode, decide).
 pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, BindError> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let fail = |reason: String| BindError {
+    crate::listener::bind_unix(path).map_err(|e| BindError {
         path: path.to_owned(),
-        reason,
-    };
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(|e| fail(format!("cannot replace it: {e}")))?;
-        }
-        Ok(_) => return Err(fail("exists and is not a socket".to_owned())),
-        Err(_) => {}
-    }
-    let listener = tokio::net::UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
-        .map_err(|e| fail(e.to_string()))?;
-    Ok(listener)
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -39,6 +39,32 @@ const DESCRIPTOR_SHARE: u64 = 4;
 /// for 128: a crowd past that waits on SYN retries, seconds each).
 pub const BACKLOG: u32 = 1024;
 
+/// Binds a unix socket at `path`: a socket left there by an earlier run is replaced (one that
+/// answers is in use, and refused; anything else at the path is refused); it is made 0666, so that
+/// whoever serves it decides per request from the peer's credentials, not the file mode. The
+/// directory is the operator's (systemd's `RuntimeDirectory=`).
+pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process serves this socket",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
 /// Binds a TCP listener on the first of `address`'s addresses that binds, with [`BACKLOG`].
 pub async fn bind_tcp(address: impl tokio::net::ToSocketAddrs) -> io::Result<TcpListener> {
     let mut last = None;

@@ -8,8 +8,6 @@
 //! (`api::access`, `api::users`). Imports `api`, `config`, `deliver`, `domain`, `http`,
 //! `listener`, `renew`, `store` and `sweep`.
 
-use std::path::Path;
-
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, ProxyListen, ProxySettings, Settings};
@@ -90,7 +88,7 @@ async fn bind_one(
         ProxyListen::Tcp(address) => {
             Socket::Tcp(listener::bind_tcp(address).await.map_err(listen_error)?)
         }
-        ProxyListen::Unix(path) => Socket::Unix(bind_unix(&path).map_err(listen_error)?),
+        ProxyListen::Unix(path) => Socket::Unix(listener::bind_unix(&path).map_err(listen_error)?),
     };
     let client_error = |e: crate::http::HttpError| ProxyError::Client {
         route: name.clone(),
@@ -145,30 +143,6 @@ async fn bind_one(
         limits,
         route,
     })
-}
-
-/// A unix socket at `path`: a socket left there by an earlier run is replaced (one that answers
-/// is in use, and refused); its mode lets anyone connect, the route decides per request.
-fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "the path exists and is not a socket",
-            ));
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "another process serves this socket",
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-    Ok(listener)
 }
 
 /// Serves every bound route until `shutdown`; returns when all have stopped.

@@ -88,7 +88,7 @@ pub async fn proxy_checks(
 async fn listen_check(key: &str, route: &ProxySettings) -> Check {
     match route.listen(key) {
         Err(e) => check(Verdict::Fail, "listen", e.to_string()),
-        Ok(ProxyListen::Tcp(address)) => match tokio::net::TcpListener::bind(address).await {
+        Ok(ProxyListen::Tcp(address)) => match crate::listener::bind_tcp(address).await {
             Ok(_) => check(Verdict::Ok, "listen", format!("{address} is free")),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => check(
                 Verdict::Warn,

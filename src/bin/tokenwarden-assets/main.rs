@@ -21,10 +21,15 @@ const EXAMPLE: &str = include_str!("../../../config/tokenwarden.example.toml");
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
+    // One argument, a directory: an option (`--help`) is not taken for one.
     let (Some(dir), None) = (args.next(), args.next()) else {
         eprintln!("usage: tokenwarden-assets DIR (writes DIR/man and DIR/completions)");
         return ExitCode::from(2);
     };
+    if dir.to_string_lossy().starts_with('-') {
+        eprintln!("usage: tokenwarden-assets DIR (writes DIR/man and DIR/completions)");
+        return ExitCode::from(2);
+    }
     match write_all(Path::new(&dir)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
