@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::exit::{self, CommandError, Failure};
+use super::exit::{self, Failure};
 use super::{RenewArgs, Which};
 use crate::api::client::{self, Answer};
 use crate::domain::Secret;
@@ -48,15 +48,7 @@ pub(super) async fn exec(
     clean: bool,
     command: &[String],
 ) -> Result<u8, Failure> {
-    if !crate::exec::is_variable_name(var) {
-        return Err(CommandError::Input(format!(
-            "--env {var:?} is not an environment variable name (letters, digits and _)"
-        ))
-        .into());
-    }
-    let Some((program, command_args)) = command.split_first() else {
-        return Err(CommandError::Input("no command given after --".to_owned()).into());
-    };
+    let (program, command_args) = super::token::command_line(var, command)?;
     let answer = fetch(socket, which, args).await?;
     let instance_url = answer.instance_url.clone().map(Secret::new);
     let mut set = vec![(var, &answer.token)];

@@ -94,6 +94,22 @@ pub(super) async fn token(
     Ok(exit::OK)
 }
 
+/// `exec`'s `--env VAR` and `-- COMMAND ARGS…`, checked before any token is asked for: the
+/// program and its arguments.
+pub(super) fn command_line<'a>(
+    var: &str,
+    command: &'a [String],
+) -> Result<(&'a String, &'a [String]), CommandError> {
+    if !crate::exec::is_variable_name(var) {
+        return Err(CommandError::Input(format!(
+            "--env {var:?} is not an environment variable name (letters, digits and _)"
+        )));
+    }
+    command
+        .split_first()
+        .ok_or_else(|| CommandError::Input("no command given after --".to_owned()))
+}
+
 pub(super) async fn exec(
     ctx: &Ctx,
     which: &Which,
@@ -102,15 +118,7 @@ pub(super) async fn exec(
     clean: bool,
     command: &[String],
 ) -> Result<u8, Failure> {
-    if !crate::exec::is_variable_name(var) {
-        return Err(CommandError::Input(format!(
-            "--env {var:?} is not an environment variable name (letters, digits and _)"
-        ))
-        .into());
-    }
-    let Some((program, command_args)) = command.split_first() else {
-        return Err(CommandError::Input("no command given after --".to_owned()).into());
-    };
+    let (program, command_args) = command_line(var, command)?;
     let delivered = fresh_token(ctx, which, args).await?;
     let instance_url = delivered.state.instance_url.clone().map(Secret::new);
     let mut set = vec![(var, &delivered.token)];

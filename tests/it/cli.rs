@@ -532,3 +532,23 @@ async fn empty_journal_and_nothing_to_check_say_so() {
         "{empty:?}"
     );
 }
+
+#[tokio::test]
+async fn exec_checks_its_variable_name_before_asking_for_a_token() {
+    let home = Home::with_token_url(NOWHERE, "");
+    home.add("known", "basic", "rt-known-0123456789").await;
+    // Locally, and over a token API socket that does not exist: the name is refused first
+    // (exit 2), before the database or the socket is touched.
+    for socket in [None, Some("/nonexistent/tokenwarden-api.sock")] {
+        let mut args = vec!["exec", "known", "--env", "1BAD"];
+        if let Some(socket) = socket {
+            args.extend(["--socket", socket]);
+        }
+        args.extend(["--", "true"]);
+        assert_one_line_error(
+            &home.run(&args, "").await,
+            2,
+            "--env \"1BAD\" is not an environment variable name",
+        );
+    }
+}
