@@ -384,3 +384,112 @@ async fn a_needs_reauthorization_alert_carries_a_fresh_link(backend: Backend) {
     assert!(!status.all().contains(&secret));
 }
 on_both_backends!(a_needs_reauthorization_alert_carries_a_fresh_link);
+
+/// SQLite only (PostgreSQL alters the CHECK in place): a database as migrations 0001-0006 left
+/// it, with a journal row whose every column is set, is upgraded by the binary on open. 0007
+/// rebuilds `token_rotation` to widen its trigger CHECK and 0008 adds `sent_at`: every old
+/// column keeps its value, the new ones are NULL, `rotation_log` reads it, the credential's
+/// tokens are untouched, and the widened CHECK takes `invite`.
+#[tokio::test]
+async fn the_journal_rebuild_keeps_every_column_of_an_old_database() {
+    use sqlx::migrate::Migrator;
+    // Every column 0001-0006 gave token_rotation, as one literal for the static SQL below.
+    macro_rules! columns {
+        () => {
+            "id, credential_id, credential_name, provider, trigger, lease_owner, \
+        started_at, finished_at, duration_ms, outcome, http_status, error_code, error_description, \
+        old_expires_at, new_expires_at, refresh_token_rotated, old_refresh_fingerprint, \
+        new_refresh_fingerprint, new_access_fingerprint, expires_in_reported"
+        };
+    }
+    let server = OauthServer::start().await;
+    let home = crate::harness::Home::new(&server, "");
+    let old = tempfile::tempdir().unwrap();
+    for file in
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")).unwrap()
+    {
+        let file = file.unwrap();
+        let name = file.file_name().into_string().unwrap();
+        if name.as_str() < "0007" {
+            std::fs::copy(file.path(), old.path().join(&name)).unwrap();
+        }
+    }
+    std::fs::File::create(&home.db).unwrap();
+    let db = home.db().await;
+    Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO oauth_credential (name, provider, refresh_token, access_token, \
+            access_token_expires_at, refresh_due_at, status) VALUES \
+         ('a', 'basic', 'rt-a-canary', 'at-a-canary', 4000000000, 3999999000, 'active')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query(concat!(
+        "INSERT INTO token_rotation (",
+        columns!(),
+        ") VALUES (7, 1, 'a', 'basic', 'manual', 'host pid 1', \
+         100, 101, 1000, 'refreshed', 200, 'e', 'why', 50, 4000000000, 1, 'fp-old', 'fp-new', \
+         'fp-at', 3600)"
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
+    let select = concat!(
+        "SELECT json_array(",
+        columns!(),
+        ") FROM token_rotation ORDER BY id"
+    );
+    // Every column of every row as one JSON array (tuples stop at 16 columns).
+    let before: Vec<(String,)> = sqlx::query_as(select).fetch_all(&db).await.unwrap();
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert!(
+        before[0].0.contains("fp-at") && before[0].0.contains("3600"),
+        "{before:?}"
+    );
+    db.close().await;
+
+    // The binary migrates it on open.
+    let status = home.run(&["status"], "").await;
+    assert_eq!(status.code, Some(0), "{status:?}");
+    let db = home.db().await;
+    let after: Vec<(String,)> = sqlx::query_as(select).fetch_all(&db).await.unwrap();
+    assert_eq!(after, before);
+    let (sent_at, invite_id): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT sent_at, invite_id FROM token_rotation WHERE id = 7")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!((sent_at, invite_id), (None, None));
+    let log = home.run(&["log", "a"], "").await;
+    assert_eq!(log.code, Some(0), "{log:?}");
+    assert!(log.stdout.contains("refreshed"), "{log:?}");
+    let (outcome,): (String,) = sqlx::query_as("SELECT outcome FROM rotation_log WHERE id = 7")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(outcome, "refreshed");
+    let token = home.run(&["token", "a"], "").await;
+    assert_eq!(token.stdout.trim(), "at-a-canary", "{token:?}");
+    sqlx::query(
+        "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, \
+         started_at, outcome, invite_id) VALUES (1, 'a', 'basic', 'invite', 'x', 200, 'authorized', 1)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    assert!(
+        sqlx::query(
+            "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, \
+             lease_owner, started_at) VALUES (1, 'a', 'basic', 'nonsense', 'x', 300)",
+        )
+        .execute(&db)
+        .await
+        .is_err()
+    );
+}
