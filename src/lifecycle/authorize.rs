@@ -157,17 +157,7 @@ pub async fn authorize<T>(
     })?;
     let client = code_client(provider, auth_url, &redirect_uri)?;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let scopes: Vec<Scope> = match req.scopes {
-        Some(s) => s
-            .split_whitespace()
-            .map(|s| Scope::new(s.to_owned()))
-            .collect(),
-        None => provider
-            .scopes
-            .iter()
-            .map(|s| Scope::new(s.clone()))
-            .collect(),
-    };
+    let scopes = requested_scopes(provider, req.scopes);
     let mut authorization = client
         .authorize_url(CsrfToken::new_random)
         .add_scopes(scopes)
@@ -280,6 +270,21 @@ pub(super) async fn exchange_timed(
     let mut obtained = Obtained::new(tokens, http_status, started);
     obtained.id_token = id_token;
     Ok(obtained)
+}
+
+/// The scopes an authorization asks for: `--scopes` (or the link's), else the provider's.
+pub(super) fn requested_scopes(provider: &Provider, scopes: Option<&str>) -> Vec<Scope> {
+    match scopes {
+        Some(s) => s
+            .split_whitespace()
+            .map(|s| Scope::new(s.to_owned()))
+            .collect(),
+        None => provider
+            .scopes
+            .iter()
+            .map(|s| Scope::new(s.clone()))
+            .collect(),
+    }
 }
 
 pub(super) fn code_client(

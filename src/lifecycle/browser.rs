@@ -4,7 +4,7 @@
 //! the state and verifier between the two and checks the state. Never touches the store. Imports
 //! `domain`, `http`, `provider` and (through `authorize`) `refresh`.
 
-use oauth2::{CsrfToken, PkceCodeChallenge, PkceCodeVerifier, Scope};
+use oauth2::{CsrfToken, PkceCodeChallenge, PkceCodeVerifier};
 
 use super::authorize::{AuthorizeError, Obtained, code_client, exchange_timed};
 use crate::domain::Secret;
@@ -36,17 +36,7 @@ pub fn begin(
         .ok_or_else(|| AuthorizeError::NoAuthorizationUrl(provider.name.clone()))?;
     let client = code_client(provider, auth_url, redirect_uri)?;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let scopes: Vec<Scope> = match scopes {
-        Some(s) => s
-            .split_whitespace()
-            .map(|s| Scope::new(s.to_owned()))
-            .collect(),
-        None => provider
-            .scopes
-            .iter()
-            .map(|s| Scope::new(s.clone()))
-            .collect(),
-    };
+    let scopes = super::authorize::requested_scopes(provider, scopes);
     let mut authorization = client
         .authorize_url(CsrfToken::new_random)
         .add_scopes(scopes)
