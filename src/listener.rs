@@ -339,6 +339,9 @@ async fn accept(socket: &Socket) -> io::Result<(Stream, Peer)> {
     match socket {
         Socket::Tcp(l) => {
             let (s, addr) = l.accept().await?;
+            // Answers go out whole as soon as they are ready (an answer streamed in parts must
+            // not wait on Nagle for the client's acknowledgement of the part before).
+            let _ = s.set_nodelay(true);
             Ok((Stream::Tcp(s), Peer::Tcp(addr)))
         }
         Socket::Unix(l) => {
