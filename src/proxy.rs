@@ -95,9 +95,12 @@ async fn bind_one(
         reason: e.to_string(),
     };
     // `no_proxy` first: reqwest's own reading of the environment would proxy loopback too.
+    // No retries of reqwest's own (an HTTP/1.1 client has none to make; with a limit of 0 it
+    // also stops copying every request in case it would).
     let mut builder = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         .connect_timeout(block.connect_timeout)
         .read_timeout(block.idle_timeout)
         .timeout(block.request_timeout);

@@ -62,7 +62,7 @@ pub enum Unavailable {
 pub enum AfterRejection {
     /// A token other than the rejected one: send again with it. `shared`: another request's
     /// renewal (after the same 401) got it; this one waited for it.
-    Renewed { current: Current, shared: bool },
+    Renewed { current: Arc<Current>, shared: bool },
     /// The rejected token was itself renewed after a 401 moments ago: pass the 401 through.
     RecentlyRenewed,
 }
@@ -70,7 +70,7 @@ pub enum AfterRejection {
 /// One credential's header and its renewals.
 struct Slot {
     name: String,
-    current: Mutex<Option<Current>>,
+    current: Mutex<Option<Arc<Current>>>,
     /// Held while the store is read or a renewal runs: one at a time per credential.
     renewing: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -108,6 +108,10 @@ impl Credentials {
             .slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Every request asks: the name is copied only the first time.
+        if let Some(slot) = slots.get(name) {
+            return Arc::clone(slot);
+        }
         slots
             .entry(name.to_owned())
             .or_insert_with(|| {
@@ -121,7 +125,7 @@ impl Credentials {
     }
 
     /// `name`'s header, valid for at least `min_valid`: from memory, else through `deliver`.
-    pub async fn current(&self, name: &str) -> Result<Current, Unavailable> {
+    pub async fn current(&self, name: &str) -> Result<Arc<Current>, Unavailable> {
         let slot = self.slot(name);
         if let Some(current) = slot.cached(domain::now(), self.min_valid) {
             return Ok(current);
@@ -254,7 +258,7 @@ impl Credentials {
 }
 
 impl Slot {
-    fn cached(&self, now: UnixTime, min_valid: i64) -> Option<Current> {
+    fn cached(&self, now: UnixTime, min_valid: i64) -> Option<Arc<Current>> {
         let current = self
             .current
             .lock()
@@ -266,7 +270,7 @@ impl Slot {
     }
 
     /// Remembers `state`'s token as the one to send.
-    fn keep(&self, state: &TokenState) -> Result<Current, Unavailable> {
+    fn keep(&self, state: &TokenState) -> Result<Arc<Current>, Unavailable> {
         let Some(token) = state.access_token.clone() else {
             return Err(not_active(state));
         };
@@ -282,16 +286,16 @@ impl Slot {
                 why: "its access token cannot go into an Authorization header".to_owned(),
             })?;
         authorization.set_sensitive(true);
-        let current = Current {
+        let current = Arc::new(Current {
             authorization,
             token,
             expires_at: state.access_token_expires_at.unwrap_or(0),
             instance_url: state.instance_url.clone(),
-        };
+        });
         *self
             .current
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(current.clone());
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&current));
         Ok(current)
     }
 }

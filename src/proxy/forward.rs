@@ -43,20 +43,36 @@ pub fn target(base: &url::Url, path_and_query: &str) -> Result<url::Url, TargetE
     };
     joined.set_path(&format!("{prefix}{path}"));
     joined.set_query(query);
-    let stays = joined.path() == prefix
-        || joined.path().starts_with(&format!("{prefix}/"))
-        || (prefix.is_empty() && joined.path().starts_with('/'));
+    let stays = joined
+        .path()
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
     if !stays || has_dot_segment(path) {
         return Err(TargetError::OutsideBase);
     }
     Ok(joined)
 }
 
-/// Whether a path has a `.` or `..` segment, percent-encoded or not.
+/// Whether a path has a `.` or `..` segment, percent-encoded or not (`%2e`, `%2E`).
 fn has_dot_segment(path: &str) -> bool {
     path.split('/').any(|segment| {
-        let lower = segment.to_ascii_lowercase().replace("%2e", ".");
-        lower == "." || lower == ".."
+        let mut rest = segment.as_bytes();
+        let mut dots = 0;
+        while !rest.is_empty() {
+            if rest[0] == b'.' {
+                rest = &rest[1..];
+            } else if rest.len() >= 3
+                && rest[0] == b'%'
+                && rest[1] == b'2'
+                && (rest[2] | 0x20) == b'e'
+            {
+                rest = &rest[3..];
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots == 1 || dots == 2
     })
 }
 
@@ -132,10 +148,18 @@ pub fn request_headers(
     out
 }
 
-/// The headers passed back to the client: the upstream's end-to-end fields.
+/// The headers passed back to the client: the upstream's end-to-end fields (the hop-by-hop
+/// ones removed in place: an answer usually has none, and then nothing is copied).
 #[must_use]
-pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
-    end_to_end(upstream)
+pub fn response_headers(mut upstream: HeaderMap) -> HeaderMap {
+    let named: Vec<String> = connection_tokens(&upstream).collect();
+    for name in &HOP_BY_HOP {
+        upstream.remove(name);
+    }
+    for name in named {
+        upstream.remove(name.as_str());
+    }
+    upstream
 }
 
 #[cfg(test)]
@@ -171,11 +195,28 @@ mod tests {
     #[test]
     fn targets_never_leave_the_base() {
         let api = url("https://example.com/api");
-        for bad in ["/../admin", "/x/%2e%2E/../y", "/./x", "/a/%2e/b"] {
+        for bad in [
+            "/../admin",
+            "/x/%2e%2E/../y",
+            "/./x",
+            "/a/%2e/b",
+            "/a/.%2E",
+            "/%2E.",
+        ] {
             assert_eq!(target(&api, bad), Err(TargetError::OutsideBase), "{bad}");
         }
         for bad in ["http://evil.example/", "*", "", "evil.example:443"] {
             assert_eq!(target(&api, bad), Err(TargetError::NotOriginForm), "{bad}");
+        }
+        // Dots that are not a dot segment are a name.
+        for good in [
+            "/a/.../b",
+            "/.well-known/x",
+            "/a/..b",
+            "/%2e%2e%2e",
+            "/a/%2f",
+        ] {
+            assert!(target(&api, good).is_ok(), "{good}");
         }
         // A host in the path stays a path.
         assert_eq!(
@@ -247,7 +288,11 @@ mod tests {
         up.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
         up.insert(header::LOCATION, "https://elsewhere/".parse().unwrap());
         up.insert("keep-alive", "timeout=5".parse().unwrap());
-        let out = response_headers(&up);
+        up.insert(header::CONNECTION, "X-Hop".parse().unwrap());
+        up.insert("x-hop", "1".parse().unwrap());
+        let out = response_headers(up);
+        assert!(!out.contains_key(header::CONNECTION));
+        assert!(!out.contains_key("x-hop"));
         assert!(!out.contains_key(header::TRANSFER_ENCODING));
         assert!(!out.contains_key("keep-alive"));
         assert_eq!(out[header::LOCATION], "https://elsewhere/");

@@ -13,7 +13,7 @@ use hyper::{Request, Response};
 
 use super::credential::{AfterRejection, Credentials, Current, Unavailable};
 use super::forward::{self, Forwarded};
-use super::stats::ProxyStats;
+use super::stats::{ProxyStats, RouteStats};
 use super::tally::{self, Exchange, ProxyBody};
 use crate::config::{ProxyCredential, ProxyUpstream};
 use crate::listener::{Peer, StreamHandler};
@@ -45,6 +45,8 @@ pub struct RouteParts {
 
 struct Inner {
     name: Arc<str>,
+    /// This route's series of `parts.stats`.
+    stats: RouteStats,
     parts: RouteParts,
 }
 
@@ -145,6 +147,7 @@ impl Route {
         Self {
             inner: Arc::new(Inner {
                 name: Arc::from(parts.name.as_str()),
+                stats: parts.stats.route(&parts.name),
                 parts,
             }),
         }
@@ -160,7 +163,7 @@ impl Route {
             renewed: false,
             retried: false,
             note: None,
-            stats: self.inner.parts.stats.clone(),
+            stats: self.inner.stats.clone(),
         }
     }
 
@@ -237,6 +240,10 @@ impl Route {
         body: Incoming,
     ) -> Result<Outgoing, Problem> {
         let parts = &self.inner.parts;
+        // A request without a body (a GET, most of them): nothing to read, no timer to arm.
+        if hyper::body::Body::is_end_stream(&body) {
+            return Ok(Outgoing::Kept(Bytes::new()));
+        }
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -275,9 +282,9 @@ impl Route {
             .send()
             .await
             .map_err(|e| Problem::Upstream(crate::http::HttpError::from(e)))?;
-        route
+        self.inner
             .stats
-            .upstream_latency(&self.inner.name, sent.elapsed().as_secs_f64());
+            .upstream_latency(sent.elapsed().as_secs_f64());
         Ok(answer)
     }
 
@@ -327,7 +334,7 @@ impl Route {
         if answer.status() == StatusCode::UNAUTHORIZED {
             match &outgoing {
                 Outgoing::Streamed(_) => {
-                    route.stats.rejected_after_renewal(&self.inner.name);
+                    self.inner.stats.rejected_after_renewal();
                     not_retried = Some("not retried: the request body was streamed");
                 }
                 Outgoing::Kept(_) => {
@@ -342,14 +349,14 @@ impl Route {
                             shared,
                         } => {
                             if !shared {
-                                route.stats.renewed_after_401(&self.inner.name);
+                                self.inner.stats.renewed_after_401();
                                 exchange.renewed = true;
                             }
                             let base = self.base(&name, &renewed)?;
                             let url = forward::target(&base, &target)
                                 .map_err(|e| Problem::BadRequest(e.to_string()))?;
                             drop(answer);
-                            route.stats.retried(&self.inner.name);
+                            self.inner.stats.retried();
                             exchange.retried = true;
                             answer = self
                                 .send(
@@ -361,12 +368,12 @@ impl Route {
                                 )
                                 .await?;
                             if answer.status() == StatusCode::UNAUTHORIZED {
-                                route.stats.rejected_after_renewal(&self.inner.name);
+                                self.inner.stats.rejected_after_renewal();
                                 not_retried = Some("not retried again: rejected after a renewal");
                             }
                         }
                         AfterRejection::RecentlyRenewed => {
-                            route.stats.rejected_after_renewal(&self.inner.name);
+                            self.inner.stats.rejected_after_renewal();
                             not_retried = Some("not retried: the token was renewed moments ago");
                         }
                     }
@@ -390,7 +397,7 @@ fn passed_back(
     let (head, body) = answer.into_parts();
     let mut response = Response::new(body);
     *response.status_mut() = head.status;
-    *response.headers_mut() = forward::response_headers(&head.headers);
+    *response.headers_mut() = forward::response_headers(head.headers);
     if let Some(why) = not_retried {
         response
             .headers_mut()

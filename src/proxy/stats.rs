@@ -1,6 +1,10 @@
 //! Per-route series for `/metrics`: requests by status class, renewals after 401, retries, 401s
 //! passed through after a renewal, and the upstream's latency to its answer's head. Shared by
-//! every route of the process; registered by `metrics` at each scrape.
+//! every route of the process; registered by `metrics` at each scrape. A route counts through its
+//! own [`RouteStats`], which keeps its series' handles: a request takes no lock on a family and
+//! builds no label set.
+
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -57,42 +61,45 @@ fn route(name: &str) -> RouteLabels {
     }
 }
 
+/// `status`'s class, as an index into [`CLASSES`].
+fn class_of(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One route's series; cheap to clone. Each series joins its family the first time it is
+/// counted (as before: no zero-valued series for what never happened).
+#[derive(Clone)]
+pub struct RouteStats {
+    inner: Arc<RouteSeries>,
+}
+
+struct RouteSeries {
+    name: String,
+    families: ProxyStats,
+    classes: [OnceLock<Counter>; 5],
+    latency: OnceLock<Histogram>,
+}
+
 impl ProxyStats {
-    /// An answer given to a client (the proxy's own errors included).
-    pub fn answered(&self, name: &str, status: u16) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.requests
-            .get_or_create(&ClassLabels {
-                route: name.to_owned(),
-                class,
-            })
-            .inc();
-    }
-
-    pub fn renewed_after_401(&self, name: &str) {
-        self.renewals.get_or_create(&route(name)).inc();
-    }
-
-    pub fn retried(&self, name: &str) {
-        self.retries.get_or_create(&route(name)).inc();
-    }
-
-    /// A 401 passed through although the token was just renewed (or could not be retried).
-    pub fn rejected_after_renewal(&self, name: &str) {
-        self.rejected_after_renewal
-            .get_or_create(&route(name))
-            .inc();
-    }
-
-    /// Seconds from sending to the upstream's answer head.
-    pub fn upstream_latency(&self, name: &str, seconds: f64) {
-        self.latency.get_or_create(&route(name)).observe(seconds);
+    /// The series of the route `name`.
+    #[must_use]
+    pub fn route(&self, name: &str) -> RouteStats {
+        RouteStats {
+            inner: Arc::new(RouteSeries {
+                name: name.to_owned(),
+                families: self.clone(),
+                classes: Default::default(),
+                latency: OnceLock::new(),
+            }),
+        }
     }
 
     /// Adds the series to `registry` (prefixed `tokenwarden_` by it).
@@ -125,6 +132,52 @@ impl ProxyStats {
     }
 }
 
+impl RouteStats {
+    /// An answer given to a client (the proxy's own errors included).
+    pub fn answered(&self, status: u16) {
+        let i = class_of(status);
+        let s = &*self.inner;
+        s.classes[i]
+            .get_or_init(|| {
+                s.families
+                    .requests
+                    .get_or_create(&ClassLabels {
+                        route: s.name.clone(),
+                        class: CLASSES[i],
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
+    pub fn renewed_after_401(&self) {
+        let s = &*self.inner;
+        s.families.renewals.get_or_create(&route(&s.name)).inc();
+    }
+
+    pub fn retried(&self) {
+        let s = &*self.inner;
+        s.families.retries.get_or_create(&route(&s.name)).inc();
+    }
+
+    /// A 401 passed through although the token was just renewed (or could not be retried).
+    pub fn rejected_after_renewal(&self) {
+        let s = &*self.inner;
+        s.families
+            .rejected_after_renewal
+            .get_or_create(&route(&s.name))
+            .inc();
+    }
+
+    /// Seconds from sending to the upstream's answer head.
+    pub fn upstream_latency(&self, seconds: f64) {
+        let s = &*self.inner;
+        s.latency
+            .get_or_init(|| s.families.latency.get_or_create(&route(&s.name)).clone())
+            .observe(seconds);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,11 +185,12 @@ mod tests {
     #[test]
     fn series_are_per_route_and_class() {
         let stats = ProxyStats::default();
-        stats.answered("graph", 200);
-        stats.answered("graph", 204);
-        stats.answered("graph", 502);
-        stats.renewed_after_401("graph");
-        stats.upstream_latency("graph", 0.003);
+        let graph = stats.route("graph");
+        graph.answered(200);
+        stats.route("graph").answered(204);
+        graph.answered(502);
+        graph.renewed_after_401();
+        graph.upstream_latency(0.003);
         let mut registry = Registry::with_prefix("tokenwarden");
         stats.register(&mut registry);
         let mut text = String::new();

@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Frame, SizeHint};
 use tracing::{debug, info};
 
-use super::stats::ProxyStats;
+use super::stats::RouteStats;
 
 /// The error of an answer's body: the upstream's read failed mid-way.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,7 +30,7 @@ pub struct Exchange {
     pub retried: bool,
     /// Why this answer is the proxy's own, or why a 401 was not retried.
     pub note: Option<&'static str>,
-    pub stats: ProxyStats,
+    pub stats: RouteStats,
 }
 
 /// `body`, counted into `exchange`'s log line.
@@ -104,7 +104,7 @@ where
 impl<B> Drop for Tally<B> {
     fn drop(&mut self) {
         let e = &self.exchange;
-        e.stats.answered(&e.route, e.status);
+        e.stats.answered(e.status);
         let duration_ms = e.started.elapsed().as_millis();
         let outcome = if self.failed {
             "the upstream's answer broke off"
