@@ -1,7 +1,8 @@
 //! The one transport to providers: a reqwest client that follows no redirects, times out and caps
 //! every body; the adapter that hands it to oauth2 and records the status, Retry-After and body
 //! that oauth2's errors do not keep; and OAuth error bodies (RFC 6749 §5.2). Every request to a
-//! provider — token, revocation, metadata — goes through [`Transport`]. Imports nothing from the
+//! provider — token, revocation, metadata — goes through [`Transport`]. Its TLS settings
+//! ([`tls_config`]) are also the proxy routes' toward their upstreams. Imports nothing from the
 //! crate.
 
 use std::collections::BTreeMap;
@@ -46,7 +47,8 @@ impl From<reqwest::Error> for HttpError {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `e` and its causes, `: `-separated.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -105,6 +107,43 @@ impl ErrorBody {
     }
 }
 
+/// The TLS settings of every HTTPS request tokenwarden makes (the token endpoints' transport
+/// and the proxy routes' upstreams): rustls with the `ring` provider (or the process's default,
+/// when one was installed), TLS 1.2 and 1.3, the Mozilla roots built in (`webpki-roots`) and the
+/// system's root certificates (`rustls-native-certs`: `SSL_CERT_FILE` and `SSL_CERT_DIR` are
+/// honoured; certificates that do not parse are skipped, a store with none usable is an error),
+/// server names verified, ALPN `http/1.1`. These are the choices reqwest's own rustls set-up makes
+/// with the features this crate asks of it; building them here gives both clients one root store
+/// and one verifier.
+pub fn tls_config() -> Result<rustls::ClientConfig, HttpError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let loaded = rustls_native_certs::load_native_certs();
+    let (mut valid, mut invalid) = (0usize, 0usize);
+    for cert in loaded.certs {
+        if roots.add(cert).is_ok() {
+            valid += 1;
+        } else {
+            invalid += 1;
+        }
+    }
+    if valid == 0 && invalid > 0 {
+        return Err(HttpError::Transport(
+            "no usable certificate in the system's root store".to_owned(),
+        ));
+    }
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()));
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(rustls::ALL_VERSIONS)
+        .map_err(|e| HttpError::Transport(format!("TLS settings: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// A deadline noticed at least this late was passed while this process was not running (stopped
 /// by SIGSTOP, a paused VM or container, a stalled host): a timer fires within milliseconds of its
 /// deadline otherwise.
@@ -142,6 +181,7 @@ impl Transport {
         let mut builder = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
+            .use_preconfigured_tls(tls_config()?)
             .connect_timeout(connect_timeout)
             .pool_idle_timeout(POOL_IDLE)
             .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")));

@@ -3,7 +3,8 @@
 //! header added, renewed before it expires and once more when the upstream answers 401.
 //! `proxy/forward.rs` (target URL and headers: pure), `proxy/credential.rs` (the header per
 //! credential, renewals shared in this process), `proxy/route.rs` (one request), `proxy/tally.rs`
-//! (the answer's body counted into the request's log line), `proxy/stats.rs` (per-route series).
+//! (the answer's body counted into the request's log line), `proxy/stats.rs` (per-route series),
+//! `proxy/upstream.rs` (the client toward the upstream, its timeouts).
 //! Served through `listener`; a unix peer is decided by the token API's access rules
 //! (`api::access`, `api::users`). Imports `api`, `config`, `deliver`, `domain`, `http`,
 //! `listener`, `renew`, `store` and `sweep`.
@@ -19,6 +20,7 @@ pub mod forward;
 pub mod route;
 pub mod stats;
 mod tally;
+pub mod upstream;
 
 pub use route::{RETRY_HEADER, Route, RouteParts};
 pub use stats::ProxyStats;
@@ -95,21 +97,13 @@ async fn bind_one(
         reason: e.to_string(),
     };
     // `no_proxy` first: reqwest's own reading of the environment would proxy loopback too.
-    // No retries of reqwest's own (an HTTP/1.1 client has none to make; with a limit of 0 it
-    // also stops copying every request in case it would).
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .retry(reqwest::retry::never().max_retries_per_request(0))
-        .connect_timeout(block.connect_timeout)
-        .read_timeout(block.idle_timeout)
-        .timeout(block.request_timeout);
-    for proxy in crate::http::proxy::from_env(env).map_err(client_error)? {
-        builder = builder.proxy(proxy);
-    }
-    let client = builder
-        .build()
-        .map_err(|e| client_error(crate::http::HttpError::from(e)))?;
+    let timeouts = upstream::Timeouts {
+        connect: block.connect_timeout,
+        idle: block.idle_timeout,
+        request: block.request_timeout,
+    };
+    let proxies = crate::http::proxy::from_env(env).map_err(client_error)?;
+    let client = upstream::Upstream::new(timeouts, proxies).map_err(client_error)?;
     let credentials = credential::Credentials::new(
         sweeper.clone(),
         block.min_valid,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 
@@ -15,6 +15,7 @@ use super::credential::{AfterRejection, Credentials, Current, Unavailable};
 use super::forward::{self, Forwarded};
 use super::stats::{ProxyStats, RouteStats};
 use super::tally::{self, Exchange, ProxyBody};
+use super::upstream::{AnswerBody, RequestBody, Upstream};
 use crate::config::{ProxyCredential, ProxyUpstream};
 use crate::listener::{Peer, StreamHandler};
 
@@ -36,7 +37,8 @@ pub struct RouteParts {
     pub x_forwarded: bool,
     pub retry_body_max: usize,
     pub body_timeout: Duration,
-    pub client: reqwest::Client,
+    /// The way to the upstream.
+    pub client: Upstream,
     pub credentials: Credentials,
     pub stats: ProxyStats,
     /// Who may use a unix route's named credential: the token API's `[[access]]` rules.
@@ -131,12 +133,12 @@ enum Outgoing {
 }
 
 impl Outgoing {
-    fn take(&mut self) -> reqwest::Body {
+    fn take(&mut self) -> RequestBody {
         match self {
-            Self::Kept(bytes) => reqwest::Body::from(bytes.clone()),
+            Self::Kept(bytes) => Either::Left(Full::new(bytes.clone())),
             Self::Streamed(body) => body
                 .take()
-                .map_or_else(|| reqwest::Body::from(Bytes::new()), reqwest::Body::wrap),
+                .map_or_else(|| Either::Left(Full::new(Bytes::new())), Either::Right),
         }
     }
 }
@@ -269,19 +271,23 @@ impl Route {
         url: &url::Url,
         authorization: &HeaderValue,
         forwarded: Option<&Forwarded>,
-        body: reqwest::Body,
-    ) -> Result<reqwest::Response, Problem> {
+        body: RequestBody,
+    ) -> Result<Response<AnswerBody>, Problem> {
         let route = &self.inner.parts;
-        let headers = forward::request_headers(&parts.headers, authorization.clone(), forwarded);
+        let uri: http::Uri = url.as_str().parse().map_err(|_| {
+            Problem::BadRequest("the request target is not a usable URI".to_owned())
+        })?;
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() =
+            forward::request_headers(&parts.headers, authorization.clone(), forwarded);
         let sent = Instant::now();
         let answer = route
             .client
-            .request(parts.method.clone(), url.clone())
-            .headers(headers)
-            .body(body)
-            .send()
+            .send(request)
             .await
-            .map_err(|e| Problem::Upstream(crate::http::HttpError::from(e)))?;
+            .map_err(Problem::Upstream)?;
         self.inner
             .stats
             .upstream_latency(sent.elapsed().as_secs_f64());
@@ -293,7 +299,7 @@ impl Route {
         peer: Peer,
         request: Request<Incoming>,
         exchange: &mut Exchange,
-    ) -> Result<Response<reqwest::Body>, Problem> {
+    ) -> Result<Response<AnswerBody>, Problem> {
         if request.method() == Method::CONNECT || forward::wants_upgrade(request.headers()) {
             return Err(Problem::Upgrade);
         }
@@ -387,13 +393,12 @@ impl Route {
 /// The upstream's answer as the client gets it: its status, its end-to-end headers (and why a
 /// 401 was not retried), its body streamed.
 fn passed_back(
-    answer: reqwest::Response,
+    answer: Response<AnswerBody>,
     not_retried: Option<&'static str>,
     exchange: &mut Exchange,
-) -> Response<reqwest::Body> {
+) -> Response<AnswerBody> {
     exchange.status = answer.status().as_u16();
     exchange.note = not_retried.map(|_| "401 passed through");
-    let answer: http::Response<reqwest::Body> = answer.into();
     let (head, body) = answer.into_parts();
     let mut response = Response::new(body);
     *response.status_mut() = head.status;

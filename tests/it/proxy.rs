@@ -919,3 +919,142 @@ async fn a_token_about_to_expire_is_renewed_before_it_is_sent() {
         "{stats:?}"
     );
 }
+
+/// An HTTPS upstream (`openssl s_server -www`, answering any GET with a page) on 127.0.0.1 with a
+/// certificate `ca` issued for `names`; stopped on drop.
+struct TlsUpstream {
+    port: u16,
+    _child: tokio::process::Child,
+}
+
+impl TlsUpstream {
+    async fn start(ca: &crate::postgres::TestCa, names: &str) -> Self {
+        let (cert, key) = ca.issue(names);
+        let port = free_port();
+        let child = tokio::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("openssl s_server");
+        wait_listening(port).await;
+        Self {
+            port,
+            _child: child,
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_verified_against_the_system_roots() {
+    let server = OauthServer::start_with_ttl(3600).await;
+    let ours = crate::postgres::TestCa::new("tokenwarden proxy test CA");
+    let other = crate::postgres::TestCa::new("another CA");
+    let trusted = TlsUpstream::start(&ours, "IP:127.0.0.1").await;
+    let unknown_issuer = TlsUpstream::start(&other, "IP:127.0.0.1").await;
+    let wrong_name = TlsUpstream::start(&ours, "DNS:elsewhere.example").await;
+    let ports = [free_port(), free_port(), free_port()];
+    let home = Home::new(&server, "");
+    for (port, upstream) in ports.iter().zip([&trusted, &unknown_issuer, &wrong_name]) {
+        home.append_config(&route(
+            *port,
+            &format!("https://127.0.0.1:{}", upstream.port),
+            &format!("name = \"r{port}\""),
+        ));
+    }
+    let rt = server
+        .mint_refresh_token(clients::BASIC_ID, "openid offline_access api:read")
+        .await;
+    home.add("graph", "basic", &rt).await;
+    // The system's roots, as rustls-native-certs reads them: here only the test's CA.
+    let daemon = home
+        .command(&["run"])
+        .env("SSL_CERT_FILE", &ours.cert)
+        .spawn()
+        .unwrap();
+    for port in ports {
+        wait_listening(port).await;
+    }
+    let http = client();
+    let answer = http
+        .get(format!("http://127.0.0.1:{}/", ports[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    for port in &ports[1..] {
+        let answer = http
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::BAD_GATEWAY, "route on {port}");
+        let text = answer.text().await.unwrap();
+        let refusal: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(refusal["error"], "upstream_unreachable", "{text}");
+        assert!(
+            refusal["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("certificate")),
+            "{text}"
+        );
+    }
+    stop(daemon).await;
+}
+
+#[tokio::test]
+async fn routes_go_through_the_environments_http_proxy_but_never_for_loopback() {
+    let server = OauthServer::start_with_ttl(3600).await;
+    let resource = Resource::start(server.introspection_url(), None).await;
+    let recorder = crate::fake_endpoint::FakeEndpoint::start(crate::fake_endpoint::Reply::json(
+        418,
+        "{\"via\":\"the proxy\"}",
+    ))
+    .await;
+    let proxy = recorder.token_url().replace("/token", "");
+    let (near, far) = (free_port(), free_port());
+    let home = Home::new(&server, "");
+    home.append_config(&route(near, &resource.url(), "name = \"near\""));
+    home.append_config(&route(
+        far,
+        "http://api.example.invalid/base",
+        "name = \"far\"\nallow_insecure_http = true",
+    ));
+    let rt = server
+        .mint_refresh_token(clients::BASIC_ID, "openid offline_access api:read")
+        .await;
+    home.add("graph", "basic", &rt).await;
+    let mut command = home.command(&["run"]);
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        command.env(var, &proxy);
+    }
+    let daemon = command.spawn().unwrap();
+    wait_listening(near).await;
+    wait_listening(far).await;
+    let http = client();
+    // Loopback: straight to the upstream, the proxy sees nothing.
+    let answer = http
+        .get(format!("http://127.0.0.1:{near}/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(recorder.requests(), 0, "the proxy saw loopback traffic");
+    // Elsewhere: through the proxy, whose answer is passed back as the upstream's.
+    let answer = http
+        .get(format!("http://127.0.0.1:{far}/x?y=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::IM_A_TEAPOT);
+    assert_eq!(answer.text().await.unwrap(), "{\"via\":\"the proxy\"}");
+    assert_eq!(recorder.requests(), 1);
+    stop(daemon).await;
+}
