@@ -3,6 +3,7 @@
 //! whole-request timeouts; or, when the environment names an HTTP proxy, reqwest with the same
 //! timeouts and the proxies `http::proxy` reads (its proxy support is not rebuilt here). Redirects
 //! are passed back, never followed: neither client follows one.
+
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,10 +15,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant, Sleep};
 
+use super::tally::BoxError;
 use crate::http::HttpError;
-
-/// The error of an answer's body.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body as sent upstream: kept in memory, or streamed from the client.
 pub type RequestBody = Either<Full<Bytes>, Incoming>;
@@ -57,6 +56,7 @@ impl Upstream {
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
                 .retry(reqwest::retry::never().max_retries_per_request(0))
+                .use_preconfigured_tls(crate::http::tls_config()?)
                 .connect_timeout(timeouts.connect)
                 .read_timeout(timeouts.idle)
                 .timeout(timeouts.request);
