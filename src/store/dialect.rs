@@ -38,6 +38,10 @@ pub(in crate::store) struct Dialect {
     pub store_tokens: &'static str,
     /// Completes the journal entries in the array `$1` (`batch::Completed`).
     pub journal_finish: &'static str,
+    /// Marks the pending journal entries whose ids are in the JSON array `$2` sent at `$1`, in id
+    /// order where rows are locked; returns the ids marked. One no longer pending was taken over
+    /// by another process meanwhile.
+    pub mark_sent: &'static str,
     /// Locks the rows of a group of stored refreshes, the JSON array of ids `$1`, in id order,
     /// before the group writes them; `None` where the transaction's write lock already covers
     /// every row.
@@ -182,6 +186,21 @@ const POSTGRES_JOURNAL_START: &str = "INSERT INTO token_rotation (credential_id,
         AS j(id bigint, name text, provider text, expires_at bigint, fingerprint text) \
      RETURNING id, credential_id";
 
+// Marks requests sent. PostgreSQL locks the entries in id order first, as every multi-row write
+// locks (a claim's journal_interrupt may be updating some of them); a row that stopped being
+// pending meanwhile is left out by the lock's re-check and again by the UPDATE's.
+
+const SQLITE_MARK_SENT: &str = "UPDATE token_rotation SET sent_at = $1 \
+     WHERE id IN (SELECT value FROM json_each($2)) AND outcome = 'pending' \
+     RETURNING id";
+
+const POSTGRES_MARK_SENT: &str = "WITH locked AS (SELECT id FROM token_rotation \
+        WHERE id IN (SELECT jsonb_array_elements_text($2::jsonb)::bigint) AND outcome = 'pending' \
+        ORDER BY id FOR UPDATE) \
+     UPDATE token_rotation SET sent_at = $1 FROM locked \
+     WHERE token_rotation.id = locked.id AND token_rotation.outcome = 'pending' \
+     RETURNING token_rotation.id";
+
 /// Stores new tokens from the rows `j` the dialect's `$rows` makes of the bound array `$1`:
 /// written once, only the row source differs.
 macro_rules! store_tokens {
@@ -302,6 +321,7 @@ pub(in crate::store) static SQLITE: Dialect = Dialect {
     journal_start: SQLITE_JOURNAL_START,
     store_tokens: SQLITE_STORE_TOKENS,
     journal_finish: SQLITE_JOURNAL_FINISH,
+    mark_sent: SQLITE_MARK_SENT,
     // SQLite takes no row locks (the write lock covers the file): nothing to lock first.
     lock_group: None,
     reseal_rows: reseal_rows!(""),
@@ -320,6 +340,7 @@ pub(in crate::store) static POSTGRES: Dialect = Dialect {
     journal_start: POSTGRES_JOURNAL_START,
     store_tokens: POSTGRES_STORE_TOKENS,
     journal_finish: POSTGRES_JOURNAL_FINISH,
+    mark_sent: POSTGRES_MARK_SENT,
     lock_group: Some(
         "SELECT id FROM oauth_credential \
          WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint) ORDER BY id FOR UPDATE",
