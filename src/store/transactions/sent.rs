@@ -1,4 +1,5 @@
-//! Requests that went out (issue 19): the marks written immediately before refresh tokens go out,
+//! Requests that went out (issue 19): the marks written immediately before refresh tokens go out
+//! (in the group writer's transaction),
 //! a claim given back to the live process whose request was out, and the attempts whose request
 //! went out but whose lease ran out before their outcome was stored. Plain SQL both dialects
 //! accept, but for the marks (`Dialect::mark_sent`: one statement per batch).
@@ -6,29 +7,28 @@
 use crate::domain::UnixTime;
 use crate::store::backend::Db;
 use crate::store::leases::PastLease;
-use crate::store::statement::sql;
+use crate::store::statement::{Conn, sql};
 use crate::store::{StoreError, batch};
 
-impl Db {
-    /// Marks the journal entries `attempt_ids` sent at `now`, those still pending, in one
-    /// transaction and one statement (`Dialect::mark_sent`, in id order where rows are locked);
-    /// returns the ones marked. One no longer pending was taken over by another process meanwhile
-    /// (it marked the entry `interrupted` in its claim's transaction): its request must not go out.
-    pub(in crate::store) async fn mark_sent(
-        &self,
-        attempt_ids: &[i64],
-        now: UnixTime,
-    ) -> Result<Vec<i64>, StoreError> {
-        let mut w = self.write().await?;
-        let marked: Vec<(i64,)> = sql(self.dialect().mark_sent)
-            .bind(now)
-            .bind(batch::to_json(attempt_ids)?)
-            .fetch_all(w.conn())
-            .await?;
-        w.commit().await?;
-        Ok(marked.into_iter().map(|(id,)| id).collect())
-    }
+/// Marks the journal entries `attempt_ids` sent at `now`, those still pending, in one statement
+/// (`Dialect::mark_sent`, in id order where rows are locked), inside the group writer's
+/// transaction; returns the ones marked. One no longer pending was taken over by another process
+/// meanwhile (it marked the entry `interrupted` in its claim's transaction): its request must not
+/// go out.
+pub(in crate::store) async fn mark_sent(
+    conn: Conn<'_>,
+    attempt_ids: &[i64],
+    now: UnixTime,
+) -> Result<Vec<i64>, StoreError> {
+    let marked: Vec<(i64,)> = sql(conn.dialect().mark_sent)
+        .bind(now)
+        .bind(batch::to_json(attempt_ids)?)
+        .fetch_all(conn)
+        .await?;
+    Ok(marked.into_iter().map(|(id,)| id).collect())
+}
 
+impl Db {
     /// Gives a claim back to the live process whose request was out when it was claimed (it
     /// sent its refresh token just before this claim): its journal entry `theirs` pending again,
     /// the lease its holder's again (run out), this claim's entry `ours` dropped.
