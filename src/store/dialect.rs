@@ -4,7 +4,9 @@
 //! (`transactions/`): `$n` parameters, `IS [NOT] DISTINCT FROM`, `true`/`false`. What differs:
 //! how a claim takes rows (SQLite's write lock already makes a plain `UPDATE … RETURNING`
 //! exclusive; PostgreSQL locks with `FOR UPDATE SKIP LOCKED`), how a bound JSON array becomes
-//! rows (`json_each` / `jsonb_to_recordset`, see `batch`), and row locks before a rewrite.
+//! rows (`json_each` / `jsonb_to_recordset`, see `batch`; SQLite's `jsonb_each` for arrays of
+//! objects: it hands each object to `json_extract` as JSONB, not as text to parse again), and row
+//! locks before a rewrite.
 //! Adding a statement that differs: a field here with its `///`, and both values. Imports
 //! nothing of the crate.
 
@@ -162,7 +164,7 @@ const POSTGRES_CLAIM_PENDING_REVOCATIONS: &str = concat!(
 
 const SQLITE_JOURNAL_INTERRUPT: &str = "UPDATE token_rotation SET outcome = 'interrupted', finished_at = $1 \
      WHERE +outcome = 'pending' \
-       AND credential_id IN (SELECT json_extract(value, '$.id') FROM json_each($2)) \
+       AND credential_id IN (SELECT json_extract(value, '$.id') FROM jsonb_each($2)) \
      RETURNING id, credential_id, started_at, sent_at, lease_owner";
 
 const POSTGRES_JOURNAL_INTERRUPT: &str = "UPDATE token_rotation SET outcome = 'interrupted', finished_at = $1 \
@@ -176,7 +178,7 @@ const SQLITE_JOURNAL_START: &str = "INSERT INTO token_rotation (credential_id, c
         lease_owner, started_at, old_expires_at, old_refresh_fingerprint) \
      SELECT json_extract(value, '$.id'), json_extract(value, '$.name'), json_extract(value, '$.provider'), \
         $1, $2, $3, json_extract(value, '$.expires_at'), json_extract(value, '$.fingerprint') \
-     FROM json_each($4) \
+     FROM jsonb_each($4) \
      RETURNING id, credential_id";
 
 const POSTGRES_JOURNAL_START: &str = "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, \
@@ -238,7 +240,7 @@ const SQLITE_STORE_TOKENS: &str = store_tokens!(
         json_extract(value, '$.rotated') AS rotated, json_extract(value, '$.due_at') AS due_at, \
         json_extract(value, '$.stored_at') AS stored_at, json_extract(value, '$.holder') AS holder, \
         json_extract(value, '$.instance_url') AS instance_url \
-      FROM json_each($1)) AS j"
+      FROM jsonb_each($1)) AS j"
 );
 
 const POSTGRES_STORE_TOKENS: &str = store_tokens!(
@@ -271,7 +273,7 @@ const SQLITE_JOURNAL_FINISH: &str = journal_finish!(
         json_extract(value, '$.refresh_fingerprint') AS refresh_fingerprint, \
         json_extract(value, '$.access_fingerprint') AS access_fingerprint, \
         json_extract(value, '$.reported') AS reported \
-      FROM json_each($1)) AS j"
+      FROM jsonb_each($1)) AS j"
 );
 
 const POSTGRES_JOURNAL_FINISH: &str = journal_finish!(
