@@ -49,8 +49,11 @@ RUN mkdir src \
 # them so cargo does rebuild the crate.
 COPY src ./src
 COPY migrations ./migrations
+# build.rs links the binary in link/symbol-order.txt's order (less resident code; DEVELOPERS.md).
+COPY build.rs ./
+COPY link/symbol-order.txt ./link/
 COPY config/tokenwarden.example.toml ./config/
-RUN touch src/main.rs src/lib.rs \
+RUN touch src/main.rs src/lib.rs build.rs \
     && cargo build --release --locked --bins \
     && target/release/tokenwarden-assets target/assets \
     && gzip -9n target/assets/man/*

@@ -5,7 +5,7 @@
 //! crate.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -121,11 +121,22 @@ const LAST_LOOK: Duration = Duration::from_secs(2);
 const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// Sends requests to providers; cheap to clone.
+///
+/// The reqwest client (its connection pool and TLS configuration, with the system's root
+/// certificates read and parsed) is built on the first request, not at start: a daemon with
+/// nothing due never pays for it (BENCHMARKS.md, "Footprint, second pass").
 #[derive(Clone)]
 pub struct Transport {
-    client: reqwest::Client,
+    client: Arc<OnceLock<reqwest::Client>>,
+    setup: Arc<Setup>,
     max_body: usize,
     request_timeout: Duration,
+}
+
+/// What the client is built from.
+struct Setup {
+    connect_timeout: Duration,
+    proxies: Vec<reqwest::Proxy>,
 }
 
 impl Transport {
@@ -138,26 +149,42 @@ impl Transport {
         max_body: usize,
         env: &BTreeMap<String, String>,
     ) -> Result<Self, HttpError> {
-        // `no_proxy` first: reqwest's own reading of the environment would proxy loopback too.
-        let mut builder = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(connect_timeout)
-            .pool_idle_timeout(POOL_IDLE)
-            .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")));
-        for proxy in proxy::from_env(env)? {
-            builder = builder.proxy(proxy);
-        }
         Ok(Self {
-            client: builder.build()?,
+            client: Arc::new(OnceLock::new()),
+            setup: Arc::new(Setup {
+                connect_timeout,
+                proxies: proxy::from_env(env)?,
+            }),
             max_body,
             request_timeout,
         })
     }
 
+    /// The client, built on first use. Two first requests at once may both build one; the
+    /// second is dropped.
+    fn client(&self) -> Result<&reqwest::Client, HttpError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
+        // `no_proxy` first: reqwest's own reading of the environment would proxy loopback too.
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(self.setup.connect_timeout)
+            .pool_idle_timeout(POOL_IDLE)
+            .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")));
+        for proxy in &self.setup.proxies {
+            builder = builder.proxy(proxy.clone());
+        }
+        let built = builder.build().map_err(|e| {
+            HttpError::Transport(format!("cannot build the HTTP client: {}", error_chain(&e)))
+        })?;
+        Ok(self.client.get_or_init(|| built))
+    }
+
     /// GETs `url` and reads the whole (capped) answer.
     pub async fn get(&self, url: &str) -> Result<Exchange, HttpError> {
-        self.send(self.client.get(url)).await
+        self.send(self.client()?.get(url)).await
     }
 
     /// POSTs `form` to `url`, with HTTP Basic client authentication when `basic` is given (id and
@@ -169,7 +196,7 @@ impl Transport {
         basic: Option<(&str, &str)>,
     ) -> Result<Exchange, HttpError> {
         let mut builder = self
-            .client
+            .client()?
             .post(url)
             .header(http::header::ACCEPT, "application/json")
             .form(form);
@@ -260,7 +287,7 @@ impl Transport {
     ) -> Result<oauth2::HttpResponse, HttpError> {
         let (parts, body) = request.into_parts();
         let request = self
-            .client
+            .client()?
             .request(parts.method, parts.uri.to_string())
             .headers(parts.headers)
             .body(body);
