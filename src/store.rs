@@ -134,10 +134,9 @@ pub struct OpenOptions {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
-    /// Successful refreshes on their way to the backend's group commit (see `writer`).
-    jobs: tokio::sync::mpsc::UnboundedSender<writer::StoreJob>,
-    /// Requests about to go out, on their way to being marked sent (see `sent`).
-    marks: tokio::sync::mpsc::UnboundedSender<sent::MarkJob>,
+    /// Successful refreshes, and requests about to go out to be marked sent (`sent`), on their
+    /// way to the backend's group commit (see `writer`).
+    jobs: tokio::sync::mpsc::UnboundedSender<writer::Job>,
     /// Seals every token written and opens every token read.
     sealer: Sealer,
 }
@@ -152,13 +151,7 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let secure_delete = sealer.keyring().is_some();
         let (db, jobs) = Db::open(location, options, secure_delete).await?;
-        let marks = sent::spawn(db.clone());
-        Ok(Self {
-            db,
-            jobs,
-            marks,
-            sealer,
-        })
+        Ok(Self { db, jobs, sealer })
     }
 
     /// The keys tokens are sealed with, if any.

@@ -24,6 +24,7 @@
 //! Usage: tokenwarden-bench --bin PATH --repo DIR [--smoke] [--out FILE] [--work DIR] [--skip-oidc]
 //!            [--only sweep,throughput,oidc,footprint,sealed,side,postgres,api,proxy]
 //!        tokenwarden-bench baseline ... (the bare baseline; see baseline.rs)
+//!        tokenwarden-bench launch PROGRAM ARGS... (runs and measures one child; see proc.rs)
 //!        tokenwarden-bench api-client SOCKET CLIENTS SECONDS (section 7's clients; see api.rs)
 //!        tokenwarden-bench proxy-client ADDR CLIENTS SECONDS (section 8's clients; see proxy.rs)
 //!        tokenwarden-bench serve [SECONDS] (the instant endpoint alone, for profiling by hand)
@@ -45,7 +46,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use db::Due;
-use report::{Footprint, Idle, Results, Run, Sealing, Series, SweepRow, Throughput};
+use report::{DueAmong, Footprint, Idle, Results, Run, Sealing, Series, SweepRow, Throughput};
 
 const BENCH_SECRET_ENV: &str = "TW_BENCH_CLIENT_SECRET";
 const OIDC_SECRET_ENV: &str = "TW_BENCH_OIDC_SECRET";
@@ -128,6 +129,9 @@ impl Opts {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("launch") {
+        std::process::exit(proc::launch_main(&args[1..]));
+    }
     if args.first().map(String::as_str) == Some("baseline") {
         std::process::exit(baseline::main(&args[1..]));
     }
@@ -303,6 +307,7 @@ fn drive(o: Opts) -> Result<(), Error> {
             b.rt.block_on(db::sqlite_version()).unwrap_or_default(),
         ),
         sweeps: Vec::new(),
+        due_among: None,
         throughput: Vec::new(),
         footprint: None,
         oidc_stats: None,
@@ -350,9 +355,16 @@ fn drive(o: Opts) -> Result<(), Error> {
             } else {
                 plan.runs_small
             };
+            // The largest table's due rows alternate with as many due alone (a table of only
+            // those rows, every one due): what the rest of the table costs.
+            let due_count = due.count(rows);
+            let alone = (k + 1 == sizes.len() && due_count > 0)
+                .then(|| b.template(due_count, Due::All))
+                .transpose()?;
             let mut series = Series::default();
+            let mut alone_series = Series::default();
             for i in 0..n {
-                let run = b.tw_once(&template, "sweep", due.count(rows), None)?;
+                let run = b.tw_once(&template, "sweep", due_count, None)?;
                 note(&format!(
                     "sweep rows={rows} due={} run {}/{n}: {:.1} ms, {} KiB",
                     due.label(),
@@ -361,13 +373,35 @@ fn drive(o: Opts) -> Result<(), Error> {
                     run.rss_kib
                 ));
                 series.push(run);
+                if let Some(alone) = &alone {
+                    let run = b.tw_once(alone, "sweep", due_count, None)?;
+                    note(&format!(
+                        "sweep rows={due_count} due=all run {}/{n}: {:.1} ms, {} KiB",
+                        i + 1,
+                        run.wall_ms,
+                        run.rss_kib
+                    ));
+                    alone_series.push(run);
+                }
             }
-            results.sweeps.push(SweepRow {
+            let row = SweepRow {
                 rows,
                 due,
-                due_count: due.count(rows),
+                due_count,
                 tw: series,
-            });
+            };
+            if alone.is_some() {
+                results.due_among = Some(DueAmong {
+                    among: row.clone(),
+                    alone: SweepRow {
+                        rows: due_count,
+                        due: Due::All,
+                        due_count,
+                        tw: alone_series,
+                    },
+                });
+            }
+            results.sweeps.push(row);
         }
     }
 
@@ -509,7 +543,17 @@ fn drive(o: Opts) -> Result<(), Error> {
 
 impl Bench {
     fn command(&self, program: &Path) -> Command {
-        let mut cmd = Command::new(program);
+        self.prepared(Command::new(program))
+    }
+
+    /// [`Bench::command`] through the launcher that measures it (`proc::measured`): for
+    /// `proc::run` and `proc::run_together`.
+    fn measured(&self, program: &Path) -> Result<Command, Error> {
+        Ok(self.prepared(proc::measured(program)?))
+    }
+
+    /// The environment and standard input and output of every child.
+    fn prepared(&self, mut cmd: Command) -> Command {
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("TOKENWARDEN_") {
                 cmd.env_remove(k);
@@ -579,7 +623,7 @@ impl Bench {
         db::remove(&self.empty)?;
         let cfg = self.config("empty", &self.empty, None, false)?;
         let log = self.runs.join("empty.log");
-        let mut cmd = self.command(&self.o.bin);
+        let mut cmd = self.measured(&self.o.bin)?;
         cmd.arg("--config")
             .arg(&cfg)
             .args(["run", "--once"])
@@ -681,7 +725,7 @@ impl Bench {
     ) -> Result<Run, Error> {
         let cfg = self.config_with(name, db, oidc_url, false, sealed)?;
         let log = self.runs.join(format!("{name}.log"));
-        let mut cmd = self.command(&self.o.bin);
+        let mut cmd = self.measured(&self.o.bin)?;
         cmd.arg("--config")
             .arg(&cfg)
             .args(["run", "--once"])
@@ -717,7 +761,7 @@ impl Bench {
     ) -> Result<Run, Error> {
         let log = self.runs.join("baseline.log");
         let me = std::env::current_exe()?;
-        let mut cmd = self.command(&me);
+        let mut cmd = self.measured(&me)?;
         cmd.arg("baseline")
             .arg("--db")
             .arg(db)
@@ -802,7 +846,7 @@ impl Bench {
         db::copy(&plain, &path)?;
         let cfg = self.config_with("rekey", &path, None, false, true)?;
         let log = self.runs.join("rekey.log");
-        let mut cmd = self.command(&self.o.bin);
+        let mut cmd = self.measured(&self.o.bin)?;
         cmd.arg("--config")
             .arg(&cfg)
             .arg("rekey")

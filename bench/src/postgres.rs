@@ -219,7 +219,7 @@ impl Bench {
         })?;
         let cfg = self.pg_config(c, "pg-empty", "bench_empty")?;
         let log = self.runs.join("pg-empty.log");
-        let mut cmd = self.pg_command(c);
+        let mut cmd = self.pg_command(c)?;
         cmd.arg("--config")
             .arg(&cfg)
             .args(["run", "--once"])
@@ -322,7 +322,7 @@ impl Bench {
             let name = format!("pg-{}-{k}x-{i}", if copy { "tput" } else { "none" });
             let cfg = self.pg_config(c, &name, target)?;
             let log = self.runs.join(format!("{name}.log"));
-            let mut cmd = self.pg_command(c);
+            let mut cmd = self.pg_command(c)?;
             cmd.arg("--config")
                 .arg(&cfg)
                 .args(["run", "--once"])
@@ -380,10 +380,11 @@ impl Bench {
     }
 
     /// The binary under test, with the server's password in its environment.
-    fn pg_command(&self, c: &Cluster) -> Command {
-        let mut cmd = self.command(&self.o.bin);
+    /// A measured `tokenwarden` (`proc::measured`) with the cluster's password.
+    fn pg_command(&self, c: &Cluster) -> Result<Command, Error> {
+        let mut cmd = self.measured(&self.o.bin)?;
         cmd.env(pgserver::PASSWORD_ENV, c.server.password());
-        cmd
+        Ok(cmd)
     }
 
     /// A configuration for database `db` of the cluster, with the instant provider `bench`.

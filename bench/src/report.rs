@@ -121,11 +121,21 @@ impl Series {
     }
 }
 
+#[derive(Clone)]
 pub struct SweepRow {
     pub rows: u64,
     pub due: Due,
     pub due_count: u64,
     pub tw: Series,
+}
+
+/// The largest table's due share against the same number due in a table of only those rows, run
+/// alternately: what the rest of the table costs a sweep.
+pub struct DueAmong {
+    /// The largest table and its due rows, as in [`Results::sweeps`].
+    pub among: SweepRow,
+    /// The same number due, every row due.
+    pub alone: SweepRow,
 }
 
 pub struct Throughput {
@@ -166,6 +176,8 @@ pub struct Results {
     pub plan: Plan,
     pub machine: Machine,
     pub sweeps: Vec<SweepRow>,
+    /// Section 1's second table: N due among the largest table against N due alone.
+    pub due_among: Option<DueAmong>,
     pub throughput: Vec<Throughput>,
     pub footprint: Option<Footprint>,
     pub oidc_stats: Option<oidc::Stats>,
@@ -297,6 +309,25 @@ fn targets(r: &Results) -> Vec<Target> {
             what: format!("… and ≤ 2× the {} case", fmt_rows(small.rows)),
             measured: format!("{:.2}× ({} / {})", b / s, fmt_ms(b), fmt_ms(s)),
             pass: b <= 2.0 * s,
+        });
+    }
+    if let Some(d) = &r.due_among {
+        let (among, alone) = (d.among.tw.wall_ms(), d.alone.tw.wall_ms());
+        t.push(Target {
+            what: format!(
+                "`run --once`, {} due among {} credentials: ≤ 2× {} due among {}",
+                fmt_rows(d.among.due_count),
+                fmt_rows(d.among.rows),
+                fmt_rows(d.alone.due_count),
+                fmt_rows(d.alone.rows)
+            ),
+            measured: format!(
+                "{:.2}× ({} / {})",
+                among / alone,
+                fmt_ms(among),
+                fmt_ms(alone)
+            ),
+            pass: among <= 2.0 * alone,
         });
     }
     for tp in &r.throughput {
@@ -621,6 +652,36 @@ fn render_sweeps(s: &mut String, r: &Results) {
             fmt_ms(row.tw.sweep_ms()),
             mb(row.tw.rss_kib()),
             row.tw.walls()
+        );
+    }
+    if let Some(d) = &r.due_among {
+        let _ = writeln!(
+            s,
+            "\nThe same number due, among the largest table's rows and alone (a table of only those rows), run alternately:\n"
+        );
+        let _ = writeln!(
+            s,
+            "| due | credentials | `run --once` wall | sweep (its log's duration_ms) | peak RSS | runs (wall) |"
+        );
+        let _ = writeln!(s, "| ---: | ---: | ---: | ---: | ---: | --- |");
+        for row in [&d.among, &d.alone] {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.1} MB | {} |",
+                row.due_count,
+                fmt_rows(row.rows),
+                fmt_ms(row.tw.wall_ms()),
+                fmt_ms(row.tw.sweep_ms()),
+                mb(row.tw.rss_kib()),
+                row.tw.walls()
+            );
+        }
+        let (among, alone) = (d.among.tw.wall_ms(), d.alone.tw.wall_ms());
+        let _ = writeln!(
+            s,
+            "| ratio | | {:.2}× | {:.2}× | | |",
+            among / alone,
+            d.among.tw.sweep_ms() / d.alone.tw.sweep_ms()
         );
     }
 }

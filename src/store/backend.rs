@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::dialect::{self, Dialect};
 use super::statement::Conn;
-use super::writer::StoreJob;
+use super::writer::Job;
 use super::{Location, OpenOptions, StoreError, postgres, sqlite};
 
 /// One of the two backends: its pool, and what its write transactions queue on.
@@ -40,12 +40,13 @@ pub(in crate::store) enum Read {
 impl Db {
     /// Opens the database at `location` as `options` say (for SQLite, zeroing deleted content when
     /// `secure_delete`), brings its schema up to date, and starts its group writer: the jobs sent
-    /// on the returned channel are stored in groups, one transaction each (`writer`).
+    /// on the returned channel (refreshes to store, requests to mark sent) are written in groups,
+    /// one transaction each (`writer`).
     pub(in crate::store) async fn open(
         location: &Location,
         options: &OpenOptions,
         secure_delete: bool,
-    ) -> Result<(Self, mpsc::UnboundedSender<StoreJob>), StoreError> {
+    ) -> Result<(Self, mpsc::UnboundedSender<Job>), StoreError> {
         let db = match location {
             Location::Sqlite(path) => {
                 Self::Sqlite(sqlite::Db::open(path, options, secure_delete).await?)

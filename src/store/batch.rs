@@ -1,6 +1,6 @@
 //! Many rows into one statement. The claim's journal entries and the group writer's outcomes
 //! travel as one JSON array bound to a single parameter, which each backend's statement unpacks
-//! into rows (`json_each` on SQLite, `jsonb_to_recordset` on PostgreSQL): one statement per batch
+//! into rows (`json_each`/`jsonb_each` on SQLite, `jsonb_to_recordset` on PostgreSQL): one statement per batch
 //! instead of one per row, and every statement is a round trip (on SQLite to the connection's
 //! worker thread and back). The statements stay fixed text; only the bound array grows. An array
 //! may hold tokens in their stored form, so it is built as a [`Secret`]: never printed.

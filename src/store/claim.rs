@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use super::seal::{Column, Place, Sealer};
 use super::sent::MarkJob;
-use super::writer::StoreJob;
+use super::writer::{Job, StoreJob};
 use super::{Store, StoreError};
 use crate::domain::{
     Claimed, GrantType, Interrupted, Outcome, Secret, Status, TokenSet, Trigger, UnixTime,
@@ -203,7 +203,7 @@ impl Store {
             now,
             reply,
         };
-        if self.marks.send(job).is_err() {
+        if self.jobs.send(Job::Mark(job)).is_err() {
             return Err(StoreError::Sql(sqlx::Error::PoolClosed));
         }
         answer
@@ -258,7 +258,7 @@ impl Store {
         r: &Refreshed<'_>,
     ) -> Result<Stored, StoreError> {
         let (job, answer) = self.store_job(claimed, owner, now, r);
-        if self.jobs.send(job).is_err() {
+        if self.jobs.send(Job::Store(job)).is_err() {
             return Err(StoreError::Sql(sqlx::Error::PoolClosed));
         }
         answer

@@ -4,7 +4,9 @@
 //! (`transactions/`): `$n` parameters, `IS [NOT] DISTINCT FROM`, `true`/`false`. What differs:
 //! how a claim takes rows (SQLite's write lock already makes a plain `UPDATE … RETURNING`
 //! exclusive; PostgreSQL locks with `FOR UPDATE SKIP LOCKED`), how a bound JSON array becomes
-//! rows (`json_each` / `jsonb_to_recordset`, see `batch`), and row locks before a rewrite.
+//! rows (`json_each` / `jsonb_to_recordset`, see `batch`; SQLite's `jsonb_each` for arrays of
+//! objects: it hands each object to `json_extract` as JSONB, not as text to parse again), and row
+//! locks before a rewrite.
 //! Adding a statement that differs: a field here with its `///`, and both values. Imports
 //! nothing of the crate.
 
@@ -38,6 +40,10 @@ pub(in crate::store) struct Dialect {
     pub store_tokens: &'static str,
     /// Completes the journal entries in the array `$1` (`batch::Completed`).
     pub journal_finish: &'static str,
+    /// Marks the pending journal entries whose ids are in the JSON array `$2` sent at `$1`, in id
+    /// order where rows are locked; returns the ids marked. One no longer pending was taken over
+    /// by another process meanwhile.
+    pub mark_sent: &'static str,
     /// Locks the rows of a group of stored refreshes, the JSON array of ids `$1`, in id order,
     /// before the group writes them; `None` where the transaction's write lock already covers
     /// every row.
@@ -158,7 +164,7 @@ const POSTGRES_CLAIM_PENDING_REVOCATIONS: &str = concat!(
 
 const SQLITE_JOURNAL_INTERRUPT: &str = "UPDATE token_rotation SET outcome = 'interrupted', finished_at = $1 \
      WHERE +outcome = 'pending' \
-       AND credential_id IN (SELECT json_extract(value, '$.id') FROM json_each($2)) \
+       AND credential_id IN (SELECT json_extract(value, '$.id') FROM jsonb_each($2)) \
      RETURNING id, credential_id, started_at, sent_at, lease_owner";
 
 const POSTGRES_JOURNAL_INTERRUPT: &str = "UPDATE token_rotation SET outcome = 'interrupted', finished_at = $1 \
@@ -172,7 +178,7 @@ const SQLITE_JOURNAL_START: &str = "INSERT INTO token_rotation (credential_id, c
         lease_owner, started_at, old_expires_at, old_refresh_fingerprint) \
      SELECT json_extract(value, '$.id'), json_extract(value, '$.name'), json_extract(value, '$.provider'), \
         $1, $2, $3, json_extract(value, '$.expires_at'), json_extract(value, '$.fingerprint') \
-     FROM json_each($4) \
+     FROM jsonb_each($4) \
      RETURNING id, credential_id";
 
 const POSTGRES_JOURNAL_START: &str = "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, \
@@ -181,6 +187,21 @@ const POSTGRES_JOURNAL_START: &str = "INSERT INTO token_rotation (credential_id,
      FROM jsonb_to_recordset($4::jsonb) \
         AS j(id bigint, name text, provider text, expires_at bigint, fingerprint text) \
      RETURNING id, credential_id";
+
+// Marks requests sent. PostgreSQL locks the entries in id order first, as every multi-row write
+// locks (a claim's journal_interrupt may be updating some of them); a row that stopped being
+// pending meanwhile is left out by the lock's re-check and again by the UPDATE's.
+
+const SQLITE_MARK_SENT: &str = "UPDATE token_rotation SET sent_at = $1 \
+     WHERE id IN (SELECT value FROM json_each($2)) AND outcome = 'pending' \
+     RETURNING id";
+
+const POSTGRES_MARK_SENT: &str = "WITH locked AS (SELECT id FROM token_rotation \
+        WHERE id IN (SELECT jsonb_array_elements_text($2::jsonb)::bigint) AND outcome = 'pending' \
+        ORDER BY id FOR UPDATE) \
+     UPDATE token_rotation SET sent_at = $1 FROM locked \
+     WHERE token_rotation.id = locked.id AND token_rotation.outcome = 'pending' \
+     RETURNING token_rotation.id";
 
 /// Stores new tokens from the rows `j` the dialect's `$rows` makes of the bound array `$1`:
 /// written once, only the row source differs.
@@ -219,7 +240,7 @@ const SQLITE_STORE_TOKENS: &str = store_tokens!(
         json_extract(value, '$.rotated') AS rotated, json_extract(value, '$.due_at') AS due_at, \
         json_extract(value, '$.stored_at') AS stored_at, json_extract(value, '$.holder') AS holder, \
         json_extract(value, '$.instance_url') AS instance_url \
-      FROM json_each($1)) AS j"
+      FROM jsonb_each($1)) AS j"
 );
 
 const POSTGRES_STORE_TOKENS: &str = store_tokens!(
@@ -252,7 +273,7 @@ const SQLITE_JOURNAL_FINISH: &str = journal_finish!(
         json_extract(value, '$.refresh_fingerprint') AS refresh_fingerprint, \
         json_extract(value, '$.access_fingerprint') AS access_fingerprint, \
         json_extract(value, '$.reported') AS reported \
-      FROM json_each($1)) AS j"
+      FROM jsonb_each($1)) AS j"
 );
 
 const POSTGRES_JOURNAL_FINISH: &str = journal_finish!(
@@ -302,6 +323,7 @@ pub(in crate::store) static SQLITE: Dialect = Dialect {
     journal_start: SQLITE_JOURNAL_START,
     store_tokens: SQLITE_STORE_TOKENS,
     journal_finish: SQLITE_JOURNAL_FINISH,
+    mark_sent: SQLITE_MARK_SENT,
     // SQLite takes no row locks (the write lock covers the file): nothing to lock first.
     lock_group: None,
     reseal_rows: reseal_rows!(""),
@@ -320,6 +342,7 @@ pub(in crate::store) static POSTGRES: Dialect = Dialect {
     journal_start: POSTGRES_JOURNAL_START,
     store_tokens: POSTGRES_STORE_TOKENS,
     journal_finish: POSTGRES_JOURNAL_FINISH,
+    mark_sent: POSTGRES_MARK_SENT,
     lock_group: Some(
         "SELECT id FROM oauth_credential \
          WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint) ORDER BY id FOR UPDATE",

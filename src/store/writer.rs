@@ -1,14 +1,26 @@
-//! Group commit for new tokens: successful refreshes queue here, and one task per backend
-//! (`group_writer` in `transactions/refresh.rs`) applies every outcome waiting at that moment in a single
-//! transaction with a single commit (one fsync), then answers each.
+//! Group commit for new tokens and sent marks: successful refreshes and requests about to go out
+//! (`sent`) queue here, and one task per backend (`group_writer` in `transactions/refresh.rs`)
+//! applies every job waiting at that moment in a single transaction with a single commit (one
+//! fsync), then answers each.
 
 use tokio::sync::oneshot;
 
+use super::sent::MarkJob;
 use super::{StoreError, Stored};
 use crate::domain::{Secret, TokenSet, UnixTime};
 
-/// Most outcomes committed in one transaction.
+/// Most jobs committed in one transaction.
 pub(super) const GROUP_MAX: usize = 64;
+
+/// What the group writer applies. Most are refreshes: the channel's slots are as large as one,
+/// rather than a box (an allocation) per refresh.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Job {
+    /// A successful refresh to store.
+    Store(StoreJob),
+    /// A request to mark sent before it goes out.
+    Mark(MarkJob),
+}
 
 /// One successful refresh waiting for the group commit.
 pub(super) struct StoreJob {

@@ -6,8 +6,9 @@ use std::collections::{HashMap, HashSet};
 use crate::domain::{Interrupted, Outcome, Secret, Trigger, UnixTime};
 use crate::store::backend::Db;
 use crate::store::claim::ClaimRow;
+use crate::store::sent::MarkJob;
 use crate::store::statement::{Conn, sql};
-use crate::store::writer::{self, GROUP_MAX, StoreJob};
+use crate::store::writer::{self, GROUP_MAX, Job, StoreJob};
 use crate::store::{Failure, StoreError, Stored, batch};
 
 /// A claim's journal entry, and the interrupted attempt it follows, if any.
@@ -279,27 +280,41 @@ async fn journal_starts(
         .collect()
 }
 
-/// Takes every job waiting (up to [`GROUP_MAX`]), applies them in one transaction, commits once,
-/// then answers each. A failed transaction fails every job in it; each caller retries its own.
+/// Takes every job waiting (up to [`GROUP_MAX`]), refreshes to store and requests to mark sent
+/// alike, applies them in one transaction, commits once, then answers each. A failed transaction
+/// fails every job in it; each caller retries its own (a mark that failed: that request is given
+/// back unsent).
 pub(in crate::store) async fn group_writer(
     db: Db,
-    mut jobs: tokio::sync::mpsc::UnboundedReceiver<StoreJob>,
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<Job>,
 ) {
     let mut batch = Vec::with_capacity(GROUP_MAX);
+    let mut stores = Vec::with_capacity(GROUP_MAX);
+    let mut marks = Vec::with_capacity(GROUP_MAX);
     while jobs.recv_many(&mut batch, GROUP_MAX).await > 0 {
-        let result = db.store_group(&batch).await;
+        for job in batch.drain(..) {
+            match job {
+                Job::Store(job) => stores.push(job),
+                Job::Mark(job) => marks.push(job),
+            }
+        }
+        let result = db.write_group(&stores, &marks).await;
         match result {
-            Ok(stored) => {
-                for (job, stored) in batch.drain(..).zip(stored) {
-                    let _ = job.reply.send(Ok(stored));
+            Ok((outcomes, marked)) => {
+                for (job, outcome) in stores.drain(..).zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+                for job in marks.drain(..) {
+                    let _ = job.reply.send(Ok(marked.contains(&job.attempt_id)));
                 }
             }
             Err(e) => {
-                let reason = e.to_string();
-                for job in batch.drain(..) {
-                    let _ = job
-                        .reply
-                        .send(Err(StoreError::Sql(sqlx::Error::Protocol(reason.clone()))));
+                let failed = || StoreError::Sql(sqlx::Error::Protocol(e.to_string()));
+                for job in stores.drain(..) {
+                    let _ = job.reply.send(Err(failed()));
+                }
+                for job in marks.drain(..) {
+                    let _ = job.reply.send(Err(failed()));
                 }
             }
         }
@@ -309,29 +324,49 @@ pub(in crate::store) async fn group_writer(
 impl Db {
     /// Applies a group of refreshes in one transaction and commits once: each job's answer, in
     /// order.
+    #[cfg(test)]
     pub(in crate::store) async fn store_group(
         &self,
         jobs: &[StoreJob],
     ) -> Result<Vec<Stored>, StoreError> {
+        Ok(self.write_group(jobs, &[]).await?.0)
+    }
+
+    /// Applies a group of refreshes and marks a group of requests sent, in one transaction, and
+    /// commits once: each refresh's answer in order, and the attempts marked sent.
+    pub(in crate::store) async fn write_group(
+        &self,
+        jobs: &[StoreJob],
+        marks: &[MarkJob],
+    ) -> Result<(Vec<Stored>, Vec<i64>), StoreError> {
         let mut w = self.write().await?;
-        // Rows are locked in id order, the order `rekey`'s batches lock them in (`ORDER BY id …
-        // FOR UPDATE`): two transactions that lock rows in one order cannot deadlock. The
-        // multi-row UPDATE alone would lock them in whatever order its plan visits them.
-        if let Some(lock) = self.dialect().lock_group {
-            let mut ids: Vec<i64> = jobs.iter().map(|job| job.credential_id).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            sql(lock)
-                .bind(batch::to_json(&ids)?)
-                .execute(w.conn())
-                .await?;
-        }
         let mut stored = Vec::with_capacity(jobs.len());
-        for run in writer::distinct_runs(jobs) {
-            stored.extend(store_refreshed(w.conn(), run).await?);
+        if !jobs.is_empty() {
+            // Rows are locked in id order, the order `rekey`'s batches lock them in (`ORDER BY id
+            // … FOR UPDATE`): two transactions that lock rows in one order cannot deadlock. The
+            // multi-row UPDATE alone would lock them in whatever order its plan visits them.
+            if let Some(lock) = self.dialect().lock_group {
+                let mut ids: Vec<i64> = jobs.iter().map(|job| job.credential_id).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                sql(lock)
+                    .bind(batch::to_json(&ids)?)
+                    .execute(w.conn())
+                    .await?;
+            }
+            for run in writer::distinct_runs(jobs) {
+                stored.extend(store_refreshed(w.conn(), run).await?);
+            }
+        }
+        // The marks after the credentials' rows, which a claim locks first too.
+        let mut marked = Vec::new();
+        if !marks.is_empty() {
+            let ids: Vec<i64> = marks.iter().map(|job| job.attempt_id).collect();
+            let now = marks.iter().map(|job| job.now).max().unwrap_or_default();
+            marked = super::sent::mark_sent(w.conn(), &ids, now).await?;
         }
         w.commit().await?;
-        Ok(stored)
+        Ok((stored, marked))
     }
 }
 

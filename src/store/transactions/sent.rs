@@ -1,43 +1,34 @@
-//! Requests that went out (issue 19): the marks written immediately before refresh tokens go out,
+//! Requests that went out (issue 19): the marks written immediately before refresh tokens go out
+//! (in the group writer's transaction),
 //! a claim given back to the live process whose request was out, and the attempts whose request
 //! went out but whose lease ran out before their outcome was stored. Plain SQL both dialects
-//! accept.
+//! accept, but for the marks (`Dialect::mark_sent`: one statement per batch).
 
 use crate::domain::UnixTime;
-use crate::store::StoreError;
 use crate::store::backend::Db;
 use crate::store::leases::PastLease;
-use crate::store::statement::sql;
+use crate::store::statement::{Conn, sql};
+use crate::store::{StoreError, batch};
+
+/// Marks the journal entries `attempt_ids` sent at `now`, those still pending, in one statement
+/// (`Dialect::mark_sent`, in id order where rows are locked), inside the group writer's
+/// transaction; returns the ones marked. One no longer pending was taken over by another process
+/// meanwhile (it marked the entry `interrupted` in its claim's transaction): its request must not
+/// go out.
+pub(in crate::store) async fn mark_sent(
+    conn: Conn<'_>,
+    attempt_ids: &[i64],
+    now: UnixTime,
+) -> Result<Vec<i64>, StoreError> {
+    let marked: Vec<(i64,)> = sql(conn.dialect().mark_sent)
+        .bind(now)
+        .bind(batch::to_json(attempt_ids)?)
+        .fetch_all(conn)
+        .await?;
+    Ok(marked.into_iter().map(|(id,)| id).collect())
+}
 
 impl Db {
-    /// Marks the journal entries `attempt_ids` sent at `now`, those still pending, in one
-    /// transaction (in id order, as every multi-row write locks); returns the ones marked. One no
-    /// longer pending was taken over by another process meanwhile (it marked the entry
-    /// `interrupted` in its claim's transaction): its request must not go out.
-    pub(in crate::store) async fn mark_sent(
-        &self,
-        attempt_ids: &[i64],
-        now: UnixTime,
-    ) -> Result<Vec<i64>, StoreError> {
-        let mut ids = attempt_ids.to_vec();
-        ids.sort_unstable();
-        let mut w = self.write().await?;
-        let mut marked = Vec::with_capacity(ids.len());
-        for id in ids {
-            let n =
-                sql("UPDATE token_rotation SET sent_at = $1 WHERE id = $2 AND outcome = 'pending'")
-                    .bind(now)
-                    .bind(id)
-                    .execute(w.conn())
-                    .await?;
-            if n == 1 {
-                marked.push(id);
-            }
-        }
-        w.commit().await?;
-        Ok(marked)
-    }
-
     /// Gives a claim back to the live process whose request was out when it was claimed (it
     /// sent its refresh token just before this claim): its journal entry `theirs` pending again,
     /// the lease its holder's again (run out), this claim's entry `ours` dropped.
