@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::backends::{Backend, BackendHome, on_both_backends};
 use crate::fake_endpoint::{FakeEndpoint, Reply};
 use crate::harness::{CLIENT_SECRETS, Run};
+use crate::proxy::TlsUpstream;
 
 const OLD_RT: &str = "rt-canary-5f1c2b9e0d";
 const OLD_AT: &str = "at-canary-77aa01d3c4";
@@ -158,6 +159,55 @@ async fn unreadable_bodies_are_transient_and_keep_the_old_tokens() {
         let case = sweep_against(&fake.token_url(), Backend::Sqlite).await;
         assert_transient(&case, error).await;
         assert_eq!(fake.requests(), 1, "{error}");
+    }
+}
+
+/// The token endpoints' TLS (`http::tls_config`, which the proxy's routes share): an HTTPS token
+/// endpoint whose certificate chains to the system's roots (`SSL_CERT_FILE`: here only the test's
+/// CA) is reached: the handshake succeeds and the request goes through (`openssl s_server -rev`
+/// sends each line back reversed, which is no HTTP answer: a transient failure like any other),
+/// while one from an unknown issuer and one issued for another host are refused at the handshake,
+/// with "certificate" in the recorded error; the old tokens stay every time.
+#[tokio::test]
+async fn an_https_token_endpoint_is_verified_against_the_system_roots() {
+    let ours = crate::postgres::TestCa::new("tokenwarden token endpoint CA");
+    let other = crate::postgres::TestCa::new("another CA");
+    let cases = [
+        ("trusted", "IP:127.0.0.1", &ours, false),
+        ("unknown issuer", "IP:127.0.0.1", &other, true),
+        ("another host's", "DNS:elsewhere.example", &ours, true),
+    ];
+    for (what, names, ca, refused) in cases {
+        let endpoint = TlsUpstream::start_as(ca, names, "-rev").await;
+        let url = format!("https://127.0.0.1:{}/token", endpoint.port);
+        let home = BackendHome::with_token_url(&url, Backend::Sqlite, FAST_HTTP).await;
+        home.add("victim", "basic", OLD_RT).await;
+        let db = home.db().await;
+        db.execute(
+            "UPDATE oauth_credential SET access_token = $1, token_type = 'Bearer', \
+             access_token_expires_at = CAST($2 AS BIGINT) + 900, refresh_due_at = 0",
+            &[OLD_AT, &now().to_string()],
+        )
+        .await;
+        db.close().await;
+        let started = now();
+        let mut command = home.command(&["run", "--once"]);
+        command.env("SSL_CERT_FILE", &ours.cert);
+        let run = crate::harness::finish(command, "").await;
+        let case = Case { home, run, started };
+        let r = assert_transient(&case, "").await;
+        let error = r.last_error.unwrap_or_default();
+        assert_eq!(
+            error.contains("certificate"),
+            refused,
+            "{what} certificate: last_error {error:?}"
+        );
+        // Past the handshake: the answer arrived, and it was no HTTP.
+        assert_eq!(
+            error.contains("could not connect") || error.contains("timed out"),
+            refused,
+            "{what} certificate: last_error {error:?}"
+        );
     }
 }
 

@@ -922,17 +922,25 @@ async fn a_token_about_to_expire_is_renewed_before_it_is_sent() {
 
 /// An HTTPS upstream (`openssl s_server -www`, answering any GET with a page) on 127.0.0.1 with a
 /// certificate `ca` issued for `names`; stopped on drop.
-struct TlsUpstream {
-    port: u16,
+/// An HTTPS server on 127.0.0.1 (`openssl s_server -www`: a page for any GET) with a certificate
+/// `ca` issued for `names`; stopped when dropped.
+pub(crate) struct TlsUpstream {
+    pub(crate) port: u16,
     _child: tokio::process::Child,
 }
 
 impl TlsUpstream {
-    async fn start(ca: &crate::postgres::TestCa, names: &str) -> Self {
+    pub(crate) async fn start(ca: &crate::postgres::TestCa, names: &str) -> Self {
+        Self::start_as(ca, names, "-www").await
+    }
+
+    /// As [`TlsUpstream::start`], with `openssl s_server`'s `mode` (`-rev`: each line sent back
+    /// reversed, whatever the request; the HTTPS token endpoint of `faults.rs`).
+    pub(crate) async fn start_as(ca: &crate::postgres::TestCa, names: &str, mode: &str) -> Self {
         let (cert, key) = ca.issue(names);
         let port = free_port();
         let child = tokio::process::Command::new("openssl")
-            .args(["s_server", "-quiet", "-www", "-accept"])
+            .args(["s_server", "-quiet", mode, "-accept"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("-cert")
             .arg(&cert)
