@@ -476,6 +476,111 @@ async fn the_journal_rebuild_keeps_every_column_of_an_old_database() {
     assert_eq!(outcome, "refreshed");
     let token = home.run(&["token", "a"], "").await;
     assert_eq!(token.stdout.trim(), "at-a-canary", "{token:?}");
+    let (refresh_token,): (String,) =
+        sqlx::query_as("SELECT refresh_token FROM oauth_credential WHERE name = 'a'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(refresh_token, "rt-a-canary");
+    sqlx::query(
+        "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, \
+         started_at, outcome, invite_id) VALUES (1, 'a', 'basic', 'invite', 'x', 200, 'authorized', 1)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    assert!(
+        sqlx::query(
+            "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, \
+             lease_owner, started_at) VALUES (1, 'a', 'basic', 'nonsense', 'x', 300)",
+        )
+        .execute(&db)
+        .await
+        .is_err()
+    );
+}
+
+/// PostgreSQL: a database as migrations 0001-0006 left it, with a credential and a journal row
+/// whose every column is set, is upgraded by the binary on open (0007 alters the trigger CHECK and
+/// adds `invite_id`, 0008 adds `sent_at`): the journal row keeps every value, the new columns are
+/// NULL, the credential's tokens are untouched, and the widened CHECK takes `invite`.
+#[tokio::test]
+async fn an_old_postgres_database_upgrades_keeping_its_tokens_and_journal() {
+    use sqlx::migrate::Migrator;
+    let server = OauthServer::start().await;
+    let home = BackendHome::new(&server, Backend::Postgres, "").await;
+    let crate::backends::Db::Postgres(db) = home.db().await else {
+        unreachable!("a PostgreSQL home")
+    };
+    let old = tempfile::tempdir().unwrap();
+    for file in
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres")).unwrap()
+    {
+        let file = file.unwrap();
+        let name = file.file_name().into_string().unwrap();
+        if name.as_str() < "0007" {
+            std::fs::copy(file.path(), old.path().join(&name)).unwrap();
+        }
+    }
+    Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO oauth_credential (name, provider, refresh_token, access_token, \
+            access_token_expires_at, refresh_due_at, status) VALUES \
+         ('a', 'basic', 'rt-a-canary', 'at-a-canary', 4000000000, 3999999000, 'active')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO token_rotation (id, credential_id, credential_name, provider, trigger, \
+         lease_owner, started_at, finished_at, duration_ms, outcome, http_status, error_code, \
+         error_description, old_expires_at, new_expires_at, refresh_token_rotated, \
+         old_refresh_fingerprint, new_refresh_fingerprint, new_access_fingerprint) VALUES \
+         (7, 1, 'a', 'basic', 'manual', 'host pid 1', 100, 101, 1000, 'refreshed', 200, 'e', \
+         'why', 50, 4000000000, true, 'fp-old', 'fp-new', 'fp-at')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    // Every column 0001-0006 gave the row, as JSON (the new columns left out).
+    let select = "SELECT (to_jsonb(r) - 'invite_id' - 'sent_at')::text FROM token_rotation r \
+                  ORDER BY id";
+    let before: Vec<(String,)> = sqlx::query_as(select).fetch_all(&db).await.unwrap();
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert!(before[0].0.contains("fp-at"), "{before:?}");
+
+    // The binary migrates it on open.
+    let status = home.run(&["status"], "").await;
+    assert_eq!(status.code, Some(0), "{status:?}");
+    let (migrations,): (i64,) = sqlx::query_as("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(migrations, 8, "0007 and 0008 ran");
+    let after: Vec<(String,)> = sqlx::query_as(select).fetch_all(&db).await.unwrap();
+    assert_eq!(after, before);
+    let (sent_at, invite_id): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT sent_at, invite_id FROM token_rotation WHERE id = 7")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!((sent_at, invite_id), (None, None));
+    let (refresh_token, access_token): (String, String) =
+        sqlx::query_as("SELECT refresh_token, access_token FROM oauth_credential WHERE name = 'a'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        (refresh_token.as_str(), access_token.as_str()),
+        ("rt-a-canary", "at-a-canary")
+    );
+    let token = home.run(&["token", "a"], "").await;
+    assert_eq!(token.stdout.trim(), "at-a-canary", "{token:?}");
     sqlx::query(
         "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, \
          started_at, outcome, invite_id) VALUES (1, 'a', 'basic', 'invite', 'x', 200, 'authorized', 1)",
