@@ -36,7 +36,6 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 # The daemon reads TOKENWARDEN_* as settings: none of ours may reach it.
-export -n TOKENWARDEN_BIN 2>/dev/null || true
 unset TOKENWARDEN_BIN
 export SYMBOL_ORDER_SECRET=unused-secret
 

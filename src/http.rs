@@ -6,7 +6,7 @@
 //! crate.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -166,7 +166,7 @@ const POOL_IDLE: Duration = Duration::from_secs(4);
 /// nothing due never pays for it (BENCHMARKS.md, "Footprint, second pass").
 #[derive(Clone)]
 pub struct Transport {
-    client: Arc<OnceLock<reqwest::Client>>,
+    client: Arc<tokio::sync::OnceCell<reqwest::Client>>,
     setup: Arc<Setup>,
     max_body: usize,
     request_timeout: Duration,
@@ -189,7 +189,7 @@ impl Transport {
         env: &BTreeMap<String, String>,
     ) -> Result<Self, HttpError> {
         Ok(Self {
-            client: Arc::new(OnceLock::new()),
+            client: Arc::new(tokio::sync::OnceCell::new()),
             setup: Arc::new(Setup {
                 connect_timeout,
                 proxies: proxy::from_env(env)?,
@@ -199,12 +199,13 @@ impl Transport {
         })
     }
 
-    /// The client, built on first use. Two first requests at once may both build one; the
-    /// second is dropped.
-    fn client(&self) -> Result<&reqwest::Client, HttpError> {
-        if let Some(client) = self.client.get() {
-            return Ok(client);
-        }
+    /// The client, built on first use (the first requests of a sweep wait for one build; a
+    /// build that failed is tried again by the next request).
+    async fn client(&self) -> Result<&reqwest::Client, HttpError> {
+        self.client.get_or_try_init(|| async { self.build() }).await
+    }
+
+    fn build(&self) -> Result<reqwest::Client, HttpError> {
         // `no_proxy` first: reqwest's own reading of the environment would proxy loopback too.
         let mut builder = reqwest::Client::builder()
             .no_proxy()
@@ -216,15 +217,14 @@ impl Transport {
         for proxy in &self.setup.proxies {
             builder = builder.proxy(proxy.clone());
         }
-        let built = builder.build().map_err(|e| {
+        builder.build().map_err(|e| {
             HttpError::Transport(format!("cannot build the HTTP client: {}", error_chain(&e)))
-        })?;
-        Ok(self.client.get_or_init(|| built))
+        })
     }
 
     /// GETs `url` and reads the whole (capped) answer.
     pub async fn get(&self, url: &str) -> Result<Exchange, HttpError> {
-        self.send(self.client()?.get(url)).await
+        self.send(self.client().await?.get(url)).await
     }
 
     /// POSTs `form` to `url`, with HTTP Basic client authentication when `basic` is given (id and
@@ -236,7 +236,8 @@ impl Transport {
         basic: Option<(&str, &str)>,
     ) -> Result<Exchange, HttpError> {
         let mut builder = self
-            .client()?
+            .client()
+            .await?
             .post(url)
             .header(http::header::ACCEPT, "application/json")
             .form(form);
@@ -327,7 +328,8 @@ impl Transport {
     ) -> Result<oauth2::HttpResponse, HttpError> {
         let (parts, body) = request.into_parts();
         let request = self
-            .client()?
+            .client()
+            .await?
             .request(parts.method, parts.uri.to_string())
             .headers(parts.headers)
             .body(body);

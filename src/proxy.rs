@@ -65,9 +65,11 @@ pub async fn bind(
     stats: &ProxyStats,
 ) -> Result<Vec<Bound>, ProxyError> {
     let mut bound = Vec::with_capacity(settings.proxy.len());
+    // The system's roots are read and parsed once, for every route (`http::tls_config`).
+    let mut tls = None;
     for (i, block) in settings.proxy.iter().enumerate() {
         let key = format!("proxy[{i}]");
-        bound.push(bind_one(sweeper, settings, env, block, &key, stats).await?);
+        bound.push(bind_one(sweeper, settings, env, block, &key, stats, &mut tls).await?);
     }
     Ok(bound)
 }
@@ -79,6 +81,7 @@ async fn bind_one(
     block: &ProxySettings,
     key: &str,
     stats: &ProxyStats,
+    tls: &mut Option<rustls::ClientConfig>,
 ) -> Result<Bound, ProxyError> {
     let name = block.route_name().to_owned();
     let listen_error = |source| ProxyError::Listen {
@@ -96,14 +99,19 @@ async fn bind_one(
         route: name.clone(),
         reason: e.to_string(),
     };
-    // `no_proxy` first: reqwest's own reading of the environment would proxy loopback too.
     let timeouts = upstream::Timeouts {
         connect: block.connect_timeout,
         idle: block.idle_timeout,
         request: block.request_timeout,
     };
     let proxies = crate::http::proxy::from_env(env).map_err(client_error)?;
-    let client = upstream::Upstream::new(timeouts, proxies).map_err(client_error)?;
+    let tls = match tls {
+        Some(tls) => tls.clone(),
+        None => tls
+            .insert(crate::http::tls_config().map_err(client_error)?)
+            .clone(),
+    };
+    let client = upstream::Upstream::new(timeouts, proxies, tls).map_err(client_error)?;
     let credentials = credential::Credentials::new(
         sweeper.clone(),
         block.min_valid,

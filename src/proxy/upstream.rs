@@ -46,8 +46,13 @@ pub enum Upstream {
 }
 
 impl Upstream {
-    /// The client for `timeouts`; through `proxies` when there are any.
-    pub fn new(timeouts: Timeouts, proxies: Vec<reqwest::Proxy>) -> Result<Self, HttpError> {
+    /// The client for `timeouts` with the TLS settings `tls` (`http::tls_config`); through
+    /// `proxies` when there are any.
+    pub fn new(
+        timeouts: Timeouts,
+        proxies: Vec<reqwest::Proxy>,
+        mut tls: rustls::ClientConfig,
+    ) -> Result<Self, HttpError> {
         if !proxies.is_empty() {
             // `no_proxy` first: reqwest's own reading of the environment would proxy loopback
             // too. No retries of its own (an HTTP/1.1 client has none to make; with a limit of 0
@@ -56,7 +61,7 @@ impl Upstream {
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
                 .retry(reqwest::retry::never().max_retries_per_request(0))
-                .use_preconfigured_tls(crate::http::tls_config()?)
+                .use_preconfigured_tls(tls)
                 .connect_timeout(timeouts.connect)
                 .read_timeout(timeouts.idle)
                 .timeout(timeouts.request);
@@ -71,7 +76,6 @@ impl Upstream {
         http.set_connect_timeout(Some(timeouts.connect));
         // hyper-rustls sets the ALPN itself (`http/1.1`, what `tls_config` names) and refuses a
         // configuration that already has one.
-        let mut tls = crate::http::tls_config()?;
         tls.alpn_protocols.clear();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)

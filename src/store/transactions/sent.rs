@@ -1,7 +1,7 @@
 //! Requests that went out (issue 19): the marks written immediately before refresh tokens go out
-//! (in the group writer's transaction),
-//! a claim given back to the live process whose request was out, and the attempts whose request
-//! went out but whose lease ran out before their outcome was stored. Plain SQL both dialects
+//! (in the group writer's transaction), a claim given back to the live process whose request was
+//! out, and the attempts whose request went out but whose lease ran out before their outcome was
+//! stored. Plain SQL both dialects
 //! accept, but for the marks (`Dialect::mark_sent`: one statement per batch).
 
 use crate::domain::UnixTime;
