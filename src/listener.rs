@@ -2,14 +2,16 @@
 //! whole-connection timeout, a cap on concurrent connections (also kept below the process's
 //! descriptor limit), exponential backoff after accept errors (EMFILE never makes the loop spin),
 //! a rate-limited warning (one line per interval, with the count of those left out), and
-//! graceful shutdown through a `CancellationToken`. The metrics listener, the token API, the
-//! proxy, the enrollment pages and the authorize callback all serve through it. Imports nothing
+//! graceful shutdown through a `CancellationToken`; connections served where they are accepted,
+//! or dealt to other runtimes (the proxy's worker threads). The metrics listener, the token API,
+//! the proxy, the enrollment pages and the authorize callback all serve through it. Imports nothing
 //! from the crate.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
@@ -141,6 +143,13 @@ pub trait StreamHandler: Clone + Send + Sync + 'static {
         peer: Peer,
         request: Request<Incoming>,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
+
+    /// The handler for one new connection: its requests (one at a time) share what it keeps, such
+    /// as the proxy's upstream connection. A clone unless a handler keeps something.
+    #[must_use]
+    fn connected(&self) -> Self {
+        self.clone()
+    }
 }
 
 impl<H: Handler> StreamHandler for H {
@@ -239,6 +248,55 @@ pub enum Stream {
     Unix(tokio::net::UnixStream),
 }
 
+/// Runtimes that connections are dealt to (each its own thread, as the proxy's workers are): a
+/// new connection goes to the one serving the fewest, and stays there.
+pub struct Dealer {
+    runtimes: Vec<(tokio::runtime::Handle, Arc<AtomicUsize>)>,
+}
+
+impl Dealer {
+    #[must_use]
+    pub fn new(runtimes: impl IntoIterator<Item = tokio::runtime::Handle>) -> Self {
+        Self {
+            runtimes: runtimes
+                .into_iter()
+                .map(|handle| (handle, Arc::default()))
+                .collect(),
+        }
+    }
+
+    /// The runtime serving the fewest connections, and its count (the connection counts until
+    /// the count's guard is dropped); `None` without runtimes.
+    fn pick(&self) -> Option<(&tokio::runtime::Handle, Serving)> {
+        let (handle, count) = self
+            .runtimes
+            .iter()
+            .min_by_key(|(_, count)| count.load(Ordering::Relaxed))?;
+        count.fetch_add(1, Ordering::Relaxed);
+        Some((handle, Serving(count.clone())))
+    }
+}
+
+/// One connection on a dealt runtime; counted until dropped.
+struct Serving(Arc<AtomicUsize>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Stream {
+    /// The stream, served by the runtime this is called in (moved from the one it was accepted
+    /// in).
+    fn moved(self) -> io::Result<Self> {
+        Ok(match self {
+            Self::Tcp(s) => Self::Tcp(tokio::net::TcpStream::from_std(s.into_std()?)?),
+            Self::Unix(s) => Self::Unix(tokio::net::UnixStream::from_std(s.into_std()?)?),
+        })
+    }
+}
+
 impl Acceptor {
     /// At most `max_connections` at once (and at most a [`DESCRIPTOR_SHARE`]th of this
     /// process's descriptor limit). `name` names the listener in log lines.
@@ -304,6 +362,19 @@ pub async fn serve<H: StreamHandler>(
     handler: H,
     shutdown: CancellationToken,
 ) {
+    serve_dealt(socket, limits, name, handler, shutdown, None).await;
+}
+
+/// [`serve`], each connection dealt to one of `dealer`'s runtimes (accepted here, served there);
+/// served here without one.
+pub async fn serve_dealt<H: StreamHandler>(
+    socket: Socket,
+    limits: Limits,
+    name: &'static str,
+    handler: H,
+    shutdown: CancellationToken,
+    dealer: Option<Arc<Dealer>>,
+) {
     let mut acceptor = Acceptor::new(socket, limits.max_connections, name);
     let mut connections = JoinSet::new();
     while let Some(Accepted {
@@ -312,15 +383,35 @@ pub async fn serve<H: StreamHandler>(
         permit,
     }) = acceptor.next(&shutdown).await
     {
-        let handler = handler.clone();
+        let handler = handler.connected();
         let shutdown = shutdown.clone();
-        connections.spawn(async move {
+        let dealt = dealer.as_deref().and_then(Dealer::pick);
+        let moved = dealt.is_some();
+        let served = async move {
+            let stream = if moved { stream.moved() } else { Ok(stream) };
             match stream {
-                Stream::Tcp(s) => connection(s, peer, limits, handler, shutdown).await,
-                Stream::Unix(s) => connection(s, peer, limits, handler, shutdown).await,
+                Ok(Stream::Tcp(s)) => connection(s, peer, limits, handler, shutdown).await,
+                Ok(Stream::Unix(s)) => connection(s, peer, limits, handler, shutdown).await,
+                Err(e) => {
+                    debug!(listener = name, error = %e, "a connection could not be moved to its thread");
+                }
             }
             drop(permit);
-        });
+        };
+        match dealt {
+            Some((runtime, serving)) => {
+                connections.spawn_on(
+                    async move {
+                        served.await;
+                        drop(serving);
+                    },
+                    runtime,
+                );
+            }
+            None => {
+                connections.spawn(served);
+            }
+        }
         while connections.try_join_next().is_some() {}
     }
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {

@@ -4,8 +4,8 @@
 //! `proxy/forward.rs` (target URL and headers: pure), `proxy/credential.rs` (the header per
 //! credential, renewals shared in this process), `proxy/route.rs` (one request), `proxy/tally.rs`
 //! (the answer's body counted into the request's log line), `proxy/stats.rs` (per-route series),
-//! `proxy/upstream.rs` (the client toward the upstream, its timeouts).
-//! Served through `listener`; a unix peer is decided by the token API's access rules
+//! `proxy/upstream.rs` (the connections toward the upstream, their timeouts),
+//! `proxy/workers.rs` (the threads the connections run on). Served through `listener`; a unix peer is decided by the token API's access rules
 //! (`api::access`, `api::users`). Imports `api`, `config`, `deliver`, `domain`, `http`,
 //! `listener`, `renew`, `store` and `sweep`.
 
@@ -21,6 +21,7 @@ pub mod route;
 pub mod stats;
 mod tally;
 pub mod upstream;
+mod workers;
 
 pub use route::{RETRY_HEADER, Route, RouteParts};
 pub use stats::ProxyStats;
@@ -150,21 +151,39 @@ async fn bind_one(
     })
 }
 
-/// Serves every bound route until `shutdown`; returns when all have stopped.
+/// Serves every bound route until `shutdown`: each accepts on the daemon's runtime and deals its
+/// connections to the worker threads (`proxy/workers.rs`), the one with the fewest first. Returns
+/// when all have stopped. Without worker threads (the system refused them) the daemon's runtime
+/// serves the connections, with one warning line.
 pub async fn serve(routes: Vec<Bound>, shutdown: CancellationToken) {
+    let workers = match workers::Workers::start() {
+        Ok(workers) => Some(workers),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the proxy's worker threads; the routes are served by the daemon's runtime");
+            None
+        }
+    };
+    let dealer = workers
+        .as_ref()
+        .map(|w| std::sync::Arc::new(listener::Dealer::new(w.handles().iter().cloned())));
     let mut served = tokio::task::JoinSet::new();
     for bound in routes {
         tracing::info!(route = %bound.name, "proxy route listening");
         // The listener names itself in its warnings with a 'static str: one per route, for the
         // life of the process.
         let name: &'static str = Box::leak(format!("proxy {}", bound.name).into_boxed_str());
-        served.spawn(listener::serve(
+        served.spawn(listener::serve_dealt(
             bound.socket,
             bound.limits,
             name,
             bound.route,
             shutdown.clone(),
+            dealer.clone(),
         ));
     }
     while served.join_next().await.is_some() {}
+    if let Some(workers) = workers {
+        // Their threads end at once (nothing is left to serve); joined off the runtime.
+        let _ = tokio::task::spawn_blocking(move || drop(workers)).await;
+    }
 }

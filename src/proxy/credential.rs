@@ -5,6 +5,8 @@
 //! together share one renewal. Imports `deliver`, `domain`, `renew`, `store` and `sweep`.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +59,30 @@ pub enum Unavailable {
     Delivery(String),
 }
 
+/// One client connection's copy of a credential's header ([`Credentials::remembered`]): its
+/// own `Authorization` value, so that sending it touches nothing shared between threads.
+pub struct Remembered {
+    slot: Arc<Slot>,
+    /// The slot's count of kept headers when this copy was taken.
+    kept: u64,
+    current: Arc<Current>,
+    authorization: HeaderValue,
+}
+
+impl Remembered {
+    /// The header this copy is of.
+    #[must_use]
+    pub fn current(&self) -> &Arc<Current> {
+        &self.current
+    }
+
+    /// The `Authorization` value (marked sensitive).
+    #[must_use]
+    pub fn authorization(&self) -> &HeaderValue {
+        &self.authorization
+    }
+}
+
 /// How a renewal after a 401 went.
 #[derive(Debug)]
 pub enum AfterRejection {
@@ -71,6 +97,9 @@ pub enum AfterRejection {
 struct Slot {
     name: String,
     current: Mutex<Option<Arc<Current>>>,
+    /// Counts the headers kept: a connection's copy ([`Remembered`]) older than this is read
+    /// again.
+    kept: AtomicU64,
     /// Held while the store is read or a renewal runs: one at a time per credential.
     renewing: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -84,9 +113,13 @@ pub struct Credentials {
     /// Longest wait for another process's renewal.
     wait: Duration,
     slots: Arc<Mutex<HashMap<String, Arc<Slot>>>>,
+    /// The daemon's runtime: every store read and renewal runs there, whichever thread the
+    /// request that needs it is served on.
+    daemon: tokio::runtime::Handle,
 }
 
 impl Credentials {
+    /// Called on the daemon's runtime, which then runs every store read and renewal.
     #[must_use]
     pub fn new(sweeper: Sweeper, min_valid: Duration, wait: Duration) -> Self {
         Self {
@@ -94,7 +127,17 @@ impl Credentials {
             min_valid: i64::try_from(min_valid.as_secs()).unwrap_or(i64::MAX),
             wait,
             slots: Arc::default(),
+            daemon: tokio::runtime::Handle::current(),
         }
+    }
+
+    /// `work` run on the daemon's runtime; `None` when it could not finish there (the daemon
+    /// is stopping).
+    pub async fn on_daemon<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        self.daemon.spawn(work).await.ok()
     }
 
     /// The store the sweeper writes.
@@ -118,10 +161,47 @@ impl Credentials {
                 Arc::new(Slot {
                     name: name.to_owned(),
                     current: Mutex::new(None),
+                    kept: AtomicU64::new(0),
                     renewing: tokio::sync::Mutex::new(None),
                 })
             })
             .clone()
+    }
+
+    /// `name`'s header as [`Credentials::current`] gives it, through one client connection's
+    /// copy: while the credential's slot has kept no newer header and the copy stays valid for
+    /// `min_valid`, a request reads nothing another thread writes.
+    pub async fn remembered<'m>(
+        &self,
+        name: &str,
+        memo: &'m mut Option<Remembered>,
+    ) -> Result<&'m Remembered, Unavailable> {
+        let now = domain::now();
+        let fresh = memo.as_ref().is_some_and(|m| {
+            m.slot.name == name
+                && m.kept == m.slot.kept.load(Ordering::Acquire)
+                && m.current.expires_at - now >= self.min_valid.max(1)
+        });
+        if !fresh {
+            let slot = self.slot(name);
+            // Read before the header: a header kept meanwhile makes the copy stale, not lost.
+            let kept = slot.kept.load(Ordering::Acquire);
+            let current = self.current(name).await?;
+            let mut authorization = HeaderValue::from_bytes(current.authorization.as_bytes())
+                .map_err(|_| Unavailable::Unusable {
+                    name: name.to_owned(),
+                    why: "its access token cannot go into an Authorization header".to_owned(),
+                })?;
+            authorization.set_sensitive(true);
+            *memo = Some(Remembered {
+                slot,
+                kept,
+                current,
+                authorization,
+            });
+        }
+        memo.as_ref()
+            .ok_or_else(|| Unavailable::Store(name.to_owned()))
     }
 
     /// `name`'s header, valid for at least `min_valid`: from memory, else through `deliver`.
@@ -130,6 +210,15 @@ impl Credentials {
         if let Some(current) = slot.cached(domain::now(), self.min_valid) {
             return Ok(current);
         }
+        let this = self.clone();
+        self.on_daemon(async move { this.delivered(&slot).await })
+            .await
+            .unwrap_or_else(|| Err(stopping(name)))
+    }
+
+    /// [`Credentials::current`] when memory has none valid long enough.
+    async fn delivered(&self, slot: &Slot) -> Result<Arc<Current>, Unavailable> {
+        let name = slot.name.as_str();
         let _renewing = slot.renewing.lock().await;
         if let Some(current) = slot.cached(domain::now(), self.min_valid) {
             return Ok(current);
@@ -150,9 +239,21 @@ impl Credentials {
     pub async fn after_rejection(
         &self,
         name: &str,
+        rejected: &Arc<Current>,
+    ) -> Result<AfterRejection, Unavailable> {
+        let (this, slot, rejected) = (self.clone(), self.slot(name), rejected.clone());
+        self.on_daemon(async move { this.renewed(&slot, &rejected).await })
+            .await
+            .unwrap_or_else(|| Err(stopping(name)))
+    }
+
+    /// [`Credentials::after_rejection`], on the daemon's runtime.
+    async fn renewed(
+        &self,
+        slot: &Slot,
         rejected: &Current,
     ) -> Result<AfterRejection, Unavailable> {
-        let slot = self.slot(name);
+        let name = slot.name.as_str();
         let mut renewing = slot.renewing.lock().await;
         if let Some(current) = slot.cached(domain::now(), 0)
             && current.token != rejected.token
@@ -296,6 +397,7 @@ impl Slot {
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&current));
+        self.kept.fetch_add(1, Ordering::Release);
         Ok(current)
     }
 }
@@ -333,6 +435,13 @@ fn failed(name: &str, last_error: Option<&str>) -> Unavailable {
         reason: last_error
             .unwrap_or("the provider did not issue a new token")
             .to_owned(),
+    }
+}
+
+fn stopping(name: &str) -> Unavailable {
+    Unavailable::Unusable {
+        name: name.to_owned(),
+        why: "the daemon is stopping".to_owned(),
     }
 }
 

@@ -3,6 +3,8 @@
 //! Host replaced) and the headers passed back. Pure.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::body::Bytes;
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1, plus the `Proxy-*` and `Keep-Alive` fields of older
 /// practice): meaningful for one connection only, never forwarded either way.
@@ -27,30 +29,70 @@ pub enum TargetError {
     OutsideBase,
 }
 
-/// `base` (an upstream base URL, its path a prefix) joined with a request's `path_and_query`
-/// (origin form, `/v1.0/sites/root?x=1`). Dot segments that would climb out of the base path
-/// are refused, whatever their spelling.
-pub fn target(base: &url::Url, path_and_query: &str) -> Result<url::Url, TargetError> {
+/// An upstream base URL as requests are sent to it: its scheme and authority, and its path as a
+/// prefix of every request's path.
+#[derive(Debug, Clone)]
+pub struct Base {
+    scheme: Scheme,
+    authority: Authority,
+    /// The base URL's path without its trailing `/` (empty for the root).
+    prefix: String,
+}
+
+impl Base {
+    /// `url`'s scheme, authority (host and port as written) and path; `None` for a URL without
+    /// a host.
+    #[must_use]
+    pub fn new(url: &url::Url) -> Option<Self> {
+        let scheme = Scheme::try_from(url.scheme()).ok()?;
+        let authority =
+            Authority::try_from(&url[url::Position::BeforeHost..url::Position::BeforePath]).ok()?;
+        Some(Self {
+            scheme,
+            authority,
+            prefix: url.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// A copy that shares no memory with this one: each client connection takes its own, so
+    /// that building a request's URI touches nothing another thread does.
+    #[must_use]
+    pub fn copy(&self) -> Self {
+        Self {
+            scheme: self.scheme.clone(),
+            authority: Authority::from_maybe_shared(Bytes::copy_from_slice(
+                self.authority.as_str().as_bytes(),
+            ))
+            .unwrap_or_else(|_| self.authority.clone()),
+            prefix: self.prefix.clone(),
+        }
+    }
+}
+
+/// The upstream URI for a request target `path_and_query` (origin form, `/v1.0/sites/root?x=1`):
+/// the base's path, then the target's, as the client wrote it. Dot segments, which would climb
+/// out of the base path, are refused whatever their spelling.
+pub fn target(base: &Base, path_and_query: &str) -> Result<http::Uri, TargetError> {
     if !path_and_query.starts_with('/') {
         return Err(TargetError::NotOriginForm);
     }
-    let prefix = base.path().trim_end_matches('/');
-    let mut joined = base.clone();
-    joined.set_query(None);
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query, None),
-    };
-    joined.set_path(&format!("{prefix}{path}"));
-    joined.set_query(query);
-    let stays = joined
-        .path()
-        .strip_prefix(prefix)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-    if !stays || has_dot_segment(path) {
+    let path = path_and_query
+        .split_once('?')
+        .map_or(path_and_query, |(path, _)| path);
+    if has_dot_segment(path) {
         return Err(TargetError::OutsideBase);
     }
-    Ok(joined)
+    let joined = if base.prefix.is_empty() {
+        PathAndQuery::try_from(path_and_query)
+    } else {
+        PathAndQuery::try_from(format!("{}{path_and_query}", base.prefix))
+    }
+    .map_err(|_| TargetError::NotOriginForm)?;
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(base.scheme.clone());
+    parts.authority = Some(base.authority.clone());
+    parts.path_and_query = Some(joined);
+    http::Uri::from_parts(parts).map_err(|_| TargetError::NotOriginForm)
 }
 
 /// Whether a path has a `.` or `..` segment, percent-encoded or not (`%2e`, `%2E`).
@@ -166,35 +208,35 @@ pub fn response_headers(mut upstream: HeaderMap) -> HeaderMap {
 mod tests {
     use super::*;
 
-    fn url(s: &str) -> url::Url {
-        url::Url::parse(s).unwrap()
+    fn base(s: &str) -> Base {
+        Base::new(&url::Url::parse(s).unwrap()).unwrap()
     }
 
     #[test]
     fn targets_join_the_base_path() {
-        let graph = url("https://graph.microsoft.com");
+        let graph = base("https://graph.microsoft.com");
         assert_eq!(
-            target(&graph, "/v1.0/sites/root?$select=id")
-                .unwrap()
-                .as_str(),
+            target(&graph, "/v1.0/sites/root?$select=id").unwrap(),
             "https://graph.microsoft.com/v1.0/sites/root?$select=id"
         );
-        let api = url("https://example.com/api/");
+        let api = base("https://example.com/api/");
         assert_eq!(
-            target(&api, "/v2/x").unwrap().as_str(),
+            target(&api, "/v2/x").unwrap(),
             "https://example.com/api/v2/x"
         );
         assert_eq!(
-            target(&url("http://127.0.0.1:9/base"), "/")
-                .unwrap()
-                .as_str(),
+            target(&base("http://127.0.0.1:9/base"), "/").unwrap(),
             "http://127.0.0.1:9/base/"
+        );
+        assert_eq!(
+            target(&base("https://[::1]:8443/a").copy(), "/b?c=d%20e").unwrap(),
+            "https://[::1]:8443/a/b?c=d%20e"
         );
     }
 
     #[test]
     fn targets_never_leave_the_base() {
-        let api = url("https://example.com/api");
+        let api = base("https://example.com/api");
         for bad in [
             "/../admin",
             "/x/%2e%2E/../y",
@@ -202,6 +244,7 @@ mod tests {
             "/a/%2e/b",
             "/a/.%2E",
             "/%2E.",
+            "/a/..?x=1",
         ] {
             assert_eq!(target(&api, bad), Err(TargetError::OutsideBase), "{bad}");
         }
@@ -215,14 +258,14 @@ mod tests {
             "/a/..b",
             "/%2e%2e%2e",
             "/a/%2f",
+            "/a?x=/../y",
         ] {
             assert!(target(&api, good).is_ok(), "{good}");
         }
         // A host in the path stays a path.
-        assert_eq!(
-            target(&api, "//evil.example/x").unwrap().host_str(),
-            Some("example.com")
-        );
+        let uri = target(&api, "//evil.example/x").unwrap();
+        assert_eq!(uri.host(), Some("example.com"));
+        assert_eq!(uri.path(), "/api//evil.example/x");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! sent upstream (body kept when small enough to send again, streamed otherwise), one renewal and
 //! one retry after a 401, and the answer streamed back — or the proxy's own short JSON error.
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -11,21 +12,35 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 
-use super::credential::{AfterRejection, Credentials, Current, Unavailable};
-use super::forward::{self, Forwarded};
+use super::credential::{AfterRejection, Credentials, Current, Remembered, Unavailable};
+use super::forward::{self, Base, Forwarded};
 use super::stats::{ProxyStats, RouteStats};
-use super::tally::{self, Exchange, ProxyBody};
-use super::upstream::{AnswerBody, RequestBody, Upstream};
+use super::tally::{self, Exchange, ProxyBody, Tag};
+use super::upstream::{AnswerBody, Lane, RequestBody, Upstream};
 use crate::config::{ProxyCredential, ProxyUpstream};
 use crate::listener::{Peer, StreamHandler};
 
 /// The header on a 401 passed through without a retry, saying why.
 pub const RETRY_HEADER: &str = "tokenwarden-retry";
 
-/// A route, ready to serve; cheap to clone.
+/// A route, ready to serve; cheap to clone. Each client connection gets its own
+/// ([`StreamHandler::connected`]): see [`Served`].
 #[derive(Clone)]
 pub struct Route {
+    served: Arc<Served>,
+}
+
+/// One client connection's share of a route: its lane upstream, its copy of the credential's
+/// header and of the upstream base, its handles on the route's name and series. Its requests
+/// (one at a time) touch nothing another thread writes, but the route's counters.
+struct Served {
     inner: Arc<Inner>,
+    lane: Lane,
+    tag: Arc<Tag>,
+    /// `None` for `upstream = "instance_url"`: each credential names its own.
+    base: Option<Base>,
+    /// Taken by a request, put back when it has its answer.
+    memo: Mutex<Option<Remembered>>,
 }
 
 /// What a route is told at start.
@@ -37,7 +52,7 @@ pub struct RouteParts {
     pub x_forwarded: bool,
     pub retry_body_max: usize,
     pub body_timeout: Duration,
-    /// The way to the upstream.
+    /// The way to the upstream; each client connection takes a lane of it.
     pub client: Upstream,
     pub credentials: Credentials,
     pub stats: ProxyStats,
@@ -49,6 +64,9 @@ struct Inner {
     name: Arc<str>,
     /// This route's series of `parts.stats`.
     stats: RouteStats,
+    /// The configured upstream URL's base (`None` for `instance_url`, or a URL without a host,
+    /// which the configuration refuses).
+    base: Option<Base>,
     parts: RouteParts,
 }
 
@@ -143,42 +161,66 @@ impl Outgoing {
     }
 }
 
+impl Served {
+    fn new(inner: Arc<Inner>) -> Self {
+        Self {
+            lane: inner.parts.client.lane(),
+            tag: Arc::new(Tag {
+                route: inner.name.clone(),
+                stats: inner.stats.clone(),
+            }),
+            base: inner.base.as_ref().map(Base::copy),
+            memo: Mutex::new(None),
+            inner,
+        }
+    }
+}
+
 impl Route {
     #[must_use]
     pub fn new(parts: RouteParts) -> Self {
+        let base = match &parts.upstream {
+            ProxyUpstream::Url(url) => Base::new(url),
+            ProxyUpstream::InstanceUrl => None,
+        };
+        let inner = Arc::new(Inner {
+            name: Arc::from(parts.name.as_str()),
+            stats: parts.stats.route(&parts.name),
+            base,
+            parts,
+        });
         Self {
-            inner: Arc::new(Inner {
-                name: Arc::from(parts.name.as_str()),
-                stats: parts.stats.route(&parts.name),
-                parts,
-            }),
+            served: Arc::new(Served::new(inner)),
         }
     }
 
-    fn exchange(&self, method: Method, path: String, started: Instant) -> Exchange {
+    fn exchange(&self, method: Method, target: http::Uri, started: Instant) -> Exchange {
         Exchange {
-            route: self.inner.name.clone(),
+            tag: self.served.tag.clone(),
             method,
-            path,
+            target,
             started,
             status: 0,
             renewed: false,
             retried: false,
             note: None,
-            stats: self.inner.stats.clone(),
         }
+    }
+
+    fn inner(&self) -> &Inner {
+        &self.served.inner
     }
 
     /// The credential for `peer`: the route's (a unix peer needs a grant of the `[[access]]`
     /// rules: root, the service user, or a block naming it), or (by provider) the one the peer's
     /// user owns. Each decision on a unix socket is logged at debug with the peer's uid and pid.
-    async fn credential(&self, peer: Peer) -> Result<String, Problem> {
-        let parts = &self.inner.parts;
-        let route = &*self.inner.name;
+    async fn credential(&self, peer: Peer) -> Result<Cow<'_, str>, Problem> {
+        let parts = &self.inner().parts;
+        let route = &*self.inner().name;
         let (uid, gid, pid) = match peer {
             Peer::Tcp(_) => {
                 return match &parts.which {
-                    ProxyCredential::Named(name) => Ok(name.clone()),
+                    ProxyCredential::Named(name) => Ok(Cow::Borrowed(name)),
                     ProxyCredential::OwnedAt(_) => Err(Problem::Forbidden),
                 };
             }
@@ -189,7 +231,7 @@ impl Route {
             ProxyCredential::Named(name) => {
                 if let Some(grant) = parts.rules.grant(&who, name) {
                     tracing::debug!(route, uid, pid, credential = %name, %grant, "proxy: allowed");
-                    Ok(name.clone())
+                    Ok(Cow::Borrowed(name))
                 } else {
                     tracing::debug!(route, uid, pid, credential = %name, "proxy: refused");
                     Err(Problem::Forbidden)
@@ -204,25 +246,38 @@ impl Route {
                     provider: provider.clone(),
                     owner: user,
                 };
-                let name = crate::deliver::resolve(parts.credentials.store(), &which)
+                let store = parts.credentials.store().clone();
+                let resolved = parts
+                    .credentials
+                    .on_daemon(async move { crate::deliver::resolve(&store, &which).await })
                     .await
-                    .map_err(|e| match e {
-                        crate::deliver::DeliverError::Store(_) => Problem::Unavailable(
-                            Unavailable::Store(format!("of the peer at {provider}")),
-                        ),
-                        other => Problem::NoCredential(other.to_string()),
+                    .ok_or_else(|| {
+                        Problem::Unavailable(Unavailable::Store(format!(
+                            "of the peer at {provider}"
+                        )))
                     })?;
+                let name = resolved.map_err(|e| match e {
+                    crate::deliver::DeliverError::Store(_) => Problem::Unavailable(
+                        Unavailable::Store(format!("of the peer at {provider}")),
+                    ),
+                    other => Problem::NoCredential(other.to_string()),
+                })?;
                 tracing::debug!(route, uid, pid, credential = %name, "proxy: allowed, owner");
-                Ok(name)
+                Ok(Cow::Owned(name))
             }
         }
     }
 
     /// The upstream base for `current`'s credential.
-    fn base(&self, name: &str, current: &Current) -> Result<url::Url, Problem> {
-        let parts = &self.inner.parts;
+    fn base(&self, name: &str, current: &Current) -> Result<Cow<'_, Base>, Problem> {
+        let parts = &self.inner().parts;
         match &parts.upstream {
-            ProxyUpstream::Url(url) => Ok(url.clone()),
+            ProxyUpstream::Url(_) => self
+                .served
+                .base
+                .as_ref()
+                .map(Cow::Borrowed)
+                .ok_or_else(|| Problem::BadRequest("the upstream URL has no host".to_owned())),
             ProxyUpstream::InstanceUrl => {
                 let text = current
                     .instance_url
@@ -230,7 +285,12 @@ impl Route {
                     .ok_or_else(|| Problem::NoInstanceUrl(name.to_owned()))?;
                 crate::config::check_endpoint("instance_url", text, parts.allow_insecure_http)
                     .map_err(|_| Problem::NoInstanceUrl(name.to_owned()))?;
-                url::Url::parse(text).map_err(|_| Problem::NoInstanceUrl(name.to_owned()))
+                url::Url::parse(text)
+                    .ok()
+                    .as_ref()
+                    .and_then(Base::new)
+                    .map(Cow::Owned)
+                    .ok_or_else(|| Problem::NoInstanceUrl(name.to_owned()))
             }
         }
     }
@@ -241,7 +301,7 @@ impl Route {
         headers: &http::HeaderMap,
         body: Incoming,
     ) -> Result<Outgoing, Problem> {
-        let parts = &self.inner.parts;
+        let parts = &self.inner().parts;
         // A request without a body (a GET, most of them): nothing to read, no timer to arm.
         if hyper::body::Body::is_end_stream(&body) {
             return Ok(Outgoing::Kept(Bytes::new()));
@@ -268,27 +328,24 @@ impl Route {
     async fn send(
         &self,
         parts: &http::request::Parts,
-        url: &url::Url,
+        uri: http::Uri,
         authorization: &HeaderValue,
         forwarded: Option<&Forwarded>,
         body: RequestBody,
     ) -> Result<Response<AnswerBody>, Problem> {
-        let route = &self.inner.parts;
-        let uri: http::Uri = url.as_str().parse().map_err(|_| {
-            Problem::BadRequest("the request target is not a usable URI".to_owned())
-        })?;
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() =
             forward::request_headers(&parts.headers, authorization.clone(), forwarded);
         let sent = Instant::now();
-        let answer = route
-            .client
+        let answer = self
+            .served
+            .lane
             .send(request)
             .await
             .map_err(Problem::Upstream)?;
-        self.inner
+        self.inner()
             .stats
             .upstream_latency(sent.elapsed().as_secs_f64());
         Ok(answer)
@@ -304,21 +361,26 @@ impl Route {
             return Err(Problem::Upgrade);
         }
         let name = self.credential(peer).await?;
-        let route = &self.inner.parts;
-        let current = route
+        let route = &self.inner().parts;
+        let mut memo = self
+            .served
+            .memo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let remembered = route
             .credentials
-            .current(&name)
+            .remembered(&name, &mut memo)
             .await
             .map_err(Problem::Unavailable)?;
-        let base = self.base(&name, &current)?;
-        let target = request
-            .uri()
-            .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str)
-            .to_owned();
-        let url =
-            forward::target(&base, &target).map_err(|e| Problem::BadRequest(e.to_string()))?;
+        let current = remembered.current();
+        let base = self.base(&name, current)?;
         let (parts, body) = request.into_parts();
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str);
+        let uri = forward::target(&base, target).map_err(|e| Problem::BadRequest(e.to_string()))?;
         let forwarded = route.x_forwarded.then(|| Forwarded {
             client: match peer {
                 Peer::Tcp(address) => Some(address.ip()),
@@ -330,8 +392,8 @@ impl Route {
         let mut answer = self
             .send(
                 &parts,
-                &url,
-                &current.authorization,
+                uri,
+                remembered.authorization(),
                 forwarded.as_ref(),
                 outgoing.take(),
             )
@@ -340,13 +402,13 @@ impl Route {
         if answer.status() == StatusCode::UNAUTHORIZED {
             match &outgoing {
                 Outgoing::Streamed(_) => {
-                    self.inner.stats.rejected_after_renewal();
+                    self.inner().stats.rejected_after_renewal();
                     not_retried = Some("not retried: the request body was streamed");
                 }
                 Outgoing::Kept(_) => {
                     match route
                         .credentials
-                        .after_rejection(&name, &current)
+                        .after_rejection(&name, current)
                         .await
                         .map_err(Problem::Unavailable)?
                     {
@@ -355,37 +417,43 @@ impl Route {
                             shared,
                         } => {
                             if !shared {
-                                self.inner.stats.renewed_after_401();
+                                self.inner().stats.renewed_after_401();
                                 exchange.renewed = true;
                             }
                             let base = self.base(&name, &renewed)?;
-                            let url = forward::target(&base, &target)
+                            let uri = forward::target(&base, target)
                                 .map_err(|e| Problem::BadRequest(e.to_string()))?;
                             drop(answer);
-                            self.inner.stats.retried();
+                            self.inner().stats.retried();
                             exchange.retried = true;
                             answer = self
                                 .send(
                                     &parts,
-                                    &url,
+                                    uri,
                                     &renewed.authorization,
                                     forwarded.as_ref(),
                                     outgoing.take(),
                                 )
                                 .await?;
                             if answer.status() == StatusCode::UNAUTHORIZED {
-                                self.inner.stats.rejected_after_renewal();
+                                self.inner().stats.rejected_after_renewal();
                                 not_retried = Some("not retried again: rejected after a renewal");
                             }
                         }
                         AfterRejection::RecentlyRenewed => {
-                            self.inner.stats.rejected_after_renewal();
+                            self.inner().stats.rejected_after_renewal();
                             not_retried = Some("not retried: the token was renewed moments ago");
                         }
                     }
                 }
             }
         }
+        // The connection's next request reuses the copy of the header.
+        *self
+            .served
+            .memo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = memo;
         Ok(passed_back(answer, not_retried, exchange))
     }
 }
@@ -414,17 +482,23 @@ fn passed_back(
 impl StreamHandler for Route {
     type Body = ProxyBody;
 
+    fn connected(&self) -> Self {
+        Self {
+            served: Arc::new(Served::new(self.served.inner.clone())),
+        }
+    }
+
     async fn handle(&self, peer: Peer, request: Request<Incoming>) -> Response<ProxyBody> {
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let mut exchange = self.exchange(method, path, Instant::now());
+        let target = request.uri().clone();
+        let mut exchange = self.exchange(method, target, Instant::now());
         match self.forward(peer, request, &mut exchange).await {
             Ok(response) => response.map(|body| tally::counted(body, exchange)),
             Err(problem) => {
                 let status = problem.status();
                 exchange.status = status.as_u16();
                 exchange.note = Some(problem.note());
-                let body = json_error(&self.inner.name, &problem) + "\n";
+                let body = json_error(&self.inner().name, &problem) + "\n";
                 let mut response =
                     Response::new(tally::counted(Full::new(Bytes::from(body)), exchange));
                 *response.status_mut() = status;

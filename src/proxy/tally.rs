@@ -17,11 +17,18 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every answer's body.
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
+/// A route's name and series, as one client connection holds them.
+pub struct Tag {
+    pub route: std::sync::Arc<str>,
+    pub stats: RouteStats,
+}
+
 /// What the request's log line says.
 pub struct Exchange {
-    pub route: std::sync::Arc<str>,
+    pub tag: std::sync::Arc<Tag>,
     pub method: http::Method,
-    pub path: String,
+    /// The request's target; its path (no query) is logged.
+    pub target: http::Uri,
     pub started: Instant,
     pub status: u16,
     /// Renewed after a 401.
@@ -30,7 +37,6 @@ pub struct Exchange {
     pub retried: bool,
     /// Why this answer is the proxy's own, or why a 401 was not retried.
     pub note: Option<&'static str>,
-    pub stats: RouteStats,
 }
 
 /// `body`, counted into `exchange`'s log line.
@@ -104,7 +110,7 @@ where
 impl<B> Drop for Tally<B> {
     fn drop(&mut self) {
         let e = &self.exchange;
-        e.stats.answered(e.status);
+        e.tag.stats.answered(e.status);
         let duration_ms = e.started.elapsed().as_millis();
         let outcome = if self.failed {
             "the upstream's answer broke off"
@@ -116,9 +122,9 @@ impl<B> Drop for Tally<B> {
         macro_rules! line {
             ($level:ident) => {
                 $level!(
-                    route = &*e.route,
+                    route = &*e.tag.route,
                     method = %e.method,
-                    path = %e.path,
+                    path = e.target.path(),
                     status = e.status,
                     duration_ms,
                     bytes = self.bytes,

@@ -34,6 +34,12 @@ struct Resource {
     shutdown: CancellationToken,
     /// Requests answered 401 (inactive token).
     rejected: Arc<AtomicU64>,
+    /// Connections accepted.
+    accepted: Arc<AtomicU64>,
+    /// Connections open now.
+    open_now: Arc<AtomicU64>,
+    /// Cancelled to close every open connection (a new one takes over for later connections).
+    open: Arc<std::sync::Mutex<CancellationToken>>,
 }
 
 impl Resource {
@@ -44,6 +50,9 @@ impl Resource {
         let address = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let rejected = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let open_now = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(10))
@@ -51,6 +60,7 @@ impl Resource {
             .unwrap();
         let url: Arc<str> = Arc::from(introspection_url);
         let (stop, count) = (shutdown.clone(), rejected.clone());
+        let (accepts, connections, opened) = (accepted.clone(), open.clone(), open_now.clone());
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -60,6 +70,10 @@ impl Resource {
                         Err(_) => continue,
                     },
                 };
+                accepts.fetch_add(1, Ordering::SeqCst);
+                opened.fetch_add(1, Ordering::SeqCst);
+                let closing = connections.lock().unwrap().clone();
+                let opened = opened.clone();
                 let (http, url, count) = (http.clone(), url.clone(), count.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
@@ -70,9 +84,13 @@ impl Resource {
                             )
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                    let serving = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = serving => {}
+                        () = closing.cancelled() => {}
+                    }
+                    opened.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -80,11 +98,38 @@ impl Resource {
             address,
             shutdown,
             rejected,
+            accepted,
+            open_now,
+            open,
         }
     }
 
     fn url(&self) -> String {
         format!("http://{}", self.address)
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Closes every connection open now, as an upstream that restarts or times out idle
+    /// connections does; returns once all are closed.
+    async fn close_connections(&self) {
+        {
+            let mut open = self.open.lock().unwrap();
+            open.cancel();
+            *open = CancellationToken::new();
+        }
+        let open_now = self.open_now.clone();
+        eventually(
+            Duration::from_secs(10),
+            "the upstream's connections closed",
+            || {
+                let open_now = open_now.clone();
+                async move { open_now.load(Ordering::SeqCst) == 0 }
+            },
+        )
+        .await;
     }
 }
 
@@ -293,6 +338,15 @@ fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// A stopped daemon's standard output and error, as one text.
+fn log_of(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// The daemon's peak resident set (kB), from /proc.
 fn peak_rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -392,11 +446,7 @@ async fn requests_pass_intact_with_the_credentials_header_and_answers_stream() {
     );
 
     let output = stop(daemon).await;
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let log = log_of(&output);
     let db = home.db().await;
     let mut secrets = stored_secrets(&db).await;
     secrets.push(CLIENT_CANARY.to_owned());
@@ -506,11 +556,7 @@ async fn a_revoked_token_is_renewed_once_on_401_shared_by_concurrent_requests() 
     let mut secrets = stored_secrets(&db).await;
     secrets.extend([first, second]);
     let output = stop(daemon).await;
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let log = log_of(&output);
     assert_no_secrets("daemon log", &log, &secrets);
     assert!(log.contains("renewed=true"), "{log}");
 }
@@ -557,12 +603,69 @@ async fn a_failed_renewal_gives_503_with_one_line_of_json() {
     let secrets = vec![access, refresh];
     assert_no_secrets("503 answer", &text, &secrets);
     let output = stop(daemon).await;
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let log = log_of(&output);
     assert_no_secrets("daemon log", &log, &secrets);
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_shared_between_clients_and_replaced_when_closed() {
+    let server = OauthServer::start_with_ttl(3600).await;
+    let resource = Resource::start(server.introspection_url(), None).await;
+    let port = free_port();
+    let (home, daemon) = daemon(&server, &route(port, &resource.url(), "")).await;
+    wait_listening(port).await;
+    let url = format!("http://127.0.0.1:{port}/x");
+    let get = |http: reqwest::Client| {
+        let url = url.clone();
+        async move {
+            let answer = http.get(url).send().await.unwrap();
+            assert_eq!(answer.status(), StatusCode::OK);
+            answer.bytes().await.unwrap();
+        }
+    };
+
+    // One client connection, five requests: one upstream connection.
+    let http = client();
+    for _ in 0..5 {
+        get(http.clone()).await;
+    }
+    assert_eq!(resource.accepted(), 1);
+    drop(http);
+
+    // A client connection that closed leaves its upstream connection to the next client: within
+    // a few new clients (the first may come before the route has seen the close), one is served
+    // on a connection opened for another.
+    let mut shared = false;
+    for _ in 0..20 {
+        let before = resource.accepted();
+        get(client()).await;
+        if resource.accepted() == before {
+            shared = true;
+            break;
+        }
+    }
+    assert!(
+        shared,
+        "every new client connection opened an upstream connection"
+    );
+
+    // The upstream closes every connection (a restart, its own idle timeout): the next request
+    // goes on a new one, for a client with a kept-alive connection as for a new client.
+    let http = client();
+    get(http.clone()).await;
+    for _ in 0..3 {
+        let before = resource.accepted();
+        resource.close_connections().await;
+        get(http.clone()).await;
+        get(client()).await;
+        assert!(resource.accepted() > before);
+    }
+    assert_eq!(resource.rejected.load(Ordering::SeqCst), 0);
+
+    let output = stop(daemon).await;
+    let log = log_of(&output);
+    let db = home.db().await;
+    assert_no_secrets("daemon log", &log, &stored_secrets(&db).await);
 }
 
 #[tokio::test]
@@ -820,11 +923,7 @@ async fn unix_routes_decide_by_the_peer_and_serve_each_user_their_own_credential
     let mut secrets = stored_secrets(&db).await;
     secrets.extend([graph, nobodys]);
     let output = stop(daemon).await;
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let log = log_of(&output);
     assert_no_secrets("daemon log", &log, &secrets);
 }
 
@@ -904,11 +1003,7 @@ async fn a_token_about_to_expire_is_renewed_before_it_is_sent() {
     .await;
     let stats = server.stats().await;
     let output = stop(daemon).await;
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let log = log_of(&output);
     assert_eq!(
         resource.rejected.load(Ordering::SeqCst),
         0,
