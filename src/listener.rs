@@ -473,6 +473,9 @@ async fn connection<S, H>(
         .max_buf_size(64 * 1024);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
+    // The connection's own token: asking whether it is cancelled (at each wake-up of this task)
+    // takes its lock, not the one every connection of every thread shares.
+    let shutdown = shutdown.child_token();
     let deadline = tokio::time::sleep(limits.connection);
     let mut deadline = std::pin::pin!(deadline);
     tokio::select! {

@@ -104,6 +104,7 @@ async fn bind_one(
         connect: block.connect_timeout,
         idle: block.idle_timeout,
         request: block.request_timeout,
+        step: block.header_read_timeout,
     };
     let proxies = crate::http::proxy::from_env(env).map_err(client_error)?;
     let tls = match tls {

@@ -27,6 +27,11 @@ use crate::{Bench, Error, note};
 
 /// Concurrent clients.
 pub const CLIENTS: [usize; 3] = [1, 16, 64];
+/// Connections of the paced phase (the added latency's target at more than one client).
+pub const PACED_CLIENTS: [usize; 2] = [16, 64];
+/// Requests per second of the paced phase, all clients together: well below what any setup
+/// serves here, so that its latencies are the setups' own and not a queue's.
+pub const PACED_RATE: f64 = 5000.0;
 /// Requests one client sends at most in one window.
 const MAX_PER_CLIENT: usize = 200_000;
 const CREDENTIAL: &str = "cred-00000001";
@@ -62,6 +67,8 @@ impl Way {
 pub struct ProxyBench {
     /// Every setup × concurrency, tokenwarden's first, then nginx's, then direct.
     pub ways: Vec<Way>,
+    /// The same at [`PACED_RATE`] over [`PACED_CLIENTS`] connections (open loop).
+    pub paced: Vec<Way>,
     pub rounds: usize,
     pub window: Duration,
     pub nginx: String,
@@ -75,8 +82,23 @@ fn plan(smoke: bool) -> (usize, Duration) {
     if smoke {
         (1, Duration::from_millis(300))
     } else {
-        (3, Duration::from_secs(2))
+        (5, Duration::from_secs(2))
     }
+}
+
+fn setups_at(concurrencies: &[usize]) -> Vec<Way> {
+    SETUPS
+        .iter()
+        .flat_map(|&setup| {
+            concurrencies.iter().map(move |&c| Way {
+                setup,
+                concurrency: c,
+                rates: Vec::new(),
+                latencies_us: Vec::new(),
+                reconnects: 0,
+            })
+        })
+        .collect()
 }
 
 fn loadavg() -> String {
@@ -267,22 +289,16 @@ impl Bench {
         wait_listening(ng_port, "nginx", &mut ng.0)?;
 
         let ports = [tw_port, ng_port, up_port];
-        let mut ways: Vec<Way> = SETUPS
-            .iter()
-            .flat_map(|&setup| {
-                CLIENTS.iter().map(move |&c| Way {
-                    setup,
-                    concurrency: c,
-                    rates: Vec::new(),
-                    latencies_us: Vec::new(),
-                    reconnects: 0,
-                })
-            })
-            .collect();
+        let mut ways = setups_at(&CLIENTS);
+        let mut paced = setups_at(&PACED_CLIENTS);
         let me = std::env::current_exe()?;
         let result = (|| -> Result<(), Error> {
             for round in 0..rounds {
-                for way in &mut ways {
+                for (way, rate) in ways
+                    .iter_mut()
+                    .map(|w| (w, None))
+                    .chain(paced.iter_mut().map(|w| (w, Some(PACED_RATE))))
+                {
                     let k = SETUPS.iter().position(|s| *s == way.setup).unwrap_or(0);
                     let mut client = Command::new(&me);
                     client
@@ -290,6 +306,7 @@ impl Bench {
                         .arg(format!("127.0.0.1:{}", ports[k]))
                         .arg(way.concurrency.to_string())
                         .arg(window.as_secs_f64().to_string())
+                        .args(rate.map(|r| r.to_string()))
                         .stdin(Stdio::null())
                         .stderr(Stdio::inherit());
                     if k == 2 {
@@ -305,15 +322,16 @@ impl Bench {
                         .into());
                     }
                     let report: ClientReport = serde_json::from_slice(&out.stdout)?;
-                    let rate = report.latencies_us.len() as f64 / report.wall_s;
+                    let measured = report.latencies_us.len() as f64 / report.wall_s;
                     note(&format!(
-                        "proxy round {}: {}, {} clients: {rate:.0}/s, {} requests",
+                        "proxy round {}: {}, {} clients{}: {measured:.0}/s, {} requests",
                         round + 1,
                         way.setup,
                         way.concurrency,
+                        if rate.is_some() { " (paced)" } else { "" },
                         report.latencies_us.len()
                     ));
-                    way.rates.push(rate);
+                    way.rates.push(measured);
                     way.reconnects += report.reconnects;
                     way.latencies_us.extend(report.latencies_us);
                 }
@@ -334,6 +352,7 @@ impl Bench {
         }
         Ok(Some(ProxyBench {
             ways,
+            paced,
             rounds,
             window,
             nginx: nginx_version,
@@ -427,14 +446,21 @@ async fn read_answer(
 /// most 200,000 requests each), `Authorization` from `TW_BENCH_PROXY_AUTH` when set; every answer
 /// must be 200. Prints a [`ClientReport`] as JSON.
 pub fn client_main(args: &[String]) -> i32 {
-    let (Some(addr), Some(Ok(clients)), Some(Ok(seconds))) = (
+    let (Some(addr), Some(Ok(clients)), Some(Ok(seconds)), Ok(rate)) = (
         args.first().cloned(),
         args.get(1).map(|s| s.parse::<usize>()),
         args.get(2).map(|s| s.parse::<f64>()),
+        args.get(3).map(|s| s.parse::<f64>()).transpose(),
     ) else {
-        eprintln!("usage: tokenwarden-bench proxy-client ADDR CLIENTS SECONDS");
+        eprintln!("usage: tokenwarden-bench proxy-client ADDR CLIENTS SECONDS [RATE]");
         return 2;
     };
+    // Paced: each client sends on its own schedule (RATE / CLIENTS per second, the clients
+    // staggered); a request that fell due while the last answer was awaited is timed from when
+    // it was due, so that a late answer delays no measurement (no coordinated omission).
+    let every = rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(clients as f64 / r));
     let auth = std::env::var("TW_BENCH_PROXY_AUTH")
         .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();
@@ -451,7 +477,7 @@ pub fn client_main(args: &[String]) -> i32 {
         let window = Duration::from_secs_f64(seconds);
         let start = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..clients {
+        for i in 0..clients {
             let (addr, request) = (addr.clone(), Arc::clone(&request));
             tasks.spawn(async move {
                 let connect = || async {
@@ -465,8 +491,24 @@ pub fn client_main(args: &[String]) -> i32 {
                 let mut buf = Vec::with_capacity(8192);
                 let mut latencies = Vec::new();
                 let mut reconnects = 0u64;
+                let mut due = every.map(|e| start + e.mul_f64(i as f64 / clients as f64));
                 while start.elapsed() < window && latencies.len() < MAX_PER_CLIENT {
-                    let t = Instant::now();
+                    let t = match (due, every) {
+                        (Some(at), Some(e)) => {
+                            due = Some(at + e);
+                            if Instant::now() > at {
+                                // Due while the last answer was awaited: timed from when due.
+                                at
+                            } else {
+                                // Timed from the write, not from when due: the timer wakes
+                                // up to a millisecond late, which is this client's, not the
+                                // server's.
+                                tokio::time::sleep_until(at.into()).await;
+                                Instant::now()
+                            }
+                        }
+                        _ => Instant::now(),
+                    };
                     stream
                         .write_all(request.as_bytes())
                         .await
@@ -542,18 +584,40 @@ pub fn targets(p: &ProxyBench) -> Vec<(String, String, bool)> {
             format!("{:.2}× ({} vs {})", a / b, fmt_ms(a / 1e3), fmt_ms(b / 1e3)),
             a <= 1.2 * b,
         ));
-        let added = tw.percentile_us(50.0) - direct.percentile_us(50.0);
-        t.push((
-            format!("proxy route p50 added over direct, {c} clients, ≤ 100 µs"),
-            format!(
-                "{added:.0} µs ({:.0} vs {:.0} µs)",
-                tw.percentile_us(50.0),
-                direct.percentile_us(50.0)
-            ),
-            added <= 100.0,
-        ));
+        // Closed-loop clients at more than one: the p50 is the clients over the rate (Little's
+        // law), a second reading of the throughput; the latency added is measured paced.
+        if c == 1 {
+            t.push(added_p50(tw, direct, "1 client"));
+        }
+    }
+    for c in PACED_CLIENTS {
+        let find = |setup| {
+            p.paced
+                .iter()
+                .find(|w| w.setup == setup && w.concurrency == c)
+        };
+        if let (Some(tw), Some(direct)) = (find(SETUPS[0]), find(SETUPS[2])) {
+            t.push(added_p50(
+                tw,
+                direct,
+                &format!("{c} connections at {PACED_RATE:.0} requests/s"),
+            ));
+        }
     }
     t
+}
+
+fn added_p50(tw: &Way, direct: &Way, what: &str) -> (String, String, bool) {
+    let added = tw.percentile_us(50.0) - direct.percentile_us(50.0);
+    (
+        format!("proxy route p50 added over direct, {what}, ≤ 100 µs"),
+        format!(
+            "{added:.0} µs ({:.0} vs {:.0} µs)",
+            tw.percentile_us(50.0),
+            direct.percentile_us(50.0)
+        ),
+        added <= 100.0,
+    )
 }
 
 pub fn render(p: &ProxyBench) -> String {
@@ -564,7 +628,7 @@ pub fn render(p: &ProxyBench) -> String {
     );
     let _ = writeln!(
         s,
-        "{} rounds, round-robin over the nine setups × concurrencies: each a {:.1} s window of closed-loop clients, one keep-alive connection each (latency from writing the request to the answer's last byte), the same load generator for all. Every answer checked: 200 from an upstream that answers 401 without the credential's header. nginx: {}, `worker_processes auto`, upstream `keepalive 128`. Load average (1, 5, 15 min) at the start: {}; at the end: {}.\n",
+        "{} rounds, round-robin over the nine setups × concurrencies and the six paced ones: each a {:.1} s window of closed-loop clients, one keep-alive connection each (latency from writing the request to the answer's last byte), the same load generator for all. Every answer checked: 200 from an upstream that answers 401 without the credential's header. nginx: {}, `worker_processes auto`, upstream `keepalive 128`. Load average (1, 5, 15 min) at the start: {}; at the end: {}.\n",
         p.rounds,
         p.window.as_secs_f64(),
         p.nginx,
@@ -578,22 +642,40 @@ pub fn render(p: &ProxyBench) -> String {
     for c in CLIENTS {
         for setup in SETUPS {
             let Some(w) = find(p, setup, c) else { continue };
-            let _ = writeln!(
-                s,
-                "| {} | {} | {:.0}/s | {:.0} µs | {:.0} µs | {} | {} |",
-                w.setup,
-                w.concurrency,
-                w.rate(),
-                w.percentile_us(50.0),
-                w.percentile_us(99.0),
-                w.rates
-                    .iter()
-                    .map(|r| format!("{r:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                w.reconnects
-            );
+            row(&mut s, w);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nPaced (open loop), in the same rounds: {PACED_RATE:.0} requests/s over {} keep-alive connections, each sending on its own schedule and timed from when its request was due; the added latency's target at more than one client is read here, since a closed-loop p50 at 16 or 64 clients is the clients over the rate (Little's law).\n",
+        PACED_CLIENTS.map(|c| c.to_string()).join(" or ")
+    );
+    let _ = writeln!(
+        s,
+        "| setup | connections | requests/s | p50 | p99 | runs (per s) | reconnects |\n| --- | ---: | ---: | ---: | ---: | --- | ---: |"
+    );
+    for c in PACED_CLIENTS {
+        for w in p.paced.iter().filter(|w| w.concurrency == c) {
+            row(&mut s, w);
         }
     }
     s
+}
+
+fn row(s: &mut String, w: &Way) {
+    let _ = writeln!(
+        s,
+        "| {} | {} | {:.0}/s | {:.0} µs | {:.0} µs | {} | {} |",
+        w.setup,
+        w.concurrency,
+        w.rate(),
+        w.percentile_us(50.0),
+        w.percentile_us(99.0),
+        w.rates
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        w.reconnects
+    );
 }

@@ -121,26 +121,29 @@ fn has_dot_segment(path: &str) -> bool {
 /// Whether the request asks to switch protocols (WebSocket and the like), which is not proxied.
 #[must_use]
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) || connection_tokens(headers).any(|t| t == "upgrade")
+    headers.contains_key(header::UPGRADE)
+        || connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
-/// The field names listed in `Connection` (lower case): hop-by-hop for this message.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+/// The field names listed in `Connection`, as written (no copy is made: most messages have no
+/// such field, or only `keep-alive` or `close`).
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> + '_ {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .map(str::trim)
         .filter(|t| !t.is_empty())
 }
 
 /// `headers` without the hop-by-hop fields and those `Connection` names.
 fn end_to_end(headers: &HeaderMap) -> HeaderMap {
-    let named: Vec<String> = connection_tokens(headers).collect();
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        if HOP_BY_HOP.contains(name) || named.iter().any(|n| n == name.as_str()) {
+        if HOP_BY_HOP.contains(name)
+            || connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name.as_str()))
+        {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -194,12 +197,14 @@ pub fn request_headers(
 /// ones removed in place: an answer usually has none, and then nothing is copied).
 #[must_use]
 pub fn response_headers(mut upstream: HeaderMap) -> HeaderMap {
-    let named: Vec<String> = connection_tokens(&upstream).collect();
-    for name in &HOP_BY_HOP {
+    // Names that are not fields (`close`, `keep-alive`: removed below anyway) are most of what
+    // `Connection` says: only the others are copied, to remove them.
+    let named: Vec<HeaderName> = connection_tokens(&upstream)
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
         upstream.remove(name);
-    }
-    for name in named {
-        upstream.remove(name.as_str());
     }
     upstream
 }

@@ -50,6 +50,11 @@ pub struct Timeouts {
     pub idle: Duration,
     /// Longest for the whole exchange, the answer's body included.
     pub request: Duration,
+    /// The wait for an answer's head is timed in steps no longer than this: the listener's
+    /// header-read timeout. tokio wakes its own thread's driver (a write to its eventfd) for a
+    /// timer earlier than the one it last slept for; with steps, the timer the listener arms for
+    /// the client's next request after each answer is never the earlier one.
+    pub step: Duration,
 }
 
 /// A route's way upstream; cheap to clone. Each client connection takes a [`Lane`] of it.
@@ -328,9 +333,17 @@ impl Lane {
                 let now = Instant::now();
                 let deadline = now + timeouts.request;
                 let head_by = deadline.min(now + timeouts.idle);
-                let answer = tokio::time::timeout_at(head_by, send_direct(held, request, now))
-                    .await
-                    .map_err(|_| HttpError::Timeout)??;
+                let mut answer = std::pin::pin!(send_direct(held, request, now));
+                let mut step_from = now;
+                let answer = loop {
+                    let step_to =
+                        head_by.min(step_from + timeouts.step.max(Duration::from_millis(1)));
+                    match tokio::time::timeout_at(step_to, answer.as_mut()).await {
+                        Ok(answer) => break answer?,
+                        Err(_) if step_to < head_by => step_from = step_to,
+                        Err(_) => return Err(HttpError::Timeout),
+                    }
+                };
                 Ok(answer.map(|body| Either::Left(Timed::new(body, deadline, timeouts.idle))))
             }
             Self::Proxied(client) => {
