@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Writes link/symbol-order.txt, the link order build.rs gives the release binary: the functions of
 # `tokenwarden` that a daemon runs, as valgrind's callgrind sees them (mangled, as the linker knows
-# them), in two traces:
+# them), in three traces:
 #   1. start to idle: open and migrate an empty SQLite database, one sweep with nothing due, a
 #      second of idle, SIGTERM;
 #   2. a sweep that refreshes: 20 credentials imported with `tokenwarden add`, refreshed against
 #      the benchmark's instant token endpoint on 127.0.0.1 (`tokenwarden-bench serve`; plain HTTP,
-#      so TLS code is not in it), then idle and SIGTERM.
-# The first trace's functions come first. Placed side by side they fill ≈ 3 MB of the executable's
+#      so TLS code is not in it), then idle and SIGTERM;
+#   3. a `[[proxy]]` route's requests: 200 GETs with curl over two keep-alive connections, to the
+#      same endpoint as the route's upstream (needs curl and python3).
+# The first trace's functions come first, then the second's, then the third's. Placed side by side they fill ≈ 3 MB of the executable's
 # text instead of being spread over all of it (BENCHMARKS.md, "Footprint, second pass"). Run it
 # after a toolchain or dependency upgrade (symbol hashes change with them; a stale file costs
 # resident pages, never a failed build; benchmark section 5 says when it is stale) and commit the
@@ -52,8 +54,9 @@ client_secret_env = "SYMBOL_ORDER_SECRET"
 CONF
 }
 
-# trace NAME: callgrind the daemon on $work/NAME.toml until its first sweep has finished and a
-# second more, then SIGTERM; its functions in $work/NAME.fns.
+# trace NAME [COMMAND…]: callgrind the daemon on $work/NAME.toml until its first sweep has
+# finished and a second more (and COMMAND has run, when given), then SIGTERM; its functions in
+# $work/NAME.fns.
 trace() {
   local log="$work/$1.log" pid
   valgrind --tool=callgrind --demangle=no --compress-strings=no --compress-pos=no \
@@ -68,6 +71,10 @@ trace() {
   done
   grep -q 'sweep finished' "$log" || { echo "symbol-order: no sweep within 120 s ($1)" >&2; exit 1; }
   sleep 1
+  local name=$1
+  shift
+  if (($#)); then "$@" || { echo "symbol-order: $* failed ($name)" >&2; exit 1; }; fi
+  set -- "$name"
   kill -TERM "$pid"
   wait "$pid" || true
   # Functions (fn=) of objects (ob=) that are our binary; callgrind marks recursion as name'N and
@@ -97,6 +104,26 @@ done
 trace refresh
 grep -q 'refreshed=20 ' "$work/refresh.log" || { echo "symbol-order: the refresh trace did not refresh its 20 credentials" >&2; exit 1; }
 
-cat "$work/idle.fns" "$work/refresh.fns" | awk '!seen[$0]++' > "$work/order.txt"
+# 3. A proxy route's requests (a [[proxy]] route to the same endpoint as its upstream: what it
+#    answers a GET does not matter, but for a 401), one keep-alive connection, then another.
+command -v curl >/dev/null || { echo "symbol-order: needs curl" >&2; exit 1; }
+route_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+config proxy "$token_url" ""
+cat >> "$work/proxy.toml" <<CONF
+
+[[proxy]]
+listen = "127.0.0.1:$route_port"
+credential = "cred-1"
+upstream = "${token_url%/token}"
+CONF
+echo "symbol-order-refresh-token-1" | "$bin" --config "$work/proxy.toml" add --provider example cred-1 >/dev/null
+route_requests() {
+  for _ in 1 2; do
+    curl -s -o /dev/null --max-time 60 "http://127.0.0.1:$route_port/v1/ping?n=[1-100]"
+  done
+}
+trace proxy route_requests
+
+cat "$work/idle.fns" "$work/refresh.fns" "$work/proxy.fns" | awk '!seen[$0]++' > "$work/order.txt"
 mv "$work/order.txt" link/symbol-order.txt
 echo "symbol-order: link/symbol-order.txt names $(wc -l < link/symbol-order.txt) functions ($(awk '!s[$0]++' "$work/idle.fns" | wc -l) from start to idle)"

@@ -157,6 +157,10 @@ async fn bind_one(
 /// when all have stopped. Without worker threads (the system refused them) the daemon's runtime
 /// serves the connections, with one warning line.
 pub async fn serve(routes: Vec<Bound>, shutdown: CancellationToken) {
+    if routes.is_empty() {
+        // No thread, runtime or task is made for no route.
+        return;
+    }
     let workers = match workers::Workers::start() {
         Ok(workers) => Some(workers),
         Err(e) => {
