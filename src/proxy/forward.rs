@@ -95,27 +95,38 @@ pub fn target(base: &Base, path_and_query: &str) -> Result<http::Uri, TargetErro
     http::Uri::from_parts(parts).map_err(|_| TargetError::NotOriginForm)
 }
 
-/// Whether a path has a `.` or `..` segment, percent-encoded or not (`%2e`, `%2E`).
+/// Whether a path has a `.` or `..` segment, its dots percent-encoded or not (`%2e`), between
+/// separators of any spelling an upstream may take for one: `/`, `\\`, `%2f`, `%5c` (an upstream
+/// on Windows, or one that decodes before it resolves dot segments, would climb out of the base
+/// path on any of them).
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let mut rest = segment.as_bytes();
-        let mut dots = 0;
-        while !rest.is_empty() {
-            if rest[0] == b'.' {
-                rest = &rest[1..];
-            } else if rest.len() >= 3
-                && rest[0] == b'%'
-                && rest[1] == b'2'
-                && (rest[2] | 0x20) == b'e'
-            {
-                rest = &rest[3..];
-            } else {
+    let mut rest = path.as_bytes();
+    let (mut dots, mut only_dots) = (0, true);
+    loop {
+        let (separator, width, dot) = match rest {
+            [] => (true, 0, false),
+            [b'/' | b'\\', ..] => (true, 1, false),
+            [b'%', b'2', x, ..] if x | 0x20 == b'f' => (true, 3, false),
+            [b'%', b'5', x, ..] if x | 0x20 == b'c' => (true, 3, false),
+            [b'%', b'2', x, ..] if x | 0x20 == b'e' => (false, 3, true),
+            [b'.', ..] => (false, 1, true),
+            _ => (false, 1, false),
+        };
+        if separator {
+            if only_dots && (dots == 1 || dots == 2) {
+                return true;
+            }
+            if rest.is_empty() {
                 return false;
             }
+            (dots, only_dots) = (0, true);
+        } else if dot {
             dots += 1;
+        } else {
+            only_dots = false;
         }
-        dots == 1 || dots == 2
-    })
+        rest = &rest[width..];
+    }
 }
 
 /// Whether the request asks to switch protocols (WebSocket and the like), which is not proxied.
@@ -250,6 +261,11 @@ mod tests {
             "/a/.%2E",
             "/%2E.",
             "/a/..?x=1",
+            "/..\\..\\admin",
+            "/a/..%5cb",
+            "/a/%5C..%5Cb",
+            "/a/%2e%2e%2fadmin",
+            "/a/.%2F",
         ] {
             assert_eq!(target(&api, bad), Err(TargetError::OutsideBase), "{bad}");
         }
@@ -264,6 +280,8 @@ mod tests {
             "/%2e%2e%2e",
             "/a/%2f",
             "/a?x=/../y",
+            "/a\\b/c..d",
+            "/%5c/x",
         ] {
             assert!(target(&api, good).is_ok(), "{good}");
         }

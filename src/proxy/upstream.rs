@@ -383,6 +383,7 @@ async fn send_direct(
         request
             .headers_mut()
             .insert(http::header::HOST, link.host.clone());
+        let streamed = matches!(request.body(), Either::Right(_));
         let spare = if reused && now.saturating_duration_since(link.used) >= IDLE_BEFORE_REPLAY {
             replayable(&request)
         } else {
@@ -406,6 +407,7 @@ async fn send_direct(
                     body,
                     link: (!ended).then_some(link),
                     ended: false,
+                    streamed,
                     home,
                 }));
             }
@@ -509,11 +511,15 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// An answer's body read from the connection this task drives: each read polls the connection
 /// first. Once read to its end, the connection goes back to the client connection's lane for its
-/// next request; an answer dropped before its end closes it (HTTP/1.1 cannot abandon one).
+/// next request; an answer dropped before its end closes it (HTTP/1.1 cannot abandon one), and
+/// so does the answer to a request whose body was streamed.
 pub struct Driven {
     body: Incoming,
     link: Option<Box<Link>>,
     ended: bool,
+    /// The request's body was streamed from the client: the upstream may have answered before
+    /// reading all of it, and nothing would then drive the connection to send the rest.
+    streamed: bool,
     home: Arc<Held>,
 }
 
@@ -550,7 +556,11 @@ impl Body for Driven {
 
 impl Drop for Driven {
     fn drop(&mut self) {
+        // A streamed request may not have been sent whole: its connection is closed, and the
+        // client's body with it (hyper then stops reading it and closes the client's connection
+        // after the answer), rather than kept with nothing to drive it.
         if let Some(link) = self.link.take()
+            && !self.streamed
             && (self.ended || self.body.is_end_stream())
         {
             self.home.keep(link);

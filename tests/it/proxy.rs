@@ -669,6 +669,38 @@ async fn upstream_connections_are_kept_shared_between_clients_and_replaced_when_
 }
 
 #[tokio::test]
+async fn a_streamed_upload_the_upstream_answers_early_does_not_stall() {
+    let server = OauthServer::start_with_ttl(3600).await;
+    let resource = Resource::start(server.introspection_url(), None).await;
+    let port = free_port();
+    let (_home, daemon) = daemon(&server, &route(port, &resource.url(), "")).await;
+    wait_listening(port).await;
+    let base = format!("http://127.0.0.1:{port}");
+
+    // 16 MB streamed (more than retry_body_max) to a path the upstream answers without reading
+    // the body: more than the sockets hold, so the rest must still be read or refused. The
+    // client gets the answer or its connection closed, well before any timeout of the route.
+    let http = client();
+    let sent = tokio::time::timeout(
+        Duration::from_secs(30),
+        http.post(format!("{base}/redirect"))
+            .body(vec![b'u'; 16 * 1024 * 1024])
+            .send(),
+    )
+    .await
+    .expect("the upload stalled");
+    if let Ok(answer) = sent {
+        assert_eq!(answer.status(), StatusCode::FOUND);
+    }
+    // The route keeps serving, on a new connection as on a kept one.
+    for http in [client(), http] {
+        let answer = http.get(format!("{base}/x")).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+    stop(daemon).await;
+}
+
+#[tokio::test]
 async fn a_dead_upstream_gives_502_and_the_route_keeps_serving() {
     let server = OauthServer::start_with_ttl(3600).await;
     let upstream_port = free_port();
