@@ -197,6 +197,13 @@ impl Db {
 
     /// Runs a statement.
     pub async fn execute(&self, sql: &'static str, binds: &[&str]) {
+        self.try_execute(sql, binds)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Runs a statement that may be refused.
+    pub async fn try_execute(&self, sql: &'static str, binds: &[&str]) -> Result<(), sqlx::Error> {
         match self {
             Self::Sqlite(pool) => {
                 let mut q = sqlx::query(sql);
@@ -213,7 +220,6 @@ impl Db {
                 q.execute(pool).await.map(|_| ())
             }
         }
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
     /// Closes the pool, its connections with it.

@@ -474,16 +474,7 @@ async fn the_grants_migration_keeps_every_row_of_an_old_database() {
     let server = OauthServer::start().await;
     let home = Home::new(&server, "");
     // A database as 0001-0004 left it, with two credentials of one owner and provider.
-    let old = tempfile::tempdir().unwrap();
-    for file in
-        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")).unwrap()
-    {
-        let file = file.unwrap();
-        let name = file.file_name().into_string().unwrap();
-        if name.as_str() < "0005" {
-            std::fs::copy(file.path(), old.path().join(&name)).unwrap();
-        }
-    }
+    let old = crate::harness::migrations_before("sqlite", "0005");
     std::fs::File::create(&home.db).unwrap();
     let db = home.db().await;
     Migrator::new(old.path())

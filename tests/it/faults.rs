@@ -34,6 +34,15 @@ fn now() -> i64 {
 /// A credential holding the old tokens (access token valid 15 more minutes, but due), swept once
 /// against `token_url`, on `backend`.
 async fn sweep_against(token_url: &str, backend: Backend) -> Case {
+    let home = holding_old_tokens(token_url, backend).await;
+    let started = now();
+    let run = home.run(&["run", "--once"], "").await;
+    Case { home, run, started }
+}
+
+/// A home whose credential holds the old tokens (access token valid 15 more minutes, but due),
+/// its provider's token endpoint `token_url`.
+async fn holding_old_tokens(token_url: &str, backend: Backend) -> BackendHome {
     let home = BackendHome::with_token_url(token_url, backend, FAST_HTTP).await;
     home.add("victim", "basic", OLD_RT).await;
     let db = home.db().await;
@@ -44,9 +53,7 @@ async fn sweep_against(token_url: &str, backend: Backend) -> Case {
     )
     .await;
     db.close().await;
-    let started = now();
-    let run = home.run(&["run", "--once"], "").await;
-    Case { home, run, started }
+    home
 }
 
 #[derive(sqlx::FromRow, Debug)]
@@ -180,16 +187,7 @@ async fn an_https_token_endpoint_is_verified_against_the_system_roots() {
     for (what, names, ca, refused) in cases {
         let endpoint = TlsUpstream::start_as(ca, names, "-rev").await;
         let url = format!("https://127.0.0.1:{}/token", endpoint.port);
-        let home = BackendHome::with_token_url(&url, Backend::Sqlite, FAST_HTTP).await;
-        home.add("victim", "basic", OLD_RT).await;
-        let db = home.db().await;
-        db.execute(
-            "UPDATE oauth_credential SET access_token = $1, token_type = 'Bearer', \
-             access_token_expires_at = CAST($2 AS BIGINT) + 900, refresh_due_at = 0",
-            &[OLD_AT, &now().to_string()],
-        )
-        .await;
-        db.close().await;
+        let home = holding_old_tokens(&url, Backend::Sqlite).await;
         let started = now();
         let mut command = home.command(&["run", "--once"]);
         command.env("SSL_CERT_FILE", &ours.cert);

@@ -342,3 +342,20 @@ pub fn assert_no_secrets(what: &str, text: &str, secrets: &[String]) {
         );
     }
 }
+
+/// `dialect`'s migrations (`sqlite`, `postgres`) numbered before `first_left_out` (`"0007"`), in
+/// a directory of their own: a database as an older release left it.
+pub fn migrations_before(dialect: &str, first_left_out: &str) -> tempfile::TempDir {
+    let old = tempfile::tempdir().unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dialect);
+    for file in std::fs::read_dir(dir).unwrap() {
+        let file = file.unwrap();
+        let name = file.file_name().into_string().unwrap();
+        if name.as_str() < first_left_out {
+            std::fs::copy(file.path(), old.path().join(&name)).unwrap();
+        }
+    }
+    old
+}

@@ -385,6 +385,32 @@ async fn a_needs_reauthorization_alert_carries_a_fresh_link(backend: Backend) {
 }
 on_both_backends!(a_needs_reauthorization_alert_carries_a_fresh_link);
 
+/// Credential `a` of an old database (before 0007), both tokens set.
+const OLD_CREDENTIAL: &str = "INSERT INTO oauth_credential (name, provider, refresh_token, \
+     access_token, access_token_expires_at, refresh_due_at, status) VALUES \
+     ('a', 'basic', 'rt-a-canary', 'at-a-canary', 4000000000, 3999999000, 'active')";
+const OLD_REFRESH_TOKEN: &str = "rt-a-canary";
+
+/// The trigger CHECK as 0007 widened it: `invite` (with its invite) is taken, a trigger it does
+/// not name is not.
+async fn the_trigger_check_takes_invite_only(db: &crate::backends::Db) {
+    db.execute(
+        "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, \
+         started_at, outcome, invite_id) VALUES (1, 'a', 'basic', 'invite', 'x', 200, 'authorized', 1)",
+        &[],
+    )
+    .await;
+    assert!(
+        db.try_execute(
+            "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, \
+             lease_owner, started_at) VALUES (1, 'a', 'basic', 'nonsense', 'x', 300)",
+            &[],
+        )
+        .await
+        .is_err()
+    );
+}
+
 /// SQLite only (PostgreSQL alters the CHECK in place): a database as migrations 0001-0006 left
 /// it, with a journal row whose every column is set, is upgraded by the binary on open. 0007
 /// rebuilds `token_rotation` to widen its trigger CHECK and 0008 adds `sent_at`: every old
@@ -404,16 +430,7 @@ async fn the_journal_rebuild_keeps_every_column_of_an_old_database() {
     }
     let server = OauthServer::start().await;
     let home = crate::harness::Home::new(&server, "");
-    let old = tempfile::tempdir().unwrap();
-    for file in
-        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")).unwrap()
-    {
-        let file = file.unwrap();
-        let name = file.file_name().into_string().unwrap();
-        if name.as_str() < "0007" {
-            std::fs::copy(file.path(), old.path().join(&name)).unwrap();
-        }
-    }
+    let old = crate::harness::migrations_before("sqlite", "0007");
     std::fs::File::create(&home.db).unwrap();
     let db = home.db().await;
     Migrator::new(old.path())
@@ -422,14 +439,7 @@ async fn the_journal_rebuild_keeps_every_column_of_an_old_database() {
         .run(&db)
         .await
         .unwrap();
-    sqlx::query(
-        "INSERT INTO oauth_credential (name, provider, refresh_token, access_token, \
-            access_token_expires_at, refresh_due_at, status) VALUES \
-         ('a', 'basic', 'rt-a-canary', 'at-a-canary', 4000000000, 3999999000, 'active')",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    sqlx::query(OLD_CREDENTIAL).execute(&db).await.unwrap();
     sqlx::query(concat!(
         "INSERT INTO token_rotation (",
         columns!(),
@@ -481,23 +491,8 @@ async fn the_journal_rebuild_keeps_every_column_of_an_old_database() {
             .fetch_one(&db)
             .await
             .unwrap();
-    assert_eq!(refresh_token, "rt-a-canary");
-    sqlx::query(
-        "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, \
-         started_at, outcome, invite_id) VALUES (1, 'a', 'basic', 'invite', 'x', 200, 'authorized', 1)",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
-    assert!(
-        sqlx::query(
-            "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, \
-             lease_owner, started_at) VALUES (1, 'a', 'basic', 'nonsense', 'x', 300)",
-        )
-        .execute(&db)
-        .await
-        .is_err()
-    );
+    assert_eq!(refresh_token, OLD_REFRESH_TOKEN);
+    the_trigger_check_takes_invite_only(&(&db).into()).await;
 }
 
 /// PostgreSQL: a database as migrations 0001-0006 left it, with a credential and a journal row
@@ -512,30 +507,14 @@ async fn an_old_postgres_database_upgrades_keeping_its_tokens_and_journal() {
     let crate::backends::Db::Postgres(db) = home.db().await else {
         unreachable!("a PostgreSQL home")
     };
-    let old = tempfile::tempdir().unwrap();
-    for file in
-        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres")).unwrap()
-    {
-        let file = file.unwrap();
-        let name = file.file_name().into_string().unwrap();
-        if name.as_str() < "0007" {
-            std::fs::copy(file.path(), old.path().join(&name)).unwrap();
-        }
-    }
+    let old = crate::harness::migrations_before("postgres", "0007");
     Migrator::new(old.path())
         .await
         .unwrap()
         .run(&db)
         .await
         .unwrap();
-    sqlx::query(
-        "INSERT INTO oauth_credential (name, provider, refresh_token, access_token, \
-            access_token_expires_at, refresh_due_at, status) VALUES \
-         ('a', 'basic', 'rt-a-canary', 'at-a-canary', 4000000000, 3999999000, 'active')",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    sqlx::query(OLD_CREDENTIAL).execute(&db).await.unwrap();
     sqlx::query(
         "INSERT INTO token_rotation (id, credential_id, credential_name, provider, trigger, \
          lease_owner, started_at, finished_at, duration_ms, outcome, http_status, error_code, \
@@ -577,24 +556,9 @@ async fn an_old_postgres_database_upgrades_keeping_its_tokens_and_journal() {
             .unwrap();
     assert_eq!(
         (refresh_token.as_str(), access_token.as_str()),
-        ("rt-a-canary", "at-a-canary")
+        (OLD_REFRESH_TOKEN, "at-a-canary")
     );
     let token = home.run(&["token", "a"], "").await;
     assert_eq!(token.stdout.trim(), "at-a-canary", "{token:?}");
-    sqlx::query(
-        "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, lease_owner, \
-         started_at, outcome, invite_id) VALUES (1, 'a', 'basic', 'invite', 'x', 200, 'authorized', 1)",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
-    assert!(
-        sqlx::query(
-            "INSERT INTO token_rotation (credential_id, credential_name, provider, trigger, \
-             lease_owner, started_at) VALUES (1, 'a', 'basic', 'nonsense', 'x', 300)",
-        )
-        .execute(&db)
-        .await
-        .is_err()
-    );
+    the_trigger_check_takes_invite_only(&(&db).into()).await;
 }
