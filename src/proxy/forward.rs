@@ -148,12 +148,19 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> + '_ {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether `name` is a hop-by-hop field of [`HOP_BY_HOP`].
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
 /// `headers` without the hop-by-hop fields and those `Connection` names.
 fn end_to_end(headers: &HeaderMap) -> HeaderMap {
+    // Looked up once: most requests have no `Connection` field.
+    let listed = headers.contains_key(header::CONNECTION);
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        if HOP_BY_HOP.contains(name)
-            || connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name.as_str()))
+        if is_hop_by_hop(name)
+            || (listed && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name.as_str())))
         {
             continue;
         }
@@ -205,7 +212,8 @@ pub fn request_headers(
 }
 
 /// The headers passed back to the client: the upstream's end-to-end fields (the hop-by-hop
-/// ones removed in place: an answer usually has none, and then nothing is copied).
+/// ones removed in place: an answer usually has none but `Connection`, and then nothing is
+/// copied and nothing looked up again).
 #[must_use]
 pub fn response_headers(mut upstream: HeaderMap) -> HeaderMap {
     // Names that are not fields (`close`, `keep-alive`: removed below anyway) are most of what
@@ -214,7 +222,12 @@ pub fn response_headers(mut upstream: HeaderMap) -> HeaderMap {
         .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
+    let present: Vec<HeaderName> = upstream
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
+        .collect();
+    for name in present.iter().chain(&named) {
         upstream.remove(name);
     }
     upstream

@@ -111,7 +111,6 @@ impl<B> Drop for Tally<B> {
     fn drop(&mut self) {
         let e = &self.exchange;
         e.tag.stats.answered(e.status);
-        let duration_ms = e.started.elapsed().as_millis();
         let outcome = if self.failed {
             "the upstream's answer broke off"
         } else if self.ended {
@@ -126,7 +125,8 @@ impl<B> Drop for Tally<B> {
                     method = %e.method,
                     path = e.target.path(),
                     status = e.status,
-                    duration_ms,
+                    // Read only when the line is written.
+                    duration_ms = e.started.elapsed().as_millis(),
                     bytes = self.bytes,
                     renewed = e.renewed,
                     retried = e.retried,

@@ -149,7 +149,9 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let handshake = http1::Builder::new();
+        let mut handshake = http1::Builder::new();
+        // As the route's server side: one buffer, one write (`listener::connection`).
+        handshake.writev(false);
         let direct = Arc::new(Direct {
             connector,
             handshake,
