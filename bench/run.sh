@@ -18,7 +18,8 @@
 # root, its clients run as `nobody`.
 # Section 8 (`--only proxy`, run only when named: a `[[proxy]]` route beside nginx and direct, small
 # GETs to an upstream in the driver on 127.0.0.1) needs Debian's `nginx` package (without it the
-# section is skipped with one line saying so); nginx runs as a child with its own prefix.
+# section is skipped with one line saying so); nginx runs as a child with its own prefix. With
+# Debian's `valgrind` package it also counts the route's and nginx's instructions per request.
 # Needs Rust, Node 20 (the oidc-provider test server) and npm; nothing beyond the crates.io and npm
 # registries. Generated databases (≈1 GB for 1M credentials) are cached in target/bench/templates
 # (PostgreSQL's in the cluster target/bench/templates/pg-cluster).

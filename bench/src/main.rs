@@ -18,8 +18,9 @@
 //!    socket with 1, 8 and 64 clients, beside `tokenwarden token` and `sqlite3` as a process per
 //!    call.
 //! 8. the proxy route (`proxy.rs`): requests per second and p50/p99 latency of small GETs at 1, 16
-//!    and 64 keep-alive clients through a `[[proxy]]` route, through nginx and direct; only with
-//!    `--only proxy` (not part of the default run or `--smoke`).
+//!    and 64 keep-alive clients through a `[[proxy]]` route, through nginx and direct, and the
+//!    route's and nginx's instructions per request under callgrind (`callgrind.rs`, when valgrind
+//!    is installed); only with `--only proxy` (not part of the default run or `--smoke`).
 //!
 //! Usage: tokenwarden-bench --bin PATH --repo DIR [--smoke] [--out FILE] [--work DIR] [--skip-oidc]
 //!            [--only sweep,throughput,oidc,footprint,sealed,side,postgres,api,proxy]
@@ -31,6 +32,7 @@
 
 mod api;
 mod baseline;
+mod callgrind;
 mod db;
 mod instant;
 mod oidc;

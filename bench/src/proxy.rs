@@ -74,6 +74,15 @@ pub struct ProxyBench {
     pub nginx: String,
     /// /proc/loadavg at the start and the end of the section.
     pub load: (String, String),
+    /// Instructions per request under callgrind, or why they were not counted.
+    pub instructions: Result<Instructions, String>,
+}
+
+/// The route's and nginx's instructions per request, one client, each process alone under
+/// callgrind (`callgrind.rs`).
+pub struct Instructions {
+    pub tw: crate::callgrind::Counted,
+    pub nginx: crate::callgrind::Counted,
 }
 
 const SETUPS: [&str; 3] = ["tokenwarden route", "nginx proxy_pass", "direct"];
@@ -118,7 +127,7 @@ fn free_port() -> Result<u16, Error> {
 }
 
 /// A child stopped with SIGTERM (then SIGKILL after 10 s) on drop.
-struct Stopped(Child);
+pub struct Stopped(pub Child);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
@@ -138,7 +147,7 @@ impl Drop for Stopped {
 }
 
 /// Waits until `port` on 127.0.0.1 accepts a connection.
-fn wait_listening(port: u16, what: &str, child: &mut Child) -> Result<(), Error> {
+pub fn wait_listening(port: u16, what: &str, child: &mut Child) -> Result<(), Error> {
     let start = Instant::now();
     loop {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -196,10 +205,23 @@ async fn upstream(listener: tokio::net::TcpListener, expected: Arc<String>) {
     }
 }
 
-fn nginx_conf(prefix: &std::path::Path, port: u16, upstream: u16, auth: &str) -> String {
+/// nginx's configuration: `workers` is `auto`, or `1` with `master_process off` (one process
+/// doing everything, for callgrind).
+fn nginx_conf(
+    prefix: &std::path::Path,
+    port: u16,
+    upstream: u16,
+    auth: &str,
+    workers: &str,
+) -> String {
     let p = prefix.display();
+    let master = if workers == "1" {
+        "master_process off;\n"
+    } else {
+        ""
+    };
     format!(
-        "daemon off;\nworker_processes auto;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
+        "daemon off;\n{master}worker_processes {workers};\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
          events {{ worker_connections 1024; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {p}/tmp/body;\n  proxy_temp_path {p}/tmp/proxy;\n\
          \x20 fastcgi_temp_path {p}/tmp/fastcgi;\n  uwsgi_temp_path {p}/tmp/uwsgi;\n  scgi_temp_path {p}/tmp/scgi;\n\
@@ -272,7 +294,7 @@ impl Bench {
         let ng_port = free_port()?;
         let prefix = dir.join("nginx");
         let conf = prefix.join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(&prefix, ng_port, up_port, &auth))?;
+        std::fs::write(&conf, nginx_conf(&prefix, ng_port, up_port, &auth, "auto"))?;
         let mut ng = Stopped(
             Command::new(nginx_bin)
                 .arg("-p")
@@ -300,28 +322,15 @@ impl Bench {
                     .chain(paced.iter_mut().map(|w| (w, Some(PACED_RATE))))
                 {
                     let k = SETUPS.iter().position(|s| *s == way.setup).unwrap_or(0);
-                    let mut client = Command::new(&me);
-                    client
-                        .arg("proxy-client")
-                        .arg(format!("127.0.0.1:{}", ports[k]))
-                        .arg(way.concurrency.to_string())
-                        .arg(window.as_secs_f64().to_string())
-                        .args(rate.map(|r| r.to_string()))
-                        .stdin(Stdio::null())
-                        .stderr(Stdio::inherit());
-                    if k == 2 {
-                        client.env("TW_BENCH_PROXY_AUTH", &auth);
-                    }
-                    let out = client.output()?;
-                    if !out.status.success() {
-                        return Err(format!(
-                            "proxy-client ({}) exited {:?}",
-                            way.setup,
-                            out.status.code()
-                        )
-                        .into());
-                    }
-                    let report: ClientReport = serde_json::from_slice(&out.stdout)?;
+                    let report = run_client(
+                        &me,
+                        ports[k],
+                        way.concurrency,
+                        window,
+                        rate,
+                        (k == 2).then_some(auth.as_str()),
+                    )
+                    .map_err(|e| format!("proxy-client ({}): {e}", way.setup))?;
                     let measured = report.latencies_us.len() as f64 / report.wall_s;
                     note(&format!(
                         "proxy round {}: {}, {} clients{}: {measured:.0}/s, {} requests",
@@ -340,15 +349,74 @@ impl Bench {
         })();
         drop(ng);
         drop(tw);
+        let instructions = match result {
+            Ok(()) if self.o.plan.smoke => Err("not in --smoke".to_owned()),
+            Ok(()) if !crate::callgrind::available() => {
+                Err("valgrind (Debian's `valgrind` package) is not installed".to_owned())
+            }
+            Ok(()) => {
+                let counted = (|| -> Result<Instructions, Error> {
+                    let load = |port: u16| {
+                        let me = &me;
+                        move |counted: bool| -> Result<u64, Error> {
+                            let window = Duration::from_secs(if counted { 4 } else { 1 });
+                            let report = run_client(me, port, 1, window, None, None)?;
+                            Ok(report.latencies_us.len() as u64)
+                        }
+                    };
+                    let tw = crate::callgrind::count(
+                        &[
+                            self.o.bin.as_os_str(),
+                            "--config".as_ref(),
+                            cfg.as_os_str(),
+                            "run".as_ref(),
+                        ],
+                        tw_port,
+                        &dir.join("tokenwarden.callgrind"),
+                        &dir.join("tokenwarden.valgrind.log"),
+                        load(tw_port),
+                    )?;
+                    note(&format!(
+                        "proxy under callgrind: tokenwarden route, {:.0} instructions per request",
+                        tw.per_request()
+                    ));
+                    std::fs::write(&conf, nginx_conf(&prefix, ng_port, up_port, &auth, "1"))?;
+                    let ng = crate::callgrind::count(
+                        &[
+                            nginx_bin.as_ref(),
+                            "-p".as_ref(),
+                            prefix.as_os_str(),
+                            "-c".as_ref(),
+                            conf.as_os_str(),
+                            "-e".as_ref(),
+                            prefix.join("error.log").as_os_str(),
+                        ],
+                        ng_port,
+                        &dir.join("nginx.callgrind"),
+                        &dir.join("nginx.valgrind.log"),
+                        load(ng_port),
+                    )?;
+                    note(&format!(
+                        "proxy under callgrind: nginx, {:.0} instructions per request",
+                        ng.per_request()
+                    ));
+                    Ok(Instructions { tw, nginx: ng })
+                })();
+                counted.map_err(|e| e.to_string())
+            }
+            Err(_) => Err("the rounds failed".to_owned()),
+        };
         upstream_task.abort();
         result?;
-        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-        if log_text.contains("panicked") || log_text.contains(&token) {
-            return Err(format!(
-                "the daemon's log {} panicked or holds a token",
-                log.display()
-            )
-            .into());
+        for log in [log, dir.join("tokenwarden.valgrind.log")] {
+            let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+            if log_text.contains("panicked") || log_text.contains(&token) {
+                return Err(format!(
+                    "the daemon's log {} panicked or holds a token",
+                    log.display()
+                )
+                .into());
+            }
         }
         Ok(Some(ProxyBench {
             ways,
@@ -357,8 +425,38 @@ impl Bench {
             window,
             nginx: nginx_version,
             load: (load_start, loadavg()),
+            instructions,
         }))
     }
+}
+
+/// One `proxy-client` pass: `clients` at `port` for `window` (paced at `rate`), `auth` sent by
+/// the clients themselves (direct to the upstream).
+fn run_client(
+    me: &std::path::Path,
+    port: u16,
+    clients: usize,
+    window: Duration,
+    rate: Option<f64>,
+    auth: Option<&str>,
+) -> Result<ClientReport, Error> {
+    let mut client = Command::new(me);
+    client
+        .arg("proxy-client")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(clients.to_string())
+        .arg(window.as_secs_f64().to_string())
+        .args(rate.map(|r| r.to_string()))
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(auth) = auth {
+        client.env("TW_BENCH_PROXY_AUTH", auth);
+    }
+    let out = client.output()?;
+    if !out.status.success() {
+        return Err(format!("proxy-client exited {:?}", out.status.code()).into());
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// What `proxy-client` prints.
@@ -657,6 +755,25 @@ pub fn render(p: &ProxyBench) -> String {
     for c in PACED_CLIENTS {
         for w in p.paced.iter().filter(|w| w.concurrency == c) {
             row(&mut s, w);
+        }
+    }
+    match &p.instructions {
+        Ok(i) => {
+            let _ = writeln!(
+                s,
+                "\nInstructions per request, counted by callgrind (valgrind) in user space while one closed-loop client sent them, each server alone in one process (nginx with `master_process off`), start-up not counted: a figure this machine's noise does not move.\n\n| setup | requests counted | instructions per request | vs nginx |\n| --- | ---: | ---: | ---: |\n| tokenwarden route | {} | {:.0} | {:.2}× |\n| nginx proxy_pass | {} | {:.0} | 1.00× |",
+                i.tw.requests,
+                i.tw.per_request(),
+                i.tw.per_request() / i.nginx.per_request(),
+                i.nginx.requests,
+                i.nginx.per_request(),
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(
+                s,
+                "\nInstructions per request (callgrind): not counted: {why}."
+            );
         }
     }
     s
