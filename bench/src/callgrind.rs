@@ -37,10 +37,12 @@ pub fn available() -> bool {
     })
 }
 
-/// `server` (program and arguments) run under callgrind, listening on `port`, its profile written
+/// `server` (program and arguments) run under callgrind by `valgrind` (a command for the
+/// `valgrind` program, its environment the server's), listening on `port`, its profile written
 /// to `out`; `load` sends requests and says how many were answered (called twice: to warm the
 /// server, then counted).
 pub fn count(
+    mut valgrind: Command,
     server: &[&std::ffi::OsStr],
     port: u16,
     out: &Path,
@@ -48,15 +50,15 @@ pub fn count(
     mut load: impl FnMut(bool) -> Result<u64, Error>,
 ) -> Result<Counted, Error> {
     let _ = std::fs::remove_file(out);
-    let mut cmd = Command::new("valgrind");
-    cmd.arg("--tool=callgrind")
+    valgrind
+        .arg("--tool=callgrind")
         .arg("--instr-atstart=no")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .args(server)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?);
-    let mut child = crate::proxy::Stopped(cmd.spawn()?);
+    let mut child = crate::proxy::Stopped(valgrind.spawn()?);
     crate::proxy::wait_listening(port, "a server under callgrind", &mut child.0)?;
     load(false)?;
     let pid = child.0.id().to_string();

@@ -364,7 +364,9 @@ impl Bench {
                             Ok(report.latencies_us.len() as u64)
                         }
                     };
+                    let valgrind = std::path::Path::new("valgrind");
                     let tw = crate::callgrind::count(
+                        self.command(valgrind),
                         &[
                             self.o.bin.as_os_str(),
                             "--config".as_ref(),
@@ -382,6 +384,7 @@ impl Bench {
                     ));
                     std::fs::write(&conf, nginx_conf(&prefix, ng_port, up_port, &auth, "1"))?;
                     let ng = crate::callgrind::count(
+                        self.command(valgrind),
                         &[
                             nginx_bin.as_ref(),
                             "-p".as_ref(),
