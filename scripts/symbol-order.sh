@@ -9,11 +9,11 @@
 #      so TLS code is not in it), then idle and SIGTERM;
 #   3. a `[[proxy]]` route's requests: 200 GETs with curl over two keep-alive connections, to the
 #      same endpoint as the route's upstream (needs curl and python3).
-# The first trace's functions come first, then the second's, then the third's. Placed side by side they fill ≈ 3 MB of the executable's
-# text instead of being spread over all of it (BENCHMARKS.md, "Footprint, second pass"). Run it
-# after a toolchain or dependency upgrade (symbol hashes change with them; a stale file costs
-# resident pages, never a failed build; benchmark section 5 says when it is stale) and commit the
-# file.
+# The first trace's functions come first, then the second's, then the third's. Placed side by side
+# they fill ≈ 3 MB of the executable's text instead of being spread over all of it (BENCHMARKS.md,
+# "Footprint, second pass"). Run it after a toolchain or dependency upgrade (symbol hashes change
+# with them; a stale file costs resident pages, never a failed build; benchmark section 5 says when
+# it is stale) and commit the file.
 #
 #   scripts/symbol-order.sh        needs valgrind (Debian's `valgrind`); ≈ 2 minutes after the builds
 #   TOKENWARDEN_BIN=/path/to/tokenwarden scripts/symbol-order.sh

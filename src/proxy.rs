@@ -4,10 +4,10 @@
 //! `proxy/forward.rs` (target URL and headers: pure), `proxy/credential.rs` (the header per
 //! credential, renewals shared in this process), `proxy/route.rs` (one request), `proxy/tally.rs`
 //! (the answer's body counted into the request's log line), `proxy/stats.rs` (per-route series),
-//! `proxy/upstream.rs` (the connections toward the upstream, their timeouts),
-//! `proxy/workers.rs` (the threads the connections run on). Served through `listener`; a unix peer is decided by the token API's access rules
-//! (`api::access`, `api::users`). Imports `api`, `config`, `deliver`, `domain`, `http`,
-//! `listener`, `renew`, `store` and `sweep`.
+//! `proxy/upstream.rs` (the connections toward the upstream, their timeouts), `proxy/workers.rs`
+//! (the threads the connections run on). Served through `listener`; a unix peer is decided by the
+//! token API's access rules (`api::access`, `api::users`). Imports `api`, `config`, `deliver`,
+//! `domain`, `http`, `listener`, `renew`, `store` and `sweep`.
 
 use tokio_util::sync::CancellationToken;
 

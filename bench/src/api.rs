@@ -357,14 +357,7 @@ impl Bench {
             }
         }
         drop(daemon);
-        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-        if log_text.contains("panicked") || log_text.contains(&expected) {
-            return Err(format!(
-                "the daemon's log {} panicked or holds a token",
-                log.display()
-            )
-            .into());
-        }
+        crate::check_daemon_log(&log, &expected)?;
         Ok(ApiBench {
             socket: socket_ways,
             processes: process_ways,

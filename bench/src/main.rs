@@ -249,6 +249,19 @@ fn note(msg: &str) {
     eprintln!("[bench] {msg}");
 }
 
+/// Fails when a daemon's `log` panicked or holds `token` (a missing log holds neither).
+fn check_daemon_log(log: &Path, token: &str) -> Result<(), Error> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    if text.contains("panicked") || text.contains(token) {
+        return Err(format!(
+            "the daemon's log {} panicked or holds a token",
+            log.display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
 struct Bench {
     o: Opts,
     /// The `[encryption]` key of the sealed runs (a fixed benchmark key, so sealed templates can be

@@ -364,9 +364,25 @@ impl Bench {
                             Ok(report.latencies_us.len() as u64)
                         }
                     };
-                    let valgrind = std::path::Path::new("valgrind");
-                    let tw = crate::callgrind::count(
-                        self.command(valgrind),
+                    // `server` under callgrind on `port`; its profile and log are `file`.*.
+                    let count = |what: &str, file: &str, server: &[&std::ffi::OsStr], port| {
+                        let counted = crate::callgrind::count(
+                            self.command(std::path::Path::new("valgrind")),
+                            server,
+                            port,
+                            &dir.join(format!("{file}.callgrind")),
+                            &dir.join(format!("{file}.valgrind.log")),
+                            load(port),
+                        )?;
+                        note(&format!(
+                            "proxy under callgrind: {what}, {:.0} instructions per request",
+                            counted.per_request()
+                        ));
+                        Ok::<_, Error>(counted)
+                    };
+                    let tw = count(
+                        "tokenwarden route",
+                        "tokenwarden",
                         &[
                             self.o.bin.as_os_str(),
                             "--config".as_ref(),
@@ -374,17 +390,12 @@ impl Bench {
                             "run".as_ref(),
                         ],
                         tw_port,
-                        &dir.join("tokenwarden.callgrind"),
-                        &dir.join("tokenwarden.valgrind.log"),
-                        load(tw_port),
                     )?;
-                    note(&format!(
-                        "proxy under callgrind: tokenwarden route, {:.0} instructions per request",
-                        tw.per_request()
-                    ));
                     std::fs::write(&conf, nginx_conf(&prefix, ng_port, up_port, &auth, "1"))?;
-                    let ng = crate::callgrind::count(
-                        self.command(valgrind),
+                    let error_log = prefix.join("error.log");
+                    let nginx = count(
+                        "nginx",
+                        "nginx",
                         &[
                             nginx_bin.as_ref(),
                             "-p".as_ref(),
@@ -392,18 +403,11 @@ impl Bench {
                             "-c".as_ref(),
                             conf.as_os_str(),
                             "-e".as_ref(),
-                            prefix.join("error.log").as_os_str(),
+                            error_log.as_os_str(),
                         ],
                         ng_port,
-                        &dir.join("nginx.callgrind"),
-                        &dir.join("nginx.valgrind.log"),
-                        load(ng_port),
                     )?;
-                    note(&format!(
-                        "proxy under callgrind: nginx, {:.0} instructions per request",
-                        ng.per_request()
-                    ));
-                    Ok(Instructions { tw, nginx: ng })
+                    Ok(Instructions { tw, nginx })
                 })();
                 counted.map_err(|e| e.to_string())
             }
@@ -411,16 +415,8 @@ impl Bench {
         };
         upstream_task.abort();
         result?;
-        for log in [log, dir.join("tokenwarden.valgrind.log")] {
-            let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-            if log_text.contains("panicked") || log_text.contains(&token) {
-                return Err(format!(
-                    "the daemon's log {} panicked or holds a token",
-                    log.display()
-                )
-                .into());
-            }
-        }
+        crate::check_daemon_log(&log, &token)?;
+        crate::check_daemon_log(&dir.join("tokenwarden.valgrind.log"), &token)?;
         Ok(Some(ProxyBench {
             ways,
             paced,

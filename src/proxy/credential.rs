@@ -169,39 +169,39 @@ impl Credentials {
     }
 
     /// `name`'s header as [`Credentials::current`] gives it, through one client connection's
-    /// copy: while the credential's slot has kept no newer header and the copy stays valid for
-    /// `min_valid`, a request reads nothing another thread writes.
-    pub async fn remembered<'m>(
+    /// copy `memo`: while the credential's slot has kept no newer header and the copy stays valid
+    /// for `min_valid`, it is the answer, and a request reads nothing another thread writes.
+    pub async fn remembered(
         &self,
         name: &str,
-        memo: &'m mut Option<Remembered>,
-    ) -> Result<&'m Remembered, Unavailable> {
+        memo: Option<Remembered>,
+    ) -> Result<Remembered, Unavailable> {
         let now = domain::now();
-        let fresh = memo.as_ref().is_some_and(|m| {
-            m.slot.name == name
-                && m.kept == m.slot.kept.load(Ordering::Acquire)
-                && m.current.expires_at - now >= self.min_valid.max(1)
-        });
-        if !fresh {
-            let slot = self.slot(name);
-            // Read before the header: a header kept meanwhile makes the copy stale, not lost.
-            let kept = slot.kept.load(Ordering::Acquire);
-            let current = self.current(name).await?;
-            let mut authorization = HeaderValue::from_bytes(current.authorization.as_bytes())
-                .map_err(|_| Unavailable::Unusable {
+        if let Some(memo) = memo
+            && memo.slot.name == name
+            && memo.kept == memo.slot.kept.load(Ordering::Acquire)
+            && memo.current.expires_at - now >= self.min_valid.max(1)
+        {
+            return Ok(memo);
+        }
+        let slot = self.slot(name);
+        // Read before the header: a header kept meanwhile makes the copy stale, not lost.
+        let kept = slot.kept.load(Ordering::Acquire);
+        let current = self.current(name).await?;
+        let mut authorization =
+            HeaderValue::from_bytes(current.authorization.as_bytes()).map_err(|_| {
+                Unavailable::Unusable {
                     name: name.to_owned(),
                     why: "its access token cannot go into an Authorization header".to_owned(),
-                })?;
-            authorization.set_sensitive(true);
-            *memo = Some(Remembered {
-                slot,
-                kept,
-                current,
-                authorization,
-            });
-        }
-        memo.as_ref()
-            .ok_or_else(|| Unavailable::Store(name.to_owned()))
+                }
+            })?;
+        authorization.set_sensitive(true);
+        Ok(Remembered {
+            slot,
+            kept,
+            current,
+            authorization,
+        })
     }
 
     /// `name`'s header, valid for at least `min_valid`: from memory, else through `deliver`.

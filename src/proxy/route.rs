@@ -247,21 +247,18 @@ impl Route {
                     owner: user,
                 };
                 let store = parts.credentials.store().clone();
-                let resolved = parts
+                let store_failed = || {
+                    Problem::Unavailable(Unavailable::Store(format!("of the peer at {provider}")))
+                };
+                let name = parts
                     .credentials
                     .on_daemon(async move { crate::deliver::resolve(&store, &which).await })
                     .await
-                    .ok_or_else(|| {
-                        Problem::Unavailable(Unavailable::Store(format!(
-                            "of the peer at {provider}"
-                        )))
+                    .ok_or_else(store_failed)?
+                    .map_err(|e| match e {
+                        crate::deliver::DeliverError::Store(_) => store_failed(),
+                        other => Problem::NoCredential(other.to_string()),
                     })?;
-                let name = resolved.map_err(|e| match e {
-                    crate::deliver::DeliverError::Store(_) => Problem::Unavailable(
-                        Unavailable::Store(format!("of the peer at {provider}")),
-                    ),
-                    other => Problem::NoCredential(other.to_string()),
-                })?;
                 tracing::debug!(route, uid, pid, credential = %name, "proxy: allowed, owner");
                 Ok(Cow::Owned(name))
             }
@@ -362,7 +359,7 @@ impl Route {
         }
         let name = self.credential(peer).await?;
         let route = &self.inner().parts;
-        let mut memo = self
+        let memo = self
             .served
             .memo
             .lock()
@@ -370,7 +367,7 @@ impl Route {
             .take();
         let remembered = route
             .credentials
-            .remembered(&name, &mut memo)
+            .remembered(&name, memo)
             .await
             .map_err(Problem::Unavailable)?;
         let current = remembered.current();
@@ -453,7 +450,7 @@ impl Route {
             .served
             .memo
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = memo;
+            .unwrap_or_else(PoisonError::into_inner) = Some(remembered);
         Ok(passed_back(answer, not_retried, exchange))
     }
 }

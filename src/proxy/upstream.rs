@@ -1,9 +1,9 @@
 //! The way to a route's upstream. Each client connection holds its own upstream connection
 //! (hyper's HTTP/1.1 client connection over rustls: the token endpoints' roots and provider,
 //! `http::tls_config`) and drives it in its own task, so a request and its answer never pass
-//! between tasks; when the client goes away, the connection is parked for the thread's next client
-//! (at most [`PARKED_MAX`] per upstream origin and thread, closed after [`PARKED_FOR`] unused). The route's connect,
-//! idle and whole-request timeouts apply. When the environment names an HTTP proxy: reqwest with
+//! between tasks; when the client goes away, the connection is parked for the thread's next
+//! client (at most [`PARKED_MAX`] per upstream origin and thread, closed after [`PARKED_FOR`]
+//! unused). The route's connect, idle and whole-request timeouts apply. When the environment names an HTTP proxy: reqwest with
 //! the same timeouts and the proxies `http::proxy` reads (its proxy support is not rebuilt here).
 //! Redirects are passed back, never followed: neither client follows one.
 
